@@ -1,0 +1,36 @@
+# Set-up and main commands. Nothing is needed before `make demo` or `make test` but
+# Python 3.11 with venv (torch/torchvision wheels are taken from the machine's pip
+# cache/constraints where present, else from PyPI).
+PY ?= python3
+VENV := .venv
+PYBIN := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+RUN_DIR ?= runs/demo
+CACHE ?= data/raw
+
+.PHONY: install demo test fetch ingest clean-run
+
+$(PYBIN):
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PYBIN)
+	$(PYBIN) -m pip install --quiet --upgrade pip
+	$(PYBIN) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+fetch: install
+	$(PYBIN) -m data_tools.fetch_demo --cache $(CACHE)
+
+ingest: install
+	$(PYBIN) -m pipeline.ingest run_dir=$(RUN_DIR) data.cache=$(CACHE)
+
+# The main job on the demo corpus: fetch what is missing, then run the stages.
+demo: fetch ingest
+
+test: install
+	$(PYBIN) -m pytest -q
+
+clean-run:
+	rm -rf $(RUN_DIR)

@@ -1,0 +1,293 @@
+"""Ingest stage: raw input -> canonical WebDataset shards, quarantine, manifest.
+
+``python -m pipeline.ingest run_dir=runs/demo [data=demo] [ingest.shard_size=1000] ...``
+
+Writes into ``<run_dir>/ingest/``:
+
+* ``shards/NNNNNN.tar``: canonical samples (see :mod:`pipeline.shards`), one shard per
+  work unit (a slice of an index or listing, or one input tar);
+* ``parts/NNNNNN.json``: what each unit wrote and rejected (the resume record);
+* ``quarantine.jsonl``: one row per rejected sample (``id``, ``source``, ``origin``,
+  ``reason``, ``detail``, ``unit``);
+* ``plan.json`` (units and config hash) first, ``manifest.json`` last.
+
+Every unit is independent and atomic: its shard and part file are renamed into place
+when complete, so a killed run resumes by redoing only the units without a part file,
+and the result is byte-identical to an uninterrupted run. Units are split across
+torchrun/SLURM ranks round-robin and, within a rank, across a process pool; rank 0
+merges the parts into ``quarantine.jsonl`` and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.atomic import read_jsonl, remove_stale_temps, write_json, write_jsonl
+from pipeline.config import default_workers, to_container, validate
+from pipeline.hashtags import normalize_hashtags
+from pipeline.images import ENCODINGS, decode_image, encode_image, set_pixel_cap
+from pipeline.manifest import canonical_hash, file_sha256, stage_dir, write_manifest
+from pipeline.partition import Partition, assign, current_partition
+from pipeline.quarantine import Rejected
+from pipeline.raw_sources import RawSample, Rejection, WorkUnit, iter_unit, plan_units
+from pipeline.shards import AtomicShardWriter
+
+log = logging.getLogger(__name__)
+STAGE = "ingest"
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """The per-sample processing settings a worker needs (picklable)."""
+
+    max_side: int
+    min_side: int
+    max_pixels: int
+    max_file_bytes: int
+    jpeg_quality: int
+    rasterize_svg: bool
+    plan_hash: str
+
+
+def _quarantine_row(unit: WorkUnit, sid: str, origin: str, reason: str, detail: str) -> dict:
+    return {"id": f"{unit.source}:{sid}", "source": unit.source, "origin": origin,
+            "reason": reason, "detail": detail, "unit": unit.number}
+
+
+def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dict:
+    """Ingest one unit: write ``shards/<unit>.tar`` and ``parts/<unit>.json``; return the part.
+
+    Raises:
+        OSError: only for output-side failures (disk full, read-only folder); bad
+            input is quarantined, never raised.
+    """
+    t0 = time.perf_counter()
+    set_pixel_cap(settings.max_pixels)
+    shard_rel = f"shards/{unit.number:06d}.tar"
+    ext = ENCODINGS[unit.encoding]
+    rows: list[dict] = []
+    ids: list[list[str]] = []
+    seen: set[str] = set()
+    n_in = 0
+    writer = AtomicShardWriter(out_dir / shard_rel)
+    try:
+        for item in iter_unit(unit, settings.max_file_bytes):
+            n_in += 1
+            if isinstance(item, Rejection):
+                rows.append(_quarantine_row(unit, item.id, item.origin, item.reason, item.detail))
+                continue
+            assert isinstance(item, RawSample)
+            try:
+                if item.id in seen:
+                    raise Rejected("duplicate_id", "id already seen in this unit")
+                seen.add(item.id)
+                hashtags = normalize_hashtags(item.tags)
+                if not hashtags:
+                    raise Rejected("no_hashtags", f"raw tags: {item.tags!r}"[:200])
+                canon = decode_image(item.data, max_pixels=settings.max_pixels, max_side=settings.max_side,
+                                     min_side=settings.min_side, rasterize_svg=settings.rasterize_svg)
+                encoded = encode_image(canon.image, unit.encoding, settings.jpeg_quality)
+            except Rejected as r:
+                rows.append(_quarantine_row(unit, item.id, item.origin, r.reason, r.detail))
+                continue
+            key = f"{unit.number:06d}_{writer.count:06d}"
+            sid = f"{unit.source}:{item.id}"
+            meta = {
+                "id": sid, "key": key, "source": unit.source, "hashtags": hashtags,
+                "width": canon.image.width, "height": canon.image.height,
+                "orig_width": canon.orig_width, "orig_height": canon.orig_height,
+                "sha256": canon.pixel_sha256, "source_format": canon.source_format,
+                "frames": canon.frames, "meta": item.meta,
+            }
+            if item.caption:
+                meta["caption"] = item.caption
+            writer.write({"__key__": key, ext: encoded,
+                          "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")})
+            ids.append([key, sid])
+        written = writer.count
+        if written:
+            writer.commit()
+        else:
+            writer.abort()
+    except BaseException as exc:
+        writer.abort(exc)
+        raise
+    shard_path = out_dir / shard_rel
+    part = {
+        "unit": unit.number, "source": unit.source, "plan": settings.plan_hash,
+        "shard": shard_rel if written else None,
+        "shard_bytes": shard_path.stat().st_size if written else 0,
+        "shard_sha256": file_sha256(shard_path) if written else None,
+        "input": n_in, "written": written, "quarantined": len(rows),
+        "reasons": dict(sorted(Counter(r["reason"] for r in rows).items())),
+        "quarantine": rows, "ids": ids, "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(out_dir / "parts" / f"{unit.number:06d}.json", part)
+    return part
+
+
+def _part_done(out_dir: Path, unit: WorkUnit, plan_hash: str) -> dict | None:
+    p = out_dir / "parts" / f"{unit.number:06d}.json"
+    if not p.exists():
+        return None
+    try:
+        part = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if part.get("plan") != plan_hash:
+        return None
+    if part["shard"]:
+        s = out_dir / part["shard"]
+        if not s.exists() or s.stat().st_size != part["shard_bytes"]:
+            return None
+    return part
+
+
+def _worker(args: tuple) -> dict:
+    unit, settings, out_dir = args
+    return process_unit(unit, settings, out_dir)
+
+
+def _prepare(out_dir: Path, plan: dict, part: Partition, timeout: float) -> None:
+    """Rank 0 resets the stage folder if the plan changed; other ranks wait for the plan."""
+    plan_file = out_dir / "plan.json"
+    if part.is_main:
+        old = json.loads(plan_file.read_text()) if plan_file.exists() else None
+        if old is None or old.get("plan_hash") != plan["plan_hash"]:
+            if out_dir.exists():
+                log.info("ingest plan changed or new: clearing %s", out_dir)
+                shutil.rmtree(out_dir)
+            out_dir.mkdir(parents=True)
+            write_json(plan_file, plan)
+        else:
+            (out_dir / "manifest.json").unlink(missing_ok=True)
+            remove_stale_temps(out_dir)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if plan_file.exists() and json.loads(plan_file.read_text()).get("plan_hash") == plan["plan_hash"]:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"rank {part.rank}: rank 0 did not write {plan_file} within {timeout} s")
+
+
+def run_ingest(cfg) -> dict | None:
+    """Run the ingest stage for ``cfg`` (a :class:`pipeline.config.PipelineConfig` node).
+
+    Returns:
+        The manifest (rank 0), or None on other ranks.
+
+    Raises:
+        pipeline.config.ConfigError, FileNotFoundError: bad config or missing inputs,
+            before any work.
+        TimeoutError: rank 0 waited ``ingest.merge_timeout_s`` for other ranks' parts.
+    """
+    validate(cfg)
+    t0 = time.perf_counter()
+    ing = cfg.ingest
+    out_dir = stage_dir(cfg.run_dir, STAGE)
+    part = current_partition()
+    units, fingerprints = plan_units(cfg.data.sources, ing.encoding.value if hasattr(ing.encoding, "value") else ing.encoding, ing.shard_size)
+    config = {"data": to_container(cfg.data), "ingest": {k: v for k, v in to_container(cfg.ingest).items()
+                                                          if k not in ("workers", "progress", "merge_timeout_s")}}
+    plan_hash = canonical_hash({"config": config, "inputs": fingerprints, "units": [asdict(u) for u in units]})
+    plan = {"plan_hash": plan_hash, "units": len(units), "inputs": fingerprints}
+    _prepare(out_dir, plan, part, ing.merge_timeout_s)
+    settings = IngestSettings(ing.max_side, ing.min_side, ing.max_pixels, ing.max_file_bytes,
+                              ing.jpeg_quality, ing.rasterize_svg, plan_hash)
+
+    mine = assign(units, part)
+    todo = [u for u in mine if _part_done(out_dir, u, plan_hash) is None]
+    workers = min(default_workers(ing.workers), max(1, len(todo)))
+    log.info("ingest: %d units in plan, %d for rank %d/%d, %d to do, %d workers",
+             len(units), len(mine), part.rank, part.world, len(todo), workers)
+    bar = tqdm(total=len(todo), unit="shard", desc=f"ingest[rank {part.rank}]", disable=not ing.progress)
+    t_work = time.perf_counter()
+    n_done = 0
+    jobs = [(u, settings, out_dir) for u in todo]
+    if workers == 1:
+        results = map(_worker, jobs)
+        pool = None
+    else:
+        pool = mp.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(_worker, jobs)
+    try:
+        for p in results:
+            n_done += p["input"]
+            bar.update(1)
+            bar.set_postfix(images=n_done, img_s=f"{n_done / max(1e-9, time.perf_counter() - t_work):.0f}")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate() if n_done == 0 and todo else pool.close()
+            pool.join()
+    work_seconds = time.perf_counter() - t_work
+    if not part.is_main:
+        return None
+    return _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_done)
+
+
+def _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_this_run) -> dict:
+    """Rank 0: wait for all parts, then write ``quarantine.jsonl`` and ``manifest.json``."""
+    deadline = time.monotonic() + cfg.ingest.merge_timeout_s
+    parts: list[dict] = []
+    for u in units:
+        while (p := _part_done(out_dir, u, plan["plan_hash"])) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"part {u.number} (source {u.source}) not finished within merge_timeout_s")
+            time.sleep(0.5)
+        parts.append(p)
+    write_jsonl(out_dir / "quarantine.jsonl", (row for p in parts for row in p["quarantine"]))
+    by_reason: Counter = Counter()
+    by_source: dict[str, Counter] = {}
+    for p in parts:
+        by_reason.update(p["reasons"])
+        c = by_source.setdefault(p["source"], Counter())
+        c.update({"input": p["input"], "written": p["written"], "quarantined": p["quarantined"]})
+    counts = {
+        "input": sum(p["input"] for p in parts),
+        "written": sum(p["written"] for p in parts),
+        "quarantined": sum(p["quarantined"] for p in parts),
+        "by_reason": dict(sorted(by_reason.items())),
+        "by_source": {k: dict(v) for k, v in sorted(by_source.items())},
+        "shards": sum(1 for p in parts if p["shard"]),
+        "shard_bytes": sum(p["shard_bytes"] for p in parts),
+        "unit_seconds": round(sum(p["seconds"] for p in parts), 3),
+        "processed_this_run": n_this_run,
+        "images_per_second_this_run": round(n_this_run / work_seconds, 1) if n_this_run else None,
+    }
+    if counts["input"] != counts["written"] + counts["quarantined"]:  # pragma: no cover - invariant
+        raise AssertionError(f"ingest lost samples: {counts}")
+    outputs = {"shards": [{"path": p["shard"], "samples": p["written"], "bytes": p["shard_bytes"],
+                           "sha256": p["shard_sha256"]} for p in parts if p["shard"]],
+               "quarantine": "quarantine.jsonl"}
+    manifest = write_manifest(out_dir, stage=STAGE, config=config, inputs=fingerprints, counts=counts,
+                              seconds=time.perf_counter() - t0, outputs=outputs)
+    log.info("ingest: input %d = written %d + quarantined %d (%s)", counts["input"], counts["written"],
+             counts["quarantined"], ", ".join(f"{k} {v}" for k, v in counts["by_reason"].items()) or "no rejections")
+    return manifest
+
+
+def load_quarantine(run_dir) -> list[dict]:
+    """The rows of ``<run_dir>/ingest/quarantine.jsonl``."""
+    return read_jsonl(stage_dir(run_dir, STAGE) / "quarantine.jsonl")
+
+
+def main() -> None:
+    """Hydra entry point: ``python -m pipeline.ingest [overrides]``."""
+    from pipeline.cli import hydra_entry
+
+    hydra_entry(run_ingest, STAGE)
+
+
+if __name__ == "__main__":
+    main()

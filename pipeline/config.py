@@ -54,7 +54,8 @@ class DataConfig:
     """The raw inputs of a run."""
 
     cache: str = "data/raw"  # where data_tools.fetch_demo puts downloads
-    sources: List[SourceConfig] = field(default_factory=list)
+    sources: List[SourceConfig] = field(default_factory=list)  # pretraining sources (ingested into shards)
+    eval_sets: List[SourceConfig] = field(default_factory=list)  # evaluation images dedup decontaminates against
 
 
 @dataclass
@@ -74,6 +75,40 @@ class IngestConfig:
     progress: bool = True  # tqdm progress bar on stderr
 
 
+class VocabKind(str, Enum):
+    """Which hashtags become classes (Mahajan et al. 2018, section 2.1)."""
+
+    imagenet1k = "imagenet1k"  # synonyms of the 1,000 ImageNet-1k synsets (the paper's "1.5k" set)
+    wordnet_nouns = "wordnet_nouns"  # any WordNet noun synset with >= min_count samples (the "17k" set)
+    topk = "topk"  # the top_k most frequent WordNet noun synsets (the "8.5k" set)
+    raw = "raw"  # normalized hashtags as they are, no WordNet (for comparison)
+
+
+@dataclass
+class VocabConfig:
+    """Vocabulary stage: hashtags -> WordNet synset classes, and resampling weights."""
+
+    kind: VocabKind = VocabKind.wordnet_nouns
+    min_count: int = 5  # samples a class needs to be kept (wordnet_nouns, topk, raw)
+    top_k: int = 1000  # classes kept by kind=topk
+    wordnet_dir: str = "${data.cache}/nltk_data/corpora/wordnet"  # laid out by data_tools.fetch_demo
+    imagenet_info_dir: str = "${data.cache}/imagenet_info"  # timm's synset lists (fetch_demo)
+    plot: bool = True  # class frequency by rank, before/after resampling (PNG)
+
+
+@dataclass
+class DedupConfig:
+    """Dedup stage: exact and near duplicates, eval decontamination, withdrawn ids."""
+
+    near_radius: int = 4  # max Hamming distance between 64-bit pHashes to call two images near duplicates
+    hash_size: int = 8  # pHash grid (hash_size^2 bits); 8 -> 64-bit hashes
+    near: bool = True  # remove near duplicates inside the pretraining set (keep the first by key)
+    eval_radius: int = 4  # Hamming radius for eval contamination
+    withdrawn: Optional[str] = None  # file with one withdrawn sample id per line (ids as in shards: source:id)
+    workers: int = 0  # hashing processes; 0 = all cores
+    progress: bool = True
+
+
 @dataclass
 class PipelineConfig:
     """Root config of every stage (``conf/config.yaml`` extends it)."""
@@ -82,6 +117,8 @@ class PipelineConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
 
 
 def register() -> None:
@@ -116,8 +153,9 @@ def validate(cfg: Any) -> None:
     _check(ing.workers >= 0, "ingest.workers", "must be >= 0 (0 = all cores)")
     names = [s.name for s in cfg.data.sources]
     _check(len(names) == len(set(names)), "data.sources", f"source names must be unique: {names}")
-    for i, s in enumerate(cfg.data.sources):
-        key = f"data.sources[{i}]"
+    entries = [(f"data.sources[{i}]", s) for i, s in enumerate(cfg.data.sources)]
+    entries += [(f"data.eval_sets[{i}]", s) for i, s in enumerate(cfg.data.eval_sets)]
+    for key, s in entries:
         _check(bool(s.name) and s.name != "???" and ":" not in s.name, f"{key}.name", "must be set, without ':'")
         fmt = RawFormat(s.format)
         if fmt is RawFormat.folder:
@@ -125,6 +163,11 @@ def validate(cfg: Any) -> None:
         if fmt is RawFormat.imagefolder:
             _check(bool(s.split), f"{key}.split", "the imagefolder format needs a split (e.g. train)")
         _check(s.max_samples is None or s.max_samples > 0, f"{key}.max_samples", "must be > 0")
+    dd = cfg.dedup
+    _check(dd.hash_size in (8, 16), "dedup.hash_size", f"must be 8 or 16 (64- or 256-bit pHash), got {dd.hash_size}")
+    _check(0 <= dd.near_radius <= dd.hash_size**2 // 4, "dedup.near_radius", "must be in [0, bits/4]")
+    _check(0 <= dd.eval_radius <= dd.hash_size**2 // 4, "dedup.eval_radius", "must be in [0, bits/4]")
+    _check(dd.workers >= 0, "dedup.workers", "must be >= 0 (0 = all cores)")
 
 
 def to_container(cfg: Any) -> dict:

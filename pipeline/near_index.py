@@ -1,0 +1,101 @@
+"""Perceptual hashes and a sub-quadratic Hamming-radius search over them (dedup stage).
+
+Hashes are pHash (imagehash: DCT of a 32x32 grey image, the sign of the 8x8 low
+frequencies against their median; Zauner 2010) packed into ``hash_size**2 / 8`` bytes.
+
+The search is multi-index hashing (Norouzi et al. 2012) as implemented by faiss's
+``IndexBinaryMultiHash``: the bits are cut into ``radius + 1`` substrings; by the
+pigeonhole principle, two codes within Hamming distance ``radius`` agree exactly on at
+least one substring, so bucket lookups find every such pair and only candidates that
+share a bucket are compared. Work grows with N times the bucket occupancy, not N^2
+(imagededup's dense N x N search is what we avoid; see shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+import faiss
+import imagehash
+
+
+def phash_bytes(img: Image.Image, hash_size: int = 8) -> np.ndarray:
+    """pHash of an image as packed bits.
+
+    Returns:
+        ``np.ndarray`` of dtype uint8 and shape ``(hash_size**2 // 8,)``.
+    """
+    bits = imagehash.phash(img, hash_size=hash_size).hash.reshape(-1)
+    return np.packbits(bits.astype(np.uint8))
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> int:
+    """Hamming distance between two packed codes (uint8 arrays of equal length)."""
+    return int(np.unpackbits(np.bitwise_xor(a, b)).sum())
+
+
+def build_index(codes: np.ndarray, radius: int) -> faiss.IndexBinary:
+    """A faiss binary index over ``codes`` (uint8, shape (N, nbytes)) exact for ``radius``.
+
+    Uses ``IndexBinaryMultiHash`` with ``radius + 1`` substrings of ``nbits // (radius + 1)``
+    bits (at most 24) when that is exact, else ``IndexBinaryFlat`` (brute force, exact).
+
+    Raises:
+        ValueError: for a negative radius or codes of the wrong dtype/shape.
+    """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    if codes.dtype != np.uint8 or codes.ndim != 2:
+        raise ValueError(f"codes must be uint8 (N, nbytes), got {codes.dtype} {codes.shape}")
+    nbits = codes.shape[1] * 8
+    nhash = radius + 1
+    b = min(24, nbits // nhash)
+    if b >= 4:
+        index = faiss.IndexBinaryMultiHash(nbits, nhash, b)
+    else:  # radius too large for useful substrings: exact brute force
+        index = faiss.IndexBinaryFlat(nbits)
+    if len(codes):
+        index.add(np.ascontiguousarray(codes))
+    return index
+
+
+def range_pairs(index: faiss.IndexBinary, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (query, database) pairs within Hamming distance ``radius`` (inclusive).
+
+    Returns:
+        ``(qi, di, dist)``: int64 arrays of equal length: query row, database row, distance.
+    """
+    if len(queries) == 0 or index.ntotal == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, e
+    lims, dist, ids = index.range_search(np.ascontiguousarray(queries), radius + 1)  # faiss: d < r
+    qi = np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims).astype(np.int64))
+    return qi, ids.astype(np.int64), dist.astype(np.int64)
+
+
+def keep_first(n: int, qi: np.ndarray, di: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy near-duplicate removal over items ``0..n-1`` in order (the first by key is kept).
+
+    Item ``j`` is removed if some earlier *kept* item ``i`` is within the radius; it is
+    recorded as a duplicate of the closest such item (ties: the earliest).
+
+    Returns:
+        ``(keep, dup_of, dup_dist)``: bool (n,), int64 (n,) (-1 if kept), int64 (n,).
+    """
+    keep = np.ones(n, dtype=bool)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    dup_dist = np.zeros(n, dtype=np.int64)
+    mask = di < qi  # only earlier neighbours matter
+    order = np.lexsort((di[mask], dist[mask], qi[mask]))
+    q, d, s = qi[mask][order], di[mask][order], dist[mask][order]
+    starts = np.searchsorted(q, np.arange(n))
+    ends = np.searchsorted(q, np.arange(n), side="right")
+    for j in range(n):
+        for k in range(starts[j], ends[j]):  # sorted by distance, then index
+            if keep[d[k]]:
+                keep[j] = False
+                dup_of[j] = d[k]
+                dup_dist[j] = s[k]
+                break
+    return keep, dup_of, dup_dist

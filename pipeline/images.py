@@ -170,8 +170,9 @@ def decode_image(
     return CanonicalImage(rgb, w, h, digest, source_format, frames)
 
 
-def encode_image(img: Image.Image, encoding: str, quality: int = 95) -> bytes:
-    """Encode an RGB image; ``encoding`` is ``jpeg`` (``quality`` 1-100), ``webp`` (lossless) or ``png``.
+def encode_image(img: Image.Image, encoding: str, quality: int = 95, webp_method: int = 0) -> bytes:
+    """Encode an RGB image; ``encoding`` is ``jpeg`` (``quality`` 1-100), ``webp`` (lossless,
+    effort ``webp_method`` 0-6) or ``png``.
 
     Raises:
         ValueError: for an unknown encoding.
@@ -180,7 +181,7 @@ def encode_image(img: Image.Image, encoding: str, quality: int = 95) -> bytes:
     if encoding == "jpeg":
         img.save(buf, "JPEG", quality=quality)
     elif encoding == "webp":
-        img.save(buf, "WEBP", lossless=True, quality=quality, method=4)
+        img.save(buf, "WEBP", lossless=True, method=webp_method)
     elif encoding == "png":
         img.save(buf, "PNG", compress_level=6)
     else:

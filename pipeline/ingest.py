@@ -54,6 +54,7 @@ class IngestSettings:
     max_pixels: int
     max_file_bytes: int
     jpeg_quality: int
+    webp_method: int
     rasterize_svg: bool
     plan_hash: str
 
@@ -95,7 +96,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
                     raise Rejected("no_hashtags", f"raw tags: {item.tags!r}"[:200])
                 canon = decode_image(item.data, max_pixels=settings.max_pixels, max_side=settings.max_side,
                                      min_side=settings.min_side, rasterize_svg=settings.rasterize_svg)
-                encoded = encode_image(canon.image, unit.encoding, settings.jpeg_quality)
+                encoded = encode_image(canon.image, unit.encoding, settings.jpeg_quality, settings.webp_method)
             except Rejected as r:
                 rows.append(_quarantine_row(unit, item.id, item.origin, r.reason, r.detail))
                 continue
@@ -203,7 +204,7 @@ def run_ingest(cfg) -> dict | None:
     plan = {"plan_hash": plan_hash, "units": len(units), "inputs": fingerprints}
     _prepare(out_dir, plan, part, ing.merge_timeout_s)
     settings = IngestSettings(ing.max_side, ing.min_side, ing.max_pixels, ing.max_file_bytes,
-                              ing.jpeg_quality, ing.rasterize_svg, plan_hash)
+                              ing.jpeg_quality, ing.webp_method, ing.rasterize_svg, plan_hash)
 
     mine = assign(units, part)
     todo = [u for u in mine if _part_done(out_dir, u, plan_hash) is None]

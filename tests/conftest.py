@@ -28,3 +28,18 @@ def fixture_cfg(tmp_path):
                         "ingest.progress=false", "ingest.workers=1", *overrides)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def ingested_fixture(tmp_path_factory):
+    """The committed fixture corpus ingested once per test session (shards of 16 samples).
+
+    Returns the run folder; tests must not modify its ``ingest/`` folder.
+    """
+    from pipeline.ingest import run_ingest
+
+    run_dir = tmp_path_factory.mktemp("fixture_run")
+    cfg = make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={run_dir}", "ingest.progress=false",
+                   "ingest.workers=1", "ingest.shard_size=16")
+    run_ingest(cfg)
+    return run_dir

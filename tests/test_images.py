@@ -58,7 +58,8 @@ def test_modes_become_rgb(mode):
     base = Image.open(io.BytesIO(real_emoji_bytes())).convert("RGB")
     if mode == "I;16":
         arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
-        img = Image.fromarray(arr, "I;16")
+        img = Image.fromarray(arr.astype("<u2"))
+        assert img.mode == "I;16"
         data = _png(img)
     elif mode == "CMYK":
         buf = io.BytesIO()

@@ -34,7 +34,7 @@ def _build_folder_source(root: Path) -> Path:
     (img / "good.png").write_bytes(good)
     (img / "truncated.png").write_bytes(good[: len(good) // 3])
     (img / "zero.png").write_bytes(b"")
-    (img / "text.jpg").write_bytes(b"GIF89a? no, just text pretending to be an image" * 3)
+    (img / "text.jpg").write_bytes(b"just text pretending to be an image\n" * 3)
     (img / "bomb.png").write_bytes(_png_claiming_size(30000, 30000))
     (img / "tiny.png").write_bytes(_png_bytes(Image.new("RGB", (3, 3))))
     (img / "bad.svg").write_bytes(b"<svg xmlns='http://www.w3.org/2000/svg'><g>")
@@ -156,7 +156,7 @@ def test_every_reason_is_quarantined(fixture_cfg, tmp_path):
     # every reason except svg_disabled (its own test) is exercised here
     assert set(REASONS) - reasons <= {"svg_disabled"}, set(REASONS) - reasons
     written = {m["id"]: m for _, _, m in iter_metadata(shard_paths(cfg.run_dir))}
-    assert set(written) == {"bad:good", "badtar:000000001", "badtar:000000010"}
+    assert set(written) == {"bad:good", "bad:dup", "badtar:000000001", "badtar:000000010"}  # first "dup" kept
     assert written["bad:good"]["hashtags"] == ["smile", "happy_face"]
     assert written["badtar:000000001"]["hashtags"] == ["smile", "happy"]
 

@@ -1,0 +1,267 @@
+"""Small shared helpers: errors, logging, atomic writes, staged folders, hashing.
+
+Everything that writes a file goes through :func:`atomic_write_bytes` (temp name in
+the same folder, fsync, ``os.replace``), so an interrupted run leaves either the old
+file or the new one. Folders are built under a hidden ``.<name>.partial`` sibling and
+renamed into place by :func:`staged_dir`; a leftover partial folder from an
+interrupted run is wiped and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+LOG = logging.getLogger("data_tools")
+
+MARKER_NAME = ".complete.json"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class SourceError(RuntimeError):
+    """A source could not be fetched, unpacked, verified or converted.
+
+    The message always starts with the source name, so it can be printed as is.
+    """
+
+    def __init__(self, source: str, message: str):
+        super().__init__(f"{source}: {message}")
+        self.source = source
+        self.reason = message
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log ``HH:MM:SS LEVEL message`` lines to stderr (INFO, or DEBUG if ``verbose``)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def progress(iterable: Iterable, **kwargs: Any) -> Iterable:
+    """Wrap ``iterable`` in a tqdm bar when tqdm is installed and stderr is a terminal."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a project dependency
+        return iterable
+    kwargs.setdefault("disable", None)  # None: off when not a TTY (logs stay clean)
+    kwargs.setdefault("mininterval", 1.0)
+    return tqdm(iterable, **kwargs)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a folder so that a rename inside it is durable (no-op where unsupported)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    Raises:
+        OSError: from the file system; the temp file is removed and ``path`` untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(target.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic pretty JSON text (sorted keys, 2-space indent, UTF-8, final newline)."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as deterministic JSON (see :func:`dumps_json`)."""
+    atomic_write_text(path, dumps_json(obj))
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Atomically write ``rows`` as JSON Lines (one sorted-key object a line); return the count."""
+    lines = [json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON Lines file (blank lines skipped).
+
+    Raises:
+        ValueError: naming the file and line of a line that is not a JSON object.
+    """
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON: {exc}") from exc
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            rows.append(obj)
+    return rows
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (follows symlinks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, symlink or folder tree if it exists (symlinks are not followed)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty ``.<name>.partial`` folder next to ``final``; on success move it to ``final``.
+
+    A partial folder left by an interrupted run is wiped first. On success an existing
+    ``final`` is replaced (moved aside, then deleted). On an exception the partial
+    folder is left for inspection and wiped by the next run.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f".{final.name}.partial")
+    remove_path(partial)
+    partial.mkdir()
+    yield partial
+    old = final.with_name(f".{final.name}.old")
+    remove_path(old)
+    if final.exists() or final.is_symlink():
+        os.replace(final, old)
+    os.replace(partial, final)
+    fsync_dir(final.parent)
+    remove_path(old)
+
+
+# --------------------------------------------------------------------------- markers
+
+
+def marker_path(folder: Path) -> Path:
+    """Path of the completion marker of a source folder."""
+    return Path(folder) / MARKER_NAME
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The parsed completion marker of ``folder``, or None if absent or unreadable."""
+    p = marker_path(folder)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def marker_fingerprint(folder: Path) -> str | None:
+    """SHA-256 of the marker file's bytes (changes on every re-fetch), or None if absent."""
+    p = marker_path(folder)
+    return sha256_file(p) if p.is_file() else None
+
+
+def write_marker(folder: Path, source: str, **fields: Any) -> dict:
+    """Write ``folder/.complete.json`` recording ``source``, the UTC time and ``fields``."""
+    marker = {
+        "source": source,
+        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tool": "data_tools",
+        **fields,
+    }
+    atomic_write_json(marker_path(folder), marker)
+    return marker
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def run(cmd: Sequence[str], source: str, cwd: Path | None = None, timeout: float = 1800) -> str:
+    """Run ``cmd`` and return its stdout.
+
+    Raises:
+        SourceError: naming ``source``, the command, its exit code and its last
+            stderr lines, if the program is missing, fails or times out.
+    """
+    shown = " ".join(cmd)
+    LOG.debug("%s: running %s", source, shown)
+    try:
+        proc = subprocess.run(
+            list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError as exc:
+        raise SourceError(source, f"program not found: {cmd[0]} ({exc})") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SourceError(source, f"`{shown}` timed out after {timeout:.0f} s") from exc
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise SourceError(source, f"`{shown}` failed with exit code {proc.returncode}:\n{tail}")
+    return proc.stdout
+
+
+def png_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR header, without decoding the image.
+
+    Raises:
+        ValueError: if the file is not a PNG (bad signature or missing IHDR).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise ValueError(f"not a PNG file (bad signature or IHDR): {path}")
+    width, height = struct.unpack(">II", head[16:24])
+    return int(width), int(height)
+
+
+def check_count(source: str, what: str, expected: int, found: int) -> None:
+    """Raise :class:`SourceError` ``"<source>: expected N <what>, found M"`` unless equal."""
+    if expected != found:
+        raise SourceError(source, f"expected {expected:,} {what}, found {found:,}")
+
+
+def is_safe_relpath(rel: str) -> bool:
+    """True if ``rel`` is a relative POSIX path that stays inside its root (no ``..``)."""
+    if not rel or rel.startswith("/") or "\\" in rel:
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))

@@ -1,0 +1,95 @@
+"""Process-group set-up for DistributedDataParallel: torchrun or SLURM, CUDA or CPU.
+
+``torchrun --nproc_per_node=N -m pipeline.pretrain ...`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; under SLURM (one task per GPU, e.g.
+hydra-submitit-launcher) they are derived from ``SLURM_PROCID``, ``SLURM_NTASKS`` and
+``SLURM_LOCALID`` when ``WORLD_SIZE`` is absent (``MASTER_ADDR``/``MASTER_PORT`` must be
+exported by the job script). The backend is NCCL where CUDA is present, else gloo.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job and its device."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None when not distributed
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes logs, checkpoints and manifests."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def _from_slurm() -> None:
+    if "WORLD_SIZE" not in os.environ and "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
+        os.environ["RANK"] = os.environ.get("SLURM_PROCID", "0")
+        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` if CUDA is available else ``cpu``.
+
+    Raises:
+        RuntimeError: if ``cuda`` is requested and CUDA is not available.
+    """
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("pretrain.device=cuda but CUDA is not available on this machine")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group if this is a multi-process job; return where we are."""
+    _from_slurm()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world <= 1:
+        return DistInfo(0, 1, 0, dev, None)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        from datetime import timedelta
+
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return DistInfo(rank, world, local_rank, dev, backend)
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for all ranks (no-op when not distributed)."""
+    if info.distributed:
+        dist.barrier()
+
+
+def all_equal(info: DistInfo, value: float) -> bool:
+    """True if ``value`` is the same on every rank (a cheap divergence check)."""
+    if not info.distributed:
+        return True
+    t = torch.tensor([value, -value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t[0].item() == value and -t[1].item() == value)
+
+
+def cleanup(info: DistInfo) -> None:
+    """Leave the process group."""
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,168 @@
+"""Class-frequency resampling weights and the multi-label training targets.
+
+Resampling (Mahajan et al. 2018, section 2.1, "Resampling", and the comparison of
+natural, uniform and square-root sampling in its experiments): hashtag frequencies are Zipfian,
+so sampling images as they come (``natural``) shows the head classes far more often than
+the tail. With ``n_c`` the number of (kept) samples labelled with class ``c``, a scheme
+with exponent ``alpha`` aims at a **target sampling mass of class c proportional to
+n_c ** alpha**:
+
+===========  =====  ==========================================================
+scheme       alpha  target mass of class c
+===========  =====  ==========================================================
+natural      1      n_c (no resampling)
+sqrt         1/2    sqrt(n_c) (the paper's best, together with uniform)
+uniform      0      1 (every class equally often)
+===========  =====  ==========================================================
+
+A sample ``i`` with classes ``C_i`` gets the replication weight
+
+    w_i = Z * mean_{c in C_i} n_c ** (alpha - 1)
+
+(the mean over its classes, so a multi-label sample counts as the average of its classes'
+single-label weights; the paper does not say how multi-label images combine, this is our
+choice), with ``Z`` chosen so the mean weight over the kept samples is 1:
+an epoch still draws as many samples as there are kept samples. For single-label samples
+the expected class mass is exactly ``sum_{i: C_i = {c}} w_i = Z * n_c * n_c**(alpha-1) =
+Z * n_c**alpha``; multi-label samples make it approximate. The training loader draws
+samples with probability ``w_i / sum(w)`` (e.g. ``torch.utils.data.WeightedRandomSampler``
+with ``num_samples=N``) or replicates sample ``i`` about ``w_i`` times.
+
+Targets (Mahajan et al. 2018, section 2.2; SWAG authors in facebookresearch/SWAG issue 15):
+an image with ``k`` canonical labels gets the target ``1/k`` on each of them, and the loss
+is the cross-entropy of the softmax against that distribution (:func:`soft_target`); the
+per-class sigmoid / binary cross-entropy alternative uses :func:`multi_hot`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+SCHEMES: dict[str, float] = {"natural": 1.0, "sqrt": 0.5, "uniform": 0.0}
+
+
+def _check_csr(indptr: np.ndarray, indices: np.ndarray, num_classes: int) -> None:
+    if indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or indptr[-1] != indices.size:
+        raise ValueError(f"bad CSR indptr: must start at 0 and end at len(indices)={indices.size}")
+    if np.any(np.diff(indptr) < 0):
+        raise ValueError("bad CSR indptr: must be non-decreasing")
+    if indices.size and (indices.min() < 0 or indices.max() >= num_classes):
+        raise ValueError(f"class ids must be in [0, {num_classes}), got [{indices.min()}, {indices.max()}]")
+
+
+def class_counts(indptr: np.ndarray, indices: np.ndarray, num_classes: int) -> np.ndarray:
+    """``n_c``: how many samples carry each class.
+
+    Args:
+        indptr: int (N+1,), CSR row pointers; sample ``i``'s classes are ``indices[indptr[i]:indptr[i+1]]``.
+        indices: int (nnz,), class ids in ``[0, num_classes)``, distinct within a sample.
+        num_classes: C.
+
+    Returns:
+        int64 (C,).
+
+    Raises:
+        ValueError: malformed CSR arrays.
+    """
+    indptr, indices = np.asarray(indptr), np.asarray(indices)
+    _check_csr(indptr, indices, num_classes)
+    return np.bincount(indices, minlength=num_classes).astype(np.int64)
+
+
+def sample_weights(indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray, alpha: float) -> np.ndarray:
+    """Per-sample replication weights ``w_i = Z * mean_{c in C_i} n_c ** (alpha - 1)``, mean 1.
+
+    Args:
+        indptr, indices: CSR labels as in :func:`class_counts`; every sample needs >= 1 class.
+        counts: int (C,), ``n_c`` (:func:`class_counts` of the same labels).
+        alpha: exponent of the target class mass ``n_c ** alpha`` (1 natural, 0.5 sqrt, 0 uniform).
+
+    Returns:
+        float64 (N,), positive, mean exactly 1 (up to rounding); all ones for alpha = 1.
+
+    Raises:
+        ValueError: a sample without classes, a used class with ``n_c = 0``, malformed CSR.
+    """
+    indptr, indices = np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.float64)
+    _check_csr(indptr, indices, counts.size)
+    k = np.diff(indptr)
+    n = k.size
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    if np.any(k == 0):
+        raise ValueError(f"{int(np.sum(k == 0))} samples have no class; drop them before weighting")
+    if np.any(counts[indices] <= 0):
+        raise ValueError("a class used by some sample has count n_c <= 0; counts must come from the same labels")
+    per_label = counts[indices] ** (alpha - 1.0)
+    rows = np.repeat(np.arange(n), k)
+    w = np.bincount(rows, weights=per_label, minlength=n) / k
+    return w / w.mean()
+
+
+def all_weights(indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`sample_weights` for every scheme of :data:`SCHEMES`: ``{"natural": (N,), "sqrt": ..., "uniform": ...}``."""
+    return {name: sample_weights(indptr, indices, counts, alpha) for name, alpha in SCHEMES.items()}
+
+
+def class_mass(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
+    """Expected number of times each class is seen per epoch: ``m_c = sum_{i: c in C_i} w_i``.
+
+    Returns:
+        float64 (C,); with natural weights this equals ``n_c``.
+    """
+    indptr, indices = np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
+    _check_csr(indptr, indices, num_classes)
+    rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+    return np.bincount(indices, weights=np.asarray(weights, dtype=np.float64)[rows], minlength=num_classes)
+
+
+def _unique_ids(class_ids: Sequence[int] | torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
+    ids = torch.as_tensor(np.asarray(class_ids, dtype=np.int64).reshape(-1))
+    if ids.numel() == 0:
+        raise ValueError("a sample needs at least one class id (samples without labels are excluded by vocab)")
+    if int(ids.min()) < 0 or int(ids.max()) >= num_classes:
+        raise ValueError(f"class ids must be in [0, {num_classes}), got {ids.tolist()}")
+    return torch.unique(ids)
+
+
+def soft_target(class_ids: Sequence[int] | torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
+    """The multi-label softmax target: ``1/k`` on each of the ``k`` distinct classes.
+
+    Mahajan et al. 2018, section 2.2; SWAG issue 15: "convert the multi-label targets to a
+    probability by normalizing by the number of positive labels, and then apply cross
+    entropy". Use with ``torch.nn.functional.cross_entropy(logits, targets)`` (probability
+    targets).
+
+    Args:
+        class_ids: the sample's class ids (repeats count once).
+        num_classes: C.
+
+    Returns:
+        torch.float32 (C,), sums to 1.
+
+    Raises:
+        ValueError: no class ids, or an id outside ``[0, C)``.
+    """
+    ids = _unique_ids(class_ids, num_classes)
+    t = torch.zeros(num_classes, dtype=torch.float32)
+    t[ids] = 1.0 / ids.numel()
+    return t
+
+
+def multi_hot(class_ids: Sequence[int] | torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
+    """The per-class sigmoid / binary cross-entropy target: 1 on each class of the sample.
+
+    Returns:
+        torch.float32 (C,) of zeros and ones.
+
+    Raises:
+        ValueError: as :func:`soft_target`.
+    """
+    ids = _unique_ids(class_ids, num_classes)
+    t = torch.zeros(num_classes, dtype=torch.float32)
+    t[ids] = 1.0
+    return t

@@ -1,0 +1,226 @@
+"""The synchronous-SGD training loop: accumulation, DDP, bf16 autocast, logging, resume.
+
+One optimizer step covers ``accum`` micro-batches on each of ``world`` ranks. Each
+rank's loss is scaled so that DDP's gradient *average* over ranks equals the gradient
+of the mean loss over all images of the step (Goyal et al. 2017, sec. 3, "normalize
+the per-worker loss by the total minibatch size kn, not the per-worker size n"):
+
+    scaled = mean_local_loss x n_local x world / n_step_total
+
+where ``n_step_total`` (all ranks, all micro-batches of the step) comes from the epoch
+plan, so it is exact even for uneven final batches. Micro-batches other than the last
+of a step run under ``no_sync`` (no allreduce). Every rank does the same number of
+micro-batches (the plan guarantees it), so DDP never waits on a finished rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.distributed import DistInfo, barrier
+from pipeline.loader import ShardStream, make_loader, multi_hot, normalize, soft_targets
+from pipeline.metrics import mean_average_precision, precision_at_1
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopState:
+    """Counters saved in checkpoints: optimizer steps done, and the data position."""
+
+    step: int = 0  # optimizer steps completed
+    epoch: int = 0  # epoch in progress
+    batches: int = 0  # micro-batches of ``epoch`` already trained on (this rank; same on all)
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs besides the model, optimizer and data."""
+
+    epochs: int
+    accum: int
+    total_steps: int
+    loss_name: str
+    num_classes: int
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    checkpoint_every: int
+    eval_every: int  # 0 = at each epoch end
+    workers: int
+    progress: bool
+    metrics_file: Path
+    pin_memory: bool = False
+    log_extra: dict = field(default_factory=dict)
+
+
+def steps_in_epoch(micro_batches: int, accum: int) -> int:
+    """Optimizer steps in an epoch of ``micro_batches`` (the last step may be short)."""
+    return math.ceil(micro_batches / accum)
+
+
+def targets_for(loss_name: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, C) float32 targets: soft 1/k targets for softmax, multi-hot for sigmoid."""
+    return soft_targets(labels, num_classes) if loss_name == "softmax" else multi_hot(labels, num_classes)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, stream: ShardStream, *, device: torch.device, num_classes: int,
+             autocast_dtype: torch.dtype | None, channels_last: bool, workers: int = 0) -> dict:
+    """Held-out precision@1 and mAP of ``model`` over ``stream`` (eval transform, rank 0 only)."""
+    was_training = model.training
+    model.eval()
+    scores, targets = [], []
+    stream.set_epoch(0)
+    for batch in make_loader(stream, workers):
+        x = normalize(batch["images"].to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = model(x)
+        scores.append(logits.float().cpu().numpy())
+        targets.append(multi_hot(batch["labels"], num_classes).numpy())
+    model.train(was_training)
+    if not scores:
+        return {"precision_at_1": float("nan"), "mAP": float("nan"), "samples": 0}
+    s, t = np.concatenate(scores), np.concatenate(targets)
+    return {"precision_at_1": precision_at_1(s, t), "mAP": mean_average_precision(s, t), "samples": int(len(s))}
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop metric rows of steps > ``after_step`` (a resumed run rewrites them)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= after_step]
+    from pipeline.atomic import write_text
+
+    write_text(path, "".join(line + "\n" for line in keep))
+
+
+def train(
+    *,
+    model: torch.nn.Module,
+    ddp_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    stream: ShardStream,
+    info: DistInfo,
+    settings: LoopSettings,
+    state: LoopState,
+    save: Callable[[LoopState], None],
+    run_eval: Callable[[int], dict | None],
+    max_steps: int | None = None,
+) -> dict:
+    """Train from ``state`` to the end (or ``max_steps``); return throughput statistics.
+
+    ``save(state)`` is called (on every rank; it writes on rank 0) every
+    ``settings.checkpoint_every`` optimizer steps and at the end. ``run_eval(step)`` is
+    called at the evaluation points.
+    """
+    dev = info.device
+    s = settings
+    images_seen, t_compute, t_wait, t_total = 0, 0.0, 0.0, 0.0
+    last_loss = float("nan")
+    stop_at = min(s.total_steps, max_steps) if max_steps else s.total_steps
+    bar = tqdm(total=stop_at, initial=state.step, unit="step", desc="pretrain",
+               disable=not (s.progress and info.is_main))
+    ddp_model.train()
+    done = state.step >= stop_at
+    while state.epoch < s.epochs and not done:
+        plan = stream.set_epoch(state.epoch, skip_batches=state.batches)
+        loader = make_loader(stream, s.workers, pin_memory=s.pin_memory)
+        micro = 0
+        window_loss, window_n = 0.0, 0
+        t_step0 = time.perf_counter()
+        t_wait_step = 0.0
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            t_wait_step += time.perf_counter() - t0
+            b = batch["step"]
+            first_of_step = (b // s.accum) * s.accum
+            step_batches = range(first_of_step, min(first_of_step + s.accum, plan.steps))
+            n_step_total = sum(plan.global_batch(j) for j in step_batches)
+            last_micro = (b == step_batches[-1])
+            x = normalize(batch["images"].to(dev, non_blocking=True))
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = targets_for(s.loss_name, batch["labels"].to(dev, non_blocking=True), s.num_classes)
+            sync = contextlib.nullcontext() if (last_micro or not info.distributed) else ddp_model.no_sync()
+            with sync:
+                with torch.autocast(dev.type, dtype=s.autocast_dtype or torch.float32, enabled=s.autocast_dtype is not None):
+                    logits = ddp_model(x)
+                loss = loss_fn(logits.float(), y)
+                n_local = x.shape[0]
+                (loss * (n_local * info.world / n_step_total)).backward()
+            window_loss += loss.item() * n_local
+            window_n += n_local
+            micro += 1
+            state.batches = b + 1
+            if not last_micro:
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state.step += 1
+            now = time.perf_counter()
+            dt = now - t_step0
+            images_seen += n_step_total
+            t_total += dt
+            t_wait += t_wait_step
+            last_loss = window_loss / max(1, window_n)
+            if info.is_main:
+                row = {"step": state.step, "epoch": state.epoch, "loss": round(last_loss, 6),
+                       "lr": optimizer.param_groups[0]["lr"], "images": n_step_total,
+                       "images_per_second": round(n_step_total / dt, 2) if dt > 0 else None,
+                       "data_wait_fraction": round(t_wait_step / dt, 4) if dt > 0 else None}
+                _append_jsonl(s.metrics_file, row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{images_seen / max(t_total, 1e-9):.0f}",
+                                wait=f"{t_wait / max(t_total, 1e-9):.0%}")
+            window_loss, window_n = 0.0, 0
+            if state.step % s.checkpoint_every == 0 and state.step < stop_at:
+                save(state)
+            if s.eval_every and state.step % s.eval_every == 0:
+                run_eval(state.step)
+            if state.step >= stop_at:
+                done = True
+                break
+            t_step0 = time.perf_counter()
+            t_wait_step = 0.0
+        del it, loader
+        if done and state.batches < plan.steps:
+            break
+        state.epoch += 1
+        state.batches = 0
+        if not s.eval_every:
+            run_eval(state.step)
+    bar.close()
+    save(state)
+    barrier(info)
+    return {
+        "steps": state.step, "images_seen_this_run": images_seen, "train_seconds_this_run": round(t_total, 3),
+        "images_per_second": round(images_seen / t_total, 2) if t_total else None,
+        "data_wait_fraction": round(t_wait / t_total, 4) if t_total else None, "final_loss": last_loss,
+    }

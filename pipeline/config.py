@@ -163,6 +163,7 @@ class PretrainConfig:
     tensorboard: bool = False
     progress: bool = True
     threads: int = 0  # torch intra-op threads per rank; 0 = cores / local ranks
+    audit_data: bool = False  # gather every rank's sample keys at the end and check they are disjoint (tests, debugging)
 
 
 @dataclass

@@ -93,3 +93,36 @@ def cleanup(info: DistInfo) -> None:
     """Leave the process group."""
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_objects(info: DistInfo, obj) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` when not distributed)."""
+    if not info.distributed:
+        return [obj]
+    out: list = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def weights_checksum(model: torch.nn.Module) -> float:
+    """A float64 checksum of all parameters and buffers (equal weights -> equal sums)."""
+    total = 0.0
+    for i, t in enumerate(model.state_dict().values()):
+        if t.is_floating_point():
+            total += float(t.detach().double().sum().item()) * (1 + 1e-3 * i)
+    return total
+
+
+@torch.no_grad()
+def average_buffers(info: DistInfo, model: torch.nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks, in place.
+
+    During training BN statistics stay per rank, as in Goyal et al. 2017 (sec. 5.3); at the
+    end they are averaged once so every rank holds the same, more representative model.
+    """
+    if not info.distributed:
+        return
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(info.world)

@@ -61,6 +61,7 @@ class LoopSettings:
     progress: bool
     metrics_file: Path
     pin_memory: bool = False
+    record_keys: bool = False  # keep the (key, epoch) of every sample trained on (audit)
     log_extra: dict = field(default_factory=dict)
 
 
@@ -136,7 +137,8 @@ def train(
     """
     dev = info.device
     s = settings
-    images_seen, t_compute, t_wait, t_total = 0, 0.0, 0.0, 0.0
+    images_seen, t_wait, t_total = 0, 0.0, 0.0
+    seen_keys: list[str] = []
     last_loss = float("nan")
     stop_at = min(s.total_steps, max_steps) if max_steps else s.total_steps
     bar = tqdm(total=stop_at, initial=state.step, unit="step", desc="pretrain",
@@ -174,6 +176,8 @@ def train(
                 loss = loss_fn(logits.float(), y)
                 n_local = x.shape[0]
                 (loss * (n_local * info.world / n_step_total)).backward()
+            if s.record_keys:
+                seen_keys.extend(f"{state.epoch}/{k}" for k in batch["keys"])
             window_loss += loss.item() * n_local
             window_n += n_local
             micro += 1
@@ -217,10 +221,13 @@ def train(
         if not s.eval_every:
             run_eval(state.step)
     bar.close()
+    if done and (s.eval_every == 0 or state.step % s.eval_every) and state.batches:
+        run_eval(state.step)  # stopped mid-epoch by max_steps: evaluate where we stopped
     save(state)
     barrier(info)
     return {
         "steps": state.step, "images_seen_this_run": images_seen, "train_seconds_this_run": round(t_total, 3),
         "images_per_second": round(images_seen / t_total, 2) if t_total else None,
         "data_wait_fraction": round(t_wait / t_total, 4) if t_total else None, "final_loss": last_loss,
+        "seen_keys": seen_keys,
     }

@@ -43,3 +43,42 @@ def ingested_fixture(tmp_path_factory):
                    "ingest.workers=1", "ingest.shard_size=16")
     run_ingest(cfg)
     return run_dir
+
+
+WORDNET = REPO / "data" / "raw" / "nltk_data" / "corpora" / "wordnet"
+IMAGENET_INFO = REPO / "data" / "raw" / "imagenet_info"
+
+
+def stage_cfg(run_dir, *overrides: str):
+    """A config over the fixture corpus for later stages (dedup, vocab, pretrain) in ``run_dir``."""
+    return make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={run_dir}", "ingest.progress=false",
+                    "ingest.workers=1", "ingest.shard_size=16", "dedup.progress=false", "dedup.workers=1",
+                    f"vocab.wordnet_dir={WORDNET}", f"vocab.imagenet_info_dir={IMAGENET_INFO}",
+                    "vocab.progress=false", *overrides)
+
+
+@pytest.fixture(scope="session")
+def prepared_fixture(ingested_fixture, tmp_path_factory):
+    """The fixture corpus through ingest, dedup and vocab (raw hashtags, min_count 2), once.
+
+    Returns the run folder; copy its stage folders before writing beside them.
+    """
+    import shutil
+
+    from pipeline.dedup import run_dedup
+    from pipeline.vocab import run_vocab
+
+    run = tmp_path_factory.mktemp("prepared") / "run"
+    shutil.copytree(ingested_fixture / "ingest", run / "ingest")
+    run_dedup(stage_cfg(run))
+    run_vocab(stage_cfg(run, "vocab.kind=raw", "vocab.min_count=2", "vocab.plot=false"))
+    return run
+
+
+def copy_run(src, dst, stages=("ingest", "dedup", "vocab")):
+    """Copy finished stage folders of run ``src`` into a new run folder ``dst``."""
+    import shutil
+
+    for s in stages:
+        shutil.copytree(src / s, dst / s)
+    return dst

@@ -1,0 +1,268 @@
+"""Pretraining stage: a ResNeXt with multi-label softmax on the hashtag shards, DDP, resumable.
+
+``python -m pipeline.pretrain run_dir=runs/demo [pretrain.model=resnext_mini] ...``
+``torchrun --nproc_per_node=N -m pipeline.pretrain run_dir=... `` (DDP; gloo on CPU, NCCL on GPU)
+
+Recipe (Mahajan et al. 2018, sec. 2-3; Goyal et al. 2017): synchronous SGD with Nesterov
+momentum 0.9, weight decay 1e-4 (not on BN and biases), lr = 0.1 x global_batch / 256
+(linear scaling rule) reached by a linear warmup from 0.1, then cosine or step decay;
+zero-init last BN gamma per residual block; FC init N(0, 0.01^2); random-resized crop
+and flip; per-sample replication for the chosen resampling; the 1/k soft target with
+softmax cross-entropy, or per-class sigmoid + BCE.
+
+Writes into ``<run_dir>/pretrain/`` (rank 0 only): ``checkpoints/step_NNNNNNNN.pt``
+(atomic, loadable with ``weights_only=True``), ``metrics.jsonl`` (per optimizer step:
+loss, lr, images/s, data-wait fraction), ``eval.jsonl`` (held-out precision@1 and mAP),
+``trunk.pth`` + ``trunk.safetensors`` (the trained trunk without its classifier, for
+torchvision's constructor with ``strict=True``), ``model.json`` and ``manifest.json``.
+A killed run restarts from the last checkpoint and ends with the same weights as an
+uninterrupted one (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.atomic import write_json
+from pipeline.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from pipeline.config import ConfigError, to_container, validate
+from pipeline.distributed import (DistInfo, average_buffers, barrier, cleanup, gather_objects, init_distributed,
+                                  weights_checksum)
+from pipeline.epoch_plan import SampleIndex, make_epoch_plan
+from pipeline.loader import ShardStream, heldout_mask
+from pipeline.losses import make_loss
+from pipeline.manifest import read_manifest, stage_dir, write_manifest
+from pipeline.metrics import prior_baseline
+from pipeline.models import create_model, export_trunk, list_models
+from pipeline.optim import make_optimizer, make_schedule, scaled_lr
+from pipeline.shards import shard_paths
+from pipeline.train_loop import LoopSettings, LoopState, evaluate, steps_in_epoch, train, truncate_metrics
+from pipeline.vocab import load_labels
+
+log = logging.getLogger(__name__)
+STAGE = "pretrain"
+
+
+def build_indexes(run_dir, scheme: str, heldout_fraction: float) -> tuple[SampleIndex, SampleIndex, object]:
+    """Training and held-out :class:`SampleIndex` from the vocab stage's labels.
+
+    Held-out samples (by key hash) are excluded from training; training weights are
+    renormalized to mean 1; held-out samples get weight 1 (each seen once).
+    """
+    labels = load_labels(run_dir)
+    full = SampleIndex(np.asarray(labels.keys), labels.indptr.astype(np.int64), labels.indices.astype(np.int64),
+                       labels.weights(scheme).astype(np.float64))
+    held = heldout_mask(full.keys, heldout_fraction)
+    train_idx = full.subset(~held)
+    if len(train_idx.keys) == 0:
+        raise ConfigError("config error at pretrain.heldout_fraction: no training samples left")
+    train_idx.weights = train_idx.weights / train_idx.weights.mean()
+    held_idx = full.subset(held)
+    held_idx.weights = np.ones(len(held_idx.keys))
+    return train_idx, held_idx, labels
+
+
+_NOT_RECIPE = ("progress", "max_steps", "workers", "checkpoint_every_steps", "keep_checkpoints", "tensorboard",
+               "threads", "eval_every_steps", "device", "compile")
+
+
+def _recipe(resolved: dict) -> dict:
+    """The part of a resolved config that a resumed run must share with its checkpoint."""
+    pt = {k: v for k, v in (resolved.get("pretrain") or {}).items() if k not in _NOT_RECIPE}
+    return {"seed": resolved.get("seed"), "pretrain": pt}
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if precision == "bf16":
+            raise ConfigError("config error at pretrain.precision: bf16 is not supported on this GPU")
+        return None
+    return torch.bfloat16  # CPU autocast: bf16 is ~1.65x faster than fp32 here (shared/REFERENCE.md)
+
+
+def run_pretrain(cfg) -> dict | None:
+    """Run (or resume) pretraining; return the manifest on rank 0, None elsewhere.
+
+    Raises:
+        pipeline.config.ConfigError: bad values (e.g. a global batch that is not a multiple
+            of batch_size x world), before any work.
+        FileNotFoundError: ingest or vocab has not finished in ``run_dir``.
+    """
+    validate(cfg)
+    pt = cfg.pretrain
+    if pt.model not in list_models():
+        raise ConfigError(f"config error at pretrain.model: unknown model {pt.model!r}; known: {list_models()}")
+    if pt.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("config error at pretrain.tensorboard: the tensorboard package is not installed") from None
+    t0 = time.perf_counter()
+    info = init_distributed(pt.device)
+    try:
+        return _run(cfg, pt, info, t0)
+    finally:
+        cleanup(info)
+
+
+def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    torch.set_num_threads(pt.threads or max(1, (os.cpu_count() or 1) // local_world))
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    out = stage_dir(cfg.run_dir, STAGE)
+    per_step = pt.batch_size * info.world
+    global_batch = pt.global_batch or per_step
+    if global_batch % per_step:
+        raise ConfigError(f"config error at pretrain.global_batch: {global_batch} is not a multiple of "
+                          f"batch_size x world = {pt.batch_size} x {info.world}")
+    accum = global_batch // per_step
+    train_idx, held_idx, labels = build_indexes(cfg.run_dir, pt.resampling.value if hasattr(pt.resampling, "value") else pt.resampling,
+                                                pt.heldout_fraction)
+    num_classes = labels.num_classes
+    shards = {int(p.stem): p for p in shard_paths(cfg.run_dir)}
+    plans = [make_epoch_plan(train_idx, seed=cfg.seed, epoch=e, world=info.world, batch_size=pt.batch_size)
+             for e in range(pt.epochs)]
+    steps_per_epoch = [steps_in_epoch(p.steps, accum) for p in plans]
+    total_steps = sum(steps_per_epoch)
+    peak = scaled_lr(global_batch, pt.base_lr, pt.reference_batch)
+    warmup_steps = min(total_steps - 1, round(pt.warmup_epochs * steps_per_epoch[0])) if total_steps > 1 else 0
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(pt.model, num_classes=num_classes).to(info.device)
+    if pt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, peak, momentum=pt.momentum, nesterov=pt.nesterov, weight_decay=pt.weight_decay)
+    # Goyal et al. warm up *from* 0.1 *to* a larger scaled lr; with a small global batch the
+    # scaled lr is below 0.1 and there is nothing to warm up from.
+    warmup_start = min(pt.warmup_start_lr, peak)
+    scheduler = make_schedule(optimizer, pt.schedule, total_steps, warmup_steps, warmup_start, peak,
+                              milestones=list(pt.milestones), gamma=pt.gamma, final_lr_fraction=pt.final_lr_fraction)
+    state = LoopState()
+    ckpt_dir = out / "checkpoints"
+    resolved = to_container(cfg)
+    last = latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    if last is not None:
+        got = load_checkpoint(last, model, optimizer, scheduler, restore_rng=True)
+        if _recipe(got["config"]) != _recipe(resolved):
+            raise ConfigError(f"config error at pretrain: {last} was written with another pretrain config; "
+                              f"use a new run_dir or delete {ckpt_dir} to start over")
+        pos = got["data_position"]
+        state = LoopState(step=got["step"], epoch=pos["epoch"], batches=pos["batches"])
+        log.info("resuming from %s (step %d, epoch %d, batch %d)", last, state.step, state.epoch, state.batches)
+    elif info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "manifest.json").unlink(missing_ok=True)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(out / "metrics.jsonl", state.step)
+        truncate_metrics(out / "eval.jsonl", state.step)
+    barrier(info)
+
+    ddp_model = model
+    if pt.compile:
+        ddp_model = torch.compile(ddp_model)
+    if info.distributed:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            ddp_model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            broadcast_buffers=False)
+    autocast = _autocast_dtype(pt.precision, info.device)
+    stream = ShardStream(shards, train_idx, seed=cfg.seed, rank=info.rank, world=info.world,
+                         batch_size=pt.batch_size, image_size=pt.image_size, shuffle_buffer=pt.shuffle_buffer)
+    held_stream = ShardStream(shards, held_idx, seed=cfg.seed, rank=0, world=1, batch_size=pt.batch_size * 2,
+                              image_size=pt.image_size, train=False) if len(held_idx.keys) else None
+
+    def save(st: LoopState) -> None:
+        if info.is_main:
+            save_checkpoint(checkpoint_path(ckpt_dir, st.step), model=model, optimizer=optimizer, scheduler=scheduler,
+                            step=st.step, epoch=st.epoch, data_position={"epoch": st.epoch, "batches": st.batches},
+                            config=resolved, extra={"num_classes": num_classes, "model": pt.model})
+            prune_checkpoints(ckpt_dir, pt.keep_checkpoints)
+
+    evals: list[dict] = []
+
+    def run_eval(step: int) -> dict | None:
+        if not info.is_main or held_stream is None:
+            return None
+        r = evaluate(model, held_stream, device=info.device, num_classes=num_classes, autocast_dtype=autocast,
+                     channels_last=pt.channels_last)
+        r["step"] = step
+        evals.append(r)
+        with open(out / "eval.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(r, sort_keys=True) + "\n")
+        log.info("held-out eval at step %d: precision@1 %.4f, mAP %.4f (%d samples)", step,
+                 r["precision_at_1"], r["mAP"], r["samples"])
+        return r
+
+    if state.step == 0 and info.is_main and held_stream is not None:
+        run_eval(0)  # the from-scratch (random init) level
+    settings = LoopSettings(
+        epochs=pt.epochs, accum=accum, total_steps=total_steps, loss_name=pt.loss.value if hasattr(pt.loss, "value") else pt.loss,
+        num_classes=num_classes, autocast_dtype=autocast, channels_last=pt.channels_last,
+        checkpoint_every=pt.checkpoint_every_steps, eval_every=pt.eval_every_steps, workers=pt.workers,
+        progress=pt.progress, metrics_file=out / "metrics.jsonl", pin_memory=info.device.type == "cuda",
+        record_keys=pt.audit_data)
+    stats = train(model=model, ddp_model=ddp_model, optimizer=optimizer, scheduler=scheduler,
+                  loss_fn=make_loss(settings.loss_name), stream=stream, info=info, settings=settings, state=state,
+                  save=save, run_eval=run_eval, max_steps=pt.max_steps)
+    average_buffers(info, model)
+    checksums = gather_objects(info, weights_checksum(model))
+    audit = None
+    seen = gather_objects(info, stats.pop("seen_keys")) if pt.audit_data else None
+    if not info.is_main:
+        return None
+    if seen is not None:
+        sets = [set(x) for x in seen]
+        overlap = set.intersection(*sets) if len(sets) > 1 else set()
+        audit = {"per_rank": [len(x) for x in seen], "distinct_per_rank": [len(x) for x in sets],
+                 "overlap_between_ranks": len(overlap), "union": len(set().union(*sets))}
+        write_json(out / "data_audit.json", audit)
+    export_trunk(model, out / "trunk")
+    write_json(out / "model.json", {"model": pt.model, "num_classes": num_classes, "image_size": pt.image_size,
+                                    "trunk": ["trunk.pth", "trunk.safetensors"], "num_features": model.num_features})
+    all_evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()] if (out / "eval.jsonl").exists() else []
+    held_targets = np.zeros((len(held_idx.keys), num_classes))
+    for i in range(len(held_idx.keys)):
+        held_targets[i, held_idx.classes(i)] = 1
+    chance = prior_baseline(labels.class_counts / max(1, labels.class_counts.sum()), held_targets) if len(held_idx.keys) else {}
+    final = all_evals[-1] if all_evals else {}
+    step0 = next((e for e in all_evals if e["step"] == 0), {})
+    counts = {
+        **stats, "epochs": pt.epochs, "total_steps": total_steps, "global_batch": global_batch, "accum": accum,
+        "world": info.world, "peak_lr": peak, "warmup_steps": warmup_steps, "num_classes": num_classes,
+        "train_samples": int(len(train_idx.keys)), "heldout_samples": int(len(held_idx.keys)),
+        "epoch_items": [p.num_items for p in plans],
+        "heldout_precision_at_1": final.get("precision_at_1"), "heldout_mAP": final.get("mAP"),
+        "scratch_precision_at_1": step0.get("precision_at_1"), "scratch_mAP": step0.get("mAP"),
+        "prior_precision_at_1": chance.get("precision_at_1"), "prior_mAP": chance.get("mAP"),
+        "precision": "bf16" if autocast is not None else "fp32", "device": str(info.device),
+        "rank_weight_checksums": checksums, "ranks_weights_identical": len(set(checksums)) == 1,
+    }
+    inputs = {s: (read_manifest(stage_dir(cfg.run_dir, s)) or {}).get("config_hash") for s in ("ingest", "dedup", "vocab")}
+    config = {"seed": cfg.seed, "pretrain": {k: v for k, v in resolved["pretrain"].items() if k not in ("progress",)}}
+    return write_manifest(out, stage=STAGE, config=config, inputs=inputs, counts=counts,
+                          seconds=time.perf_counter() - t0,
+                          outputs={"trunk": "trunk.safetensors", "metrics": "metrics.jsonl", "eval": "eval.jsonl",
+                                   "checkpoints": "checkpoints/"})
+
+
+def main() -> None:
+    """Hydra entry point: ``python -m pipeline.pretrain [overrides]`` (also under torchrun)."""
+    from pipeline.cli import hydra_entry
+
+    hydra_entry(run_pretrain, STAGE)
+
+
+if __name__ == "__main__":
+    main()

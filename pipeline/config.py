@@ -167,6 +167,16 @@ class PretrainConfig:
 
 
 @dataclass
+class RunConfig:
+    """The main job (``python -m pipeline.run``): which stages, and how."""
+
+    stages: List[str] = field(default_factory=lambda: ["ingest", "dedup", "vocab", "pretrain", "transfer"])
+    force: List[str] = field(default_factory=list)  # stages to redo even if their inputs and config are unchanged
+    pretrain_nproc: int = 1  # > 1: launch pretraining with torchrun --nproc_per_node=N (DDP) from the main job
+    report: bool = True  # write <run_dir>/report.md at the end
+
+
+@dataclass
 class PipelineConfig:
     """Root config of every stage (``conf/config.yaml`` extends it)."""
 
@@ -177,6 +187,7 @@ class PipelineConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
 
 def register() -> None:

@@ -285,7 +285,10 @@ def run_vocab(cfg) -> dict | None:
         from pipeline.plots import class_frequency_plot
 
         masses = {s: class_mass(vocab.indptr, vocab.indices, w, len(vocab.classes)) for s, w in weights.items()}
-        class_frequency_plot(masses, plot, title=f"{kind.value}: {len(vocab.classes)} classes, {keys.size} samples")
+        n = vocab.counts.astype(np.float64)
+        targets = {s: n ** a * (masses[s].sum() / (n ** a).sum()) for s, a in SCHEMES.items()}
+        class_frequency_plot(masses, plot, title=f"{kind.value}: {len(vocab.classes)} classes, {keys.size} samples",
+                             targets=targets)
     else:
         plot.unlink(missing_ok=True)
 

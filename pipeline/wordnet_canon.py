@@ -26,7 +26,10 @@ synset of a hashtag is therefore deterministic: the **first** sense (the most fr
 one) among those the vocabulary allows. With no restriction (``wordnet_nouns``, ``topk``)
 this is sense 1 of the first matching lemma; with ``imagenet1k`` it is the first sense
 that is one of the 1,000 ImageNet-1k synsets, so ``tiger`` reaches ``tiger.n.02``
-(Panthera tigris, ``n02129604``) although WordNet's sense 1 is "a fierce person".
+(Panthera tigris, ``n02129604``) although WordNet's sense 1 is "a fierce person". This
+follows the paper's definition (every synonym of an IN-1k synset is in the set) and takes
+its noise with it: ``plane`` becomes the carpenter's plane (``plane.n.05``), the only IN-1k
+sense of the word, even on pictures of aeroplanes.
 
 Hyponyms are *not* mapped onto a vocabulary synset (``puppy`` does not become a dog
 breed): the paper's sets are synonyms of the chosen synsets only, and a hyponym walk
@@ -231,9 +234,8 @@ class HashtagMapper:
 
     def map_many(self, tags: Iterable[str]) -> list[str | None]:
         """Canonical synset (or None) for each tag, in order."""
-        get = self.cache.get
-        out = []
-        for t in tags:
-            a = get(t, _MISS)
-            out.append(self.resolve(t) if a is _MISS else a)
-        return out
+        cache = self.cache
+        try:
+            return [cache[t] for t in tags]  # the common case: every tag seen before
+        except KeyError:
+            return [self(t) for t in tags]

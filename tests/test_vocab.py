@@ -14,7 +14,6 @@ import pytest
 
 from pipeline.atomic import write_jsonl
 from pipeline.config import ConfigError, VocabKind
-from pipeline.ingest import run_ingest
 from pipeline.manifest import stage_dir, write_manifest
 from pipeline.removal import REMOVED_FILE
 from pipeline.shards import iter_metadata, shard_paths
@@ -41,12 +40,9 @@ def in1k(nouns) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def ingested(tmp_path_factory, nouns) -> Path:
-    """One ingest of the committed fixture corpus, shared by the stage tests."""
-    run = tmp_path_factory.mktemp("ingested")
-    run_ingest(make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={run}", "ingest.progress=false",
-                        "ingest.workers=1"))
-    return run
+def ingested(ingested_fixture, nouns) -> Path:
+    """The session's ingest of the committed fixture corpus (conftest), read-only here."""
+    return ingested_fixture
 
 
 @pytest.fixture

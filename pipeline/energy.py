@@ -1,0 +1,520 @@
+"""Energy and emissions of each stage, and a projection of the full-scale run.
+
+Two numbers are recorded side by side for every stage, each labelled with its basis:
+
+* **estimate** (always): Patterson et al. 2021, "Carbon Emissions and Large Neural Network
+  Training" (arXiv 2104.10350)::
+
+      kWh   = hours x processors x average power per processor (W) x PUE / 1000
+      tCO2e = kWh x grid kgCO2e/kWh / 1000
+
+  On CPU, *processors* = busy cores = process CPU seconds (user + sys, this process and
+  its reaped children, from ``resource.getrusage``) / wall seconds, at
+  ``energy.cpu_watts_per_core``; on GPU, the number of GPUs at ``energy.gpu_watts``
+  (Patterson's measured *system* power per chip, which already includes the host's share,
+  so host cores are not added).
+* **codecarbon** (when it runs): codecarbon's ``OfflineEmissionsTracker``, never online
+  (no geo lookup, no API, no CSV file; grid intensity forced to ``energy.grid_kg_per_kwh``
+  unless ``energy.force_grid=false``, then codecarbon's table for
+  ``energy.country_iso_code``). It is a hardware *measurement* only where it reads energy
+  counters (RAPL on Linux, NVML on NVIDIA GPUs); in a VM without RAPL it falls back to its
+  own model (CPU load x TDP, RAM by size), and the record says so (``basis``). Any failure
+  of codecarbon leaves ``codecarbon: null`` and ``codecarbon_error`` in the record and the
+  stage goes on with the estimate.
+
+Default CPU power, ``cpu_watts_per_core = 4.0`` W per busy core (one core = one CPU as the
+OS counts it, a hardware thread on SMT machines): server CPUs have a TDP of about 2-4 W per
+hardware thread (AMD EPYC 9654: 360 W / 192 threads = 1.9 W; Intel Xeon Platinum 8380:
+270 W / 80 threads = 3.4 W), and the formula counts no memory or board power, so the upper
+end is used; it is also the value codecarbon falls back to for a CPU it does not know
+("4 W per thread"), which keeps the two columns comparable on such machines.
+
+The record (a plain JSON-able dict, see :func:`measure_energy`) is what
+``<run_dir>/run/energy.json`` holds per stage: ``{stage_name: record, ...}``
+(:func:`write_energy_records`, :func:`read_energy_records`).
+
+The projection (:func:`project_full_run`) turns a per-device training throughput into
+hours, GPU-hours, kWh and tCO2e for the paper's scale (3.5B images, up to 336 GPUs), with
+every assumption returned beside the numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import math
+import os
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from pipeline.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+ENERGY_FILE = Path("run") / "energy.json"  # relative to the run folder
+
+# Patterson et al. 2021 (REFERENCE.md)
+PUE_US_AVERAGE = 1.58
+PUE_EFFICIENT_CLOUD = 1.1
+GRID_US_AVERAGE_KG_PER_KWH = 0.429
+GPU_SYSTEM_WATTS = {"V100": 325.0, "P100": 271.0, "TPUv3": 283.0}
+CPU_WATTS_PER_CORE = 4.0  # see the module docstring for the source
+
+# Mahajan et al. 2018 / facebookresearch/WSL-Images README: mult-adds at 224 px
+MULT_ADDS_224 = {
+    "resnext101_32x8d": 16e9,
+    "resnext101_32x16d": 36e9,
+    "resnext101_32x32d": 87e9,
+    "resnext101_32x48d": 153e9,
+}
+# timm benchmark figure (REFERENCE.md, "Anchor throughput figures")
+ANCHOR_THROUGHPUT = {
+    "model": "resnext101_32x8d",
+    "images_per_second": 276.0,
+    "image_size": 224,
+    "device": "RTX 3090",
+    "precision": "AMP",
+    "source": "timm benchmark (RTX 3090, AMP, NCHW): resnext101_32x8d 276 img/s",
+}
+# Goyal et al. 2017: ~90% scaling efficiency from 8 to 256 GPUs
+GOYAL_EFFICIENCY = {"from_devices": 8, "to_devices": 256, "efficiency": 0.90}
+FULL_SCALE_IMAGES = 3.5e9  # Mahajan et al. 2018: up to 3.5B Instagram images
+MEASURED_CPU_MODES = {"intel_rapl", "intel_power_gadget", "windows_emi", "apple_powermetrics", "powermetrics"}
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    """``cfg.key`` for a dataclass, DictConfig or dict; ``default`` if absent or None is given."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        v = cfg.get(key, default)
+    else:
+        v = getattr(cfg, key, default)
+    return default if v is None and default is not None else v
+
+
+# --------------------------------------------------------------------------------------
+# The Patterson et al. 2021 formula
+# --------------------------------------------------------------------------------------
+
+def patterson_kwh(hours: float, processors: float, watts_per_processor: float, pue: float) -> float:
+    """kWh = hours x processors x average power per processor (W) x PUE / 1000."""
+    return hours * processors * watts_per_processor * pue / 1000.0
+
+
+def patterson_tco2e(kwh: float, grid_kg_per_kwh: float) -> float:
+    """tCO2e = kWh x grid kgCO2e/kWh / 1000."""
+    return kwh * grid_kg_per_kwh / 1000.0
+
+
+def estimate(wall_seconds: float, processors: float, watts_per_processor: float, *, pue: float,
+             grid_kg_per_kwh: float, processor: str) -> dict:
+    """The Patterson estimate of one stage as a record section (kWh and kg CO2e)."""
+    kwh = patterson_kwh(wall_seconds / 3600.0, processors, watts_per_processor, pue)
+    return {
+        "basis": "estimated: Patterson et al. 2021, kWh = hours x processors x W per processor x PUE / 1000",
+        "processor": processor,
+        "processors": round(processors, 4),
+        "watts_per_processor": watts_per_processor,
+        "pue": pue,
+        "grid_kg_per_kwh": grid_kg_per_kwh,
+        "kwh": kwh,
+        "kg_co2e": kwh * grid_kg_per_kwh,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# codecarbon, offline, failure-tolerant
+# --------------------------------------------------------------------------------------
+
+def _quiet_codecarbon(level: str) -> None:
+    lvl = getattr(logging, str(level).upper(), logging.WARNING)
+    logging.getLogger("codecarbon").setLevel(lvl)
+
+
+def _start_codecarbon(name: str, ec: Any):
+    """An ``OfflineEmissionsTracker`` started for one stage, or raise (caller records why)."""
+    level = str(_get(ec, "log_level", "warning")).lower()
+    _quiet_codecarbon(level)  # before import/construction: its init logs at INFO
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from codecarbon import OfflineEmissionsTracker
+
+        _quiet_codecarbon(level)
+        kwargs: dict[str, Any] = dict(
+            project_name=f"pipeline:{name}",
+            country_iso_code=str(_get(ec, "country_iso_code", "USA")),
+            measure_power_secs=float(_get(ec, "measure_power_secs", 5.0)),
+            tracking_mode=str(_get(ec, "tracking_mode", "process")),
+            log_level=level,
+            pue=float(_get(ec, "pue", PUE_US_AVERAGE)),
+            # never the network, never a file: no API, no HTTP endpoint, no electricitymaps,
+            # no emissions.csv; explicit values override any ~/.codecarbon.config or env vars
+            output_methods=[],
+            output_handlers=[],
+            emissions_endpoint=None,
+            electricitymaps_api_token=None,
+            api_key=None,
+            cloud_provider=None,
+            cloud_region=None,
+            # no lock file and no SIGINT/SIGTERM handlers replaced (the stages own their signals)
+            allow_multiple_runs=True,
+        )
+        if bool(_get(ec, "force_grid", True)):
+            kwargs["force_carbon_intensity_g_co2e_kwh"] = float(_get(ec, "grid_kg_per_kwh", GRID_US_AVERAGE_KG_PER_KWH)) * 1000.0
+        tracker = OfflineEmissionsTracker(**kwargs)
+        if not hasattr(tracker, "_hardware") or not hasattr(tracker, "_scheduler"):
+            # its __init__ swallows exceptions and leaves a half-built object
+            raise RuntimeError("codecarbon tracker failed to initialize")
+        tracker.start()
+        if getattr(tracker, "_start_time", None) is None:
+            raise RuntimeError("codecarbon tracker failed to start")
+    return tracker
+
+
+def _cpu_mode(tracker) -> str | None:
+    for hw in getattr(tracker, "_hardware", []) or []:
+        if type(hw).__name__ == "CPU":
+            return getattr(hw, "_mode", None)
+    return None
+
+
+def _stop_codecarbon(tracker) -> dict:
+    """Stop the tracker and return the record's ``codecarbon`` section (raises if no data)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            tracker.stop()
+        finally:
+            for attr in ("_scheduler", "_scheduler_monitor_power"):  # in case stop() failed half-way
+                with contextlib.suppress(Exception):
+                    getattr(tracker, attr).stop()
+    d = getattr(tracker, "final_emissions_data", None)
+    if d is None or getattr(d, "energy_consumed", None) is None:
+        raise RuntimeError("codecarbon returned no emissions data")
+    mode = _cpu_mode(tracker)
+    gpu_count = int(getattr(d, "gpu_count", 0) or 0)
+    cpu_measured = mode in MEASURED_CPU_MODES
+    if cpu_measured:
+        basis = f"measured: CPU energy counters ({mode})"
+    else:
+        basis = f"modelled by codecarbon: CPU {mode or 'unknown'} mode (load x TDP, no energy counters)"
+    basis += "; GPU measured by NVML" if gpu_count else ""
+    basis += "; RAM modelled from its size"
+    kwh = float(d.energy_consumed)
+    return {
+        "basis": basis,
+        "measured": bool(cpu_measured or gpu_count),
+        "version": getattr(d, "codecarbon_version", None),
+        "cpu_mode": mode,
+        "tracking_mode": getattr(d, "tracking_mode", None),
+        "cpu_model": getattr(d, "cpu_model", None),
+        "gpu_model": getattr(d, "gpu_model", None) or None,
+        "gpu_count": gpu_count,
+        "country_iso_code": getattr(d, "country_iso_code", None),
+        "pue": getattr(d, "pue", None),
+        "grid_kg_per_kwh": (float(d.emissions) / kwh) if kwh > 0 else None,
+        "cpu_power_w": getattr(d, "cpu_power", None),
+        "ram_power_w": getattr(d, "ram_power", None),
+        "gpu_power_w": getattr(d, "gpu_power", None),
+        "cpu_kwh": getattr(d, "cpu_energy", None),
+        "ram_kwh": getattr(d, "ram_energy", None),
+        "gpu_kwh": getattr(d, "gpu_energy", None),
+        "kwh": kwh,
+        "kg_co2e": float(d.emissions),
+        "duration_s": getattr(d, "duration", None),
+    }
+
+
+def _cuda_devices_in_use() -> int:
+    """1 if this process initialized CUDA (one GPU per process under torchrun), else 0."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return 0
+    try:
+        return 1 if torch.cuda.is_available() and torch.cuda.is_initialized() else 0
+    except Exception:  # noqa: BLE001  (a broken CUDA install must not break the stage)
+        return 0
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
+
+
+@contextlib.contextmanager
+def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None) -> Iterator[dict]:
+    """Measure one stage: ``with measure_energy("pretrain", cfg.energy) as rec: run_pretrain(cfg)``.
+
+    Yields a dict that is filled in when the block ends (also when it raises; the
+    exception propagates and the record says ``status: "error"``)::
+
+        {"stage": name, "status": "ok" | "error", "started_at": ISO time,
+         "wall_seconds", "cpu_seconds" (self + children), "cpu_seconds_self",
+         "cpu_seconds_children", "busy_cores" (cpu_seconds / wall_seconds), "gpus",
+         "estimate": {"basis", "processor", "processors", "watts_per_processor", "pue",
+                      "grid_kg_per_kwh", "kwh", "kg_co2e"},
+         "codecarbon": {"basis", "measured", "cpu_mode", "kwh", "kg_co2e", "cpu_kwh",
+                        "ram_kwh", "gpu_kwh", ...} | None,
+         "codecarbon_error": str | None}
+
+    Args:
+        name: the stage name (the key in ``energy.json``).
+        cfg_energy: an :class:`pipeline.config.EnergyConfig` (or DictConfig/dict with
+            its keys); None = defaults. ``codecarbon=false`` skips codecarbon.
+        gpus: GPUs this process used; None = 1 if it initialized CUDA, else 0. With GPUs
+            the estimate counts GPUs at ``gpu_watts``; without, busy CPU cores.
+    """
+    ec = cfg_energy
+    pue = float(_get(ec, "pue", PUE_US_AVERAGE))
+    grid = float(_get(ec, "grid_kg_per_kwh", GRID_US_AVERAGE_KG_PER_KWH))
+    rec: dict[str, Any] = {"stage": name, "status": "running",
+                           "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    tracker = None
+    cc_error: str | None = None
+    if bool(_get(ec, "codecarbon", True)):
+        try:
+            tracker = _start_codecarbon(name, ec)
+        except Exception as exc:  # noqa: BLE001  (codecarbon must never break a stage)
+            cc_error = f"{type(exc).__name__}: {exc}"
+            log.warning("energy: codecarbon unavailable for %s (%s); using the estimate only", name, cc_error)
+    else:
+        cc_error = "disabled (energy.codecarbon=false)"
+    self0, child0 = _cpu_seconds()
+    t0 = time.perf_counter()
+    status = "error"
+    try:
+        yield rec
+        status = "ok"
+    finally:
+        wall = time.perf_counter() - t0
+        self1, child1 = _cpu_seconds()
+        cc = None
+        if tracker is not None:
+            try:
+                cc = _stop_codecarbon(tracker)
+            except Exception as exc:  # noqa: BLE001
+                cc_error = f"{type(exc).__name__}: {exc}"
+                log.warning("energy: codecarbon failed for %s (%s); using the estimate only", name, cc_error)
+        cpu_self, cpu_child = self1 - self0, child1 - child0
+        cpu = cpu_self + cpu_child
+        busy = cpu / wall if wall > 0 else 0.0
+        n_gpu = _cuda_devices_in_use() if gpus is None else int(gpus)
+        if n_gpu > 0:
+            est = estimate(wall, n_gpu, float(_get(ec, "gpu_watts", GPU_SYSTEM_WATTS["V100"])), pue=pue,
+                           grid_kg_per_kwh=grid, processor="GPU (system power per chip)")
+        else:
+            est = estimate(wall, busy, float(_get(ec, "cpu_watts_per_core", CPU_WATTS_PER_CORE)), pue=pue,
+                           grid_kg_per_kwh=grid, processor="CPU core (busy cores = CPU s / wall s)")
+        rec.update({
+            "status": status,
+            "wall_seconds": round(wall, 4),
+            "cpu_seconds": round(cpu, 4),
+            "cpu_seconds_self": round(cpu_self, 4),
+            "cpu_seconds_children": round(cpu_child, 4),
+            "busy_cores": round(busy, 4),
+            "gpus": n_gpu,
+            "estimate": est,
+            "codecarbon": cc,
+            "codecarbon_error": None if cc is not None else cc_error,
+        })
+
+
+# --------------------------------------------------------------------------------------
+# energy.json: {stage: record}
+# --------------------------------------------------------------------------------------
+
+def energy_path(run_dir: str | os.PathLike) -> Path:
+    """``<run_dir>/run/energy.json``."""
+    return Path(run_dir) / ENERGY_FILE
+
+
+def read_energy_records(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """The ``{stage: record}`` dict of ``<run_dir>/run/energy.json``, or ``{}``."""
+    import json
+
+    p = energy_path(run_dir)
+    if not p.exists():
+        return {}
+    with open(p, encoding="utf-8") as fh:
+        data = json.load(fh)
+    return data if isinstance(data, dict) else {}
+
+
+def write_energy_records(run_dir: str | os.PathLike, records: Mapping[str, dict]) -> Path:
+    """Atomically write ``{stage: record}`` to ``<run_dir>/run/energy.json``."""
+    p = energy_path(run_dir)
+    write_json(p, dict(records))
+    return p
+
+
+def save_energy_record(run_dir: str | os.PathLike, record: dict) -> Path:
+    """Add or replace one stage's record in ``<run_dir>/run/energy.json`` (read, update, atomic write)."""
+    records = read_energy_records(run_dir)
+    records[record["stage"]] = record
+    return write_energy_records(run_dir, records)
+
+
+# --------------------------------------------------------------------------------------
+# Throughput scaling and the full-scale projection
+# --------------------------------------------------------------------------------------
+
+def count_mult_adds(model, image_size: int) -> int:
+    """Mult-adds of one forward pass of ``model`` on a ``(1, 3, S, S)`` image (conv + linear layers).
+
+    A grouped convolution counts ``out_elements x (in_channels / groups) x kh x kw``.
+    BatchNorm, activations and pooling are not counted (as in the papers' figures).
+    """
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return int(total)
+
+
+def model_mult_adds(model_name: str, image_size: int = 224, num_classes: int = 1000) -> float:
+    """Mult-adds of a model at ``image_size``: the papers' figures (scaled by pixel count)
+    for the ResNeXt-101 32xCd models, else counted on the registered model."""
+    if model_name in MULT_ADDS_224:
+        return MULT_ADDS_224[model_name] * (image_size / 224.0) ** 2
+    from pipeline.models import create_model
+
+    return float(count_mult_adds(create_model(model_name, num_classes=num_classes), image_size))
+
+
+def scale_throughput(images_per_second: float, *, from_mult_adds: float, to_model: str,
+                     to_image_size: int = 224, from_label: str = "") -> dict:
+    """Rough scaling of a measured throughput to another model: throughput x (mult-adds ratio).
+
+    ``from_mult_adds`` is the measured model's mult-adds *at its own image size*; the
+    target's mult-adds at ``to_image_size`` are the paper's figure at 224 px times
+    ``(to_image_size / 224) ** 2``. Throughput is taken as inversely proportional to
+    mult-adds per image, which ignores memory bandwidth, kernel efficiency of wider
+    grouped convolutions, batch size and data loading: a rough scaling, good to a
+    factor of about 2, not a measurement.
+    """
+    to_madds = model_mult_adds(to_model, to_image_size)
+    ratio = from_mult_adds / to_madds
+    return {
+        "images_per_second": images_per_second * ratio,
+        "from_images_per_second": images_per_second,
+        "from": from_label,
+        "from_mult_adds": from_mult_adds,
+        "to_model": to_model,
+        "to_image_size": to_image_size,
+        "to_mult_adds": to_madds,
+        "ratio": ratio,
+        "note": "rough scaling by the mult-adds ratio (incl. resolution); not a measurement",
+    }
+
+
+def anchor_gpu_throughput(to_model: str = "resnext101_32x16d", to_image_size: int = 224) -> dict:
+    """Per-GPU training throughput of ``to_model`` from the timm anchor figure
+    (resnext101_32x8d, 276 img/s on one RTX 3090 with AMP), scaled by mult-adds."""
+    a = ANCHOR_THROUGHPUT
+    return scale_throughput(a["images_per_second"], from_mult_adds=model_mult_adds(a["model"], a["image_size"]),
+                            to_model=to_model, to_image_size=to_image_size, from_label=a["source"])
+
+
+def goyal_scaling_efficiency(devices: int) -> float:
+    """Scaling efficiency vs. linear for ``devices`` GPUs, after Goyal et al. 2017.
+
+    1.0 up to 8 GPUs (one server), then falling linearly in log2(devices) to 0.90 at
+    256 GPUs (Goyal: ~90% from 8 to 256), extrapolated beyond (0.89 at 336), floor 0.5.
+    """
+    g = GOYAL_EFFICIENCY
+    if devices <= g["from_devices"]:
+        return 1.0
+    slope = (1.0 - g["efficiency"]) / math.log2(g["to_devices"] / g["from_devices"])
+    return max(0.5, 1.0 - slope * math.log2(devices / g["from_devices"]))
+
+
+def project_full_run(*, images_per_second_per_device: float, model: str = "resnext101_32x16d",
+                     dataset_images: float = FULL_SCALE_IMAGES, epochs: float = 1.0, devices: int = 336,
+                     scaling_efficiency: float | None = None, watts_per_device: float = GPU_SYSTEM_WATTS["V100"],
+                     pue: float = PUE_US_AVERAGE, grid_kg_per_kwh: float = GRID_US_AVERAGE_KG_PER_KWH,
+                     device: str = "GPU", throughput_source: str = "") -> dict:
+    """Hours, device-hours, kWh and tCO2e of training ``model`` on ``dataset_images`` for ``epochs``.
+
+    ``hours = dataset_images x epochs / (images_per_second_per_device x devices x efficiency) / 3600``;
+    energy and emissions by the Patterson formula with ``devices`` processors at
+    ``watts_per_device``. Returns the numbers and an ``assumptions`` list of sentences.
+
+    Raises:
+        ValueError: a non-positive throughput, device count, dataset size or epochs, or an
+            efficiency outside (0, 1].
+    """
+    if images_per_second_per_device <= 0 or devices < 1 or dataset_images <= 0 or epochs <= 0:
+        raise ValueError("throughput, devices, dataset_images and epochs must be positive")
+    eff_source = "given"
+    if scaling_efficiency is None:
+        scaling_efficiency = goyal_scaling_efficiency(devices)
+        eff_source = ("Goyal et al. 2017 (~90% from 8 to 256 GPUs; 1.0 up to 8, linear in log2(devices), "
+                      "extrapolated beyond 256)")
+    if not 0 < scaling_efficiency <= 1:
+        raise ValueError(f"scaling_efficiency must be in (0, 1], got {scaling_efficiency}")
+    images = dataset_images * epochs
+    aggregate = images_per_second_per_device * devices * scaling_efficiency
+    seconds = images / aggregate
+    hours = seconds / 3600.0
+    kwh = patterson_kwh(hours, devices, watts_per_device, pue)
+    t = patterson_tco2e(kwh, grid_kg_per_kwh)
+    return {
+        "model": model,
+        "device": device,
+        "devices": devices,
+        "dataset_images": dataset_images,
+        "epochs": epochs,
+        "images": images,
+        "images_per_second_per_device": images_per_second_per_device,
+        "scaling_efficiency": scaling_efficiency,
+        "aggregate_images_per_second": aggregate,
+        "hours": hours,
+        "days": hours / 24.0,
+        "device_hours": hours * devices,
+        "watts_per_device": watts_per_device,
+        "pue": pue,
+        "grid_kg_per_kwh": grid_kg_per_kwh,
+        "kwh": kwh,
+        "tco2e": t,
+        "assumptions": [
+            f"{model} trained on {dataset_images:,.0f} images x {epochs:g} epoch(s) = {images:,.0f} images",
+            f"{images_per_second_per_device:,.1f} img/s per {device}"
+            + (f" ({throughput_source})" if throughput_source else ""),
+            f"{devices} {device}s at {scaling_efficiency:.0%} scaling efficiency ({eff_source})",
+            f"{watts_per_device:g} W average system power per {device}, PUE {pue:g}, "
+            f"grid {grid_kg_per_kwh:g} kgCO2e/kWh (Patterson et al. 2021 formula)",
+            "training only: no data preprocessing, evaluation, checkpoint I/O, restarts or idle time",
+        ],
+    }

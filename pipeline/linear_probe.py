@@ -1,0 +1,149 @@
+"""Feature transfer: a linear classifier on frozen features (Mahajan et al. 2018, sec. 3).
+
+Recipe (after Kornblith et al. 2019, "Do Better ImageNet Models Transfer Better?",
+sec. 3: multinomial logistic regression on the penultimate-layer features, L2
+regularization chosen on a split held out from the training set, then refit on the
+whole training set):
+
+1. :func:`extract_features`: the frozen trunk's globally pooled features
+   (``forward_head(forward_features(x), pre_logits=True)``), eval preprocessing, no
+   augmentation, bf16 autocast where it is used for training, features kept in float32;
+2. :func:`fit_probe`: standardize the features (mean 0, variance 1 per dimension,
+   statistics from the fit part only), then an L2-regularized multinomial logistic
+   regression (scikit-learn, L-BFGS) for each C of a small grid on the fit part; the C
+   with the best held-out top-1 (ties: lower held-out log-loss, then the smaller C, i.e.
+   more regularization) is refit on all the training features;
+3. :func:`topk_correct`: per-image top-1 / top-5 hits on the val features, so the caller
+   can also count a "lower-bound" accuracy with contaminated images marked wrong.
+
+scikit-learn's C is the inverse regularization strength on the *summed* log-loss:
+``min_w 0.5 ||w||^2 + C sum_i loss_i``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+
+from pipeline.loader import normalize
+from pipeline.target_data import stratified_holdout
+
+__all__ = ["ProbeResult", "extract_features", "fit_probe", "topk_correct"]
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+                     device: torch.device, autocast_dtype: torch.dtype | None = None, channels_last: bool = True,
+                     total: int | None = None, progress: bool = False, desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """Pooled trunk features of uint8 image batches.
+
+    Args:
+        model: a model with ``forward_features`` and ``forward_head(pre_logits=True)``; put in eval mode here.
+        batches: ``(uint8 (B, 3, S, S), int64 (B,))`` pairs (see :mod:`pipeline.target_data`).
+    Returns:
+        (features float32 (N, num_features), labels int64 (N,)).
+    """
+    model.eval()
+    feats, labels = [], []
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for x, y in batches:
+            x = normalize(x.to(device, non_blocking=True))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                f = model.forward_head(model.forward_features(x), pre_logits=True)
+            feats.append(f.float().cpu())
+            labels.append(torch.as_tensor(y))
+            bar.update(len(x))
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64)
+
+
+def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Boolean (N,): whether each label is among the ``k`` highest scores of its row (k capped at the classes)."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
+    return (top == labels[:, None]).any(axis=1)
+
+
+@dataclass
+class ProbeResult:
+    """A fitted probe: the chosen C, the grid's held-out scores, and the refit model."""
+
+    best_C: float
+    grid: list[dict] = field(default_factory=list)  # per C: {"C", "holdout_top1", "holdout_log_loss", "seconds"}
+    model: Pipeline | None = None  # StandardScaler + LogisticRegression, refit on all training features
+    seconds: float = 0.0  # grid search + refit
+    num_classes: int = 0  # width of :meth:`scores` (classes absent from the training labels score -inf)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Class scores (N, C) in the order of the labels 0..C-1 (absent classes score -inf)."""
+        assert self.model is not None
+        clf = self.model[-1]
+        raw = self.model.decision_function(x)
+        if raw.ndim == 1:  # two classes present: sklearn returns one score
+            raw = np.stack([-raw, raw], axis=1)
+        out = np.full((len(x), int(self.num_classes)), -np.inf, dtype=np.float64)
+        out[:, clf.classes_] = raw
+        return out
+
+
+def _make(C: float, max_iter: int, seed: int) -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, tol=1e-4, random_state=seed))
+
+
+def _fit(C: float, x: np.ndarray, y: np.ndarray, max_iter: int, seed: int) -> Pipeline:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported by n_iter_ == max_iter instead
+        return _make(C, max_iter, seed).fit(x, y)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], *, num_classes: int, holdout_fraction: float = 0.2,
+              max_iter: int = 1000, seed: int = 0, progress: bool = False, desc: str = "probe") -> ProbeResult:
+    """Choose C on a stratified held-out part of ``(x, y)``, then refit on all of it.
+
+    Args:
+        x: float32 (N, D) training features; y: int64 (N,) labels in ``[0, num_classes)``.
+        Cs: the grid of inverse regularization strengths (one value: no search).
+        holdout_fraction: share of each class held out to choose C (at least one image per class
+            with 2+ images; see :func:`pipeline.target_data.stratified_holdout`).
+    Returns:
+        :class:`ProbeResult` (``scores(val_x)`` gives the val scores).
+    Raises:
+        ValueError: an empty grid or fewer than 2 classes in ``y``.
+    """
+    t0 = time.perf_counter()
+    if not len(Cs):
+        raise ValueError("the C grid is empty")
+    if len(np.unique(y)) < 2:
+        raise ValueError("the linear probe needs at least 2 classes in the training features")
+    grid: list[dict] = []
+    fit_pos, hold_pos = stratified_holdout(y, holdout_fraction, seed)
+    if len(Cs) > 1 and len(hold_pos) and len(np.unique(y[fit_pos])) >= 2:
+        for C in tqdm(list(Cs), desc=desc, unit="C", disable=not progress, leave=False):
+            t = time.perf_counter()
+            m = _fit(float(C), x[fit_pos], y[fit_pos], max_iter, seed)
+            res = ProbeResult(best_C=float(C), model=m, num_classes=num_classes)
+            s = res.scores(x[hold_pos])
+            top1 = float(topk_correct(s, y[hold_pos], 1).mean())
+            proba = m.predict_proba(x[hold_pos])
+            ll = float(log_loss(y[hold_pos], proba, labels=m[-1].classes_))
+            grid.append({"C": float(C), "holdout_top1": top1, "holdout_log_loss": ll,
+                         "iterations": int(np.max(m[-1].n_iter_)), "seconds": round(time.perf_counter() - t, 3)})
+        best = min(grid, key=lambda g: (-g["holdout_top1"], g["holdout_log_loss"], g["C"]))["C"]
+    else:
+        best = float(Cs[0])
+    model = _fit(best, x, y, max_iter, seed)
+    return ProbeResult(best_C=best, grid=grid, model=model, seconds=time.perf_counter() - t0, num_classes=num_classes)

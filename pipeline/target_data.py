@@ -1,0 +1,222 @@
+"""The labelled target set of the transfer stage, in the ImageNet folder layout.
+
+``<root>/<train_split>/<class>/<image>`` and ``<root>/<val_split>/<class>/<image>``: the
+layout of ImageNet-1k (``train/n01440764/...``) and of the demo's Fashion-MNIST
+(``data/raw/fashion_mnist/{train,val}/<class>/<NNNNN>.png``). Read with torchvision's
+``ImageFolder`` (classes = sorted folder names; both splits must have the same classes).
+
+Small blocks, each testable alone:
+
+- :func:`open_split`: one split as an ``ImageFolder`` whose images are RGB PIL images;
+- :func:`per_class_order`, :func:`take_per_class`: deterministic (seeded), stratified,
+  *nested* subsets (the 10-per-class images are among the 100-per-class ones, which are
+  among the capped "full" set), so the low-data settings differ only in how much
+  labelled data they get;
+- :func:`stratified_holdout`: the validation split the linear probe's C is chosen on;
+- :class:`TransformedSubset`: ``(uint8 (3, S, S) tensor, label)`` items with the eval
+  recipe of :mod:`pipeline.loader` (resize shorter side to S*256/224, centre crop) or the
+  training augmentation (random-resized crop + flip, seeded per item); normalization
+  (``pipeline.loader.MEAN/STD``) runs later on the device (:func:`pipeline.loader.normalize`);
+- :func:`eval_batches`: the eval images of a subset in order, from an in-memory uint8 cache
+  when it fits in ``cache_mb`` (the demo's 10k val images at 64 px: 123 MB, decoded once
+  instead of once per epoch and run) or streamed from disk (ImageNet at 224 px);
+- :func:`relative_paths`, :func:`fingerprint`: ``<class>/<file>`` ids (as dedup writes them
+  in ``eval_contamination.json``) and a machine-independent fingerprint of a split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import ImageFolder
+
+from pipeline.loader import eval_transform, item_seed, train_transform
+
+__all__ = ["TransformedSubset", "eval_batches", "fingerprint", "load_rgb", "open_split", "per_class_order",
+           "relative_paths", "stratified_holdout", "take_per_class"]
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image file as RGB (grey Fashion-MNIST -> 3 equal channels; JPEG drafted for speed).
+
+    JPEGs are decoded at a reduced scale when they are much larger than needed (PIL's draft
+    mode keeps at least 512 px on the shorter side, more than the 256 px the 224 px eval
+    crop needs).
+    """
+    with open(path, "rb") as fh:
+        img = Image.open(fh)
+        if img.format == "JPEG":
+            img.draft("RGB", (512, 512))
+        return img.convert("RGB")
+
+
+def open_split(root: str | os.PathLike, split: str) -> ImageFolder:
+    """``<root>/<split>`` as an ``ImageFolder`` of RGB images.
+
+    Raises:
+        FileNotFoundError: the split folder does not exist or holds no class folder with images.
+    """
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"target split folder {folder} does not exist (expected <root>/{split}/<class>/<image>)")
+    try:
+        return ImageFolder(str(folder), loader=load_rgb)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"target split folder {folder}: {exc}") from None
+
+
+def relative_paths(ds: ImageFolder) -> list[str]:
+    """``<class>/<file>`` of every sample, in ``ds.samples`` order (dedup's eval id suffix)."""
+    root = Path(ds.root)
+    return [Path(p).relative_to(root).as_posix() for p, _ in ds.samples]
+
+
+def fingerprint(ds: ImageFolder) -> dict:
+    """A machine-independent fingerprint of a split: hash of its classes and (relative path, size) list."""
+    h = hashlib.sha256()
+    h.update("\0".join(ds.classes).encode())
+    for rel, (p, _) in zip(relative_paths(ds), ds.samples):
+        h.update(f"\n{rel}\0{os.stat(p).st_size}".encode())
+    return {"images": len(ds.samples), "classes": len(ds.classes), "listing": h.hexdigest()[:16]}
+
+
+def per_class_order(labels: Sequence[int], seed: int, salt: str = "subset") -> list[np.ndarray]:
+    """For each class, its sample indices in a seeded random order (stable across machines).
+
+    Taking the first k of each list gives nested stratified subsets: the first 10 are
+    among the first 100.
+    """
+    labels = np.asarray(labels)
+    out = []
+    for c in range(int(labels.max()) + 1 if len(labels) else 0):
+        idx = np.flatnonzero(labels == c)
+        rng = np.random.default_rng(item_seed(salt, seed, c))
+        out.append(idx[rng.permutation(len(idx))])
+    return out
+
+
+def take_per_class(order: list[np.ndarray], k: int | None) -> np.ndarray:
+    """The first ``k`` indices of every class (all of them for ``k=None``), sorted."""
+    parts = [o[:k] if k is not None else o for o in order]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions ``0..N-1`` into (fit, holdout), about ``fraction`` of each class held out.
+
+    Every class with 2+ samples keeps at least one sample on each side; a class with one
+    sample stays in the fit part. Deterministic for a given seed.
+
+    Returns:
+        (fit positions, holdout positions), both sorted int64 arrays.
+    """
+    labels = np.asarray(labels)
+    held: list[np.ndarray] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2:
+            continue
+        rng = np.random.default_rng(item_seed("probe-holdout", seed, int(c)))
+        idx = idx[rng.permutation(len(idx))]
+        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
+        held.append(idx[:k])
+    hold = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[hold] = False
+    return np.flatnonzero(mask), hold
+
+
+class TransformedSubset(Dataset):
+    """Items ``indices`` of an ImageFolder as ``(uint8 (3, size, size) tensor, label)``.
+
+    ``train=False``: the eval recipe (:func:`pipeline.loader.eval_transform`). ``train=True``:
+    random-resized crop + flip (:func:`pipeline.loader.train_transform`); index it with
+    ``(position, aug_seed)`` pairs so the augmentation depends only on the seed the sampler
+    chose, never on the DataLoader worker that decodes the item.
+    """
+
+    def __init__(self, base: ImageFolder, indices: Sequence[int], size: int, train: bool = False) -> None:
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray([base.targets[i] for i in self.indices], dtype=np.int64)
+        self.size = size
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
+        pos, aug = item if isinstance(item, tuple) else (item, item_seed("aug", item))
+        path, label = self.base.samples[int(self.indices[pos])]
+        img = self.base.loader(path)
+        if self.train:
+            x = train_transform(img, self.size, random.Random(aug))
+        else:
+            x = eval_transform(img, self.size)
+        return x, int(label)
+
+
+def _loader(ds: Dataset, batch_size: int, workers: int, pin: bool = False) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
+                      persistent_workers=False)
+
+
+class EvalImages:
+    """The eval-transformed images of a :class:`TransformedSubset` (``train=False``), in order.
+
+    Iterating gives ``(uint8 (B, 3, S, S), int64 (B,))`` batches. The images are decoded
+    once into memory when they fit in ``cache_mb`` (first pass), else read from disk on
+    every pass.
+    """
+
+    def __init__(self, ds: TransformedSubset, batch_size: int, workers: int, cache_mb: float,
+                 progress: bool = False, desc: str = "decode") -> None:
+        if ds.train:
+            raise ValueError("EvalImages needs a TransformedSubset with train=False")
+        self.ds = ds
+        self.batch_size = batch_size
+        self.workers = workers
+        self.labels = torch.from_numpy(ds.labels)
+        nbytes = len(ds) * 3 * ds.size * ds.size
+        self.cached = nbytes <= cache_mb * 2**20
+        self.images: torch.Tensor | None = None
+        self.progress = progress
+        self.desc = desc
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def _fill(self) -> None:
+        from tqdm import tqdm
+
+        imgs = torch.empty((len(self.ds), 3, self.ds.size, self.ds.size), dtype=torch.uint8)
+        pos = 0
+        with tqdm(total=len(self.ds), desc=self.desc, unit="img", disable=not self.progress, leave=False) as bar:
+            for x, _ in _loader(self.ds, max(self.batch_size, 256), self.workers):
+                imgs[pos:pos + len(x)] = x
+                pos += len(x)
+                bar.update(len(x))
+        self.images = imgs
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not self.cached:
+            yield from _loader(self.ds, self.batch_size, self.workers)
+            return
+        if self.images is None:
+            self._fill()
+        for s in range(0, len(self.ds), self.batch_size):
+            yield self.images[s:s + self.batch_size], self.labels[s:s + self.batch_size]
+
+
+def eval_batches(ds: TransformedSubset, batch_size: int, workers: int, cache_mb: float, progress: bool = False,
+                 desc: str = "decode") -> EvalImages:
+    """:class:`EvalImages` over ``ds`` (a re-iterable of uint8 image and label batches)."""
+    return EvalImages(ds, batch_size, workers, cache_mb, progress, desc)

@@ -35,7 +35,7 @@ def summarize(manifest: dict | None) -> str:
 def hydra_entry(stage_fn: Callable[[DictConfig], dict | None], job_name: str, config_name: str = "config") -> None:
     """Run ``stage_fn`` as a Hydra app over ``conf/<config_name>.yaml``; logs go to ``<run_dir>/<job_name>.log``."""
     if not any(a.startswith("hydra.job.name=") for a in sys.argv[1:]):
-        sys.argv.append(f"hydra.job.name={job_name}")
+        sys.argv.insert(1, f"hydra.job.name={job_name}")
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
     def _app(cfg: DictConfig) -> None:

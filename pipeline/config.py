@@ -177,6 +177,75 @@ class RunConfig:
 
 
 @dataclass
+class EnergyConfig:
+    """Energy and emissions of each stage (``pipeline.energy``) and the full-scale projection in the report.
+
+    Each stage gets two numbers side by side: the Patterson et al. 2021 estimate
+    (kWh = hours x processors x W x PUE / 1000; tCO2e = kWh x grid / 1000) and codecarbon's
+    offline tracker (a measurement where energy counters exist, else codecarbon's own model).
+    """
+
+    enabled: bool = True  # wrap each stage in pipeline.energy.measure_energy; records in <run_dir>/run/energy.json
+    codecarbon: bool = True  # also run codecarbon's OfflineEmissionsTracker (never online); on failure the estimate alone
+    country_iso_code: str = "USA"  # 3-letter ISO code for codecarbon's offline grid table (used when force_grid=false)
+    force_grid: bool = True  # make codecarbon use grid_kg_per_kwh too, so the two numbers differ only in energy
+    grid_kg_per_kwh: float = 0.429  # kgCO2e per kWh; US average grid (Patterson et al. 2021)
+    pue: float = 1.58  # datacenter PUE; 1.58 US average, 1.1 efficient cloud (Patterson et al. 2021)
+    cpu_watts_per_core: float = 4.0  # W per busy core (hardware thread): server TDP/thread 2-4 W + memory share; codecarbon's fallback
+    gpu_watts: float = 325.0  # W per GPU, system power per chip: V100 325, P100 271 (Patterson et al. 2021)
+    tracking_mode: str = "process"  # codecarbon: "process" (this process and its children) or "machine" (whole machine)
+    measure_power_secs: float = 5.0  # codecarbon's power sampling interval
+    log_level: str = "warning"  # codecarbon's logger level (its INFO lines are noise)
+    projection_model: str = "resnext101_32x16d"  # report: model of the full-scale projection (ResNeXt-101 32xCd)
+    projection_images: float = 3.5e9  # report: images in the full-scale dataset (Mahajan et al. 2018: 3.5B)
+    projection_epochs: float = 1.0  # report: passes over projection_images
+    projection_gpus: List[int] = field(default_factory=lambda: [8, 64, 336])  # report: GPU counts (paper: 336)
+    scaling_efficiency: Optional[float] = None  # report: fixed efficiency in (0, 1]; None = Goyal et al. (~90% at 256)
+
+
+@dataclass
+class TransferConfig:
+    """Transfer stage: linear probe and full fine-tuning on a labelled target set (ImageNet folder layout).
+
+    Defaults fit the demo's budget (about 5-6 minutes on 2 CPU cores for Fashion-MNIST at 64 px);
+    ``+transfer=imagenet1k`` is the full-size setting.
+    """
+
+    target: str = "fashion_mnist"  # name of the target set, recorded in results.json
+    root: str = "${data.cache}/fashion_mnist"  # folder with <train_split>/<class>/<img> and <val_split>/<class>/<img>
+    train_split: str = "train"  # subfolder of root with the labelled training images
+    val_split: str = "val"  # subfolder of root the accuracies are measured on
+    image_size: Optional[int] = None  # px; None = the pretraining image size (<run_dir>/pretrain/model.json)
+    methods: List[str] = field(default_factory=lambda: ["linear_probe", "finetune"])  # subset of these two
+    inits: List[str] = field(default_factory=lambda: ["pretrained", "scratch"])  # scratch = same model, random init
+    low_data_per_class: List[int] = field(default_factory=lambda: [10, 100])  # labelled images per class of the low-data settings
+    full: bool = True  # also the "full" setting: all training images, at most max_train_per_class per class
+    max_train_per_class: Optional[int] = 500  # cap of the full setting (None = all; 500 x 10 classes fits the demo budget)
+    max_val_images: Optional[int] = None  # evaluate on a stratified seeded subset of this many val images (None = all)
+    probe_Cs: List[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0])  # inverse L2 strengths tried by the probe
+    probe_holdout_fraction: float = 0.2  # share of each class held out from the training images to choose C
+    probe_max_iter: int = 500  # L-BFGS iterations per logistic-regression fit
+    finetune_epochs: int = 3  # epochs of every fine-tuning run (pretrained and scratch alike)
+    min_epoch_images: int = 2000  # an epoch is at least this many images (low-data sets are passed over repeatedly)
+    batch_size: int = 64  # fine-tuning images per step
+    eval_batch_size: int = 256  # images per forward pass for features and val accuracy
+    base_lr: float = 0.025  # fine-tuning lr per reference_batch images (pretraining: 0.1); linear scaling rule
+    reference_batch: int = 256
+    momentum: float = 0.9  # SGD with Nesterov momentum
+    nesterov: bool = True
+    weight_decay: float = 1e-4  # not applied to BN parameters and biases
+    warmup_epochs: float = 0.5  # linear warmup over this many epochs, then cosine decay to 0
+    warmup_start_fraction: float = 0.1  # warmup starts at this fraction of the peak lr
+    precision: str = "auto"  # "auto" (bf16 autocast on CPU and bf16-capable GPUs), "bf16", "fp32"
+    channels_last: bool = True
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    workers: int = 2  # DataLoader worker processes (decode + augmentation)
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    eval_cache_mb: float = 1024.0  # keep eval-preprocessed images in memory up to this size (decoded once, not per epoch)
+    progress: bool = True  # tqdm progress bars on stderr
+
+
+@dataclass
 class PipelineConfig:
     """Root config of every stage (``conf/config.yaml`` extends it)."""
 
@@ -187,6 +256,8 @@ class PipelineConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -252,6 +323,29 @@ def validate(cfg: Any) -> None:
     _check(0 <= dd.eval_radius <= dd.hash_size**2 // 4, "dedup.eval_radius", "must be in [0, bits/4]")
     _check(dd.workers >= 0, "dedup.workers", "must be >= 0 (0 = all cores)")
     validate_vocab(cfg.vocab)
+    tc = cfg.transfer
+    _check(bool(tc.methods) and set(tc.methods) <= {"linear_probe", "finetune"}, "transfer.methods",
+           f"must be a non-empty subset of [linear_probe, finetune], got {list(tc.methods)}")
+    _check(bool(tc.inits) and set(tc.inits) <= {"pretrained", "scratch"}, "transfer.inits",
+           f"must be a non-empty subset of [pretrained, scratch], got {list(tc.inits)}")
+    _check(all(k >= 1 for k in tc.low_data_per_class), "transfer.low_data_per_class", "must be >= 1 image per class")
+    _check(tc.full or len(tc.low_data_per_class) > 0, "transfer.full", "no data setting left (full=false, no low-data)")
+    _check(tc.max_train_per_class is None or tc.max_train_per_class >= 2, "transfer.max_train_per_class", "must be >= 2")
+    _check(tc.max_val_images is None or tc.max_val_images >= 1, "transfer.max_val_images", "must be >= 1")
+    _check(tc.image_size is None or tc.image_size >= 16, "transfer.image_size", "must be >= 16 px")
+    _check(len(tc.probe_Cs) > 0 and all(c > 0 for c in tc.probe_Cs), "transfer.probe_Cs", "must be a non-empty list of C > 0")
+    _check(0 < tc.probe_holdout_fraction < 1 and tc.probe_max_iter >= 1, "transfer.probe_holdout_fraction/probe_max_iter",
+           "must be in (0, 1) / >= 1")
+    _check(tc.finetune_epochs >= 1 and tc.min_epoch_images >= 0, "transfer.finetune_epochs/min_epoch_images", "must be >= 1 / >= 0")
+    _check(tc.batch_size >= 2 and tc.eval_batch_size >= 1, "transfer.batch_size", "must be >= 2 (BatchNorm) / eval_batch_size >= 1")
+    _check(tc.base_lr > 0 and tc.reference_batch > 0 and tc.warmup_epochs >= 0 and 0 < tc.warmup_start_fraction <= 1,
+           "transfer.base_lr/reference_batch/warmup_epochs/warmup_start_fraction", "must be > 0 / > 0 / >= 0 / in (0, 1]")
+    _check(tc.precision in ("auto", "bf16", "fp32"), "transfer.precision", "must be auto, bf16 or fp32")
+    _check(tc.device in ("auto", "cpu", "cuda"), "transfer.device", "must be auto, cpu or cuda")
+    _check(tc.workers >= 0 and tc.threads >= 0 and tc.eval_cache_mb >= 0, "transfer.workers/threads/eval_cache_mb", "must be >= 0")
+    _check(bool(tc.root) and bool(tc.train_split) and bool(tc.val_split), "transfer.root", "root and splits must be set")
+    if getattr(cfg, "energy", None) is not None:
+        validate_energy(cfg.energy)
 
 
 def validate_vocab(vc: Any) -> None:
@@ -259,6 +353,24 @@ def validate_vocab(vc: Any) -> None:
     _check(vc.min_count >= 1, "vocab.min_count", f"must be >= 1 sample, got {vc.min_count}")
     _check(vc.top_k >= 1, "vocab.top_k", f"must be >= 1 class, got {vc.top_k}")
     _check(VocabKind(vc.kind) is VocabKind.raw or bool(vc.wordnet_dir), "vocab.wordnet_dir", "must be set for WordNet kinds")
+
+
+def validate_energy(ec: Any) -> None:
+    """Range checks of ``energy.*`` (ConfigError naming the key)."""
+    _check(1.0 <= ec.pue <= 3.0, "energy.pue", f"must be in [1, 3] (1.1 efficient cloud, 1.58 US average), got {ec.pue}")
+    _check(0 <= ec.grid_kg_per_kwh <= 2.0, "energy.grid_kg_per_kwh", f"must be in [0, 2] kgCO2e/kWh, got {ec.grid_kg_per_kwh}")
+    _check(0 < ec.cpu_watts_per_core <= 100, "energy.cpu_watts_per_core", f"must be in (0, 100] W, got {ec.cpu_watts_per_core}")
+    _check(0 < ec.gpu_watts <= 2000, "energy.gpu_watts", f"must be in (0, 2000] W, got {ec.gpu_watts}")
+    _check(ec.tracking_mode in ("process", "machine"), "energy.tracking_mode", f"must be process or machine, got {ec.tracking_mode!r}")
+    _check(ec.measure_power_secs > 0, "energy.measure_power_secs", "must be > 0")
+    _check(str(ec.log_level).lower() in ("debug", "info", "warning", "error", "critical"), "energy.log_level",
+           "must be debug, info, warning, error or critical")
+    _check(len(ec.country_iso_code) == 3 and ec.country_iso_code.isalpha(), "energy.country_iso_code",
+           f"must be a 3-letter ISO code, got {ec.country_iso_code!r}")
+    _check(ec.projection_images > 0 and ec.projection_epochs > 0, "energy.projection_images/projection_epochs", "must be > 0")
+    _check(len(ec.projection_gpus) > 0 and all(g >= 1 for g in ec.projection_gpus), "energy.projection_gpus",
+           "must be a non-empty list of GPU counts >= 1")
+    _check(ec.scaling_efficiency is None or 0 < ec.scaling_efficiency <= 1, "energy.scaling_efficiency", "must be in (0, 1] or null")
 
 
 def to_container(cfg: Any) -> dict:

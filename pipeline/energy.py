@@ -132,9 +132,22 @@ def estimate(wall_seconds: float, processors: float, watts_per_processor: float,
 # codecarbon, offline, failure-tolerant
 # --------------------------------------------------------------------------------------
 
+class _DropExpected(logging.Filter):
+    """Drops codecarbon's warning about the setting we choose on purpose (allow_multiple_runs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Multiple instances of codecarbon" not in record.getMessage()
+
+
+_FILTER = _DropExpected()
+
+
 def _quiet_codecarbon(level: str) -> None:
-    lvl = getattr(logging, str(level).upper(), logging.WARNING)
-    logging.getLogger("codecarbon").setLevel(lvl)
+    """codecarbon's logger at ``level`` (its INFO lines are noise), without the expected warning."""
+    lg = logging.getLogger("codecarbon")
+    lg.setLevel(getattr(logging, str(level).upper(), logging.WARNING))
+    if _FILTER not in lg.filters:
+        lg.addFilter(_FILTER)
 
 
 def _start_codecarbon(name: str, ec: Any):

@@ -1,0 +1,184 @@
+"""Full fine-tuning on the target set: every layer trained, a new classifier, evaluated per epoch.
+
+Recipe (the same for the pretrained and the random initialization, so the difference
+is what pretraining buys; Kornblith et al. 2019 compare fine-tuning and training from
+random initialization the same way):
+
+- the head is replaced (``reset_classifier(num_classes)``: ``Linear`` with N(0, 0.01^2)
+  weights and zero bias, Goyal et al. 2017 sec. 5.1) and all layers are trained, BN in
+  training mode;
+- SGD with Nesterov momentum 0.9, weight decay 1e-4 (not on BN and biases)
+  (:func:`pipeline.optim.make_optimizer`); peak rate by the linear scaling rule
+  ``base_lr * batch / 256`` with a *lower* ``base_lr`` than pretraining (the transfer
+  default 0.025 per 256 vs pretraining's 0.1: fine-tuning starts near a good solution
+  and a large rate would wash the pretrained features out);
+- a short linear warmup (from 10% of the peak, a fraction of an epoch) then cosine decay
+  to 0 over the run (:func:`pipeline.optim.make_schedule`), per optimizer step;
+- random-resized crop + horizontal flip on the training images; eval preprocessing on
+  val; cross-entropy loss; bf16 autocast on CPU (and on CUDA where supported).
+
+Mahajan et al. 2018 fine-tune the whole network on ImageNet-1k after hashtag
+pretraining; their exact fine-tuning schedule is not restated here (unverified), and the
+numbers above are the common ImageNet-style fine-tuning recipe scaled to a CPU budget.
+
+Low-data settings: an "epoch" is at least ``min_epoch_images`` training images, i.e.
+``ceil(min_epoch_images / n)`` shuffled passes over a small set of ``n`` images, so a
+10-images-per-class run still takes enough optimizer steps to move (low-data recipes
+train for many more passes than full-data ones). Each pass is a fresh seeded shuffle,
+and each image's augmentation is seeded by (seed, epoch, pass, image), independent of
+the DataLoader workers, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.linear_probe import topk_correct
+from pipeline.loader import item_seed, normalize
+from pipeline.optim import make_optimizer, make_schedule, scaled_lr
+from pipeline.target_data import TransformedSubset
+
+__all__ = ["FinetuneSettings", "epoch_batches", "evaluate", "finetune"]
+
+
+@dataclass
+class FinetuneSettings:
+    """What one fine-tuning run needs besides the model and the data (see the module docstring)."""
+
+    epochs: int
+    batch_size: int = 64
+    base_lr: float = 0.025  # per reference_batch images
+    reference_batch: int = 256
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    warmup_start_fraction: float = 0.1  # warmup starts at this fraction of the peak rate
+    min_epoch_images: int = 0
+    seed: int = 0
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = True
+    workers: int = 2
+    progress: bool = False
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, min_epoch_images: int = 0) -> list[list[tuple[int, int]]]:
+    """Batches of one epoch over ``n`` training images: lists of (position, augmentation seed).
+
+    The epoch is ``max(1, ceil(min_epoch_images / n))`` passes, each a seeded permutation; a
+    final batch of fewer than 2 images is dropped (BatchNorm needs 2).
+
+    Raises:
+        ValueError: if ``n < 2`` or ``batch_size < 2``.
+    """
+    if n < 2 or batch_size < 2:
+        raise ValueError(f"fine-tuning needs >= 2 images and batch_size >= 2, got {n} and {batch_size}")
+    passes = max(1, math.ceil(min_epoch_images / n))
+    items: list[tuple[int, int]] = []
+    for p in range(passes):
+        rng = np.random.default_rng(item_seed("finetune-order", seed, epoch, p))
+        items += [(int(i), item_seed("finetune-aug", seed, epoch, p, int(i))) for i in rng.permutation(n)]
+    batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+    if len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def _prep(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = normalize(x.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, device: torch.device,
+             autocast_dtype: torch.dtype | None = None, channels_last: bool = True) -> dict:
+    """Top-1 / top-5 of a classifier on uint8 image batches.
+
+    Returns:
+        ``{"top1", "top5", "loss", "correct1": bool (N,), "correct5": bool (N,)}``.
+    """
+    model.eval()
+    c1, c5, losses, n = [], [], 0.0, 0
+    for x, y in batches:
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = model(_prep(x, device, channels_last)).float()
+        y = torch.as_tensor(y).to(device)
+        losses += float(F.cross_entropy(logits, y, reduction="sum"))
+        n += len(y)
+        s, t = logits.cpu().numpy(), y.cpu().numpy()
+        c1.append(topk_correct(s, t, 1))
+        c5.append(topk_correct(s, t, 5))
+    correct1 = np.concatenate(c1) if c1 else np.zeros(0, bool)
+    correct5 = np.concatenate(c5) if c5 else np.zeros(0, bool)
+    return {"top1": float(correct1.mean()) if n else 0.0, "top5": float(correct5.mean()) if n else 0.0,
+            "loss": losses / max(1, n), "correct1": correct1, "correct5": correct5}
+
+
+def finetune(model: torch.nn.Module, train: TransformedSubset, val: Iterable, *, num_classes: int,
+             settings: FinetuneSettings, device: torch.device, desc: str = "finetune",
+             on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Replace the head of ``model`` and train all its layers on ``train``; evaluate on ``val`` each epoch.
+
+    Args:
+        model: a model with ``reset_classifier`` (pretrained trunk or fresh init), on ``device``.
+        train: the training images (``train=True`` augmentation).
+        val: a re-iterable of ``(uint8 images, labels)`` batches (e.g. :class:`pipeline.target_data.EvalImages`).
+        on_epoch: called with each epoch's row (``epoch, loss, lr, top1, top5, seconds, images, passes, steps``).
+    Returns:
+        ``{"epochs": [rows], "final": evaluate(...) of the last epoch, "seconds", "steps"}``.
+    """
+    st = settings
+    t0 = time.perf_counter()
+    torch.manual_seed(item_seed("finetune-head", st.seed))
+    model.reset_classifier(num_classes)
+    model.to(device)
+    if st.channels_last:
+        model.to(memory_format=torch.channels_last)
+    plans = [epoch_batches(len(train), st.batch_size, e, st.seed, st.min_epoch_images) for e in range(st.epochs)]
+    total_steps = sum(len(p) for p in plans)
+    peak = scaled_lr(st.batch_size, st.base_lr, st.reference_batch)
+    warmup = min(total_steps - 1, round(st.warmup_epochs * len(plans[0]))) if total_steps > 1 else 0
+    optimizer = make_optimizer(model, peak, momentum=st.momentum, nesterov=st.nesterov, weight_decay=st.weight_decay)
+    scheduler = make_schedule(optimizer, "cosine", total_steps, warmup, st.warmup_start_fraction * peak, peak)
+    rows: list[dict] = []
+    final: dict = {}
+    step = 0
+    for epoch, plan in enumerate(plans):
+        te = time.perf_counter()
+        model.train()
+        loader = DataLoader(train, batch_sampler=plan, num_workers=st.workers, pin_memory=device.type == "cuda")
+        loss_sum, seen, lr_last = 0.0, 0, peak
+        bar = tqdm(loader, total=len(plan), desc=f"{desc} ep {epoch + 1}/{st.epochs}", unit="batch",
+                   disable=not st.progress, leave=False)
+        for x, y in bar:
+            lr_last = optimizer.param_groups[0]["lr"]
+            with torch.autocast(device.type, dtype=st.autocast_dtype or torch.float32, enabled=st.autocast_dtype is not None):
+                logits = model(_prep(x, device, st.channels_last))
+            loss = F.cross_entropy(logits.float(), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += float(loss) * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr_last:.2e}")
+        bar.close()
+        final = evaluate(model, val, device=device, autocast_dtype=st.autocast_dtype, channels_last=st.channels_last)
+        row = {"epoch": epoch + 1, "loss": round(loss_sum / max(1, seen), 6), "lr": lr_last,
+               "top1": final["top1"], "top5": final["top5"], "val_loss": round(final["loss"], 6),
+               "seconds": round(time.perf_counter() - te, 3), "images": seen,
+               "passes": max(1, math.ceil(st.min_epoch_images / len(train))), "steps": step}
+        rows.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return {"epochs": rows, "final": final, "seconds": time.perf_counter() - t0, "steps": step}

@@ -174,6 +174,8 @@ class RunConfig:
     force: List[str] = field(default_factory=list)  # stages to redo even if their inputs and config are unchanged
     pretrain_nproc: int = 1  # > 1: launch pretraining with torchrun --nproc_per_node=N (DDP) from the main job
     report: bool = True  # write <run_dir>/report.md at the end
+    shared_dir: Optional[str] = None  # sweeps: run shared_stages once here and link them into each job's run_dir
+    shared_stages: List[str] = field(default_factory=lambda: ["ingest", "dedup"])  # stages a sweep's jobs share
 
 
 @dataclass

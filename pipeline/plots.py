@@ -239,6 +239,9 @@ def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str =
     for key, pts in sorted(groups.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker="o", ms=3, lw=1.4, label=key)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric + (" (%)" if scale == 100.0 else ""))
     ax.grid(True, alpha=0.3)
@@ -279,9 +282,16 @@ def energy_plot(stages: list[str], estimate_wh: list[float | None], codecarbon_w
     ax.set_yticks(y)
     ax.set_yticklabels(stages)
     ax.invert_yaxis()
+    for ys, vals in ((y - h / 2, est), (y + h / 2, cc)):
+        for yy, v in zip(ys, vals):
+            if v == v:
+                ax.text(v, yy, f" {v:.3g}", va="center", fontsize=7)
     finite = [v for v in est + cc if v == v]
     if finite and max(finite) / max(min(finite), 1e-12) > 50:
         ax.set_xscale("log")
+        ax.set_xlim(min(finite) / 3, max(finite) * 4)
+    elif finite:
+        ax.set_xlim(0, max(finite) * 1.18)
     ax.set_xlabel("energy per stage (Wh, PUE included)")
     ax.grid(True, axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")

@@ -101,6 +101,8 @@ def fmt_seconds(s: Any) -> str:
     if _missing(s):
         return "-"
     s = float(s)
+    if s < 1:
+        return f"{s:.2f} s"
     if s < 120:
         return f"{s:.1f} s"
     if s < 7200:

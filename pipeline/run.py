@@ -12,6 +12,10 @@ stage that crashed with an unchanged key is resumed: ingest by unit, pretrain fr
 last checkpoint). So rerunning after a crash or a config change redoes only what must
 be redone. ``run.force=[vocab]`` redoes a stage and everything after it.
 
+Sweeps (``python -m pipeline.run -m ...``): with ``run.shared_dir`` set, the stages of
+``run.shared_stages`` (default ingest and dedup) run once in that folder, under a file
+lock, and every job's run folder links to them; each job runs the rest itself.
+
 Energy and time of every stage are measured (:mod:`pipeline.energy`) into
 ``<run_dir>/run/energy.json``; the report is ``<run_dir>/report.md``.
 """
@@ -19,7 +23,10 @@ Energy and time of every stage are measured (:mod:`pipeline.energy`) into
 from __future__ import annotations
 
 import contextlib
+import copy
+import fcntl
 import importlib
+import os
 import json
 import logging
 import shutil
@@ -102,7 +109,7 @@ def _timer(name: str):
     rec = {"stage": name}
     t0 = time.perf_counter()
     yield rec
-    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
 
 
 def _as_dict(rec) -> dict:
@@ -111,6 +118,40 @@ def _as_dict(rec) -> dict:
     if hasattr(rec, "to_dict"):
         return rec.to_dict()
     return dict(vars(rec))
+
+
+def _run_shared(cfg, shared: Path, stages: list[str]) -> dict[str, str]:
+    """Run ``stages`` once in ``shared`` (under a file lock) and link them into ``cfg.run_dir``.
+
+    Jobs of a Hydra multirun sweep call this concurrently: the first takes the lock and
+    runs the stages, the others wait and then find them up to date.
+    """
+    shared.mkdir(parents=True, exist_ok=True)
+    sub = copy.deepcopy(cfg)
+    sub.run_dir = str(shared)
+    sub.run.stages = list(stages)
+    sub.run.force = [s for s in cfg.run.force if s in stages]
+    sub.run.shared_dir = None
+    sub.run.report = False
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            out = run_pipeline(sub)["stages"]
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for s in stages:
+        link = run_dir / s
+        target = os.path.relpath((shared / s).resolve(), run_dir.resolve())
+        if link.is_symlink() and os.readlink(link) == target:
+            continue
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            raise ConfigError(f"config error at run.shared_dir: {link} is a real folder; a job's shared stages must be links")
+        link.symlink_to(target, target_is_directory=True)
+    return {s: f"shared ({v})" for s, v in out.items()}
 
 
 def run_pipeline(cfg) -> dict:
@@ -128,9 +169,15 @@ def run_pipeline(cfg) -> dict:
     unknown = [s for s in wanted + list(cfg.run.force) if s not in STAGES]
     if unknown:
         raise ConfigError(f"config error at run.stages/run.force: unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    shared_stages = list(cfg.run.shared_stages) if cfg.run.shared_dir else []
+    if shared_stages and shared_stages != list(STAGES[: len(shared_stages)]):
+        raise ConfigError(f"config error at run.shared_stages: must be the first stages in order, got {shared_stages}")
     resolved = to_container(cfg)
     keys = stage_keys(resolved)
     run_dir = Path(cfg.run_dir)
+    outcome: dict[str, str] = {}
+    if shared_stages:
+        outcome.update(_run_shared(cfg, Path(cfg.run.shared_dir), [s for s in shared_stages if s in wanted]))
     state_file = stage_dir(run_dir, "run") / "stages.json"
     energy_file = stage_dir(run_dir, "run") / "energy.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
@@ -138,9 +185,8 @@ def run_pipeline(cfg) -> dict:
     forced = set()
     for s in cfg.run.force:  # a forced stage forces everything after it
         forced.update(STAGES[STAGES.index(s):])
-    outcome: dict[str, str] = {}
     for s in STAGES:
-        if s not in wanted:
+        if s not in wanted or s in shared_stages:
             continue
         man = read_manifest(stage_dir(run_dir, s))
         rec = state.get(s, {})

@@ -37,4 +37,18 @@ def test_skip_and_redo(prepared_fixture, tmp_path):
     b = stage_keys(to_container(stage_cfg(run, *TINY, "pretrain.workers=2", "ingest.progress=true")))
     assert a == b
     energy = json.loads((run / "run" / "energy.json").read_text())
-    assert set(energy) == {"ingest", "dedup", "vocab", "pretrain"} and all(e["seconds"] > 0 for e in energy.values())
+    assert set(energy) == {"ingest", "dedup", "vocab", "pretrain"} and all(e["wall_seconds"] > 0 for e in energy.values())
+
+
+def test_sweep_jobs_share_upstream_stages(tmp_path):
+    shared = tmp_path / "shared"
+    outs = []
+    for job, loss in enumerate(["softmax", "sigmoid"]):
+        outs.append(run_pipeline(stage_cfg(tmp_path / f"job{job}", "run.stages=[ingest,dedup,vocab]", *TINY,
+                                           f"run.shared_dir={shared}", f"pretrain.loss={loss}")))
+    assert outs[0]["stages"]["ingest"] == "shared (ran)" and outs[1]["stages"]["ingest"] == "shared (skipped)"
+    assert outs[1]["stages"]["vocab"] == "ran"
+    for job in ("job0", "job1"):
+        link = tmp_path / job / "ingest"
+        assert link.is_symlink() and (link / "manifest.json").exists()
+    assert not (shared / "vocab").exists()

@@ -187,7 +187,7 @@ class EnergyConfig:
     offline tracker (a measurement where energy counters exist, else codecarbon's own model).
     """
 
-    enabled: bool = True  # wrap each stage in pipeline.energy.measure_energy; records in <run_dir>/run/energy.json
+    enabled: bool = True  # pipeline.run measures each stage (records in <run_dir>/run/energy.json); false: no codecarbon
     codecarbon: bool = True  # also run codecarbon's OfflineEmissionsTracker (never online); on failure the estimate alone
     country_iso_code: str = "USA"  # 3-letter ISO code for codecarbon's offline grid table (used when force_grid=false)
     force_grid: bool = True  # make codecarbon use grid_kg_per_kwh too, so the two numbers differ only in energy

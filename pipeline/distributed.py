@@ -4,7 +4,8 @@
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; under SLURM (one task per GPU, e.g.
 hydra-submitit-launcher) they are derived from ``SLURM_PROCID``, ``SLURM_NTASKS`` and
 ``SLURM_LOCALID`` when ``WORLD_SIZE`` is absent (``MASTER_ADDR``/``MASTER_PORT`` must be
-exported by the job script). The backend is NCCL where CUDA is present, else gloo.
+exported by the job script; under submitit they are exported from
+``submitit.helpers.TorchDistributedEnvironment``). The backend is NCCL where CUDA is present, else gloo.
 """
 
 from __future__ import annotations
@@ -36,7 +37,30 @@ class DistInfo:
         return self.world > 1
 
 
+def _from_submitit() -> None:
+    """Under submitit (hydra-submitit-launcher, SLURM or local executor) with several tasks: export
+    RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR (the first node) and MASTER_PORT
+    (an existing one, else one seeded by the job id, so every task picks the same)."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment()
+    if env.world_size > 1:
+        addr = os.environ.get("MASTER_ADDR")
+        # keep CUDA_VISIBLE_DEVICES: pick_device selects cuda:<local_rank> among the node's GPUs itself
+        env.export(set_cuda_visible_devices=False, overwrite=True)
+        if addr:  # one exported by the job script wins
+            os.environ["MASTER_ADDR"] = addr
+
+
+def export_rank_env() -> None:
+    """Set torch's RANK/WORLD_SIZE/LOCAL_RANK from submitit or SLURM if unset (the main job needs them early)."""
+    _from_slurm()
+
+
 def _from_slurm() -> None:
+    _from_submitit()
     if "WORLD_SIZE" not in os.environ and "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
         os.environ["RANK"] = os.environ.get("SLURM_PROCID", "0")
         os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]

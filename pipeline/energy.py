@@ -280,7 +280,8 @@ def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None
     Args:
         name: the stage name (the key in ``energy.json``).
         cfg_energy: an :class:`pipeline.config.EnergyConfig` (or DictConfig/dict with
-            its keys); None = defaults. ``codecarbon=false`` skips codecarbon.
+            its keys); None = defaults. ``codecarbon=false`` (or ``enabled=false``) skips
+            codecarbon; the timing and the estimate are always recorded (they cost nothing).
         gpus: GPUs this process used; None = 1 if it initialized CUDA, else 0. With GPUs
             the estimate counts GPUs at ``gpu_watts``; without, busy CPU cores.
     """
@@ -291,14 +292,14 @@ def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None
                            "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     tracker = None
     cc_error: str | None = None
-    if bool(_get(ec, "codecarbon", True)):
+    if bool(_get(ec, "codecarbon", True)) and bool(_get(ec, "enabled", True)):
         try:
             tracker = _start_codecarbon(name, ec)
         except Exception as exc:  # noqa: BLE001  (codecarbon must never break a stage)
             cc_error = f"{type(exc).__name__}: {exc}"
             log.warning("energy: codecarbon unavailable for %s (%s); using the estimate only", name, cc_error)
     else:
-        cc_error = "disabled (energy.codecarbon=false)"
+        cc_error = "disabled (energy.codecarbon=false or energy.enabled=false)"
     self0, child0 = _cpu_seconds()
     t0 = time.perf_counter()
     status = "error"

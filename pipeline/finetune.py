@@ -169,9 +169,10 @@ def finetune(model: torch.nn.Module, train: TransformedSubset, val: Iterable, *,
             optimizer.step()
             scheduler.step()
             step += 1
-            loss_sum += float(loss) * len(y)
+            loss_val = float(loss.detach())
+            loss_sum += loss_val * len(y)
             seen += len(y)
-            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr_last:.2e}")
+            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_last:.2e}")
         bar.close()
         final = evaluate(model, val, device=device, autocast_dtype=st.autocast_dtype, channels_last=st.channels_last)
         row = {"epoch": epoch + 1, "loss": round(loss_sum / max(1, seen), 6), "lr": lr_last,

@@ -34,6 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from pipeline.loader import normalize
@@ -111,7 +112,8 @@ def _fit(C: float, x: np.ndarray, y: np.ndarray, max_iter: int, seed: int) -> Pi
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], *, num_classes: int, holdout_fraction: float = 0.2,
-              max_iter: int = 1000, seed: int = 0, progress: bool = False, desc: str = "probe") -> ProbeResult:
+              max_iter: int = 1000, seed: int = 0, blas_threads: int | None = 1, progress: bool = False,
+              desc: str = "probe") -> ProbeResult:
     """Choose C on a stratified held-out part of ``(x, y)``, then refit on all of it.
 
     Args:
@@ -119,11 +121,19 @@ def fit_probe(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], *, num_classes:
         Cs: the grid of inverse regularization strengths (one value: no search).
         holdout_fraction: share of each class held out to choose C (at least one image per class
             with 2+ images; see :func:`pipeline.target_data.stratified_holdout`).
+        blas_threads: BLAS threads during the fits (None = the library's default). 1 by default:
+            on the 2-core demo machine, with other processes busy, multi-threaded OpenBLAS made
+            the same fits 5-15x slower (threads spin waiting for each other).
     Returns:
         :class:`ProbeResult` (``scores(val_x)`` gives the val scores).
     Raises:
         ValueError: an empty grid or fewer than 2 classes in ``y``.
     """
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, seed, progress, desc)
+
+
+def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, seed, progress, desc) -> ProbeResult:
     t0 = time.perf_counter()
     if not len(Cs):
         raise ValueError("the C grid is empty")

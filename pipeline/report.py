@@ -344,9 +344,18 @@ def section_vocab(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
 
 
 def section_pretrain(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
-    if not run.manifests.get("pretrain"):
-        return _not_run(run, "pretrain")
     from pipeline.plots import heldout_eval_plot, training_curves_plot
+
+    if not run.manifests.get("pretrain"):
+        out = _not_run(run, "pretrain")
+        metrics = _load_jsonl(run.path("pretrain", "metrics.jsonl"))
+        if metrics:  # a run in progress (or killed): its curves so far
+            training_curves_plot(metrics, plot_dir / "training_curves.png",
+                                 title=f"pretraining so far (step {metrics[-1].get('step')}, no manifest yet)")
+            made.add("training_curves.png")
+            out += ["", f"Curves so far, up to step {fmt_int(metrics[-1].get('step'))}:", "",
+                    f"![training curves]({PLOT_DIR}/training_curves.png)"]
+        return out
 
     c = run.counts("pretrain")
     pc = run.config("pretrain").get("pretrain", {})
@@ -534,6 +543,13 @@ def section_energy(run: Run, records: dict, ec: Any, plot_dir: Path, made: set[s
             "(Patterson et al. 2021 system power per chip: V100 325 W, P100 271 W)."]
     for b in sorted(bases):
         out.append(f"- codecarbon basis: {b}.")
+    ccs = [records[s]["codecarbon"] for s in names if (records.get(s) or {}).get("codecarbon")]
+    ram = sum(float(c.get("ram_kwh") or 0) for c in ccs)
+    if ccs and ram > 0:
+        watts = sorted({fmt_num(c.get("ram_power_w")) for c in ccs if c.get("ram_power_w")})
+        out.append(f"- codecarbon also counts RAM ({', '.join(watts)} W, modelled from the installed memory size): "
+                   f"{fmt_pct(ram / max(tot_cc / 1000, 1e-30), 0)} of its energy, a term the Patterson formula "
+                   "(processors only) leaves out.")
     if unmeasured:
         out.append(f"- \\* No energy record for {', '.join(unmeasured)} (run one stage at a time rather than through "
                    f"`python -m pipeline.run`): the estimate takes the manifest's wall time and assumes all {cores} "

@@ -85,23 +85,24 @@ def _stage_fn(stage: str):
     return getattr(importlib.import_module(f"pipeline.{stage}"), f"run_{stage}")
 
 
-def _launch_torchrun(stage: str, nproc: int) -> None:
+def _launch_torchrun(stage: str, nproc: int, run_dir: str) -> None:
     """Run ``stage`` under torchrun with this job's own command-line overrides."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("run.")]
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("run.", "run_dir="))]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", f"pipeline.{stage}", *overrides]
+           "-m", f"pipeline.{stage}", *overrides, f"run_dir={run_dir}"]  # explicit: a sweep job's run_dir comes from hydra.sweep.*
     log.info("launching %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
 
 
-def _energy_context(name: str, cfg):
-    try:
-        from pipeline.energy import measure_energy
-    except ImportError:  # energy module unavailable: time only
+def _energy_context(name: str, cfg, gpus: int | None = None):
+    """Measure a stage's time and energy (pipeline.energy), or only its time if disabled."""
+    if not cfg.energy.enabled:
         return _timer(name)
-    return measure_energy(name, cfg.get("energy") if hasattr(cfg, "get") else None)
+    from pipeline.energy import measure_energy
+
+    return measure_energy(name, cfg.energy, gpus=gpus)
 
 
 @contextlib.contextmanager
@@ -203,9 +204,17 @@ def run_pipeline(cfg) -> dict:
                 log.info("stage %s: key changed (%s -> %s), clearing %s", s, rec.get("key"), keys[s], stage_dir(run_dir, s))
                 shutil.rmtree(stage_dir(run_dir, s))
         log.info("stage %s: running (key %s)", s, keys[s])
-        with _energy_context(s, cfg) as erec:
-            if s == "pretrain" and cfg.run.pretrain_nproc > 1:
-                _launch_torchrun(s, cfg.run.pretrain_nproc)
+        if s in DIST_STAGES:
+            _tell_followers(s, run_dir)
+        torchrun = s == "pretrain" and cfg.run.pretrain_nproc > 1
+        gpus = None
+        if torchrun:  # the children use the GPUs, if any; this process never initializes CUDA
+            import torch
+
+            gpus = cfg.run.pretrain_nproc if torch.cuda.is_available() and cfg.pretrain.device != "cpu" else 0
+        with _energy_context(s, cfg, gpus) as erec:
+            if torchrun:
+                _launch_torchrun(s, cfg.run.pretrain_nproc, str(run_dir))
             else:
                 _stage_fn(s)(cfg)
         man = read_manifest(stage_dir(run_dir, s))
@@ -219,22 +228,102 @@ def run_pipeline(cfg) -> dict:
         outcome[s] = "ran"
     report = None
     if cfg.run.report:
-        try:
-            from pipeline.report import write_report
-        except ImportError:
-            log.warning("report module unavailable: no report.md")
-        else:
-            report = str(write_report(run_dir, energy))
-            log.info("report: %s", report)
+        from pipeline.report import write_report
+
+        report = str(write_report(run_dir, energy, energy_cfg=cfg.energy))
+        log.info("report: %s", report)
     return {"stages": outcome, "report": report}
+
+
+# A job of several tasks (SLURM/submitit, one task per GPU) runs `main` once per task: rank 0 runs the
+# pipeline; the other ranks run only the stages that split work over ranks, when rank 0 reaches them
+# (it tells them through <run_dir>/run/ranks.json), and leave when it is done.
+DIST_STAGES = ("ingest", "pretrain")
+RANKS_FILE = "ranks.json"
+ERROR_FILE = "error.txt"  # <run_dir>/run/error.txt: traceback of the job's last failure (read by pipeline.summarize)
+_leader: dict = {"file": None, "seq": 0}
+
+
+def _job_token() -> str:
+    """Identifies one start of a multi-task job (a SLURM requeue is a new start)."""
+    keys = ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID", "MASTER_ADDR", "MASTER_PORT")
+    return ":".join(os.environ.get(k, "") for k in keys)
+
+
+def _tell_followers(stage: str | None, run_dir) -> None:
+    """Rank 0 of a multi-task job: the other ranks are to run ``stage`` in ``run_dir`` now (None: job done)."""
+    if _leader["file"] is None:
+        return
+    _leader["seq"] += 1
+    write_json(_leader["file"], {"job": _job_token(), "seq": _leader["seq"], "stage": stage, "run_dir": str(run_dir)})
+
+
+def _follow(cfg, rank: int) -> dict:
+    """Ranks > 0 of a multi-task job: run the stages rank 0 names (ingest, pretrain) until it is done."""
+    path, token, seq, ran = stage_dir(cfg.run_dir, "run") / RANKS_FILE, _job_token(), 0, {}
+    while True:
+        try:
+            msg = json.loads(path.read_text())
+        except (OSError, ValueError):
+            msg = None
+        if not msg or msg.get("job") != token or msg.get("seq", 0) <= seq:
+            time.sleep(1.0)
+            continue
+        seq = msg["seq"]
+        if msg["stage"] is None:
+            return {"rank": rank, "stages": ran}
+        sub = copy.deepcopy(cfg)
+        sub.run_dir = msg["run_dir"]
+        _stage_fn(msg["stage"])(sub)
+        ran[msg["stage"]] = "ran"
+
+
+def _run_job(cfg) -> dict:
+    """One task of ``main``: the pipeline (rank 0) or the distributed stages (other ranks); failures recorded."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from pipeline.atomic import write_text
+    from pipeline.partition import current_partition
+
+    if os.environ.get("SUBMITIT_EXECUTOR"):  # hydra-submitit-launcher: RANK, WORLD_SIZE, MASTER_ADDR/PORT from submitit
+        from pipeline.distributed import export_rank_env
+
+        export_rank_env()
+    part = current_partition()
+    if not part.is_main:
+        return _follow(cfg, part.rank)
+    _leader.update(file=stage_dir(cfg.run_dir, "run") / RANKS_FILE if part.world > 1 else None, seq=0)
+    err = stage_dir(cfg.run_dir, "run") / ERROR_FILE
+    err.unlink(missing_ok=True)
+    try:
+        return run_pipeline(cfg)
+    except Exception as exc:
+        import traceback
+
+        write_text(err, traceback.format_exc())
+        if isinstance(exc, (ConfigError, FileNotFoundError)) and HydraConfig.initialized() \
+                and HydraConfig.get().mode == RunMode.MULTIRUN:
+            # hydra_entry turns these into sys.exit(2), which would end the whole sweep: fail this job only
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+        raise
+    finally:
+        _tell_followers(None, cfg.run_dir)
+        _leader["file"] = None
 
 
 def main() -> None:
     """Hydra entry point: ``python -m pipeline.run [overrides]`` (also ``-m`` multirun sweeps)."""
     from pipeline.cli import hydra_entry
 
+    if not any(a.startswith("hydra.job.name=") for a in sys.argv[1:]):
+        # hydra_entry would insert it first, which splits the overrides of `-m k=v ...` (argparse):
+        # put it just before the first override instead
+        first = next((i for i, a in enumerate(sys.argv[1:], 1) if "=" in a and not a.startswith("-")), 1)
+        sys.argv.insert(first, "hydra.job.name=run")
+
     def _run(cfg):
-        out = run_pipeline(cfg)
+        out = _run_job(cfg)
         print(json.dumps(out))
         return None
 

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import torch
 from torch import nn
 
 from conftest import copy_run, stage_cfg

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 RUN_DIR ?= runs/demo
 CACHE ?= data/raw
 
-.PHONY: install demo test fetch fetch-test-data ingest clean-run
+.PHONY: install demo test fetch fetch-test-data ingest clean-run bench
 
 $(PYBIN):
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,16 @@ demo: fetch
 
 test: install fetch-test-data
 	$(PYBIN) -m pytest -q
+
+# Benchmarks against the anchors (benchmarks/RESULTS.md, benchmarks/results.json); needs a
+# finished demo run (make demo). Extra flags: make bench BENCH_ARGS="--quick --only loader".
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PYBIN) -m pip install --quiet -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PYBIN) -m benchmarks --run-dir $(RUN_DIR) $(BENCH_ARGS)
 
 clean-run:
 	rm -rf $(RUN_DIR)

@@ -35,7 +35,10 @@ def summarize(manifest: dict | None) -> str:
 def hydra_entry(stage_fn: Callable[[DictConfig], dict | None], job_name: str, config_name: str = "config") -> None:
     """Run ``stage_fn`` as a Hydra app over ``conf/<config_name>.yaml``; logs go to ``<run_dir>/<job_name>.log``."""
     if not any(a.startswith("hydra.job.name=") for a in sys.argv[1:]):
-        sys.argv.insert(1, f"hydra.job.name={job_name}")
+        # just before the first override: at the end it would follow `--cfg job`, and first it
+        # would split `-m k=v ...` (argparse takes the overrides as one positional run)
+        first = next((i for i, a in enumerate(sys.argv[1:], 1) if "=" in a and not a.startswith("-")), len(sys.argv))
+        sys.argv.insert(first, f"hydra.job.name={job_name}")
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
     def _app(cfg: DictConfig) -> None:

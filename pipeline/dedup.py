@@ -6,7 +6,10 @@ Reads the ingest shards (never rewrites them) and writes into ``<run_dir>/dedup/
 
 * ``removed.jsonl``: one row per removed sample ``{key, id, reason, duplicate_of,
   distance}``; reasons in order of precedence: ``withdrawn`` (ids listed in
-  ``dedup.withdrawn``), ``eval-contamination`` (within ``eval_radius`` of an image of a
+  ``dedup.withdrawn``), ``duplicate_id`` (a sample id already used by an earlier sample:
+  ingest detects repeated ids only within one unit, so two input tars or two slices of
+  an index that hold the same key both reach the shards, and are resolved here),
+  ``eval-contamination`` (within ``eval_radius`` of an image of a
   ``data.eval_sets`` entry, or the same pixels), ``exact`` (same canonical-pixel SHA-256
   as an earlier sample), ``near`` (pHash within ``near_radius`` of an earlier kept
   sample). "Earlier" is shard-key order; the first is kept.
@@ -182,6 +185,15 @@ def run_dedup(cfg) -> dict:
                            for h in hashed for k, i in h["withdrawn"]]
     alive = np.ones(n, dtype=bool)
 
+    # the same id in two units (e.g. one key in two input tars): keep the first by key
+    first_with_id: dict[str, int] = {}
+    for r in range(n):
+        f = first_with_id.setdefault(ids[r], r)
+        if f != r:
+            alive[r] = False
+            removed.append({"key": keys[r], "id": ids[r], "reason": "duplicate_id", "duplicate_of": keys[f],
+                            "distance": None})
+
     # eval decontamination: any pretraining image within eval_radius of an eval image, or same pixels
     eval_report: dict = {}
     if eval_units:
@@ -203,6 +215,8 @@ def run_dedup(cfg) -> dict:
             if r not in best or (d, q) < best[r]:
                 best[r] = (d, q)
         for r in sorted(best):
+            if not alive[r]:
+                continue
             d, q = best[r]
             alive[r] = False
             removed.append({"key": keys[r], "id": ids[r], "reason": "eval-contamination",
@@ -252,7 +266,8 @@ def run_dedup(cfg) -> dict:
         faiss.write_index_binary(index, str(tmp))
     write_text(out / "index_keys.txt", "".join(keys[r] + "\n" for r in rows))
 
-    by_reason = {r: sum(1 for x in removed if x["reason"] == r) for r in ("withdrawn", "eval-contamination", "exact", "near")}
+    by_reason = {r: sum(1 for x in removed if x["reason"] == r)
+                 for r in ("withdrawn", "duplicate_id", "eval-contamination", "exact", "near")}
     counts = {
         "samples": n + by_reason["withdrawn"], "removed": len(removed), "kept": int(alive.sum()),
         **{k.replace("-", "_"): v for k, v in by_reason.items()},

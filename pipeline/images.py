@@ -142,8 +142,8 @@ def decode_image(
     w, h = img.size
     if w * h > max_pixels:
         raise Rejected("decompression_bomb", f"{w}x{h} px > max_pixels={max_pixels}")
-    frames = int(getattr(img, "n_frames", 1) or 1)
     try:
+        frames = int(getattr(img, "n_frames", 1) or 1)  # counting frames reads the whole file
         if frames > 1:
             img.seek(0)
         img.load()

@@ -59,9 +59,25 @@ class IngestSettings:
     plan_hash: str
 
 
+def _printable(s: str) -> str:
+    """``s`` with lone surrogates (undecodable bytes, ``\\ud800`` escapes) backslash-escaped, so it can be
+    written as UTF-8."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _not_utf8(*values) -> bool:
+    """True if a string in ``values`` (nested in lists/dicts too) holds a lone surrogate: valid JSON
+    (``"\\ud800"``) or a surrogate-escaped file name, but not encodable as UTF-8."""
+    try:
+        json.dumps(values, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _quarantine_row(unit: WorkUnit, sid: str, origin: str, reason: str, detail: str) -> dict:
-    return {"id": f"{unit.source}:{sid}", "source": unit.source, "origin": origin,
-            "reason": reason, "detail": detail, "unit": unit.number}
+    return {"id": f"{unit.source}:{_printable(sid)}", "source": unit.source, "origin": _printable(origin),
+            "reason": reason, "detail": _printable(detail), "unit": unit.number}
 
 
 def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dict:
@@ -88,6 +104,9 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
                 continue
             assert isinstance(item, RawSample)
             try:
+                if _not_utf8(item.id, item.tags, item.caption, item.meta):
+                    raise Rejected("invalid_utf8", "lone surrogate (undecodable bytes or a \\uD800-\\uDFFF escape) "
+                                   "in id, tags, caption or metadata")
                 if item.id in seen:
                     raise Rejected("duplicate_id", "id already seen in this unit")
                 seen.add(item.id)

@@ -101,20 +101,26 @@ class ProbeResult:
         return out
 
 
-def _make(C: float, max_iter: int, seed: int) -> Pipeline:
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, tol=1e-4, random_state=seed))
-
-
-def _fit(C: float, x: np.ndarray, y: np.ndarray, max_iter: int, seed: int) -> Pipeline:
+def _fit(C: float, x: np.ndarray, y: np.ndarray, max_iter: int, seed: int, tol: float,
+         init: LogisticRegression | None = None) -> LogisticRegression:
+    """One L-BFGS fit on standardized features, warm-started from ``init``'s weights if given."""
+    clf = LogisticRegression(C=C, max_iter=max_iter, tol=tol, random_state=seed, warm_start=init is not None)
+    if init is not None:
+        clf.coef_, clf.intercept_ = init.coef_.copy(), init.intercept_.copy()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # reported by n_iter_ == max_iter instead
-        return _make(C, max_iter, seed).fit(x, y)
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported by iterations == max_iter instead
+        return clf.fit(x, y)
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], *, num_classes: int, holdout_fraction: float = 0.2,
-              max_iter: int = 1000, seed: int = 0, blas_threads: int | None = 1, progress: bool = False,
-              desc: str = "probe") -> ProbeResult:
+              max_iter: int = 1000, tol: float = 1e-4, seed: int = 0, blas_threads: int | None = 1,
+              progress: bool = False, desc: str = "probe") -> ProbeResult:
     """Choose C on a stratified held-out part of ``(x, y)``, then refit on all of it.
+
+    The grid is fitted in increasing C (decreasing regularization), each fit warm-started
+    from the previous solution, and the refit from the chosen one: the regularization path
+    the way glmnet walks it, several times fewer L-BFGS iterations than cold starts on
+    these poorly conditioned 2048-d features.
 
     Args:
         x: float32 (N, D) training features; y: int64 (N,) labels in ``[0, num_classes)``.
@@ -130,10 +136,10 @@ def fit_probe(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], *, num_classes:
         ValueError: an empty grid or fewer than 2 classes in ``y``.
     """
     with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, seed, progress, desc)
+        return _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, progress, desc)
 
 
-def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, seed, progress, desc) -> ProbeResult:
+def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, progress, desc) -> ProbeResult:
     t0 = time.perf_counter()
     if not len(Cs):
         raise ValueError("the C grid is empty")
@@ -141,19 +147,24 @@ def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, seed, progress
         raise ValueError("the linear probe needs at least 2 classes in the training features")
     grid: list[dict] = []
     fit_pos, hold_pos = stratified_holdout(y, holdout_fraction, seed)
+    warm: dict[float, LogisticRegression] = {}
     if len(Cs) > 1 and len(hold_pos) and len(np.unique(y[fit_pos])) >= 2:
-        for C in tqdm(list(Cs), desc=desc, unit="C", disable=not progress, leave=False):
+        scaler = StandardScaler().fit(x[fit_pos])
+        xf, xh = scaler.transform(x[fit_pos]), scaler.transform(x[hold_pos])
+        prev = None
+        for C in tqdm(sorted(float(c) for c in Cs), desc=desc, unit="C", disable=not progress, leave=False):
             t = time.perf_counter()
-            m = _fit(float(C), x[fit_pos], y[fit_pos], max_iter, seed)
-            res = ProbeResult(best_C=float(C), model=m, num_classes=num_classes)
-            s = res.scores(x[hold_pos])
-            top1 = float(topk_correct(s, y[hold_pos], 1).mean())
-            proba = m.predict_proba(x[hold_pos])
-            ll = float(log_loss(y[hold_pos], proba, labels=m[-1].classes_))
-            grid.append({"C": float(C), "holdout_top1": top1, "holdout_log_loss": ll,
-                         "iterations": int(np.max(m[-1].n_iter_)), "seconds": round(time.perf_counter() - t, 3)})
+            clf = _fit(C, xf, y[fit_pos], max_iter, seed, tol, prev)
+            res = ProbeResult(best_C=C, model=make_pipeline(scaler, clf), num_classes=num_classes)
+            top1 = float(topk_correct(res.scores(x[hold_pos]), y[hold_pos], 1).mean())
+            ll = float(log_loss(y[hold_pos], clf.predict_proba(xh), labels=clf.classes_))
+            grid.append({"C": C, "holdout_top1": top1, "holdout_log_loss": ll,
+                         "iterations": int(np.max(clf.n_iter_)), "seconds": round(time.perf_counter() - t, 3)})
+            warm[C] = prev = clf
         best = min(grid, key=lambda g: (-g["holdout_top1"], g["holdout_log_loss"], g["C"]))["C"]
     else:
         best = float(Cs[0])
-    model = _fit(best, x, y, max_iter, seed)
-    return ProbeResult(best_C=best, grid=grid, model=model, seconds=time.perf_counter() - t0, num_classes=num_classes)
+    scaler = StandardScaler().fit(x)
+    clf = _fit(best, scaler.transform(x), y, max_iter, seed, tol, warm.get(best))
+    return ProbeResult(best_C=best, grid=grid, model=make_pipeline(scaler, clf), seconds=time.perf_counter() - t0,
+                       num_classes=num_classes)

@@ -255,7 +255,11 @@ def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False)
     """A DataLoader over a :class:`ShardStream` (batches are built in the workers).
 
     Workers are not persistent: each epoch starts fresh workers holding that epoch's
-    plan (persistent workers keep stale copies and grow memory at epoch ends).
+    plan (persistent workers keep stale copies and grow memory at epoch ends). The loader
+    draws its workers' base seed from a private generator, not torch's global RNG: a run
+    resumed mid-epoch creates one more loader than an uninterrupted one, and must not
+    shift the global RNG that the model (and the checkpoints' RNG state) see.
     """
+    generator = torch.Generator().manual_seed(item_seed("dataloader", stream.seed) >> 1)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None, generator=generator)

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.atomic import write_json
+from pipeline.atomic import remove_stale_temps, write_json
 from pipeline.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from pipeline.config import ConfigError, to_container, validate
 from pipeline.distributed import (DistInfo, average_buffers, barrier, cleanup, gather_objects, init_distributed,
@@ -140,6 +141,8 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     warmup_steps = min(total_steps - 1, round(pt.warmup_epochs * steps_per_epoch[0])) if total_steps > 1 else 0
 
     torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)  # unused by training, but saved in checkpoints: same seed, same files
+    np.random.seed(cfg.seed)
     model = create_model(pt.model, num_classes=num_classes).to(info.device)
     if pt.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -166,6 +169,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         (out / "manifest.json").unlink(missing_ok=True)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)  # e.g. a checkpoint half-written when the last run was killed
         truncate_metrics(out / "metrics.jsonl", state.step)
         truncate_metrics(out / "eval.jsonl", state.step)
     barrier(info)
@@ -199,6 +203,9 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
                      channels_last=pt.channels_last)
         r["step"] = step
         evals.append(r)
+        # a rerun after a kill may redo an eval that is already logged (the step-0 eval of a run
+        # killed before its first checkpoint, an epoch-end eval after the checkpoint of that step)
+        truncate_metrics(out / "eval.jsonl", step - 1)
         with open(out / "eval.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(r, sort_keys=True) + "\n")
         log.info("held-out eval at step %d: precision@1 %.4f, mAP %.4f (%d samples)", step,
@@ -232,6 +239,9 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     write_json(out / "model.json", {"model": pt.model, "num_classes": num_classes, "image_size": pt.image_size,
                                     "trunk": ["trunk.pth", "trunk.safetensors"], "num_features": model.num_features})
     all_evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()] if (out / "eval.jsonl").exists() else []
+    steps_logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()] if (out / "metrics.jsonl").exists() else []
+    if steps_logged:  # the last step's loss, also when a rerun resumed from the final checkpoint (no step this run)
+        stats["final_loss"] = steps_logged[-1]["loss"]
     held_targets = np.zeros((len(held_idx.keys), num_classes))
     for i in range(len(held_idx.keys)):
         held_targets[i, held_idx.classes(i)] = 1

@@ -189,6 +189,10 @@ def _read_file(root: Path, rel: str, max_bytes: int) -> bytes:
     p = root / rel
     try:
         real = p.resolve(strict=True)
+    except UnicodeEncodeError:  # a lone surrogate from a JSON \\ud800 escape
+        raise Rejected("invalid_utf8", f"path {rel!r} is not valid UTF-8") from None
+    except ValueError as exc:  # an embedded NUL
+        raise Rejected("invalid_metadata", f"path {rel!r}: {exc}") from None
     except (FileNotFoundError, RuntimeError, OSError):
         raise Rejected("missing_file", str(rel)) from None
     if not real.is_relative_to(root.resolve()):
@@ -320,6 +324,7 @@ def _iter_img2dataset(unit: WorkUnit, max_bytes: int) -> Iterator[Item]:
         return
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     truncated: str | None = None
+    last_key: str | None = None  # the sample the archive ends in, if it is truncated
     with tf:
         while True:
             try:
@@ -339,10 +344,13 @@ def _iter_img2dataset(unit: WorkUnit, max_bytes: int) -> Iterator[Item]:
                 continue
             key, ext = _split_key(name)
             groups.setdefault(key, {})[ext] = m
+            last_key = key
         for key in sorted(groups):
             members = groups[key]
             origin = f"{tar_path}#{key}"
             try:
+                if truncated and key == last_key:
+                    raise Rejected("truncated_tar", f"the archive ends inside this sample (members: {sorted(members)})")
                 img_ext = next((e for e in IMAGE_EXTS if e in members), None)
                 if img_ext is None:
                     raise Rejected("missing_image", f"members: {sorted(members)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.atomic import read_jsonl
 from pipeline.manifest import read_manifest, stage_dir
 
-REMOVAL_REASONS = ("withdrawn", "exact", "near", "eval-contamination")
+REMOVAL_REASONS = ("withdrawn", "duplicate_id", "exact", "near", "eval-contamination")
 REMOVED_FILE = "removed.jsonl"
 
 

@@ -91,7 +91,8 @@ def _launch_torchrun(stage: str, nproc: int, run_dir: str) -> None:
 
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("run.", "run_dir="))]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", f"pipeline.{stage}", *overrides, f"run_dir={run_dir}"]  # explicit: a sweep job's run_dir comes from hydra.sweep.*
+           "-m", f"pipeline.{stage}", *overrides, "run_dir='" + run_dir.replace("'", "\\'") + "'", "hydra.output_subdir=null"]
+    # run_dir explicit: a sweep job's comes from hydra.sweep.*, which the children do not see; no .hydra/ of theirs
     log.info("launching %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
 
@@ -246,7 +247,8 @@ _leader: dict = {"file": None, "seq": 0}
 
 def _job_token() -> str:
     """Identifies one start of a multi-task job (a SLURM requeue is a new start)."""
-    keys = ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID", "MASTER_ADDR", "MASTER_PORT")
+    keys = ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID", "TORCHELASTIC_RUN_ID",
+            "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT")
     return ":".join(os.environ.get(k, "") for k in keys)
 
 
@@ -267,7 +269,7 @@ def _follow(cfg, rank: int) -> dict:
         except (OSError, ValueError):
             msg = None
         if not msg or msg.get("job") != token or msg.get("seq", 0) <= seq:
-            time.sleep(1.0)
+            time.sleep(0.5)
             continue
         seq = msg["seq"]
         if msg["stage"] is None:
@@ -315,12 +317,6 @@ def _run_job(cfg) -> dict:
 def main() -> None:
     """Hydra entry point: ``python -m pipeline.run [overrides]`` (also ``-m`` multirun sweeps)."""
     from pipeline.cli import hydra_entry
-
-    if not any(a.startswith("hydra.job.name=") for a in sys.argv[1:]):
-        # hydra_entry would insert it first, which splits the overrides of `-m k=v ...` (argparse):
-        # put it just before the first override instead
-        first = next((i for i, a in enumerate(sys.argv[1:], 1) if "=" in a and not a.startswith("-")), 1)
-        sys.argv.insert(first, "hydra.job.name=run")
 
     def _run(cfg):
         out = _run_job(cfg)

@@ -40,7 +40,7 @@ from torchvision.datasets import ImageFolder
 
 from pipeline.loader import eval_transform, item_seed, train_transform
 
-__all__ = ["TransformedSubset", "eval_batches", "fingerprint", "load_rgb", "open_split", "per_class_order",
+__all__ = ["EvalImages", "TransformedSubset", "eval_batches", "fingerprint", "load_rgb", "open_split", "per_class_order",
            "relative_paths", "stratified_holdout", "take_per_class"]
 
 

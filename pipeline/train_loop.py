@@ -19,6 +19,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,22 @@ class LoopSettings:
     pin_memory: bool = False
     record_keys: bool = False  # keep the (key, epoch) of every sample trained on (audit)
     log_extra: dict = field(default_factory=dict)
+
+
+TEST_KILL_ENV = "PIPELINE_TEST_KILL_RANK_AT_STEP"
+
+
+def _test_kill_hook(spec: str | None, rank: int, step: int) -> None:
+    """Test hook, off unless ``PIPELINE_TEST_KILL_RANK_AT_STEP=RANK:STEP:MARKER_FILE`` is set (by
+    tests/test_crash_safety.py): rank RANK SIGKILLs itself after optimizer step STEP (and its
+    checkpoint), once: it creates MARKER_FILE first and does nothing while that file exists,
+    so the job torchrun restarts runs through."""
+    if not spec:
+        return
+    r, s, marker = spec.split(":", 2)
+    if int(r) == rank and int(s) == step and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def steps_in_epoch(micro_batches: int, accum: int) -> int:
@@ -145,6 +163,7 @@ def train(
                disable=not (s.progress and info.is_main))
     ddp_model.train()
     done = state.step >= stop_at
+    kill_spec = os.environ.get(TEST_KILL_ENV)
     while state.epoch < s.epochs and not done:
         plan = stream.set_epoch(state.epoch, skip_batches=state.batches)
         loader = make_loader(stream, s.workers, pin_memory=s.pin_memory)
@@ -204,10 +223,11 @@ def train(
                 bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{images_seen / max(t_total, 1e-9):.0f}",
                                 wait=f"{t_wait / max(t_total, 1e-9):.0%}")
             window_loss, window_n = 0.0, 0
+            if s.eval_every and state.step % s.eval_every == 0:
+                run_eval(state.step)  # before the checkpoint: a run resumed from it must not miss this eval
             if state.step % s.checkpoint_every == 0 and state.step < stop_at:
                 save(state)
-            if s.eval_every and state.step % s.eval_every == 0:
-                run_eval(state.step)
+            _test_kill_hook(kill_spec, info.rank, state.step)
             if state.step >= stop_at:
                 done = True
                 break

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -244,7 +243,7 @@ def run_transfer(cfg) -> dict:
     write_jsonl(out / EPOCHS, [])
     if "linear_probe" in tc.methods:
         train_feat_images = eval_batches(TransformedSubset(train_set, feat_idx, size), tc.eval_batch_size, tc.workers,
-                                         0, tc.progress)
+                                         tc.eval_cache_mb, tc.progress, "decode train")
         for init in tc.inits:
             ts = time.perf_counter()
             model = trunk(init)
@@ -260,7 +259,7 @@ def run_transfer(cfg) -> dict:
                 pos = np.searchsorted(feat_idx, idx)
                 probe = fit_probe(fx[pos], fy[pos], list(tc.probe_Cs), num_classes=num_classes,
                                   holdout_fraction=tc.probe_holdout_fraction, max_iter=tc.probe_max_iter,
-                                  seed=cfg.seed, progress=tc.progress, desc=f"probe {init} {k or 'full'}")
+                                  tol=tc.probe_tol, seed=cfg.seed, progress=tc.progress, desc=f"probe {init} {k or 'full'}")
                 s = probe.scores(vx)
                 rows.append(_row("linear_probe", init, k, len(idx), topk_correct(s, vy, 1), topk_correct(s, vy, 5),
                                  contaminated, best_C=probe.best_C, seconds=probe.seconds))

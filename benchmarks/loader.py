@@ -1,0 +1,220 @@
+"""Training loader throughput, images/s: decode + random-resized crop + flip + normalize, in batches.
+
+* **ours**: the pretraining loader, :class:`pipeline.loader.ShardStream` +
+  :func:`pipeline.loader.make_loader` (2 workers, batch 64, 64 px, the train transform),
+  over the demo shards, with :func:`pipeline.loader.normalize` applied to every batch in
+  the main process (as the training loop does). One epoch from ``iter()`` to the last
+  batch, worker start-up included.
+* **anchor (a)**, the per-core decode limit: a tight one-process loop over the same image
+  bytes held in memory (PIL open, convert to RGB, torchvision's random-resized-crop box,
+  resize, flip, to a uint8 tensor, stack 64, normalize), times the number of workers.
+* **anchor (b)**: torchvision ``ImageFolder`` + ``DataLoader`` (2 workers, batch 64,
+  shuffle) on the same images written as files, with the transforms users write
+  (``RandomResizedCrop(64)``, ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize``).
+
+Goals: ours >= 0.85 x (a) and >= 1.0 x (b). Reps are interleaved (ours, a, b, ours, ...).
+``details`` also gives the tar-reading + key-matching rate of ours without decoding, to
+separate the two costs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import time
+
+from benchmarks.common import Context, Timer, log, main, median, read_images, result, select_shards, write_image_files
+
+WORKERS = 2
+BATCH = 64
+SIZE = 64
+
+
+def _index_for(shards):
+    """A SampleIndex of every sample of ``shards``: one class each, weight 1 (each seen once)."""
+    import numpy as np
+
+    from pipeline.epoch_plan import SampleIndex
+
+    import tarfile
+
+    keys = set()
+    for p in shards:
+        with tarfile.open(p, "r:") as tf:
+            keys.update(n.partition(".")[0] for n in tf.getnames())
+    keys = np.array(sorted(keys))
+    n = len(keys)
+    return SampleIndex(keys, np.arange(n + 1, dtype=np.int64), np.zeros(n, dtype=np.int64), np.ones(n))
+
+
+def _stream(shards, index, workers: int = WORKERS):
+    from pipeline.loader import ShardStream
+
+    st = ShardStream({int(p.stem): p for p in shards}, index, seed=0, rank=0, world=1, batch_size=BATCH,
+                     image_size=SIZE, train=True, shuffle_buffer=1000)
+    st.set_epoch(0)
+    return st
+
+
+def run_ours(shards, index, workers: int = WORKERS) -> tuple[int, Timer]:
+    """One epoch of the pipeline's loader: (images, timer)."""
+    from pipeline.loader import make_loader, normalize
+
+    stream = _stream(shards, index, workers)
+    n = 0
+    with Timer() as t:
+        for batch in make_loader(stream, workers):
+            x = normalize(batch["images"])
+            n += x.shape[0]
+    return n, t
+
+
+def run_tar_only(shards, index) -> tuple[int, Timer]:
+    """Ours without decoding: tar reading + key matching of the stream, one process."""
+    stream = _stream(shards, index)
+    rows, reps = stream.plan.rank_items(0)
+    n = 0
+    with Timer() as t:
+        for _ in stream._matched(rows, reps):
+            n += 1
+    return n, t
+
+
+def _rrc_box(w: int, h: int, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop.get_params, on plain floats."""
+    area = w * h
+    lr = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        ta = area * rng.uniform(*scale)
+        ar = math.exp(rng.uniform(*lr))
+        cw, ch = int(round(math.sqrt(ta * ar))), int(round(math.sqrt(ta / ar)))
+        if 0 < cw <= w and 0 < ch <= h:
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            return (x, y, x + cw, y + ch)
+    r = w / h
+    if r < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif r > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    x, y = (w - cw) // 2, (h - ch) // 2
+    return (x, y, x + cw, y + ch)
+
+
+def run_decode_limit(blobs: list[bytes]) -> tuple[int, Timer]:
+    """Anchor (a): one process, images in memory, the same decode + augment + normalize."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    rng = random.Random(0)
+    n = 0
+    batch = []
+    with Timer() as t:
+        for b in blobs:
+            img = Image.open(io.BytesIO(b))
+            if img.format == "JPEG":
+                img.draft("RGB", (2 * SIZE, 2 * SIZE))
+            img = img.convert("RGB")
+            out = img.resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=_rrc_box(img.width, img.height, rng))
+            if rng.random() < 0.5:
+                out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            batch.append(torch.from_numpy(np.asarray(out)).permute(2, 0, 1))
+            if len(batch) == BATCH:
+                x = (torch.stack(batch).float().div_(255) - mean) / std
+                n += x.shape[0]
+                batch = []
+        if batch:
+            x = (torch.stack(batch).float().div_(255) - mean) / std
+            n += x.shape[0]
+    return n, t
+
+
+def run_pipeline_transform_one_process(blobs: list[bytes], size: int) -> tuple[int, Timer]:
+    """The pipeline's own decode + train transform in one process at ``size`` px (no tar, no workers)."""
+    from pipeline.loader import decode, train_transform
+
+    rng = random.Random(0)
+    with Timer() as t:
+        for b in blobs:
+            train_transform(decode(b, size), size, rng)
+    return len(blobs), t
+
+
+def run_imagefolder(root) -> tuple[int, Timer]:
+    """Anchor (b): torchvision ImageFolder + DataLoader, the transforms users write."""
+    import torch
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.RandomResizedCrop(SIZE), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    ds = datasets.ImageFolder(str(root), transform=tf)
+    dl = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=WORKERS)
+    n = 0
+    with Timer() as t:
+        for x, _ in dl:
+            n += x.shape[0]
+    return n, t
+
+
+def run(ctx: Context) -> list[dict]:
+    shards = select_shards(ctx)
+    images = read_images(shards)
+    blobs = [b for _, _, b in images]
+    index = _index_for(shards)
+    log(f"loader: {len(blobs)} images in {len(shards)} shards, {ctx.reps} reps")
+    root = None if ctx.ours_only else write_image_files(ctx, shards)
+    runs: dict[str, list] = {"ours": [], "limit": [], "folder": [], "tar": []}
+
+    def rec(kind: str, n: int, t: Timer) -> None:
+        runs[kind].append({"per_second": n / t.seconds, "cpu_ms_per_image": 1000 * t.cpu / n, "images": n,
+                           "seconds": t.seconds})
+        log(f"loader rep {len(runs[kind]) - 1}: {kind} {n / t.seconds:,.0f} img/s, {1000 * t.cpu / n:.2f} CPU ms/image")
+
+    for _ in range(ctx.reps):
+        rec("ours", *run_ours(shards, index))
+        if ctx.ours_only:
+            continue
+        rec("limit", *run_decode_limit(blobs))
+        rec("folder", *run_imagefolder(root))
+        rec("tar", *run_tar_only(shards, index))
+    n224, t224 = run_pipeline_transform_one_process(blobs, 224)
+    log(f"loader: pipeline decode + train transform at 224 px, one process: {n224 / t224.seconds:,.0f} img/s")
+
+    def med(kind: str, key: str = "per_second"):
+        return median(r[key] for r in runs[kind])
+
+    o = med("ours")
+    a = med("limit") * WORKERS if runs["limit"] else None
+    b = med("folder")
+    cpu = {k: med(k, "cpu_ms_per_image") for k in runs if runs[k]}
+    common = {"images": len(blobs), "shards": [p.name for p in shards], "workers": WORKERS, "batch": BATCH,
+              "image_size": SIZE, "ours_per_rep": [r["per_second"] for r in runs["ours"]],
+              "ours_per_core": o / WORKERS if o else None,
+              "ours_per_core_224_one_process": n224 / t224.seconds,
+              "cpu_ms_per_image": cpu}
+    title = f"training loader ({WORKERS} workers, batch {BATCH}, {SIZE} px: decode + RRC + flip + normalize)"
+    cpu_ratio = (lambda k: cpu[k] / cpu["ours"] if k in cpu and cpu.get("ours") else None)
+    return [
+        result("loader_vs_decode_limit", ours=o, anchor=a, unit="images/s", goal="ours >= 0.85 x anchor",
+               met=None if a is None else o >= 0.85 * a, title=title,
+               ours_is="ShardStream + make_loader, normalize() per batch",
+               anchor_is=f"one-process PIL decode+augment loop on the same bytes in memory, x {WORKERS} workers",
+               details={**common, "anchor_per_core_per_rep": [r["per_second"] for r in runs["limit"]],
+                        "cpu_efficiency_vs_anchor": cpu_ratio("limit"),
+                        "tar_read_and_match_per_second": med("tar") if runs["tar"] else None}),
+        result("loader_vs_imagefolder", ours=o, anchor=b, unit="images/s", goal="ours >= 1.0 x anchor",
+               met=None if b is None else o >= b, title=title,
+               ours_is="ShardStream + make_loader, normalize() per batch",
+               anchor_is=f"torchvision ImageFolder + DataLoader ({WORKERS} workers) on the same images as files",
+               details={**common, "anchor_per_rep": [r["per_second"] for r in runs["folder"]],
+                        "cpu_efficiency_vs_anchor": cpu_ratio("folder")}),
+    ]
+
+
+if __name__ == "__main__":
+    main(run)

@@ -83,7 +83,7 @@ def run_module(name: str, a: argparse.Namespace, work: Path) -> tuple[list[dict]
     """Run one measurement module in its own process; (rows, seconds, error)."""
     out = work / "results" / f"{name}.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--run-dir", a.run_dir, "--work-dir", str(work),
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--run-dir", str(Path(a.run_dir).resolve()), "--work-dir", str(work),
            "--json", str(out)]
     if a.quick:
         cmd.append("--quick")
@@ -97,7 +97,7 @@ def run_module(name: str, a: argparse.Namespace, work: Path) -> tuple[list[dict]
         if a.demo_seconds is not None:
             cmd += ["--opt", f"demo_seconds={a.demo_seconds}"]
         if a.demo_seconds_file:
-            cmd += ["--opt", f"demo_seconds_file={a.demo_seconds_file}"]
+            cmd += ["--opt", f"demo_seconds_file={Path(a.demo_seconds_file).resolve()}"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=REPO)
     secs = time.perf_counter() - t0
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     own_work = a.work_dir is None
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="hashtag-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()
     names = a.only or list(MODULES)
     started = dt.datetime.now(dt.timezone.utc)
     machine = machine_info()
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         if not a.no_profile:
             want += [r["module"] for r in rows if r.get("met") is False and r["module"] != "demo"]
         for name in dict.fromkeys(want):
-            profiles[name] = profile_module(name, run_dir=Path(a.run_dir), work_dir=work, out_dir=work / "profiles")
+            profiles[name] = profile_module(name, run_dir=Path(a.run_dir).resolve(), work_dir=work,
+                                            out_dir=work / "profiles")
         total = time.perf_counter() - t_all
         out_dir = Path(a.out_dir)
         merged = _merge(out_dir / "results.json", rows, names)

@@ -20,7 +20,6 @@ rate; the cold first pass is reported beside it.
 
 from __future__ import annotations
 
-import time
 
 from benchmarks.common import Context, Timer, log, main, median, result, select_shards
 

@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Context, Path | None]:
     work.mkdir(parents=True, exist_ok=True)
     opts = dict(o.split("=", 1) for o in a.opt)
     reps = a.reps if a.reps is not None else (1 if a.quick else 3)
-    ctx = Context(Path(a.run_dir), work, quick=a.quick, reps=max(1, reps), ours_only=a.ours_only, options=opts)
+    ctx = Context(Path(a.run_dir).resolve(), work.resolve(), quick=a.quick, reps=max(1, reps), ours_only=a.ours_only, options=opts)
     return ctx, (Path(a.json) if a.json else None)
 
 
@@ -203,12 +203,14 @@ def shard_sources(run_dir: Path) -> dict[str, str]:
     return out
 
 
-def select_shards(ctx: Context, quick_per_source: int = 1) -> list[Path]:
-    """All shards, or with ``--quick`` the first ``quick_per_source`` shard(s) of each source.
+def select_shards(ctx: Context, quick_per_source: int = 1, stride: int = 1) -> list[Path]:
+    """All shards (every ``stride``-th), or with ``--quick`` the first ``quick_per_source``
+    shard(s) of each source.
 
-    ``--opt shards=N`` caps the count (first N of the selection).
+    ``--opt stride=K`` overrides ``stride``; ``--opt shards=N`` caps the count (first N).
     """
     shards = shard_list(ctx.run_dir)
+    shards = shards[:: max(1, int(ctx.options.get("stride", stride)))] if not ctx.quick else shards
     if ctx.quick:
         src = shard_sources(ctx.run_dir)
         seen: dict[str, int] = {}
@@ -238,9 +240,11 @@ def read_images(shards: list[Path]) -> list[tuple[str, str, bytes]]:
 
 def write_image_files(ctx: Context, shards: list[Path]) -> Path:
     """The images of ``shards`` as files ``<root>/<shard stem>/<key>.<ext>`` (an ImageFolder
-    layout: one class per shard); written once per work folder. Returns the root."""
-    root = ctx.work_dir / "image_files"
+    layout: one class per shard); written once per work folder and selection. Returns the root."""
+    import hashlib
+
     tag = json.dumps(sorted(p.name for p in shards))
+    root = ctx.work_dir / "image_files" / hashlib.sha1(tag.encode()).hexdigest()[:10]
     marker = root / ".complete"
     if marker.exists() and marker.read_text() == tag:
         return root

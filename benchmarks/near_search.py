@@ -12,7 +12,11 @@ Each (method, N) runs in a fresh process, so its peak memory is its own: memory 
 peak resident set during the search minus the resident set just before it (Linux
 ``VmHWM`` reset through ``/proc/self/clear_refs``). Goals: our time grows <= 5x for 4x
 the hashes, and our memory grows linearly (<= 4.4x, 10% above exactly linear). Both
-methods must find the same pairs (checked, in ``details``).
+methods must find the same pairs (checked, in ``details``). ``details`` also gives the
+comparisons per query the multi-index tables imply at N and 4N (bucket-mates, noise free),
+and the same search with faiss probing 3 substrings of 21 bits with 1 flipped bit
+(``nflip=1``; exact to radius 5 by the pigeonhole principle), which was tried as an
+alternative layout.
 """
 
 from __future__ import annotations
@@ -63,6 +67,17 @@ def child(method: str, run_dir: str, n: int, reps: int) -> dict:
         def go():
             qi, di, _ = range_pairs(build_index(codes, RADIUS), codes, RADIUS)
             return int((qi != di).sum())
+    elif method == "ours_3x21_flip1":
+        import faiss
+
+        from pipeline.near_index import range_pairs
+
+        def go():
+            index = faiss.IndexBinaryMultiHash(64, 3, 21)
+            index.nflip = 1  # a pair within 4 bits differs by <= 1 bit in one of the 3 substrings
+            index.add(np.ascontiguousarray(codes))
+            qi, di, _ = range_pairs(index, codes, RADIUS)
+            return int((qi != di).sum())
     else:
         import logging
         import warnings
@@ -90,13 +105,29 @@ def child(method: str, run_dir: str, n: int, reps: int) -> dict:
         from pipeline.near_index import build_index
 
         extra["index_bytes"] = int(faiss.serialize_index_binary(build_index(codes, RADIUS)).size)
-    if method == "ours":
+    if method.startswith("ours"):
         times = [time_min_duration(go, 0.2, max_loops=200) for _ in range(reps)]
     else:
         times = [first] + [time_min_duration(go, 0.0, max_loops=1) for _ in range(reps - 1)]
     return {"method": method, "n": int(len(codes)), "seconds": median(times), "seconds_per_rep": times,
             "peak_extra_mib": (peak - base) if (reset and peak is not None and base is not None) else None,
             "pairs": pairs, "distinct_codes": int(len(np.unique(codes, axis=0))), **extra}
+
+
+def candidates_per_query(codes, radius: int = RADIUS) -> float:
+    """Mean bucket-mates per query over the multi-index tables build_index makes (radius + 1
+    substrings of 64 // (radius + 1) bits): the comparisons the search does, noise free."""
+    import numpy as np
+
+    nhash = radius + 1
+    b = min(24, codes.shape[1] * 8 // nhash)
+    bits = np.unpackbits(codes, axis=1).astype(np.int64)
+    total = 0
+    for t in range(nhash):
+        keys = bits[:, t * b:(t + 1) * b] @ (1 << np.arange(b, dtype=np.int64))
+        _, counts = np.unique(keys, return_counts=True)
+        total += int((counts ** 2).sum())
+    return total / len(codes)
 
 
 def _spawn(method: str, ctx: Context, n: int, reps: int) -> dict:
@@ -118,6 +149,13 @@ def run(ctx: Context) -> list[dict]:
             r = res[method, size]
             log(f"near_search {method} N={size}: {r['seconds']:.4f} s, +{r['peak_extra_mib'] or 0:.1f} MiB, "
                 f"{r['pairs']} pairs ({time.perf_counter() - t0:.0f} s)")
+    alt = {}
+    for size in (n, 4 * n):  # what was tried: 3 substrings of 21 bits probed with 1 flipped bit (exact to radius 5)
+        alt[size] = _spawn("ours_3x21_flip1", ctx, size, ctx.reps)
+    log("near_search ours with 3 x 21-bit substrings + 1 flip: "
+        + ", ".join(f"N={k}: {v['seconds']:.4f} s" for k, v in alt.items()))
+    codes_all = load_codes(ctx.run_dir)
+    cand = {"N": candidates_per_query(subset(codes_all, n)), "4N": candidates_per_query(subset(codes_all, 4 * n))}
     o_t = res["ours", 4 * n]["seconds"] / res["ours", n]["seconds"]
     o_m = _ratio(res["ours", 4 * n]["peak_extra_mib"], res["ours", n]["peak_extra_mib"])
     a_t = a_m = None
@@ -129,6 +167,10 @@ def run(ctx: Context) -> list[dict]:
            "same_pairs": None if ctx.ours_only else all(res["ours", s]["pairs"] == res["imagededup", s]["pairs"]
                                                          for s in (n, 4 * n)),
            "ours_seconds": {"N": res["ours", n]["seconds"], "4N": res["ours", 4 * n]["seconds"]},
+           "ours_candidates_per_query": cand,
+           "tried_3x21_flip1_seconds": {"N": alt[n]["seconds"], "4N": alt[4 * n]["seconds"],
+                                        "growth": alt[4 * n]["seconds"] / alt[n]["seconds"],
+                                        "same_pairs": all(alt[s_]["pairs"] == res["ours", s_]["pairs"] for s_ in (n, 4 * n))},
            "anchor_seconds": None if ctx.ours_only else {"N": res["imagededup", n]["seconds"],
                                                          "4N": res["imagededup", 4 * n]["seconds"]}}
     title = f"near-duplicate search growth, N={n:,} -> 4N={4 * n:,} demo pHashes, radius {RADIUS}"
@@ -156,5 +198,6 @@ def _ratio(a, b):
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
+
     else:
         main(run)

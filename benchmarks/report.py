@@ -13,7 +13,70 @@ from pathlib import Path
 
 from benchmarks.profile import markdown as profile_markdown
 
-NOTES: dict[str, str] = {}
+_LOADER = """Where our loader's CPU goes (quick runs on a busy 2-core machine, CPU ms per image, which depends far less
+on other load than images/s; `details.cpu_ms_per_image` has this run's figures). With every stage in one process
+(`workers=0`: tar reading, key matching, shuffle buffer, decode, augment, normalize) ours cost about the same per
+image as the one-process PIL loop, so decode and augmentation themselves are not slower. The extra comes from two
+places, both measured by running the stream with 0, 1 and 2 workers:
+
+1. `normalize()` in the main process. It runs on torch's intra-op pool (2 threads here) while the 2 workers hold
+   both cores, so the 4 elementwise passes over a 64-image batch (under 1 ms of work with one thread) spend tens
+   of ms of CPU in OpenMP barrier waits: about 0.5 ms per image, a quarter of the loader's CPU. ImageFolder
+   normalizes in its workers (one thread each) and pays nothing in the main process. The design note
+   (uint8 out of the workers, normalize on the device) is right for GPUs; on a CPU device, normalizing in the
+   workers, or with one thread, or folding mean/std into the first convolution, would remove this cost.
+2. Every worker reads and parses all of the rank's tars and runs the shuffle buffer over every item, then keeps
+   1/W of the batches (`ShardStream.__iter__`), so Python `tarfile` header parsing (`calc_chksums`, `nts`,
+   about 0.15 ms per sample) is paid W times: going from 1 to 2 workers added about 0.4 CPU ms per image.
+   Shuffling keys and offsets (metadata only) and letting each worker read only its own members, or splitting
+   shards between workers where exact resume is not needed, would pay it once.
+
+The remaining gap to `(a) x workers` is the main process and worker start-up (fresh workers each epoch). Not
+changed here: the benchmarks do not edit pipeline code; the profile below shows the split by process."""
+
+NOTES: dict[str, str] = {
+    "loader_vs_decode_limit": _LOADER,
+    "loader_vs_imagefolder": "See the notes of loader_vs_decode_limit (same measurement, same causes).",
+    "train_step": """The stage sets torch's intra-op threads to cores / local ranks (2 here) while its 2 DataLoader
+workers decode on the same 2 cores. Whenever a worker runs, one of the two OpenMP threads of a convolution or
+its backward is descheduled and the other waits at the barrier, so the step slows by more than the workers'
+CPU share (about 0.1 CPU s per 64-image step). Other load on the machine has the same effect on both sides, but
+more on ours: in quick runs with a load average of 5-8, `pretrain.threads=1` ran about twice as fast as the
+default 2 threads (`--opt "variants=pretrain.threads=1" --opt bare_threads=1` reruns that comparison), and
+`pretrain.workers=0` (decode in the training process) left a 7% data wait. On a CPU device, threads = cores minus
+the loader's share (or `OMP_WAIT_POLICY=PASSIVE` to cut the spinning) is worth measuring on a quiet machine before
+changing the default; on GPUs the loader does not share cores with the step this way. The data wait itself is
+small in the steady state; the manifest's figure also counts the first step, which waits for the workers to
+start and fill their queues (about a second).""",
+    "ingest_per_core": """Ours does more than the tight loop per image: the SHA-256 of the full-size canonical pixels
+(`rgb.tobytes()` plus hashing, before the size cap: for large openclipart PNGs that is tens of MB), EXIF
+orientation, a per-sample JSON check, the tar member writes and the part file; and the stage's work-loop rate
+counts the 1-in-a-few-hundred inputs it quarantines from the header (decompression bombs) like the loop does.""",
+    "dedup_hash": """imagededup runs its hashing in a worker pool even with one worker (pickling every file name and
+hash), resizes the RGB image before converting to grey (3 channels through Lanczos instead of 1), and reads files;
+ours reads the shard tar sequentially.""",
+    "near_search_time_growth": """The multi-index search compares each query with the codes that share one of its
+radius + 1 = 5 substrings exactly. With 64-bit codes those substrings are 12 bits (64 // 5), so each table has
+only 4,096 buckets: the comparisons per query grow with N / 4,096 and with clustering (skin-tone variants,
+flags and blank-ish clip art share substrings), and the search grows faster than N once N is well above a few
+thousand (`details.ours_candidates_per_query` gives the bucket-mates per query at N and 4N, computed from the
+codes, free of timing noise). What was tried: faiss's own multi-probe, 3 substrings of 21 bits probed with 1
+flipped bit (`IndexBinaryMultiHash(64, 3, 21)` with `nflip = 1`, exact for radius <= 5 by the pigeonhole
+principle: a pair within 4 bits differs by at most 1 bit in one of the 3 substrings); it finds the same pairs
+(`details.tried_3x21_flip1_seconds`) with 2^21 buckets per table, so the bucket-mates stay few up to millions of
+codes. `pipeline.near_index.build_index` could choose that layout for radius <= 5 (not changed here: the
+benchmarks do not edit pipeline code). imagededup's brute force converts its whole hash dict for every query and
+compares all pairs, so it grows with N^2.""",
+    "hashtag_canonicalization": """Once a hashtag has been seen, mapping it is one dict lookup per occurrence. The
+first pass over a corpus resolves every distinct hashtag through NLTK (synset lookups, morphology, the compact
+lemma index): that is the cold figure, and it is the cost that matters only while new hashtags keep appearing.
+The whole labelling step (`build_vocabulary`: mapping, counting, choosing classes, CSR labels) is slower than
+the mapping alone, but still linear in occurrences.""",
+    "whole_pipeline": """`make demo` is not run by the benchmarks (it rewrites runs/demo and takes many minutes). Give
+its measured wall time with `--demo-seconds S` (from `/usr/bin/time -p make demo` on an empty data/raw and run
+folder); otherwise the sum of the stages in run/energy.json is shown, which excludes the fetch and any stage the
+main job skipped or resumed.""",
+}
 
 
 def fmt(x, unit: str = "") -> str:
@@ -45,11 +108,22 @@ def _details(d: dict, skip=("shards",)) -> list[str]:
         elif isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
             v = ", ".join(fmt(x) for x in v)
         elif isinstance(v, (dict, list)):
-            v = json.dumps(v, default=str)
+            v = json.dumps(_rounded(v), default=str)
             if len(v) > 400:
                 v = v[:400] + " ..."
         out.append(f"  - {k}: {v}")
     return out
+
+
+def _rounded(x):
+    """Floats in nested dicts/lists to 4 significant digits (for the details lines)."""
+    if isinstance(x, float):
+        return float(f"{x:.4g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
 
 
 def write_report(path: Path, rows: list[dict], *, machine: dict, command: str, started: str, total_seconds: float,

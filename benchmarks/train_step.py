@@ -33,7 +33,7 @@ SIZE = 64
 
 
 def _steps(ctx: Context) -> tuple[int, int]:
-    steps = int(ctx.options.get("steps", 20 if ctx.quick else 60))
+    steps = int(ctx.options.get("steps", 20 if ctx.quick else 40))
     warmup = int(ctx.options.get("warmup", 3 if ctx.quick else 5))
     return steps, warmup
 

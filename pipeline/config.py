@@ -71,6 +71,10 @@ class IngestConfig:
     jpeg_quality: int = 95
     webp_method: int = 0  # lossless WebP effort 0-6: 0 is ~10x faster than 4 for ~1.6x the bytes (measured on the demo)
     rasterize_svg: bool = True  # rasterize SVG inputs with cairosvg (else quarantine them)
+    # file of sample ids (source:id per line, '#' comments) never to write: quarantined as "withdrawn".
+    # Changing it redoes only the units that hold (or held) a listed id. Ids withdrawn after ingest:
+    # dedup.withdrawn keeps them out of every later artifact; python -m pipeline.audit checks a run.
+    withdrawn: Optional[str] = None
     workers: int = 0  # processes per rank; 0 = all cores of this machine / local ranks
     merge_timeout_s: float = 3600.0  # rank 0 waits this long for other ranks' parts
     progress: bool = True  # tqdm progress bar on stderr

@@ -44,26 +44,12 @@ from pipeline.images import decode_image, set_pixel_cap
 from pipeline.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
 from pipeline.near_index import build_index, keep_first, phash_bytes, range_pairs
 from pipeline.raw_sources import RawSample, iter_unit, plan_units
-from pipeline.removal import REMOVED_FILE
+from pipeline.removal import REMOVED_FILE, read_withdrawn  # noqa: F401  (read_withdrawn: public here too)
 from pipeline.quarantine import Rejected
 from pipeline.shards import IMAGE_MEMBER_EXTS
 
 log = logging.getLogger(__name__)
 STAGE = "dedup"
-
-
-def read_withdrawn(path: str | None) -> set[str]:
-    """Withdrawn sample ids, one per line (``source:id`` as in the shards; ``#`` comments).
-
-    Raises:
-        FileNotFoundError: if the file does not exist.
-    """
-    if not path:
-        return set()
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"dedup.withdrawn: file {p} does not exist")
-    return {s for line in p.read_text(encoding="utf-8").splitlines() if (s := line.strip()) and not s.startswith("#")}
 
 
 def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
@@ -100,10 +86,13 @@ def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
 def _hash_shard_cached(args: tuple) -> dict:
     shard, hash_size, withdrawn, cache_file, tag = args
     if cache_file.exists():
-        with np.load(cache_file, allow_pickle=False) as z:
-            if str(z["tag"]) == tag:
-                return {"keys": z["keys"].tolist(), "ids": z["ids"].tolist(), "sha256": z["sha256"].tolist(),
-                        "codes": z["codes"], "withdrawn": z["withdrawn"].tolist()}
+        try:  # allow_pickle=False: a cache holding pickled objects is refused unread, then rebuilt
+            with np.load(cache_file, allow_pickle=False) as z:
+                if str(z["tag"]) == tag:
+                    return {"keys": z["keys"].tolist(), "ids": z["ids"].tolist(), "sha256": z["sha256"].tolist(),
+                            "codes": z["codes"], "withdrawn": z["withdrawn"].tolist()}
+        except Exception as exc:  # noqa: BLE001 - pickled, truncated or foreign: only a cache
+            log.warning("ignoring hash cache %s (%s: %s); rehashing its shard", cache_file, type(exc).__name__, exc)
     h = hash_shard(shard, hash_size, withdrawn)
     with atomic_path(cache_file) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, tag=np.array(tag), keys=np.array(h["keys"], dtype=str), ids=np.array(h["ids"], dtype=str),
@@ -173,6 +162,8 @@ def run_dedup(cfg) -> dict:
     jobs = [(p, dd.hash_size, withdrawn, out / "hashes" / (p.stem + ".npz"),
              canonical_hash([sha_of[f"shards/{p.name}"], dd.hash_size, wd_tag])) for p in shards]
     hashed = _pool_map(_hash_shard_cached, jobs, workers, "dedup hash", dd.progress)
+    for stale in set((out / "hashes").glob("*.npz")) - {j[3] for j in jobs}:
+        stale.unlink()  # the cache of a shard ingest no longer lists (e.g. all its samples withdrawn)
     t_hash = time.perf_counter() - t0
 
     keys = [k for h in hashed for k in h["keys"]]

@@ -94,7 +94,17 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     if not dist.is_initialized():
         from datetime import timedelta
 
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun (--max-restarts) restarts the workers against the same agent store: without a
+            # per-attempt prefix the new ranks can read the dead ranks' addresses and fail to connect
+            # (seen with torch 2.14 + gloo in 2 of 3 restarts; tests/test_crash_safety.py)
+            store = dist.PrefixStore(f"pipeline/attempt_{restart}", dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout))
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(rank, world, local_rank, dev, backend)
 
 

@@ -39,6 +39,7 @@ from pipeline.manifest import canonical_hash, file_sha256, stage_dir, write_mani
 from pipeline.partition import Partition, assign, current_partition
 from pipeline.quarantine import Rejected
 from pipeline.raw_sources import RawSample, Rejection, WorkUnit, iter_unit, plan_units
+from pipeline.removal import read_withdrawn
 from pipeline.shards import AtomicShardWriter
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class IngestSettings:
     webp_method: int
     rasterize_svg: bool
     plan_hash: str
+    withdrawn: frozenset = frozenset()  # source:id never to write (ingest.withdrawn)
 
 
 def _printable(s: str) -> str:
@@ -104,6 +106,8 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
                 continue
             assert isinstance(item, RawSample)
             try:
+                if f"{unit.source}:{item.id}" in settings.withdrawn:
+                    raise Rejected("withdrawn", "listed in ingest.withdrawn")
                 if _not_utf8(item.id, item.tags, item.caption, item.meta):
                     raise Rejected("invalid_utf8", "lone surrogate (undecodable bytes or a \\uD800-\\uDFFF escape) "
                                    "in id, tags, caption or metadata")
@@ -138,6 +142,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
             writer.commit()
         else:
             writer.abort()
+            (out_dir / shard_rel).unlink(missing_ok=True)  # a redone unit (ingest.withdrawn) may have had one
     except BaseException as exc:
         writer.abort(exc)
         raise
@@ -155,7 +160,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
     return part
 
 
-def _part_done(out_dir: Path, unit: WorkUnit, plan_hash: str) -> dict | None:
+def _part_done(out_dir: Path, unit: WorkUnit, plan_hash: str, withdrawn: frozenset = frozenset()) -> dict | None:
     p = out_dir / "parts" / f"{unit.number:06d}.json"
     if not p.exists():
         return None
@@ -165,6 +170,9 @@ def _part_done(out_dir: Path, unit: WorkUnit, plan_hash: str) -> dict | None:
         return None
     if part.get("plan") != plan_hash:
         return None
+    dropped = {r["id"] for r in part["quarantine"] if r["reason"] == "withdrawn"}
+    if not dropped <= withdrawn or any(sid in withdrawn for _, sid in part["ids"]):
+        return None  # ingest.withdrawn changed for this unit: redo it
     if part["shard"]:
         s = out_dir / part["shard"]
         if not s.exists() or s.stat().st_size != part["shard_bytes"]:
@@ -217,16 +225,19 @@ def run_ingest(cfg) -> dict | None:
     out_dir = stage_dir(cfg.run_dir, STAGE)
     part = current_partition()
     units, fingerprints = plan_units(cfg.data.sources, ing.encoding.value if hasattr(ing.encoding, "value") else ing.encoding, ing.shard_size)
+    withdrawn = frozenset(read_withdrawn(ing.withdrawn, "ingest.withdrawn"))
     config = {"data": to_container(cfg.data), "ingest": {k: v for k, v in to_container(cfg.ingest).items()
                                                           if k not in ("workers", "progress", "merge_timeout_s")}}
-    plan_hash = canonical_hash({"config": config, "inputs": fingerprints, "units": [asdict(u) for u in units]})
+    # the withdrawn list is not part of the plan: changing it redoes only the units it touches (_part_done)
+    plan_config = {"data": config["data"], "ingest": {k: v for k, v in config["ingest"].items() if k != "withdrawn"}}
+    plan_hash = canonical_hash({"config": plan_config, "inputs": fingerprints, "units": [asdict(u) for u in units]})
     plan = {"plan_hash": plan_hash, "units": len(units), "inputs": fingerprints}
     _prepare(out_dir, plan, part, ing.merge_timeout_s)
     settings = IngestSettings(ing.max_side, ing.min_side, ing.max_pixels, ing.max_file_bytes,
-                              ing.jpeg_quality, ing.webp_method, ing.rasterize_svg, plan_hash)
+                              ing.jpeg_quality, ing.webp_method, ing.rasterize_svg, plan_hash, withdrawn)
 
     mine = assign(units, part)
-    todo = [u for u in mine if _part_done(out_dir, u, plan_hash) is None]
+    todo = [u for u in mine if _part_done(out_dir, u, plan_hash, withdrawn) is None]
     workers = min(default_workers(ing.workers), max(1, len(todo)))
     log.info("ingest: %d units in plan, %d for rank %d/%d, %d to do, %d workers",
              len(units), len(mine), part.rank, part.world, len(todo), workers)
@@ -253,15 +264,16 @@ def run_ingest(cfg) -> dict | None:
     work_seconds = time.perf_counter() - t_work
     if not part.is_main:
         return None
-    return _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_done)
+    return _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_done, withdrawn)
 
 
-def _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_this_run) -> dict:
+def _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_this_run,
+           withdrawn: frozenset = frozenset()) -> dict:
     """Rank 0: wait for all parts, then write ``quarantine.jsonl`` and ``manifest.json``."""
     deadline = time.monotonic() + cfg.ingest.merge_timeout_s
     parts: list[dict] = []
     for u in units:
-        while (p := _part_done(out_dir, u, plan["plan_hash"])) is None:
+        while (p := _part_done(out_dir, u, plan["plan_hash"], withdrawn)) is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"part {u.number} (source {u.source}) not finished within merge_timeout_s")
             time.sleep(0.5)
@@ -282,6 +294,7 @@ def _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_
         "shards": sum(1 for p in parts if p["shard"]),
         "shard_bytes": sum(p["shard_bytes"] for p in parts),
         "unit_seconds": round(sum(p["seconds"] for p in parts), 3),
+        "withdrawn_requested": len(withdrawn),
         "processed_this_run": n_this_run,
         "images_per_second_this_run": round(n_this_run / work_seconds, 1) if n_this_run else None,
     }

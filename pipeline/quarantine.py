@@ -28,6 +28,7 @@ REASONS: dict[str, str] = {
     "download_failed": "img2dataset status is not 'success'",
     "truncated_tar": "the tar archive ends early; members after this point are lost",
     "unreadable_input": "the input file or archive could not be opened at all",
+    "withdrawn": "the sample id is listed in ingest.withdrawn: never written to a shard",
 }
 
 

@@ -19,6 +19,20 @@ REMOVAL_REASONS = ("withdrawn", "duplicate_id", "exact", "near", "eval-contamina
 REMOVED_FILE = "removed.jsonl"
 
 
+def read_withdrawn(path: str | None, key: str = "dedup.withdrawn") -> set[str]:
+    """Withdrawn sample ids, one per line (``source:id`` as in the shards; ``#`` comments).
+
+    Raises:
+        FileNotFoundError: naming the config ``key``, if the file does not exist.
+    """
+    if not path:
+        return set()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{key}: file {p} does not exist")
+    return {s for line in p.read_text(encoding="utf-8").splitlines() if (s := line.strip()) and not s.startswith("#")}
+
+
 def removed_rows(run_dir: str | os.PathLike) -> list[dict]:
     """The rows of ``<run_dir>/dedup/removed.jsonl``.
 

@@ -38,10 +38,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
-from pipeline.loader import eval_transform, item_seed, train_transform
+from pipeline.loader import eval_transform, item_seed, rrc_box
 
 __all__ = ["EvalImages", "TransformedSubset", "eval_batches", "fingerprint", "load_rgb", "open_split", "per_class_order",
-           "relative_paths", "stratified_holdout", "take_per_class"]
+           "relative_paths", "stratified_holdout", "take_per_class", "train_transform"]
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -134,21 +134,40 @@ def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tup
     return np.flatnonzero(mask), hold
 
 
+def train_transform(img: Image.Image, size: int, rng: random.Random,
+                    scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
+    """Random-resized crop (area fraction in ``scale``, aspect 3/4-4/3; torchvision's algorithm,
+    :func:`pipeline.loader.rrc_box`) to ``size`` px + horizontal flip: uint8 tensor (3, size, size).
+
+    :func:`pipeline.loader.train_transform` with a configurable area range: ImageNet's
+    (0.08, 1) (Szegedy et al. 2015) suits large photos; on small, centred objects such as
+    Fashion-MNIST's 28x28 clothes an 8% crop is a few pixels of texture, so the demo uses a
+    larger minimum (``transfer.crop_min_scale``).
+    """
+    box = rrc_box(img.width, img.height, rng, scale=scale)
+    out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if rng.random() < 0.5:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)
+
+
 class TransformedSubset(Dataset):
     """Items ``indices`` of an ImageFolder as ``(uint8 (3, size, size) tensor, label)``.
 
     ``train=False``: the eval recipe (:func:`pipeline.loader.eval_transform`). ``train=True``:
-    random-resized crop + flip (:func:`pipeline.loader.train_transform`); index it with
+    random-resized crop (area fraction in ``scale``) + flip (:func:`train_transform`); index it with
     ``(position, aug_seed)`` pairs so the augmentation depends only on the seed the sampler
     chose, never on the DataLoader worker that decodes the item.
     """
 
-    def __init__(self, base: ImageFolder, indices: Sequence[int], size: int, train: bool = False) -> None:
+    def __init__(self, base: ImageFolder, indices: Sequence[int], size: int, train: bool = False,
+                 scale: tuple[float, float] = (0.08, 1.0)) -> None:
         self.base = base
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray([base.targets[i] for i in self.indices], dtype=np.int64)
         self.size = size
         self.train = train
+        self.scale = (float(scale[0]), float(scale[1]))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -158,7 +177,7 @@ class TransformedSubset(Dataset):
         path, label = self.base.samples[int(self.indices[pos])]
         img = self.base.loader(path)
         if self.train:
-            x = train_transform(img, self.size, random.Random(aug))
+            x = train_transform(img, self.size, random.Random(aug), self.scale)
         else:
             x = eval_transform(img, self.size)
         return x, int(label)

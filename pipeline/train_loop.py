@@ -121,12 +121,19 @@ def _append_jsonl(path: Path, row: dict) -> None:
         fh.write(json.dumps(row, sort_keys=True) + "\n")
 
 
+def _step_of(line: str) -> int | None:
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:  # a partial last line: the append was cut by a crash or a full disk
+        return None
+
+
 def truncate_metrics(path: Path, after_step: int) -> None:
-    """Drop metric rows of steps > ``after_step`` (a resumed run rewrites them)."""
+    """Drop metric rows of steps > ``after_step`` (a resumed run rewrites them), and partial lines."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= after_step]
+    keep = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.strip() and (step := _step_of(line)) is not None and step <= after_step]
     from pipeline.atomic import write_text
 
     write_text(path, "".join(line + "\n" for line in keep))

@@ -375,13 +375,18 @@ def load_labels(run_dir: str | Path) -> Labels:
 
     Raises:
         FileNotFoundError: the vocab stage has not finished in ``run_dir``.
+        ValueError: naming the file, if it holds pickled objects (refused unread).
     """
     d = stage_dir(run_dir, STAGE)
     if read_manifest(d) is None:
         raise FileNotFoundError(f"no finished vocab stage in {run_dir} (missing {d}/manifest.json); "
                                 f"run `python -m pipeline.vocab run_dir={run_dir}`")
-    with np.load(d / LABELS_FILE, allow_pickle=False) as z:
-        return Labels({k: z[k] for k in z.files})
+    try:
+        with np.load(d / LABELS_FILE, allow_pickle=False) as z:
+            return Labels({k: z[k] for k in z.files})
+    except ValueError as exc:  # "Object arrays cannot be loaded when allow_pickle=False"
+        raise ValueError(f"refusing to load {d / LABELS_FILE}: {exc} (it should hold only numeric and string "
+                         "arrays; a pickled object could run code when loaded)") from exc
 
 
 def load_vocab(run_dir: str | Path) -> dict:

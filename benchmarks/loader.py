@@ -188,8 +188,10 @@ def run(ctx: Context) -> list[dict]:
         rec("limit", *run_decode_limit(blobs))
         rec("folder", *run_imagefolder(root))
         rec("tar", *run_tar_only(shards, index))
-    n224, t224 = run_pipeline_transform_one_process(blobs[::4], 224)  # every 4th image: a per-core rate
-    log(f"loader: pipeline decode + train transform at 224 px, one process: {n224 / t224.seconds:,.0f} img/s")
+    n224 = t224 = None
+    if not ctx.ours_only:
+        n224, t224 = run_pipeline_transform_one_process(blobs[::4], 224)  # every 4th image: a per-core rate
+        log(f"loader: pipeline decode + train transform at 224 px, one process: {n224 / t224.seconds:,.0f} img/s")
 
     def med(kind: str, key: str = "per_second"):
         return median(r[key] for r in runs[kind])
@@ -203,7 +205,7 @@ def run(ctx: Context) -> list[dict]:
               "ours_per_worker_wall": o / WORKERS if o else None,
               # images per CPU-second over all of the loader's processes: the per-core rate, robust to other load
               "ours_per_core": 1000 / cpu["ours"] if cpu.get("ours") else None,
-              "ours_per_core_224_one_process": n224 / t224.cpu if t224.cpu > 0 else None,
+              "ours_per_core_224_one_process": n224 / t224.cpu if t224 is not None and t224.cpu > 0 else None,
               "cpu_ms_per_image": cpu}
     title = f"training loader ({WORKERS} workers, batch {BATCH}, {SIZE} px: decode + RRC + flip + normalize)"
     cpu_ratio = (lambda k: cpu[k] / cpu["ours"] if k in cpu and cpu.get("ours") else None)

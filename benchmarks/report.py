@@ -31,23 +31,30 @@ places, both measured by running the stream with 0, 1 and 2 workers:
    Shuffling keys and offsets (metadata only) and letting each worker read only its own members, or splitting
    shards between workers where exact resume is not needed, would pay it once.
 
-The remaining gap to `(a) x workers` is the main process and worker start-up (fresh workers each epoch). Not
-changed here: the benchmarks do not edit pipeline code; the profile below shows the split by process."""
+Both costs are per sample, not per pixel, so the gap is widest on the 64 px emoji shards (the `--quick`
+selection is half emoji) and narrower on the larger clip art, where decoding dominates. Even with both removed,
+`(a) x workers` is an upper bound a 2-core machine cannot reach: the main process needs CPU too, and fresh
+workers start every epoch. Not changed here (the benchmarks do not edit pipeline code); the profile below shows
+the split by process."""
 
 NOTES: dict[str, str] = {
     "loader_vs_decode_limit": _LOADER,
     "loader_vs_imagefolder": "See the notes of loader_vs_decode_limit (same measurement, same causes).",
     "train_step": """The stage sets torch's intra-op threads to cores / local ranks (2 here) while its 2 DataLoader
-workers decode on the same 2 cores. Whenever a worker runs, one of the two OpenMP threads of a convolution or
-its backward is descheduled and the other waits at the barrier, so the step slows by more than the workers'
-CPU share (about 0.1 CPU s per 64-image step). Other load on the machine has the same effect on both sides, but
-more on ours: in quick runs with a load average of 5-8, `pretrain.threads=1` ran about twice as fast as the
-default 2 threads (`--opt "variants=pretrain.threads=1" --opt bare_threads=1` reruns that comparison), and
-`pretrain.workers=0` (decode in the training process) left a 7% data wait. On a CPU device, threads = cores minus
-the loader's share (or `OMP_WAIT_POLICY=PASSIVE` to cut the spinning) is worth measuring on a quiet machine before
-changing the default; on GPUs the loader does not share cores with the step this way. The data wait itself is
-small in the steady state; the manifest's figure also counts the first step, which waits for the workers to
-start and fill their queues (about a second).""",
+workers decode on the same 2 cores. Whenever a worker runs, one of the two OpenMP threads of a convolution or its
+backward is descheduled and the other waits at the barrier, so the step loses more than the workers' CPU share
+(about 0.1 CPU s per 64-image step; `cpu_seconds_children` in `details.ours_per_rep`). The bare loop decodes
+nothing and keeps both cores. Load from other processes hurts both sides the same way, which is why the
+figures of a shared machine swing so much. What was tried (full runs time it in `details.variants` and
+`details.anchor_by_threads`): one intra-op thread (`pretrain.threads=1`) beside the 2 workers, and the bare loop
+with one thread. On the busy machine (load average 4-8) one thread was 2-4x faster than two for both ours and the
+bare loop, and ours with one thread reached about 0.7x the one-thread bare loop; `pretrain.workers=0` (decode in
+the training process) left a 7% data wait. On a CPU device, threads = cores minus the loader's share is worth
+measuring on a quiet machine before changing the default (not changed here: the benchmarks do not edit pipeline
+code); on GPUs the loader does not share cores with the step this way. The data wait itself is small in the
+steady state; the manifest's figure also counts the first step, which waits for the workers to start and fill
+their queues (about a second). The py-spy profile below shows where the main process spends its CPU
+(backward, convolutions, batch norm); OpenMP barrier waits inside torch are not visible to it.""",
     "ingest_per_core": """Ours does more than the tight loop per image: the SHA-256 of the full-size canonical pixels
 (`rgb.tobytes()` plus hashing, before the size cap: for large openclipart PNGs that is tens of MB), EXIF
 orientation, a per-sample JSON check, the tar member writes and the part file; and the stage's work-loop rate
@@ -60,13 +67,17 @@ radius + 1 = 5 substrings exactly. With 64-bit codes those substrings are 12 bit
 only 4,096 buckets: the comparisons per query grow with N / 4,096 and with clustering (skin-tone variants,
 flags and blank-ish clip art share substrings), and the search grows faster than N once N is well above a few
 thousand (`details.ours_candidates_per_query` gives the bucket-mates per query at N and 4N, computed from the
-codes, free of timing noise). What was tried: faiss's own multi-probe, 3 substrings of 21 bits probed with 1
-flipped bit (`IndexBinaryMultiHash(64, 3, 21)` with `nflip = 1`, exact for radius <= 5 by the pigeonhole
-principle: a pair within 4 bits differs by at most 1 bit in one of the 3 substrings); it finds the same pairs
-(`details.tried_3x21_flip1_seconds`) with 2^21 buckets per table, so the bucket-mates stay few up to millions of
-codes. `pipeline.near_index.build_index` could choose that layout for radius <= 5 (not changed here: the
-benchmarks do not edit pipeline code). imagededup's brute force converts its whole hash dict for every query and
-compares all pairs, so it grows with N^2.""",
+codes, free of timing noise). The output grows faster than N too: near duplicates come in clusters, so a
+random quarter of the hashes keeps about a sixteenth of the pairs (`pairs` in `details.runs`), and any exact
+search has to emit them. What was tried: faiss's own multi-probe, 3 substrings of 21 bits probed with 1 flipped
+bit (`IndexBinaryMultiHash(64, 3, 21)` with `nflip = 1`, exact for radius <= 5 by the pigeonhole principle: a
+pair within 4 bits differs by at most 1 bit in one of the 3 substrings). It finds the same pairs
+(`details.tried_3x21_flip1_seconds`) with 2^21 buckets per table; it pays 66 bucket probes per query instead of
+5, so at the demo's sizes it is no faster in absolute terms, but its time grows less from N to 4N, and its
+bucket-mates stay few up to millions of codes, where the 12-bit layout's grow with N / 4,096.
+`pipeline.near_index.build_index` could choose that layout for radius <= 5 (not changed here: the benchmarks do
+not edit pipeline code). imagededup's brute force converts its whole hash dict for every query and compares all
+pairs, so it grows with N^2.""",
     "hashtag_canonicalization": """Once a hashtag has been seen, mapping it is one dict lookup per occurrence. The
 first pass over a corpus resolves every distinct hashtag through NLTK (synset lookups, morphology, the compact
 lemma index): that is the cold figure, and it is the cost that matters only while new hashtags keep appearing.

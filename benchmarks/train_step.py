@@ -12,7 +12,9 @@
   soft-target cross-entropy, backward, SGD (Nesterov momentum, weight decay) step.
   Same number of steps, same warm-up steps dropped, same torch thread count.
 
-Goals: ours >= 0.95 x anchor and a data-wait fraction < 5%. On a machine whose cores
+Goals: ours >= 0.95 x anchor and a data-wait fraction < 5%. Full runs also time, once each,
+ours with ``pretrain.threads=1`` and the bare loop with one thread (``details.variants``,
+``details.anchor_by_threads``): what was tried against the cores' contention below. On a machine whose cores
 are all busy with the model, the loader's workers take CPU from the step: that cost is
 in "ours" and not in the anchor (the anchor decodes nothing), and ``details`` records
 the CPU seconds the workers used.
@@ -134,15 +136,18 @@ def run(ctx: Context) -> list[dict]:
         b = run_bare(o["num_classes"], steps, warmup, channels_last=o["channels_last"], bf16=o["precision"] == "bf16")
         bare.append(b)
         log(f"train_step rep {r}: bare loop {b:.1f} img/s")
+    # What was tried (full runs by default): one intra-op thread, beside the 2 loader workers
+    default_variants = "" if (ctx.quick or ctx.ours_only) else "pretrain.threads=1"
     variants = {}
-    for v in [x for x in ctx.options.get("variants", "").split(";") if x]:
+    for v in [x for x in ctx.options.get("variants", default_variants).split(";") if x]:
         # diagnostic variants, e.g. --opt "variants=pretrain.threads=1;pretrain.workers=1"
         o = run_ours(ctx, prepared, 99, steps, warmup, extra=tuple(v.split(",")))
         variants[v] = {k: o[k] for k in ("images_per_second", "data_wait_fraction", "cpu_seconds_self",
                                          "cpu_seconds_children")}
         log(f"train_step variant {v}: {o['images_per_second']:.1f} img/s, data wait {o['data_wait_fraction']:.1%}")
     by_threads = {}
-    for th in [int(x) for x in ctx.options.get("bare_threads", "").split(",") if x]:
+    for th in [int(x) for x in ctx.options.get("bare_threads", "" if (ctx.quick or ctx.ours_only) else "1").split(",")
+               if x]:
         by_threads[th] = run_bare(ours[0]["num_classes"], steps, warmup, channels_last=ours[0]["channels_last"],
                                   bf16=ours[0]["precision"] == "bf16", threads=th)
         log(f"train_step bare loop with {th} threads: {by_threads[th]:.1f} img/s")

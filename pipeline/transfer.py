@@ -279,7 +279,7 @@ def run_transfer(cfg) -> dict:
                     warmup_start_fraction=tc.warmup_start_fraction, min_epoch_images=tc.min_epoch_images,
                     seed=cfg.seed, autocast_dtype=autocast, channels_last=tc.channels_last, workers=tc.workers,
                     progress=tc.progress)
-                train_ds = TransformedSubset(train_set, idx, size, train=True)
+                train_ds = TransformedSubset(train_set, idx, size, train=True, scale=(tc.crop_min_scale, 1.0))
 
                 def on_epoch(r: dict, init=init, k=k) -> None:
                     epoch_rows.append({"init": init, "train_per_class": k, **r})

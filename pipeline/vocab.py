@@ -2,8 +2,7 @@
 
 ``python -m pipeline.vocab run_dir=runs/demo [vocab=imagenet1k|wordnet_nouns|topk|raw] [vocab.min_count=5] ...``
 
-(``vocab=<kind>`` picks ``conf/vocab/<kind>.yaml``; while ``conf/config.yaml`` has no
-``vocab`` entry in its defaults list, write ``+vocab=<kind>``, or set ``vocab.kind=<kind>``.)
+(``vocab=<kind>`` picks ``conf/vocab/<kind>.yaml``; the default is ``wordnet_nouns``.)
 
 Reads the metadata of the ingest shards (never the images), skips every sample the dedup
 stage removed (``<run_dir>/dedup/removed.jsonl``; a missing dedup stage is an error unless

@@ -1,8 +1,10 @@
 """Crash safety (issue 8): SIGKILL each stage at random points, rerun it, compare with an
 uninterrupted run.
 
-Every stage runs on the fixture corpus with tiny settings in a child process
-(:mod:`fuzz.stages`). After each kill no visible file may be partial (every JSON, JSONL,
+Every stage runs on the fixture corpus with tiny settings as ``run_<stage>(cfg)`` in a child
+process forked from a preloaded forkserver (:mod:`fuzz.stages`: a fresh ``python -m
+pipeline.<stage>`` spends 5-15 s importing torch per attempt here; the Hydra entry points
+themselves run in the torchrun test below and in tests/test_safety.py). After each kill no visible file may be partial (every JSON, JSONL,
 tar, npz and checkpoint reads completely); after the rerun no temp file may be left, the
 upstream stage folders are untouched, and the stage folder equals the uninterrupted
 run's: shards byte-identical, side files and manifests equal except timing fields,
@@ -23,7 +25,7 @@ import time
 
 import pytest
 
-from fuzz.stages import compare_stage, context, partial_files, run_stage, temp_files, warm_up
+from fuzz.stages import _child, compare_stage, context, partial_files, run_stage, temp_files, warm_up
 
 from conftest import FIXTURE
 
@@ -111,8 +113,7 @@ def test_pretrain_killed_right_after_an_epoch_end_eval(references, tmp_path):
     epoch_end = [e["step"] for e in evals if e["step"] not in (0, max(e["step"] for e in evals))]
     assert epoch_end, evals  # the tiny run crosses an epoch boundary before max_steps
     log = tmp_path / "pretrain.log"
-    p = context().Process(target=__import__("fuzz.stages", fromlist=["_child"])._child,
-                          args=("pretrain", _overrides(run), str(log)))
+    p = context().Process(target=_child, args=("pretrain", _overrides(run), str(log)))
     p.start()
     eval_file = run / "pretrain" / "eval.jsonl"
     deadline = time.monotonic() + 300

@@ -154,7 +154,7 @@ def test_every_reason_is_quarantined(fixture_cfg, tmp_path):
     assert "invalid_utf8" in {r["reason"] for r in rows if r["source"] == "bad"}
     assert "invalid_metadata" in {r["reason"] for r in rows if r["id"].startswith("bad:index.jsonl@")}
     # every reason except svg_disabled (its own test) is exercised here
-    assert set(REASONS) - reasons <= {"svg_disabled"}, set(REASONS) - reasons
+    assert set(REASONS) - reasons <= {"svg_disabled", "withdrawn"}, set(REASONS) - reasons  # both tested elsewhere
     written = {m["id"]: m for _, _, m in iter_metadata(shard_paths(cfg.run_dir))}
     assert set(written) == {"bad:good", "bad:dup", "badtar:000000001", "badtar:000000010"}  # first "dup" kept
     assert written["bad:good"]["hashtags"] == ["smile", "happy_face"]

@@ -14,9 +14,9 @@ from conftest import FIXTURE, copy_run, stage_cfg
 TARGET = FIXTURE / "fashion_mnist"
 PRETRAIN = ["pretrain.model=resnext_mini", "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1",
             "pretrain.max_steps=4", "pretrain.workers=0", "pretrain.progress=false", "pretrain.heldout_fraction=0",
-            "pretrain.threads=2", "pretrain.checkpoint_every_steps=100"]
+            "pretrain.threads=1", "pretrain.checkpoint_every_steps=100"]
 TINY = ["transfer.low_data_per_class=[2]", "transfer.finetune_epochs=2", "transfer.min_epoch_images=40",
-        "transfer.batch_size=16", "transfer.workers=0", "transfer.progress=false", "transfer.threads=2",
+        "transfer.batch_size=16", "transfer.workers=0", "transfer.progress=false", "transfer.threads=1",
         "transfer.probe_Cs=[0.01,1.0]"]
 
 

@@ -227,13 +227,13 @@ def test_removed_samples_never_reach_counts_or_labels(vocab_run):
 
 
 def test_imagenet1k_and_topk_stage(vocab_run, in1k, nouns):
-    cfg = vocab_run("+vocab=imagenet1k", "vocab.require_dedup=false", name="in1k")
+    cfg = vocab_run("vocab=imagenet1k", "vocab.require_dedup=false", name="in1k")
     assert cfg.vocab.kind is VocabKind.imagenet1k
     run_vocab(cfg)
     doc = load_vocab(cfg.run_dir)
     in1k_wnids = set(read_imagenet1k_wnids(IMAGENET_INFO))
     assert doc["num_classes"] > 0 and all(c["wnid"] in in1k_wnids for c in doc["classes"])
-    cfg = vocab_run("+vocab=topk", "vocab.top_k=3", "vocab.require_dedup=false", name="topk")
+    cfg = vocab_run("vocab=topk", "vocab.top_k=3", "vocab.require_dedup=false", name="topk")
     run_vocab(cfg)
     doc = load_vocab(cfg.run_dir)
     samples = [c["samples"] for c in doc["classes"]]

@@ -120,8 +120,9 @@ def _tensors_equal(a: Any, b: Any, where: str, drop: tuple[str, ...]) -> list[st
 
 
 # ``run_dir`` differs between the runs compared; ``labels.npz`` (in the vocab manifest's
-# ``outputs.sha256``) hashes a zip whose member timestamps numpy sets to the write time
-DROP = ("run_dir", "labels.npz")
+# ``outputs.sha256``) hashes a zip whose member timestamps numpy sets to the write time;
+# ``code_version`` changes if the code is edited or committed between the two runs
+DROP = ("run_dir", "labels.npz", "code_version")
 
 
 def compare_file(a: Path, b: Path, drop: tuple[str, ...] = DROP) -> list[str]:

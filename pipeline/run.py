@@ -49,10 +49,19 @@ _NOT_RESULT = {"progress", "workers", "merge_timeout_s", "threads", "checkpoint_
                "tensorboard", "eval_every_steps", "device", "compile", "audit_data"}
 
 
+def _digest(path: str | None) -> str | None:
+    """SHA-256 of a side input file (a withdrawn-ids list), so editing it in place changes the key."""
+    from pipeline.manifest import file_sha256
+
+    return file_sha256(path) if path and Path(path).is_file() else None
+
+
 def _sections(cfg: dict, stage: str) -> dict:
     pick = {
-        "ingest": {"sources": cfg["data"]["sources"], "ingest": cfg["ingest"]},
-        "dedup": {"eval_sets": cfg["data"]["eval_sets"], "dedup": cfg["dedup"], "ingest": cfg["ingest"]},
+        "ingest": {"sources": cfg["data"]["sources"], "ingest": cfg["ingest"],
+                   "withdrawn_sha256": _digest(cfg["ingest"].get("withdrawn"))},
+        "dedup": {"eval_sets": cfg["data"]["eval_sets"], "dedup": cfg["dedup"], "ingest": cfg["ingest"],
+                  "withdrawn_sha256": _digest(cfg["dedup"].get("withdrawn"))},
         "vocab": {"vocab": cfg["vocab"]},
         "pretrain": {"pretrain": cfg["pretrain"], "seed": cfg["seed"]},
         "transfer": {"transfer": cfg.get("transfer", {}), "seed": cfg["seed"]},

@@ -59,6 +59,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--opt", action="append", default=[], metavar="NAME:KEY=VALUE",
                     help="an option for one measurement, e.g. loader:shards=4 or train_step:steps=100")
     ap.add_argument("--out-dir", default=str(HERE), help="where RESULTS.md and results.json go (default benchmarks/)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: rewrite RESULTS.md from results.json (e.g. after editing the notes)")
     return ap.parse_args(argv)
 
 
@@ -106,8 +108,30 @@ def run_module(name: str, a: argparse.Namespace, work: Path) -> tuple[list[dict]
     return json.loads(out.read_text(encoding="utf-8")), secs, None
 
 
+def report_only(a: argparse.Namespace) -> int:
+    """Rewrite RESULTS.md from results.json (machine facts read now; same machine assumed)."""
+    out_dir = Path(a.out_dir)
+    rows = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    measured = [r.get("measured", {}) for r in rows]
+    latest = max((m for m in measured if m.get("at")), key=lambda m: m["at"], default={})
+    runs: dict[str, dict] = {}
+    for r, m in zip(rows, measured):
+        runs.setdefault(r.get("module", r["name"]), {"seconds": m.get("seconds") or 0.0,
+                                                      "load_average_before": m.get("load_average_before")})
+    profiles = {r["module"]: r["profile"] for r in rows if r.get("profile") and r.get("module")}
+    machine = machine_info()
+    machine["load_average"] = measured[0].get("load_average_before") if measured else None  # not today's
+    write_report(out_dir / "RESULTS.md", rows, machine=machine, command=latest.get("command", "python -m benchmarks"),
+                 started=latest.get("at", "?"), total_seconds=latest.get("total_seconds") or 0.0, runs=runs,
+                 mode=latest.get("mode", "?"), run_dir=latest.get("run_dir", "runs/demo"), previous_profiles=profiles)
+    log(f"rewrote {out_dir / 'RESULTS.md'} from results.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
+    if a.report_only:
+        return report_only(a)
     if not (Path(a.run_dir) / "ingest" / "manifest.json").exists():
         print(f"error: no finished demo run in {a.run_dir} (run `make demo` first, or pass --run-dir)", file=sys.stderr)
         return 2
@@ -148,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             profiles[name] = profile_module(name, run_dir=Path(a.run_dir).resolve(), work_dir=work,
                                             out_dir=work / "profiles")
         total = time.perf_counter() - t_all
+        for r in rows:
+            r["measured"].update({"command": _command(a), "total_seconds": round(total, 1),
+                                  "run_dir": _display_path(a.run_dir, "<run-dir>")})
         out_dir = Path(a.out_dir)
         merged = _merge(out_dir / "results.json", rows, names)
         for r in merged:

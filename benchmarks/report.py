@@ -41,8 +41,9 @@ NOTES: dict[str, str] = {
     "loader_vs_decode_limit": _LOADER,
     "loader_vs_imagefolder": "See the notes of loader_vs_decode_limit (same measurement, same causes).",
     "train_step": """The stage sets torch's intra-op threads to cores / local ranks (2 here) while its 2 DataLoader
-workers decode on the same 2 cores. Whenever a worker runs, one of the two OpenMP threads of a convolution or its
-backward is descheduled and the other waits at the barrier, so the step loses more than the workers' CPU share
+workers decode on the same 2 cores. The likely mechanism: whenever a worker runs, one of the two OpenMP threads of
+a convolution or its backward is descheduled and the other waits at the barrier, so the step loses more than the
+workers' CPU share
 (about 0.1 CPU s per 64-image step; `cpu_seconds_children` in `details.ours_per_rep`). The bare loop decodes
 nothing and keeps both cores. Load from other processes hurts both sides the same way, which is why the
 figures of a shared machine swing so much. What was tried (full runs time it in `details.variants` and
@@ -56,9 +57,13 @@ steady state; the manifest's figure also counts the first step, which waits for 
 their queues (about a second). The py-spy profile below shows where the main process spends its CPU
 (backward, convolutions, batch norm); OpenMP barrier waits inside torch are not visible to it.""",
     "ingest_per_core": """Ours does more than the tight loop per image: the SHA-256 of the full-size canonical pixels
-(`rgb.tobytes()` plus hashing, before the size cap: for large openclipart PNGs that is tens of MB), EXIF
-orientation, a per-sample JSON check, the tar member writes and the part file; and the stage's work-loop rate
-counts the 1-in-a-few-hundred inputs it quarantines from the header (decompression bombs) like the loop does.""",
+(`rgb.tobytes()` plus hashing, before the size cap: tens of MB for the large openclipart PNGs), EXIF
+orientation, a per-sample UTF-8/JSON check of the metadata, path checks that resolve every component of each
+file's path, the tar members, and one fsync per shard and part file. Per stage it also plans the units (hashing
+the index files) and writes the manifest: with the `--quick` subset (60 inputs per source) these fixed costs weigh
+noticeably more than with 300 per source, so judge this goal on a full run. `details.cpu_ms_per_image` compares
+CPU per image, which other load disturbs less than images/s. The py-spy profile below (quick, ours only, set-up
+included) shows decode, WebP encoding and SVG rasterization, the work both sides share, on top.""",
     "dedup_hash": """imagededup runs its hashing in a worker pool even with one worker (pickling every file name and
 hash), resizes the RGB image before converting to grey (3 channels through Lanczos instead of 1), and reads files;
 ours reads the shard tar sequentially.""",
@@ -112,7 +117,7 @@ def _met(m) -> str:
 def _details(d: dict, skip=("shards",)) -> list[str]:
     out = []
     for k, v in d.items():
-        if k in skip or v is None:
+        if k in skip or v is None or (isinstance(v, (dict, list)) and not v):
             continue
         if isinstance(v, float):
             v = fmt(v)
@@ -215,7 +220,7 @@ def write_report(path: Path, rows: list[dict], *, machine: dict, command: str, s
     L += ["", "## Reproduce", "",
           "```bash",
           "make demo                     # the demo run the benchmarks read (runs/demo)",
-          "make bench                    # installs .[test,bench] and runs python -m benchmarks (< 20 min on 2 cores)",
+          "make bench                    # installs .[test,bench], runs python -m benchmarks (budget: < 20 min on 2 quiet cores)",
           "python -m benchmarks --quick --only loader      # one measurement, small sizes",
           "python -m benchmarks --profile loader --keep-work   # py-spy speedscope profile of our side",
           "python -m benchmarks --demo-seconds S            # record a measured `make demo` wall time",

@@ -239,17 +239,17 @@ class TransferConfig:
     crop_min_scale: float = 0.35  # random-resized crop area range [this, 1]; ImageNet uses 0.08, too small for 28 px clothes
     eval_batch_size: int = 256  # images per forward pass for features and val accuracy
     base_lr: float = 0.05  # fine-tuning lr per reference_batch images, half of pretraining's 0.1; linear scaling rule
-    reference_batch: int = 256
-    momentum: float = 0.9  # SGD with Nesterov momentum
-    nesterov: bool = True
+    reference_batch: int = 256  # images the base_lr refers to (Goyal et al. 2017: lr = base_lr x batch / 256)
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # Nesterov momentum (as in pretraining, Mahajan et al. 2018)
     weight_decay: float = 1e-4  # not applied to BN parameters and biases
     warmup_epochs: float = 0.5  # linear warmup over this many epochs, then cosine decay to 0
     warmup_start_fraction: float = 0.1  # warmup starts at this fraction of the peak lr
     precision: str = "auto"  # "auto" (bf16 autocast on CPU and bf16-capable GPUs), "bf16", "fp32"
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory layout (faster convolutions on CPU and tensor cores)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     workers: int = 2  # DataLoader worker processes (decode + augmentation)
-    threads: int = 0  # torch intra-op threads; 0 = all cores
+    threads: int = 0  # torch intra-op threads; 0 = all cores (on a busy machine 1 is several times faster: no waiting on a descheduled thread)
     eval_cache_mb: float = 1024.0  # keep eval-preprocessed images in memory up to this size (decoded once, not per epoch)
     progress: bool = True  # tqdm progress bars on stderr
 

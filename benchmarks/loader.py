@@ -24,10 +24,10 @@ separate the two costs.
 from __future__ import annotations
 
 import io
-import math
 import random
 
 from benchmarks.common import Context, Timer, log, main, median, read_images, result, select_shards, write_image_files
+from pipeline.loader import rrc_box  # the same crop sampling as ours: the anchor differs only in the data path
 
 WORKERS = 2
 BATCH = 64
@@ -84,28 +84,6 @@ def run_tar_only(shards, index) -> tuple[int, Timer]:
     return n, t
 
 
-def _rrc_box(w: int, h: int, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """torchvision's RandomResizedCrop.get_params, on plain floats."""
-    area = w * h
-    lr = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        ta = area * rng.uniform(*scale)
-        ar = math.exp(rng.uniform(*lr))
-        cw, ch = int(round(math.sqrt(ta * ar))), int(round(math.sqrt(ta / ar)))
-        if 0 < cw <= w and 0 < ch <= h:
-            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-            return (x, y, x + cw, y + ch)
-    r = w / h
-    if r < ratio[0]:
-        cw, ch = w, int(round(w / ratio[0]))
-    elif r > ratio[1]:
-        ch, cw = h, int(round(h * ratio[1]))
-    else:
-        cw, ch = w, h
-    x, y = (w - cw) // 2, (h - ch) // 2
-    return (x, y, x + cw, y + ch)
-
-
 def run_decode_limit(blobs: list[bytes]) -> tuple[int, Timer]:
     """Anchor (a): one process, images in memory, the same decode + augment + normalize."""
     import warnings
@@ -126,7 +104,7 @@ def run_decode_limit(blobs: list[bytes]) -> tuple[int, Timer]:
             if img.format == "JPEG":
                 img.draft("RGB", (2 * SIZE, 2 * SIZE))
             img = img.convert("RGB")
-            out = img.resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=_rrc_box(img.width, img.height, rng))
+            out = img.resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=rrc_box(img.width, img.height, rng))
             if rng.random() < 0.5:
                 out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             batch.append(torch.from_numpy(np.asarray(out)).permute(2, 0, 1))

@@ -1,7 +1,7 @@
 """Small shared helpers: errors, logging, atomic writes, staged folders, hashing.
 
-Everything that writes a file goes through :func:`atomic_write_bytes` (temp name in
-the same folder, fsync, ``os.replace``), so an interrupted run leaves either the old
+Everything that writes a file goes through the pipeline's atomic writers
+(:mod:`pipeline.atomic`: temp name in the same folder, fsync, ``os.replace``), so an interrupted run leaves either the old
 file or the new one. Folders are built under a hidden ``.<name>.partial`` sibling and
 renamed into place by :func:`staged_dir`; a leftover partial folder from an
 interrupted run is wiped and rebuilt.
@@ -9,8 +9,8 @@ interrupted run is wiped and rebuilt.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +20,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from pipeline.atomic import fsync_dir
+from pipeline.atomic import write_bytes as atomic_write_bytes  # noqa: F401
+from pipeline.atomic import write_json as atomic_write_json
+from pipeline.atomic import write_jsonl as atomic_write_jsonl  # noqa: F401
+from pipeline.atomic import write_text as atomic_write_text  # noqa: F401
+from pipeline.manifest import file_sha256 as sha256_file
 
 LOG = logging.getLogger("data_tools")
 
@@ -64,58 +71,26 @@ def progress(iterable: Iterable, **kwargs: Any) -> Iterable:
 # --------------------------------------------------------------------------- files
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a folder so that a rename inside it is durable (no-op where unsupported)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def run_cli(action: Callable[[], Any]) -> int:
+    """Run a data_tools command's work: logging set up, a :class:`SourceError` printed.
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``).
-
-    Raises:
-        OSError: from the file system; the temp file is removed and ``path`` untouched.
+    Returns:
+        the exit status: 0, or 1 after a SourceError.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    setup_logging()
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(target.parent)
+        action()
+    except SourceError as exc:
+        LOG.error("%s", exc)
+        return 1
+    return 0
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Atomically write UTF-8 ``text`` to ``path``."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def dumps_json(obj: Any) -> str:
-    """Deterministic pretty JSON text (sorted keys, 2-space indent, UTF-8, final newline)."""
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as deterministic JSON (see :func:`dumps_json`)."""
-    atomic_write_text(path, dumps_json(obj))
-
-
-def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Atomically write ``rows`` as JSON Lines (one sorted-key object a line); return the count."""
-    lines = [json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows]
-    atomic_write_text(path, "".join(lines))
-    return len(lines)
+def cache_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser described by the first paragraph of ``doc``, with ``--cache``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--cache", type=Path, default=Path("data/raw"), help="cache folder (default data/raw)")
+    return ap
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -137,15 +112,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
             rows.append(obj)
     return rows
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (follows symlinks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def remove_path(path: Path) -> None:

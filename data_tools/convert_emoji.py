@@ -17,12 +17,11 @@ Run alone: ``python -m data_tools.convert_emoji --cache data/raw``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Iterable
 
-from .common import LOG, SourceError, marker_fingerprint, setup_logging
+from .common import LOG, SourceError, cache_parser, marker_fingerprint, run_cli
 from .fetch_npm import EMOJIBASE_DATA, VENDORS, vendor_image_dir
 from .index_io import SOURCES_JSON, converted_dir, make_row, update_sources, write_index
 
@@ -155,18 +154,10 @@ def convert_emoji(cache: Path, vendors: Iterable[str] = VENDORS) -> dict[str, di
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m data_tools.convert_emoji [--cache data/raw] [--vendor google ...]``."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, default=Path("data/raw"), help="cache folder (default data/raw)")
+    ap = cache_parser(__doc__)
     ap.add_argument("--vendor", nargs="+", choices=VENDORS, default=list(VENDORS))
     args = ap.parse_args(argv)
-    setup_logging()
-    try:
-        convert_emoji(args.cache, args.vendor)
-    except SourceError as exc:
-        LOG.error("%s", exc)
-        return 1
-    return 0
-
+    return run_cli(lambda: convert_emoji(args.cache, args.vendor))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,7 +16,6 @@ Run alone: ``python -m data_tools.convert_fashion_mnist --cache data/raw``.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,11 @@ from .common import (
     LOG,
     SourceError,
     atomic_write_json,
+    cache_parser,
     check_count,
     marker_fingerprint,
     progress,
-    setup_logging,
+    run_cli,
     staged_dir,
     write_marker,
 )
@@ -121,17 +121,8 @@ def convert_fashion_mnist(cache: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m data_tools.convert_fashion_mnist [--cache data/raw]``."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, default=Path("data/raw"), help="cache folder (default data/raw)")
-    args = ap.parse_args(argv)
-    setup_logging()
-    try:
-        convert_fashion_mnist(args.cache)
-    except SourceError as exc:
-        LOG.error("%s", exc)
-        return 1
-    return 0
-
+    args = cache_parser(__doc__).parse_args(argv)
+    return run_cli(lambda: convert_fashion_mnist(args.cache))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -17,12 +17,11 @@ Run alone: ``python -m data_tools.convert_openclipart --cache data/raw``.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections import Counter
 from pathlib import Path
 
-from .common import LOG, SourceError, marker_fingerprint, png_size, progress, setup_logging
+from .common import LOG, SourceError, cache_parser, marker_fingerprint, png_size, progress, run_cli
 from .fetch_debian import OPENCLIPART_PNG, OPENCLIPART_SVG
 from .index_io import SOURCES_JSON, converted_dir, make_row, update_sources, write_index
 from .svg_meta import SAFE_PARSER, parse_svg_meta
@@ -124,17 +123,8 @@ def convert_openclipart(cache: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m data_tools.convert_openclipart [--cache data/raw]``."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, default=Path("data/raw"), help="cache folder (default data/raw)")
-    args = ap.parse_args(argv)
-    setup_logging()
-    try:
-        convert_openclipart(args.cache)
-    except SourceError as exc:
-        LOG.error("%s", exc)
-        return 1
-    return 0
-
+    args = cache_parser(__doc__).parse_args(argv)
+    return run_cli(lambda: convert_openclipart(args.cache))
 
 if __name__ == "__main__":
     raise SystemExit(main())

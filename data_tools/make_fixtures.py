@@ -14,12 +14,11 @@ Raises SourceError (exit 1) if the cache lacks a converted source or a chosen it
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
-from .common import LOG, SourceError, atomic_write_json, atomic_write_text, setup_logging, staged_dir
+from .common import LOG, SourceError, atomic_write_json, atomic_write_text, cache_parser, run_cli, staged_dir
 from .convert_emoji import normalize_hexcode
 from .fetch_npm import EMOJIBASE_DATA
 from .index_io import SOURCES_JSON, converted_dir, read_index, read_sources, write_index
@@ -355,18 +354,11 @@ def make_fixtures(cache: Path, out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    ap = argparse.ArgumentParser(prog="python -m data_tools.make_fixtures", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, default=Path("data/raw"), help="converted cache (default data/raw)")
+    ap = cache_parser(__doc__)
+    ap.prog = "python -m data_tools.make_fixtures"
     ap.add_argument("--out", type=Path, default=Path("tests/fixtures/corpus"), help="fixture folder")
     args = ap.parse_args(argv)
-    setup_logging()
-    try:
-        make_fixtures(args.cache, args.out)
-    except SourceError as exc:
-        LOG.error("%s", exc)
-        return 1
-    return 0
-
+    return run_cli(lambda: make_fixtures(args.cache, args.out))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -124,24 +124,6 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float().div_(255.0) - mean) / std
 
 
-def soft_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Padded class ids (N, K) int64 (-1 = none) -> soft targets (N, C) float32, 1/k on each.
-
-    The multi-label softmax target of Mahajan et al. 2018 (sec. 2.1).
-    """
-    hot = multi_hot(labels, num_classes)
-    return hot / hot.sum(dim=1, keepdim=True).clamp_min(1.0)
-
-
-def multi_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Padded class ids (N, K) int64 (-1 = none) -> multi-hot (N, C) float32."""
-    out = torch.zeros(labels.shape[0], num_classes, dtype=torch.float32, device=labels.device)
-    valid = labels >= 0
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
-    out[rows[valid], labels[valid]] = 1.0
-    return out
-
-
 class ShardStream(IterableDataset):
     """One rank's batches for one epoch, as an IterableDataset for ``DataLoader(batch_size=None)``.
 

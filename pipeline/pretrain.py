@@ -26,7 +26,6 @@ import logging
 import os
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

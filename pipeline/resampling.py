@@ -131,13 +131,31 @@ def _unique_ids(class_ids: Sequence[int] | torch.Tensor | np.ndarray, num_classe
     return torch.unique(ids)
 
 
-def soft_target(class_ids: Sequence[int] | torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
-    """The multi-label softmax target: ``1/k`` on each of the ``k`` distinct classes.
+def batch_multi_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Padded class ids (N, K) int64 (-1 = none) -> multi-hot (N, C) float32, on their device.
+
+    The per-class sigmoid / binary cross-entropy target; repeated ids count once.
+    """
+    out = torch.zeros(labels.shape[0], num_classes, dtype=torch.float32, device=labels.device)
+    valid = labels >= 0
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
+    out[rows[valid], labels[valid]] = 1.0
+    return out
+
+
+def batch_soft_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Padded class ids (N, K) int64 (-1 = none) -> soft targets (N, C) float32, ``1/k`` on each.
 
     Mahajan et al. 2018, section 2.2; SWAG issue 15: "convert the multi-label targets to a
     probability by normalizing by the number of positive labels, and then apply cross
-    entropy". Use with ``torch.nn.functional.cross_entropy(logits, targets)`` (probability
-    targets).
+    entropy". Use with ``torch.nn.functional.cross_entropy(logits, targets)``.
+    """
+    hot = batch_multi_hot(labels, num_classes)
+    return hot / hot.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def soft_target(class_ids: Sequence[int] | torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
+    """One sample's soft target (:func:`batch_soft_targets` for a single row).
 
     Args:
         class_ids: the sample's class ids (repeats count once).
@@ -149,14 +167,11 @@ def soft_target(class_ids: Sequence[int] | torch.Tensor | np.ndarray, num_classe
     Raises:
         ValueError: no class ids, or an id outside ``[0, C)``.
     """
-    ids = _unique_ids(class_ids, num_classes)
-    t = torch.zeros(num_classes, dtype=torch.float32)
-    t[ids] = 1.0 / ids.numel()
-    return t
+    return batch_soft_targets(_unique_ids(class_ids, num_classes)[None], num_classes)[0]
 
 
 def multi_hot(class_ids: Sequence[int] | torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
-    """The per-class sigmoid / binary cross-entropy target: 1 on each class of the sample.
+    """One sample's multi-hot target (:func:`batch_multi_hot` for a single row).
 
     Returns:
         torch.float32 (C,) of zeros and ones.
@@ -164,7 +179,4 @@ def multi_hot(class_ids: Sequence[int] | torch.Tensor | np.ndarray, num_classes:
     Raises:
         ValueError: as :func:`soft_target`.
     """
-    ids = _unique_ids(class_ids, num_classes)
-    t = torch.zeros(num_classes, dtype=torch.float32)
-    t[ids] = 1.0
-    return t
+    return batch_multi_hot(_unique_ids(class_ids, num_classes)[None], num_classes)[0]

@@ -31,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.distributed import DistInfo, barrier
-from pipeline.loader import ShardStream, make_loader, multi_hot, normalize, soft_targets
+from pipeline.loader import ShardStream, make_loader, normalize
+from pipeline.resampling import batch_multi_hot, batch_soft_targets
 from pipeline.metrics import mean_average_precision, precision_at_1
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def steps_in_epoch(micro_batches: int, accum: int) -> int:
 
 def targets_for(loss_name: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(N, C) float32 targets: soft 1/k targets for softmax, multi-hot for sigmoid."""
-    return soft_targets(labels, num_classes) if loss_name == "softmax" else multi_hot(labels, num_classes)
+    return batch_soft_targets(labels, num_classes) if loss_name == "softmax" else batch_multi_hot(labels, num_classes)
 
 
 @torch.no_grad()
@@ -108,7 +109,7 @@ def evaluate(model: torch.nn.Module, stream: ShardStream, *, device: torch.devic
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits = model(x)
         scores.append(logits.float().cpu().numpy())
-        targets.append(multi_hot(batch["labels"], num_classes).numpy())
+        targets.append(batch_multi_hot(batch["labels"], num_classes).numpy())
     model.train(was_training)
     if not scores:
         return {"precision_at_1": float("nan"), "mAP": float("nan"), "samples": 0}

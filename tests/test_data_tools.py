@@ -12,7 +12,6 @@ import io
 import json
 import os
 import struct
-import tarfile
 from pathlib import Path
 
 import numpy as np

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.epoch_plan import SampleIndex, make_epoch_plan, replication_counts
-from pipeline.loader import ShardStream, heldout_mask, make_loader, rrc_box, soft_targets
+from pipeline.loader import ShardStream, heldout_mask, make_loader, rrc_box
+from pipeline.resampling import batch_soft_targets as soft_targets
 from pipeline.shards import iter_metadata, shard_paths
 
 

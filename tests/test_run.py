@@ -7,7 +7,7 @@ import json
 from pipeline.run import run_pipeline, stage_keys
 from pipeline.config import to_container
 
-from conftest import copy_run, stage_cfg
+from conftest import stage_cfg
 
 TINY = ("vocab.kind=raw", "vocab.min_count=2", "vocab.plot=false", "pretrain.model=resnext_mini",
         "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.workers=0",

@@ -24,7 +24,7 @@ import torch
 from fuzz.stages import partial_files, temp_files
 from pipeline.checkpoint import CheckpointError
 
-from conftest import FIXTURE, REPO, copy_run, make_cfg, stage_cfg
+from conftest import REPO, copy_run, stage_cfg
 
 PRETRAIN = ["pretrain.model=resnext_mini", "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1",
             "pretrain.max_steps=2", "pretrain.workers=0", "pretrain.progress=false", "pretrain.heldout_fraction=0.1",

@@ -19,7 +19,10 @@ Augmentation (train): random-resized crop (scale 0.08-1, ratio 3/4-4/3, torchvis
 algorithm) to ``image_size`` px and horizontal flip, seeded per item by
 (seed, epoch, key, copy), so it does not depend on the worker count. Eval: resize the
 shorter side to ``image_size * 256/224`` then centre crop (the WSL models' eval recipe).
-Images leave the workers as uint8; :func:`normalize` runs on the device (4x less copying).
+Images leave the workers as uint8 and :func:`normalize` runs on the device (4x less to copy
+to a GPU); on a CPU device the workers normalize (``normalize_in_workers``): the main
+process's elementwise passes on torch's thread pool, while the workers hold the cores, cost
+about 0.5 ms of CPU per image in barrier waits (benchmarks/RESULTS.md, loader).
 """
 
 from __future__ import annotations
@@ -118,7 +121,13 @@ def eval_transform(img: Image.Image, size: int) -> torch.Tensor:
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 normalized with the ImageNet mean and std, on its device."""
+    """uint8 (N, 3, H, W) -> float32 normalized with the ImageNet mean and std, on its device.
+
+    A floating-point batch is taken as already normalized (by the loader workers,
+    ``ShardStream(normalize_in_workers=True)``) and returned unchanged.
+    """
+    if images.is_floating_point():
+        return images
     mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
     return (images.float().div_(255.0) - mean) / std
@@ -127,7 +136,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 class ShardStream(IterableDataset):
     """One rank's batches for one epoch, as an IterableDataset for ``DataLoader(batch_size=None)``.
 
-    Yields dicts: ``images`` uint8 (B, 3, S, S), ``labels`` int64 (B, K) padded with -1,
+    Yields dicts: ``images`` uint8 (B, 3, S, S) (float32 normalized if ``normalize_in_workers``), ``labels`` int64 (B, K) padded with -1,
     ``keys`` list of B str, ``step`` int (batch index in the epoch), ``global_batch`` int
     (items in this step over all ranks).
 
@@ -136,13 +145,15 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, shards: dict[int, str | Path], index: SampleIndex, *, seed: int, rank: int, world: int,
-                 batch_size: int, image_size: int, train: bool = True, shuffle_buffer: int = 1000) -> None:
+                 batch_size: int, image_size: int, train: bool = True, shuffle_buffer: int = 1000,
+                 normalize_in_workers: bool = False) -> None:
         super().__init__()
         self.shards = {int(k): str(v) for k, v in shards.items()}
         self.index = index
         self.seed, self.rank, self.world = seed, rank, world
         self.batch_size, self.image_size = batch_size, image_size
         self.train, self.shuffle_buffer = train, shuffle_buffer
+        self.normalize_in_workers = normalize_in_workers
         self.plan: EpochPlan | None = None
         self.skip_batches = 0
 
@@ -211,7 +222,10 @@ class ShardStream(IterableDataset):
         lab = torch.full((len(items), k), -1, dtype=torch.int64)
         for i, x in enumerate(labels):
             lab[i, : len(x)] = torch.from_numpy(np.asarray(x, dtype=np.int64))
-        return {"images": torch.stack(images), "labels": lab, "keys": keys, "step": step, "global_batch": global_batch}
+        batch = torch.stack(images)
+        if self.normalize_in_workers:
+            batch = normalize(batch)
+        return {"images": batch, "labels": lab, "keys": keys, "step": step, "global_batch": global_batch}
 
     def __iter__(self) -> Iterator[dict]:
         if self.plan is None:

@@ -182,7 +182,8 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
             broadcast_buffers=False)
     autocast = _autocast_dtype(pt.precision, info.device)
     stream = ShardStream(shards, train_idx, seed=cfg.seed, rank=info.rank, world=info.world,
-                         batch_size=pt.batch_size, image_size=pt.image_size, shuffle_buffer=pt.shuffle_buffer)
+                         batch_size=pt.batch_size, image_size=pt.image_size, shuffle_buffer=pt.shuffle_buffer,
+                         normalize_in_workers=info.device.type == "cpu" and pt.workers > 0)
     held_stream = ShardStream(shards, held_idx, seed=cfg.seed, rank=0, world=1, batch_size=pt.batch_size * 2,
                               image_size=pt.image_size, train=False) if len(held_idx.keys) else None
 

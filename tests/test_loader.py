@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.epoch_plan import SampleIndex, make_epoch_plan, replication_counts
-from pipeline.loader import ShardStream, heldout_mask, make_loader, rrc_box
+from pipeline.loader import ShardStream, heldout_mask, make_loader, normalize, rrc_box
 from pipeline.resampling import batch_soft_targets as soft_targets
 from pipeline.shards import iter_metadata, shard_paths
 
@@ -92,6 +92,19 @@ def test_resume_skips_exactly(ingested_fixture):
     assert all(torch.equal(a["images"], b["images"]) and a["keys"] == b["keys"] for a, b in zip(full[3:], resumed))
     other_epoch = _collect(s, 0, epoch=2)
     assert [b["keys"] for b in other_epoch] != [b["keys"] for b in full]
+
+
+def test_normalize_in_workers_equals_normalize_on_the_device(ingested_fixture):
+    index, shards = _index_from_run(ingested_fixture, weight=1.0)
+    kw = dict(seed=4, rank=0, world=1, batch_size=8, image_size=32)
+    raw = _collect(ShardStream(shards, index, **kw), 0)
+    normed = _collect(ShardStream(shards, index, normalize_in_workers=True, **kw), 2)
+    assert len(raw) == len(normed) > 1
+    for a, b in zip(raw, normed):
+        assert b["images"].dtype == torch.float32 and a["keys"] == b["keys"]
+        assert torch.equal(normalize(a["images"]), b["images"])
+        assert normalize(b["images"]) is b["images"]  # already normalized: passed through, not normalized twice
+    assert abs(float(torch.cat([b["images"] for b in normed]).mean())) < 3
 
 
 def test_heldout_and_targets():

@@ -116,8 +116,8 @@ def child(method: str, run_dir: str, n: int, reps: int) -> dict:
 
 
 def candidates_per_query(codes, radius: int = RADIUS) -> float:
-    """Mean bucket-mates per query over the multi-index tables build_index makes (radius + 1
-    substrings of 64 // (radius + 1) bits): the comparisons the search does, noise free."""
+    """Mean bucket-mates per query of the old layout (radius + 1 substrings of 64 // (radius + 1) bits,
+    exact match, used before build_index switched to fewer substrings with nflip): noise free."""
     import numpy as np
 
     nhash = radius + 1
@@ -169,7 +169,7 @@ def run(ctx: Context) -> list[dict]:
            "same_pairs": None if ctx.ours_only else all(res["ours", s]["pairs"] == res["imagededup", s]["pairs"]
                                                          for s in (n, 4 * n)),
            "ours_seconds": {"N": res["ours", n]["seconds"], "4N": res["ours", 4 * n]["seconds"]},
-           "ours_candidates_per_query": cand,
+           "old_5x12_layout_candidates_per_query": cand,
            "tried_3x21_flip1_seconds": {"N": alt[n]["seconds"], "4N": alt[4 * n]["seconds"],
                                         "growth": alt[4 * n]["seconds"] / alt[n]["seconds"],
                                         "same_pairs": all(alt[s_]["pairs"] == res["ours", s_]["pairs"] for s_ in (n, 4 * n))},

@@ -19,23 +19,23 @@ on other load than images/s; `details.cpu_ms_per_image` has this run's figures).
 image as the one-process PIL loop, so decode and augmentation themselves are not slower. The extra comes from two
 places, both measured by running the stream with 0, 1 and 2 workers:
 
-1. `normalize()` in the main process. It runs on torch's intra-op pool (2 threads here) while the 2 workers hold
-   both cores, so the 4 elementwise passes over a 64-image batch (under 1 ms of work with one thread) spend tens
-   of ms of CPU in OpenMP barrier waits: about 0.5 ms per image, a quarter of the loader's CPU. ImageFolder
-   normalizes in its workers (one thread each) and pays nothing in the main process. The design note
-   (uint8 out of the workers, normalize on the device) is right for GPUs; on a CPU device, normalizing in the
-   workers, or with one thread, or folding mean/std into the first convolution, would remove this cost.
-2. Every worker reads and parses all of the rank's tars and runs the shuffle buffer over every item, then keeps
-   1/W of the batches (`ShardStream.__iter__`), so Python `tarfile` header parsing (`calc_chksums`, `nts`,
-   about 0.15 ms per sample) is paid W times: going from 1 to 2 workers added about 0.4 CPU ms per image.
-   Shuffling keys and offsets (metadata only) and letting each worker read only its own members, or splitting
-   shards between workers where exact resume is not needed, would pay it once.
+1. `normalize()` in the main process (fixed). It ran on torch's intra-op pool (2 threads here) while the 2 workers
+   held both cores, so the 4 elementwise passes over a 64-image batch (under 1 ms of work with one thread) spent
+   tens of ms of CPU in OpenMP barrier waits: about 0.5 ms per image, a quarter of the loader's CPU. ImageFolder
+   normalizes in its workers (one thread each). The pipeline now does the same on a CPU device
+   (`ShardStream(normalize_in_workers=True)`, which `pipeline.pretrain` sets when the device is the CPU); on a
+   GPU the workers still hand over uint8 and the device normalizes (4x less to copy).
+2. Every worker read and parsed all of the rank's tars and ran the shuffle buffer over every item, then kept
+   1/W of the batches, so Python `tarfile` header parsing (`calc_chksums`, `nts`, about 0.15 ms per sample) was
+   paid W times: going from 1 to 2 workers added about 0.4 CPU ms per image. Fixed: the shuffle buffer now
+   permutes item positions, `set_epoch` looks up each item's byte offset once per process
+   (`pipeline.loader.member_offsets`, one header scan per shard), and each worker seeks to and reads only its
+   own batches' image members (batches identical to the old path, checked on the demo shards).
 
-Both costs are per sample, not per pixel, so the gap is widest on the 64 px emoji shards (the `--quick`
-selection is half emoji) and narrower on the larger clip art, where decoding dominates. Even with both removed,
+Both costs were per sample, not per pixel, so the gap was widest on the 64 px emoji shards (the `--quick`
+selection is half emoji) and narrower on the larger clip art, where decoding dominates. With both removed,
 `(a) x workers` is an upper bound a 2-core machine cannot reach: the main process needs CPU too, and fresh
-workers start every epoch. Not changed here (the benchmarks do not edit pipeline code); the profile below shows
-the split by process."""
+workers start every epoch. The profile below shows the split by process."""
 
 NOTES: dict[str, str] = {
     "loader_vs_decode_limit": _LOADER,
@@ -71,7 +71,7 @@ ours reads the shard tar sequentially.""",
 radius + 1 = 5 substrings exactly. With 64-bit codes those substrings are 12 bits (64 // 5), so each table has
 only 4,096 buckets: the comparisons per query grow with N / 4,096 and with clustering (skin-tone variants,
 flags and blank-ish clip art share substrings), and the search grows faster than N once N is well above a few
-thousand (`details.ours_candidates_per_query` gives the bucket-mates per query at N and 4N, computed from the
+thousand (`details.old_5x12_layout_candidates_per_query` gives its bucket-mates per query at N and 4N, computed from the
 codes, free of timing noise). The output grows faster than N too: near duplicates come in clusters, so a
 random quarter of the hashes keeps about a sixteenth of the pairs (`pairs` in `details.runs`), and any exact
 search has to emit them. What was tried: faiss's own multi-probe, 3 substrings of 21 bits probed with 1 flipped
@@ -80,8 +80,10 @@ pair within 4 bits differs by at most 1 bit in one of the 3 substrings). It find
 (`details.tried_3x21_flip1_seconds`) with 2^21 buckets per table; it pays 66 bucket probes per query instead of
 5, so at the demo's sizes it is no faster in absolute terms, but its time grows less from N to 4N, and its
 bucket-mates stay few up to millions of codes, where the 12-bit layout's grow with N / 4,096.
-`pipeline.near_index.build_index` could choose that layout for radius <= 5 (not changed here: the benchmarks do
-not edit pipeline code). imagededup's brute force converts its whole hash dict for every query and compares all
+`pipeline.near_index.build_index` now chooses that layout wherever radius + 1 substrings would be shorter than
+16 bits (radius 4 on 64-bit pHashes: 3 x 21 bits, nflip 1), so ours and the tried layout are the same index
+from this version on; `details.old_5x12_layout_candidates_per_query` reports the old 12-bit layout's bucket-mates
+for comparison. imagededup's brute force converts its whole hash dict for every query and compares all
 pairs, so it grows with N^2.""",
     "hashtag_canonicalization": """Once a hashtag has been seen, mapping it is one dict lookup per occurrence. The
 first pass over a corpus resolves every distinct hashtag through NLTK (synset lookups, morphology, the compact

@@ -1,19 +1,20 @@
 """The streaming training loader over the canonical shards (WebDataset tars).
 
-The data path is a chain of small stages, each testable alone (the webdataset /
-open_clip style): the epoch plan fixes which items each rank and batch get
-(:mod:`pipeline.epoch_plan`); then, in each DataLoader worker,
+The data path is a chain of small stages, each testable alone: the epoch plan fixes which
+items each rank and batch get (:mod:`pipeline.epoch_plan`); the seeded shuffle buffer
+(webdataset's algorithm with a private RNG) is applied to the item *positions*, so the
+order of every batch is known before any byte is read; then, in each DataLoader worker,
 
-    rank's shards in plan order -> tar reading (``webdataset.tarfile_to_samples``)
-    -> match keys to the plan (skip unlabelled, removed and held-out samples; repeat
-       replicated ones) -> seeded shuffle buffer -> keep this worker's batches, skip the
-       batches already trained on (resume, before any decoding) -> decode + augment
-    -> collate.
+    this worker's batches (skipping those already trained on: resume) -> each item's image
+    member read by offset (:func:`member_offsets`: one tar header scan per shard, shared by
+    the streams of a process) -> decode + augment -> collate.
 
 Worker ``w`` of ``W`` builds batches ``b`` with ``(b - skip) % W == w``; PyTorch's DataLoader
 returns worker batches round-robin, so batches arrive in plan order and a resumed run
 sees exactly the batches an uninterrupted one would (the maintainer of webdataset does
-not support exact mid-epoch resume; this loader does).
+not support exact mid-epoch resume; this loader does). A worker reads only its own
+items' bytes: reading every tar in every worker and keeping 1/W of the batches paid the
+tar parsing W times (benchmarks/RESULTS.md, loader).
 
 Augmentation (train): random-resized crop (scale 0.08-1, ratio 3/4-4/3, torchvision's
 algorithm) to ``image_size`` px and horizontal flip, seeded per item by
@@ -27,16 +28,18 @@ about 0.5 ms of CPU per image in barrier waits (benchmarks/RESULTS.md, loader).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
+import os
 import random
+import tarfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -133,6 +136,53 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float().div_(255.0) - mean) / std
 
 
+@functools.lru_cache(maxsize=4096)
+def _scan_members(path: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    offsets: dict[str, tuple[int, int]] = {}
+    with tarfile.open(path, "r:") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.rpartition("/")[2].partition(".")
+            if ext in IMAGE_MEMBER_EXTS and key not in offsets:
+                offsets[key] = (m.offset_data, m.size)
+    return offsets
+
+
+def member_offsets(path: str | Path) -> dict[str, tuple[int, int]]:
+    """``{sample key: (byte offset, byte size)}`` of each sample's image member in a shard tar.
+
+    One scan of the tar headers (Python ``tarfile``), cached per process by path, size and
+    modification time, so the training and held-out streams, and every epoch, share it.
+
+    Raises:
+        OSError, tarfile.ReadError: the shard cannot be read.
+    """
+    st = os.stat(path)
+    return _scan_members(str(path), st.st_size, st.st_mtime_ns)
+
+
+def shuffle_order(n: int, rng: random.Random, buffer: int) -> np.ndarray:
+    """The output order of a shuffle buffer of ``buffer`` items over ``n`` items: int64 (n,) positions.
+
+    webdataset's ``shuffle`` algorithm (fill the buffer, swap a random slot with the last,
+    emit it; shuffle the rest at the end), applied to positions instead of samples.
+    """
+    if buffer <= 1:
+        return np.arange(n, dtype=np.int64)
+    out: list[int] = []
+    buf: list[int] = []
+    for it in range(n):
+        buf.append(it)
+        if len(buf) >= buffer:
+            j = rng.randrange(len(buf))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            out.append(buf.pop())
+    rng.shuffle(buf)
+    out.extend(buf)
+    return np.asarray(out, dtype=np.int64)
+
+
 class ShardStream(IterableDataset):
     """One rank's batches for one epoch, as an IterableDataset for ``DataLoader(batch_size=None)``.
 
@@ -156,61 +206,58 @@ class ShardStream(IterableDataset):
         self.normalize_in_workers = normalize_in_workers
         self.plan: EpochPlan | None = None
         self.skip_batches = 0
+        self._member_pos: tuple[np.ndarray, np.ndarray] | None = None
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> EpochPlan:
-        """Plan ``epoch``; the first ``skip_batches`` batches are skipped without decoding."""
+        """Plan ``epoch``; the first ``skip_batches`` batches are skipped without reading them.
+
+        Also looks up where each of the rank's items lies in its shard (:func:`member_offsets`).
+
+        Raises:
+            RuntimeError: a planned sample is missing from its shard, or its shard from the run.
+        """
         self.plan = make_epoch_plan(self.index, seed=self.seed, epoch=epoch, world=self.world,
                                     batch_size=self.batch_size)
         self.skip_batches = skip_batches
+        # read positions in the main process (one header scan per shard per process, cached), so
+        # the workers, started fresh every epoch, inherit them instead of scanning the tars again
+        self._member_pos = self._offsets(self.plan.rank_items(self.rank)[0])
         return self.plan
 
     def __len__(self) -> int:
         return 0 if self.plan is None else self.plan.steps - self.skip_batches
 
     # -- stages -----------------------------------------------------------------------
-    def _matched(self, rows: np.ndarray, reps: np.ndarray) -> Iterator[tuple[int, int, dict]]:
-        """Tar samples matched to the plan's items in order: (row, copy, sample)."""
+    def _offsets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Byte offset and size (int64 (len(rows),)) of each row's image member in its shard."""
         keys = self.index.keys
-        shard_seq = []
-        for r in rows:
+        off = np.empty(len(rows), dtype=np.int64)
+        size = np.empty(len(rows), dtype=np.int64)
+        cache: dict[int, dict] = {}
+        for i, r in enumerate(rows):
             s = int(self.index.shard_of[r])
-            if not shard_seq or shard_seq[-1] != s:
-                shard_seq.append(s)
-        pos = 0
-        urls = [self.shards[s] for s in shard_seq]
-        samples = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
-        for sample in samples:
-            if pos >= len(rows):
-                break
-            while pos < len(rows) and sample["__key__"] == keys[rows[pos]]:
-                yield int(rows[pos]), int(reps[pos]), sample
-                pos += 1
-        if pos != len(rows):
-            raise RuntimeError(f"rank {self.rank}: {len(rows) - pos} planned samples not found in shards "
-                               f"(first missing key {keys[rows[pos]]}); were the shards changed after vocab?")
+            if s not in cache:
+                if s not in self.shards:
+                    raise RuntimeError(f"rank {self.rank}: shard {s:06d} of planned sample {keys[r]} is not in the run")
+                cache[s] = member_offsets(self.shards[s])
+            try:
+                off[i], size[i] = cache[s][keys[r]]
+            except KeyError:
+                raise RuntimeError(f"rank {self.rank}: planned sample {keys[r]} not found in shard {self.shards[s]} "
+                                   "(were the shards changed after vocab?)") from None
+        return off, size
 
-    def _shuffled(self, items: Iterator) -> Iterator:
-        """A seeded shuffle buffer (webdataset's algorithm with a private RNG)."""
-        if not self.train or self.shuffle_buffer <= 1:
-            yield from items
-            return
+    def _order(self, n: int) -> np.ndarray:
+        """Positions of the rank's items in the order batches take them (the seeded shuffle buffer)."""
+        if not self.train:
+            return np.arange(n, dtype=np.int64)
         rng = random.Random(item_seed("buffer", self.seed, self.plan.epoch, self.rank))
-        buf: list = []
-        for it in items:
-            buf.append(it)
-            if len(buf) >= self.shuffle_buffer:
-                j = rng.randrange(len(buf))
-                buf[j], buf[-1] = buf[-1], buf[j]
-                yield buf.pop()
-        rng.shuffle(buf)
-        yield from buf
+        return shuffle_order(n, rng, self.shuffle_buffer)
 
     def _make_batch(self, step: int, items: list, global_batch: int) -> dict:
         images, labels, keys = [], [], []
-        for row, rep, sample in items:
-            key = sample["__key__"]
-            ext = next(e for e in IMAGE_MEMBER_EXTS if e in sample)
-            img = decode(sample[ext], self.image_size)
+        for row, rep, key, blob in items:
+            img = decode(blob, self.image_size)
             if self.train:
                 rng = random.Random(item_seed("aug", self.seed, self.plan.epoch, key, rep))
                 images.append(train_transform(img, self.image_size, rng))
@@ -235,16 +282,28 @@ class ShardStream(IterableDataset):
         rows, reps = self.plan.rank_items(self.rank)
         sizes = self.plan.batch_sizes[self.rank]
         ends = np.cumsum(sizes)
-        step, pending = 0, []
-        for pos, item in enumerate(self._shuffled(self._matched(rows, reps))):
-            while pos >= ends[step]:
-                step += 1
-            if step < self.skip_batches or (step - self.skip_batches) % nworkers != wid:
-                continue
-            pending.append(item)
-            if len(pending) == sizes[step]:
-                yield self._make_batch(step, pending, self.plan.global_batch(step))
-                pending = []
+        order = self._order(len(rows))
+        off, nbytes = self._member_pos
+        keys = self.index.keys
+        files: dict[int, object] = {}
+        try:
+            for step in range(self.skip_batches + wid, self.plan.steps, nworkers):
+                items = []
+                for p in order[ends[step] - sizes[step]: ends[step]]:
+                    r = int(rows[p])
+                    s = int(self.index.shard_of[r])
+                    fh = files.get(s)
+                    if fh is None:
+                        fh = files[s] = open(self.shards[s], "rb")
+                    fh.seek(int(off[p]))
+                    blob = fh.read(int(nbytes[p]))
+                    if len(blob) != nbytes[p]:
+                        raise RuntimeError(f"shard {self.shards[s]} is truncated at sample {keys[r]}")
+                    items.append((r, int(reps[p]), str(keys[r]), blob))
+                yield self._make_batch(step, items, self.plan.global_batch(step))
+        finally:
+            for fh in files.values():
+                fh.close()
 
 
 def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False) -> DataLoader:

@@ -9,6 +9,14 @@ pigeonhole principle, two codes within Hamming distance ``radius`` agree exactly
 least one substring, so bucket lookups find every such pair and only candidates that
 share a bucket are compared. Work grows with N times the bucket occupancy, not N^2
 (imagededup's dense N x N search is what we avoid; see shared/DESIGN.md).
+
+Short substrings make few buckets (64-bit codes at radius 4: five 12-bit substrings,
+4,096 buckets per table), so bucket occupancy, and the work per query, grows with N.
+Where ``radius + 1`` substrings would be shorter than 16 bits, :func:`build_index` uses
+``(radius + 2) // 2`` longer substrings probed with one flipped bit (faiss's ``nflip``):
+two codes within ``radius < 2 * nhash`` bits differ in at most one bit of some substring,
+so the search stays exact (64-bit codes at radius 4: three 21-bit substrings, 2^21
+buckets, 22 probes per table; benchmarks/RESULTS.md, near_search, measured the growth).
 """
 
 from __future__ import annotations
@@ -39,7 +47,10 @@ def build_index(codes: np.ndarray, radius: int) -> faiss.IndexBinary:
     """A faiss binary index over ``codes`` (uint8, shape (N, nbytes)) exact for ``radius``.
 
     Uses ``IndexBinaryMultiHash`` with ``radius + 1`` substrings of ``nbits // (radius + 1)``
-    bits (at most 24) when that is exact, else ``IndexBinaryFlat`` (brute force, exact).
+    bits (at most 24), or, where those would be shorter than 16 bits, ``(radius + 2) // 2``
+    substrings probed with ``nflip = 1`` (exact by the same pigeonhole argument; see the
+    module docstring); ``IndexBinaryFlat`` (brute force, exact) where substrings would be
+    shorter than 4 bits.
 
     Raises:
         ValueError: for a negative radius or codes of the wrong dtype/shape.
@@ -49,10 +60,13 @@ def build_index(codes: np.ndarray, radius: int) -> faiss.IndexBinary:
     if codes.dtype != np.uint8 or codes.ndim != 2:
         raise ValueError(f"codes must be uint8 (N, nbytes), got {codes.dtype} {codes.shape}")
     nbits = codes.shape[1] * 8
-    nhash = radius + 1
+    nhash, nflip = radius + 1, 0
+    if nbits // nhash < 16 and radius >= 2:  # few buckets per table: fewer, longer substrings, 1 flipped bit
+        nhash, nflip = (radius + 2) // 2, 1  # radius < 2 * nhash: some substring differs in <= 1 bit
     b = min(24, nbits // nhash)
     if b >= 4:
         index = faiss.IndexBinaryMultiHash(nbits, nhash, b)
+        index.nflip = nflip
     else:  # radius too large for useful substrings: exact brute force
         index = faiss.IndexBinaryFlat(nbits)
     if len(codes):

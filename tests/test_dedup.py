@@ -105,13 +105,13 @@ def test_eval_contamination_removes_pretraining_copies(dedup_run, tmp_path):
 def test_multi_index_search_equals_brute_force():
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (3000, 8), dtype=np.uint8)
-    for i in range(0, 300, 3):  # plant near pairs at distances 0..6
+    for i in range(0, 600, 3):  # plant near pairs at distances 0..10
         codes[i + 1] = codes[i]
-        flip = rng.choice(64, size=i % 7, replace=False)
+        flip = rng.choice(64, size=i % 11, replace=False)
         bits = np.unpackbits(codes[i + 1])
         bits[flip] ^= 1
         codes[i + 1] = np.packbits(bits)
-    for radius in (0, 2, 4, 6):
+    for radius in (0, 1, 2, 3, 4, 5, 6, 8, 10):
         got = set(zip(*[a.tolist() for a in range_pairs(build_index(codes, radius), codes, radius)[:2]]))
         flat = faiss.IndexBinaryFlat(64)
         flat.add(codes)
@@ -119,6 +119,10 @@ def test_multi_index_search_equals_brute_force():
         want = {(q, int(j)) for q in range(len(codes)) for j in ids[lims[q]:lims[q + 1]]}
         assert got == want and len(got) > len(codes)
         assert isinstance(build_index(codes, radius), faiss.IndexBinaryMultiHash)
+    # the layouts: radius 1 on 64 bits keeps 2 substrings of 24 bits, exact match; radius 4 uses
+    # 3 substrings of 21 bits probed with 1 flipped bit instead of 5 of 12 (4,096 buckets)
+    layout = {r: (ix.nhash, ix.b, ix.nflip) for r in (1, 4) for ix in [build_index(codes, r)]}
+    assert layout == {1: (2, 24, 0), 4: (3, 21, 1)}
 
 
 def test_keep_first_is_greedy_over_kept_items():

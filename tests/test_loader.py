@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.epoch_plan import SampleIndex, make_epoch_plan, replication_counts
-from pipeline.loader import ShardStream, heldout_mask, make_loader, normalize, rrc_box
+from pipeline.loader import ShardStream, heldout_mask, make_loader, member_offsets, normalize, rrc_box, shuffle_order
 from pipeline.resampling import batch_soft_targets as soft_targets
 from pipeline.shards import iter_metadata, shard_paths
 
@@ -105,6 +105,38 @@ def test_normalize_in_workers_equals_normalize_on_the_device(ingested_fixture):
         assert torch.equal(normalize(a["images"]), b["images"])
         assert normalize(b["images"]) is b["images"]  # already normalized: passed through, not normalized twice
     assert abs(float(torch.cat([b["images"] for b in normed]).mean())) < 3
+
+
+def test_shuffle_order_is_a_seeded_permutation():
+    a = shuffle_order(500, random.Random(1), 64)
+    assert sorted(a.tolist()) == list(range(500)) and a.tolist() != list(range(500))
+    assert np.array_equal(a, shuffle_order(500, random.Random(1), 64))
+    assert shuffle_order(7, random.Random(1), 1).tolist() == list(range(7))
+    # a buffer of k items emits item i no earlier than position i - k + 1 (it is local, not global)
+    assert all(pos >= i - 63 for pos, i in enumerate(a.tolist()) if pos < 500 - 64)
+
+
+def test_member_offsets_point_at_the_image_bytes(ingested_fixture):
+    import tarfile
+
+    path = shard_paths(ingested_fixture)[0]
+    offsets = member_offsets(path)
+    with tarfile.open(path) as tf, open(path, "rb") as fh:
+        for m in tf.getmembers():
+            key, _, ext = m.name.partition(".")
+            if ext in ("webp", "png", "jpg"):
+                fh.seek(offsets[key][0])
+                assert fh.read(offsets[key][1]) == tf.extractfile(m).read()
+    assert len(offsets) == len({n.partition(".")[0] for n in tarfile.open(path).getnames()})
+
+
+def test_missing_sample_fails_in_set_epoch_naming_it(ingested_fixture):
+    index, shards = _index_from_run(ingested_fixture, weight=1.0)
+    keys = index.keys.copy()
+    keys[-1] = keys[-1][:7] + "999999"  # a key no shard holds (still sorted: last)
+    bad = SampleIndex(keys, index.indptr, index.indices, index.weights)
+    with pytest.raises(RuntimeError, match="999999"):
+        ShardStream(shards, bad, seed=0, rank=0, world=1, batch_size=4, image_size=32).set_epoch(0)
 
 
 def test_heldout_and_targets():

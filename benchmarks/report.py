@@ -41,21 +41,19 @@ NOTES: dict[str, str] = {
     "loader_vs_decode_limit": _LOADER,
     "loader_vs_imagefolder": "See the notes of loader_vs_decode_limit (same measurement, same causes).",
     "train_step": """The stage sets torch's intra-op threads to cores / local ranks (2 here) while its 2 DataLoader
-workers decode on the same 2 cores. The likely mechanism: whenever a worker runs, one of the two OpenMP threads of
-a convolution or its backward is descheduled and the other waits at the barrier, so the step loses more than the
-workers' CPU share
-(about 0.1 CPU s per 64-image step; `cpu_seconds_children` in `details.ours_per_rep`). The bare loop decodes
-nothing and keeps both cores. Load from other processes hurts both sides the same way, which is why the
-figures of a shared machine swing so much. What was tried (full runs time it in `details.variants` and
-`details.anchor_by_threads`): one intra-op thread (`pretrain.threads=1`) beside the 2 workers, and the bare loop
-with one thread. On the busy machine (load average 4-8) one thread was 2-4x faster than two for both ours and the
-bare loop, and ours with one thread reached about 0.7x the one-thread bare loop; `pretrain.workers=0` (decode in
-the training process) left a 7% data wait. On a CPU device, threads = cores minus the loader's share is worth
-measuring on a quiet machine before changing the default (not changed here: the benchmarks do not edit pipeline
-code); on GPUs the loader does not share cores with the step this way. The data wait itself is small in the
-steady state; the manifest's figure also counts the first step, which waits for the workers to start and fill
-their queues (about a second). The py-spy profile below shows where the main process spends its CPU
-(backward, convolutions, batch norm); OpenMP barrier waits inside torch are not visible to it.""",
+workers decode on the same 2 cores. Whenever a worker runs, one of the two OpenMP threads of a convolution or its
+backward is descheduled and the other waits at the barrier, so the step loses more than the workers' CPU share
+(about 0.2 of a core at this rate; `cpu_seconds_children` in `details.ours_per_rep`). The bare loop decodes
+nothing and keeps both cores. What was tried (on the quiet machine, 2026-11-22, `--only train_step --opt
+"train_step:variants=..."`, one run each, against ours at 236-305 img/s and the bare loop at 338-493 in the same
+runs): `pretrain.threads=1` 235 img/s (the bare loop with one thread: 208-251); `pretrain.workers=1` 270;
+`pretrain.worker_nice=5` 287; `pretrain.worker_nice=15` 325; `pretrain.worker_nice=19` 333 and 349 img/s, with the
+data wait up to 16-18% (the workers now run mostly while the step waits for them, and the prefetched batches run
+out). Lower-priority workers are the one change that helps (+15-25%), but it is not the default: on a shared
+machine, workers at niceness 19 get almost no CPU against other jobs and training starves, so it is an option for
+dedicated CPU nodes (`pretrain.worker_nice=19`). On GPUs the loader does not share cores with the step this way.
+The py-spy profile below shows where the main process spends its CPU (backward, convolutions, batch norm); OpenMP
+barrier waits inside torch are not visible to it.""",
     "ingest_per_core": """Ours does more than the tight loop per image: the SHA-256 of the full-size canonical pixels
 (`rgb.tobytes()` plus hashing, before the size cap: tens of MB for the large openclipart PNGs), EXIF
 orientation, a per-sample UTF-8/JSON check of the metadata, path checks that resolve every component of each

@@ -159,6 +159,7 @@ class PretrainConfig:
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # "auto", "cpu" or "cuda"
     workers: int = 2  # DataLoader workers per rank (decode + augmentation)
+    worker_nice: int = 0  # raise the loader workers' niceness by this much (0-19); helps CPU training share cores
     shuffle_buffer: int = 1000  # samples in each rank's shuffle buffer
     heldout_fraction: float = 0.05  # samples held out (by key hash) for precision@1 and mAP
     eval_every_steps: int = 0  # 0 = at the end of each epoch
@@ -323,6 +324,7 @@ def validate(cfg: Any) -> None:
     _check(pt.precision in ("auto", "bf16", "fp32"), "pretrain.precision", "must be auto, bf16 or fp32")
     _check(pt.device in ("auto", "cpu", "cuda"), "pretrain.device", "must be auto, cpu or cuda")
     _check(0 <= pt.heldout_fraction < 0.5, "pretrain.heldout_fraction", "must be in [0, 0.5)")
+    _check(0 <= pt.worker_nice <= 19, "pretrain.worker_nice", "must be in 0..19")
     _check(pt.workers >= 0 and pt.checkpoint_every_steps >= 1 and pt.keep_checkpoints >= 1,
            "pretrain.workers/checkpoint_every_steps/keep_checkpoints", "must be >= 0 / >= 1 / >= 1")
     _check(pt.warmup_epochs >= 0 and pt.base_lr > 0, "pretrain.warmup_epochs/base_lr", "must be >= 0 / > 0")

@@ -306,7 +306,13 @@ class ShardStream(IterableDataset):
                 fh.close()
 
 
-def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False) -> DataLoader:
+def _lower_priority(nice: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: raise the worker's niceness by ``nice`` (POSIX; no-op elsewhere)."""
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
+
+
+def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False, worker_nice: int = 0) -> DataLoader:
     """A DataLoader over a :class:`ShardStream` (batches are built in the workers).
 
     Workers are not persistent: each epoch starts fresh workers holding that epoch's
@@ -314,7 +320,13 @@ def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False)
     draws its workers' base seed from a private generator, not torch's global RNG: a run
     resumed mid-epoch creates one more loader than an uninterrupted one, and must not
     shift the global RNG that the model (and the checkpoints' RNG state) see.
+
+    ``worker_nice`` > 0 lowers the workers' CPU priority: where they share cores with the
+    training step (CPU training), the step's threads then are not descheduled by a decoding
+    worker while the prefetched batches last.
     """
     generator = torch.Generator().manual_seed(item_seed("dataloader", stream.seed) >> 1)
+    init = functools.partial(_lower_priority, worker_nice) if (worker_nice and num_workers) else None
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None, generator=generator)
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None, generator=generator,
+                      worker_init_fn=init)

@@ -69,7 +69,7 @@ def build_indexes(run_dir, scheme: str, heldout_fraction: float) -> tuple[Sample
     return train_idx, held_idx, labels
 
 
-_NOT_RECIPE = ("progress", "max_steps", "workers", "checkpoint_every_steps", "keep_checkpoints", "tensorboard",
+_NOT_RECIPE = ("progress", "max_steps", "workers", "worker_nice", "checkpoint_every_steps", "keep_checkpoints", "tensorboard",
                "threads", "eval_every_steps", "device", "compile")
 
 
@@ -217,7 +217,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     settings = LoopSettings(
         epochs=pt.epochs, accum=accum, total_steps=total_steps, loss_name=pt.loss.value if hasattr(pt.loss, "value") else pt.loss,
         num_classes=num_classes, autocast_dtype=autocast, channels_last=pt.channels_last,
-        checkpoint_every=pt.checkpoint_every_steps, eval_every=pt.eval_every_steps, workers=pt.workers,
+        checkpoint_every=pt.checkpoint_every_steps, eval_every=pt.eval_every_steps, workers=pt.workers, worker_nice=pt.worker_nice,
         progress=pt.progress, metrics_file=out / "metrics.jsonl", pin_memory=info.device.type == "cuda",
         record_keys=pt.audit_data)
     stats = train(model=model, ddp_model=ddp_model, optimizer=optimizer, scheduler=scheduler,

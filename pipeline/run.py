@@ -45,7 +45,7 @@ STAGES = ("ingest", "dedup", "vocab", "pretrain", "transfer")
 UPSTREAM = {"ingest": (), "dedup": ("ingest",), "vocab": ("dedup",), "pretrain": ("vocab",),
             "transfer": ("pretrain", "dedup")}
 # Config sections each stage depends on (keys that do not change results are dropped).
-_NOT_RESULT = {"progress", "workers", "merge_timeout_s", "threads", "checkpoint_every_steps", "keep_checkpoints",
+_NOT_RESULT = {"progress", "workers", "worker_nice", "merge_timeout_s", "threads", "checkpoint_every_steps", "keep_checkpoints",
                "tensorboard", "eval_every_steps", "device", "compile", "audit_data"}
 
 

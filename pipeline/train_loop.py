@@ -64,6 +64,7 @@ class LoopSettings:
     progress: bool
     metrics_file: Path
     pin_memory: bool = False
+    worker_nice: int = 0  # niceness added to the loader workers
     record_keys: bool = False  # keep the (key, epoch) of every sample trained on (audit)
     log_extra: dict = field(default_factory=dict)
 
@@ -174,7 +175,7 @@ def train(
     kill_spec = os.environ.get(TEST_KILL_ENV)
     while state.epoch < s.epochs and not done:
         plan = stream.set_epoch(state.epoch, skip_batches=state.batches)
-        loader = make_loader(stream, s.workers, pin_memory=s.pin_memory)
+        loader = make_loader(stream, s.workers, pin_memory=s.pin_memory, worker_nice=s.worker_nice)
         micro = 0
         window_loss, window_n = 0.0, 0
         t_step0 = time.perf_counter()

@@ -153,3 +153,21 @@ def test_rrc_box_in_bounds():
         for _ in range(200):
             l, t, r, b = rrc_box(w, h, rng)
             assert 0 <= l < r <= w and 0 <= t < b <= h
+
+
+class _NiceProbe(torch.utils.data.IterableDataset):
+    seed = 0
+
+    def __iter__(self):
+        import os
+
+        yield torch.tensor([os.nice(0)])
+
+
+def test_worker_nice_lowers_only_the_workers_priority():
+    import os
+
+    base = os.nice(0)
+    got = [int(x) for x in make_loader(_NiceProbe(), 1, worker_nice=7)]
+    assert got == [min(19, base + 7)] and os.nice(0) == base
+    assert [int(x) for x in make_loader(_NiceProbe(), 1)] == [base]

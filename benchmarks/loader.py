@@ -76,24 +76,17 @@ def run_ours(shards, index, workers: int = WORKERS) -> tuple[int, Timer]:
 def run_tar_only(shards, index) -> tuple[int, Timer]:
     """Ours without decoding, one process: the tar header scan (cache cleared first) and
     reading every planned item's image bytes by offset, in batch order."""
-    from pipeline.loader import _scan_members
+    from pipeline.loader import MemberReader, _scan_members
 
     _scan_members.cache_clear()
     n = 0
     with Timer() as t:
         stream = _stream(shards, index)  # set_epoch scans the shards' headers
         rows = stream.plan.rank_items(0)[0]
-        off, size = stream._member_pos
-        order = stream._order(len(rows))
-        files = {}
-        for p in order:
-            s = int(index.shard_of[rows[p]])
-            fh = files.get(s) or files.setdefault(s, open(stream.shards[s], "rb"))
-            fh.seek(int(off[p]))
-            fh.read(int(size[p]))
-            n += 1
-        for fh in files.values():
-            fh.close()
+        with MemberReader(stream.shards) as reader:
+            for r in rows[stream._order(len(rows))]:
+                reader.read(int(index.shard_of[r]), int(stream._row_offset[r]), int(stream._row_size[r]))
+                n += 1
     return n, t
 
 

@@ -141,7 +141,7 @@ class PretrainConfig:
     image_size: int = 64  # px, random-resized-crop output (224 in the paper)
     batch_size: int = 64  # images per device per micro-batch (24 per GPU in the paper)
     global_batch: Optional[int] = None  # images per optimizer step; None = batch_size x world (no accumulation)
-    epochs: int = 10  # the demo: 10 epochs of ~10.3k images, ~9 min on 2 quiet CPU cores (3 epochs: features no better than random init for transfer)
+    epochs: int = 10  # the demo: 10 epochs of ~10.3k images, ~6.5 min on 2 quiet CPU cores (3 epochs: features no better than random init for transfer)
     max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs, tests)
     base_lr: float = 0.1  # per 256 images (linear scaling rule, Goyal et al. 2017 sec. 2.1)
     reference_batch: int = 256

@@ -183,6 +183,36 @@ def shuffle_order(n: int, rng: random.Random, buffer: int) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+class MemberReader:
+    """Reads byte ranges of shard tars by shard number, keeping each shard's file open.
+
+    A context manager: the files are closed on exit. ``read`` raises ``RuntimeError`` when
+    fewer bytes than asked are left (a truncated shard).
+    """
+
+    def __init__(self, shards: dict[int, str]) -> None:
+        self.shards = shards
+        self._files: dict[int, object] = {}
+
+    def read(self, shard: int, offset: int, size: int) -> bytes:
+        fh = self._files.get(shard)
+        if fh is None:
+            fh = self._files[shard] = open(self.shards[shard], "rb")
+        fh.seek(offset)
+        blob = fh.read(size)
+        if len(blob) != size:
+            raise RuntimeError(f"shard {self.shards[shard]} is truncated at byte {offset}")
+        return blob
+
+    def __enter__(self) -> "MemberReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+
+
 class ShardStream(IterableDataset):
     """One rank's batches for one epoch, as an IterableDataset for ``DataLoader(batch_size=None)``.
 
@@ -206,7 +236,9 @@ class ShardStream(IterableDataset):
         self.normalize_in_workers = normalize_in_workers
         self.plan: EpochPlan | None = None
         self.skip_batches = 0
-        self._member_pos: tuple[np.ndarray, np.ndarray] | None = None
+        # byte offset and size of each index row's image member, looked up on first use (-1: not yet)
+        self._row_offset = np.full(len(index.keys), -1, dtype=np.int64)
+        self._row_size = np.full(len(index.keys), -1, dtype=np.int64)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> EpochPlan:
         """Plan ``epoch``; the first ``skip_batches`` batches are skipped without reading them.
@@ -219,33 +251,35 @@ class ShardStream(IterableDataset):
         self.plan = make_epoch_plan(self.index, seed=self.seed, epoch=epoch, world=self.world,
                                     batch_size=self.batch_size)
         self.skip_batches = skip_batches
-        # read positions in the main process (one header scan per shard per process, cached), so
+        # look up positions in the main process (one header scan per shard per process, cached), so
         # the workers, started fresh every epoch, inherit them instead of scanning the tars again
-        self._member_pos = self._offsets(self.plan.rank_items(self.rank)[0])
+        self._locate(self.plan.rank_items(self.rank)[0])
         return self.plan
 
     def __len__(self) -> int:
         return 0 if self.plan is None else self.plan.steps - self.skip_batches
 
     # -- stages -----------------------------------------------------------------------
-    def _offsets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Byte offset and size (int64 (len(rows),)) of each row's image member in its shard."""
+    def _locate(self, rows: np.ndarray) -> None:
+        """Fill the byte offset and size of the image member of every index row in ``rows`` not yet known.
+
+        Raises:
+            RuntimeError: a row's shard is not in the run, or the row's sample is not in its shard.
+        """
         keys = self.index.keys
-        off = np.empty(len(rows), dtype=np.int64)
-        size = np.empty(len(rows), dtype=np.int64)
-        cache: dict[int, dict] = {}
-        for i, r in enumerate(rows):
-            s = int(self.index.shard_of[r])
-            if s not in cache:
-                if s not in self.shards:
-                    raise RuntimeError(f"rank {self.rank}: shard {s:06d} of planned sample {keys[r]} is not in the run")
-                cache[s] = member_offsets(self.shards[s])
-            try:
-                off[i], size[i] = cache[s][keys[r]]
-            except KeyError:
-                raise RuntimeError(f"rank {self.rank}: planned sample {keys[r]} not found in shard {self.shards[s]} "
-                                   "(were the shards changed after vocab?)") from None
-        return off, size
+        todo = np.unique(rows[self._row_offset[rows] < 0])
+        for s in np.unique(self.index.shard_of[todo]):
+            s = int(s)
+            in_shard = todo[self.index.shard_of[todo] == s]
+            if s not in self.shards:
+                raise RuntimeError(f"rank {self.rank}: shard {s:06d} of planned sample {keys[in_shard[0]]} is not in the run")
+            members = member_offsets(self.shards[s])
+            for r in in_shard:
+                try:
+                    self._row_offset[r], self._row_size[r] = members[keys[r]]
+                except KeyError:
+                    raise RuntimeError(f"rank {self.rank}: planned sample {keys[r]} not found in shard {self.shards[s]} "
+                                       "(were the shards changed after vocab?)") from None
 
     def _order(self, n: int) -> np.ndarray:
         """Positions of the rank's items in the order batches take them (the seeded shuffle buffer)."""
@@ -283,27 +317,14 @@ class ShardStream(IterableDataset):
         sizes = self.plan.batch_sizes[self.rank]
         ends = np.cumsum(sizes)
         order = self._order(len(rows))
-        off, nbytes = self._member_pos
-        keys = self.index.keys
-        files: dict[int, object] = {}
-        try:
+        keys, shard_of = self.index.keys, self.index.shard_of
+        with MemberReader(self.shards) as reader:
             for step in range(self.skip_batches + wid, self.plan.steps, nworkers):
-                items = []
-                for p in order[ends[step] - sizes[step]: ends[step]]:
-                    r = int(rows[p])
-                    s = int(self.index.shard_of[r])
-                    fh = files.get(s)
-                    if fh is None:
-                        fh = files[s] = open(self.shards[s], "rb")
-                    fh.seek(int(off[p]))
-                    blob = fh.read(int(nbytes[p]))
-                    if len(blob) != nbytes[p]:
-                        raise RuntimeError(f"shard {self.shards[s]} is truncated at sample {keys[r]}")
-                    items.append((r, int(reps[p]), str(keys[r]), blob))
+                pos = order[ends[step] - sizes[step]: ends[step]]
+                items = [(int(r), int(rep), str(keys[r]),
+                          reader.read(int(shard_of[r]), int(self._row_offset[r]), int(self._row_size[r])))
+                         for r, rep in zip(rows[pos], reps[pos])]
                 yield self._make_batch(step, items, self.plan.global_batch(step))
-        finally:
-            for fh in files.values():
-                fh.close()
 
 
 def _lower_priority(nice: int, worker_id: int) -> None:

@@ -365,11 +365,21 @@ def machine_info() -> dict:
     return {
         "cores": os.cpu_count(), "cpu_model": cpu_model(), "memory_gib": mem,
         "cpu_features": sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),
+        "cpu_capability": _torch_capability(),
         "python": platform.python_version(), "platform": platform.platform(terse=True),
         "versions": {p: ver(p) for p in ("torch", "torchvision", "pillow", "numpy", "webdataset", "faiss-cpu",
                                         "imagehash", "imagededup", "nltk", "py-spy")},
         "load_average": load_average(),
     }
+
+
+def _torch_capability() -> dict:
+    """torch's view of the CPU: its kernel level and whether oneDNN runs bf16 natively."""
+    import torch
+
+    from pipeline.hardware import cpu_bf16_native
+
+    return {"torch": torch.backends.cpu.get_cpu_capability(), "bf16_native": cpu_bf16_native()}
 
 
 def peak_rss_reset() -> bool:

@@ -157,6 +157,8 @@ def write_report(path: Path, rows: list[dict], *, machine: dict, command: str, s
                  f"{fmt(r['ratio'])} | {r['goal']} | {_met(r.get('met'))} | {when} |")
     L += ["", "## Machine", ""]
     v = machine.get("versions", {})
+    cap = machine.get("cpu_capability") or {}
+    L += [f"- CPU capability (torch): {cap.get('torch', '?')}, native bf16: {'yes' if cap.get('bf16_native') else 'no'}"]
     L += [f"- {machine.get('cores')} cores, {machine.get('cpu_model')} ({', '.join(machine.get('cpu_features', []))}), "
           f"{machine.get('memory_gib')} GiB, no GPU",
           f"- Python {machine.get('python')}, {machine.get('platform')}",

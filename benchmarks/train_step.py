@@ -2,15 +2,20 @@
 
 * **ours**: the pretraining stage itself, :func:`pipeline.pretrain.run_pretrain` with
   ``pretrain.max_steps`` on a fresh copy of the prepared run (the demo's shards and
-  vocabulary; ``resnext_mini``, 64 px, batch 64, 2 loader workers, and the precision and
-  memory format the stage picks: bf16 autocast on the CPU and channels_last). The figures
+  vocabulary; ``resnext_mini``, 64 px, batch 64, and the precision, memory format,
+  threads and loader workers that :mod:`pipeline.hardware` picks on this machine). The figures
   come from its own ``metrics.jsonl`` (one row per optimizer step: images/s and
   data-wait fraction): the steady state after ``warmup`` steps (the first step pays for
   starting the loader workers), and the manifest's whole-run figures beside them.
-* **anchor**: a bare PyTorch loop on the same model, batch, resolution, precision and
-  memory format, on synthetic tensors already in memory: forward under autocast,
+* **anchor**: a bare PyTorch loop on the same model, batch, resolution, precision, memory
+  format and thread count (the stage's resolved choice, read from its manifest), on
+  synthetic tensors already in memory: forward under autocast,
   soft-target cross-entropy, backward, SGD (Nesterov momentum, weight decay) step.
   Same number of steps, same warm-up steps dropped, same torch thread count.
+
+Where the CPU runs bf16 natively, both precisions are measured (``precision=fp32`` and
+``precision=bf16`` given explicitly to both sides); elsewhere bf16 is emulated and only
+the resolved precision (fp32) is measured.
 
 Goals: ours >= 0.95 x anchor and a data-wait fraction < 5%. Full runs also time, once each,
 ours with ``pretrain.threads=1`` and the bare loop with one thread (``details.variants``,
@@ -57,7 +62,7 @@ def run_ours(ctx: Context, prepared, rep: int, steps: int, warmup: int, extra: t
     # the measured steps and would only add minutes (--opt heldout=0.05 restores the default).
     cfg = compose_cfg(f"run_dir={d}", f"pretrain.model={MODEL}", f"pretrain.batch_size={BATCH}",
                       f"pretrain.image_size={SIZE}", f"pretrain.max_steps={steps}", "pretrain.progress=false",
-                      "pretrain.workers=2", f"pretrain.heldout_fraction={ctx.options.get('heldout', 0)}", *extra)
+                      f"pretrain.heldout_fraction={ctx.options.get('heldout', 0)}", *extra)
     r0 = os.times()
     with Timer() as t:
         man = run_pretrain(cfg)
@@ -76,21 +81,24 @@ def run_ours(ctx: Context, prepared, rep: int, steps: int, warmup: int, extra: t
         "stage_seconds": t.seconds, "precision": c["precision"], "num_classes": c["num_classes"],
         "cpu_seconds_children": (r1.children_user + r1.children_system) - (r0.children_user + r0.children_system),
         "cpu_seconds_self": (r1.user + r1.system) - (r0.user + r0.system),
-        "channels_last": bool(cfg.pretrain.channels_last), "threads": cfg.pretrain.threads,
-        "workers": cfg.pretrain.workers,
+        "channels_last": bool(c["channels_last"]), "threads": c["hardware"]["threads"],
+        "workers": c["hardware"]["workers"], "precision_reason": c["hardware"]["precision_choice"]["reason"],
     }
     shutil.rmtree(d, ignore_errors=True)
     return out
 
 
-def run_bare(num_classes: int, steps: int, warmup: int, channels_last: bool = True, bf16: bool = True,
+def run_bare(num_classes: int, steps: int, warmup: int, channels_last: bool = True, precision: str = "fp32",
              threads: int | None = None) -> float:
-    """The anchor: images/s of a bare forward/loss/backward/SGD loop after ``warmup`` steps."""
+    """The anchor: images/s of a bare forward/loss/backward/SGD loop after ``warmup`` steps,
+    with the stage's resolved ``precision`` / ``channels_last`` and ``threads`` (None: the policy's)."""
     import torch
 
+    from pipeline.hardware import PrecisionChoice, available_cores, thread_plan
     from pipeline.models import create_model
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)  # what the pretrain stage sets with threads=0 and one rank
+    torch.set_num_threads(threads or thread_plan("cpu", available_cores()).threads)
+    prec = PrecisionChoice(precision, channels_last)
     torch.manual_seed(0)
     model = create_model(MODEL, num_classes=num_classes)
     if channels_last:
@@ -109,7 +117,7 @@ def run_bare(num_classes: int, steps: int, warmup: int, channels_last: bool = Tr
     for s in range(steps):
         if s == warmup:
             t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with prec.autocast("cpu"):
             logits = model(x)
         loss = -(y * torch.log_softmax(logits.float(), dim=1)).sum(1).mean()
         loss.backward()
@@ -119,23 +127,39 @@ def run_bare(num_classes: int, steps: int, warmup: int, channels_last: bool = Tr
     return BATCH * (steps - warmup) / (time.perf_counter() - t0)
 
 
+def _pair(ctx: Context, prepared, steps: int, warmup: int, extra: tuple[str, ...] = (), tag: str = "") -> tuple[list, list]:
+    """``ctx.reps`` interleaved repetitions of ours and the bare loop under the same settings."""
+    ours, bare = [], []
+    for r in range(ctx.reps):
+        o = run_ours(ctx, prepared, r, steps, warmup, extra=extra)
+        ours.append(o)
+        log(f"train_step{tag} rep {r}: ours {o['images_per_second']:.1f} img/s ({o['precision']}, "
+            f"{'channels_last' if o['channels_last'] else 'NCHW'}, {o['threads']} threads, {o['workers']} workers), "
+            f"data wait {o['data_wait_fraction']:.1%}")
+        if ctx.ours_only:
+            continue
+        b = run_bare(o["num_classes"], steps, warmup, channels_last=o["channels_last"], precision=o["precision"],
+                     threads=o["threads"])
+        bare.append(b)
+        log(f"train_step{tag} rep {r}: bare loop {b:.1f} img/s")
+    return ours, bare
+
+
 def run(ctx: Context) -> list[dict]:
     import logging
+
+    from pipeline.hardware import cpu_bf16_native
 
     logging.basicConfig(level=logging.WARNING)
     steps, warmup = _steps(ctx)
     prepared = prepared_run(ctx)
-    ours, bare = [], []
-    for r in range(ctx.reps):
-        o = run_ours(ctx, prepared, r, steps, warmup)
-        ours.append(o)
-        log(f"train_step rep {r}: ours {o['images_per_second']:.1f} img/s, data wait {o['data_wait_fraction']:.1%} "
-            f"(manifest {o['manifest_images_per_second']} img/s, wait {o['manifest_data_wait_fraction']:.1%})")
-        if ctx.ours_only:
-            continue
-        b = run_bare(o["num_classes"], steps, warmup, channels_last=o["channels_last"], bf16=o["precision"] == "bf16")
-        bare.append(b)
-        log(f"train_step rep {r}: bare loop {b:.1f} img/s")
+    ours, bare = _pair(ctx, prepared, steps, warmup)
+    by_precision = {}
+    if cpu_bf16_native() and not ctx.quick:  # both precisions run natively here: measure both
+        for p in ("fp32", "bf16"):
+            o2, b2 = _pair(ctx, prepared, steps, warmup, extra=(f"pretrain.precision={p}",), tag=f" {p}")
+            oi2, a2 = median(o["images_per_second"] for o in o2), median(b2) if b2 else None
+            by_precision[p] = {"ours": oi2, "anchor": a2, "ratio": (oi2 / a2) if a2 else None}
     # What was tried (full runs by default): one intra-op thread, beside the 2 loader workers
     default_variants = "" if (ctx.quick or ctx.ours_only) else "pretrain.threads=1"
     variants = {}
@@ -149,18 +173,20 @@ def run(ctx: Context) -> list[dict]:
     for th in [int(x) for x in ctx.options.get("bare_threads", "" if (ctx.quick or ctx.ours_only) else "1").split(",")
                if x]:
         by_threads[th] = run_bare(ours[0]["num_classes"], steps, warmup, channels_last=ours[0]["channels_last"],
-                                  bf16=ours[0]["precision"] == "bf16", threads=th)
+                                  precision=ours[0]["precision"], threads=th)
         log(f"train_step bare loop with {th} threads: {by_threads[th]:.1f} img/s")
     oi = median(o["images_per_second"] for o in ours)
     ow = median(o["data_wait_fraction"] for o in ours)
     a = median(bare)
     det = {"model": MODEL, "batch": BATCH, "image_size": SIZE, "steps": steps, "warmup_steps_dropped": warmup,
            "precision": ours[0]["precision"], "channels_last": ours[0]["channels_last"],
-           "num_classes": ours[0]["num_classes"], "torch_threads": os.cpu_count(),
+           "num_classes": ours[0]["num_classes"], "torch_threads": ours[0]["threads"], "loader_workers": ours[0]["workers"],
+           "precision_reason": ours[0]["precision_reason"], "by_precision": by_precision,
            "ours_per_rep": ours, "anchor_per_rep": bare, "variants": variants, "anchor_by_threads": by_threads,
            "manifest_images_per_second": median(o["manifest_images_per_second"] for o in ours),
            "manifest_data_wait_fraction": median(o["manifest_data_wait_fraction"] for o in ours)}
-    title = f"training step on CPU ({MODEL}, {SIZE} px, batch {BATCH}, {ours[0]['precision']}, channels_last)"
+    title = (f"training step on CPU ({MODEL}, {SIZE} px, batch {BATCH}, {ours[0]['precision']}, "
+             f"{'channels_last' if ours[0]['channels_last'] else 'NCHW'})")
     return [
         result("train_step", ours=oi, anchor=a, unit="images/s", goal="ours >= 0.95 x anchor",
                met=None if a is None else oi >= 0.95 * a, title=title,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.hardware import pick_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -67,20 +69,6 @@ def _from_slurm() -> None:
         os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` if CUDA is available else ``cpu``.
-
-    Raises:
-        RuntimeError: if ``cuda`` is requested and CUDA is not available.
-    """
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("pretrain.device=cuda but CUDA is not available on this machine")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group if this is a multi-process job; return where we are."""
     _from_slurm()
@@ -127,6 +115,15 @@ def cleanup(info: DistInfo) -> None:
     """Leave the process group."""
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast_object(info: DistInfo, obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself when not distributed)."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def gather_objects(info: DistInfo, obj) -> list:

@@ -25,7 +25,7 @@ random initialization the same way):
 - random-resized crop + horizontal flip on the training images (the crop's minimum area
   ``transfer.crop_min_scale``: 0.35 on the demo, whose 28 px clothes fill the frame;
   ImageNet's 0.08 left the training loss far above the eval one there); eval
-  preprocessing on val; cross-entropy loss; bf16 autocast on CPU (and on CUDA where supported).
+  preprocessing on val; cross-entropy loss; the precision and layout of :mod:`pipeline.hardware` (fp16 with loss scaling on GPUs without bf16).
 
 Mahajan et al. 2018 fine-tune the whole network on ImageNet-1k after hashtag
 pretraining; their exact fine-tuning schedule is not restated here (unverified), and the
@@ -50,11 +50,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from pipeline.linear_probe import topk_correct
 from pipeline.loader import item_seed, normalize
 from pipeline.optim import make_optimizer, make_schedule, scaled_lr
+from pipeline.progress import progress_bar
 from pipeline.target_data import TransformedSubset
 
 __all__ = ["FinetuneSettings", "epoch_batches", "evaluate", "finetune"]
@@ -76,6 +76,7 @@ class FinetuneSettings:
     min_epoch_images: int = 0
     seed: int = 0
     autocast_dtype: torch.dtype | None = None
+    grad_scaler: bool = False  # fp16 loss scaling (pipeline.hardware.PrecisionChoice.grad_scaler)
     channels_last: bool = True
     workers: int = 2
     progress: bool = False
@@ -159,6 +160,7 @@ def finetune(model: torch.nn.Module, train: TransformedSubset, val: Iterable, *,
     warmup = min(total_steps - 1, round(st.warmup_epochs * len(plans[0]))) if total_steps > 1 else 0
     optimizer = make_optimizer(model, peak, momentum=st.momentum, nesterov=st.nesterov, weight_decay=st.weight_decay)
     scheduler = make_schedule(optimizer, "cosine", total_steps, warmup, st.warmup_start_fraction * peak, peak)
+    scaler = torch.amp.GradScaler(device.type, enabled=st.grad_scaler)
     rows: list[dict] = []
     final: dict = {}
     step = 0
@@ -167,22 +169,23 @@ def finetune(model: torch.nn.Module, train: TransformedSubset, val: Iterable, *,
         model.train()
         loader = DataLoader(train, batch_sampler=plan, num_workers=st.workers, pin_memory=device.type == "cuda")
         loss_sum, seen, lr_last = 0.0, 0, peak
-        bar = tqdm(loader, total=len(plan), desc=f"{desc} ep {epoch + 1}/{st.epochs}", unit="batch",
-                   disable=not st.progress, leave=False)
+        bar = progress_bar(loader, total=len(plan), desc=f"{desc} ep {epoch + 1}/{st.epochs}", unit="batch",
+                           disable=not st.progress, leave=False)
         for x, y in bar:
             lr_last = optimizer.param_groups[0]["lr"]
             with torch.autocast(device.type, dtype=st.autocast_dtype or torch.float32, enabled=st.autocast_dtype is not None):
                 logits = model(_prep(x, device, st.channels_last))
             loss = F.cross_entropy(logits.float(), y.to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
             loss_val = float(loss.detach())
             loss_sum += loss_val * len(y)
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_last:.2e}")
+            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_last:.2e}", refresh=False)
         bar.close()
         final = evaluate(model, val, device=device, autocast_dtype=st.autocast_dtype, channels_last=st.channels_last)
         row = {"epoch": epoch + 1, "loss": round(loss_sum / max(1, seen), 6), "lr": lr_last,

@@ -35,7 +35,7 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
+from pipeline.progress import progress_bar
 
 from pipeline.loader import normalize
 from pipeline.target_data import stratified_holdout
@@ -57,7 +57,7 @@ def extract_features(model: torch.nn.Module, batches: Iterable[tuple[torch.Tenso
     """
     model.eval()
     feats, labels = [], []
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for x, y in batches:
             x = normalize(x.to(device, non_blocking=True))
             if channels_last:
@@ -152,7 +152,7 @@ def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, pro
         scaler = StandardScaler().fit(x[fit_pos])
         xf, xh = scaler.transform(x[fit_pos]), scaler.transform(x[hold_pos])
         prev = None
-        for C in tqdm(sorted(float(c) for c in Cs), desc=desc, unit="C", disable=not progress, leave=False):
+        for C in progress_bar(sorted(float(c) for c in Cs), desc=desc, unit="C", disable=not progress, leave=False):
             t = time.perf_counter()
             clf = _fit(C, xf, y[fit_pos], max_iter, seed, tol, prev)
             res = ProbeResult(best_C=C, model=make_pipeline(scaler, clf), num_classes=num_classes)

@@ -33,8 +33,9 @@ import torch
 from pipeline.atomic import remove_stale_temps, write_json
 from pipeline.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from pipeline.config import ConfigError, to_container, validate
-from pipeline.distributed import (DistInfo, average_buffers, barrier, cleanup, gather_objects, init_distributed,
-                                  weights_checksum)
+from pipeline.distributed import (DistInfo, average_buffers, barrier, broadcast_object, cleanup, gather_objects,
+                                  init_distributed, weights_checksum)
+from pipeline.hardware import PrecisionChoice, available_cores, make_step_trial, resolve_for_run, thread_plan
 from pipeline.epoch_plan import SampleIndex, make_epoch_plan
 from pipeline.loader import ShardStream, heldout_mask
 from pipeline.losses import make_loss
@@ -79,16 +80,22 @@ def _recipe(resolved: dict) -> dict:
     return {"seed": resolved.get("seed"), "pretrain": pt}
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if precision == "bf16":
-            raise ConfigError("config error at pretrain.precision: bf16 is not supported on this GPU")
-        return None
-    return torch.bfloat16  # CPU autocast: bf16 is ~1.65x faster than fp32 here (shared/REFERENCE.md)
+def choose_precision(pt, info: DistInfo, num_classes: int, threads: int, recorded: dict | None) -> PrecisionChoice:
+    """The run's precision and layout (:mod:`pipeline.hardware`), the same on every rank.
+
+    Rank 0 resolves (with a timed trial of this model's step on the CPU, cached per machine)
+    and broadcasts its choice; ``recorded`` (from a checkpoint) is kept by a resumed run.
+    """
+    choice = None
+    if info.is_main:
+        trial = make_step_trial(lambda: create_model(pt.model, num_classes=num_classes), batch_size=pt.batch_size,
+                                image_size=pt.image_size, num_classes=num_classes, device=info.device)
+        choice = resolve_for_run(pt.precision, pt.channels_last, info.device, recorded=recorded, trial=trial,
+                                 cache_key={"model": pt.model, "image_size": pt.image_size, "batch": pt.batch_size,
+                                            "threads": threads, "classes": num_classes},
+                                 where="pretrain.precision").to_dict()
+    choice = broadcast_object(info, choice)
+    return PrecisionChoice.from_dict(choice)
 
 
 def run_pretrain(cfg) -> dict | None:
@@ -118,7 +125,8 @@ def run_pretrain(cfg) -> dict | None:
 
 def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    torch.set_num_threads(pt.threads or max(1, (os.cpu_count() or 1) // local_world))
+    threads = thread_plan(info.device.type, available_cores(), local_world, threads=pt.threads, workers=pt.workers)
+    torch.set_num_threads(threads.threads)
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     out = stage_dir(cfg.run_dir, STAGE)
@@ -143,8 +151,6 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     random.seed(cfg.seed)  # unused by training, but saved in checkpoints: same seed, same files
     np.random.seed(cfg.seed)
     model = create_model(pt.model, num_classes=num_classes).to(info.device)
-    if pt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, peak, momentum=pt.momentum, nesterov=pt.nesterov, weight_decay=pt.weight_decay)
     # Goyal et al. warm up *from* 0.1 *to* a larger scaled lr; with a small global batch the
     # scaled lr is below 0.1 and there is nothing to warm up from.
@@ -155,6 +161,8 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     ckpt_dir = out / "checkpoints"
     resolved = to_container(cfg)
     last = latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    recorded = None
+    scaler_state = None
     if last is not None:
         got = load_checkpoint(last, model, optimizer, scheduler, restore_rng=True)
         if _recipe(got["config"]) != _recipe(resolved):
@@ -162,10 +170,20 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
                               f"use a new run_dir or delete {ckpt_dir} to start over")
         pos = got["data_position"]
         state = LoopState(step=got["step"], epoch=pos["epoch"], batches=pos["batches"])
+        recorded = got["extra"].get("precision_choice")
+        scaler_state = got["extra"].get("grad_scaler")
         log.info("resuming from %s (step %d, epoch %d, batch %d)", last, state.step, state.epoch, state.batches)
     elif info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "manifest.json").unlink(missing_ok=True)
+    # after the checkpoint (a resumed run keeps its numerics); the trial saves and restores the RNG state
+    prec = choose_precision(pt, info, num_classes, threads.threads, recorded)
+    prec.apply_global()
+    if prec.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # same Parameter objects: the optimizer keeps them
+    log.info("pretrain on %s: %s %s (%s); %d threads, %d loader workers (%s)", prec.facts, prec.precision,
+             "channels_last" if prec.channels_last else "NCHW", prec.reason, threads.threads, threads.workers,
+             threads.reason)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)  # e.g. a checkpoint half-written when the last run was killed
@@ -180,10 +198,12 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             ddp_model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             broadcast_buffers=False)
-    autocast = _autocast_dtype(pt.precision, info.device)
+    scaler = prec.grad_scaler_for(info.device.type)
+    if scaler_state and scaler.is_enabled():
+        scaler.load_state_dict(scaler_state)
     stream = ShardStream(shards, train_idx, seed=cfg.seed, rank=info.rank, world=info.world,
                          batch_size=pt.batch_size, image_size=pt.image_size, shuffle_buffer=pt.shuffle_buffer,
-                         normalize_in_workers=info.device.type == "cpu" and pt.workers > 0)
+                         normalize_in_workers=info.device.type == "cpu" and threads.workers > 0)
     held_stream = ShardStream(shards, held_idx, seed=cfg.seed, rank=0, world=1, batch_size=pt.batch_size * 2,
                               image_size=pt.image_size, train=False) if len(held_idx.keys) else None
 
@@ -191,7 +211,9 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         if info.is_main:
             save_checkpoint(checkpoint_path(ckpt_dir, st.step), model=model, optimizer=optimizer, scheduler=scheduler,
                             step=st.step, epoch=st.epoch, data_position={"epoch": st.epoch, "batches": st.batches},
-                            config=resolved, extra={"num_classes": num_classes, "model": pt.model})
+                            config=resolved, extra={"num_classes": num_classes, "model": pt.model,
+                                                    "precision_choice": prec.to_dict(),
+                                                    "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None})
             prune_checkpoints(ckpt_dir, pt.keep_checkpoints)
 
     evals: list[dict] = []
@@ -199,8 +221,8 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     def run_eval(step: int) -> dict | None:
         if not info.is_main or held_stream is None:
             return None
-        r = evaluate(model, held_stream, device=info.device, num_classes=num_classes, autocast_dtype=autocast,
-                     channels_last=pt.channels_last)
+        r = evaluate(model, held_stream, device=info.device, num_classes=num_classes, autocast_dtype=prec.autocast_dtype,
+                     channels_last=prec.channels_last)
         r["step"] = step
         evals.append(r)
         # a rerun after a kill may redo an eval that is already logged (the step-0 eval of a run
@@ -216,13 +238,13 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         run_eval(0)  # the from-scratch (random init) level
     settings = LoopSettings(
         epochs=pt.epochs, accum=accum, total_steps=total_steps, loss_name=pt.loss.value if hasattr(pt.loss, "value") else pt.loss,
-        num_classes=num_classes, autocast_dtype=autocast, channels_last=pt.channels_last,
-        checkpoint_every=pt.checkpoint_every_steps, eval_every=pt.eval_every_steps, workers=pt.workers, worker_nice=pt.worker_nice,
+        num_classes=num_classes, autocast_dtype=prec.autocast_dtype, channels_last=prec.channels_last,
+        checkpoint_every=pt.checkpoint_every_steps, eval_every=pt.eval_every_steps, workers=threads.workers, worker_nice=pt.worker_nice,
         progress=pt.progress, metrics_file=out / "metrics.jsonl", pin_memory=info.device.type == "cuda",
         record_keys=pt.audit_data)
     stats = train(model=model, ddp_model=ddp_model, optimizer=optimizer, scheduler=scheduler,
                   loss_fn=make_loss(settings.loss_name), stream=stream, info=info, settings=settings, state=state,
-                  save=save, run_eval=run_eval, max_steps=pt.max_steps)
+                  save=save, run_eval=run_eval, max_steps=pt.max_steps, scaler=scaler)
     average_buffers(info, model)
     checksums = gather_objects(info, weights_checksum(model))
     audit = None
@@ -256,7 +278,11 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         "heldout_precision_at_1": final.get("precision_at_1"), "heldout_mAP": final.get("mAP"),
         "scratch_precision_at_1": step0.get("precision_at_1"), "scratch_mAP": step0.get("mAP"),
         "prior_precision_at_1": chance.get("precision_at_1"), "prior_mAP": chance.get("mAP"),
-        "precision": "bf16" if autocast is not None else "fp32", "device": str(info.device),
+        "precision": prec.precision, "channels_last": prec.channels_last, "device": str(info.device),
+        "hardware": {"facts": prec.facts, "precision_choice": prec.to_dict(), "threads": threads.threads,
+                     "workers": threads.workers, "cores": threads.cores, "thread_reason": threads.reason,
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                     "gpu": torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else None},
         "rank_weight_checksums": checksums, "ranks_weights_identical": len(set(checksums)) == 1,
     }
     inputs = {s: (read_manifest(stage_dir(cfg.run_dir, s)) or {}).get("config_hash") for s in ("ingest", "dedup", "vocab")}

@@ -343,6 +343,20 @@ def section_vocab(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
     return out
 
 
+def hardware_lines(hw: dict | None) -> list[str]:
+    """What a stage ran on and why it chose its numerics (``counts.hardware`` of its manifest)."""
+    if not hw:
+        return []
+    pc = hw.get("precision_choice") or {}
+    layout = "channels_last" if pc.get("channels_last") else "NCHW"
+    trial = ", ".join(f"{k} {v:.0f} img/s" for k, v in (pc.get("trial") or {}).items())
+    return [f"Hardware: {hw.get('facts', '?')} (CPU capability {hw.get('cpu_capability', '?')}"
+            + (f", GPU {hw['gpu']}" if hw.get("gpu") else "") + f"); precision **{pc.get('precision', '?')}**, {layout}"
+            + (", TF32" if pc.get("tf32") else "") + f": {pc.get('reason', '?')}"
+            + (f" (trial: {trial})" if trial and trial not in str(pc.get("reason")) else "")
+            + f"; {hw.get('threads', '?')} threads, {hw.get('workers', '?')} loader workers.", ""]
+
+
 def section_pretrain(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
     from pipeline.plots import heldout_eval_plot, training_curves_plot
 
@@ -363,6 +377,7 @@ def section_pretrain(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
     out = [f"Model **{pc.get('model', model.get('model', '?'))}** at {pc.get('image_size', model.get('image_size', '?'))} px, "
            f"{fmt_int(c.get('num_classes'))} classes, {pc.get('loss', '?')} loss, {pc.get('resampling', '?')} resampling; "
            f"{c.get('world', 1)} rank(s) on {c.get('device', '?')} ({c.get('precision', '?')}).", ""]
+    out += hardware_lines(c.get("hardware"))
     rows = [
         ["optimizer steps (done / planned)", f"{fmt_int(c.get('steps'))} / {fmt_int(c.get('total_steps'))}"
          + (f" (stopped by max_steps={pc.get('max_steps')})" if pc.get("max_steps") and c.get("steps", 0) < c.get("total_steps", 0) else "")],
@@ -426,6 +441,7 @@ def section_transfer(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
             f"{res.get('image_size', '?')} px, {fmt_int(res.get('val_images'))} validation images, "
             f"{fmt_int(res.get('contaminated_val'))} of them near-duplicates of pretraining images "
             f"(counted wrong in the lower-bound top-1)" + (f"; trunk {res['model']}" if res.get("model") else "") + ".", ""]
+    out += hardware_lines(run.counts("transfer").get("hardware") if run.manifests.get("transfer") else None)
     rows = list(res.get("rows") or [])
     order = {"linear_probe": 0, "finetune": 1}
     rows.sort(key=lambda r: (order.get(r.get("method"), 9), r.get("train_per_class") is None,

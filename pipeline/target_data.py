@@ -214,11 +214,11 @@ class EvalImages:
         return len(self.ds)
 
     def _fill(self) -> None:
-        from tqdm import tqdm
+        from pipeline.progress import progress_bar
 
         imgs = torch.empty((len(self.ds), 3, self.ds.size, self.ds.size), dtype=torch.uint8)
         pos = 0
-        with tqdm(total=len(self.ds), desc=self.desc, unit="img", disable=not self.progress, leave=False) as bar:
+        with progress_bar(total=len(self.ds), desc=self.desc, unit="img", disable=not self.progress, leave=False) as bar:
             for x, _ in _loader(self.ds, max(self.batch_size, 256), self.workers):
                 imgs[pos:pos + len(x)] = x
                 pos += len(x)

@@ -28,10 +28,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.distributed import DistInfo, barrier
 from pipeline.loader import ShardStream, make_loader, normalize
+from pipeline.losses import microbatch_loss_scale
+from pipeline.progress import progress_bar
 from pipeline.resampling import batch_multi_hot, batch_soft_targets
 from pipeline.metrics import mean_average_precision, precision_at_1
 
@@ -83,6 +84,21 @@ def _test_kill_hook(spec: str | None, rank: int, step: int) -> None:
     if int(r) == rank and int(s) == step and not os.path.exists(marker):
         open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+ESTIMATE_AFTER_STEPS = 10
+ESTIMATE_AFTER_SECONDS = 30.0
+
+
+def cost_estimate(images: int, seconds: float, steps_done: int, steps_left: int, images_per_step: float) -> str:
+    """One log line: measured img/s over the first steps and the estimated time left (minutes).
+
+    (The first steps include warm-up costs, so the estimate errs on the long side.)
+    """
+    ips = images / seconds if seconds > 0 else float("nan")
+    left_s = steps_left * images_per_step / ips if ips and ips > 0 else float("nan")
+    return (f"pretrain: {ips:.0f} img/s measured over the first {steps_done} steps; {steps_left} steps "
+            f"(~{steps_left * images_per_step:,.0f} images) left: about {left_s / 60:.1f} min")
 
 
 def steps_in_epoch(micro_batches: int, accum: int) -> int:
@@ -155,21 +171,30 @@ def train(
     save: Callable[[LoopState], None],
     run_eval: Callable[[int], dict | None],
     max_steps: int | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict:
     """Train from ``state`` to the end (or ``max_steps``); return throughput statistics.
 
     ``save(state)`` is called (on every rank; it writes on rank 0) every
     ``settings.checkpoint_every`` optimizer steps and at the end. ``run_eval(step)`` is
-    called at the evaluation points.
+    called at the evaluation points. ``scaler``: fp16 loss scaling (``torch.amp.GradScaler``;
+    None or disabled for fp32/bf16, where it is a pass-through).
+
+    After the first :data:`ESTIMATE_AFTER_STEPS` steps (or :data:`ESTIMATE_AFTER_SECONDS`),
+    rank 0 logs the measured img/s and the estimated time left, so a slow machine shows in
+    the first minute, not after hours.
     """
+    scaler = scaler or torch.amp.GradScaler(info.device.type, enabled=False)
     dev = info.device
     s = settings
     images_seen, t_wait, t_total = 0, 0.0, 0.0
     seen_keys: list[str] = []
     last_loss = float("nan")
     stop_at = min(s.total_steps, max_steps) if max_steps else s.total_steps
-    bar = tqdm(total=stop_at, initial=state.step, unit="step", desc="pretrain",
-               disable=not (s.progress and info.is_main))
+    bar = progress_bar(total=stop_at, initial=state.step, unit="step", desc="pretrain",
+                       disable=not (s.progress and info.is_main))
+    estimated = False
+    run_start_step = state.step
     ddp_model.train()
     done = state.step >= stop_at
     kill_spec = os.environ.get(TEST_KILL_ENV)
@@ -203,7 +228,7 @@ def train(
                     logits = ddp_model(x)
                 loss = loss_fn(logits.float(), y)
                 n_local = x.shape[0]
-                (loss * (n_local * info.world / n_step_total)).backward()
+                scaler.scale(loss * microbatch_loss_scale(n_local, n_step_total, info.world)).backward()
             if s.record_keys:
                 seen_keys.extend(f"{state.epoch}/{k}" for k in batch["keys"])
             window_loss += loss.item() * n_local
@@ -212,7 +237,8 @@ def train(
             state.batches = b + 1
             if not last_micro:
                 continue
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step(), or skipped on inf/NaN fp16 gradients
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state.step += 1
@@ -228,9 +254,14 @@ def train(
                        "images_per_second": round(n_step_total / dt, 2) if dt > 0 else None,
                        "data_wait_fraction": round(t_wait_step / dt, 4) if dt > 0 else None}
                 _append_jsonl(s.metrics_file, row)
-                bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{images_seen / max(t_total, 1e-9):.0f}",
-                                wait=f"{t_wait / max(t_total, 1e-9):.0%}")
+                                wait=f"{t_wait / max(t_total, 1e-9):.0%}", refresh=False)
+                bar.update(1)
+                done_here = state.step - run_start_step
+                if not estimated and (done_here >= ESTIMATE_AFTER_STEPS or t_total >= ESTIMATE_AFTER_SECONDS):
+                    estimated = True
+                    log.info("%s", cost_estimate(images_seen, t_total, done_here, stop_at - state.step,
+                                                 images_seen / max(1, done_here)))
             window_loss, window_n = 0.0, 0
             if s.eval_every and state.step % s.eval_every == 0:
                 run_eval(state.step)  # before the checkpoint: a run resumed from it must not miss this eval

@@ -49,6 +49,7 @@ import torch
 from pipeline.atomic import remove_stale_temps, write_json, write_jsonl
 from pipeline.config import ConfigError, to_container, validate
 from pipeline.finetune import FinetuneSettings, finetune
+from pipeline.hardware import PrecisionChoice, available_cores, make_step_trial, pick_device, resolve_for_run, thread_plan
 from pipeline.linear_probe import extract_features, fit_probe, topk_correct
 from pipeline.loader import item_seed
 from pipeline.manifest import file_sha256, read_manifest, stage_dir, write_manifest
@@ -126,23 +127,15 @@ def val_subset(labels, max_images: int | None, seed: int) -> np.ndarray:
     return np.sort(np.array([i for _, _, i in ranked[:max_images]], dtype=np.int64))
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("config error at transfer.device: cuda requested but not available")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _autocast(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast for "auto"/"bf16" on CPU (about 1.65x faster here) and on bf16-capable GPUs."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if precision == "bf16":
-            raise ConfigError("config error at transfer.precision: bf16 is not supported on this GPU")
-        return None
-    return torch.bfloat16
+def choose_precision(tc, model_name: str, num_classes: int, size: int, threads: int) -> PrecisionChoice:
+    """The stage's device, precision and layout (:mod:`pipeline.hardware`; a timed trial of the
+    fine-tuning step on the CPU, cached per machine)."""
+    device = pick_device(tc.device)
+    trial = make_step_trial(lambda: create_model(model_name, num_classes=num_classes), batch_size=tc.batch_size,
+                            image_size=size, num_classes=num_classes, device=device)
+    return resolve_for_run(tc.precision, tc.channels_last, device, trial=trial, where="transfer.precision",
+                           cache_key={"model": model_name, "image_size": size, "batch": tc.batch_size,
+                                      "threads": threads, "classes": num_classes})
 
 
 def _row(method, init, per_class, n_train, correct1, correct5, contaminated, *, epochs=None, best_C=None, seconds=0.0):
@@ -188,9 +181,14 @@ def run_transfer(cfg) -> dict:
     num_classes = len(train_set.classes)
     if num_classes < 2:
         raise ConfigError(f"config error at transfer.root: the target needs >= 2 classes, found {num_classes}")
-    device = _device(tc.device)
-    autocast = _autocast(tc.precision, device)
-    torch.set_num_threads(tc.threads or max(1, os.cpu_count() or 1))
+    device = pick_device(tc.device)
+    plan = thread_plan(device.type, available_cores(), 1, threads=tc.threads, workers=tc.workers)
+    torch.set_num_threads(plan.threads)
+    prec = choose_precision(tc, model_name, num_classes, size, plan.threads)
+    prec.apply_global()
+    autocast, channels_last, workers = prec.autocast_dtype, prec.channels_last, plan.workers
+    log.info("transfer on %s: %s %s (%s); %d threads, %d loader workers", prec.facts, prec.precision,
+             "channels_last" if channels_last else "NCHW", prec.reason, plan.threads, workers)
 
     out = stage_dir(cfg.run_dir, STAGE)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +211,7 @@ def run_transfer(cfg) -> dict:
              tc.target, num_classes, model_name, len(val_idx), int(contaminated.sum()), size,
              [(k, len(i)) for k, i in settings], device)
 
-    val_images = eval_batches(TransformedSubset(val_set, val_idx, size), tc.eval_batch_size, tc.workers,
+    val_images = eval_batches(TransformedSubset(val_set, val_idx, size), tc.eval_batch_size, workers,
                               tc.eval_cache_mb, tc.progress, "decode val")
 
     def trunk(init: str) -> torch.nn.Module:
@@ -223,7 +221,7 @@ def run_transfer(cfg) -> dict:
             torch.manual_seed(item_seed("scratch-init", cfg.seed))
             m = create_model(model_name, num_classes=0)
         m = m.to(device)
-        return m.to(memory_format=torch.channels_last) if tc.channels_last else m
+        return m.to(memory_format=torch.channels_last) if channels_last else m
 
     rows: list[dict] = []
     epoch_rows: list[dict] = []
@@ -242,16 +240,16 @@ def run_transfer(cfg) -> dict:
 
     write_jsonl(out / EPOCHS, [])
     if "linear_probe" in tc.methods:
-        train_feat_images = eval_batches(TransformedSubset(train_set, feat_idx, size), tc.eval_batch_size, tc.workers,
+        train_feat_images = eval_batches(TransformedSubset(train_set, feat_idx, size), tc.eval_batch_size, workers,
                                          tc.eval_cache_mb, tc.progress, "decode train")
         for init in tc.inits:
             ts = time.perf_counter()
             model = trunk(init)
             fx, fy = extract_features(model, train_feat_images, device=device, autocast_dtype=autocast,
-                                      channels_last=tc.channels_last, total=len(feat_idx), progress=tc.progress,
+                                      channels_last=channels_last, total=len(feat_idx), progress=tc.progress,
                                       desc=f"features train {init}")
             vx, vy = extract_features(model, val_images, device=device, autocast_dtype=autocast,
-                                      channels_last=tc.channels_last, total=len(val_idx), progress=tc.progress,
+                                      channels_last=channels_last, total=len(val_idx), progress=tc.progress,
                                       desc=f"features val {init}")
             del model
             seconds["features"][init] = round(time.perf_counter() - ts, 3)
@@ -277,7 +275,7 @@ def run_transfer(cfg) -> dict:
                     reference_batch=tc.reference_batch, momentum=tc.momentum, nesterov=tc.nesterov,
                     weight_decay=tc.weight_decay, warmup_epochs=tc.warmup_epochs,
                     warmup_start_fraction=tc.warmup_start_fraction, min_epoch_images=tc.min_epoch_images,
-                    seed=cfg.seed, autocast_dtype=autocast, channels_last=tc.channels_last, workers=tc.workers,
+                    seed=cfg.seed, autocast_dtype=autocast, grad_scaler=prec.grad_scaler, channels_last=channels_last, workers=workers,
                     progress=tc.progress)
                 train_ds = TransformedSubset(train_set, idx, size, train=True, scale=(tc.crop_min_scale, 1.0))
 
@@ -317,7 +315,12 @@ def run_transfer(cfg) -> dict:
     counts["linear_probe_seconds"] = round(seconds["linear_probe"], 3)
     counts["finetune_seconds"] = round(seconds["finetune"], 3)
     counts["device"] = str(device)
-    counts["precision"] = "bf16" if autocast is not None else "fp32"
+    counts["precision"] = prec.precision
+    counts["channels_last"] = channels_last
+    counts["hardware"] = {"facts": prec.facts, "precision_choice": prec.to_dict(), "threads": plan.threads,
+                          "workers": workers, "cores": plan.cores, "thread_reason": plan.reason,
+                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     resolved = to_container(cfg)
     config = {"seed": cfg.seed, "transfer": {k: v for k, v in resolved["transfer"].items() if k != "progress"}}
     dedup_man = read_manifest(stage_dir(cfg.run_dir, "dedup"))

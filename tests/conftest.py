@@ -13,6 +13,20 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "corpus"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _precision_trial_cache(tmp_path_factory):
+    """Precision-trial verdicts (pipeline.hardware) go to a temp folder, not the user's cache."""
+    import os
+
+    old = os.environ.get("PIPELINE_CACHE_DIR")
+    os.environ["PIPELINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("precision_cache"))
+    yield
+    if old is None:
+        os.environ.pop("PIPELINE_CACHE_DIR", None)
+    else:
+        os.environ["PIPELINE_CACHE_DIR"] = old
+
+
 def make_cfg(*overrides: str):
     """Compose ``conf/config.yaml`` with Hydra's compose API and the given overrides."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

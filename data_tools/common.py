@@ -58,14 +58,11 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def progress(iterable: Iterable, **kwargs: Any) -> Iterable:
-    """Wrap ``iterable`` in a tqdm bar when tqdm is installed and stderr is a terminal."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a project dependency
-        return iterable
-    kwargs.setdefault("disable", None)  # None: off when not a TTY (logs stay clean)
-    kwargs.setdefault("mininterval", 1.0)
-    return tqdm(iterable, **kwargs)
+    """Wrap ``iterable`` in :func:`pipeline.progress.progress_bar`: a live bar on a terminal, else a
+    log line every ``$PIPELINE_PROGRESS_INTERVAL_S`` seconds (30) and one when done."""
+    from pipeline.progress import progress_bar
+
+    return progress_bar(iterable, **kwargs)
 
 
 # --------------------------------------------------------------------------- files

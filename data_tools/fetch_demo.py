@@ -12,6 +12,7 @@ records versions and verified counts; a completed source is skipped next time):
 source              folder                 what
 ==================  =====================  ==========================================
 npm                 npm/                   emoji-datasource-{google,twitter}, emojibase-data
+fluent_emoji        fluentui_emoji_npm/    npm pack fluentui-emoji (Fluent Emoji SVGs; needs npm)
 openclipart         openclipart/           Debian openclipart-png + openclipart-svg
 tuxpaint            tuxpaint/              Debian tuxpaint-stamps-default
 fashion_mnist_deb   fashion_mnist_deb/     Debian dataset-fashion-mnist
@@ -23,7 +24,9 @@ imagenet_info       imagenet_info/         ImageNet wnid lists from the timm whe
 Then the converters run (unless their output is already complete for the current
 fetch): emoji_google, emoji_twitter (from npm), openclipart, tuxpaint, fashion_mnist
 (from fashion_mnist_deb), writing ``<cache>/converted/*.jsonl`` and
-``<cache>/converted/sources.json``.
+``<cache>/converted/sources.json``, and fluent_emoji, which renders the transfer
+targets ``<cache>/fluent_emoji/{subgroup,group}/{train,val}/<class>/`` (see
+:mod:`data_tools.fetch_fluent_emoji`).
 
 A failing source is reported (name and reason) and the others go on; converters of a
 failed source are skipped. Exit status: 0 if everything succeeded, 1 otherwise.
@@ -44,6 +47,8 @@ from .convert_fashion_mnist import convert_fashion_mnist
 from .convert_openclipart import convert_openclipart
 from .convert_tuxpaint import convert_tuxpaint
 from .fetch_debian import fetch_fashion_mnist_deb, fetch_openclipart, fetch_tuxpaint
+from .fetch_fluent_emoji import PACKAGE_DIR as FLUENT_DIR
+from .fetch_fluent_emoji import convert_fluent_emoji, fetch_fluent_emoji
 from .fetch_imagenet_info import fetch_imagenet_info
 from .fetch_npm import fetch_npm
 from .fetch_wordnet import DEB_DIR, fetch_wordnet
@@ -52,6 +57,7 @@ from .index_io import is_converted
 # source name -> (fetch function, folder holding its marker)
 FETCHERS: dict[str, tuple[Callable[..., dict], str]] = {
     "npm": (fetch_npm, "npm"),
+    "fluent_emoji": (fetch_fluent_emoji, FLUENT_DIR),
     "openclipart": (fetch_openclipart, "openclipart"),
     "tuxpaint": (fetch_tuxpaint, "tuxpaint"),
     "fashion_mnist_deb": (fetch_fashion_mnist_deb, "fashion_mnist_deb"),
@@ -65,6 +71,7 @@ CONVERTERS: dict[str, tuple[Callable[[Path], object], str, tuple[str, ...]]] = {
     "openclipart": (convert_openclipart, "openclipart", ("openclipart",)),
     "tuxpaint": (convert_tuxpaint, "tuxpaint", ("tuxpaint",)),
     "fashion_mnist": (convert_fashion_mnist, "fashion_mnist_deb", ("fashion_mnist",)),
+    "fluent_emoji": (convert_fluent_emoji, "fluent_emoji", ("fluent_emoji_subgroup", "fluent_emoji_group")),
 }
 
 

@@ -15,7 +15,8 @@ None, lists, tuples and dicts, so it loads with ``torch.load(weights_only=True)`
 
 Loading always uses ``weights_only=True``: a file crafted to execute code while being
 unpickled (a ``__reduce__`` returning ``os.system``) is refused with
-:class:`CheckpointError`, as is a truncated or corrupt file. Files in a run's checkpoint
+:class:`CheckpointRefused` (a :class:`CheckpointError`), and a truncated or corrupt file
+with :class:`CheckpointError`; both carry the file as ``path``. Files in a run's checkpoint
 folder are named ``step_NNNNNNNN.pt`` (:func:`checkpoint_path`).
 """
 
@@ -36,7 +37,7 @@ from torch import nn
 from pipeline.atomic import atomic_path
 from pipeline.models import unwrap_model as _unwrap
 
-__all__ = ["CheckpointError", "checkpoint_path", "latest_checkpoint", "load_checkpoint",
+__all__ = ["CheckpointError", "CheckpointRefused", "checkpoint_path", "latest_checkpoint", "load_checkpoint",
            "prune_checkpoints", "save_checkpoint"]
 
 FORMAT = "hashtag-pretrain-checkpoint"
@@ -45,7 +46,31 @@ _NAME_RE = re.compile(r"^step_(\d{8,})\.pt$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, unsafe, or does not fit the model; names the file."""
+    """A checkpoint file is missing, corrupt, unsafe, or does not fit the model; names the file.
+
+    ``path`` is the file (a :class:`~pathlib.Path`, or None where not known).
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+
+    def __reduce__(self):  # picklable across processes with its path
+        return type(self), (str(self), self.path)
+
+
+class CheckpointRefused(CheckpointError):
+    """A checkpoint holds objects other than tensors and plain data (a pickle that could run code
+    when loaded) and was refused unread. ``path`` is the file, ``reason`` why (one sentence, without
+    the path), ``detail`` torch's own first line."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, detail: str = "") -> None:
+        super().__init__(f"refusing to load {path}: {reason}" + (f". Detail: {detail}" if detail else ""), path)
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason, self.detail)
 
 
 def _strip_prefix(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -180,22 +205,21 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module,
 
 def _read(path: Path) -> dict:
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist", path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         msg = str(exc)
         if "Weights only load failed" in msg or "Unsupported global" in msg:
-            raise CheckpointError(
-                f"refusing to load {path}: it contains objects other than tensors and plain data "
-                f"(a pickle that could run code when loaded); not loaded. Detail: {msg.splitlines()[0]}"
-            ) from exc
+            raise CheckpointRefused(
+                path, "it contains objects other than tensors and plain data (a pickle that could run code "
+                "when loaded); not loaded", msg.splitlines()[0]) from exc
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read: "
-                              f"{type(exc).__name__}: {msg.splitlines()[0] if msg else ''}") from exc
+                              f"{type(exc).__name__}: {msg.splitlines()[0] if msg else ''}", path) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} file (written by pipeline.checkpoint)")
+        raise CheckpointError(f"{path} is not a {FORMAT} file (written by pipeline.checkpoint)", path)
     if obj.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, expected {VERSION}")
+        raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, expected {VERSION}", path)
     return obj
 
 
@@ -235,7 +259,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
             _set_rng_state(ckpt["rng"])
         config = json.loads(ckpt["config_json"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path} does not fit: {exc}", path) from exc
     return {"step": ckpt["step"], "epoch": ckpt["epoch"], "data_position": dict(ckpt["data_position"]),
             "config": config, "extra": ckpt["extra"]}
 

@@ -71,13 +71,18 @@ class IngestConfig:
     jpeg_quality: int = 95
     webp_method: int = 0  # lossless WebP effort 0-6: 0 is ~10x faster than 4 for ~1.6x the bytes (measured on the demo)
     rasterize_svg: bool = True  # rasterize SVG inputs with cairosvg (else quarantine them)
+    # per-image hashtag caps, after normalization and dedup (pipeline.hashtags, where the figures come from):
+    # tags beyond them are dropped and counted in the manifest (counts.hashtags_dropped); an image left
+    # with no tag is quarantined as no_hashtags
+    max_hashtags: int = 30  # tags kept per image, the first ones (Instagram allows 30 per post)
+    max_hashtag_chars: int = 72  # longer tags are dropped, not cut (project choice: the longest WordNet noun lemma has 71)
     # file of sample ids (source:id per line, '#' comments) never to write: quarantined as "withdrawn".
     # Changing it redoes only the units that hold (or held) a listed id. Ids withdrawn after ingest:
     # dedup.withdrawn keeps them out of every later artifact; python -m pipeline.audit checks a run.
     withdrawn: Optional[str] = None
     workers: int = 0  # processes per rank; 0 = all cores of this machine / local ranks
     merge_timeout_s: float = 3600.0  # rank 0 waits this long for other ranks' parts
-    progress: bool = True  # tqdm progress bar on stderr
+    progress: bool = True  # progress on stderr: a live bar on a terminal, else a line every 30 s (pipeline.progress)
 
 
 class VocabKind(str, Enum):
@@ -154,11 +159,14 @@ class PretrainConfig:
     milestones: List[float] = field(default_factory=lambda: [1 / 3, 2 / 3, 8 / 9])  # step: fractions of training
     gamma: float = 0.1  # step: lr factor at each milestone
     final_lr_fraction: float = 0.0  # cosine: final lr as a fraction of the peak
-    precision: str = "auto"  # "auto" (bf16 autocast where supported: CUDA bf16, or CPU), "bf16", "fp32"
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the model
+    # "auto": the fastest sound choice this device runs natively (pipeline.hardware: CUDA bf16, else fp16 +
+    # gradient scaler, else fp32; CPU bf16 only with native support and a timed trial that shows it faster),
+    # "fp32", "bf16", "fp16" (CUDA). The resolved choice is recorded in the manifest and kept by a resumed run.
+    precision: str = "auto"
+    channels_last: Optional[bool] = None  # NHWC layout; None = auto (CPU: timed trial; CUDA: tensor-core GPUs)
+    compile: bool = False  # torch.compile the model (inductor; CPU needs gcc); compile time is paid at the first steps
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    workers: int = 2  # DataLoader workers per rank (decode + augmentation)
+    workers: Optional[int] = None  # DataLoader workers per rank (decode + augmentation); None = from the cores (pipeline.hardware.thread_plan)
     worker_nice: int = 0  # raise the loader workers' niceness by this much (0-19); helps CPU training share cores
     shuffle_buffer: int = 1000  # samples in each rank's shuffle buffer
     heldout_fraction: float = 0.05  # samples held out (by key hash) for precision@1 and mAP
@@ -167,7 +175,7 @@ class PretrainConfig:
     keep_checkpoints: int = 3
     tensorboard: bool = False
     progress: bool = True
-    threads: int = 0  # torch intra-op threads per rank; 0 = cores / local ranks
+    threads: int = 0  # torch intra-op threads per rank; 0 = from the available cores (affinity, cgroup, SLURM) / local ranks
     audit_data: bool = False  # gather every rank's sample keys at the end and check they are disjoint (tests, debugging)
 
 
@@ -246,11 +254,11 @@ class TransferConfig:
     weight_decay: float = 1e-4  # not applied to BN parameters and biases
     warmup_epochs: float = 0.5  # linear warmup over this many epochs, then cosine decay to 0
     warmup_start_fraction: float = 0.1  # warmup starts at this fraction of the peak lr
-    precision: str = "auto"  # "auto" (bf16 autocast on CPU and bf16-capable GPUs), "bf16", "fp32"
-    channels_last: bool = True  # NHWC memory layout (faster convolutions on CPU and tensor cores)
+    precision: str = "auto"  # as pretrain.precision: "auto" (pipeline.hardware policy), "fp32", "bf16", "fp16" (CUDA)
+    channels_last: Optional[bool] = None  # NHWC memory layout; None = auto (as pretrain.channels_last)
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    workers: int = 2  # DataLoader worker processes (decode + augmentation)
-    threads: int = 0  # torch intra-op threads; 0 = all cores (on a busy machine 1 is several times faster: no waiting on a descheduled thread)
+    workers: Optional[int] = None  # DataLoader worker processes (decode + augmentation); None = from the cores
+    threads: int = 0  # torch intra-op threads; 0 = the available cores (on a busy machine 1 is several times faster: no waiting on a descheduled thread)
     eval_cache_mb: float = 1024.0  # keep eval-preprocessed images in memory up to this size (decoded once, not per epoch)
     progress: bool = True  # tqdm progress bars on stderr
 
@@ -302,6 +310,8 @@ def validate(cfg: Any) -> None:
     _check(1 <= ing.jpeg_quality <= 100, "ingest.jpeg_quality", "must be in [1, 100]")
     _check(0 <= ing.webp_method <= 6, "ingest.webp_method", "must be in [0, 6]")
     _check(ing.workers >= 0, "ingest.workers", "must be >= 0 (0 = all cores)")
+    _check(ing.max_hashtags >= 1, "ingest.max_hashtags", f"must be >= 1 tag per image, got {ing.max_hashtags}")
+    _check(ing.max_hashtag_chars >= 1, "ingest.max_hashtag_chars", f"must be >= 1 character, got {ing.max_hashtag_chars}")
     names = [s.name for s in cfg.data.sources]
     _check(len(names) == len(set(names)), "data.sources", f"source names must be unique: {names}")
     entries = [(f"data.sources[{i}]", s) for i, s in enumerate(cfg.data.sources)]
@@ -321,11 +331,11 @@ def validate(cfg: Any) -> None:
     _check(pt.epochs >= 1, "pretrain.epochs", "must be >= 1")
     _check(pt.max_steps is None or pt.max_steps >= 1, "pretrain.max_steps", "must be >= 1")
     _check(pt.schedule in ("cosine", "step"), "pretrain.schedule", f"must be cosine or step, got {pt.schedule!r}")
-    _check(pt.precision in ("auto", "bf16", "fp32"), "pretrain.precision", "must be auto, bf16 or fp32")
+    _check(pt.precision in ("auto", "bf16", "fp32", "fp16"), "pretrain.precision", "must be auto, fp32, bf16 or fp16")
     _check(pt.device in ("auto", "cpu", "cuda"), "pretrain.device", "must be auto, cpu or cuda")
     _check(0 <= pt.heldout_fraction < 0.5, "pretrain.heldout_fraction", "must be in [0, 0.5)")
     _check(0 <= pt.worker_nice <= 19, "pretrain.worker_nice", "must be in 0..19")
-    _check(pt.workers >= 0 and pt.checkpoint_every_steps >= 1 and pt.keep_checkpoints >= 1,
+    _check((pt.workers is None or pt.workers >= 0) and pt.checkpoint_every_steps >= 1 and pt.keep_checkpoints >= 1,
            "pretrain.workers/checkpoint_every_steps/keep_checkpoints", "must be >= 0 / >= 1 / >= 1")
     _check(pt.warmup_epochs >= 0 and pt.base_lr > 0, "pretrain.warmup_epochs/base_lr", "must be >= 0 / > 0")
     dd = cfg.dedup
@@ -352,9 +362,9 @@ def validate(cfg: Any) -> None:
     _check(tc.batch_size >= 2 and tc.eval_batch_size >= 1, "transfer.batch_size", "must be >= 2 (BatchNorm) / eval_batch_size >= 1")
     _check(tc.base_lr > 0 and tc.reference_batch > 0 and tc.warmup_epochs >= 0 and 0 < tc.warmup_start_fraction <= 1,
            "transfer.base_lr/reference_batch/warmup_epochs/warmup_start_fraction", "must be > 0 / > 0 / >= 0 / in (0, 1]")
-    _check(tc.precision in ("auto", "bf16", "fp32"), "transfer.precision", "must be auto, bf16 or fp32")
+    _check(tc.precision in ("auto", "bf16", "fp32", "fp16"), "transfer.precision", "must be auto, fp32, bf16 or fp16")
     _check(tc.device in ("auto", "cpu", "cuda"), "transfer.device", "must be auto, cpu or cuda")
-    _check(tc.workers >= 0 and tc.threads >= 0 and tc.eval_cache_mb >= 0, "transfer.workers/threads/eval_cache_mb", "must be >= 0")
+    _check((tc.workers is None or tc.workers >= 0) and tc.threads >= 0 and tc.eval_cache_mb >= 0, "transfer.workers/threads/eval_cache_mb", "must be >= 0")
     _check(bool(tc.root) and bool(tc.train_split) and bool(tc.val_split), "transfer.root", "root and splits must be set")
     if getattr(cfg, "energy", None) is not None:
         validate_energy(cfg.energy)

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, remove_stale_temps, write_json, write_jsonl, write_text
 from pipeline.config import default_workers, to_container, validate
 from pipeline.images import decode_image, set_pixel_cap
 from pipeline.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
 from pipeline.near_index import build_index, keep_first, phash_bytes, range_pairs
+from pipeline.progress import progress_bar
 from pipeline.raw_sources import RawSample, iter_unit, plan_units
 from pipeline.removal import REMOVED_FILE, read_withdrawn  # noqa: F401  (read_withdrawn: public here too)
 from pipeline.quarantine import Rejected
@@ -119,7 +119,7 @@ def _hash_eval_unit(args: tuple) -> list[tuple[str, str, np.ndarray]]:
 
 
 def _pool_map(fn, jobs: list, workers: int, desc: str, progress: bool):
-    bar = tqdm(total=len(jobs), desc=desc, unit="shard", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=desc, unit="shard", disable=not progress)
     results = []
     if workers <= 1 or len(jobs) <= 1:
         for j in jobs:

@@ -18,9 +18,13 @@ Two numbers are recorded side by side for every stage, each labelled with its ba
   unless ``energy.force_grid=false``, then codecarbon's table for
   ``energy.country_iso_code``). It is a hardware *measurement* only where it reads energy
   counters (RAPL on Linux, NVML on NVIDIA GPUs); in a VM without RAPL it falls back to its
-  own model (CPU load x TDP, RAM by size), and the record says so (``basis``). Any failure
-  of codecarbon leaves ``codecarbon: null`` and ``codecarbon_error`` in the record and the
-  stage goes on with the estimate.
+  own model (CPU load x TDP, RAM by size), and the record says so (``basis``,
+  ``measurement``). codecarbon's hardware-detection warnings (unknown CPU model, no RAPL
+  files, its fallbacks) are kept out of the log and stored in the record (``notes``);
+  instead one INFO line per run names the basis (``energy: codecarbon basis: CPU modelled
+  ..., RAM modelled from its size, no GPU``). Any failure of codecarbon leaves
+  ``codecarbon: null`` and ``codecarbon_error`` in the record and the stage goes on with
+  the estimate.
 
 Default CPU power, ``cpu_watts_per_core = 4.0`` W per busy core (one core = one CPU as the
 OS counts it, a hardware thread on SMT machines): server CPUs have a TDP of about 2-4 W per
@@ -132,22 +136,81 @@ def estimate(wall_seconds: float, processors: float, watts_per_processor: float,
 # codecarbon, offline, failure-tolerant
 # --------------------------------------------------------------------------------------
 
-class _DropExpected(logging.Filter):
-    """Drops codecarbon's warning about the setting we choose on purpose (allow_multiple_runs)."""
+class _CodecarbonNotes(logging.Filter):
+    """Filter on codecarbon's logger: drops the warning about the setting we choose on purpose
+    (allow_multiple_runs) and, while :attr:`notes` is a list (tracker construction and start),
+    keeps its hardware-detection messages (unknown CPU model, no RAPL files, "falling back on
+    CPU load mode", ...) out of the log, collecting the warnings in that list instead; errors
+    always pass. The basis they explain is logged once per run (:func:`_announce_basis`) and
+    every record carries them (``codecarbon.notes``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[str] | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Multiple instances of codecarbon" not in record.getMessage()
+        msg = record.getMessage()
+        if "Multiple instances of codecarbon" in msg:
+            return False
+        if self.notes is not None and record.levelno < logging.ERROR:
+            if record.levelno >= logging.WARNING:
+                self.notes.append(" ".join(msg.split()))
+            return False
+        return True
 
 
-_FILTER = _DropExpected()
+_FILTER = _CodecarbonNotes()
+# codecarbon detects the hardware once per process (cached), so only the first tracker logs the
+# notes; later records reuse them. _ANNOUNCED: the basis line last logged (one line per run).
+_NOTES: list[str] = []
+_ANNOUNCED: dict[str, str | None] = {"line": None}
 
 
 def _quiet_codecarbon(level: str) -> None:
-    """codecarbon's logger at ``level`` (its INFO lines are noise), without the expected warning."""
+    """codecarbon's logger at ``level`` (its INFO lines are noise), with :data:`_FILTER` on it."""
     lg = logging.getLogger("codecarbon")
     lg.setLevel(getattr(logging, str(level).upper(), logging.WARNING))
     if _FILTER not in lg.filters:
         lg.addFilter(_FILTER)
+
+
+def _measurement(tracker) -> dict:
+    """What codecarbon measures and what it models, from a started tracker's hardware list::
+
+        {"cpu": "RAPL" | "measured (<mode>)" | "modelled", "cpu_mode", "cpu_model",
+         "ram": "modelled", "gpu": "NVML" | None, "gpu_model"}
+    """
+    mode = _cpu_mode(tracker)
+    if mode == "intel_rapl":
+        cpu = "RAPL"
+    elif mode in MEASURED_CPU_MODES:
+        cpu = f"measured ({mode})"
+    else:
+        cpu = "modelled"
+    conf = getattr(tracker, "_conf", {}) or {}
+    gpu = any(type(hw).__name__ == "GPU" for hw in getattr(tracker, "_hardware", []) or [])
+    return {"cpu": cpu, "cpu_mode": mode, "cpu_model": conf.get("cpu_model"), "ram": "modelled",
+            "gpu": "NVML" if gpu else None, "gpu_model": (conf.get("gpu_model") or None) if gpu else None}
+
+
+def basis_line(m: Mapping[str, Any], notes: list[str] | None = None) -> str:
+    """The one log line naming codecarbon's measurement basis (see :func:`_measurement` for ``m``)."""
+    if m["cpu"] == "modelled":
+        cpu = f"CPU modelled ({m.get('cpu_mode') or 'unknown'} mode: load x TDP, no readable energy counters such as RAPL)"
+    else:
+        cpu = f"CPU measured by {m['cpu']}"
+    gpu = f"GPU measured by NVML ({m['gpu_model']})" if m.get("gpu") and m.get("gpu_model") else (
+        "GPU measured by NVML" if m.get("gpu") else "no GPU")
+    tail = f"; codecarbon's {len(notes)} hardware warning(s) are in energy.json (codecarbon.notes)" if notes else ""
+    return f"energy: codecarbon basis: {cpu}, RAM modelled from its size, {gpu}{tail}"
+
+
+def _announce_basis(tracker) -> None:
+    """Log the measurement basis at INFO, once per run (again only if it changes)."""
+    line = basis_line(_measurement(tracker), _NOTES)
+    if line != _ANNOUNCED["line"]:
+        _ANNOUNCED["line"] = line
+        log.info("%s", line)
 
 
 def _start_codecarbon(name: str, ec: Any):
@@ -180,13 +243,21 @@ def _start_codecarbon(name: str, ec: Any):
         )
         if bool(_get(ec, "force_grid", True)):
             kwargs["force_carbon_intensity_g_co2e_kwh"] = float(_get(ec, "grid_kg_per_kwh", GRID_US_AVERAGE_KG_PER_KWH)) * 1000.0
-        tracker = OfflineEmissionsTracker(**kwargs)
-        if not hasattr(tracker, "_hardware") or not hasattr(tracker, "_scheduler"):
-            # its __init__ swallows exceptions and leaves a half-built object
-            raise RuntimeError("codecarbon tracker failed to initialize")
-        tracker.start()
+        notes: list[str] = []
+        _FILTER.notes = notes  # hardware-detection warnings: collected, not logged
+        try:
+            tracker = OfflineEmissionsTracker(**kwargs)
+            if not hasattr(tracker, "_hardware") or not hasattr(tracker, "_scheduler"):
+                # its __init__ swallows exceptions and leaves a half-built object
+                raise RuntimeError("codecarbon tracker failed to initialize")
+            tracker.start()
+        finally:
+            _FILTER.notes = None
         if getattr(tracker, "_start_time", None) is None:
             raise RuntimeError("codecarbon tracker failed to start")
+    if notes:
+        _NOTES[:] = notes
+    _announce_basis(tracker)
     return tracker
 
 
@@ -220,9 +291,12 @@ def _stop_codecarbon(tracker) -> dict:
     basis += "; GPU measured by NVML" if gpu_count else ""
     basis += "; RAM modelled from its size"
     kwh = float(d.energy_consumed)
+    m = _measurement(tracker)
     return {
         "basis": basis,
         "measured": bool(cpu_measured or gpu_count),
+        "measurement": {"cpu": m["cpu"], "ram": m["ram"], "gpu": "NVML" if gpu_count else None},
+        "notes": list(_NOTES),  # codecarbon's hardware-detection warnings, kept out of the log
         "version": getattr(d, "codecarbon_version", None),
         "cpu_mode": mode,
         "tracking_mode": getattr(d, "tracking_mode", None),
@@ -273,7 +347,9 @@ def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None
          "cpu_seconds_children", "busy_cores" (cpu_seconds / wall_seconds), "gpus",
          "estimate": {"basis", "processor", "processors", "watts_per_processor", "pue",
                       "grid_kg_per_kwh", "kwh", "kg_co2e"},
-         "codecarbon": {"basis", "measured", "cpu_mode", "kwh", "kg_co2e", "cpu_kwh",
+         "codecarbon": {"basis", "measured", "measurement": {"cpu": "RAPL" | "modelled" | ...,
+                        "ram": "modelled", "gpu": "NVML" | None}, "notes": [codecarbon's
+                        hardware warnings], "cpu_mode", "kwh", "kg_co2e", "cpu_kwh",
                         "ram_kwh", "gpu_kwh", ...} | None,
          "codecarbon_error": str | None}
 

@@ -11,6 +11,11 @@ Writes into ``<run_dir>/ingest/``:
   ``reason``, ``detail``, ``unit``);
 * ``plan.json`` (units and config hash) first, ``manifest.json`` last.
 
+Hashtags are normalized and capped per image (:mod:`pipeline.hashtags`): at most
+``ingest.max_hashtags`` tags of at most ``ingest.max_hashtag_chars`` characters; the tags
+dropped are counted in ``counts.hashtags_dropped`` of the manifest (``too_long``,
+``over_count``, ``images``), and a sample left with no tag is quarantined (``no_hashtags``).
+
 Every unit is independent and atomic: its shard and part file are renamed into place
 when complete, so a killed run resumes by redoing only the units without a part file,
 and the result is byte-identical to an uninterrupted run. Units are split across
@@ -29,14 +34,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline.atomic import read_jsonl, remove_stale_temps, write_json, write_jsonl
 from pipeline.config import default_workers, to_container, validate
-from pipeline.hashtags import normalize_hashtags
+from pipeline.hashtags import MAX_HASHTAG_CHARS, MAX_HASHTAGS, cap_hashtags, normalize_hashtags
 from pipeline.images import ENCODINGS, decode_image, encode_image, set_pixel_cap
 from pipeline.manifest import canonical_hash, file_sha256, stage_dir, write_manifest
 from pipeline.partition import Partition, assign, current_partition
+from pipeline.progress import progress_bar
 from pipeline.quarantine import Rejected
 from pipeline.raw_sources import RawSample, Rejection, WorkUnit, iter_unit, plan_units
 from pipeline.removal import read_withdrawn
@@ -44,6 +48,9 @@ from pipeline.shards import AtomicShardWriter
 
 log = logging.getLogger(__name__)
 STAGE = "ingest"
+# counts.hashtags_dropped of the manifest (and of each part): tags dropped by ingest.max_hashtag_chars
+# (too_long) and ingest.max_hashtags (over_count) in written samples, and how many written samples lost any
+DROP_KEYS = ("too_long", "over_count", "images")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class IngestSettings:
     rasterize_svg: bool
     plan_hash: str
     withdrawn: frozenset = frozenset()  # source:id never to write (ingest.withdrawn)
+    max_hashtags: int = MAX_HASHTAGS  # ingest.max_hashtags
+    max_hashtag_chars: int = MAX_HASHTAG_CHARS  # ingest.max_hashtag_chars
 
 
 def _printable(s: str) -> str:
@@ -97,6 +106,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
     ids: list[list[str]] = []
     seen: set[str] = set()
     n_in = 0
+    dropped = Counter()  # hashtags dropped by the caps: too_long, over_count (tags), images (with any drop)
     writer = AtomicShardWriter(out_dir / shard_rel)
     try:
         for item in iter_unit(unit, settings.max_file_bytes):
@@ -114,9 +124,16 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
                 if item.id in seen:
                     raise Rejected("duplicate_id", "id already seen in this unit")
                 seen.add(item.id)
-                hashtags = normalize_hashtags(item.tags)
-                if not hashtags:
+                normalized = normalize_hashtags(item.tags)
+                if not normalized:
                     raise Rejected("no_hashtags", f"raw tags: {item.tags!r}"[:200])
+                hashtags, too_long, over = cap_hashtags(normalized, settings.max_hashtags, settings.max_hashtag_chars)
+                if not hashtags:
+                    raise Rejected("no_hashtags", f"all {too_long} tag(s) longer than ingest.max_hashtag_chars="
+                                   f"{settings.max_hashtag_chars} characters (dropped, not cut); first: "
+                                   f"{normalized[0][:40]!r}...")
+                if too_long or over:
+                    dropped.update(too_long=too_long, over_count=over, images=1)
                 canon = decode_image(item.data, max_pixels=settings.max_pixels, max_side=settings.max_side,
                                      min_side=settings.min_side, rasterize_svg=settings.rasterize_svg)
                 encoded = encode_image(canon.image, unit.encoding, settings.jpeg_quality, settings.webp_method)
@@ -154,6 +171,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
         "shard_sha256": file_sha256(shard_path) if written else None,
         "input": n_in, "written": written, "quarantined": len(rows),
         "reasons": dict(sorted(Counter(r["reason"] for r in rows).items())),
+        "hashtags_dropped": {k: dropped[k] for k in DROP_KEYS},
         "quarantine": rows, "ids": ids, "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(out_dir / "parts" / f"{unit.number:06d}.json", part)
@@ -234,14 +252,15 @@ def run_ingest(cfg) -> dict | None:
     plan = {"plan_hash": plan_hash, "units": len(units), "inputs": fingerprints}
     _prepare(out_dir, plan, part, ing.merge_timeout_s)
     settings = IngestSettings(ing.max_side, ing.min_side, ing.max_pixels, ing.max_file_bytes,
-                              ing.jpeg_quality, ing.webp_method, ing.rasterize_svg, plan_hash, withdrawn)
+                              ing.jpeg_quality, ing.webp_method, ing.rasterize_svg, plan_hash, withdrawn,
+                              max_hashtags=ing.max_hashtags, max_hashtag_chars=ing.max_hashtag_chars)
 
     mine = assign(units, part)
     todo = [u for u in mine if _part_done(out_dir, u, plan_hash, withdrawn) is None]
     workers = min(default_workers(ing.workers), max(1, len(todo)))
     log.info("ingest: %d units in plan, %d for rank %d/%d, %d to do, %d workers",
              len(units), len(mine), part.rank, part.world, len(todo), workers)
-    bar = tqdm(total=len(todo), unit="shard", desc=f"ingest[rank {part.rank}]", disable=not ing.progress)
+    bar = progress_bar(total=len(todo), unit="shard", desc=f"ingest[rank {part.rank}]", disable=not ing.progress)
     t_work = time.perf_counter()
     n_done = 0
     jobs = [(u, settings, out_dir) for u in todo]
@@ -281,8 +300,10 @@ def _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_
     write_jsonl(out_dir / "quarantine.jsonl", (row for p in parts for row in p["quarantine"]))
     by_reason: Counter = Counter()
     by_source: dict[str, Counter] = {}
+    dropped: Counter = Counter()
     for p in parts:
         by_reason.update(p["reasons"])
+        dropped.update(p.get("hashtags_dropped", {}))
         c = by_source.setdefault(p["source"], Counter())
         c.update({"input": p["input"], "written": p["written"], "quarantined": p["quarantined"]})
     counts = {
@@ -291,6 +312,7 @@ def _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_
         "quarantined": sum(p["quarantined"] for p in parts),
         "by_reason": dict(sorted(by_reason.items())),
         "by_source": {k: dict(v) for k, v in sorted(by_source.items())},
+        "hashtags_dropped": {k: dropped[k] for k in DROP_KEYS},
         "shards": sum(1 for p in parts if p["shard"]),
         "shard_bytes": sum(p["shard_bytes"] for p in parts),
         "unit_seconds": round(sum(p["seconds"] for p in parts), 3),
@@ -307,6 +329,11 @@ def _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_
                               seconds=time.perf_counter() - t0, outputs=outputs)
     log.info("ingest: input %d = written %d + quarantined %d (%s)", counts["input"], counts["written"],
              counts["quarantined"], ", ".join(f"{k} {v}" for k, v in counts["by_reason"].items()) or "no rejections")
+    hd = counts["hashtags_dropped"]
+    if hd["images"]:
+        log.info("ingest: hashtag caps dropped %d tag(s) longer than %d characters and %d beyond %d per image, "
+                 "in %d written image(s)", hd["too_long"], cfg.ingest.max_hashtag_chars, hd["over_count"],
+                 cfg.ingest.max_hashtags, hd["images"])
     return manifest
 
 

@@ -77,11 +77,42 @@ def _sections(cfg: dict, stage: str) -> dict:
     return clean(pick)
 
 
-def stage_keys(cfg: dict) -> dict[str, str]:
-    """The key of every stage for the resolved config ``cfg`` (a plain dict)."""
+def recorded_numerics(run_dir, stage: str) -> dict | None:
+    """The precision choice a finished stage recorded in its manifest (``counts.hardware.precision_choice``)."""
+    man = read_manifest(stage_dir(run_dir, stage)) if run_dir is not None else None
+    return (((man or {}).get("counts") or {}).get("hardware") or {}).get("precision_choice")
+
+
+def _pin_numerics(section: dict, recorded: dict | None) -> dict:
+    """Replace ``precision: auto`` / ``channels_last: null`` by what the stage resolved to.
+
+    The resolved numerics change results, so they belong in the key; ``auto`` in a run folder
+    means "what this folder already has" (a finished stage is not redone because another
+    machine would resolve ``auto`` differently; an explicit different value redoes it).
+    """
+    if not recorded:
+        return section
+    out = dict(section)
+    if out.get("precision") in ("auto", recorded.get("precision")):
+        out["precision"] = recorded.get("precision")
+        out["tf32"] = recorded.get("tf32", False)
+    if out.get("channels_last") in (None, recorded.get("channels_last")):
+        out["channels_last"] = recorded.get("channels_last")
+    return out
+
+
+def stage_keys(cfg: dict, run_dir=None) -> dict[str, str]:
+    """The key of every stage for the resolved config ``cfg`` (a plain dict).
+
+    With ``run_dir``, the precision and layout that finished stages resolved ``auto`` to
+    (:func:`recorded_numerics`) are part of their keys.
+    """
     keys: dict[str, str] = {}
     for s in STAGES:
-        keys[s] = canonical_hash({"stage": s, "config": _sections(cfg, s), "upstream": [keys[u] for u in UPSTREAM[s]]})
+        sec = _sections(cfg, s)
+        if s in ("pretrain", "transfer") and run_dir is not None:
+            sec = {**sec, s: _pin_numerics(sec[s], recorded_numerics(run_dir, s))}
+        keys[s] = canonical_hash({"stage": s, "config": sec, "upstream": [keys[u] for u in UPSTREAM[s]]})
     return keys
 
 
@@ -103,7 +134,12 @@ def _launch_torchrun(stage: str, nproc: int, run_dir: str) -> None:
            "-m", f"pipeline.{stage}", *overrides, "run_dir='" + run_dir.replace("'", "\\'") + "'", "hydra.output_subdir=null"]
     # run_dir explicit: a sweep job's comes from hydra.sweep.*, which the children do not see; no .hydra/ of theirs
     log.info("launching %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        from pipeline.cli import ReportedFailure
+
+        # the ranks printed their own error (one line for an expected failure) and torchrun its summary
+        raise ReportedFailure(f"stage {stage} failed under torchrun (exit status {rc}); its error is printed above", rc)
 
 
 def _energy_context(name: str, cfg, gpus: int | None = None):
@@ -184,8 +220,8 @@ def run_pipeline(cfg) -> dict:
     if shared_stages and shared_stages != list(STAGES[: len(shared_stages)]):
         raise ConfigError(f"config error at run.shared_stages: must be the first stages in order, got {shared_stages}")
     resolved = to_container(cfg)
-    keys = stage_keys(resolved)
     run_dir = Path(cfg.run_dir)
+    keys = stage_keys(resolved, run_dir)
     outcome: dict[str, str] = {}
     if shared_stages:
         outcome.update(_run_shared(cfg, Path(cfg.run.shared_dir), [s for s in shared_stages if s in wanted]))
@@ -230,6 +266,7 @@ def run_pipeline(cfg) -> dict:
         man = read_manifest(stage_dir(run_dir, s))
         if man is None:
             raise RuntimeError(f"stage {s} finished without writing its manifest")
+        keys = stage_keys(resolved, run_dir)  # the stage's resolved precision is now recorded
         state[s] = {"key": keys[s], "manifest": _mhash(man), "code_version": code_version(),
                     "upstream": {u: _mhash(read_manifest(stage_dir(run_dir, u))) for u in UPSTREAM[s]}}
         energy[s] = _as_dict(erec)
@@ -312,11 +349,13 @@ def _run_job(cfg) -> dict:
     except Exception as exc:
         import traceback
 
+        from pipeline.cli import failure_line
+
         write_text(err, traceback.format_exc())
-        if isinstance(exc, (ConfigError, FileNotFoundError)) and HydraConfig.initialized() \
-                and HydraConfig.get().mode == RunMode.MULTIRUN:
-            # hydra_entry turns these into sys.exit(2), which would end the whole sweep: fail this job only
-            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+        line = failure_line(exc)
+        if line is not None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            # hydra_entry turns expected failures into sys.exit(2), which would end the whole sweep: fail this job only
+            raise RuntimeError(line) from exc
         raise
     finally:
         _tell_followers(None, cfg.run_dir)

@@ -48,12 +48,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, remove_stale_temps, write_json, write_text
 from pipeline.config import ConfigError, VocabKind, to_container, validate
 from pipeline.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
 from pipeline.partition import current_partition
+from pipeline.progress import progress_bar
 from pipeline.removal import REMOVED_FILE, removed_rows
 from pipeline.resampling import SCHEMES, all_weights, class_mass
 from pipeline.shards import iter_metadata, shard_paths
@@ -78,7 +78,8 @@ class SampleTags:
 def read_sample_tags(paths: list[Path], removed: set[str], progress: bool = False, total: int | None = None) -> SampleTags:
     """Read every sample's ``key``, ``id`` and ``hashtags`` from shard metadata, skipping ``removed`` keys."""
     out = SampleTags()
-    for _, key, meta in tqdm(iter_metadata(paths), total=total, unit="sample", desc="vocab", disable=not progress):
+    for _, key, meta in progress_bar(iter_metadata(paths), total=total, unit="sample", desc="vocab",
+                                    disable=not progress):
         out.seen += 1
         if key in removed:
             out.removed += 1

@@ -322,7 +322,8 @@ def build_folder_source(root: Path) -> tuple[dict, dict[str, Case]]:
         "tags_number": (5, Case("invalid_metadata")),
         "tags_non_string": (["ok", 7], Case("invalid_metadata")),
         "tags_whitespace": (["  ", "#", "\t\n"], Case("no_hashtags")),
-        "tags_long": (["x" * 5000], Case(WRITTEN, tags=["x" * 100])),
+        "tags_long": (["x" * 5000], Case("no_hashtags")),  # longer than ingest.max_hashtag_chars: dropped, not cut
+        "tags_long_and_short": (["x" * 5000, "dog"], Case(WRITTEN, tags=["dog"])),
         "tags_unicode": (["Ｃａｆé", "Straße", "猫", "שָׁלוֹם", "e\u0301"],
                          Case(WRITTEN, tags=["café", "strasse", "猫", "שָׁלוֹם", "é"])),
         "tags_newline": (["hello\nworld"], Case(WRITTEN, tags=["hello_world"])),

@@ -1,0 +1,282 @@
+"""95% confidence intervals for accuracies: val-image bootstrap, seeds, and both.
+
+Everything takes per-image correctness (``bool`` or 0/1 arrays, one entry per val image)
+rather than accuracies, so the val set's sampling noise can be resampled, and returns
+``CI(mean, lo, hi)`` (a named tuple: ``mean, lo, hi = ...`` works). All functions are
+vectorized numpy and deterministic given ``seed`` (a ``numpy.random.default_rng``).
+
+- :func:`bootstrap_ci`: percentile bootstrap over val images (Efron & Tibshirani 1993,
+  *An Introduction to the Bootstrap*, ch. 13): resample the N images with replacement
+  ``n_boot`` times, take the ``(1-level)/2`` and ``(1+level)/2`` quantiles of the
+  resampled accuracies. The question it answers: how much would the accuracy move on
+  another val set of N images from the same distribution, the model fixed.
+- :func:`paired_bootstrap_diff`: the same for the difference of two models scored on
+  the same images, with the *same* resampled indices for both (a paired bootstrap), so
+  the per-image agreement of the two models cancels out: a difference of 2 points
+  between models that disagree on 2% of the images is clearly non-zero, while two
+  independent intervals of width ~6 points would overlap.
+- :func:`seed_spread_ci`: Student-t interval over independent seeded runs (each seed
+  draws its own low-data training subset and initialization), ``mean +- t * s / sqrt(n)``.
+- :func:`seed_and_val_ci`: both sources at once for the low-data settings, where the
+  seed-to-seed spread and the val sampling noise are of similar size (Bouthillier et al.
+  2021, "Accounting for variance in machine learning benchmarks", MLSys: the data
+  sampling and the seeds both have to be varied, and ignoring either understates the
+  uncertainty). See its docstring for the method and why not a plain two-way bootstrap.
+- :func:`wilson_ci`, :func:`clopper_pearson_ci`: binomial-proportion intervals (Wilson
+  1927; Clopper & Pearson 1934, exact), closed forms for a single accuracy that the
+  bootstrap should reproduce (tests/test_intervals.py checks it does).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = ["CI", "SeedValCI", "bootstrap_ci", "bootstrap_means", "clopper_pearson_ci", "paired_bootstrap_diff",
+           "seed_and_val_ci", "seed_spread_ci", "wilson_ci"]
+
+_MAX_DRAWS = 1 << 22  # resampled indices drawn at once (32 MB of int64): bounds memory for large N
+
+
+class CI(NamedTuple):
+    """A point estimate and its confidence interval ``[lo, hi]`` (NaN where undefined)."""
+
+    mean: float
+    lo: float
+    hi: float
+
+
+class SeedValCI(NamedTuple):
+    """:func:`seed_and_val_ci`'s result: the interval and what it is made of.
+
+    Attributes:
+        mean, lo, hi: the accuracy over all seeds and images, and its interval.
+        se_seed: standard error from the spread of the per-seed accuracies (NaN for one seed).
+        se_val: bootstrap standard error over val images of the seed-averaged correctness.
+        df: degrees of freedom of the t quantile (Welch-Satterthwaite; inf for one seed).
+        n_seeds, n_images: S and N.
+    """
+
+    mean: float
+    lo: float
+    hi: float
+    se_seed: float
+    se_val: float
+    df: float
+    n_seeds: int
+    n_images: int
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def _as_values(x, name: str, ndim: int = 1) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if arr.shape[-1] == 0 or arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} has NaN or infinite entries")
+    return arr
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Means of ``n_boot`` resamples (with replacement) of the rows of ``values``.
+
+    Args:
+        values: float or bool, shape (N,) or (N, K): one row per val image; with K
+            columns (e.g. two models) every column is resampled with the same indices.
+        n_boot: number of bootstrap resamples.
+        seed: seed of ``numpy.random.default_rng``.
+
+    Returns:
+        float64, shape (n_boot,) or (n_boot, K).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim not in (1, 2) or values.shape[0] == 0:
+        raise ValueError(f"values must have shape (N,) or (N, K) with N > 0, got {values.shape}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    n = values.shape[0]
+    out = np.empty((n_boot,) + values.shape[1:], dtype=np.float64)
+    step = max(1, _MAX_DRAWS // n)
+    for start in range(0, n_boot, step):
+        stop = min(n_boot, start + step)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        out[start:stop] = values[idx].mean(axis=1)
+    return out
+
+
+def _percentiles(stats: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.quantile(stats, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> CI:
+    """Accuracy and its percentile-bootstrap interval over val images.
+
+    Args:
+        correct: bool (or 0/1, or per-image scores in [0, 1]), shape (N,): one entry per val image.
+        n_boot: bootstrap resamples (1,000 gives bounds to about +-0.2 points at N = 1,000).
+        seed: seed of the resampling.
+        level: coverage, e.g. 0.95.
+
+    Returns:
+        ``CI(mean, lo, hi)``: mean = the observed accuracy (not the bootstrap mean).
+    """
+    _check_level(level)
+    values = _as_values(correct, "correct")
+    lo, hi = _percentiles(bootstrap_means(values, n_boot, seed), level)
+    return CI(float(values.mean()), lo, hi)
+
+
+def paired_bootstrap_diff(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> CI:
+    """``accuracy(b) - accuracy(a)`` on the same val images, with a paired percentile bootstrap.
+
+    Both vectors are resampled with the same indices, so the interval reflects only the
+    images on which the two models disagree. It excludes 0 when b is reliably better
+    (``lo > 0``) or worse (``hi < 0``).
+
+    Args:
+        correct_a, correct_b: bool or 0/1, shape (N,), entry i for the same val image i.
+
+    Returns:
+        ``CI(diff, lo, hi)``.
+    """
+    _check_level(level)
+    a = _as_values(correct_a, "correct_a")
+    b = _as_values(correct_b, "correct_b")
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a and correct_b must have the same shape, got {a.shape} and {b.shape}")
+    means = bootstrap_means(np.stack([a, b], axis=1), n_boot, seed)
+    lo, hi = _percentiles(means[:, 1] - means[:, 0], level)
+    return CI(float(b.mean() - a.mean()), lo, hi)
+
+
+def _t_quantile(level: float, df: float) -> float:
+    from scipy import stats  # scipy is a dependency of scikit-learn
+
+    q = (1.0 + level) / 2.0
+    return float(stats.t.ppf(q, df)) if math.isfinite(df) else float(stats.norm.ppf(q))
+
+
+def seed_spread_ci(values: Sequence[float], level: float = 0.95) -> CI:
+    """Student-t interval of the mean of per-seed accuracies.
+
+    ``mean +- t_{(1+level)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard
+    deviation (ddof 1) of the ``n`` values, each from an independently seeded run.
+
+    With n = 1 the spread cannot be estimated: returns ``CI(value, nan, nan)`` (report
+    the single run's val bootstrap instead, and say that seeds were not varied).
+
+    Args:
+        values: per-seed accuracies (floats), length n >= 1.
+
+    Raises:
+        ValueError: if ``values`` is empty or not finite.
+    """
+    _check_level(level)
+    v = _as_values(list(values), "values")
+    n = v.size
+    mean = float(v.mean())
+    if n == 1:
+        return CI(mean, math.nan, math.nan)
+    half = _t_quantile(level, n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
+    return CI(mean, mean - half, mean + half)
+
+
+def seed_and_val_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> SeedValCI:
+    """Accuracy over S seeded runs scored on the same N val images, and an interval for both sources of noise.
+
+    Method (a variance sum with a bootstrap term; chosen over a two-way bootstrap):
+
+    1. seed term: the per-seed accuracies ``acc_s = correct[s].mean()`` vary because
+       each seed draws its own training subset and initialization;
+       ``se_seed^2 = var(acc_s, ddof=1) / S``, the t-interval's standard error.
+    2. val term: ``se_val^2`` = the bootstrap variance over val images (Efron &
+       Tibshirani 1993, ch. 6) of the mean of the seed-averaged correctness
+       ``correct.mean(axis=0)``: how the result would move on another val set.
+    3. ``mean +- t_df * sqrt(se_seed^2 + se_val^2)``, with df from Welch-Satterthwaite
+       (``S - 1`` seed degrees of freedom, ``N - 1`` for the val term).
+
+    Under a random-effects model ``c_si = mu + a_s + b_i + e_si`` the sum estimates
+    ``var(a)/S + var(b)/N + 2 var(e)/(S N)``: the interaction term is counted twice,
+    so the interval is slightly conservative, like the two-way ("pigeonhole") bootstrap
+    (Owen 2007, Ann. Appl. Stat.) that resamples seeds and images jointly. That
+    bootstrap is not used because with the usual S = 3-5 seeds, resampling seeds
+    has only a handful of distinct outcomes and its percentiles act like normal
+    quantiles, far too narrow (t with 2 df is 4.30, not 1.96); the t quantile keeps the
+    few-seeds penalty. Bouthillier et al. (2021) recommend varying both the data and
+    the seeds and reporting both; ``se_seed`` and ``se_val`` are returned for that.
+
+    With S = 1 the seed term is unknown: the result is the val-only interval (t with
+    infinite df, i.e. normal, on ``se_val``), ``se_seed`` and ``df`` are NaN/inf, and the
+    interval understates the uncertainty by the missing seed spread.
+
+    Args:
+        correct: bool or 0/1 (or floats, e.g. ``correct_b - correct_a`` for a paired
+            difference when seed s gives both models the same training subset), shape
+            (S, N): row s = seed s, column i = the same val image i in every row.
+        n_boot, seed: the val bootstrap's resamples and seed.
+        level: coverage.
+
+    Returns:
+        :class:`SeedValCI`.
+    """
+    _check_level(level)
+    c = _as_values(correct, "correct", ndim=2)
+    s_count, n = c.shape
+    mean = float(c.mean())
+    boot = bootstrap_means(c.mean(axis=0), n_boot, seed)
+    var_val = float(boot.var(ddof=1)) if n_boot > 1 else 0.0
+    if s_count == 1:
+        half = _t_quantile(level, math.inf) * math.sqrt(var_val)
+        return SeedValCI(mean, mean - half, mean + half, math.nan, math.sqrt(var_val), math.inf, 1, n)
+    var_seed = float(c.mean(axis=1).var(ddof=1)) / s_count
+    total = var_seed + var_val
+    denom = var_seed ** 2 / (s_count - 1) + (var_val ** 2 / (n - 1) if n > 1 else 0.0)
+    df = total ** 2 / denom if denom > 0 else math.inf
+    half = _t_quantile(level, df) * math.sqrt(total)
+    return SeedValCI(mean, mean - half, mean + half, math.sqrt(var_seed), math.sqrt(var_val), df, s_count, n)
+
+
+def wilson_ci(k: int, n: int, level: float = 0.95) -> CI:
+    """Wilson score interval of a binomial proportion ``k / n`` (Wilson 1927).
+
+    Returns:
+        ``CI(k / n, lo, hi)``.
+    """
+    _check_level(level)
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    z = _t_quantile(level, math.inf)
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return CI(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def clopper_pearson_ci(k: int, n: int, level: float = 0.95) -> CI:
+    """Exact (Clopper & Pearson 1934) interval of a binomial proportion ``k / n``, from beta quantiles.
+
+    Returns:
+        ``CI(k / n, lo, hi)``; ``lo`` is 0 when k = 0 and ``hi`` 1 when k = n.
+    """
+    from scipy import stats
+
+    _check_level(level)
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    alpha = 1.0 - level
+    lo = float(stats.beta.ppf(alpha / 2, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k)) if k < n else 1.0
+    return CI(k / n, lo, hi)

@@ -13,7 +13,7 @@ other work on a shared machine hits both alike, and reports medians and their ra
 | module | ours | anchor |
 |---|---|---|
 | :mod:`benchmarks.loader` | ShardStream + make_loader (2 workers, batch 64, 64 px) + normalize | (a) one-process PIL decode + augment loop x workers, (b) torchvision ImageFolder + DataLoader |
-| :mod:`benchmarks.train_step` | ``pipeline.pretrain.run_pretrain`` (resnext_mini, bf16, channels_last) | a bare PyTorch loop on synthetic tensors |
+| :mod:`benchmarks.train_step` | ``pipeline.pretrain.run_pretrain`` (resnext_mini, the precision and layout pipeline.hardware picks) | a bare PyTorch loop on synthetic tensors |
 | :mod:`benchmarks.dedup_hash` | ``pipeline.dedup.hash_shard`` (one process) | imagededup ``PHash.encode_images`` (one worker) |
 | :mod:`benchmarks.near_search` | ``build_index`` + ``range_pairs`` at N and 4N | imagededup ``find_duplicates`` at N and 4N |
 | :mod:`benchmarks.ingest` | the ingest stage, one worker | a tight decode / convert / re-encode loop |

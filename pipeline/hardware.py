@@ -226,7 +226,7 @@ class PrecisionChoice:
         grad_scaler: fp16 needs a ``torch.amp.GradScaler`` (loss scaling) to keep small gradients.
         tf32: TF32 matmuls/convolutions allowed (CUDA Ampere+).
         reason: why, in words (native support, trial timings, an explicit request, a resumed run).
-        trial: candidate -> measured img/s of the trial, when one ran.
+        trial: candidate -> measured img/s of the trial, when one ran; trial_source: measured now or cached.
         device: ``str(device)``; facts: :meth:`HardwareFacts.describe`.
     """
 
@@ -236,6 +236,7 @@ class PrecisionChoice:
     tf32: bool = False
     reason: str = ""
     trial: dict = field(default_factory=dict)
+    trial_source: str = ""  # "measured in N s" or "cached" (the per-machine verdict cache)
     device: str = "cpu"
     facts: str = ""
 
@@ -405,18 +406,18 @@ def resolve_precision(requested: str, channels_last: bool | None, facts: Hardwar
     cached = _read_cache(path).get(key) if use_cache else None
     if cached:
         timings = cached["timings"]
-        src = "cached trial"
+        src = "cached"
     else:
         t0 = time.perf_counter()
         timings = _interleaved(trial, cands, TRIAL_ROUNDS)
-        src = f"trial ({time.perf_counter() - t0:.1f} s)"
+        src = f"measured in {time.perf_counter() - t0:.1f} s"
         if use_cache:
             _write_cache(path, key, {"timings": timings, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     best = max(cands, key=lambda c: timings[f"{c[0]}{'_cl' if c[1] else ''}"])
     shown = ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
     native = "native bf16" if facts.cpu_bf16_native else "no native bf16"
-    why = f"CPU {facts.cpu_capability} ({native}); {src} img/s: {shown} -> {best[0]}{' channels_last' if best[1] else ''}"
-    return PrecisionChoice(best[0], best[1], reason=why, trial=timings, **base)
+    why = f"CPU {facts.cpu_capability} ({native}); trial img/s: {shown} -> {best[0]}{' channels_last' if best[1] else ''}"
+    return PrecisionChoice(best[0], best[1], reason=why, trial=timings, trial_source=src, **base)
 
 
 def make_step_trial(build_model: Callable[[], torch.nn.Module], *, batch_size: int, image_size: int,

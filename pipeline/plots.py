@@ -170,59 +170,87 @@ def heldout_eval_plot(evals: list[dict], path: str | os.PathLike, prior: dict | 
     _save_png(fig, path)
 
 
-def transfer_plot(rows: list[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Grouped bars of transfer top-1 (and lower-bound top-1 as a dark tick) per training-set size.
+def transfer_plot(rows: list[dict] | dict[str, list[dict]], path: str | os.PathLike, title: str = "") -> None:
+    """Grouped bars of transfer top-1 per training-set size, one panel per target, with 95% intervals.
 
     Args:
-        rows: ``transfer/results.json`` rows (``method``, ``init``, ``train_per_class``
-            (None = full), ``top1``, ``lower_bound_top1``), fractions 0-1.
+        rows: ``transfer/results.json`` rows of one target (``method``, ``init``, ``train_per_class``
+            (None = full), ``top1``, optional ``top1_ci`` [lo, hi], ``lower_bound_top1``,
+            ``lower_bound_top1_nn``), fractions 0-1; or ``{target: rows}`` for a panel per target.
+            The dark tick is the lowest lower-bound top-1 present (features, else pHash).
         path: the PNG to write (atomically).
         title: figure title.
     """
     plt = _pyplot()
-    sizes = sorted({r.get("train_per_class") for r in rows}, key=lambda v: (v is None, v or 0))
-    series = sorted({(r["method"], r["init"]) for r in rows})
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * len(sizes) + 3), 4.4), dpi=100)
-    width = 0.8 / max(1, len(series))
-    for j, (method, init) in enumerate(series):
-        xs, ys, lbs = [], [], []
-        for i, size in enumerate(sizes):
-            match = [r for r in rows if r["method"] == method and r["init"] == init and r.get("train_per_class") == size]
-            if match:
+    panels = rows if isinstance(rows, dict) else {"": rows}
+    panels = {k: v for k, v in panels.items() if v} or {"": []}
+    widths = [max(4.0, 1.5 * len({r.get("train_per_class") for r in v}) + 2.2) for v in panels.values()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.4, sum(widths)), 4.6), dpi=100, squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, (name, prow) in zip(axes[0], panels.items()):
+        sizes = sorted({r.get("train_per_class") for r in prow}, key=lambda v: (v is None, v or 0))
+        series = sorted({(r["method"], r["init"]) for r in prow})
+        width = 0.8 / max(1, len(series))
+        for j, (method, init) in enumerate(series):
+            xs, ys, errs, lbs = [], [], [[], []], []
+            for i, size in enumerate(sizes):
+                match = [r for r in prow if r["method"] == method and r["init"] == init and r.get("train_per_class") == size]
+                if not match:
+                    continue
+                m = match[0]
+                y = 100 * float(m["top1"])
                 xs.append(i - 0.4 + width * (j + 0.5))
-                ys.append(100 * float(match[0]["top1"]))
-                lb = match[0].get("lower_bound_top1")
-                lbs.append(None if lb is None else 100 * float(lb))
-        bars = ax.bar(xs, ys, width=width * 0.95, label=f"{method.replace('_', ' ')}, {init}",
-                      hatch=None if init == "pretrained" else "//", alpha=0.9)
-        for x, y, lb in zip(xs, ys, lbs):
-            ax.text(x, y, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
-            if lb is not None and lb < y - 1e-9:
-                ax.hlines(lb, x - width * 0.45, x + width * 0.45, colors="black", lw=1.5)
-        del bars
-    ax.set_xticks(range(len(sizes)))
-    ax.set_xticklabels(["full" if s is None else f"{s} / class" for s in sizes])
-    ax.set_xlabel("training images per class")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(title or "transfer top-1 (black tick: lower-bound top-1 counting contaminated val images wrong)",
-                 fontsize=9)
+                ys.append(y)
+                ci = m.get("top1_ci") or [m["top1"], m["top1"]]
+                errs[0].append(max(0.0, y - 100 * float(ci[0])))
+                errs[1].append(max(0.0, 100 * float(ci[1]) - y))
+                cands = [m.get(k) for k in ("lower_bound_top1_nn", "lower_bound_top1") if m.get(k) is not None]
+                lbs.append(100 * float(min(cands)) if cands else None)
+            ax.bar(xs, ys, width=width * 0.95, yerr=errs, capsize=2, error_kw={"lw": 0.8},
+                   label=f"{method.replace('_', ' ')}, {init}", hatch=None if init == "pretrained" else "//", alpha=0.9)
+            for x, y, up, lb in zip(xs, ys, errs[1], lbs):
+                ax.text(x, y + up + 0.5, f"{y:.1f}", ha="center", va="bottom", fontsize=6)
+                if lb is not None and lb < y - 1e-9:
+                    ax.hlines(lb, x - width * 0.45, x + width * 0.45, colors="black", lw=1.5)
+        ax.set_xticks(range(len(sizes)))
+        ax.set_xticklabels(["full" if s is None else f"{s} / class" for s in sizes])
+        ax.set_xlabel("training images per class")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_ylim(0, 105)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        if name:
+            ax.set_title(name, fontsize=9)
+    fig.suptitle(title or "transfer top-1 with 95% intervals (black tick: lower-bound top-1)", fontsize=9)
     _save_png(fig, path)
 
 
 def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str = "") -> bool:
     """Fine-tuning curves from ``transfer/finetune_epochs.jsonl``: a metric against epoch, one line per run.
 
-    Lines are keyed by whichever of ``init`` and ``train_per_class`` the rows carry; the
-    plotted metric is the first of ``val_top1``, ``top1``, ``val_acc``, ``accuracy``,
-    ``train_loss``, ``loss`` present. Returns False (and writes nothing) if the rows have
-    no ``epoch`` or no such metric.
+    Lines are keyed by whichever of ``target``, ``init``, ``train_per_class`` and ``seed`` the rows
+    carry; the plotted metric is the first of ``val_top1``, ``top1``, ``val_acc``, ``accuracy``
+    present at two or more epochs of some run (val scored only after the last epoch gives one point per
+    run), else ``train_loss`` / ``loss``. Returns False (and writes nothing) if the rows have no
+    ``epoch`` or no such metric.
     """
     rows = [r for r in rows if r.get("epoch") is not None]
-    metric = next((k for k in ("val_top1", "top1", "val_acc", "accuracy", "train_loss", "loss")
-                   if any(r.get(k) is not None for r in rows)), None)
+
+    def key_of(r: dict) -> str:
+        tpc = r.get("train_per_class", "n/a")
+        parts = (r.get("target"), r.get("init"), "full" if tpc is None else (f"{tpc}/class" if tpc != "n/a" else None),
+                 f"seed {r['seed']}" if r.get("seed") not in (None, 0) else None)
+        return ", ".join(str(x) for x in parts if x is not None) or "run"
+
+    def usable(k: str, need: int) -> bool:
+        per: dict[str, int] = {}
+        for r in rows:
+            if r.get(k) is not None:
+                per[key_of(r)] = per.get(key_of(r), 0) + 1
+        return bool(per) and max(per.values()) >= need
+
+    metric = next((k for k in ("val_top1", "top1", "val_acc", "accuracy") if usable(k, 2)), None) or \
+        next((k for k in ("train_loss", "loss", "val_top1", "top1", "val_acc", "accuracy") if usable(k, 1)), None)
     if not rows or metric is None:
         return False
     plt = _pyplot()
@@ -230,11 +258,8 @@ def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str =
     for r in rows:
         if r.get(metric) is None:
             continue
-        tpc = r.get("train_per_class", "n/a")
-        key = ", ".join(str(x) for x in (r.get("init"), "full" if tpc is None else (f"{tpc}/class" if tpc != "n/a" else None))
-                        if x is not None) or "run"
-        groups.setdefault(key, []).append((float(r["epoch"]), float(r[metric])))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+        groups.setdefault(key_of(r), []).append((float(r["epoch"]), float(r[metric])))
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=100)
     scale = 100.0 if "loss" not in metric else 1.0
     for key, pts in sorted(groups.items()):
         pts.sort()
@@ -245,8 +270,8 @@ def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str =
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric + (" (%)" if scale == 100.0 else ""))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "fine-tuning by epoch")
+    ax.legend(fontsize=6, ncol=2 if len(groups) > 8 else 1)
+    ax.set_title(title or ("fine-tuning by epoch" + (" (training loss)" if "loss" in metric else "")))
     _save_png(fig, path)
     return True
 

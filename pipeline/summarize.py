@@ -14,9 +14,12 @@ leaves one run folder per job under ``hydra.sweep.dir``. This module reads them 
   recorded, a manifest missing; the last line of ``<job>/run.log`` is shown). Failed jobs are
   kept in the table, never dropped;
 * the **results**: held-out precision@1 and mAP after pretraining (``pretrain/manifest.json``),
-  transfer top-1 per method, init and labelled images per class (``transfer/results.json``),
-  and the job's own wall-clock seconds (``run/energy.json``; shared stages are counted once,
-  in ``shared/run/energy.json``, and shown in the header).
+  transfer top-1 per target, method, init and labelled images per class with its 95% interval
+  (``top1 TARGET METHOD INIT N``), the pretrained-minus-scratch top-1 difference with its interval
+  (``gain TARGET METHOD N``) where both inits ran (``transfer/results.json``), and the job's own
+  wall-clock seconds (``run/energy.json``; shared stages are counted once, in
+  ``shared/run/energy.json``, and shown in the header). In ``summary.md`` an interval reads
+  ``0.6120 [0.5900, 0.6340]``; ``summary.csv`` gives it as three columns (``COL``, ``COL lo``, ``COL hi``).
 
 Nothing here writes outside the sweep folder, and the files name no absolute path.
 """
@@ -31,7 +34,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.atomic import write_text
 from pipeline.manifest import read_manifest, stage_dir
@@ -42,6 +45,14 @@ SHARED = "shared"
 ERROR_FILE = "error.txt"  # <job>/run/error.txt, see pipeline.run
 NOT_SWEPT = {"experiment", "run_dir"}  # overrides that name the sweep or a folder, not a value (and run.*: how, not what)
 _CONFIG_STAGES = ("vocab", "pretrain", "transfer")  # manifests whose config is read when .hydra/ is absent
+
+
+class Interval(NamedTuple):
+    """A result with its 95% interval (``mean`` is the point estimate: accuracy or difference)."""
+
+    mean: float
+    lo: float | None
+    hi: float | None
 
 
 @dataclass
@@ -157,9 +168,16 @@ def read_job(path: Path) -> Job:
         c = pre.get("counts") or {}
         job.results["heldout_precision_at_1"] = c.get("heldout_precision_at_1")
         job.results["heldout_mAP"] = c.get("heldout_mAP")
-    res = _load_json(path / "transfer" / "results.json")
-    for r in (res or {}).get("rows") or []:
-        job.results[f"top1 {r.get('method', '?')} {r.get('init', '?')} {tpc_label(r.get('train_per_class'))}"] = r.get("top1")
+    from pipeline.report import transfer_targets
+
+    for name, sec in transfer_targets(_load_json(path / "transfer" / "results.json")).items():
+        for r in sec.get("rows") or []:
+            ci = r.get("top1_ci") or [None, None]
+            job.results[f"top1 {name} {r.get('method', '?')} {r.get('init', '?')} {tpc_label(r.get('train_per_class'))}"] = \
+                Interval(r.get("top1"), ci[0], ci[1]) if r.get("top1") is not None else None
+        for g in sec.get("gains") or []:
+            job.results[f"gain {name} {g.get('method', '?')} {tpc_label(g.get('train_per_class'))}"] = \
+                Interval(g.get("diff"), g.get("lo"), g.get("hi"))
     energy = _load_json(path / "run" / "energy.json") or {}
     secs = [float(e.get("wall_seconds")) for e in energy.values() if isinstance(e, dict) and e.get("wall_seconds") is not None]
     job.results["seconds"] = round(sum(secs), 1) if secs else None
@@ -224,14 +242,21 @@ def table(jobs: list[Job]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows (raw values): job, swept values, status, results, error."""
     keys, source = swept_keys(jobs)
     result_keys = ["heldout_precision_at_1", "heldout_mAP"]
-    top1 = []
+    top1: list[str] = []
     for j in jobs:
-        top1 += [k for k in j.results if k.startswith("top1 ") and k not in top1]
+        top1 += [k for k in j.results if k.startswith(("top1 ", "gain ")) and k not in top1]
+    targets: list[str] = []
+    for k in top1:
+        if k.split(" ")[1] not in targets:
+            targets.append(k.split(" ")[1])
     order = {"linear_probe": 0, "finetune": 1}
 
     def tkey(k: str):
-        _, method, init, tpc = k.split(" ", 3)
-        return (order.get(method, 9), init != "pretrained", tpc == "full", int(tpc) if tpc.isdigit() else 0)
+        parts = k.split(" ")
+        kind, target, method = parts[0], parts[1], parts[2]
+        init, tpc = (parts[3], parts[4]) if kind == "top1" else ("~gain", parts[3])
+        return (targets.index(target), order.get(method, 9), tpc == "full", int(tpc) if tpc.isdigit() else 0,
+                init != "pretrained", init)
 
     result_keys += sorted(top1, key=tkey) + ["seconds"]
     header = ["job", *keys, "status", *result_keys, "error"]
@@ -243,6 +268,13 @@ def table(jobs: list[Job]) -> tuple[list[str], list[list[Any]]]:
 
 
 def _fmt(x: Any, column: str = "") -> str:
+    if isinstance(x, Interval):
+        sign = "+" if column.startswith("gain ") else ""
+        if x.mean is None:
+            return "-"
+        if x.lo is None or x.hi is None:
+            return f"{x.mean:{sign}.4f}"
+        return f"{x.mean:{sign}.4f} [{x.lo:{sign}.4f}, {x.hi:{sign}.4f}]"
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if isinstance(x, float):
@@ -261,9 +293,10 @@ def to_markdown(sweep_dir: Path, jobs: list[Job], header: list[str], rows: list[
              f"{len(jobs)} jobs: {n_ok} ok, {n_failed} failed, {len(jobs) - n_ok - n_failed} incomplete.", ""]
     lines += _shared_info(sweep_dir, jobs)
     lines += ["", "Swept values come from each job's `.hydra/overrides.yaml`; precision@1 and mAP are "
-              "measured on the held-out share of the pretraining set; `top1 METHOD INIT N` is transfer "
-              "top-1 with N labelled images per class (`full`: the capped full set); seconds count the "
-              "job's own stages.", ""]
+              "measured on the held-out share of the pretraining set; `top1 TARGET METHOD INIT N` is transfer "
+              "top-1 on TARGET with N labelled images per class (`full`: the capped full set) and its 95% "
+              "interval in brackets; `gain TARGET METHOD N` is pretrained minus scratch top-1 with its 95% "
+              "interval (no measurable gain where it covers 0); seconds count the job's own stages.", ""]
     return "\n".join(lines + markdown_table(header, rows)) + "\n"
 
 
@@ -276,10 +309,22 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def to_csv(header: list[str], rows: list[list[Any]]) -> str:
+    """CSV of the table; a column holding intervals becomes three: ``COL``, ``COL lo``, ``COL hi``."""
+    wide = {i for i in range(len(header)) if any(isinstance(r[i], Interval) for r in rows)}
+    head: list[str] = []
+    for i, h in enumerate(header):
+        head += [h, f"{h} lo", f"{h} hi"] if i in wide else [h]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows([["" if c is None else c for c in r] for r in rows])
+    w.writerow(head)
+    for r in rows:
+        out: list[Any] = []
+        for i, c in enumerate(r):
+            if i in wide:
+                out += list(c) if isinstance(c, Interval) else [c, None, None]
+            else:
+                out.append(c)
+        w.writerow(["" if c is None else c for c in out])
     return buf.getvalue()
 
 

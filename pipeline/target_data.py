@@ -12,7 +12,8 @@ Small blocks, each testable alone:
   *nested* subsets (the 10-per-class images are among the 100-per-class ones, which are
   among the capped "full" set), so the low-data settings differ only in how much
   labelled data they get;
-- :func:`stratified_holdout`: the validation split the linear probe's C is chosen on;
+- :func:`stratified_holdout`: the split of training images the linear probe's C and the
+  fine-tuning learning rate are chosen on (never the val images);
 - :class:`TransformedSubset`: ``(uint8 (3, S, S) tensor, label)`` items with the eval
   recipe of :mod:`pipeline.loader` (resize shorter side to S*256/224, centre crop) or the
   training augmentation (random-resized crop + flip, seeded per item); normalization
@@ -109,11 +110,13 @@ def take_per_class(order: list[np.ndarray], k: int | None) -> np.ndarray:
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
-def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(labels: Sequence[int], fraction: float, seed: int,
+                       salt: str = "probe-holdout") -> tuple[np.ndarray, np.ndarray]:
     """Split positions ``0..N-1`` into (fit, holdout), about ``fraction`` of each class held out.
 
     Every class with 2+ samples keeps at least one sample on each side; a class with one
-    sample stays in the fit part. Deterministic for a given seed.
+    sample stays in the fit part. Deterministic for a given seed and ``salt`` (the probe's C and
+    the fine-tuning lr are chosen on differently salted splits).
 
     Returns:
         (fit positions, holdout positions), both sorted int64 arrays.
@@ -124,7 +127,7 @@ def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tup
         idx = np.flatnonzero(labels == c)
         if len(idx) < 2:
             continue
-        rng = np.random.default_rng(item_seed("probe-holdout", seed, int(c)))
+        rng = np.random.default_rng(item_seed(salt, seed, int(c)))
         idx = idx[rng.permutation(len(idx))]
         k = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
         held.append(idx[:k])

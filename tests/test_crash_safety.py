@@ -31,7 +31,7 @@ from conftest import FIXTURE
 
 STAGES = ("ingest", "dedup", "vocab", "pretrain", "transfer")
 UPSTREAM = {"ingest": (), "dedup": ("ingest",), "vocab": ("ingest", "dedup"), "pretrain": ("ingest", "dedup", "vocab"),
-            "transfer": ("dedup", "pretrain")}
+            "transfer": ("ingest", "dedup", "pretrain")}  # ingest: transfer's feature-space check reads the shards
 # kills per stage; CRASH_KILLS_X=10 multiplies them for a longer local hunt
 KILLS = {k: v * int(os.environ.get("CRASH_KILLS_X", "1"))
          for k, v in {"ingest": 3, "dedup": 2, "vocab": 2, "pretrain": 2, "transfer": 2}.items()}

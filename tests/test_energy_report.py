@@ -195,20 +195,41 @@ def test_formatting_helpers():
 
 # ----------------------------------------------------------------------------- report
 
+def _tr(method, init, tpc, n, top1, ci1, top5, lb, lb_ci, **extra):
+    return {"method": method, "init": init, "train_per_class": tpc, "train_images": n, "seeds": extra.pop("seeds", [0]),
+            "top1": top1, "top1_ci": ci1, "top5": top5, "top5_ci": [top5 - 0.02, min(1.0, top5 + 0.01)],
+            "lower_bound_top1": lb, "lower_bound_top1_ci": lb_ci, "lower_bound_top1_nn": None,
+            "lower_bound_top1_nn_ci": None, "epochs": None, "best_C": None, "base_lr": None, **extra}
+
+
+# the transfer stage's results.json (schema 2: a suite of targets), one target here
 TRANSFER = {
-    "target": "fashion_mnist", "num_classes": 10, "image_size": 32, "val_images": 200, "contaminated_val": 3,
-    "rows": [
-        {"method": "linear_probe", "init": "pretrained", "train_per_class": 2, "train_images": 20, "top1": 0.4125,
-         "top5": 0.8, "lower_bound_top1": 0.4, "epochs": None, "best_C": 0.01, "seconds": 1.5},
-        {"method": "linear_probe", "init": "scratch", "train_per_class": 2, "train_images": 20, "top1": 0.2,
-         "top5": 0.6, "lower_bound_top1": 0.19, "epochs": None, "best_C": 1.0, "seconds": 1.2},
-        {"method": "linear_probe", "init": "pretrained", "train_per_class": None, "train_images": 500, "top1": 0.7321,
-         "top5": 0.97, "lower_bound_top1": 0.72, "epochs": None, "best_C": 0.1, "seconds": 3.0},
-        {"method": "finetune", "init": "pretrained", "train_per_class": None, "train_images": 500, "top1": 0.8456,
-         "top5": 0.99, "lower_bound_top1": 0.83, "epochs": 2, "best_C": None, "seconds": 40.0},
-        {"method": "finetune", "init": "scratch", "train_per_class": None, "train_images": 500, "top1": 0.6012,
-         "top5": 0.95, "lower_bound_top1": 0.59, "epochs": 2, "best_C": None, "seconds": 38.0},
-    ],
+    "schema": 2, "target_order": ["fashion_mnist"], "model": "resnext_mini", "image_size": 32,
+    "seconds": {"total": 95.0},
+    "targets": {"fashion_mnist": {
+        "target": "fashion_mnist", "num_classes": 10, "image_size": 32, "val_images": 200, "val_images_available": 10000,
+        "contaminated_val": 3, "lr_selection": None, "finetune_base_lr": 0.1,
+        "contamination": {"phash": {"checked": True, "eval_set": "fashion_mnist_val", "count": 3},
+                          "features": {"checked": False, "reason": "transfer.nn_decontam=false"}},
+        "rows": [
+            _tr("linear_probe", "pretrained", 2, 20, 0.4125, [0.38, 0.445], 0.8, 0.4, [0.37, 0.43], best_C=0.01,
+                seconds=1.5, seeds=[0, 1, 2]),
+            _tr("linear_probe", "scratch", 2, 20, 0.2, [0.17, 0.23], 0.6, 0.19, [0.16, 0.22], best_C=1.0, seconds=1.2,
+                seeds=[0, 1, 2]),
+            _tr("linear_probe", "pretrained", None, 500, 0.7321, [0.67, 0.79], 0.97, 0.72, [0.66, 0.78], best_C=0.1,
+                seconds=3.0),
+            _tr("finetune", "pretrained", None, 500, 0.8456, [0.81, 0.88], 0.99, 0.83, [0.795, 0.865], epochs=2,
+                base_lr=0.1, seconds=40.0),
+            _tr("finetune", "scratch", None, 500, 0.6012, [0.535, 0.67], 0.95, 0.59, [0.525, 0.655], epochs=2,
+                base_lr=0.1, seconds=38.0),
+        ],
+        "gains": [
+            {"method": "linear_probe", "train_per_class": 2, "metric": "top1", "pretrained": 0.4125, "scratch": 0.2,
+             "diff": 0.2125, "lo": 0.15, "hi": 0.27, "measurable": True, "verdict": "gain"},
+            {"method": "finetune", "train_per_class": None, "metric": "top1", "pretrained": 0.8456, "scratch": 0.6012,
+             "diff": 0.2444, "lo": -0.01, "hi": 0.288, "measurable": False, "verdict": "no measurable gain"},
+        ],
+    }},
 }
 
 
@@ -227,7 +248,8 @@ def reported_run(prepared_fixture, tmp_path_factory):
         run_pretrain(cfg)
     (run / "transfer").mkdir()
     (run / "transfer" / "results.json").write_text(json.dumps(TRANSFER))
-    rows = [{"init": i, "train_per_class": None, "epoch": e, "loss": 2.0 / e, "top1": t, "top5": 0.9, "seconds": 1.0}
+    rows = [{"target": "fashion_mnist", "init": i, "train_per_class": None, "seed": 0, "epoch": e, "loss": 2.0 / e, "top1": t,
+             "top5": 0.9, "seconds": 1.0}
             for i, ts in (("pretrained", (0.7, 0.85)), ("scratch", (0.4, 0.6))) for e, t in zip((1, 2), ts)]
     (run / "transfer" / "finetune_epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = write_report(run, {"pretrain": rec})
@@ -254,10 +276,13 @@ def test_report_tables_come_from_the_stage_outputs(reported_run):
     assert f"{pt['steps']:,} / {pt['total_steps']:,}" in text
     assert f"| class-prior baseline (predict by class frequency) | {pt['prior_precision_at_1']:.4f} | {pt['prior_mAP']:.4f} |" in text
     assert f"| scratch: random init (step 0) | {pt['scratch_precision_at_1']:.4f} |" in text
-    # transfer table and the pretrained-vs-scratch gains
-    assert "| finetune | pretrained | full | 500 | 84.6% | 99.0% | 83.0% | 2 |" in text
-    assert "| linear probe | pretrained | 2 | 20 | 41.2% | 80.0% | 40.0% | - | 0.0100 |" in text
-    assert "| finetune | full | 84.6% | 60.1% | +24.4 |" in text
+    # transfer: one table per target with 95% intervals, and the pretrained-vs-scratch differences with theirs
+    assert "### Target `fashion_mnist`" in text
+    assert "| finetune | pretrained | full | 500 | 1 | 84.6% [81.0, 88.0] | 99.0% [97.0, 100.0] | 83.0% [79.5, 86.5] | - | 2 | lr 0.1 |" in text
+    assert "| linear probe | pretrained | 2 | 20 | 3 | 41.2% [38.0, 44.5] | 80.0% [78.0, 81.0] | 40.0% [37.0, 43.0] | - | - | C 0.0100 |" in text
+    assert "| linear probe | 2 | 41.2% | 20.0% | +21.2 [+15.0, +27.0] | gain |" in text
+    assert "| finetune | full | 84.6% | 60.1% | +24.4 [-1.0, +28.8] | no measurable gain |" in text
+    assert "3 of 200 val images have a near duplicate" in text
     # energy: the measured pretrain record, side by side; the other stages marked as assumed
     assert f"| pretrain | {fmt_seconds(rec['wall_seconds'])} |" in text
     assert "| ingest * |" in text and "Patterson" in text and "PUE 1.58" in text

@@ -70,7 +70,9 @@ def test_smoke_sweep_shares_upstream_stages_and_summarizes(tmp_path):
     out = write_summary(sweep)
     header, rows = out["header"], out["rows"]
     assert header[:3] == ["job", "pretrain.loss", "pretrain.model"] and "experiment" not in header
-    assert {"status", "heldout_precision_at_1", "heldout_mAP", "top1 linear_probe pretrained 2", "seconds", "error"} <= set(header)
+    top1 = "top1 fashion_mnist linear_probe pretrained 2"  # per target of the suite, with its 95% interval
+    assert {"status", "heldout_precision_at_1", "heldout_mAP", top1, "top1 fluent_emoji_subgroup linear_probe pretrained 5",
+            "seconds", "error"} <= set(header)
     assert len(rows) == 4
     col = {h: i for i, h in enumerate(header)}
     assert sorted((r[col["pretrain.loss"]], r[col["pretrain.model"]]) for r in rows) == sorted(
@@ -81,10 +83,12 @@ def test_smoke_sweep_shares_upstream_stages_and_summarizes(tmp_path):
             assert r[col["heldout_mAP"]] is None
         else:
             assert r[col["status"]] == "ok" and not r[col["error"]]
-            assert 0 <= r[col["heldout_mAP"]] <= 1 and 0 <= r[col["top1 linear_probe pretrained 2"]] <= 1
+            assert 0 <= r[col["heldout_mAP"]] <= 1 and 0 <= r[col[top1]].lo <= r[col[top1]].mean <= r[col[top1]].hi <= 1
     md, table_csv = out["markdown"].read_text(), out["csv"].read_text()
     assert "4 jobs: 2 ok, 2 failed" in md and md.count("| failed |") == 2
     assert len(list(csv.reader(table_csv.splitlines()))) == 5
+    assert {top1, f"{top1} lo", f"{top1} hi"} <= set(next(csv.reader(table_csv.splitlines())))
+    assert md.count(" [") >= 2 * 2  # each ok job's top-1 cells carry their interval in brackets
     assert str(tmp_path) not in md and str(tmp_path) not in table_csv  # no absolute paths
 
     # rerunning the sweep reuses every finished stage

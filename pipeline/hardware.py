@@ -226,7 +226,7 @@ class PrecisionChoice:
         grad_scaler: fp16 needs a ``torch.amp.GradScaler`` (loss scaling) to keep small gradients.
         tf32: TF32 matmuls/convolutions allowed (CUDA Ampere+).
         reason: why, in words (native support, trial timings, an explicit request, a resumed run).
-        trial: candidate -> measured img/s of the trial, when one ran; trial_source: measured now or cached.
+        trial: candidate -> measured img/s of the trial, when one ran.
         device: ``str(device)``; facts: :meth:`HardwareFacts.describe`.
     """
 
@@ -236,7 +236,6 @@ class PrecisionChoice:
     tf32: bool = False
     reason: str = ""
     trial: dict = field(default_factory=dict)
-    trial_source: str = ""  # "measured in N s" or "cached" (the per-machine verdict cache)
     device: str = "cpu"
     facts: str = ""
 
@@ -414,10 +413,13 @@ def resolve_precision(requested: str, channels_last: bool | None, facts: Hardwar
         if use_cache:
             _write_cache(path, key, {"timings": timings, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     best = max(cands, key=lambda c: timings[f"{c[0]}{'_cl' if c[1] else ''}"])
-    shown = ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+    names = [f"{p}{'_cl' if cl else ''}" for p, cl in cands]  # candidate order, also when read from the cache
+    timings = {k: timings[k] for k in names}
+    shown = ", ".join(f"{k} {timings[k]:.0f}" for k in names)
     native = "native bf16" if facts.cpu_bf16_native else "no native bf16"
     why = f"CPU {facts.cpu_capability} ({native}); trial img/s: {shown} -> {best[0]}{' channels_last' if best[1] else ''}"
-    return PrecisionChoice(best[0], best[1], reason=why, trial=timings, trial_source=src, **base)
+    log.info("%s precision trial (%s, cache %s): %s", where, src, path, why)
+    return PrecisionChoice(best[0], best[1], reason=why, trial=timings, **base)
 
 
 def make_step_trial(build_model: Callable[[], torch.nn.Module], *, batch_size: int, image_size: int,
@@ -479,14 +481,14 @@ def resolve_for_run(requested: str, channels_last: bool | None, device: torch.de
     facts = facts or detect_facts(device)
     if recorded and requested in ("auto", recorded.get("precision")):
         prev = PrecisionChoice.from_dict(recorded)
-        try:
-            chk = resolve_precision(prev.precision, prev.channels_last, facts, trial=None, where=where)
+        try:  # can this device run it? (warns where it is emulated)
+            resolve_precision(prev.precision, prev.channels_last, facts, trial=None, where=where)
         except ConfigError as exc:
             raise ConfigError(f"config error at {where}: this run started in {prev.precision} ({prev.facts}) and cannot "
                               f"resume here: {exc}. Start over with run.force=[<stage>] or a new run_dir") from None
-        chk.reason = f"resumed run keeps its {prev.precision} (chosen as: {prev.reason})"
-        chk.trial = prev.trial
-        return chk
+        log.info("%s: the resumed run keeps its %s %s (chosen on %s: %s)", where, prev.precision,
+                 "channels_last" if prev.channels_last else "NCHW", prev.facts, prev.reason)
+        return prev  # the record is unchanged, so a resumed run's outputs equal an uninterrupted run's
     return resolve_precision(requested, channels_last, facts, trial=trial, cache_key=cache_key, where=where)
 
 

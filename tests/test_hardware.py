@@ -62,7 +62,7 @@ def test_trial_verdict_is_cached_per_machine_and_model():
     a = resolve_precision("auto", None, AVX2, trial=t, cache_key={"model": "m", "batch": 64})
     n = len(t.calls)
     b = resolve_precision("auto", None, AVX2, trial=t, cache_key={"model": "m", "batch": 64})
-    assert len(t.calls) == n and a.key() == b.key() and b.trial_source == "cached" and a.reason == b.reason
+    assert len(t.calls) == n and a.key() == b.key() and a.reason == b.reason
     resolve_precision("auto", None, AVX2, trial=t, cache_key={"model": "m", "batch": 32})
     assert len(t.calls) == 2 * n  # another batch size is another verdict
 
@@ -92,7 +92,7 @@ def test_cuda_choices_with_and_without_bf16():
 def test_resumed_run_keeps_its_recorded_precision():
     started = resolve_precision("auto", None, H100).to_dict()  # bf16 on a bf16 GPU
     kept = resolve_for_run("auto", None, torch.device("cuda"), recorded=started, facts=H100)
-    assert kept.precision == "bf16" and "resumed run keeps its bf16" in kept.reason
+    assert kept.to_dict() == started  # the record is kept as it was: resumed outputs equal uninterrupted ones
     with pytest.raises(ConfigError, match="this run started in bf16 .* cannot resume here.*run.force"):
         resolve_for_run("auto", None, torch.device("cuda"), recorded=started, facts=T4)
     # on a CPU that emulates bf16 the resumed run still runs (with the warning), never silently switches to fp32

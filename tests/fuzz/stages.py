@@ -122,7 +122,7 @@ def _tensors_equal(a: Any, b: Any, where: str, drop: tuple[str, ...]) -> list[st
 # ``run_dir`` differs between the runs compared; ``labels.npz`` (in the vocab manifest's
 # ``outputs.sha256``) hashes a zip whose member timestamps numpy sets to the write time;
 # ``code_version`` changes if the code is edited or committed between the two runs
-DROP = ("run_dir", "labels.npz", "code_version", "trial_source")  # trial_source: measured now or cached
+DROP = ("run_dir", "labels.npz", "code_version")
 
 
 def compare_file(a: Path, b: Path, drop: tuple[str, ...] = DROP) -> list[str]:

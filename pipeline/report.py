@@ -353,7 +353,7 @@ def hardware_lines(hw: dict | None) -> list[str]:
     return [f"Hardware: {hw.get('facts', '?')} (CPU capability {hw.get('cpu_capability', '?')}"
             + (f", GPU {hw['gpu']}" if hw.get("gpu") else "") + f"); precision **{pc.get('precision', '?')}**, {layout}"
             + (", TF32" if pc.get("tf32") else "") + f": {pc.get('reason', '?')}"
-            + (f" (trial: {trial})" if trial and trial not in str(pc.get("reason")) else "")
+            + (f" (trial: {trial})" if trial and "trial" not in str(pc.get("reason")) else "")
             + f"; {hw.get('threads', '?')} threads, {hw.get('workers', '?')} loader workers.", ""]
 
 

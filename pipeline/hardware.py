@@ -492,5 +492,35 @@ def resolve_for_run(requested: str, channels_last: bool | None, device: torch.de
     return resolve_precision(requested, channels_last, facts, trial=trial, cache_key=cache_key, where=where)
 
 
+def resolve_for_model(requested: str, channels_last: bool | None, device: torch.device, *, model: str,
+                      num_classes: int, image_size: int, batch_size: int, threads: int,
+                      recorded: dict | None = None, where: str = "precision") -> PrecisionChoice:
+    """:func:`resolve_for_run` with the timed trial of ``model``'s own training step (a fresh
+    ``pipeline.models.create_model(model, num_classes)``, ``batch_size`` x 3 x ``image_size``^2),
+    its verdict cached under (model, image size, batch, threads, classes)."""
+    from pipeline.models import create_model
+
+    trial = make_step_trial(lambda: create_model(model, num_classes=num_classes), batch_size=batch_size,
+                            image_size=image_size, num_classes=num_classes, device=device)
+    return resolve_for_run(requested, channels_last, device, recorded=recorded, trial=trial, where=where,
+                           cache_key={"model": model, "image_size": image_size, "batch": batch_size,
+                                      "threads": threads, "classes": num_classes})
+
+
+def hardware_record(prec: PrecisionChoice, plan: ThreadPlan, device: torch.device) -> dict:
+    """The ``counts.hardware`` record of a stage's manifest (read by ``pipeline.run`` and the report)."""
+    return {"facts": prec.facts, "precision_choice": prec.to_dict(), "threads": plan.threads,
+            "workers": plan.workers, "cores": plan.cores, "thread_reason": plan.reason,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
+def describe_choice(prec: PrecisionChoice, plan: ThreadPlan) -> str:
+    """One log line: where a stage runs, in which numerics and why, with how many threads and workers."""
+    return (f"{prec.facts}: {prec.precision} {'channels_last' if prec.channels_last else 'NCHW'} ({prec.reason}); "
+            f"{plan.threads} threads, {plan.workers} loader workers ({plan.reason})")
+
+
 __all__ = ["HardwareFacts", "PrecisionChoice", "ThreadPlan", "available_cores", "cache_file", "cpu_bf16_native",
-           "detect_facts", "make_step_trial", "pick_device", "resolve_for_run", "resolve_precision", "thread_plan"]
+           "describe_choice", "detect_facts", "hardware_record", "make_step_trial", "pick_device", "resolve_for_model",
+           "resolve_for_run", "resolve_precision", "thread_plan"]

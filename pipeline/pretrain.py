@@ -35,7 +35,8 @@ from pipeline.checkpoint import checkpoint_path, latest_checkpoint, load_checkpo
 from pipeline.config import ConfigError, to_container, validate
 from pipeline.distributed import (DistInfo, average_buffers, barrier, broadcast_object, cleanup, gather_objects,
                                   init_distributed, weights_checksum)
-from pipeline.hardware import PrecisionChoice, available_cores, make_step_trial, resolve_for_run, thread_plan
+from pipeline.hardware import (PrecisionChoice, available_cores, describe_choice, hardware_record, resolve_for_model,
+                               thread_plan)
 from pipeline.epoch_plan import SampleIndex, make_epoch_plan
 from pipeline.loader import ShardStream, heldout_mask
 from pipeline.losses import make_loss
@@ -88,12 +89,9 @@ def choose_precision(pt, info: DistInfo, num_classes: int, threads: int, recorde
     """
     choice = None
     if info.is_main:
-        trial = make_step_trial(lambda: create_model(pt.model, num_classes=num_classes), batch_size=pt.batch_size,
-                                image_size=pt.image_size, num_classes=num_classes, device=info.device)
-        choice = resolve_for_run(pt.precision, pt.channels_last, info.device, recorded=recorded, trial=trial,
-                                 cache_key={"model": pt.model, "image_size": pt.image_size, "batch": pt.batch_size,
-                                            "threads": threads, "classes": num_classes},
-                                 where="pretrain.precision").to_dict()
+        choice = resolve_for_model(pt.precision, pt.channels_last, info.device, model=pt.model, num_classes=num_classes,
+                                   image_size=pt.image_size, batch_size=pt.batch_size, threads=threads,
+                                   recorded=recorded, where="pretrain.precision").to_dict()
     choice = broadcast_object(info, choice)
     return PrecisionChoice.from_dict(choice)
 
@@ -181,9 +179,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     prec.apply_global()
     if prec.channels_last:
         model = model.to(memory_format=torch.channels_last)  # same Parameter objects: the optimizer keeps them
-    log.info("pretrain on %s: %s %s (%s); %d threads, %d loader workers (%s)", prec.facts, prec.precision,
-             "channels_last" if prec.channels_last else "NCHW", prec.reason, threads.threads, threads.workers,
-             threads.reason)
+    log.info("pretrain on %s", describe_choice(prec, threads))
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)  # e.g. a checkpoint half-written when the last run was killed
@@ -279,10 +275,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         "scratch_precision_at_1": step0.get("precision_at_1"), "scratch_mAP": step0.get("mAP"),
         "prior_precision_at_1": chance.get("precision_at_1"), "prior_mAP": chance.get("mAP"),
         "precision": prec.precision, "channels_last": prec.channels_last, "device": str(info.device),
-        "hardware": {"facts": prec.facts, "precision_choice": prec.to_dict(), "threads": threads.threads,
-                     "workers": threads.workers, "cores": threads.cores, "thread_reason": threads.reason,
-                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                     "gpu": torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else None},
+        "hardware": hardware_record(prec, threads, info.device),
         "rank_weight_checksums": checksums, "ranks_weights_identical": len(set(checksums)) == 1,
     }
     inputs = {s: (read_manifest(stage_dir(cfg.run_dir, s)) or {}).get("config_hash") for s in ("ingest", "dedup", "vocab")}

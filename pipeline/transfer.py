@@ -103,7 +103,8 @@ import torch
 from pipeline.atomic import remove_stale_temps, write_bytes, write_json, write_jsonl
 from pipeline.config import ConfigError, to_container, transfer_recipe, validate
 from pipeline.finetune import FinetuneSettings, finetune
-from pipeline.hardware import PrecisionChoice, available_cores, make_step_trial, pick_device, resolve_for_run, thread_plan
+from pipeline.hardware import (PrecisionChoice, available_cores, describe_choice, hardware_record, pick_device,
+                               resolve_for_model, thread_plan)
 from pipeline.intervals import bootstrap_ci, paired_bootstrap_diff, seed_and_val_ci
 from pipeline.linear_probe import extract_features, fit_probe, topk_correct
 from pipeline.loader import item_seed
@@ -183,17 +184,6 @@ def val_subset(labels, max_images: int | None, seed: int) -> np.ndarray:
     order = per_class_order(labels, seed, salt="val")
     ranked = sorted((r, c, int(i)) for c, o in enumerate(order) for r, i in enumerate(o))
     return np.sort(np.array([i for _, _, i in ranked[:max_images]], dtype=np.int64))
-
-
-def choose_precision(tc, model_name: str, num_classes: int, size: int, threads: int) -> PrecisionChoice:
-    """The stage's device, precision and layout (:mod:`pipeline.hardware`; a timed trial of the
-    fine-tuning step on the CPU, cached per machine)."""
-    device = pick_device(tc.device)
-    trial = make_step_trial(lambda: create_model(model_name, num_classes=num_classes), batch_size=tc.batch_size,
-                            image_size=size, num_classes=num_classes, device=device)
-    return resolve_for_run(tc.precision, tc.channels_last, device, trial=trial, where="transfer.precision",
-                           cache_key={"model": model_name, "image_size": size, "batch": tc.batch_size,
-                                      "threads": threads, "classes": num_classes})
 
 
 # --------------------------------------------------------------------------- intervals
@@ -797,11 +787,11 @@ def run_transfer(cfg) -> dict:
     device = pick_device(tc.device)
     plan = thread_plan(device.type, available_cores(), 1, threads=tc.threads, workers=tc.workers)
     torch.set_num_threads(plan.threads)
-    prec = choose_precision(tc, model_name, targets[0].num_classes, size, plan.threads)
+    # a timed trial of the fine-tuning step on the CPU (cached per machine)
+    prec = resolve_for_model(tc.precision, tc.channels_last, device, model=model_name, num_classes=targets[0].num_classes,
+                             image_size=size, batch_size=tc.batch_size, threads=plan.threads, where="transfer.precision")
     prec.apply_global()
-    log.info("transfer on %s: %s %s (%s); %d threads, %d loader workers; targets %s", prec.facts, prec.precision,
-             "channels_last" if prec.channels_last else "NCHW", prec.reason, plan.threads, plan.workers,
-             [t.name for t in targets])
+    log.info("transfer on %s; targets %s", describe_choice(prec, plan), [t.name for t in targets])
 
     out = stage_dir(cfg.run_dir, STAGE)
     out.mkdir(parents=True, exist_ok=True)
@@ -852,10 +842,7 @@ def run_transfer(cfg) -> dict:
     counts["device"] = str(device)
     counts["precision"] = prec.precision
     counts["channels_last"] = prec.channels_last
-    counts["hardware"] = {"facts": prec.facts, "precision_choice": prec.to_dict(), "threads": plan.threads,
-                          "workers": plan.workers, "cores": plan.cores, "thread_reason": plan.reason,
-                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    counts["hardware"] = hardware_record(prec, plan, device)
     resolved = to_container(cfg)
     config = {"seed": cfg.seed, "transfer": {k: v for k, v in resolved["transfer"].items() if k != "progress"}}
     dedup_man = read_manifest(stage_dir(cfg.run_dir, "dedup"))

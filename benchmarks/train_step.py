@@ -160,8 +160,8 @@ def run(ctx: Context) -> list[dict]:
             o2, b2 = _pair(ctx, prepared, steps, warmup, extra=(f"pretrain.precision={p}",), tag=f" {p}")
             oi2, a2 = median(o["images_per_second"] for o in o2), median(b2) if b2 else None
             by_precision[p] = {"ours": oi2, "anchor": a2, "ratio": (oi2 / a2) if a2 else None}
-    # What was tried (full runs by default): one intra-op thread, beside the 2 loader workers
-    default_variants = "" if (ctx.quick or ctx.ours_only) else "pretrain.threads=1"
+    # What was tried (full runs by default): one intra-op thread; decoding the shards every step (no decoded cache)
+    default_variants = "" if (ctx.quick or ctx.ours_only) else "pretrain.threads=1;pretrain.decoded_cache=off"
     variants = {}
     for v in [x for x in ctx.options.get("variants", default_variants).split(";") if x]:
         # diagnostic variants, e.g. --opt "variants=pretrain.threads=1;pretrain.workers=1"
@@ -182,7 +182,10 @@ def run(ctx: Context) -> list[dict]:
            "precision": ours[0]["precision"], "channels_last": ours[0]["channels_last"],
            "num_classes": ours[0]["num_classes"], "torch_threads": ours[0]["threads"], "loader_workers": ours[0]["workers"],
            "precision_reason": ours[0]["precision_reason"], "by_precision": by_precision,
-           "ours_per_rep": ours, "anchor_per_rep": bare, "variants": variants, "anchor_by_threads": by_threads,
+           "ours_per_rep": ours, "anchor_per_rep": bare,
+           # each rep runs ours then the bare loop back to back: their ratio cancels the machine's drift between reps
+           "paired_ratios": [o["images_per_second"] / b for o, b in zip(ours, bare)],
+           "median_paired_ratio": median(o["images_per_second"] / b for o, b in zip(ours, bare)) if bare else None, "variants": variants, "anchor_by_threads": by_threads,
            "manifest_images_per_second": median(o["manifest_images_per_second"] for o in ours),
            "manifest_data_wait_fraction": median(o["manifest_data_wait_fraction"] for o in ours)}
     title = (f"training step on CPU ({MODEL}, {SIZE} px, batch {BATCH}, {ours[0]['precision']}, "

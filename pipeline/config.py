@@ -168,6 +168,11 @@ class PretrainConfig:
     device: str = "auto"  # "auto", "cpu" or "cuda"
     workers: Optional[int] = None  # DataLoader workers per rank (decode + augmentation); None = from the cores (pipeline.hardware.thread_plan)
     worker_nice: int = 0  # raise the loader workers' niceness by this much (0-19); helps CPU training share cores
+    # a decoded uint8 copy of the training images (pipeline.decoded_cache), built at the start of the stage and
+    # removed at its end; the same batches bit for bit, so not part of the stage key. "auto": when it fits in
+    # decoded_cache_max_gb (N x 3 x (2 x image_size)^2 bytes at most); "on"; "off": decode the shards every epoch
+    decoded_cache: str = "auto"
+    decoded_cache_max_gb: float = 4.0
     shuffle_buffer: int = 1000  # samples in each rank's shuffle buffer
     heldout_fraction: float = 0.05  # samples held out (by key hash) for precision@1 and mAP
     eval_every_steps: int = 0  # 0 = at the end of each epoch
@@ -402,6 +407,8 @@ def validate(cfg: Any) -> None:
     _check(pt.device in ("auto", "cpu", "cuda"), "pretrain.device", "must be auto, cpu or cuda")
     _check(0 <= pt.heldout_fraction < 0.5, "pretrain.heldout_fraction", "must be in [0, 0.5)")
     _check(0 <= pt.worker_nice <= 19, "pretrain.worker_nice", "must be in 0..19")
+    _check(pt.decoded_cache in ("auto", "on", "off"), "pretrain.decoded_cache", f"must be auto, on or off, got {pt.decoded_cache!r}")
+    _check(pt.decoded_cache_max_gb >= 0, "pretrain.decoded_cache_max_gb", "must be >= 0")
     _check((pt.workers is None or pt.workers >= 0) and pt.checkpoint_every_steps >= 1 and pt.keep_checkpoints >= 1,
            "pretrain.workers/checkpoint_every_steps/keep_checkpoints", "must be >= 0 / >= 1 / >= 1")
     _check(pt.warmup_epochs >= 0 and pt.base_lr > 0, "pretrain.warmup_epochs/base_lr", "must be >= 0 / > 0")

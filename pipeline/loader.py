@@ -96,11 +96,24 @@ def rrc_box(width: int, height: int, rng: random.Random, scale=(0.08, 1.0), rati
 
 
 def decode(blob: bytes, size: int) -> Image.Image:
-    """Decode a shard image to RGB (JPEG drafted to >= 2x ``size`` px for speed)."""
+    """Decode a shard image to RGB with its shorter side capped at ``2 x size`` px.
+
+    JPEGs are drafted (DCT scaling) to >= 2x ``size`` px first, for speed; any image whose
+    shorter side is still over ``2 x size`` is then resized (bilinear, antialiased) so it
+    is exactly that: at most 2x upsampling remains for the smallest random-resized crops
+    (side 0.28 of the image), and the result is small enough to keep decoded
+    (:mod:`pipeline.decoded_cache`). Images are never enlarged.
+    """
     img = Image.open(io.BytesIO(blob))
     if img.format == "JPEG":
         img.draft("RGB", (2 * size, 2 * size))
-    return img.convert("RGB")
+    img = img.convert("RGB")
+    cap = 2 * size
+    short = min(img.width, img.height)
+    if short > cap:
+        r = cap / short
+        img = img.resize((max(cap, round(img.width * r)), max(cap, round(img.height * r))), Image.Resampling.BILINEAR)
+    return img
 
 
 def train_transform(img: Image.Image, size: int, rng: random.Random) -> torch.Tensor:
@@ -216,6 +229,9 @@ class MemberReader:
 class ShardStream(IterableDataset):
     """One rank's batches for one epoch, as an IterableDataset for ``DataLoader(batch_size=None)``.
 
+    With ``decoded`` (a :class:`pipeline.decoded_cache.DecodedCache`), images come from the
+    decoded copy instead of the tars; the batches are the same bit for bit.
+
     Yields dicts: ``images`` uint8 (B, 3, S, S) (float32 normalized if ``normalize_in_workers``), ``labels`` int64 (B, K) padded with -1,
     ``keys`` list of B str, ``step`` int (batch index in the epoch), ``global_batch`` int
     (items in this step over all ranks).
@@ -226,8 +242,9 @@ class ShardStream(IterableDataset):
 
     def __init__(self, shards: dict[int, str | Path], index: SampleIndex, *, seed: int, rank: int, world: int,
                  batch_size: int, image_size: int, train: bool = True, shuffle_buffer: int = 1000,
-                 normalize_in_workers: bool = False) -> None:
+                 normalize_in_workers: bool = False, decoded=None) -> None:
         super().__init__()
+        self.decoded = decoded  # a pipeline.decoded_cache.DecodedCache holding every sample, or None: decode the shards
         self.shards = {int(k): str(v) for k, v in shards.items()}
         self.index = index
         self.seed, self.rank, self.world = seed, rank, world
@@ -253,7 +270,8 @@ class ShardStream(IterableDataset):
         self.skip_batches = skip_batches
         # look up positions in the main process (one header scan per shard per process, cached), so
         # the workers, started fresh every epoch, inherit them instead of scanning the tars again
-        self._locate(self.plan.rank_items(self.rank)[0])
+        if self.decoded is None:
+            self._locate(self.plan.rank_items(self.rank)[0])
         return self.plan
 
     def __len__(self) -> int:
@@ -290,8 +308,8 @@ class ShardStream(IterableDataset):
 
     def _make_batch(self, step: int, items: list, global_batch: int) -> dict:
         images, labels, keys = [], [], []
-        for row, rep, key, blob in items:
-            img = decode(blob, self.image_size)
+        for row, rep, key, src in items:
+            img = Image.fromarray(src) if isinstance(src, np.ndarray) else decode(src, self.image_size)
             if self.train:
                 rng = random.Random(item_seed("aug", self.seed, self.plan.epoch, key, rep))
                 images.append(train_transform(img, self.image_size, rng))
@@ -318,10 +336,12 @@ class ShardStream(IterableDataset):
         ends = np.cumsum(sizes)
         order = self._order(len(rows))
         keys, shard_of = self.index.keys, self.index.shard_of
+        cache = self.decoded
         with MemberReader(self.shards) as reader:
             for step in range(self.skip_batches + wid, self.plan.steps, nworkers):
                 pos = order[ends[step] - sizes[step]: ends[step]]
                 items = [(int(r), int(rep), str(keys[r]),
+                          cache.get(str(keys[r])) if cache is not None else
                           reader.read(int(shard_of[r]), int(self._row_offset[r]), int(self._row_size[r])))
                          for r, rep in zip(rows[pos], reps[pos])]
                 yield self._make_batch(step, items, self.plan.global_batch(step))

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch
 from pipeline.atomic import remove_stale_temps, write_json
 from pipeline.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from pipeline.config import ConfigError, to_container, validate
+from pipeline.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
 from pipeline.distributed import (DistInfo, average_buffers, barrier, broadcast_object, cleanup, gather_objects,
                                   init_distributed, weights_checksum)
 from pipeline.hardware import (PrecisionChoice, available_cores, describe_choice, hardware_record, resolve_for_model,
@@ -72,7 +74,7 @@ def build_indexes(run_dir, scheme: str, heldout_fraction: float) -> tuple[Sample
 
 
 _NOT_RECIPE = ("progress", "max_steps", "workers", "worker_nice", "checkpoint_every_steps", "keep_checkpoints", "tensorboard",
-               "threads", "eval_every_steps", "device", "compile")
+               "threads", "eval_every_steps", "device", "compile", "decoded_cache", "decoded_cache_max_gb")
 
 
 def _recipe(resolved: dict) -> dict:
@@ -197,11 +199,12 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     scaler = prec.grad_scaler_for(info.device.type)
     if scaler_state and scaler.is_enabled():
         scaler.load_state_dict(scaler_state)
+    decoded, decoded_info = open_decoded_cache(pt, info, out, np.concatenate([train_idx.keys, held_idx.keys]), shards)
     stream = ShardStream(shards, train_idx, seed=cfg.seed, rank=info.rank, world=info.world,
                          batch_size=pt.batch_size, image_size=pt.image_size, shuffle_buffer=pt.shuffle_buffer,
-                         normalize_in_workers=info.device.type == "cpu" and threads.workers > 0)
+                         normalize_in_workers=info.device.type == "cpu" and threads.workers > 0, decoded=decoded)
     held_stream = ShardStream(shards, held_idx, seed=cfg.seed, rank=0, world=1, batch_size=pt.batch_size * 2,
-                              image_size=pt.image_size, train=False) if len(held_idx.keys) else None
+                              image_size=pt.image_size, train=False, decoded=decoded) if len(held_idx.keys) else None
 
     def save(st: LoopState) -> None:
         if info.is_main:
@@ -242,7 +245,9 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
                   loss_fn=make_loss(settings.loss_name), stream=stream, info=info, settings=settings, state=state,
                   save=save, run_eval=run_eval, max_steps=pt.max_steps, scaler=scaler)
     average_buffers(info, model)
-    checksums = gather_objects(info, weights_checksum(model))
+    checksums = gather_objects(info, weights_checksum(model))  # also: every rank is done reading the decoded cache
+    if info.is_main and decoded is not None:
+        shutil.rmtree(decoded.folder, ignore_errors=True)
     audit = None
     seen = gather_objects(info, stats.pop("seen_keys")) if pt.audit_data else None
     if not info.is_main:
@@ -275,7 +280,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         "scratch_precision_at_1": step0.get("precision_at_1"), "scratch_mAP": step0.get("mAP"),
         "prior_precision_at_1": chance.get("precision_at_1"), "prior_mAP": chance.get("mAP"),
         "precision": prec.precision, "channels_last": prec.channels_last, "device": str(info.device),
-        "hardware": hardware_record(prec, threads, info.device),
+        "hardware": hardware_record(prec, threads, info.device), "decoded_cache": decoded_info,
         "rank_weight_checksums": checksums, "ranks_weights_identical": len(set(checksums)) == 1,
     }
     inputs = {s: (read_manifest(stage_dir(cfg.run_dir, s)) or {}).get("config_hash") for s in ("ingest", "dedup", "vocab")}
@@ -284,6 +289,37 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
                           seconds=time.perf_counter() - t0,
                           outputs={"trunk": "trunk.safetensors", "metrics": "metrics.jsonl", "eval": "eval.jsonl",
                                    "checkpoints": "checkpoints/"})
+
+
+def open_decoded_cache(pt, info: DistInfo, out, keys: np.ndarray, shards: dict) -> tuple[DecodedCache | None, dict]:
+    """The decoded uint8 copy of every sample in ``keys`` (:mod:`pipeline.decoded_cache`), or None.
+
+    ``pretrain.decoded_cache``: "on", "off", or "auto" (on when the size estimate
+    ``N x 3 x (2 x image_size)^2`` bytes fits in ``pretrain.decoded_cache_max_gb``). The main
+    rank builds it in ``<stage>/decoded_cache/`` with all the cores it may use (a resumed run
+    reuses a complete one); the other ranks wait at a barrier and open it.
+
+    Returns:
+        (cache or None, a record for the manifest: mode, enabled, reason, images, bytes, build seconds).
+    """
+    est = estimate_bytes(len(keys), pt.image_size)
+    budget = pt.decoded_cache_max_gb * 1e9
+    if pt.decoded_cache == "off" or (pt.decoded_cache == "auto" and est > budget):
+        why = ("pretrain.decoded_cache=off" if pt.decoded_cache == "off" else
+               f"estimate {est / 1e9:.1f} GB > decoded_cache_max_gb {pt.decoded_cache_max_gb:g}")
+        log.info("decoded cache: not used (%s); the loader decodes the shards every epoch", why)
+        return None, {"mode": pt.decoded_cache, "enabled": False, "reason": why}
+    t = time.perf_counter()
+    folder = out / "decoded_cache"
+    if info.is_main:
+        build_decoded_cache(folder, keys, shards, pt.image_size, workers=available_cores(), progress=pt.progress)
+    barrier(info)
+    cache = DecodedCache(folder)
+    size = int(sum(int(h) * int(w) * 3 for h, w in zip(cache.heights, cache.widths)))
+    return cache, {"mode": pt.decoded_cache, "enabled": True, "images": len(cache), "bytes": size,
+                   "estimate_bytes": est, "seconds": round(time.perf_counter() - t, 2),
+                   "reason": "pretrain.decoded_cache=on" if pt.decoded_cache == "on" else
+                   f"estimate {est / 1e9:.2f} GB <= decoded_cache_max_gb {pt.decoded_cache_max_gb:g}"}
 
 
 def main() -> None:

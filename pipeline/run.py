@@ -46,7 +46,8 @@ UPSTREAM = {"ingest": (), "dedup": ("ingest",), "vocab": ("dedup",), "pretrain":
             "transfer": ("pretrain", "dedup")}
 # Config sections each stage depends on (keys that do not change results are dropped).
 _NOT_RESULT = {"progress", "workers", "worker_nice", "merge_timeout_s", "threads", "checkpoint_every_steps", "keep_checkpoints",
-               "tensorboard", "eval_every_steps", "device", "compile", "audit_data"}
+               "tensorboard", "eval_every_steps", "device", "compile", "audit_data",
+               "decoded_cache", "decoded_cache_max_gb"}
 
 
 def _digest(path: str | None) -> str | None:

@@ -33,6 +33,9 @@ def test_resume_after_sigkill_is_bitwise_exact(prepared_fixture, tmp_path):
     subprocess.run(_cmd(full), cwd=REPO, check=True, capture_output=True)
     man = json.loads((full / "pretrain" / "manifest.json").read_text())
     assert man["counts"]["steps"] == man["counts"]["total_steps"] > 6
+    dc = man["counts"]["decoded_cache"]
+    assert dc["enabled"] and dc["images"] == man["counts"]["train_samples"] + man["counts"]["heldout_samples"]
+    assert not (full / "pretrain" / "decoded_cache").exists()  # removed when the stage finished
 
     killed = copy_run(prepared_fixture, tmp_path / "killed")
     proc = subprocess.Popen(_cmd(killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -51,6 +54,13 @@ def test_resume_after_sigkill_is_bitwise_exact(prepared_fixture, tmp_path):
     la = [json.loads(x)["loss"] for x in (full / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (killed / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert la == lb
+
+    # the decoded cache is a speed choice only: decoding the shards every epoch trains the same weights
+    plain = copy_run(prepared_fixture, tmp_path / "plain")
+    subprocess.run(_cmd(plain, "pretrain.decoded_cache=off"), cwd=REPO, check=True, capture_output=True)
+    c = _weights(plain)
+    assert all(torch.equal(a[k], c[k]) for k in a), "training on the decoded cache changed the weights"
+    assert not json.loads((plain / "pretrain" / "manifest.json").read_text())["counts"]["decoded_cache"]["enabled"]
 
 
 def test_two_rank_ddp_disjoint_data_identical_weights(prepared_fixture, tmp_path):

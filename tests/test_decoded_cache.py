@@ -1,0 +1,98 @@
+"""The decoded uint8 copy of the training images: same batches as decoding the shards, safe to rebuild."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
+from pipeline.loader import ShardStream, decode, make_loader, member_offsets
+from pipeline.shards import iter_metadata, shard_paths
+from pipeline.epoch_plan import SampleIndex
+
+
+def _index(run_dir) -> tuple[SampleIndex, dict]:
+    paths = shard_paths(run_dir)
+    keys = np.array(sorted(k for _, k, _ in iter_metadata(paths)))
+    n = len(keys)
+    return (SampleIndex(keys, np.arange(n + 1), np.arange(n, dtype=np.int64) % 5, np.ones(n)),
+            {int(p.stem): p for p in paths})
+
+
+def _batches(stream, workers, epoch=0):
+    stream.set_epoch(epoch)
+    return list(make_loader(stream, workers))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batches_from_the_cache_equal_batches_from_the_shards(ingested_fixture, tmp_path, train):
+    index, shards = _index(ingested_fixture)
+    cache = build_decoded_cache(tmp_path / "cache", index.keys, shards, image_size=32, workers=2, progress=False)
+    assert len(cache) == len(index.keys) > 16
+    kw = dict(seed=7, rank=0, world=1, batch_size=8, image_size=32, train=train)
+    plain = _batches(ShardStream(shards, index, **kw), 0, epoch=1)
+    cached = _batches(ShardStream(shards, index, decoded=cache, **kw), 2, epoch=1)
+    assert len(plain) == len(cached) > 1
+    for a, b in zip(plain, cached):
+        assert a["keys"] == b["keys"] and torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
+
+
+def test_cached_images_are_decode_output_with_the_shorter_side_capped(ingested_fixture, tmp_path):
+    index, shards = _index(ingested_fixture)
+    cache = build_decoded_cache(tmp_path / "c", index.keys, shards, image_size=16, workers=1, progress=False)
+    key = str(index.keys[3])
+    off, size = member_offsets(shards[int(key[:6])])[key]
+    with open(shards[int(key[:6])], "rb") as fh:
+        fh.seek(off)
+        blob = fh.read(size)
+    want = np.asarray(decode(blob, 16))
+    got = cache.get(key)
+    assert got.dtype == np.uint8 and np.array_equal(got, want)
+    assert min(got.shape[:2]) <= 32
+    assert max(min(cache.heights[i], cache.widths[i]) for i in range(len(cache))) <= 32
+    with pytest.raises(KeyError):
+        cache.get("999999_000000")
+
+
+def test_decode_caps_the_shorter_side_and_never_enlarges():
+    big = Image.new("RGB", (300, 150), (10, 200, 30))
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    out = decode(buf.getvalue(), 32)
+    assert out.size == (128, 64)  # shorter side 150 -> 64 = 2 x 32, aspect kept
+    small = Image.new("RGB", (40, 20))
+    buf = io.BytesIO()
+    small.save(buf, format="WEBP")
+    assert decode(buf.getvalue(), 32).size == (40, 20)
+
+
+def test_a_complete_cache_is_reused_and_a_stale_one_rebuilt(ingested_fixture, tmp_path):
+    index, shards = _index(ingested_fixture)
+    folder = tmp_path / "cache"
+    build_decoded_cache(folder, index.keys, shards, image_size=16, workers=1, progress=False)
+    stamp = (folder / "pixels.u8").stat().st_mtime_ns
+    build_decoded_cache(folder, index.keys, shards, image_size=16, workers=1, progress=False)
+    assert (folder / "pixels.u8").stat().st_mtime_ns == stamp  # reused
+    fewer = build_decoded_cache(folder, index.keys[:10], shards, image_size=16, workers=1, progress=False)
+    assert len(fewer) == 10 and json.loads((folder / "meta.json").read_text())["images"] == 10
+    (folder / "meta.json").unlink()  # a build killed before its last write
+    with pytest.raises(FileNotFoundError):
+        DecodedCache(folder)
+    assert len(build_decoded_cache(folder, index.keys, shards, image_size=16, workers=1, progress=False)) == len(index.keys)
+
+
+def test_a_missing_sample_fails_and_leaves_nothing(ingested_fixture, tmp_path):
+    index, shards = _index(ingested_fixture)
+    keys = np.array(sorted([*index.keys[:3], f"{int(index.keys[0][:6]):06d}_999999"]))
+    with pytest.raises(RuntimeError, match="not found in shard"):
+        build_decoded_cache(tmp_path / "cache", keys, shards, image_size=16, workers=1, progress=False)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_estimate_is_the_square_image_upper_bound():
+    assert estimate_bytes(10, 64) == 10 * 3 * 128 * 128

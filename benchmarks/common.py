@@ -15,7 +15,6 @@ import platform
 import shutil
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_EXTS = ("jpg", "webp", "png")
 
 
 # --------------------------------------------------------------------------------------
@@ -228,13 +226,14 @@ def select_shards(ctx: Context, quick_per_source: int = 1, stride: int = 1) -> l
 
 def read_images(shards: list[Path]) -> list[tuple[str, str, bytes]]:
     """``(key, ext, image bytes)`` of every sample of ``shards``, in shard order."""
+    from pipeline.shards import ShardReader
+
     out = []
     for p in shards:
-        with tarfile.open(p, "r:") as tf:
-            for m in tf:
-                key, _, ext = m.name.partition(".")
-                if ext in IMAGE_EXTS:
-                    out.append((key, ext, tf.extractfile(m).read()))
+        with ShardReader(p) as reader:
+            for key in reader.keys:
+                ext, off, size = reader.image_member(key)
+                out.append((key, ext, reader.read_range(off, size)))
     return out
 
 

@@ -17,7 +17,7 @@ first shard of each source with ``--quick``. Each side's CPU seconds per image (
 processes) are recorded too: they depend much less on other load than images/s.
 
 Goals: ours >= 0.85 x (a) and >= 1.0 x (b). Reps are interleaved (ours, a, b, ours, ...).
-``details`` also gives the rate of ours without decoding (tar header scan + reading each item's
+``details`` also gives the rate of ours without decoding (shard index + reading each item's
 bytes by offset), to separate the two costs.
 """
 
@@ -40,12 +40,12 @@ def _index_for(shards):
 
     from pipeline.epoch_plan import SampleIndex
 
-    import tarfile
+    from pipeline.shards import ShardReader
 
     keys = set()
     for p in shards:
-        with tarfile.open(p, "r:") as tf:
-            keys.update(n.partition(".")[0] for n in tf.getnames())
+        with ShardReader(p) as reader:
+            keys.update(reader.keys)
     keys = np.array(sorted(keys))
     n = len(keys)
     return SampleIndex(keys, np.arange(n + 1, dtype=np.int64), np.zeros(n, dtype=np.int64), np.ones(n))
@@ -74,11 +74,11 @@ def run_ours(shards, index, workers: int = WORKERS) -> tuple[int, Timer]:
 
 
 def run_tar_only(shards, index) -> tuple[int, Timer]:
-    """Ours without decoding, one process: the tar header scan (cache cleared first) and
-    reading every planned item's image bytes by offset, in batch order."""
-    from pipeline.loader import MemberReader, _scan_members
+    """Ours without decoding, one process: reading the shard indexes (cache cleared first) and
+    every planned item's image bytes by offset, in batch order."""
+    from pipeline.loader import MemberReader, _image_offsets
 
-    _scan_members.cache_clear()
+    _image_offsets.cache_clear()
     n = 0
     with Timer() as t:
         stream = _stream(shards, index)  # set_epoch scans the shards' headers

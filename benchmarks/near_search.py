@@ -1,7 +1,8 @@
 """Near-duplicate search growth: time and memory at N and 4N pHashes, radius 4 bits.
 
-The hashes are the demo's own pHashes (``<run_dir>/dedup/hashes/*.npz``, written by the
-dedup stage), a seeded random subset of N and one of 4N (4N = all of them by default).
+The hashes are the demo's own perceptual hashes (stored by ingest in the shard indexes,
+read with :class:`pipeline.shards.ShardReader`), a seeded random subset of N and one of 4N
+(4N = all of them by default).
 
 * **ours**: :func:`pipeline.near_index.build_index` + :func:`pipeline.near_index.range_pairs`
   (faiss multi-index hashing), every hash queried against all.
@@ -36,16 +37,17 @@ LINEAR_TOLERANCE = 1.1
 
 
 def load_codes(run_dir: Path):
-    """All pHash codes of the demo (uint8 (N, 8)), in key order."""
+    """All 64-bit perceptual hash codes of the demo (uint8 (N, 8)), in shard and key order."""
     import numpy as np
 
-    files = sorted((Path(run_dir) / "dedup" / "hashes").glob("*.npz"))
-    if not files:
-        raise FileNotFoundError(f"no dedup hashes in {run_dir}/dedup/hashes (run the dedup stage)")
+    from pipeline.shards import ShardReader, shard_paths
+
     parts = []
-    for f in files:
-        with np.load(f, allow_pickle=False) as z:
-            parts.append(z["codes"])
+    for p in shard_paths(run_dir):
+        with ShardReader(p) as reader:
+            parts.append(reader.codes(8))
+    if not parts:
+        raise FileNotFoundError(f"no shards in {run_dir}/ingest (run the ingest stage)")
     return np.concatenate(parts)
 
 

@@ -29,7 +29,7 @@ places, both measured by running the stream with 0, 1 and 2 workers:
    1/W of the batches, so Python `tarfile` header parsing (`calc_chksums`, `nts`, about 0.15 ms per sample) was
    paid W times: going from 1 to 2 workers added about 0.4 CPU ms per image. Fixed: the shuffle buffer now
    permutes item positions, `set_epoch` looks up each item's byte offset once per process
-   (`pipeline.loader.member_offsets`, one header scan per shard), and each worker seeks to and reads only its
+   (`pipeline.loader.member_offsets`, then one header scan per shard; now the shard index), and each worker seeks to and reads only its
    own batches' image members (batches identical to the old path, checked on the demo shards).
 
 Both costs were per sample, not per pixel, so the gap was widest on the 64 px emoji shards (the `--quick`

@@ -153,7 +153,9 @@ def run(ctx: Context) -> list[dict]:
     logging.basicConfig(level=logging.WARNING)
     steps, warmup = _steps(ctx)
     prepared = prepared_run(ctx)
-    ours, bare = _pair(ctx, prepared, steps, warmup)
+    # --opt extra=KEY=VALUE,KEY=VALUE: overrides for ours in every rep (e.g. pretrain.worker_nice=19)
+    extra = tuple(x for x in ctx.options.get("extra", "").split(",") if x)
+    ours, bare = _pair(ctx, prepared, steps, warmup, extra=extra)
     by_precision = {}
     if cpu_bf16_native() and not ctx.quick:  # both precisions run natively here: measure both
         for p in ("fp32", "bf16"):
@@ -178,7 +180,7 @@ def run(ctx: Context) -> list[dict]:
     oi = median(o["images_per_second"] for o in ours)
     ow = median(o["data_wait_fraction"] for o in ours)
     a = median(bare)
-    det = {"model": MODEL, "batch": BATCH, "image_size": SIZE, "steps": steps, "warmup_steps_dropped": warmup,
+    det = {"model": MODEL, "batch": BATCH, "extra_overrides": list(extra), "image_size": SIZE, "steps": steps, "warmup_steps_dropped": warmup,
            "precision": ours[0]["precision"], "channels_last": ours[0]["channels_last"],
            "num_classes": ours[0]["num_classes"], "torch_threads": ours[0]["threads"], "loader_workers": ours[0]["workers"],
            "precision_reason": ours[0]["precision_reason"], "by_precision": by_precision,

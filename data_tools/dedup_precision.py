@@ -2,8 +2,8 @@
 
 ``python -m data_tools.dedup_precision runs/demo [--max-radius 12]``
 
-Reads the dedup stage's pHash cache (``<run>/dedup/hashes/*.npz``) and the shards'
-metadata, finds every pair of distinct-pixel images within ``--max-radius`` bits
+Reads the perceptual hashes and metadata ingest stored in the shard indexes
+(:class:`pipeline.shards.ShardReader`; the same codes the dedup stage uses), finds every pair of distinct-pixel images within ``--max-radius`` bits
 (faiss multi-index hashing), and labels a pair *true* when the demo sources say the
 two images show the same thing:
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.near_index import build_index, range_pairs
-from pipeline.shards import iter_metadata, shard_paths
+from pipeline.shards import ShardReader, shard_paths
 
 _DROP = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF", "2640", "2642", "FE0F", "200D"}
 _PERSON = {"1F468": "1F9D1", "1F469": "1F9D1"}
@@ -59,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the table as JSON here")
     args = ap.parse_args(argv)
     run = Path(args.run_dir)
-    metas = {k: m for _, k, m in iter_metadata(shard_paths(run))}
-    keys, codes, shas = [], [], []
-    for f in sorted((run / "dedup" / "hashes").glob("*.npz")):
-        with np.load(f, allow_pickle=False) as z:
-            keys += z["keys"].tolist()
-            codes.append(z["codes"])
-            shas += z["sha256"].tolist()
+    metas, keys, codes = {}, [], []
+    for p in shard_paths(run):
+        with ShardReader(p) as reader:
+            keys += reader.keys
+            codes.append(reader.codes(8))
+            metas.update(reader.iter_metadata())
     codes = np.concatenate(codes)
+    shas = [metas[k]["sha256"] for k in keys]
     first: dict[str, int] = {}
     uniq = [i for i, s in enumerate(shas) if first.setdefault(s, i) == i]  # distinct pixels only
     c = codes[uniq]

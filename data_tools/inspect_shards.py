@@ -14,29 +14,19 @@ import sys
 import tarfile
 from pathlib import Path
 
-
-def split_member(name: str) -> tuple[str, str]:
-    """``"dir/000010003.json"`` -> (``"dir/000010003"``, ``"json"``): key up to the first dot."""
-    folder, _, base = name.rpartition("/")
-    key, _, ext = base.partition(".")
-    return (f"{folder}/{key}" if folder else key), ext
+from pipeline.shards import ShardReader, split_member
 
 
 def read_shard(path: Path) -> tuple[list[str], dict[str, dict[str, bytes]]]:
-    """(member names in tar order, key -> {extension: bytes}) of one tar.
+    """(member names in tar order, key -> {extension: bytes}) of one tar, through
+    :class:`pipeline.shards.ShardReader` (any WebDataset tar; an index beside it is used).
 
     Raises:
         tarfile.TarError / OSError: the file is missing or not a tar.
     """
-    names: list[str] = []
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            names.append(m.name)
-            key, ext = split_member(m.name)
-            samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    with ShardReader(path, warn_unindexed=False) as reader:
+        names = [f"{k}.{e}" for k in reader.keys for e in reader.members[k]]
+        samples = {k: {e: reader.read(k, e) for e in reader.members[k]} for k in reader.keys}
     return names, samples
 
 

@@ -45,6 +45,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.shards import ShardReader
+
 TOKEN = re.compile(r"[\w.\-:]+")
 _EDGE = re.compile(r"[\w.\-:/]")
 
@@ -125,12 +127,10 @@ def find_keys(root: Path, needles: Needles) -> None:
         rel = p.relative_to(root).as_posix()
         if rel.startswith("ingest/shards/") and p.suffix == ".tar":
             try:
-                with tarfile.open(p) as tf:
-                    for m in tf:
-                        if m.name.endswith(".json"):
-                            sid = json.loads(tf.extractfile(m).read()).get("id")
-                            if sid in needles.ids:
-                                needles.keys[m.name[: -len(".json")]] = sid
+                with ShardReader(p, warn_unindexed=False) as reader:
+                    for key, meta in reader.iter_metadata():
+                        if meta.get("id") in needles.ids:
+                            needles.keys[key] = meta["id"]
             except (tarfile.TarError, OSError, ValueError):
                 pass  # reported by the scan
         elif rel.startswith("ingest/parts/") and p.suffix == ".json":
@@ -165,15 +165,15 @@ def _scan_file(root: Path, p: Path, needles: Needles, rep: Report) -> None:
     rel = p.relative_to(root).as_posix()
     suffix = p.suffix
     if suffix == ".tar":
-        with tarfile.open(p) as tf:
-            for m in tf:
-                key = m.name.split(".", 1)[0]
-                if key in needles.keys:
-                    rep.found.append(f"{_label(needles, key)}: {rel} member {m.name}")
-                if m.name.endswith(".json"):
-                    meta = json.loads(tf.extractfile(m).read())
+        with ShardReader(p, warn_unindexed=False) as reader:
+            for key in reader.keys:
+                for ext in reader.members[key]:
+                    if key in needles.keys:
+                        rep.found.append(f"{_label(needles, key)}: {rel} member {key}.{ext}")
+                if "json" in reader.members[key]:
+                    meta = json.loads(reader.read(key, "json"))
                     for h in sorted(set().union(*(needles.find(s) for s in _strings(meta))) - {key}):
-                        rep.found.append(f"{_label(needles, h)}: {rel} member {m.name}")
+                        rep.found.append(f"{_label(needles, h)}: {rel} member {key}.json")
     elif suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:
             for name in z.files:

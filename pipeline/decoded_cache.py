@@ -133,6 +133,7 @@ def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, 
     import time
 
     from pipeline.loader import member_offsets
+    from pipeline.shards import shard_of_keys
     from pipeline.progress import progress_bar
 
     folder = Path(folder)
@@ -147,7 +148,7 @@ def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, 
             pass
     shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
-    shard_of = np.array([int(k[:6]) for k in keys], dtype=np.int64)
+    shard_of = shard_of_keys(keys)
     tasks = []
     for s in np.unique(shard_of):
         ks = [str(k) for k in keys[shard_of == s]]

@@ -16,89 +16,69 @@ Reads the ingest shards (never rewrites them) and writes into ``<run_dir>/dedup/
 * ``eval_contamination.json``: per eval set, how many of its images have a (near)
   duplicate in the pretraining data, and their ids: the transfer stage counts these as
   wrong for a "lower-bound accuracy" (Mahajan et al. 2018, section 3.3 / appendix).
-* ``hashes/NNNNNN.npz``: per-shard keys, ids, SHA-256 and pHash codes (resume cache);
-  ``phash.index`` + ``index_keys.txt``: the faiss binary index the near search used
+* ``phash.index`` + ``index_keys.txt``: the faiss binary index the near search used
   (withdrawn samples never enter it); ``manifest.json`` last.
 
-Hashing is shard-parallel (a process pool, like ingest); the search is sub-quadratic
-(:mod:`pipeline.near_index`).
+The stage decodes no pretraining image: the perceptual hashes (pHash of the canonical
+pixels after trimming uniform borders, :func:`pipeline.near_index.perceptual_hash`) were
+computed by ingest, across its ranks and workers, and are read from the shard indexes
+(:class:`pipeline.shards.ShardReader`). Its single-node work is the near-duplicate search
+over the stored codes, which is sub-quadratic (:mod:`pipeline.near_index`). Eval images are
+decoded to the same canonical form as ingest's (:func:`pipeline.images.decode_image`) and
+hashed by the same function (a process pool over eval work units).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import multiprocessing as mp
-import tarfile
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pipeline.atomic import atomic_path, remove_stale_temps, write_json, write_jsonl, write_text
 from pipeline.config import default_workers, to_container, validate
 from pipeline.images import decode_image, set_pixel_cap
 from pipeline.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
-from pipeline.near_index import build_index, keep_first, phash_bytes, range_pairs
+from pipeline.near_index import build_index, keep_first, perceptual_hash, range_pairs
 from pipeline.progress import progress_bar
 from pipeline.raw_sources import RawSample, iter_unit, plan_units
 from pipeline.removal import REMOVED_FILE, read_withdrawn  # noqa: F401  (read_withdrawn: public here too)
 from pipeline.quarantine import Rejected
-from pipeline.shards import IMAGE_MEMBER_EXTS
+from pipeline.shards import ShardReader
 
 log = logging.getLogger(__name__)
 STAGE = "dedup"
 
 
 def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
-    """Hash every sample of one shard, skipping withdrawn ids (they are only listed).
+    """The stored codes of one shard, skipping withdrawn ids (they are only listed); decodes nothing.
+
+    The perceptual hashes come from the shard index, computed by ingest on the canonical
+    pixels (:class:`pipeline.shards.ShardReader`; a shard without an index is hashed from
+    its stored pixels, with a warning).
 
     Returns:
         dict with ``keys``, ``ids``, ``sha256`` (lists of str, key order), ``codes``
         (uint8 array (N, hash_size**2 / 8)) and ``withdrawn`` (list of [key, id]).
     """
-    members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(shard, "r:") as tf:
-        for m in tf:
-            key, _, ext = m.name.partition(".")
-            fh = tf.extractfile(m)
-            members.setdefault(key, {})[ext] = fh.read() if fh else b""
-    keys, ids, shas, codes, wd = [], [], [], [], []
-    for key in sorted(members):
-        blobs = members[key]
-        meta = json.loads(blobs["json"])
-        if meta["id"] in withdrawn:
-            wd.append([key, meta["id"]])
-            continue
-        ext = next(e for e in IMAGE_MEMBER_EXTS if e in blobs)
-        with Image.open(io.BytesIO(blobs[ext])) as img:
-            codes.append(phash_bytes(img.convert("RGB"), hash_size))
-        keys.append(key)
-        ids.append(meta["id"])
-        shas.append(meta["sha256"])
-    nbytes = hash_size * hash_size // 8
+    with ShardReader(shard) as reader:
+        all_codes = reader.codes(hash_size)
+        row_of = {k: i for i, k in enumerate(reader.keys)}
+        keys, ids, shas, rows, wd = [], [], [], [], []
+        for key in sorted(reader.keys):
+            meta = reader.metadata(key)
+            if meta["id"] in withdrawn:
+                wd.append([key, meta["id"]])
+                continue
+            keys.append(key)
+            ids.append(meta["id"])
+            shas.append(meta["sha256"])
+            rows.append(row_of[key])
     return {"keys": keys, "ids": ids, "sha256": shas, "withdrawn": wd,
-            "codes": np.stack(codes) if codes else np.zeros((0, nbytes), np.uint8)}
-
-
-def _hash_shard_cached(args: tuple) -> dict:
-    shard, hash_size, withdrawn, cache_file, tag = args
-    if cache_file.exists():
-        try:  # allow_pickle=False: a cache holding pickled objects is refused unread, then rebuilt
-            with np.load(cache_file, allow_pickle=False) as z:
-                if str(z["tag"]) == tag:
-                    return {"keys": z["keys"].tolist(), "ids": z["ids"].tolist(), "sha256": z["sha256"].tolist(),
-                            "codes": z["codes"], "withdrawn": z["withdrawn"].tolist()}
-        except Exception as exc:  # noqa: BLE001 - pickled, truncated or foreign: only a cache
-            log.warning("ignoring hash cache %s (%s: %s); rehashing its shard", cache_file, type(exc).__name__, exc)
-    h = hash_shard(shard, hash_size, withdrawn)
-    with atomic_path(cache_file) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, tag=np.array(tag), keys=np.array(h["keys"], dtype=str), ids=np.array(h["ids"], dtype=str),
-                 sha256=np.array(h["sha256"], dtype=str), codes=h["codes"],
-                 withdrawn=np.array(h["withdrawn"], dtype=str).reshape(-1, 2))
-    return h
+            "codes": all_codes[rows] if rows else np.zeros((0, hash_size * hash_size // 8), np.uint8)}
 
 
 def _hash_eval_unit(args: tuple) -> list[tuple[str, str, np.ndarray]]:
@@ -114,7 +94,8 @@ def _hash_eval_unit(args: tuple) -> list[tuple[str, str, np.ndarray]]:
                                  min_side=1, rasterize_svg=ing["rasterize_svg"])
         except Rejected:
             continue
-        out.append((f"{unit.source}:{item.id}", canon.pixel_sha256, phash_bytes(canon.image, hash_size)))
+        # the same function on the same canonical pixels as ingest's stored codes
+        out.append((f"{unit.source}:{item.id}", canon.pixel_sha256, perceptual_hash(canon.image, hash_size)))
     return out
 
 
@@ -159,11 +140,11 @@ def run_dedup(cfg) -> dict:
     shards = [stage_dir(cfg.run_dir, "ingest") / s["path"] for s in ingest_man["outputs"]["shards"]]
     sha_of = {s["path"]: s["sha256"] for s in ingest_man["outputs"]["shards"]}
     wd_tag = canonical_hash(sorted(withdrawn))
-    jobs = [(p, dd.hash_size, withdrawn, out / "hashes" / (p.stem + ".npz"),
-             canonical_hash([sha_of[f"shards/{p.name}"], dd.hash_size, wd_tag])) for p in shards]
-    hashed = _pool_map(_hash_shard_cached, jobs, workers, "dedup hash", dd.progress)
-    for stale in set((out / "hashes").glob("*.npz")) - {j[3] for j in jobs}:
-        stale.unlink()  # the cache of a shard ingest no longer lists (e.g. all its samples withdrawn)
+    # the codes ingest stored in the shard indexes: reading them is I/O only, one process
+    hashed = [hash_shard(p, dd.hash_size, withdrawn) for p in progress_bar(shards, desc="dedup codes", unit="shard",
+                                                                            disable=not dd.progress)]
+    if (out / "hashes").is_dir():
+        shutil.rmtree(out / "hashes")  # the per-shard hash cache of earlier versions (codes now come from ingest)
     t_hash = time.perf_counter() - t0
 
     keys = [k for h in hashed for k in h["keys"]]
@@ -264,8 +245,8 @@ def run_dedup(cfg) -> dict:
         **{k.replace("-", "_"): v for k, v in by_reason.items()},
         "eval_images": sum(r["images"] for r in eval_report.values()),
         "eval_contaminated": sum(r["contaminated"] for r in eval_report.values()),
-        "hash_seconds": round(t_hash, 3),
-        "hash_images_per_second": round(n / t_hash, 1) if t_hash > 0 else None,
+        "codes_seconds": round(t_hash, 3),  # reading the stored perceptual hashes (no image is decoded)
+        "codes_images_per_second": round(n / t_hash, 1) if t_hash > 0 else None,
         "withdrawn_requested": len(withdrawn),
     }
     config = {"dedup": {k: v for k, v in to_container(cfg.dedup).items() if k not in ("workers", "progress")},

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.shards import shard_of_keys
+
 
 @dataclass
 class SampleIndex:
@@ -51,7 +53,7 @@ class SampleIndex:
             raise ValueError("keys, weights and indptr disagree on the number of samples")
         if len(self.keys) and np.any(self.keys[1:] < self.keys[:-1]):
             raise ValueError("keys must be sorted")
-        self.shard_of = np.array([int(k[:6]) for k in self.keys], dtype=np.int64)
+        self.shard_of = shard_of_keys(self.keys)
 
     def classes(self, i: int) -> np.ndarray:
         """Class ids (int64) of sample ``i``."""

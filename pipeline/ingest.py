@@ -44,7 +44,8 @@ from pipeline.progress import progress_bar
 from pipeline.quarantine import Rejected
 from pipeline.raw_sources import RawSample, Rejection, WorkUnit, iter_unit, plan_units
 from pipeline.removal import read_withdrawn
-from pipeline.shards import AtomicShardWriter
+from pipeline.near_index import HASH_SIZES, perceptual_hash
+from pipeline.shards import AtomicShardWriter, index_path, shard_key
 
 log = logging.getLogger(__name__)
 STAGE = "ingest"
@@ -140,7 +141,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
             except Rejected as r:
                 rows.append(_quarantine_row(unit, item.id, item.origin, r.reason, r.detail))
                 continue
-            key = f"{unit.number:06d}_{writer.count:06d}"
+            key = shard_key(unit.number, writer.count)
             sid = f"{unit.source}:{item.id}"
             meta = {
                 "id": sid, "key": key, "source": unit.source, "hashtags": hashtags,
@@ -151,8 +152,11 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
             }
             if item.caption:
                 meta["caption"] = item.caption
+            # the perceptual hashes of the canonical pixels, once, while we hold them (dedup decodes nothing)
+            codes = {h: perceptual_hash(canon.image, h) for h in HASH_SIZES}
             writer.write({"__key__": key, ext: encoded,
-                          "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")})
+                          "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")},
+                         meta=meta, phash=codes)
             ids.append([key, sid])
         written = writer.count
         if written:
@@ -160,6 +164,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
         else:
             writer.abort()
             (out_dir / shard_rel).unlink(missing_ok=True)  # a redone unit (ingest.withdrawn) may have had one
+            index_path(out_dir / shard_rel).unlink(missing_ok=True)
     except BaseException as exc:
         writer.abort(exc)
         raise
@@ -193,8 +198,8 @@ def _part_done(out_dir: Path, unit: WorkUnit, plan_hash: str, withdrawn: frozens
         return None  # ingest.withdrawn changed for this unit: redo it
     if part["shard"]:
         s = out_dir / part["shard"]
-        if not s.exists() or s.stat().st_size != part["shard_bytes"]:
-            return None
+        if not s.exists() or s.stat().st_size != part["shard_bytes"] or not index_path(s).is_file():
+            return None  # also a shard written before the shard index existed: redo it
     return part
 
 
@@ -322,8 +327,8 @@ def _merge(cfg, out_dir, units, plan, config, fingerprints, t0, work_seconds, n_
     }
     if counts["input"] != counts["written"] + counts["quarantined"]:  # pragma: no cover - invariant
         raise AssertionError(f"ingest lost samples: {counts}")
-    outputs = {"shards": [{"path": p["shard"], "samples": p["written"], "bytes": p["shard_bytes"],
-                           "sha256": p["shard_sha256"]} for p in parts if p["shard"]],
+    outputs = {"shards": [{"path": p["shard"], "index": index_path(p["shard"]).as_posix(), "samples": p["written"],
+                           "bytes": p["shard_bytes"], "sha256": p["shard_sha256"]} for p in parts if p["shard"]],
                "quarantine": "quarantine.jsonl"}
     manifest = write_manifest(out_dir, stage=STAGE, config=config, inputs=fingerprints, counts=counts,
                               seconds=time.perf_counter() - t0, outputs=outputs)

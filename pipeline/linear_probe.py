@@ -5,9 +5,11 @@ sec. 3: multinomial logistic regression on the penultimate-layer features, L2
 regularization chosen on a split held out from the training set, then refit on the
 whole training set):
 
-1. :func:`extract_features`: the frozen trunk's globally pooled features
-   (``forward_head(forward_features(x), pre_logits=True)``), eval preprocessing, no
-   augmentation, bf16 autocast where it is used for training, features kept in float32;
+1. :func:`extract_features`: the frozen trunk's globally pooled features (the penultimate
+   layer, ``forward_head(forward_features(x), pre_logits=True)``, or the pooled outputs of
+   several residual stages concatenated, as Goyal et al. 2019 probe each stage; the
+   transfer stage's ``transfer.probe_stages``), eval preprocessing, no augmentation, the
+   autocast used for training, features kept in float32;
 2. :func:`fit_probe`: standardize the features (mean 0, variance 1 per dimension,
    statistics from the fit part only), then an L2-regularized multinomial logistic
    regression (scikit-learn, L-BFGS) for each C of a small grid on the fit part; the C
@@ -46,14 +48,18 @@ __all__ = ["ProbeResult", "extract_features", "fit_probe", "topk_correct"]
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
                      device: torch.device, autocast_dtype: torch.dtype | None = None, channels_last: bool = True,
-                     total: int | None = None, progress: bool = False, desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
+                     total: int | None = None, progress: bool = False, desc: str = "features",
+                     stages: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pooled trunk features of uint8 image batches.
 
     Args:
         model: a model with ``forward_features`` and ``forward_head(pre_logits=True)``; put in eval mode here.
         batches: ``(uint8 (B, 3, S, S), int64 (B,))`` pairs (see :mod:`pipeline.target_data`).
+        stages: None: the penultimate features (``num_features``); else residual stage names
+            (``layer1``..``layer4``) whose pooled outputs are concatenated
+            (:meth:`pipeline.models.ResNeXt.pooled_stage_features`).
     Returns:
-        (features float32 (N, num_features), labels int64 (N,)).
+        (features float32 (N, D), labels int64 (N,)).
     """
     model.eval()
     feats, labels = [], []
@@ -63,7 +69,10 @@ def extract_features(model: torch.nn.Module, batches: Iterable[tuple[torch.Tenso
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                f = model.forward_head(model.forward_features(x), pre_logits=True)
+                if stages is None:
+                    f = model.forward_head(model.forward_features(x), pre_logits=True)
+                else:
+                    f = model.pooled_stage_features(x, stages)
             feats.append(f.float().cpu())
             labels.append(torch.as_tensor(y))
             bar.update(len(x))

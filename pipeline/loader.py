@@ -6,8 +6,8 @@ items each rank and batch get (:mod:`pipeline.epoch_plan`); the seeded shuffle b
 order of every batch is known before any byte is read; then, in each DataLoader worker,
 
     this worker's batches (skipping those already trained on: resume) -> each item's image
-    member read by offset (:func:`member_offsets`: one tar header scan per shard, shared by
-    the streams of a process) -> decode + augment -> collate.
+    member read by offset (:func:`member_offsets`: from the shard index ingest wrote, read
+    once per shard and process) -> decode + augment -> collate.
 
 Worker ``w`` of ``W`` builds batches ``b`` with ``(b - skip) % W == w``; PyTorch's DataLoader
 returns worker batches round-robin, so batches arrive in plan order and a resumed run
@@ -34,7 +34,6 @@ import io
 import math
 import os
 import random
-import tarfile
 from pathlib import Path
 from typing import Iterator
 
@@ -44,7 +43,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
-from pipeline.shards import IMAGE_MEMBER_EXTS
+from pipeline.shards import ShardReader
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -150,29 +149,23 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=4096)
-def _scan_members(path: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
-    offsets: dict[str, tuple[int, int]] = {}
-    with tarfile.open(path, "r:") as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.rpartition("/")[2].partition(".")
-            if ext in IMAGE_MEMBER_EXTS and key not in offsets:
-                offsets[key] = (m.offset_data, m.size)
-    return offsets
+def _image_offsets(path: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    with ShardReader(path) as reader:
+        return reader.image_offsets()
 
 
 def member_offsets(path: str | Path) -> dict[str, tuple[int, int]]:
     """``{sample key: (byte offset, byte size)}`` of each sample's image member in a shard tar.
 
-    One scan of the tar headers (Python ``tarfile``), cached per process by path, size and
-    modification time, so the training and held-out streams, and every epoch, share it.
+    From the shard's index (:class:`pipeline.shards.ShardReader`), cached per process by
+    path, size and modification time, so the training and held-out streams, and every
+    epoch, share it.
 
     Raises:
-        OSError, tarfile.ReadError: the shard cannot be read.
+        OSError, ValueError, tarfile.ReadError: the shard or its index cannot be read.
     """
     st = os.stat(path)
-    return _scan_members(str(path), st.st_size, st.st_mtime_ns)
+    return _image_offsets(str(path), st.st_size, st.st_mtime_ns)
 
 
 def shuffle_order(n: int, rng: random.Random, buffer: int) -> np.ndarray:
@@ -197,33 +190,27 @@ def shuffle_order(n: int, rng: random.Random, buffer: int) -> np.ndarray:
 
 
 class MemberReader:
-    """Reads byte ranges of shard tars by shard number, keeping each shard's file open.
-
-    A context manager: the files are closed on exit. ``read`` raises ``RuntimeError`` when
-    fewer bytes than asked are left (a truncated shard).
-    """
+    """Byte ranges of shard tars by shard number, through one :class:`pipeline.shards.ShardReader`
+    per shard (each keeps its file open). A context manager: the files are closed on exit.
+    ``read`` raises ``RuntimeError`` when fewer bytes than asked are left (a truncated shard)."""
 
     def __init__(self, shards: dict[int, str]) -> None:
         self.shards = shards
-        self._files: dict[int, object] = {}
+        self._readers: dict[int, ShardReader] = {}
 
     def read(self, shard: int, offset: int, size: int) -> bytes:
-        fh = self._files.get(shard)
-        if fh is None:
-            fh = self._files[shard] = open(self.shards[shard], "rb")
-        fh.seek(offset)
-        blob = fh.read(size)
-        if len(blob) != size:
-            raise RuntimeError(f"shard {self.shards[shard]} is truncated at byte {offset}")
-        return blob
+        r = self._readers.get(shard)
+        if r is None:
+            r = self._readers[shard] = ShardReader(self.shards[shard])
+        return r.read_range(offset, size)
 
     def __enter__(self) -> "MemberReader":
         return self
 
     def __exit__(self, *exc) -> None:
-        for fh in self._files.values():
-            fh.close()
-        self._files.clear()
+        for r in self._readers.values():
+            r.close()
+        self._readers.clear()
 
 
 class ShardStream(IterableDataset):
@@ -268,7 +255,7 @@ class ShardStream(IterableDataset):
         self.plan = make_epoch_plan(self.index, seed=self.seed, epoch=epoch, world=self.world,
                                     batch_size=self.batch_size)
         self.skip_batches = skip_batches
-        # look up positions in the main process (one header scan per shard per process, cached), so
+        # look up positions in the main process (the shard index, read once per shard per process), so
         # the workers, started fresh every epoch, inherit them instead of scanning the tars again
         if self.decoded is None:
             self._locate(self.plan.rank_items(self.rank)[0])

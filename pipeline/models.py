@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,6 +33,8 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from pipeline.atomic import atomic_path
+
+STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")  # the residual stages (res2..res5 in the paper's naming)
 
 __all__ = [
     "ResNeXt",
@@ -122,6 +124,29 @@ class ResNeXt(ResNet):
         x = self.layer2(x)
         x = self.layer3(x)
         return self.layer4(x)
+
+    def pooled_stage_features(self, x: torch.Tensor, stages: Sequence[str] = ("layer4",)) -> torch.Tensor:
+        """Globally average-pooled outputs of residual stages, concatenated in network order.
+
+        ``(N, 3, H, W)`` -> ``(N, sum of the stages' channels)`` (``layer1`` 256, ``layer2`` 512,
+        ``layer3`` 1024, ``layer4`` 2048). ``("layer4",)`` equals
+        ``forward_head(forward_features(x), pre_logits=True)``. Linear probes on several stages
+        follow Goyal et al. 2019 ("Scaling and Benchmarking Self-Supervised Visual
+        Representation Learning", sec. 4: linear classifiers on the features of each res stage).
+
+        Raises:
+            ValueError: an unknown stage name, or none.
+        """
+        unknown = [s for s in stages if s not in STAGE_NAMES]
+        if unknown or not stages:
+            raise ValueError(f"stages must be a non-empty subset of {STAGE_NAMES}, got {list(stages)}")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = []
+        for name in STAGE_NAMES[: max(STAGE_NAMES.index(s) for s in stages) + 1]:
+            x = getattr(self, name)(x)
+            if name in stages:
+                out.append(torch.flatten(self.avgpool(x), 1))
+        return torch.cat(out, dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pool ``(N, C, H', W')`` -> ``(N, num_features)``; then, unless

@@ -28,14 +28,64 @@ import faiss
 import imagehash
 
 
+HASH_SIZES = (8, 16)  # the pHash grids ingest stores per sample: 64- and 256-bit codes (dedup.hash_size picks one)
+BORDER_TOLERANCE = 24  # max per-channel difference (0-255) from the corner colour still counted as border
+MIN_BAND = 0.2  # trim an axis only where its two border bands take >= this share of the side (padding, not margins)
+
+
 def phash_bytes(img: Image.Image, hash_size: int = 8) -> np.ndarray:
-    """pHash of an image as packed bits.
+    """pHash of an image as packed bits (no border trimming: see :func:`perceptual_hash`).
 
     Returns:
         ``np.ndarray`` of dtype uint8 and shape ``(hash_size**2 // 8,)``.
     """
     bits = imagehash.phash(img, hash_size=hash_size).hash.reshape(-1)
     return np.packbits(bits.astype(np.uint8))
+
+
+def trim_uniform_border(img: Image.Image, tolerance: int = BORDER_TOLERANCE, min_band: float = MIN_BAND) -> Image.Image:
+    """Crop away padding bands: the rows (or columns) at the edges that are all, within
+    ``tolerance`` per channel, the colour the four corners share, on an axis where those
+    bands together take at least ``min_band`` of the side.
+
+    Padding a non-square image to a square (img2dataset's ``border`` resize, white bands)
+    adds such bands on one axis; an image's own small margins (an emoji's transparent
+    edge, composited on white) stay, so that an original and its padded, resized and
+    re-encoded copy crop to the same content box. Images whose corners differ (most
+    photographs) and images that are all border are returned unchanged.
+    Measured on the fixture's img2dataset copies: square copies 0 bits from their
+    originals with or without trimming; a 118x273 image padded to 256x256 went from 14 bits
+    to 0, a 303x156 one from 28 to 8 (tests/test_shards.py).
+    """
+    a = np.asarray(img.convert("RGB"), dtype=np.int16)
+    h, w = a.shape[:2]
+    corners = a[[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]]
+    if np.abs(corners - corners[0]).max() > tolerance:
+        return img
+    content = np.abs(a - corners[0]).max(axis=2) > tolerance
+    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    if not len(rows):
+        return img
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if top + (h - bottom) < min_band * h:
+        top, bottom = 0, h
+    if left + (w - right) < min_band * w:
+        left, right = 0, w
+    box = (left, top, right, bottom)
+    return img if box == (0, 0, w, h) else img.crop(box)
+
+
+def perceptual_hash(img: Image.Image, hash_size: int = 8) -> np.ndarray:
+    """The pipeline's perceptual hash: pHash of the canonical pixels after :func:`trim_uniform_border`.
+
+    Ingest computes it once per sample from the canonical pixels (before the shard encoding,
+    so a JPEG-encoded shard and its lossless eval copy get the same code) and the dedup
+    stage hashes eval images with this same function on the same canonical form.
+
+    Returns:
+        uint8 ``(hash_size**2 // 8,)``: packed bits.
+    """
+    return phash_bytes(trim_uniform_border(img).convert("RGB"), hash_size)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> int:

@@ -261,9 +261,9 @@ def section_dedup(run: Run) -> list[str]:
           fmt_int(c.get("eval_contaminated", c.get("eval_contamination"))), fmt_int(c.get("withdrawn")),
           fmt_int(c.get("removed")), fmt_int(c.get("kept"))]], "rrrrrrr")
     bits = int(cfg.get("hash_size") or 8) ** 2
-    out += ["", f"pHash {bits}-bit, "
-            f"near radius {cfg.get('near_radius', '-')}, eval radius {cfg.get('eval_radius', '-')}; hashing "
-            f"{fmt_num(c.get('hash_images_per_second'))} images/s; withdrawn ids requested "
+    out += ["", f"pHash {bits}-bit (of the canonical pixels, uniform borders trimmed; computed at ingest), "
+            f"near radius {cfg.get('near_radius', '-')}, eval radius {cfg.get('eval_radius', '-')}; stored codes read at "
+            f"{fmt_num(c.get('codes_images_per_second'))} images/s; withdrawn ids requested "
             f"{fmt_int(c.get('withdrawn_requested'))}; stage time {fmt_seconds(run.manifests['dedup'].get('seconds'))}.",
             ""]
     ec = _load_json(run.path("dedup", "eval_contamination.json")) or {}
@@ -539,7 +539,9 @@ def target_section(name: str, sec: dict) -> list[str]:
            + (f" (of {fmt_int(avail)})" if avail and avail != n_val else "")
            + (f", {fmt_int(sec.get('train_images_available'))} training images available" if sec.get("train_images_available") else "")
            + ". Every run is scored on the same val images; intervals are 95% (val bootstrap; with several seeds, "
-             "the seed spread too).", ""]
+             "the seed spread too)."
+           + (f" Linear-probe features: the pooled outputs of {', '.join(sec['probe_stages'])}, concatenated."
+              if sec.get("probe_stages") else ""), ""]
     out += _lr_line(sec) + ([""] if sec.get("lr_selection") else [])
     out += ["Decontamination (lower-bound accuracies count flagged val images as wrong):", ""] + _decontam_lines(sec) + [""]
     table = []

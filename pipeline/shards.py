@@ -1,33 +1,108 @@
-"""Canonical shards: WebDataset tars written once by ingest, read by every later stage.
+"""Canonical shards: WebDataset tars written once by ingest, read by every later stage through one reader.
 
-A shard ``shards/NNNNNN.tar`` holds, per sample with key ``UUUUUU_PPPPPP`` (unit, position),
-an image member (``.jpg``, ``.webp`` or ``.png``) and a ``.json`` member with at least
-``id``, ``source``, ``hashtags`` (normalized), ``width``, ``height`` (stored px),
-``orig_width``, ``orig_height``, ``sha256`` (of the canonical decoded pixels) and ``meta``.
-Tars are byte-reproducible (fixed mtime, owner and mode) and written atomically.
+A shard ``shards/NNNNNN.tar`` holds, per sample with key ``UUUUUU_PPPPPP`` (unit, position;
+:func:`shard_key` / :func:`parse_key`), an image member (``.jpg``, ``.webp`` or ``.png``)
+and a ``.json`` member with at least ``id``, ``source``, ``hashtags`` (normalized),
+``width``, ``height`` (stored px), ``orig_width``, ``orig_height``, ``sha256`` (of the
+canonical decoded pixels) and ``meta``. Tars are plain WebDataset shards (``webdataset``
+reads them as they are; timm's WebDataset reader is built on it), byte-reproducible (fixed mtime, owner and mode) and
+written atomically.
+
+Beside each tar, ingest writes its **index** ``shards/NNNNNN.index.json`` (the idea of
+webdataset's ``wids`` index, extended): per sample the key, every member's byte offset and
+size in the tar, the metadata (the ``.json`` member's content, so nothing needs to read
+the tar for it), and the perceptual hashes of the canonical pixels at 64 and 256 bits
+(:func:`pipeline.near_index.perceptual_hash`), computed once while ingest holds the pixels.
+The index records the tar's size; an index that disagrees with its tar is refused.
+
+:class:`ShardReader` is the one reader: the dedup stage (codes, no decoding), vocab
+(metadata), the training loader (image bytes by offset), the audit, the benchmarks and
+``data_tools.inspect_shards``. A shard without an index (ingested before it existed, or
+any foreign WebDataset tar) is indexed on the fly from its tar headers, in memory only;
+its perceptual hashes are then computed from the stored pixels (slower, and for JPEG
+shards not exactly the canonical pixels): re-run ingest to get them from the index.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import tarfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import webdataset as wds
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, write_text
 from pipeline.manifest import read_manifest, stage_dir
 
+log = logging.getLogger(__name__)
+
 IMAGE_MEMBER_EXTS = ("jpg", "webp", "png")
+INDEX_FORMAT = 1
+INDEX_SUFFIX = ".index.json"
+_WARNED: set[str] = set()  # shards without an index already warned about in this process
+
+
+def shard_key(shard: int, position: int) -> str:
+    """The key of the sample at ``position`` of shard ``shard``: ``UUUUUU_PPPPPP`` (zero-padded)."""
+    return f"{int(shard):06d}_{int(position):06d}"
+
+
+def parse_key(key: str) -> tuple[int, int]:
+    """``(shard number, position)`` of a key ``UUUUUU_PPPPPP``.
+
+    Raises:
+        ValueError: ``key`` is not of that form.
+    """
+    unit, sep, pos = str(key).partition("_")
+    if not (sep and len(unit) == 6 and unit.isdigit() and pos.isdigit()):
+        raise ValueError(f"not a shard key (UUUUUU_PPPPPP): {key!r}")
+    return int(unit), int(pos)
+
+
+def shard_of_keys(keys) -> np.ndarray:
+    """int64 (N,): the shard number of each key (see :func:`parse_key`)."""
+    return np.array([parse_key(k)[0] for k in keys], dtype=np.int64)
+
+
+def index_path(shard: str | os.PathLike) -> Path:
+    """Where the index of shard ``shard`` (``.../NNNNNN.tar``) lives: ``.../NNNNNN.index.json``."""
+    p = Path(shard)
+    return p.with_name(p.name[: -len(".tar")] + INDEX_SUFFIX if p.name.endswith(".tar") else p.name + INDEX_SUFFIX)
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """``(key, extension)`` of a tar member name: WebDataset's rule (key up to the first dot of the base name)."""
+    folder, _, base = name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return (f"{folder}/{key}" if folder else key), ext
+
+
+def _scan(path: Path) -> tuple[list[str], dict[str, dict[str, list[int]]]]:
+    """(member names in tar order, key -> {ext: [offset, size]}) from the tar headers (regular files only)."""
+    names: list[str] = []
+    members: dict[str, dict[str, list[int]]] = {}
+    with tarfile.open(path, "r:") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            names.append(m.name)
+            key, ext = split_member(m.name)
+            members.setdefault(key, {}).setdefault(ext, [m.offset_data, m.size])
+    return names, members
 
 
 class AtomicShardWriter:
-    """Write one tar shard under a temp name; :meth:`commit` renames it into place.
+    """Write one tar shard and its index under temp names; :meth:`commit` renames them into place.
 
     Use as a context manager: leaving the block without :meth:`commit` (an exception)
-    deletes the temp file. Samples are dicts ``{"__key__": str, ext: bytes, ...}``.
+    deletes the temp files. Samples are dicts ``{"__key__": str, ext: bytes, ...}``; each
+    :meth:`write` may give the sample's index entries (``meta``: the metadata dict,
+    ``phash``: ``{hash_size: uint8 codes}``).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -36,18 +111,30 @@ class AtomicShardWriter:
         self._tmp = self._ctx.__enter__()
         self._fh = open(self._tmp, "wb")
         self._tw = wds.TarWriter(self._fh, encoder=False, mtime=0.0, user="pipeline", group="pipeline", mode=0o444)
+        self._rows: list[dict] = []
         self.count = 0
         self._done = False
 
-    def write(self, sample: dict) -> None:
-        """Append one sample (all values bytes)."""
+    def write(self, sample: dict, meta: dict | None = None, phash: dict[int, np.ndarray] | None = None) -> None:
+        """Append one sample (all values bytes) and remember its index entries."""
         self._tw.write(sample)
+        row: dict = {"key": sample["__key__"]}
+        if meta is not None:
+            row["meta"] = meta
+        if phash:
+            row["phash"] = {str(k): bytes(np.asarray(v, np.uint8)).hex() for k, v in sorted(phash.items())}
+        self._rows.append(row)
         self.count += 1
 
     def commit(self) -> None:
-        """Close, fsync and rename the shard into place."""
+        """Close the tar, write the index (offsets from the tar as written), fsync and rename both into place."""
         self._tw.close()
         self._fh.close()
+        _, members = _scan(self._tmp)
+        rows = [{**r, "members": members[r["key"]]} for r in self._rows]
+        index = {"format": INDEX_FORMAT, "tar": self.path.name, "tar_bytes": self._tmp.stat().st_size,
+                 "samples": rows}
+        write_text(index_path(self.path), json.dumps(index, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
         self._done = True
         self._ctx.__exit__(None, None, None)
 
@@ -74,6 +161,165 @@ class AtomicShardWriter:
             self.abort(exc)
 
 
+class ShardReader:
+    """One shard tar through its index: members by byte offset, metadata and perceptual hashes by key.
+
+    Args:
+        path: the tar.
+        require_index: refuse a tar without an index (else it is indexed on the fly from its
+            headers, in memory, with a warning unless ``warn_unindexed`` is False: tools that
+            read any WebDataset tar).
+
+    Attributes:
+        path: the tar; ``keys``: sample keys in tar order; ``indexed``: whether an index file was read.
+
+    Raises:
+        FileNotFoundError: the tar is missing, or has no index and ``require_index``.
+        ValueError: the index is of another format or disagrees with the tar's size
+            (the tar was changed after ingest: re-run ingest).
+        tarfile.TarError, OSError: the tar cannot be read.
+    """
+
+    def __init__(self, path: str | os.PathLike, require_index: bool = False, warn_unindexed: bool = True) -> None:
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        ip = index_path(self.path)
+        self._meta: dict[str, dict] = {}
+        self._phash: dict[str, dict[str, str]] = {}
+        self._fh = None
+        if ip.is_file():
+            idx = json.loads(ip.read_text(encoding="utf-8"))
+            if idx.get("format") != INDEX_FORMAT:
+                raise ValueError(f"{ip}: index format {idx.get('format')!r}, this code reads {INDEX_FORMAT}; re-run ingest")
+            if idx.get("tar_bytes") != size:
+                raise ValueError(f"{ip} describes a tar of {idx.get('tar_bytes')} bytes but {self.path} has {size}: "
+                                 "the shard changed after ingest; re-run ingest")
+            self.indexed = True
+            self.members = {r["key"]: {e: tuple(v) for e, v in r["members"].items()} for r in idx["samples"]}
+            for r in idx["samples"]:
+                if "meta" in r:
+                    self._meta[r["key"]] = r["meta"]
+                if "phash" in r:
+                    self._phash[r["key"]] = r["phash"]
+        else:
+            if require_index:
+                raise FileNotFoundError(f"{self.path} has no index ({ip.name}): it was ingested before the shard "
+                                        "index existed; re-run ingest")
+            if warn_unindexed and str(self.path) not in _WARNED:
+                _WARNED.add(str(self.path))  # once per shard and process (loader workers open shards every epoch)
+                log.warning("%s has no index (%s): indexing it from its tar headers (in memory); "
+                            "re-run ingest to write one", self.path, ip.name)
+            self.indexed = False
+            _, m = _scan(self.path)
+            self.members = {k: {e: tuple(v) for e, v in exts.items()} for k, exts in m.items()}
+        self.keys = list(self.members)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    # -- bytes ------------------------------------------------------------------------------
+    def read_range(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of the tar (the file is kept open; see :meth:`close`).
+
+        Raises:
+            RuntimeError: fewer bytes are left (a truncated shard).
+        """
+        if self._fh is None:
+            self._fh = open(self.path, "rb")
+        self._fh.seek(offset)
+        blob = self._fh.read(size)
+        if len(blob) != size:
+            raise RuntimeError(f"shard {self.path} is truncated at byte {offset}")
+        return blob
+
+    def read(self, key: str, ext: str) -> bytes:
+        """The bytes of member ``<key>.<ext>``. Raises KeyError if the shard has no such member."""
+        off, size = self.members[key][ext]
+        return self.read_range(off, size)
+
+    def image_member(self, key: str) -> tuple[str, int, int]:
+        """``(extension, byte offset, byte size)`` of the image member of ``key``.
+
+        Raises:
+            KeyError: no such sample, or it has no image member.
+        """
+        exts = self.members[key]
+        for e in IMAGE_MEMBER_EXTS:
+            if e in exts:
+                return (e, *exts[e])
+        raise KeyError(f"{key} has no image member ({', '.join(IMAGE_MEMBER_EXTS)}) in {self.path}")
+
+    def image_offsets(self) -> dict[str, tuple[int, int]]:
+        """``{key: (byte offset, byte size)}`` of every sample's image member."""
+        out = {}
+        for k, exts in self.members.items():
+            e = next((e for e in IMAGE_MEMBER_EXTS if e in exts), None)
+            if e is not None:
+                out[k] = exts[e]
+        return out
+
+    def sample(self, key: str) -> dict:
+        """``{"__key__": key, ext: bytes, ...}``: every member of one sample, as webdataset yields it."""
+        return {"__key__": key, **{e: self.read(key, e) for e in self.members[key]}}
+
+    def __iter__(self) -> Iterator[dict]:
+        """Every sample in tar order (see :meth:`sample`)."""
+        for k in self.keys:
+            yield self.sample(k)
+
+    # -- metadata and hashes ------------------------------------------------------------------
+    def metadata(self, key: str) -> dict:
+        """The sample's metadata (its ``.json`` member), from the index where it has it."""
+        m = self._meta.get(key)
+        if m is None:
+            m = self._meta[key] = json.loads(self.read(key, "json"))
+        return m
+
+    def iter_metadata(self) -> Iterator[tuple[str, dict]]:
+        """``(key, metadata)`` of every sample with a ``.json`` member, in tar order."""
+        for k in self.keys:
+            if k in self._meta or "json" in self.members[k]:
+                yield k, self.metadata(k)
+
+    def codes(self, hash_size: int) -> np.ndarray:
+        """uint8 ``(len(keys), hash_size**2 // 8)``: the perceptual hash of every sample, in ``keys`` order.
+
+        From the index (computed by ingest on the canonical pixels); for a shard without
+        one, computed here from the decoded stored image (with a warning).
+        """
+        from pipeline.near_index import perceptual_hash
+
+        nbytes = hash_size * hash_size // 8
+        out = np.zeros((len(self.keys), nbytes), np.uint8)
+        missing = [i for i, k in enumerate(self.keys) if str(hash_size) not in self._phash.get(k, {})]
+        for i, k in enumerate(self.keys):
+            code = self._phash.get(k, {}).get(str(hash_size))
+            if code is not None:
+                out[i] = np.frombuffer(bytes.fromhex(code), np.uint8)
+        if missing:
+            from PIL import Image
+
+            log.warning("%s: no %d-bit perceptual hashes in its index for %d sample(s): decoding them",
+                        self.path, hash_size * hash_size, len(missing))
+            for i in missing:
+                e, off, size = self.image_member(self.keys[i])
+                with Image.open(io.BytesIO(self.read_range(off, size))) as img:
+                    out[i] = perceptual_hash(img.convert("RGB"), hash_size)
+        return out
+
+    def close(self) -> None:
+        """Close the tar file (reopened on the next read)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def shard_paths(run_dir: str | os.PathLike) -> list[Path]:
     """The canonical shards of a run, in order, from the ingest manifest.
 
@@ -88,19 +334,18 @@ def shard_paths(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def iter_metadata(paths: list[Path] | list[str]) -> Iterator[tuple[str, str, dict]]:
-    """Yield ``(shard name, key, json metadata)`` for every sample, without decoding images."""
+    """Yield ``(shard name, key, json metadata)`` for every sample, from the shard indexes (no tar scan)."""
     for p in paths:
-        with tarfile.open(p, "r:") as tf:
-            for m in tf:
-                if m.name.endswith(".json"):
-                    fh = tf.extractfile(m)
-                    yield Path(p).name, m.name[: -len(".json")], json.load(fh)
+        with ShardReader(p) as r:
+            for key, meta in r.iter_metadata():
+                yield Path(p).name, key, meta
 
 
 def iter_samples(paths: list[Path] | list[str]) -> Iterator[dict]:
     """Yield raw samples ``{"__key__", "__url__", "json": bytes, "<img ext>": bytes}`` in shard order.
 
-    Uses webdataset's tar reader with no shuffling and no splitting (one process).
+    Uses webdataset's own tar reader with no shuffling and no splitting (one process): the
+    check that the shards are plain WebDataset tars.
     """
     ds = wds.WebDataset([str(p) for p in paths], shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
     yield from ds

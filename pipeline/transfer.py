@@ -19,7 +19,8 @@ Every target's config and folders are checked before any work.
 Mahajan et al. 2018 (sec. 3) measure pretraining two ways, and so does this stage, each
 against the same model from random initialization ("scratch"):
 
-- **feature transfer** (linear probe): the frozen trunk's pooled features, standardized,
+- **feature transfer** (linear probe): the frozen trunk's pooled features (of the residual
+  stages ``transfer.probe_stages``, concatenated; default layer2-4), standardized,
   then an L2-regularized multinomial logistic regression whose C is chosen on a stratified
   split held out from the training images and refit on all of them
   (:mod:`pipeline.linear_probe`; Kornblith et al. 2019's protocol);
@@ -45,7 +46,7 @@ CPU cores (10-12 s per value), about 10% of the stage. Short runs favour the sma
 **Error bars.** Every accuracy carries a 95% interval (``ci_level``) from
 :mod:`pipeline.intervals`: a percentile bootstrap over the val images (``n_boot`` resamples)
 for a single run; for the low-data settings, which are repeated over seeded draws of the
-labelled subset (``probe_seeds``, default 3, for the probe; ``finetune_seeds``, default 1,
+labelled subset (``probe_seeds``, default 10, for the probe; ``finetune_seeds``, default 1,
 for fine-tuning: each seed also seeds the new head, the augmentation and the scratch init),
 ``seed_and_val_ci`` (seed spread and val bootstrap together; t with Welch-Satterthwaite df).
 Every run of a target is scored on the same val images. The pretrained-minus-scratch
@@ -355,9 +356,10 @@ class _Stage:
         m = m.to(self.device)
         return m.to(memory_format=torch.channels_last) if self.channels_last else m
 
-    def features(self, model, batches, total: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    def features(self, model, batches, total: int, desc: str, stages=None) -> tuple[np.ndarray, np.ndarray]:
         return extract_features(model, batches, device=self.device, autocast_dtype=self.autocast,
-                                channels_last=self.channels_last, total=total, progress=self.progress, desc=desc)
+                                channels_last=self.channels_last, total=total, progress=self.progress, desc=desc,
+                                stages=stages)
 
     def settings(self, r: dict, *, epochs: int, n: int, base_lr: float, seed: int, max_epoch_images=None,
                  eval_every_epoch: bool) -> FinetuneSettings:
@@ -552,6 +554,7 @@ def run_target(st: _Stage, t: Target, write: callable) -> dict:
                                      "probe_seeds", "finetune_epochs", "finetune_seeds", "min_epoch_images", "batch_size",
                                      "crop_min_scale", "base_lr", "finetune_lr_grid", "lr_select_setting",
                                      "lr_select_epochs", "lr_select_max_images", "warmup_epochs", "eval_every_epoch")},
+        "probe_stages": list(st.tc.probe_stages),
         "overridden": list(r["overridden"]),
         "contamination": {"phash": {"checked": cont_paths is not None, "eval_set": cont_name, "count": int(phash.sum())},
                           "features": {"checked": False, "reason": st.nn_skip}},
@@ -643,11 +646,14 @@ def run_target(st: _Stage, t: Target, write: callable) -> dict:
         feat_idx = np.unique(np.concatenate(list(probe_sets.values())))
         train_images = eval_batches(TransformedSubset(t.train_set, feat_idx, st.size), st.tc.eval_batch_size,
                                     st.workers, r["eval_cache_mb"], st.progress, f"{name}: decode train")
+        stages = tuple(st.tc.probe_stages)
         for init in inits:
             ts = time.perf_counter()
             model = st.trunk(init, seed0)
-            fx, fy = st.features(model, train_images, len(feat_idx), f"{name}: features train {init}")
-            vx, vy = val_feats.pop(init, None) or st.features(model, val_images, n_val, f"{name}: features val {init}")
+            fx, fy = st.features(model, train_images, len(feat_idx), f"{name}: features train {init}", stages)
+            # the decontamination's val features are the penultimate layer's: reused when the probe uses only that
+            reuse = val_feats.pop(init, None) if stages == ("layer4",) else None
+            vx, vy = reuse or st.features(model, val_images, n_val, f"{name}: features val {init}", stages)
             del model
             res["seconds"]["features"][init] = round(time.perf_counter() - ts, 3)
             for k in settings:

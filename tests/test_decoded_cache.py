@@ -96,3 +96,12 @@ def test_a_missing_sample_fails_and_leaves_nothing(ingested_fixture, tmp_path):
 
 def test_estimate_is_the_square_image_upper_bound():
     assert estimate_bytes(10, 64) == 10 * 3 * 128 * 128
+
+
+def test_worker_niceness_is_lowest_only_for_cpu_training_from_the_cache():
+    from pipeline.pretrain import worker_nice
+
+    assert worker_nice(None, "cpu", decoded=True) == 19
+    assert worker_nice(None, "cpu", decoded=False) == 0  # decoding workers need their CPU share
+    assert worker_nice(None, "cuda", decoded=True) == 0  # GPU runs: the workers have cores of their own
+    assert worker_nice(0, "cpu", decoded=True) == 0 and worker_nice(5, "cuda", decoded=False) == 5

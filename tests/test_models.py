@@ -153,3 +153,24 @@ def test_export_trunk_of_mini_loads_into_plain_resnet(tmp_path):
     tv.fc = nn.Identity()
     tv.load_state_dict(torch.load(pth, weights_only=True), strict=True)
     assert isinstance(load_trunk(pth, "resnext_mini"), ResNeXt)
+
+
+def test_pooled_stage_features_concatenate_the_stages_and_layer4_is_the_penultimate_layer():
+    import pytest
+    import torch
+
+    from pipeline.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model("resnext_mini", num_classes=0).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        pen = m.forward_head(m.forward_features(x), pre_logits=True)
+        l4 = m.pooled_stage_features(x, ("layer4",))
+        multi = m.pooled_stage_features(x, ("layer2", "layer3", "layer4"))
+        l3 = m.pooled_stage_features(x, ("layer3",))
+    assert torch.allclose(pen, l4) and l4.shape == (3, 2048)
+    assert multi.shape == (3, 512 + 1024 + 2048)
+    assert torch.allclose(multi[:, 512:1536], l3) and torch.allclose(multi[:, 1536:], l4)
+    with pytest.raises(ValueError, match="stages"):
+        m.pooled_stage_features(x, ("layer5",))

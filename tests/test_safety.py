@@ -73,23 +73,22 @@ def test_labels_npz_with_a_pickle_is_refused(prepared_fixture, tmp_path):
     assert not marker.exists()
 
 
-def test_dedup_hash_cache_with_a_pickle_is_refused_and_rebuilt(prepared_fixture, tmp_path):
+def test_a_tampered_shard_index_is_refused_naming_it(prepared_fixture, tmp_path):
+    """The shard index is JSON (never unpickled); one of another format, or one whose tar changed
+    size, stops dedup with the file named and what to do, before anything is written."""
     from pipeline.dedup import run_dedup
+    from pipeline.shards import index_path
 
-    run = copy_run(prepared_fixture, tmp_path / "run", stages=("ingest", "dedup"))
-    before = (run / "dedup" / "removed.jsonl").read_text()
-    marker = tmp_path / "pwned"
-    cache = run / "dedup" / "hashes" / "000000.npz"
-    with np.load(cache, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}  # a valid tag: the cache would be used
-    arrays["keys"] = np.array([_Evil(marker)], dtype=object)
-    with open(cache, "wb") as fh:
-        np.savez(fh, **arrays)
-    run_dedup(stage_cfg(run))
-    assert not marker.exists()
-    assert (run / "dedup" / "removed.jsonl").read_text() == before
-    with np.load(cache, allow_pickle=False) as z:  # rebuilt: plain arrays again
-        assert z["keys"].dtype.kind == "U"
+    run = copy_run(prepared_fixture, tmp_path / "run", stages=("ingest",))
+    idx = index_path(sorted((run / "ingest" / "shards").glob("*.tar"))[0])
+    good = idx.read_text()
+    idx.write_text(good.replace('"format":1', '"format":99'))
+    with pytest.raises(ValueError, match="re-run ingest") as exc:
+        run_dedup(stage_cfg(run))
+    assert idx.name in str(exc.value) and not (run / "dedup" / "manifest.json").exists()
+    idx.write_text(good.replace('"tar_bytes":', '"tar_bytes":1'))
+    with pytest.raises(ValueError, match="changed after ingest"):
+        run_dedup(stage_cfg(run))
 
 
 def test_crafted_checkpoint_in_a_run_is_refused_on_resume(pretrained, tmp_path):
@@ -208,7 +207,7 @@ def test_withdrawn_ids_never_reach_any_artifact(tmp_path):
     present = ["emoji_google:1f600", "img2dataset:000003"]
     code, out = _audit(run, present, tmp_path)
     assert code == 1
-    for where in ("ingest/shards/", "ingest/parts/", "dedup/hashes/", "vocab/labels.npz"):
+    for where in ("ingest/shards/", ".index.json", "ingest/parts/", "vocab/labels.npz"):
         assert where in out, (where, out)
 
     # the command line
@@ -254,11 +253,11 @@ def test_ids_withdrawn_after_ingest_then_purged_by_reingest(ingested_fixture, tm
 def test_audit_refuses_to_vouch_for_unreadable_files(prepared_fixture, tmp_path):
     run = copy_run(prepared_fixture, tmp_path / "run")
     marker = tmp_path / "pwned"
-    with open(run / "dedup" / "hashes" / "000001.npz", "wb") as fh:
+    with open(run / "dedup" / "stale_cache.npz", "wb") as fh:  # e.g. an npz left by another tool
         np.savez(fh, ids=np.array([_Evil(marker)], dtype=object))
     (run / "vocab" / "vocab.json").write_text('{"truncated": ')
     code, out = _audit(run, ["nobody:none"], tmp_path)
-    assert code == 2 and "UNVERIFIED" in out and "000001.npz" in out and "vocab.json" in out, out
+    assert code == 2 and "UNVERIFIED" in out and "stale_cache.npz" in out and "vocab.json" in out, out
     assert not marker.exists()
 
 

@@ -23,7 +23,7 @@ TINY = ["transfer.low_data_per_class=[2]", "transfer.targets.fluent_emoji_subgro
         "transfer.finetune_epochs=2", "transfer.min_epoch_images=40", "transfer.batch_size=16", "transfer.workers=0",
         "transfer.progress=false", "transfer.threads=1", "transfer.probe_Cs=[0.01,1.0]", "transfer.lr_select_max_images=32",
         "transfer.nn_known_copies=10", "transfer.nn_non_copies=50", "transfer.n_boot=200"]
-SEEDS = {"linear_probe": 3, "finetune": 2}  # low-data seeds in the suite run (probe_seeds default 3, finetune_seeds=2)
+SEEDS = {"linear_probe": 3, "finetune": 2}  # low-data seeds in the suite run (probe_seeds=3, finetune_seeds=2)
 N_VAL = {"fluent_emoji_subgroup": 18, "fashion_mnist": 30}
 N_TRAIN = {("fluent_emoji_subgroup", 2): 6, ("fluent_emoji_subgroup", None): 27, ("fashion_mnist", 2): 20,
            ("fashion_mnist", None): 50}
@@ -70,7 +70,7 @@ def transfer_run(pretrained_run, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(td, "load_rgb", spy_load)
         mp.setattr(tr, "select_lr", spy_select)
-        man = tr.run_transfer(stage_cfg(run, *TINY, "transfer.finetune_seeds=2"))
+        man = tr.run_transfer(stage_cfg(run, *TINY, "transfer.finetune_seeds=2", "transfer.probe_seeds=3"))
     return run, man, reads
 
 

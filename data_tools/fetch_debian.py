@@ -1,7 +1,7 @@
 """Fetchers for the Debian-packaged sources: openclipart, tuxpaint, fashion_mnist_deb.
 
 Each fetcher downloads its pinned packages (:mod:`data_tools.fetch_deb`), unpacks them
-into a staged folder, checks the counts DEMO-DATA.md documents, writes
+into a staged folder, checks the file counts pinned in this module (per package version), writes
 ``<cache>/<source>/.complete.json`` (versions, counts, .deb hashes) and only then
 moves the folder into place. A completed source is skipped unless ``force``.
 """

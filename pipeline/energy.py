@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 ENERGY_FILE = Path("run") / "energy.json"  # relative to the run folder
 
-# Patterson et al. 2021 (REFERENCE.md)
+# Patterson et al. 2021, "Carbon Emissions and Large Neural Network Training" (PUE, grid intensity, system watts)
 PUE_US_AVERAGE = 1.58
 PUE_EFFICIENT_CLOUD = 1.1
 GRID_US_AVERAGE_KG_PER_KWH = 0.429
@@ -76,7 +76,7 @@ MULT_ADDS_224 = {
     "resnext101_32x32d": 87e9,
     "resnext101_32x48d": 153e9,
 }
-# timm benchmark figure (REFERENCE.md, "Anchor throughput figures")
+# timm's published inference/training benchmark tables (huggingface/pytorch-image-models, results/)
 ANCHOR_THROUGHPUT = {
     "model": "resnext101_32x8d",
     "images_per_second": 276.0,

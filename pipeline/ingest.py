@@ -44,7 +44,7 @@ from pipeline.progress import progress_bar
 from pipeline.quarantine import Rejected
 from pipeline.raw_sources import RawSample, Rejection, WorkUnit, iter_unit, plan_units
 from pipeline.removal import read_withdrawn
-from pipeline.near_index import HASH_SIZES, perceptual_hash
+from pipeline.near_index import HASH_SIZES, perceptual_hashes
 from pipeline.shards import AtomicShardWriter, index_path, shard_key
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
             if item.caption:
                 meta["caption"] = item.caption
             # the perceptual hashes of the canonical pixels, once, while we hold them (dedup decodes nothing)
-            codes = {h: perceptual_hash(canon.image, h) for h in HASH_SIZES}
+            codes = perceptual_hashes(canon.image, HASH_SIZES)
             writer.write({"__key__": key, ext: encoded,
                           "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")},
                          meta=meta, phash=codes)

@@ -8,7 +8,7 @@ The search is multi-index hashing (Norouzi et al. 2012) as implemented by faiss'
 pigeonhole principle, two codes within Hamming distance ``radius`` agree exactly on at
 least one substring, so bucket lookups find every such pair and only candidates that
 share a bucket are compared. Work grows with N times the bucket occupancy, not N^2
-(imagededup's dense N x N search is what we avoid; see shared/DESIGN.md).
+(imagededup's dense N x N search is what we avoid: its memory and time grow with N^2).
 
 Short substrings make few buckets (64-bit codes at radius 4: five 12-bit substrings,
 4,096 buckets per table), so bucket occupancy, and the work per query, grows with N.
@@ -22,7 +22,7 @@ buckets, 22 probes per table; benchmarks/RESULTS.md, near_search, measured the g
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 
 import faiss
 import imagehash
@@ -52,40 +52,47 @@ def trim_uniform_border(img: Image.Image, tolerance: int = BORDER_TOLERANCE, min
     adds such bands on one axis; an image's own small margins (an emoji's transparent
     edge, composited on white) stay, so that an original and its padded, resized and
     re-encoded copy crop to the same content box. Images whose corners differ (most
-    photographs) and images that are all border are returned unchanged.
-    Measured on the fixture's img2dataset copies: square copies 0 bits from their
-    originals with or without trimming; a 118x273 image padded to 256x256 went from 14 bits
-    to 0, a 303x156 one from 28 to 8 (tests/test_shards.py).
+    photographs) and images that are all border are returned unchanged. Pillow's C
+    operations only (a difference image, its per-pixel channel maximum, ``getbbox``).
+    Measured on the fixture's img2dataset copies: square copies 0-2 bits from their
+    originals; padded copies of non-square images 6-28 bits without trimming, 0-18 with it
+    (tests/test_shards.py).
     """
-    a = np.asarray(img.convert("RGB"), dtype=np.int16)
-    h, w = a.shape[:2]
-    corners = a[[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]]
-    if np.abs(corners - corners[0]).max() > tolerance:
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    w, h = rgb.size
+    corners = [rgb.getpixel(p) for p in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))]
+    if max(abs(c[i] - corners[0][i]) for c in corners for i in range(3)) > tolerance:
         return img
-    content = np.abs(a - corners[0]).max(axis=2) > tolerance
-    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
-    if not len(rows):
+    r, g, b = ImageChops.difference(rgb, Image.new("RGB", rgb.size, corners[0])).split()
+    box = ImageChops.lighter(ImageChops.lighter(r, g), b).point(lambda v: 255 if v > tolerance else 0).getbbox()
+    if box is None:
         return img
-    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    left, top, right, bottom = box
     if top + (h - bottom) < min_band * h:
         top, bottom = 0, h
     if left + (w - right) < min_band * w:
         left, right = 0, w
-    box = (left, top, right, bottom)
-    return img if box == (0, 0, w, h) else img.crop(box)
+    return img if (left, top, right, bottom) == (0, 0, w, h) else img.crop((left, top, right, bottom))
+
+
+def perceptual_hashes(img: Image.Image, hash_sizes=HASH_SIZES) -> dict[int, np.ndarray]:
+    """The pipeline's perceptual hashes: pHash of the canonical pixels after :func:`trim_uniform_border`.
+
+    Ingest computes them once per sample from the canonical pixels (before the shard
+    encoding, so a JPEG-encoded shard and its lossless eval copy get the same code) and the
+    dedup stage hashes eval images with this same function on the same canonical form. The
+    border is trimmed and the image turned grey once for all sizes.
+
+    Returns:
+        ``{hash_size: uint8 (hash_size**2 // 8,)}``: packed bits.
+    """
+    grey = trim_uniform_border(img).convert("L")
+    return {h: phash_bytes(grey, h) for h in hash_sizes}
 
 
 def perceptual_hash(img: Image.Image, hash_size: int = 8) -> np.ndarray:
-    """The pipeline's perceptual hash: pHash of the canonical pixels after :func:`trim_uniform_border`.
-
-    Ingest computes it once per sample from the canonical pixels (before the shard encoding,
-    so a JPEG-encoded shard and its lossless eval copy get the same code) and the dedup
-    stage hashes eval images with this same function on the same canonical form.
-
-    Returns:
-        uint8 ``(hash_size**2 // 8,)``: packed bits.
-    """
-    return phash_bytes(trim_uniform_border(img).convert("RGB"), hash_size)
+    """One size of :func:`perceptual_hashes`: uint8 ``(hash_size**2 // 8,)``."""
+    return perceptual_hashes(img, (hash_size,))[hash_size]
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> int:

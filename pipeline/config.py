@@ -280,8 +280,8 @@ class TransferConfig:
     ``targets`` is filled by the ``transfer/target`` config group (``conf/config.yaml`` selects
     ``[fluent_emoji_subgroup, fashion_mnist]``; ``'transfer/target=[fashion_mnist]'`` picks one,
     ``+transfer=imagenet1k`` switches to ImageNet-1k). The other keys are the recipe every target
-    shares unless it overrides a key. Defaults fit the demo's budget (both targets in 6.7 minutes
-    measured on 2 CPU cores at 64 px, under the ~8 allowed; the breakdown is in pipeline/transfer.py).
+    shares unless it overrides a key. Defaults fit the demo's budget (both targets in 9.1 minutes
+    measured on 2 AVX2 CPU cores at 64 px, inside the 30-minute demo; the breakdown is in pipeline/transfer.py).
     """
 
     targets: Dict[str, TransferTargetConfig] = field(default_factory=dict)  # name -> target (run in name order of the defaults)

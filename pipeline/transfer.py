@@ -71,14 +71,13 @@ random-resized crops + flips; ImageNet normalization.
 img/s per training step): the demo defaults are 10 (Fashion-MNIST) / 5 (Fluent) labelled
 images per class and the full setting capped at 200 / 40 per class (2,000 / 2,195 images),
 2,000 of Fashion-MNIST's 10,000 val images / all 2,262 Fluent ones, 2 fine-tuning epochs of
->= 1,000 images with val scored after the last one only, 3 probe seeds and 1 fine-tuning
-seed, lr grid [0.1, 0.4]. Measured on that machine with a 10-epoch demo trunk: the stage
-6.7 min, Fluent 4.0 min (lr selection 20 s; feature decontamination 48 s, of which 45 s
-embed the 11,263 pretraining images once per stage; probe features 18 s and fits 27 s;
-4 fine-tuning runs 118 s), Fashion-MNIST 2.8 min (lr 24 s, decontamination 3 s, probe
-features 17 s and fits 9 s, fine-tuning 104 s). The former default (3 epochs, val after
-every epoch, 10 / 100 / 300 per class, 5,000 val images, one target) took 4.1-4.3 min for
-Fashion-MNIST alone.
+>= 1,000 images with val scored after the last one only, 10 probe seeds on layer2-4
+features and 1 fine-tuning seed, lr grid [0.1, 0.4]. Measured on that machine (AVX2,
+2026-12-01, fresh-clone ``make demo``, 8-epoch trunk): the stage 9.1 min, Fluent 5.8 min (lr
+selection 27 s; feature decontamination 48 s, most of it embedding the 11,447 pretraining
+images once per stage; probe features 31 s and fits 115 s; 4 fine-tuning runs 115 s),
+Fashion-MNIST 3.3 min (lr 24 s, decontamination 4 s, probe features 25 s and fits 26 s,
+fine-tuning 111 s).
 
 Reads ``<run_dir>/pretrain/{trunk.safetensors, model.json, manifest.json}``,
 ``<run_dir>/dedup/{eval_contamination.json, removed.jsonl}``, the ingest shards (feature

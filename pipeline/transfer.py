@@ -218,7 +218,8 @@ def difference_interval(pretrained: np.ndarray, scratch: np.ndarray, *, n_boot: 
 
     One seed: paired bootstrap (:func:`pipeline.intervals.paired_bootstrap_diff`); several:
     :func:`pipeline.intervals.seed_and_val_ci` of the per-image differences (seed s gave both
-    initializations the same labelled subset). ``measurable`` is False when the interval covers 0.
+    initializations the same labelled subset), clipped to [-1, 1]. ``measurable`` is False when
+    the interval covers 0.
     """
     a = np.atleast_2d(np.asarray(scratch, dtype=np.float64))
     b = np.atleast_2d(np.asarray(pretrained, dtype=np.float64))
@@ -229,7 +230,9 @@ def difference_interval(pretrained: np.ndarray, scratch: np.ndarray, *, n_boot: 
         out = {"diff": _r(ci.mean), "lo": _r(ci.lo), "hi": _r(ci.hi), "ci_method": "paired val bootstrap"}
     else:
         s = seed_and_val_ci(b - a, n_boot=n_boot, seed=seed, level=level)
-        out = {"diff": _r(s.mean), "lo": _r(s.lo), "hi": _r(s.hi), "ci_method": f"{s.n_seeds} paired seeds + val bootstrap",
+        # a difference of two accuracies lies in [-1, 1]: the t interval (few seeds) is clipped to it
+        out = {"diff": _r(s.mean), "lo": _r(max(-1.0, s.lo)), "hi": _r(min(1.0, s.hi)),
+               "ci_method": f"{s.n_seeds} paired seeds + val bootstrap",
                "se_seed": _r(s.se_seed), "se_val": _r(s.se_val)}
     out["measurable"] = bool(out["lo"] > 0 or out["hi"] < 0)
     out["verdict"] = "gain" if out["lo"] > 0 else "loss" if out["hi"] < 0 else "no measurable gain"

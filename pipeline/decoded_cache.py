@@ -55,16 +55,12 @@ def _decode_shard(task: tuple[str, list[str], list[int], list[int], int]) -> lis
     """Pool task: decode the given members of one shard; HWC uint8 arrays in the same order."""
     from pipeline.loader import decode
 
+    from pipeline.shards import ShardReader
+
     path, keys, offsets, sizes, image_size = task
-    out = []
-    with open(path, "rb") as fh:
-        for key, off, size in zip(keys, offsets, sizes):
-            fh.seek(off)
-            blob = fh.read(size)
-            if len(blob) != size:
-                raise RuntimeError(f"shard {path} is truncated at byte {off} (sample {key})")
-            out.append(np.asarray(decode(blob, image_size), dtype=np.uint8))
-    return out
+    with ShardReader(path) as reader:  # the one reader: raises RuntimeError on a truncated shard
+        return [np.asarray(decode(reader.read_range(off, size), image_size), dtype=np.uint8)
+                for off, size in zip(offsets, sizes)]
 
 
 class DecodedCache:

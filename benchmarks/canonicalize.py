@@ -1,8 +1,8 @@
 """Hashtag canonicalization throughput: hashtag occurrences/s through the vocab stage's mapper.
 
 The vocab stage maps every sample's normalized hashtags with
-:class:`pipeline.wordnet_canon.HashtagMapper` (``map_many`` per sample) after building its
-table (:func:`pipeline.wordnet_canon.wordnet_nouns`: WordNet 3.0 read by NLTK, the compact
+:class:`pipeline.text.wordnet_canon.HashtagMapper` (``map_many`` per sample) after building its
+table (:func:`pipeline.text.wordnet_canon.wordnet_nouns`: WordNet 3.0 read by NLTK, the compact
 lemma index). Measured here on the hashtags of the demo shards (all samples, read from
 the shard metadata as the stage reads them):
 
@@ -27,9 +27,9 @@ GOAL = 1_000_000
 
 
 def run(ctx: Context) -> list[dict]:
-    from pipeline.shards import iter_metadata
+    from pipeline.io.shards import iter_metadata
     from pipeline.vocab import build_vocabulary
-    from pipeline.wordnet_canon import HashtagMapper, WordNetNouns
+    from pipeline.text.wordnet_canon import HashtagMapper, WordNetNouns
 
     cfg_wordnet = ctx.options.get("wordnet_dir", "data/raw/nltk_data/corpora/wordnet")
     shards = select_shards(ctx)

@@ -183,7 +183,7 @@ def time_min_duration(fn: Callable[[], object], min_seconds: float = 0.2, max_lo
 
 def shard_list(run_dir: Path) -> list[Path]:
     """The run's canonical shards (from the ingest manifest)."""
-    from pipeline.shards import shard_paths
+    from pipeline.io.shards import shard_paths
 
     return [Path(p) for p in shard_paths(run_dir)]
 
@@ -226,7 +226,7 @@ def select_shards(ctx: Context, quick_per_source: int = 1, stride: int = 1) -> l
 
 def read_images(shards: list[Path]) -> list[tuple[str, str, bytes]]:
     """``(key, ext, image bytes)`` of every sample of ``shards``, in shard order."""
-    from pipeline.shards import ShardReader
+    from pipeline.io.shards import ShardReader
 
     out = []
     for p in shards:
@@ -265,7 +265,7 @@ def prepared_run(ctx: Context) -> Path:
     ``<run_dir>/vocab`` when it is finished and its ``labels.npz`` matches its manifest,
     else the vocab stage is run here (``dedup/removed.jsonl`` copied when present).
     """
-    from pipeline.manifest import file_sha256, read_manifest
+    from pipeline.io.manifest import file_sha256, read_manifest
 
     run = ctx.work_dir / "run"
     ok = run / ".prepared"
@@ -376,7 +376,7 @@ def _torch_capability() -> dict:
     """torch's view of the CPU: its kernel level and whether oneDNN runs bf16 natively."""
     import torch
 
-    from pipeline.hardware import cpu_bf16_native
+    from pipeline.train.hardware import cpu_bf16_native
 
     return {"torch": torch.backends.cpu.get_cpu_capability(), "bf16_native": cpu_bf16_native()}
 

@@ -1,8 +1,8 @@
 """Perceptual hashing throughput, images/s, one process.
 
 * **ours**: the images of every second demo shard (all sources; ``--opt stride=1`` for
-  all) read through :class:`pipeline.shards.ShardReader`, decoded, and hashed with
-  :func:`pipeline.near_index.perceptual_hash` (border trimming + pHash, 64 bits), one after
+  all) read through :class:`pipeline.io.shards.ShardReader`, decoded, and hashed with
+  :func:`pipeline.vision.near_index.perceptual_hash` (border trimming + pHash, 64 bits), one after
   the other in one process. Ingest pays only the hash (it holds the decoded pixels); the
   dedup stage reads the stored codes and decodes nothing.
 * **anchor**: imagededup's ``PHash().encode_images`` (``num_enc_workers=1``, one worker
@@ -26,8 +26,8 @@ def run_ours(shards) -> tuple[int, Timer, dict]:
 
     from PIL import Image
 
-    from pipeline.near_index import perceptual_hash
-    from pipeline.shards import ShardReader
+    from pipeline.vision.near_index import perceptual_hash
+    from pipeline.io.shards import ShardReader
 
     codes = {}
     with Timer() as t:
@@ -98,7 +98,7 @@ def run(ctx: Context) -> list[dict]:
     o, a = median(ours), median(anchor)
     return [result("dedup_hash", ours=o, anchor=a, unit="images/s", goal="ours >= 1.0 x anchor",
                    met=None if a is None else o >= a, title="perceptual hashing (pHash, 64 bits), one process",
-                   ours_is="ShardReader + decode + pipeline.near_index.perceptual_hash over the shards",
+                   ours_is="ShardReader + decode + pipeline.vision.near_index.perceptual_hash over the shards",
                    anchor_is="imagededup PHash.encode_images(num_enc_workers=1) on the same images as files",
                    details={"images": n_images, "shards": len(shards), "ours_per_rep": ours,
                             "anchor_per_rep": anchor, "cpu_ms_per_image": {"ours": median(cpu_o), "anchor": median(cpu_a)},

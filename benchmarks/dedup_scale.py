@@ -1,8 +1,8 @@
 """Dedup at scale: near-search time and index memory at growing N, projected to 10^8 and 10^9 codes.
 
 The dedup stage decodes nothing (ingest stores the codes); its single-node work is the
-radius search over all codes (:func:`pipeline.near_index.build_index` +
-:func:`pipeline.near_index.range_pairs`, faiss multi-index hashing, radius 4, 64 bits).
+radius search over all codes (:func:`pipeline.vision.near_index.build_index` +
+:func:`pipeline.vision.near_index.range_pairs`, faiss multi-index hashing, radius 4, 64 bits).
 The demo has only 16.7k codes, so larger sets are made from them: each synthetic code is a
 seeded random demo code with ``k ~ Poisson(8)`` random bits flipped, which keeps the real
 codes' clustering (near-duplicate families) at every size. N = 2^16, 2^18, 2^20 by default
@@ -40,7 +40,7 @@ def run(ctx: Context) -> list[dict]:
     import faiss
 
     from benchmarks.near_search import load_codes
-    from pipeline.near_index import build_index, range_pairs
+    from pipeline.vision.near_index import build_index, range_pairs
 
     real = load_codes(ctx.run_dir)
     sizes = [int(x) for x in ctx.options.get("sizes", "16384,65536" if ctx.quick else "65536,262144,1048576").split(",")]

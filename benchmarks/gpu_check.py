@@ -18,19 +18,19 @@ into ``--out`` (default ``benchmarks/gpu_check/``). Exit status 0 when no part f
 Parts, each timed, each in its own ``try`` (a failing part is recorded with its error and
 traceback, the next one runs) and each under a time limit:
 
-1. **facts**: :func:`pipeline.hardware.pick_device`, :func:`~pipeline.hardware.detect_facts`,
-   the policy's choice :func:`~pipeline.hardware.resolve_precision` ``("auto", None, facts)``
-   (bf16 + channels_last + TF32 expected on an H200), :func:`~pipeline.hardware.thread_plan`,
-   :func:`~pipeline.hardware.available_cores`, torch / CUDA / cuDNN versions, GPU name,
-   capability and memory; one :func:`~pipeline.hardware.make_step_trial` of the chosen setting.
-2. **precision**: a few training steps of ``resnext_mini`` (``pipeline.models.create_model``,
+1. **facts**: :func:`pipeline.train.hardware.pick_device`, :func:`~pipeline.train.hardware.detect_facts`,
+   the policy's choice :func:`~pipeline.train.hardware.resolve_precision` ``("auto", None, facts)``
+   (bf16 + channels_last + TF32 expected on an H200), :func:`~pipeline.train.hardware.thread_plan`,
+   :func:`~pipeline.train.hardware.available_cores`, torch / CUDA / cuDNN versions, GPU name,
+   capability and memory; one :func:`~pipeline.train.hardware.make_step_trial` of the chosen setting.
+2. **precision**: a few training steps of ``resnext_mini`` (``pipeline.train.models.create_model``,
    the pipeline's optimizer and loss) in bf16 autocast + channels_last, fp16 autocast with a
    ``GradScaler``, and fp32 (TF32); asserts finite losses, the autocast dtype of the logits,
    the channels_last layout of inputs and weights, an enabled scaler with a finite scale.
 3. **compile**: ``torch.compile`` (inductor) of the ``resnext_mini`` training step: the
    compile time (first step), img/s after, against eager, and the graph breaks.
 4. **pinned_loader**: the fixture corpus through ingest, dedup and vocab (in process), then
-   one epoch of :class:`pipeline.loader.ShardStream` + :func:`pipeline.loader.make_loader`
+   one epoch of :class:`pipeline.train.loader.ShardStream` + :func:`pipeline.train.loader.make_loader`
    ``(pin_memory=True)`` with the CUDA thread plan's workers, each batch copied with
    ``non_blocking=True`` and normalized on the GPU; asserts every batch arrives pinned.
 5. **fixture_pipeline**: ``python -m pipeline.run`` over the fixture (``data=fixture``,
@@ -45,7 +45,7 @@ traceback, the next one runs) and each under a time limit:
    224 px, batch 64 (halved on out-of-memory, recorded), bf16 autocast + channels_last,
    warm-up steps dropped, ``torch.cuda.synchronize()`` around the timing:
    (a) a bare loop: random tensors already on the GPU, soft-target cross-entropy,
-   SGD with Nesterov momentum; (b) the pipeline's own loop, :func:`pipeline.train_loop.train`
+   SGD with Nesterov momentum; (b) the pipeline's own loop, :func:`pipeline.train.train_loop.train`
    (per step: the uint8 batch from a pinned DataLoader copied ``non_blocking``, normalized
    on the GPU, soft targets, ``loss.item()``, the GradScaler pass-through, the LR schedule,
    a ``metrics.jsonl`` row) driven by an in-memory synthetic stream, so decoding is not
@@ -62,7 +62,7 @@ Anchors (other GPUs, other software: a ratio says where we stand, not a goal):
 - timm (huggingface/pytorch-image-models) benchmark, ``results/benchmark-train-amp-nhwc-
   pt112-cu113-rtx3090.csv`` (RTX 3090, AMP, channels_last, PyTorch 1.12, batch 128, 224 px):
   ``resnext101_32x8d`` **312.8 img/s** (~313; 276 img/s in the NCHW file, the figure
-  :mod:`pipeline.energy` projects from), ``resnext101_32x4d`` 609.0 img/s.
+  :mod:`pipeline.reporting.energy` projects from), ``resnext101_32x4d`` 609.0 img/s.
 
 How long: the parts' limits come from ``--budget-s`` (default 420 s, 7 minutes): before each
 part the time left is checked; a part that would not fit is recorded as ``skipped``; a part
@@ -270,7 +270,7 @@ def _free(dev) -> None:
 
 
 def _facts(ctx: Ctx):
-    from pipeline.hardware import detect_facts
+    from pipeline.train.hardware import detect_facts
 
     if ctx.facts is None:
         ctx.facts = detect_facts(ctx.dev)
@@ -284,7 +284,7 @@ def _choice(ctx: Ctx, precision: str, channels_last: bool | None = True):
     by hand (torch runs fp16 autocast and a GradScaler on the CPU), so the code path is the same.
     """
     from pipeline.config import ConfigError
-    from pipeline.hardware import PrecisionChoice, resolve_precision
+    from pipeline.train.hardware import PrecisionChoice, resolve_precision
 
     try:
         return resolve_precision(precision, channels_last, _facts(ctx), where="gpu_check")
@@ -300,7 +300,7 @@ def _random_batch(dev, batch: int, size: int, classes: int, channels_last: bool,
     """Random normalized-like images and 1/k soft targets (1-3 classes per image), on ``dev``."""
     import torch
 
-    from pipeline.resampling import batch_soft_targets
+    from pipeline.text.resampling import batch_soft_targets
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, size, size, generator=g)
@@ -410,8 +410,8 @@ def part_facts(ctx: Ctx) -> dict:
     """Facts, the policy's choice, thread plan, versions, GPU memory; one timed trial of the choice."""
     import torch
 
-    from pipeline.hardware import available_cores, detect_facts, make_step_trial, resolve_precision, thread_plan
-    from pipeline.models import create_model
+    from pipeline.train.hardware import available_cores, detect_facts, make_step_trial, resolve_precision, thread_plan
+    from pipeline.train.models import create_model
 
     s = ctx.sizes
     facts = detect_facts(ctx.dev)
@@ -482,9 +482,9 @@ def part_precision(ctx: Ctx) -> dict:
     """bf16 + channels_last, fp16 + GradScaler, fp32 (TF32): a few steps each of resnext_mini."""
     import torch
 
-    from pipeline.losses import make_loss
-    from pipeline.models import create_model
-    from pipeline.optim import make_optimizer
+    from pipeline.train.losses import make_loss
+    from pipeline.train.models import create_model
+    from pipeline.train.optim import make_optimizer
 
     s = ctx.sizes
     loss_fn = make_loss("softmax")
@@ -535,9 +535,9 @@ def part_compile(ctx: Ctx) -> dict:
     """torch.compile of the training step (the pipeline compiles the model: ``pretrain.compile=true``)."""
     import torch
 
-    from pipeline.losses import make_loss
-    from pipeline.models import create_model
-    from pipeline.optim import make_optimizer
+    from pipeline.train.losses import make_loss
+    from pipeline.train.models import create_model
+    from pipeline.train.optim import make_optimizer
 
     s = ctx.sizes
     choice = ctx.auto or _choice(ctx, "auto", None)
@@ -600,11 +600,11 @@ def part_pinned_loader(ctx: Ctx) -> dict:
     """Shards of the fixture (ingest, dedup, vocab in process), one epoch of the pinned loader."""
     import torch
 
-    from pipeline.hardware import thread_plan
-    from pipeline.loader import ShardStream, make_loader, normalize
+    from pipeline.train.hardware import thread_plan
+    from pipeline.train.loader import ShardStream, make_loader, normalize
     from pipeline.pretrain import build_indexes
     from pipeline.run import run_pipeline
-    from pipeline.shards import shard_paths
+    from pipeline.io.shards import shard_paths
 
     s = ctx.sizes
     run_dir = ctx.work / "loader_run"
@@ -712,7 +712,7 @@ def _last_json(text: str) -> dict | None:
 
 def part_fixture_pipeline(ctx: Ctx, limit_s: float) -> dict:
     """``python -m pipeline.run`` over the fixture, every stage on the check's device, as a subprocess."""
-    from pipeline.manifest import read_manifest, stage_dir
+    from pipeline.io.manifest import read_manifest, stage_dir
 
     s = ctx.sizes
     run_dir = ctx.work / "fixture_run"
@@ -793,7 +793,7 @@ def part_fixture_pipeline(ctx: Ctx, limit_s: float) -> dict:
 
 @dataclass
 class SyntheticPlan:
-    """What :func:`pipeline.train_loop.train` reads of an epoch plan: the steps and each step's global batch."""
+    """What :func:`pipeline.train.train_loop.train` reads of an epoch plan: the steps and each step's global batch."""
 
     epoch: int
     steps: int
@@ -804,7 +804,7 @@ class SyntheticPlan:
 
 
 class SyntheticStream(IterableDataset):
-    """A stand-in for :class:`pipeline.loader.ShardStream` for :func:`pipeline.train_loop.train`:
+    """A stand-in for :class:`pipeline.train.loader.ShardStream` for :func:`pipeline.train.train_loop.train`:
     the same batch dicts (uint8 images, labels padded with -1, keys, step, global_batch),
     cycling over two batches made once in memory, so the loop is timed without decoding."""
 
@@ -839,7 +839,7 @@ def bare_loop(model_name: str, batch: int, *, size: int, classes: int, steps: in
     """img/s of a bare loop: random inputs on the device, soft-target CE, SGD + Nesterov (no pipeline code but the model)."""
     import torch
 
-    from pipeline.models import create_model
+    from pipeline.train.models import create_model
 
     torch.manual_seed(0)
     fmt = torch.channels_last if choice.channels_last else torch.contiguous_format
@@ -866,14 +866,14 @@ def bare_loop(model_name: str, batch: int, *, size: int, classes: int, steps: in
 
 def pipeline_loop(model_name: str, batch: int, *, size: int, classes: int, steps: int, warmup: int, dev, choice,
                   work: Path) -> dict:
-    """img/s of :func:`pipeline.train_loop.train` over a :class:`SyntheticStream` (steady state from its metrics rows)."""
+    """img/s of :func:`pipeline.train.train_loop.train` over a :class:`SyntheticStream` (steady state from its metrics rows)."""
     import torch
 
-    from pipeline.distributed import DistInfo
-    from pipeline.losses import make_loss
-    from pipeline.models import create_model
-    from pipeline.optim import make_optimizer, make_schedule, scaled_lr
-    from pipeline.train_loop import LoopSettings, LoopState, train
+    from pipeline.train.distributed import DistInfo
+    from pipeline.train.losses import make_loss
+    from pipeline.train.models import create_model
+    from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
+    from pipeline.train.train_loop import LoopSettings, LoopState, train
 
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=classes).to(dev)
@@ -917,7 +917,7 @@ def pipeline_loop(model_name: str, batch: int, *, size: int, classes: int, steps
 
 
 def part_throughput(ctx: Ctx) -> dict:
-    """ResNeXt-101 32x8d and 32x4d at 224 px: (a) bare loop, (b) pipeline.train_loop.train; vs the anchors."""
+    """ResNeXt-101 32x8d and 32x4d at 224 px: (a) bare loop, (b) pipeline.train.train_loop.train; vs the anchors."""
     s = ctx.sizes
     choice = _choice(ctx, s.big_precision, True)  # bf16 (the dry run: what the CPU runs fast, without emulation)
     choice.apply_global()
@@ -951,7 +951,7 @@ def part_throughput(ctx: Ctx) -> dict:
             r = m[kind]
             vs = [f"{v[f'{kind}_ratio']:.2f}x {v['label']} ({v['anchor_images_per_second']:g} img/s)"
                   for v in m["vs_anchors"].values() if v[f"{kind}_ratio"] is not None]
-            what = "bare loop" if kind == "bare" else "pipeline.train_loop.train"
+            what = "bare loop" if kind == "bare" else "pipeline.train.train_loop.train"
             rows.append({"check": f"{name}, {what}", "status": "ok",
                          "result": f"{r['images_per_second']} img/s (batch {r['batch']}"
                                    + (f", OOM at {r['oom_batches']}" if r["oom_batches"] else "")
@@ -962,7 +962,7 @@ def part_throughput(ctx: Ctx) -> dict:
     res = {"precision": choice.precision, "channels_last": choice.channels_last, "image_size": s.big_size,
            "batch_requested": s.big_batch, "classes": s.big_classes, "timed_steps": s.big_steps,
            "warmup_steps": s.big_warmup, "models": models, "rows": rows, "checks": checks,
-           "pipeline_measure": "pipeline.train_loop.train over an in-memory synthetic stream (workers=0, "
+           "pipeline_measure": "pipeline.train.train_loop.train over an in-memory synthetic stream (workers=0, "
                                "pin_memory on CUDA); steady state from its metrics.jsonl rows after the warm-up steps",
            "anchors": ANCHORS}
     res["summary"] = "; ".join(f"{t}: bare {m['bare']['images_per_second']}, pipeline {m['pipeline']['images_per_second']} img/s"
@@ -1009,7 +1009,7 @@ def render_md(doc: dict) -> str:
 
 
 def _write(doc: dict, out: Path) -> None:
-    from pipeline.atomic import write_text
+    from pipeline.io.atomic import write_text
 
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / JSON_NAME, json.dumps(doc, indent=1, sort_keys=False, default=str) + "\n")
@@ -1070,7 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from pipeline.hardware import pick_device
+        from pipeline.train.hardware import pick_device
 
         doc["torch"], doc["torch_cuda"] = torch.__version__, torch.version.cuda
         try:

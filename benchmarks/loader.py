@@ -1,7 +1,7 @@
 """Training loader throughput, images/s: decode + random-resized crop + flip + normalize, in batches.
 
-* **ours**: the pretraining loader, :class:`pipeline.loader.ShardStream` +
-  :func:`pipeline.loader.make_loader` (2 workers, batch 64, 64 px, the train transform),
+* **ours**: the pretraining loader, :class:`pipeline.train.loader.ShardStream` +
+  :func:`pipeline.train.loader.make_loader` (2 workers, batch 64, 64 px, the train transform),
   over the demo shards, normalizing in the workers (``normalize_in_workers=True``, as
   ``pipeline.pretrain`` does on a CPU device). One epoch from ``iter()`` to the last
   batch, worker start-up included.
@@ -27,7 +27,7 @@ import io
 import random
 
 from benchmarks.common import Context, Timer, log, main, median, read_images, result, select_shards, write_image_files
-from pipeline.loader import rrc_box  # the same crop sampling as ours: the anchor differs only in the data path
+from pipeline.train.loader import rrc_box  # the same crop sampling as ours: the anchor differs only in the data path
 
 WORKERS = 2
 BATCH = 64
@@ -38,9 +38,9 @@ def _index_for(shards):
     """A SampleIndex of every sample of ``shards``: one class each, weight 1 (each seen once)."""
     import numpy as np
 
-    from pipeline.epoch_plan import SampleIndex
+    from pipeline.train.epoch_plan import SampleIndex
 
-    from pipeline.shards import ShardReader
+    from pipeline.io.shards import ShardReader
 
     keys = set()
     for p in shards:
@@ -52,7 +52,7 @@ def _index_for(shards):
 
 
 def _stream(shards, index, workers: int = WORKERS):
-    from pipeline.loader import ShardStream
+    from pipeline.train.loader import ShardStream
 
     st = ShardStream({int(p.stem): p for p in shards}, index, seed=0, rank=0, world=1, batch_size=BATCH,
                      image_size=SIZE, train=True, shuffle_buffer=1000, normalize_in_workers=True)
@@ -62,7 +62,7 @@ def _stream(shards, index, workers: int = WORKERS):
 
 def run_ours(shards, index, workers: int = WORKERS) -> tuple[int, Timer]:
     """One epoch of the pipeline's loader: (images, timer)."""
-    from pipeline.loader import make_loader, normalize
+    from pipeline.train.loader import make_loader, normalize
 
     stream = _stream(shards, index, workers)
     n = 0
@@ -76,7 +76,7 @@ def run_ours(shards, index, workers: int = WORKERS) -> tuple[int, Timer]:
 def run_tar_only(shards, index) -> tuple[int, Timer]:
     """Ours without decoding, one process: reading the shard indexes (cache cleared first) and
     every planned item's image bytes by offset, in batch order."""
-    from pipeline.loader import MemberReader, _image_offsets
+    from pipeline.train.loader import MemberReader, _image_offsets
 
     _image_offsets.cache_clear()
     n = 0
@@ -126,7 +126,7 @@ def run_decode_limit(blobs: list[bytes]) -> tuple[int, Timer]:
 
 def run_pipeline_transform_one_process(blobs: list[bytes], size: int) -> tuple[int, Timer]:
     """The pipeline's own decode + train transform in one process at ``size`` px (no tar, no workers)."""
-    from pipeline.loader import decode, train_transform
+    from pipeline.train.loader import decode, train_transform
 
     rng = random.Random(0)
     with Timer() as t:

@@ -1,10 +1,10 @@
 """Near-duplicate search growth: time and memory at N and 4N pHashes, radius 4 bits.
 
 The hashes are the demo's own perceptual hashes (stored by ingest in the shard indexes,
-read with :class:`pipeline.shards.ShardReader`), a seeded random subset of N and one of 4N
+read with :class:`pipeline.io.shards.ShardReader`), a seeded random subset of N and one of 4N
 (4N = all of them by default).
 
-* **ours**: :func:`pipeline.near_index.build_index` + :func:`pipeline.near_index.range_pairs`
+* **ours**: :func:`pipeline.vision.near_index.build_index` + :func:`pipeline.vision.near_index.range_pairs`
   (faiss multi-index hashing), every hash queried against all.
 * **anchor**: imagededup's ``PHash().find_duplicates(encoding_map=..., max_distance_threshold=4)``
   (its default search, ``brute_force_cython``, with its default worker count).
@@ -40,7 +40,7 @@ def load_codes(run_dir: Path):
     """All 64-bit perceptual hash codes of the demo (uint8 (N, 8)), in shard and key order."""
     import numpy as np
 
-    from pipeline.shards import ShardReader, shard_paths
+    from pipeline.io.shards import ShardReader, shard_paths
 
     parts = []
     for p in shard_paths(run_dir):
@@ -65,7 +65,7 @@ def child(method: str, run_dir: str, n: int, reps: int) -> dict:
     codes = subset(load_codes(Path(run_dir)), n)
     extra: dict = {}
     if method == "ours":
-        from pipeline.near_index import build_index, range_pairs
+        from pipeline.vision.near_index import build_index, range_pairs
 
         def go():
             qi, di, _ = range_pairs(build_index(codes, RADIUS), codes, RADIUS)
@@ -73,7 +73,7 @@ def child(method: str, run_dir: str, n: int, reps: int) -> dict:
     elif method == "ours_3x21_flip1":
         import faiss
 
-        from pipeline.near_index import range_pairs
+        from pipeline.vision.near_index import range_pairs
 
         def go():
             index = faiss.IndexBinaryMultiHash(64, 3, 21)
@@ -105,7 +105,7 @@ def child(method: str, run_dir: str, n: int, reps: int) -> dict:
     if method == "ours":
         import faiss
 
-        from pipeline.near_index import build_index
+        from pipeline.vision.near_index import build_index
 
         extra["index_bytes"] = int(faiss.serialize_index_binary(build_index(codes, RADIUS)).size)
     if method.startswith("ours"):

@@ -29,7 +29,7 @@ places, both measured by running the stream with 0, 1 and 2 workers:
    1/W of the batches, so Python `tarfile` header parsing (`calc_chksums`, `nts`, about 0.15 ms per sample) was
    paid W times: going from 1 to 2 workers added about 0.4 CPU ms per image. Fixed: the shuffle buffer now
    permutes item positions, `set_epoch` looks up each item's byte offset once per process
-   (`pipeline.loader.member_offsets`, then one header scan per shard; now the shard index), and each worker seeks to and reads only its
+   (`pipeline.train.loader.member_offsets`, then one header scan per shard; now the shard index), and each worker seeks to and reads only its
    own batches' image members (batches identical to the old path, checked on the demo shards).
 
 Both costs were per sample, not per pixel, so the gap was widest on the 64 px emoji shards (the `--quick`
@@ -78,7 +78,7 @@ pair within 4 bits differs by at most 1 bit in one of the 3 substrings). It find
 (`details.tried_3x21_flip1_seconds`) with 2^21 buckets per table; it pays 66 bucket probes per query instead of
 5, so at the demo's sizes it is no faster in absolute terms, but its time grows less from N to 4N, and its
 bucket-mates stay few up to millions of codes, where the 12-bit layout's grow with N / 4,096.
-`pipeline.near_index.build_index` now chooses that layout wherever radius + 1 substrings would be shorter than
+`pipeline.vision.near_index.build_index` now chooses that layout wherever radius + 1 substrings would be shorter than
 16 bits (radius 4 on 64-bit pHashes: 3 x 21 bits, nflip 1), so ours and the tried layout are the same index
 from this version on; `details.old_5x12_layout_candidates_per_query` reports the old 12-bit layout's bucket-mates
 for comparison. imagededup's brute force converts its whole hash dict for every query and compares all
@@ -203,7 +203,7 @@ def write_report(path: Path, rows: list[dict], *, machine: dict, command: str, s
         if d.get("images_per_second") and d.get("loader_per_core"):
             import os
 
-            from pipeline.energy import CPU_WATTS_PER_CORE
+            from pipeline.reporting.energy import CPU_WATTS_PER_CORE
 
             cores = os.cpu_count() or 1
             res = project(images_per_second=d["images_per_second"], measured_model=d["measured_model"],

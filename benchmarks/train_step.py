@@ -3,7 +3,7 @@
 * **ours**: the pretraining stage itself, :func:`pipeline.pretrain.run_pretrain` with
   ``pretrain.max_steps`` on a fresh copy of the prepared run (the demo's shards and
   vocabulary; ``resnext_mini``, 64 px, batch 64, and the precision, memory format,
-  threads and loader workers that :mod:`pipeline.hardware` picks on this machine). The figures
+  threads and loader workers that :mod:`pipeline.train.hardware` picks on this machine). The figures
   come from its own ``metrics.jsonl`` (one row per optimizer step: images/s and
   data-wait fraction): the steady state after ``warmup`` steps (the first step pays for
   starting the loader workers), and the manifest's whole-run figures beside them.
@@ -94,8 +94,8 @@ def run_bare(num_classes: int, steps: int, warmup: int, channels_last: bool = Tr
     with the stage's resolved ``precision`` / ``channels_last`` and ``threads`` (None: the policy's)."""
     import torch
 
-    from pipeline.hardware import PrecisionChoice, available_cores, thread_plan
-    from pipeline.models import create_model
+    from pipeline.train.hardware import PrecisionChoice, available_cores, thread_plan
+    from pipeline.train.models import create_model
 
     torch.set_num_threads(threads or thread_plan("cpu", available_cores()).threads)
     prec = PrecisionChoice(precision, channels_last)
@@ -148,7 +148,7 @@ def _pair(ctx: Context, prepared, steps: int, warmup: int, extra: tuple[str, ...
 def run(ctx: Context) -> list[dict]:
     import logging
 
-    from pipeline.hardware import cpu_bf16_native
+    from pipeline.train.hardware import cpu_bf16_native
 
     logging.basicConfig(level=logging.WARNING)
     steps, warmup = _steps(ctx)

@@ -1,7 +1,7 @@
 """Small shared helpers: errors, logging, atomic writes, staged folders, hashing.
 
 Everything that writes a file goes through the pipeline's atomic writers
-(:mod:`pipeline.atomic`: temp name in the same folder, fsync, ``os.replace``), so an interrupted run leaves either the old
+(:mod:`pipeline.io.atomic`: temp name in the same folder, fsync, ``os.replace``), so an interrupted run leaves either the old
 file or the new one. Folders are built under a hidden ``.<name>.partial`` sibling and
 renamed into place by :func:`staged_dir`; a leftover partial folder from an
 interrupted run is wiped and rebuilt.
@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from pipeline.atomic import fsync_dir
-from pipeline.atomic import write_bytes as atomic_write_bytes  # noqa: F401
-from pipeline.atomic import write_json as atomic_write_json
-from pipeline.atomic import write_jsonl as atomic_write_jsonl  # noqa: F401
-from pipeline.atomic import write_text as atomic_write_text  # noqa: F401
-from pipeline.manifest import file_sha256 as sha256_file
+from pipeline.io.atomic import fsync_dir
+from pipeline.io.atomic import write_bytes as atomic_write_bytes  # noqa: F401
+from pipeline.io.atomic import write_json as atomic_write_json
+from pipeline.io.atomic import write_jsonl as atomic_write_jsonl  # noqa: F401
+from pipeline.io.atomic import write_text as atomic_write_text  # noqa: F401
+from pipeline.io.manifest import file_sha256 as sha256_file
 
 LOG = logging.getLogger("data_tools")
 

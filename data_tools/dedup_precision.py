@@ -3,7 +3,7 @@
 ``python -m data_tools.dedup_precision runs/demo [--max-radius 12]``
 
 Reads the perceptual hashes and metadata ingest stored in the shard indexes
-(:class:`pipeline.shards.ShardReader`; the same codes the dedup stage uses), finds every pair of distinct-pixel images within ``--max-radius`` bits
+(:class:`pipeline.io.shards.ShardReader`; the same codes the dedup stage uses), finds every pair of distinct-pixel images within ``--max-radius`` bits
 (faiss multi-index hashing), and labels a pair *true* when the demo sources say the
 two images show the same thing:
 
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.near_index import build_index, range_pairs
-from pipeline.shards import ShardReader, shard_paths
+from pipeline.vision.near_index import build_index, range_pairs
+from pipeline.io.shards import ShardReader, shard_paths
 
 _DROP = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF", "2640", "2642", "FE0F", "200D"}
 _PERSON = {"1F468": "1F9D1", "1F469": "1F9D1"}

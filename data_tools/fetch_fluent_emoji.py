@@ -93,7 +93,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from pipeline.atomic import fsync_dir
+from pipeline.io.atomic import fsync_dir
 
 from .common import (
     LOG,

@@ -14,12 +14,12 @@ import sys
 import tarfile
 from pathlib import Path
 
-from pipeline.shards import ShardReader, split_member
+from pipeline.io.shards import ShardReader, split_member
 
 
 def read_shard(path: Path) -> tuple[list[str], dict[str, dict[str, bytes]]]:
     """(member names in tar order, key -> {extension: bytes}) of one tar, through
-    :class:`pipeline.shards.ShardReader` (any WebDataset tar; an index beside it is used).
+    :class:`pipeline.io.shards.ShardReader` (any WebDataset tar; an index beside it is used).
 
     Raises:
         tarfile.TarError / OSError: the file is missing or not a tar.

@@ -45,7 +45,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.shards import ShardReader
+from pipeline.io.shards import ShardReader
 
 TOKEN = re.compile(r"[\w.\-:]+")
 _EDGE = re.compile(r"[\w.\-:/]")

@@ -9,7 +9,7 @@ Every stage module ends with ``hydra_entry(run_<stage>)``. How a command ends:
   - a config error (:class:`pipeline.config.ConfigError`: out-of-range or inconsistent values),
   - a missing input or a missing upstream stage (``FileNotFoundError``: no raw data, no
     finished ``dedup`` stage, ...),
-  - a refused or unreadable checkpoint (:class:`pipeline.checkpoint.CheckpointError`, e.g. a
+  - a refused or unreadable checkpoint (:class:`pipeline.io.checkpoint.CheckpointError`, e.g. a
     pickle that could run code: ``error: refusing to load <path>: ...``),
   - a full disk or a file system that refuses writes (``OSError`` with ``ENOSPC``, ``EDQUOT``,
     ``EROFS``, ``EACCES`` or ``EPERM``, also when it is the cause of another exception).
@@ -75,7 +75,7 @@ def _chain(exc: BaseException):
 
 
 def _checkpoint_error_class():
-    mod = sys.modules.get("pipeline.checkpoint")  # not imported: no checkpoint was read (and no torch)
+    mod = sys.modules.get("pipeline.io.checkpoint")  # not imported: no checkpoint was read (and no torch)
     return getattr(mod, "CheckpointError", None)
 
 

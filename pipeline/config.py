@@ -71,7 +71,7 @@ class IngestConfig:
     jpeg_quality: int = 95
     webp_method: int = 0  # lossless WebP effort 0-6: 0 is ~10x faster than 4 for ~1.6x the bytes (measured on the demo)
     rasterize_svg: bool = True  # rasterize SVG inputs with cairosvg (else quarantine them)
-    # per-image hashtag caps, after normalization and dedup (pipeline.hashtags, where the figures come from):
+    # per-image hashtag caps, after normalization and dedup (pipeline.text.hashtags, where the figures come from):
     # tags beyond them are dropped and counted in the manifest (counts.hashtags_dropped); an image left
     # with no tag is quarantined as no_hashtags
     max_hashtags: int = 30  # tags kept per image, the first ones (Instagram allows 30 per post)
@@ -140,7 +140,7 @@ class Resampling(str, Enum):
 class PretrainConfig:
     """Pretraining stage: ResNeXt with multi-label softmax on the shards (DDP)."""
 
-    model: str = "resnext_mini"  # a name from pipeline.models.list_models()
+    model: str = "resnext_mini"  # a name from pipeline.train.models.list_models()
     loss: LossKind = LossKind.softmax
     resampling: Resampling = Resampling.sqrt
     image_size: int = 64  # px, random-resized-crop output (224 in the paper)
@@ -159,19 +159,19 @@ class PretrainConfig:
     milestones: List[float] = field(default_factory=lambda: [1 / 3, 2 / 3, 8 / 9])  # step: fractions of training
     gamma: float = 0.1  # step: lr factor at each milestone
     final_lr_fraction: float = 0.0  # cosine: final lr as a fraction of the peak
-    # "auto": the fastest sound choice this device runs natively (pipeline.hardware: CUDA bf16, else fp16 +
+    # "auto": the fastest sound choice this device runs natively (pipeline.train.hardware: CUDA bf16, else fp16 +
     # gradient scaler, else fp32; CPU bf16 only with native support and a timed trial that shows it faster),
     # "fp32", "bf16", "fp16" (CUDA). The resolved choice is recorded in the manifest and kept by a resumed run.
     precision: str = "auto"
     channels_last: Optional[bool] = None  # NHWC layout; None = auto (CPU: timed trial; CUDA: tensor-core GPUs)
     compile: bool = False  # torch.compile the model (inductor; CPU needs gcc); compile time is paid at the first steps
     device: str = "auto"  # "auto", "cpu" or "cuda"
-    workers: Optional[int] = None  # DataLoader workers per rank (decode + augmentation); None = from the cores (pipeline.hardware.thread_plan)
+    workers: Optional[int] = None  # DataLoader workers per rank (decode + augmentation); None = from the cores (pipeline.train.hardware.thread_plan)
     # raise the loader workers' niceness by this much (0-19). None = auto: 19 when training on the CPU from the decoded
     # cache (the workers only crop and normalize, in the gaps the step's threads leave; 0.97x the bare loop instead of
     # 0.89x, AVX2, 2026-12-01), else 0. Set 0 on a machine shared with other jobs, where such workers would starve
     worker_nice: Optional[int] = None
-    # a decoded uint8 copy of the training images (pipeline.decoded_cache), built at the start of the stage and
+    # a decoded uint8 copy of the training images (pipeline.train.decoded_cache), built at the start of the stage and
     # removed at its end; the same batches bit for bit, so not part of the stage key. "auto": when it fits in
     # decoded_cache_max_gb (N x 3 x (2 x image_size)^2 bytes at most); "on"; "off": decode the shards every epoch
     decoded_cache: str = "auto"
@@ -201,7 +201,7 @@ class RunConfig:
 
 @dataclass
 class EnergyConfig:
-    """Energy and emissions of each stage (``pipeline.energy``) and the full-scale projection in the report.
+    """Energy and emissions of each stage (``pipeline.reporting.energy``) and the full-scale projection in the report.
 
     Each stage gets two numbers side by side: the Patterson et al. 2021 estimate
     (kWh = hours x processors x W x PUE / 1000; tCO2e = kWh x grid / 1000) and codecarbon's
@@ -336,7 +336,7 @@ class TransferConfig:
     nn_copy_quantile: float = 0.01  # threshold = this quantile of the known copies' similarities
     nn_threshold: Optional[float] = None  # a fixed threshold instead of the calibrated one
     nn_non_copies: int = 500  # known non-copy pairs scored (same emoji by another vendor, else random images)
-    precision: str = "auto"  # as pretrain.precision: "auto" (pipeline.hardware policy), "fp32", "bf16", "fp16" (CUDA)
+    precision: str = "auto"  # as pretrain.precision: "auto" (pipeline.train.hardware policy), "fp32", "bf16", "fp16" (CUDA)
     channels_last: Optional[bool] = None  # NHWC memory layout; None = auto (as pretrain.channels_last)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     workers: Optional[int] = None  # DataLoader worker processes (decode + augmentation); None = from the cores

@@ -20,11 +20,11 @@ Reads the ingest shards (never rewrites them) and writes into ``<run_dir>/dedup/
   (withdrawn samples never enter it); ``manifest.json`` last.
 
 The stage decodes no pretraining image: the perceptual hashes (pHash of the canonical
-pixels after trimming uniform borders, :func:`pipeline.near_index.perceptual_hash`) were
+pixels after trimming uniform borders, :func:`pipeline.vision.near_index.perceptual_hash`) were
 computed by ingest, across its ranks and workers, and are read from the shard indexes
-(:class:`pipeline.shards.ShardReader`). Its single-node work is the near-duplicate search
-over the stored codes, which is sub-quadratic (:mod:`pipeline.near_index`). Eval images are
-decoded to the same canonical form as ingest's (:func:`pipeline.images.decode_image`) and
+(:class:`pipeline.io.shards.ShardReader`). Its single-node work is the near-duplicate search
+over the stored codes, which is sub-quadratic (:mod:`pipeline.vision.near_index`). Eval images are
+decoded to the same canonical form as ingest's (:func:`pipeline.vision.images.decode_image`) and
 hashed by the same function (a process pool over eval work units).
 """
 
@@ -38,16 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path, remove_stale_temps, write_json, write_jsonl, write_text
+from pipeline.io.atomic import atomic_path, remove_stale_temps, write_json, write_jsonl, write_text
 from pipeline.config import default_workers, to_container, validate
-from pipeline.images import decode_image, set_pixel_cap
-from pipeline.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
-from pipeline.near_index import build_index, keep_first, perceptual_hash, range_pairs
+from pipeline.vision.images import decode_image, set_pixel_cap
+from pipeline.io.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
+from pipeline.vision.near_index import build_index, keep_first, perceptual_hash, range_pairs
 from pipeline.progress import progress_bar
-from pipeline.raw_sources import RawSample, iter_unit, plan_units
-from pipeline.removal import REMOVED_FILE, read_withdrawn  # noqa: F401  (read_withdrawn: public here too)
-from pipeline.quarantine import Rejected
-from pipeline.shards import ShardReader
+from pipeline.io.raw_sources import RawSample, iter_unit, plan_units
+from pipeline.io.removal import REMOVED_FILE, read_withdrawn  # noqa: F401  (read_withdrawn: public here too)
+from pipeline.io.quarantine import Rejected
+from pipeline.io.shards import ShardReader
 
 log = logging.getLogger(__name__)
 STAGE = "dedup"
@@ -57,7 +57,7 @@ def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
     """The stored codes of one shard, skipping withdrawn ids (they are only listed); decodes nothing.
 
     The perceptual hashes come from the shard index, computed by ingest on the canonical
-    pixels (:class:`pipeline.shards.ShardReader`; a shard without an index is hashed from
+    pixels (:class:`pipeline.io.shards.ShardReader`; a shard without an index is hashed from
     its stored pixels, with a warning).
 
     Returns:

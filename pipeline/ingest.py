@@ -4,14 +4,14 @@
 
 Writes into ``<run_dir>/ingest/``:
 
-* ``shards/NNNNNN.tar``: canonical samples (see :mod:`pipeline.shards`), one shard per
+* ``shards/NNNNNN.tar``: canonical samples (see :mod:`pipeline.io.shards`), one shard per
   work unit (a slice of an index or listing, or one input tar);
 * ``parts/NNNNNN.json``: what each unit wrote and rejected (the resume record);
 * ``quarantine.jsonl``: one row per rejected sample (``id``, ``source``, ``origin``,
   ``reason``, ``detail``, ``unit``);
 * ``plan.json`` (units and config hash) first, ``manifest.json`` last.
 
-Hashtags are normalized and capped per image (:mod:`pipeline.hashtags`): at most
+Hashtags are normalized and capped per image (:mod:`pipeline.text.hashtags`): at most
 ``ingest.max_hashtags`` tags of at most ``ingest.max_hashtag_chars`` characters; the tags
 dropped are counted in ``counts.hashtags_dropped`` of the manifest (``too_long``,
 ``over_count``, ``images``), and a sample left with no tag is quarantined (``no_hashtags``).
@@ -34,18 +34,18 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.atomic import read_jsonl, remove_stale_temps, write_json, write_jsonl
+from pipeline.io.atomic import read_jsonl, remove_stale_temps, write_json, write_jsonl
 from pipeline.config import default_workers, to_container, validate
-from pipeline.hashtags import MAX_HASHTAG_CHARS, MAX_HASHTAGS, cap_hashtags, normalize_hashtags
-from pipeline.images import ENCODINGS, decode_image, encode_image, set_pixel_cap
-from pipeline.manifest import canonical_hash, file_sha256, stage_dir, write_manifest
-from pipeline.partition import Partition, assign, current_partition
+from pipeline.text.hashtags import MAX_HASHTAG_CHARS, MAX_HASHTAGS, cap_hashtags, normalize_hashtags
+from pipeline.vision.images import ENCODINGS, decode_image, encode_image, set_pixel_cap
+from pipeline.io.manifest import canonical_hash, file_sha256, stage_dir, write_manifest
+from pipeline.train.partition import Partition, assign, current_partition
 from pipeline.progress import progress_bar
-from pipeline.quarantine import Rejected
-from pipeline.raw_sources import RawSample, Rejection, WorkUnit, iter_unit, plan_units
-from pipeline.removal import read_withdrawn
-from pipeline.near_index import HASH_SIZES, perceptual_hashes
-from pipeline.shards import AtomicShardWriter, index_path, shard_key
+from pipeline.io.quarantine import Rejected
+from pipeline.io.raw_sources import RawSample, Rejection, WorkUnit, iter_unit, plan_units
+from pipeline.io.removal import read_withdrawn
+from pipeline.vision.near_index import HASH_SIZES, perceptual_hashes
+from pipeline.io.shards import AtomicShardWriter, index_path, shard_key
 
 log = logging.getLogger(__name__)
 STAGE = "ingest"

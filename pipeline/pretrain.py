@@ -31,23 +31,23 @@ import time
 import numpy as np
 import torch
 
-from pipeline.atomic import remove_stale_temps, write_json
-from pipeline.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from pipeline.io.atomic import remove_stale_temps, write_json
+from pipeline.io.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from pipeline.config import ConfigError, to_container, validate
-from pipeline.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
-from pipeline.distributed import (DistInfo, average_buffers, barrier, broadcast_object, cleanup, gather_objects,
+from pipeline.train.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
+from pipeline.train.distributed import (DistInfo, average_buffers, barrier, broadcast_object, cleanup, gather_objects,
                                   init_distributed, weights_checksum)
-from pipeline.hardware import (PrecisionChoice, available_cores, describe_choice, hardware_record, resolve_for_model,
+from pipeline.train.hardware import (PrecisionChoice, available_cores, describe_choice, hardware_record, resolve_for_model,
                                thread_plan)
-from pipeline.epoch_plan import SampleIndex, make_epoch_plan
-from pipeline.loader import ShardStream, heldout_mask
-from pipeline.losses import make_loss
-from pipeline.manifest import read_manifest, stage_dir, write_manifest
-from pipeline.metrics import prior_baseline
-from pipeline.models import create_model, export_trunk, list_models
-from pipeline.optim import make_optimizer, make_schedule, scaled_lr
-from pipeline.shards import shard_paths
-from pipeline.train_loop import LoopSettings, LoopState, evaluate, steps_in_epoch, train, truncate_metrics
+from pipeline.train.epoch_plan import SampleIndex, make_epoch_plan
+from pipeline.train.loader import ShardStream, heldout_mask
+from pipeline.train.losses import make_loss
+from pipeline.io.manifest import read_manifest, stage_dir, write_manifest
+from pipeline.evaluation.metrics import prior_baseline
+from pipeline.train.models import create_model, export_trunk, list_models
+from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
+from pipeline.io.shards import shard_paths
+from pipeline.train.train_loop import LoopSettings, LoopState, evaluate, steps_in_epoch, train, truncate_metrics
 from pipeline.vocab import load_labels
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _recipe(resolved: dict) -> dict:
 
 
 def choose_precision(pt, info: DistInfo, num_classes: int, threads: int, recorded: dict | None) -> PrecisionChoice:
-    """The run's precision and layout (:mod:`pipeline.hardware`), the same on every rank.
+    """The run's precision and layout (:mod:`pipeline.train.hardware`), the same on every rank.
 
     Rank 0 resolves (with a timed trial of this model's step on the CPU, cached per machine)
     and broadcasts its choice; ``recorded`` (from a checkpoint) is kept by a resumed run.
@@ -311,7 +311,7 @@ def worker_nice(requested: int | None, device_type: str, decoded: bool) -> int:
 
 
 def open_decoded_cache(pt, info: DistInfo, out, keys: np.ndarray, shards: dict) -> tuple[DecodedCache | None, dict]:
-    """The decoded uint8 copy of every sample in ``keys`` (:mod:`pipeline.decoded_cache`), or None.
+    """The decoded uint8 copy of every sample in ``keys`` (:mod:`pipeline.train.decoded_cache`), or None.
 
     ``pretrain.decoded_cache``: "on", "off", or "auto" (on when the size estimate
     ``N x 3 x (2 x image_size)^2`` bytes fits in ``pretrain.decoded_cache_max_gb``). The main

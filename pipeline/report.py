@@ -6,7 +6,7 @@ every number comes from a stage's ``manifest.json`` and side files (``ingest`` c
 quarantine reasons, ``dedup/eval_contamination.json``, ``vocab/vocab.json``,
 ``pretrain/metrics.jsonl`` and ``eval.jsonl``, ``transfer/results.json`` and
 ``finetune_epochs.jsonl``) and from the energy records ``<run_dir>/run/energy.json``
-(``{stage: record}``, see :func:`pipeline.energy.measure_energy`). A stage that has not
+(``{stage: record}``, see :func:`pipeline.reporting.energy.measure_energy`). A stage that has not
 run is shown as "not run"; one whose folder exists without a manifest as "running or
 interrupted"; a section whose files cannot be read says so instead of failing the report.
 
@@ -16,7 +16,7 @@ vocab stage, or drawn from ``labels.npz`` when the stage ran with ``vocab.plot=f
 ``energy.png``. The report holds no absolute paths: the run is named by its folder name
 and plots are linked relative to ``report.md``.
 
-The full-scale projection (:func:`pipeline.energy.project_full_run`) is printed with every
+The full-scale projection (:func:`pipeline.reporting.energy.project_full_run`) is printed with every
 assumption, for two per-device throughput sources: the timm anchor (ResNeXt-101 32x8d,
 276 img/s on one RTX 3090 with AMP) and the throughput measured by this run's pretrain
 stage, both scaled to the projected model by the mult-adds ratio (a rough scaling).
@@ -34,9 +34,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from pipeline import energy as E
-from pipeline.atomic import write_bytes, write_text
-from pipeline.manifest import code_version, read_manifest, stage_dir
+from pipeline.reporting import energy as E
+from pipeline.io.atomic import write_bytes, write_text
+from pipeline.io.manifest import code_version, read_manifest, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +287,8 @@ def _label_frequency_plot(run: Run, plot_dir: Path, made: set[str]) -> str | Non
         made.add(dst.name)
         return "copied from `vocab/class_frequency.png`"
     try:
-        from pipeline.plots import class_frequency_plot
-        from pipeline.resampling import class_mass
+        from pipeline.reporting.plots import class_frequency_plot
+        from pipeline.text.resampling import class_mass
         from pipeline.vocab import load_labels
 
         labels = load_labels(run.dir)
@@ -358,7 +358,7 @@ def hardware_lines(hw: dict | None) -> list[str]:
 
 
 def section_pretrain(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
-    from pipeline.plots import heldout_eval_plot, training_curves_plot
+    from pipeline.reporting.plots import heldout_eval_plot, training_curves_plot
 
     if not run.manifests.get("pretrain"):
         out = _not_run(run, "pretrain")
@@ -587,7 +587,7 @@ def section_transfer(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
     res = _load_json(run.path("transfer", "results.json"))
     if res is None:
         return _not_run(run, "transfer")
-    from pipeline.plots import finetune_curves_plot, transfer_plot
+    from pipeline.reporting.plots import finetune_curves_plot, transfer_plot
 
     targets = transfer_targets(res)
     out = []
@@ -619,7 +619,7 @@ def _energy_cfg_value(ec: Any, key: str, default: Any) -> Any:
 
 
 def section_energy(run: Run, records: dict, ec: Any, plot_dir: Path, made: set[str]) -> list[str]:
-    from pipeline.plots import energy_plot
+    from pipeline.reporting.plots import energy_plot
 
     order = [s for s in STAGES if s in records or run.manifests.get(s)] + sorted(set(records) - set(STAGES))
     if not order:
@@ -837,7 +837,7 @@ def write_report(run_dir: str | os.PathLike, energy_records: dict | None = None,
 
     Args:
         run_dir: the run folder.
-        energy_records: ``{stage: record}`` from :func:`pipeline.energy.measure_energy`;
+        energy_records: ``{stage: record}`` from :func:`pipeline.reporting.energy.measure_energy`;
             None = read ``<run_dir>/run/energy.json`` if present.
         energy_cfg: an ``EnergyConfig`` (or dict) for the assumptions of the fallback
             estimates and the projection; None = its defaults.

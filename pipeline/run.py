@@ -16,7 +16,7 @@ Sweeps (``python -m pipeline.run -m ...``): with ``run.shared_dir`` set, the sta
 ``run.shared_stages`` (default ingest and dedup) run once in that folder, under a file
 lock, and every job's run folder links to them; each job runs the rest itself.
 
-Energy and time of every stage are measured (:mod:`pipeline.energy`) into
+Energy and time of every stage are measured (:mod:`pipeline.reporting.energy`) into
 ``<run_dir>/run/energy.json``; the report is ``<run_dir>/report.md``.
 """
 
@@ -35,9 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.atomic import write_json
+from pipeline.io.atomic import write_json
 from pipeline.config import ConfigError, to_container, validate
-from pipeline.manifest import canonical_hash, code_version, read_manifest, stage_dir
+from pipeline.io.manifest import canonical_hash, code_version, read_manifest, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ _NOT_RESULT = {"progress", "workers", "worker_nice", "merge_timeout_s", "threads
 
 def _digest(path: str | None) -> str | None:
     """SHA-256 of a side input file (a withdrawn-ids list), so editing it in place changes the key."""
-    from pipeline.manifest import file_sha256
+    from pipeline.io.manifest import file_sha256
 
     return file_sha256(path) if path and Path(path).is_file() else None
 
@@ -144,10 +144,10 @@ def _launch_torchrun(stage: str, nproc: int, run_dir: str) -> None:
 
 
 def _energy_context(name: str, cfg, gpus: int | None = None):
-    """Measure a stage's time and energy (pipeline.energy), or only its time if disabled."""
+    """Measure a stage's time and energy (pipeline.reporting.energy), or only its time if disabled."""
     if not cfg.energy.enabled:
         return _timer(name)
-    from pipeline.energy import measure_energy
+    from pipeline.reporting.energy import measure_energy
 
     return measure_energy(name, cfg.energy, gpus=gpus)
 
@@ -332,11 +332,11 @@ def _run_job(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from pipeline.atomic import write_text
-    from pipeline.partition import current_partition
+    from pipeline.io.atomic import write_text
+    from pipeline.train.partition import current_partition
 
     if os.environ.get("SUBMITIT_EXECUTOR"):  # hydra-submitit-launcher: RANK, WORLD_SIZE, MASTER_ADDR/PORT from submitit
-        from pipeline.distributed import export_rank_env
+        from pipeline.train.distributed import export_rank_env
 
         export_rank_env()
     part = current_partition()

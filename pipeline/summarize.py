@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipeline.atomic import write_text
-from pipeline.manifest import read_manifest, stage_dir
+from pipeline.io.atomic import write_text
+from pipeline.io.manifest import read_manifest, stage_dir
 
 STAGES = ("ingest", "dedup", "vocab", "pretrain", "transfer")
 SUMMARY_MD, SUMMARY_CSV = "summary.md", "summary.csv"

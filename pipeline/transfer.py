@@ -23,9 +23,9 @@ against the same model from random initialization ("scratch"):
   stages ``transfer.probe_stages``, concatenated; default layer2-4), standardized,
   then an L2-regularized multinomial logistic regression whose C is chosen on a stratified
   split held out from the training images and refit on all of them
-  (:mod:`pipeline.linear_probe`; Kornblith et al. 2019's protocol);
+  (:mod:`pipeline.evaluation.linear_probe`; Kornblith et al. 2019's protocol);
 - **full fine-tuning**: a new classifier and every layer trained with SGD + Nesterov, a short
-  warmup and cosine decay (:mod:`pipeline.finetune`); val scored after the last epoch
+  warmup and cosine decay (:mod:`pipeline.evaluation.finetune`); val scored after the last epoch
   (``transfer.eval_every_epoch=true``: after every epoch).
 
 Each in several data settings: ``low_data_per_class`` labelled images per class (seeded,
@@ -44,7 +44,7 @@ CPU cores (10-12 s per value), about 10% of the stage. Short runs favour the sma
 (both demo targets chose 0.1). A grid of one value (or none) skips the search and uses ``base_lr``.
 
 **Error bars.** Every accuracy carries a 95% interval (``ci_level``) from
-:mod:`pipeline.intervals`: a percentile bootstrap over the val images (``n_boot`` resamples)
+:mod:`pipeline.evaluation.intervals`: a percentile bootstrap over the val images (``n_boot`` resamples)
 for a single run; for the low-data settings, which are repeated over seeded draws of the
 labelled subset (``probe_seeds``, default 10, for the probe; ``finetune_seeds``, default 1,
 for fine-tuning: each seed also seeds the new head, the augmentation and the scratch init),
@@ -61,9 +61,9 @@ val images that dedup's pHash check found (near) duplicated in the pretraining d
 wrong (``<run_dir>/dedup/eval_contamination.json``, the ``data.eval_sets`` entry whose
 ``root/split`` is this target's val folder); ``lower_bound_top1_nn`` counts the val images
 whose nearest pretraining image in the pretrained trunk's feature space is above a
-calibrated cosine threshold as wrong (:mod:`pipeline.nn_decontam`; ``transfer.nn_decontam``).
+calibrated cosine threshold as wrong (:mod:`pipeline.evaluation.nn_decontam`; ``transfer.nn_decontam``).
 
-Images are RGB; val and probe features use the eval recipe of :mod:`pipeline.loader` at the
+Images are RGB; val and probe features use the eval recipe of :mod:`pipeline.train.loader` at the
 pretraining image size S from ``<run_dir>/pretrain/model.json``; fine-tuning trains on
 random-resized crops + flips; ImageNet normalization.
 
@@ -100,17 +100,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.atomic import remove_stale_temps, write_bytes, write_json, write_jsonl
+from pipeline.io.atomic import remove_stale_temps, write_bytes, write_json, write_jsonl
 from pipeline.config import ConfigError, to_container, transfer_recipe, validate
-from pipeline.finetune import FinetuneSettings, finetune
-from pipeline.hardware import (PrecisionChoice, available_cores, describe_choice, hardware_record, pick_device,
+from pipeline.evaluation.finetune import FinetuneSettings, finetune
+from pipeline.train.hardware import (PrecisionChoice, available_cores, describe_choice, hardware_record, pick_device,
                                resolve_for_model, thread_plan)
-from pipeline.intervals import bootstrap_ci, paired_bootstrap_diff, seed_and_val_ci
-from pipeline.linear_probe import extract_features, fit_probe, topk_correct
-from pipeline.loader import item_seed
-from pipeline.manifest import file_sha256, read_manifest, stage_dir, write_manifest
-from pipeline.models import create_model, list_models, load_trunk
-from pipeline.target_data import (TransformedSubset, eval_batches, fingerprint, open_split, per_class_order,
+from pipeline.evaluation.intervals import bootstrap_ci, paired_bootstrap_diff, seed_and_val_ci
+from pipeline.evaluation.linear_probe import extract_features, fit_probe, topk_correct
+from pipeline.train.loader import item_seed
+from pipeline.io.manifest import file_sha256, read_manifest, stage_dir, write_manifest
+from pipeline.train.models import create_model, list_models, load_trunk
+from pipeline.evaluation.target_data import (TransformedSubset, eval_batches, fingerprint, open_split, per_class_order,
                                   relative_paths, stratified_holdout, take_per_class)
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,8 @@ def _r(x: float) -> float:
 def accuracy_interval(correct: np.ndarray, *, n_boot: int, seed: int, level: float) -> dict:
     """Mean and interval of per-image correctness ``(S, N)`` (S seeded runs on the same N val images).
 
-    One seed: percentile bootstrap over the val images (:func:`pipeline.intervals.bootstrap_ci`);
-    several: :func:`pipeline.intervals.seed_and_val_ci` (seed spread + val bootstrap; its t interval
+    One seed: percentile bootstrap over the val images (:func:`pipeline.evaluation.intervals.bootstrap_ci`);
+    several: :func:`pipeline.evaluation.intervals.seed_and_val_ci` (seed spread + val bootstrap; its t interval
     clipped to [0, 1]).
 
     Returns:
@@ -216,8 +216,8 @@ def accuracy_interval(correct: np.ndarray, *, n_boot: int, seed: int, level: flo
 def difference_interval(pretrained: np.ndarray, scratch: np.ndarray, *, n_boot: int, seed: int, level: float) -> dict:
     """``accuracy(pretrained) - accuracy(scratch)`` with its interval, on the same val images.
 
-    One seed: paired bootstrap (:func:`pipeline.intervals.paired_bootstrap_diff`); several:
-    :func:`pipeline.intervals.seed_and_val_ci` of the per-image differences (seed s gave both
+    One seed: paired bootstrap (:func:`pipeline.evaluation.intervals.paired_bootstrap_diff`); several:
+    :func:`pipeline.evaluation.intervals.seed_and_val_ci` of the per-image differences (seed s gave both
     initializations the same labelled subset), clipped to [-1, 1]. ``measurable`` is False when
     the interval covers 0.
     """
@@ -375,7 +375,7 @@ class _Stage:
     # -- the pretraining images, for the feature-space decontamination (once per stage) --------------
     def pretraining_bank(self, model) -> dict:
         if self.bank is None:
-            from pipeline.nn_decontam import ShardImages, l2_normalize, pooled_features, pretraining_samples
+            from pipeline.evaluation.nn_decontam import ShardImages, l2_normalize, pooled_features, pretraining_samples
 
             t = time.perf_counter()
             samples = pretraining_samples(self.cfg.run_dir)
@@ -436,13 +436,13 @@ def select_lr(st: _Stage, t: Target, idx: np.ndarray, setting: int | None) -> di
 
 
 def decontaminate(st: _Stage, t: Target, model, val_feats: np.ndarray, val_idx: np.ndarray, val_rel: list[str]) -> dict:
-    """Feature-space decontamination of target ``t``'s scored val images (:mod:`pipeline.nn_decontam`).
+    """Feature-space decontamination of target ``t``'s scored val images (:mod:`pipeline.evaluation.nn_decontam`).
 
     Returns:
         the ``contamination.features`` section of the target's results, with ``flagged`` (N,) bool
         and ``similarity`` (N,) float32 under the keys ``_flagged`` / ``_similarity`` (popped by the caller).
     """
-    from pipeline import nn_decontam as nd
+    from pipeline.evaluation import nn_decontam as nd
 
     tc, r = st.tc, t.recipe
     t0 = time.perf_counter()
@@ -783,8 +783,8 @@ def run_transfer(cfg) -> dict:
     targets = open_targets(tc)
     nn_skip = None if tc.nn_decontam else "transfer.nn_decontam=false"
     if tc.nn_decontam:
-        from pipeline.removal import removed_rows
-        from pipeline.shards import shard_paths
+        from pipeline.io.removal import removed_rows
+        from pipeline.io.shards import shard_paths
 
         try:
             shard_paths(cfg.run_dir)
@@ -813,7 +813,7 @@ def run_transfer(cfg) -> dict:
                      "image_size": size, "seed": int(cfg.seed),
                      "ci": {"level": float(tc.ci_level), "n_boot": int(tc.n_boot),
                             "note": "percentile bootstrap over the val images; with several seeds, seed spread and val "
-                                    "bootstrap combined (pipeline.intervals.seed_and_val_ci); differences: paired"},
+                                    "bootstrap combined (pipeline.evaluation.intervals.seed_and_val_ci); differences: paired"},
                      "pretraining_bank": None, "seconds": {}}
 
     def write(section: dict) -> None:

@@ -16,7 +16,7 @@ stage removed (``<run_dir>/dedup/removed.jsonl``; a missing dedup stage is an er
   frequent first (counted, never silently lost);
 * ``labels.npz`` (numpy, no pickle): ``keys`` (shard keys, sorted), ``ids``, CSR
   ``indptr``/``indices`` of class ids, ``class_counts`` and ``weights_<scheme>`` for
-  every scheme of :data:`pipeline.resampling.SCHEMES`, so one vocabulary serves every
+  every scheme of :data:`pipeline.text.resampling.SCHEMES`, so one vocabulary serves every
   resampling sweep; read it with :func:`load_labels`;
 * ``class_frequency.png``: class frequency by rank before/after each resampling scheme;
 * ``manifest.json`` last.
@@ -25,7 +25,7 @@ Vocabulary kinds (Mahajan et al. 2018, section 2.1, "hashtag sets"):
 
 * ``imagenet1k``: hashtags that are synonyms (lemmas) of the 1,000 ImageNet-1k synsets
   (the paper's ~1.5k set): a hashtag takes its first WordNet sense that is an IN-1k synset
-  (:mod:`pipeline.wordnet_canon`); hyponyms are not mapped, as in the paper.
+  (:mod:`pipeline.text.wordnet_canon`); hyponyms are not mapped, as in the paper.
 * ``wordnet_nouns``: any WordNet noun synset (the ~17k set), keeping classes with
   >= ``min_count`` samples.
 * ``topk``: the ``top_k`` most frequent of those (the ~8.5k set), ties by synset name.
@@ -49,15 +49,15 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.atomic import atomic_path, remove_stale_temps, write_json, write_text
+from pipeline.io.atomic import atomic_path, remove_stale_temps, write_json, write_text
 from pipeline.config import ConfigError, VocabKind, to_container, validate
-from pipeline.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
-from pipeline.partition import current_partition
+from pipeline.io.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
+from pipeline.train.partition import current_partition
 from pipeline.progress import progress_bar
-from pipeline.removal import REMOVED_FILE, removed_rows
-from pipeline.resampling import SCHEMES, all_weights, class_mass
-from pipeline.shards import iter_metadata, shard_paths
-from pipeline.wordnet_canon import HashtagMapper, read_imagenet1k_wnids, wordnet_nouns
+from pipeline.io.removal import REMOVED_FILE, removed_rows
+from pipeline.text.resampling import SCHEMES, all_weights, class_mass
+from pipeline.io.shards import iter_metadata, shard_paths
+from pipeline.text.wordnet_canon import HashtagMapper, read_imagenet1k_wnids, wordnet_nouns
 
 log = logging.getLogger(__name__)
 STAGE = "vocab"
@@ -278,11 +278,11 @@ def run_vocab(cfg) -> dict | None:
     doc = {"kind": kind.value, "min_count": vc.min_count, "top_k": vc.top_k if kind is VocabKind.topk else None,
            "num_classes": len(vocab.classes), "totals": totals, "classes": _class_records(vocab, info),
            "resampling": {"schemes": SCHEMES, "formula": "w_i = Z * mean_{c in C_i} n_c^(alpha-1), mean(w) = 1; "
-                          "class mass ~ n_c^alpha (pipeline.resampling)"}}
+                          "class mass ~ n_c^alpha (pipeline.text.resampling)"}}
     write_json(out_dir / VOCAB_FILE, doc)
     plot = out_dir / PLOT_FILE
     if vc.plot:
-        from pipeline.plots import class_frequency_plot
+        from pipeline.reporting.plots import class_frequency_plot
 
         masses = {s: class_mass(vocab.indptr, vocab.indices, w, len(vocab.classes)) for s, w in weights.items()}
         n = vocab.counts.astype(np.float64)

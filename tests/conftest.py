@@ -15,7 +15,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "corpus"
 
 @pytest.fixture(autouse=True, scope="session")
 def _precision_trial_cache(tmp_path_factory):
-    """Precision-trial verdicts (pipeline.hardware) go to a temp folder, not the user's cache."""
+    """Precision-trial verdicts (pipeline.train.hardware) go to a temp folder, not the user's cache."""
     import os
 
     old = os.environ.get("PIPELINE_CACHE_DIR")

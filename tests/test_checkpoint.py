@@ -14,11 +14,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.checkpoint import (CheckpointError, checkpoint_path, latest_checkpoint, load_checkpoint,
+from pipeline.io.checkpoint import (CheckpointError, checkpoint_path, latest_checkpoint, load_checkpoint,
                                  prune_checkpoints, save_checkpoint)
-from pipeline.losses import multilabel_softmax_loss
-from pipeline.models import create_model
-from pipeline.optim import make_optimizer, make_schedule
+from pipeline.train.losses import multilabel_softmax_loss
+from pipeline.train.models import create_model
+from pipeline.train.optim import make_optimizer, make_schedule
 
 SCHED = dict(kind="step", total_steps=20, warmup_steps=2, warmup_start_lr=0.1, peak_lr=0.4,
              milestones=[0.5], gamma=0.1)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, CheckpointRefused
+from pipeline.io.checkpoint import CheckpointError, CheckpointRefused
 from pipeline.cli import EXIT_EXPECTED, ReportedFailure, describe_failure, exit_status, failure_line
 from pipeline.config import ConfigError
 
@@ -183,7 +183,7 @@ def test_describe_failure_contract(tmp_path):
 
 
 def test_a_real_disk_full_write_is_recognized(tmp_path, monkeypatch):
-    from pipeline.atomic import write_json
+    from pipeline.io.atomic import write_json
 
     def fsync(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -133,7 +133,7 @@ def test_pretrain_killed_right_after_an_epoch_end_eval(references, tmp_path):
 
 def test_torchrun_restarts_the_job_when_a_rank_is_killed(references, tmp_path):
     """2 gloo ranks under ``torchrun --max-restarts=1``; rank 1 SIGKILLs itself after step 5
-    (the test hook of :mod:`pipeline.train_loop`): torchrun restarts both ranks, which resume
+    (the test hook of :mod:`pipeline.train.train_loop`): torchrun restarts both ranks, which resume
     from the step-4 checkpoint and finish with identical weights."""
     ref, _ = references
     run = tmp_path / "run"

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
-from pipeline.loader import ShardStream, decode, make_loader, member_offsets
-from pipeline.shards import iter_metadata, shard_paths
-from pipeline.epoch_plan import SampleIndex
+from pipeline.train.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
+from pipeline.train.loader import ShardStream, decode, make_loader, member_offsets
+from pipeline.io.shards import iter_metadata, shard_paths
+from pipeline.train.epoch_plan import SampleIndex
 
 
 def _index(run_dir) -> tuple[SampleIndex, dict]:

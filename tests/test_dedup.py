@@ -11,9 +11,9 @@ import pytest
 
 import faiss
 from pipeline.dedup import run_dedup
-from pipeline.near_index import build_index, keep_first, range_pairs
-from pipeline.removal import removed_keys
-from pipeline.shards import iter_metadata, shard_paths
+from pipeline.vision.near_index import build_index, keep_first, range_pairs
+from pipeline.io.removal import removed_keys
+from pipeline.io.shards import iter_metadata, shard_paths
 from data_tools.dedup_precision import identity
 
 from conftest import FIXTURE, make_cfg

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from pipeline import energy as E
+from pipeline.reporting import energy as E
 
 from conftest import REPO
 
@@ -18,7 +18,7 @@ _TWO_STAGES = textwrap.dedent("""
     import json, logging, sys, time
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
     from pipeline.config import EnergyConfig
-    from pipeline.energy import measure_energy
+    from pipeline.reporting.energy import measure_energy
     recs = {}
     for stage in ("ingest", "dedup", "vocab"):
         with measure_energy(stage, EnergyConfig(measure_power_secs=0.5)) as rec:

@@ -13,7 +13,7 @@ import pytest
 from torch import nn
 
 from conftest import copy_run, stage_cfg
-from pipeline import energy as E
+from pipeline.reporting import energy as E
 from pipeline.config import ConfigError, EnergyConfig, validate_energy
 from pipeline.report import fmt_int, fmt_seconds, main as report_main, write_report
 
@@ -76,7 +76,7 @@ def test_count_mult_adds_by_hand_and_against_the_published_figure():
                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
     # 8x8 outputs: 8*64*(3*9) + 16*64*(2*9) + 16*10
     assert E.count_mult_adds(m, 8) == 8 * 64 * 27 + 16 * 64 * 18 + 160
-    from pipeline.models import create_model
+    from pipeline.train.models import create_model
 
     # torchvision lists ResNeXt-50 32x4d at 4.23 GFLOPS (mult-adds) at 224 px
     assert E.count_mult_adds(create_model("resnext50_32x4d"), 224) / 1e9 == pytest.approx(4.23, rel=0.02)

@@ -23,10 +23,10 @@ from PIL import Image
 
 from fuzz import corpus
 from fuzz.corpus import WRITTEN, build_corpus, sources_override
-from pipeline.images import CanonicalImage, decode_image, encode_image
+from pipeline.vision.images import CanonicalImage, decode_image, encode_image
 from pipeline.ingest import IngestSettings, process_unit, run_ingest
-from pipeline.quarantine import REASONS, Rejected
-from pipeline.raw_sources import RawSample, Rejection, WorkUnit, iter_unit
+from pipeline.io.quarantine import REASONS, Rejected
+from pipeline.io.raw_sources import RawSample, Rejection, WorkUnit, iter_unit
 
 from conftest import REPO, make_cfg
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError
-from pipeline.hardware import (HardwareFacts, PrecisionChoice, available_cores, make_step_trial, resolve_for_run,
+from pipeline.train.hardware import (HardwareFacts, PrecisionChoice, available_cores, make_step_trial, resolve_for_run,
                                resolve_precision, thread_plan)
 
 AVX2 = HardwareFacts("cpu", "AVX2", False, cpu_model="mock AVX2 CPU", cores=2)
@@ -121,7 +121,7 @@ def test_thread_plan_splits_cores_by_device_and_local_ranks():
 
 
 def test_step_trial_measures_a_real_model_and_leaves_the_rng_alone():
-    from pipeline.models import create_model
+    from pipeline.train.models import create_model
 
     trial = make_step_trial(lambda: create_model("resnext_mini", num_classes=5), batch_size=4, image_size=32,
                             num_classes=5, device=torch.device("cpu"), steps=1, warmup=1)
@@ -150,8 +150,8 @@ def test_pretrain_manifest_and_checkpoint_record_the_choice(prepared_fixture, tm
     if not hw["precision_choice"]["trial"]:
         pytest.fail("precision=auto with channels_last=auto must have run a timed trial on the CPU")
     assert (tmp_path / "cache" / "precision_trials.json").exists()
-    from pipeline.checkpoint import latest_checkpoint, load_checkpoint
-    from pipeline.models import create_model
+    from pipeline.io.checkpoint import latest_checkpoint, load_checkpoint
+    from pipeline.train.models import create_model
 
     ck = load_checkpoint(latest_checkpoint(run / "pretrain" / "checkpoints"),
                          create_model("resnext_mini", num_classes=counts["num_classes"]), restore_rng=False)
@@ -159,7 +159,7 @@ def test_pretrain_manifest_and_checkpoint_record_the_choice(prepared_fixture, tm
 
 
 def test_stage_key_pins_what_auto_resolved_to(tmp_path):
-    from pipeline.atomic import write_json
+    from pipeline.io.atomic import write_json
     from pipeline.run import _pin_numerics, recorded_numerics
 
     (tmp_path / "pretrain").mkdir()
@@ -187,7 +187,7 @@ def test_compile_true_trains_on_cpu_with_inductor(prepared_fixture, tmp_path):
     assert man["counts"]["steps"] == 2 and man["config"]["pretrain"]["compile"] is True
     from safetensors.torch import load_file
 
-    from pipeline.models import create_model
+    from pipeline.train.models import create_model
 
     trunk = load_file(str(run / "pretrain" / "trunk.safetensors"))
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in trunk)

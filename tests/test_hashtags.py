@@ -1,6 +1,6 @@
 """Hashtag normalization: NFKC, casefold, '#' stripped, phrases joined, dedup in order."""
 
-from pipeline.hashtags import extract_hashtags, normalize_hashtag, normalize_hashtags
+from pipeline.text.hashtags import extract_hashtags, normalize_hashtag, normalize_hashtags
 
 
 def test_normalize_examples():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hashtags import (MAX_HASHTAG_CHARS, MAX_HASHTAGS, cap_hashtags, extract_hashtags, normalize_hashtag,
+from pipeline.text.hashtags import (MAX_HASHTAG_CHARS, MAX_HASHTAGS, cap_hashtags, extract_hashtags, normalize_hashtag,
                                normalize_hashtags)
 
 from conftest import FIXTURE, make_cfg
@@ -128,7 +128,7 @@ def _folder_source(root: Path, rows: list[dict]) -> dict:
 
 def test_ingest_applies_the_caps_and_counts_them(tmp_path):
     from pipeline.ingest import load_quarantine, run_ingest
-    from pipeline.shards import iter_metadata, shard_paths
+    from pipeline.io.shards import iter_metadata, shard_paths
 
     many = [f"tag{i}" for i in range(45)]
     rows = [

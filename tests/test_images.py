@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import decode_image, encode_image, looks_like_svg
-from pipeline.quarantine import Rejected
+from pipeline.vision.images import decode_image, encode_image, looks_like_svg
+from pipeline.io.quarantine import Rejected
 
 from conftest import FIXTURE
 

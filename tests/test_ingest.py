@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.ingest import run_ingest
-from pipeline.shards import iter_metadata, iter_samples, shard_paths
+from pipeline.io.shards import iter_metadata, iter_samples, shard_paths
 
 from conftest import FIXTURE, REPO
 

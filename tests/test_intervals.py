@@ -1,4 +1,4 @@
-"""Tests of pipeline.intervals: bootstrap, paired, seed and combined intervals against known cases."""
+"""Tests of pipeline.evaluation.intervals: bootstrap, paired, seed and combined intervals against known cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.intervals import (bootstrap_ci, bootstrap_means, clopper_pearson_ci, paired_bootstrap_diff,
+from pipeline.evaluation.intervals import (bootstrap_ci, bootstrap_means, clopper_pearson_ci, paired_bootstrap_diff,
                                 seed_and_val_ci, seed_spread_ci, wilson_ci)
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.epoch_plan import SampleIndex, make_epoch_plan, replication_counts
-from pipeline.loader import ShardStream, heldout_mask, make_loader, member_offsets, normalize, rrc_box, shuffle_order
-from pipeline.resampling import batch_soft_targets as soft_targets
-from pipeline.shards import iter_metadata, shard_paths
+from pipeline.train.epoch_plan import SampleIndex, make_epoch_plan, replication_counts
+from pipeline.train.loader import ShardStream, heldout_mask, make_loader, member_offsets, normalize, rrc_box, shuffle_order
+from pipeline.text.resampling import batch_soft_targets as soft_targets
+from pipeline.io.shards import iter_metadata, shard_paths
 
 
 def _index_from_run(run_dir, weight=1.0) -> tuple[SampleIndex, dict]:

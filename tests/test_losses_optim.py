@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.losses import (make_loss, microbatch_loss_scale, multilabel_softmax_loss,
+from pipeline.train.losses import (make_loss, microbatch_loss_scale, multilabel_softmax_loss,
                              normalize_targets, sigmoid_bce_loss)
-from pipeline.models import create_model
-from pipeline.optim import (lr_at, make_optimizer, make_schedule, param_groups,
+from pipeline.train.models import create_model
+from pipeline.train.optim import (lr_at, make_optimizer, make_schedule, param_groups,
                             resolve_milestones, scaled_lr)
 
 # ----------------------------------------------------------------------------- losses

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from pipeline import models
-from pipeline.models import (ResNeXt, create_model, export_trunk, list_models, load_trunk,
+from pipeline.train import models
+from pipeline.train.models import (ResNeXt, create_model, export_trunk, list_models, load_trunk,
                              register_model, torchvision_resnet)
 
 # Mahajan et al. 2018 / WSL-Images README, at 1000 classes (millions).
@@ -159,7 +159,7 @@ def test_pooled_stage_features_concatenate_the_stages_and_layer4_is_the_penultim
     import pytest
     import torch
 
-    from pipeline.models import create_model
+    from pipeline.train.models import create_model
 
     torch.manual_seed(0)
     m = create_model("resnext_mini", num_classes=0).eval()

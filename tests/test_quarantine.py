@@ -15,8 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.ingest import run_ingest
-from pipeline.quarantine import REASONS
-from pipeline.shards import iter_metadata, shard_paths
+from pipeline.io.quarantine import REASONS
+from pipeline.io.shards import iter_metadata, shard_paths
 
 from conftest import FIXTURE
 from test_images import _png_claiming_size

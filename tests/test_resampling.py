@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.resampling import (SCHEMES, all_weights, class_counts, class_mass, multi_hot, sample_weights,
+from pipeline.text.resampling import (SCHEMES, all_weights, class_counts, class_mass, multi_hot, sample_weights,
                                  soft_target)
 
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from fuzz.stages import partial_files, temp_files
-from pipeline.checkpoint import CheckpointError
+from pipeline.io.checkpoint import CheckpointError
 
 from conftest import REPO, copy_run, stage_cfg
 
@@ -77,7 +77,7 @@ def test_a_tampered_shard_index_is_refused_naming_it(prepared_fixture, tmp_path)
     """The shard index is JSON (never unpickled); one of another format, or one whose tar changed
     size, stops dedup with the file named and what to do, before anything is written."""
     from pipeline.dedup import run_dedup
-    from pipeline.shards import index_path
+    from pipeline.io.shards import index_path
 
     run = copy_run(prepared_fixture, tmp_path / "run", stages=("ingest",))
     idx = index_path(sorted((run / "ingest" / "shards").glob("*.tar"))[0])
@@ -105,7 +105,7 @@ def test_crafted_checkpoint_in_a_run_is_refused_on_resume(pretrained, tmp_path):
 
 
 def test_crafted_trunk_pth_is_refused(pretrained, tmp_path):
-    from pipeline.models import load_trunk
+    from pipeline.train.models import load_trunk
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "trunk.pth"

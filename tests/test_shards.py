@@ -14,9 +14,9 @@ import webdataset as wds
 from PIL import Image
 
 from conftest import FIXTURE
-from pipeline.images import decode_image
-from pipeline.near_index import hamming, perceptual_hash, phash_bytes, trim_uniform_border
-from pipeline.shards import ShardReader, index_path, iter_samples, parse_key, shard_key, shard_paths
+from pipeline.vision.images import decode_image
+from pipeline.vision.near_index import hamming, perceptual_hash, phash_bytes, trim_uniform_border
+from pipeline.io.shards import ShardReader, index_path, iter_samples, parse_key, shard_key, shard_paths
 
 
 def _img2dataset_samples() -> dict[str, dict[str, bytes]]:
@@ -88,7 +88,7 @@ def test_a_jpeg_shard_and_its_eval_copy_get_the_same_code(ingested_fixture, tmp_
     """An eval image identical to a pretraining input, the pretraining copy stored as JPEG: the stored
     code and the eval code agree exactly (before, dedup hashed the decoded JPEG: a few bits off)."""
     from pipeline.dedup import _hash_eval_unit
-    from pipeline.raw_sources import plan_units
+    from pipeline.io.raw_sources import plan_units
 
     blobs = {k: d["jpg"] for k, d in _img2dataset_samples().items()}
     ev = tmp_path / "ev" / "val" / "copies"
@@ -156,7 +156,7 @@ def test_a_shard_without_index_is_indexed_on_the_fly_and_a_stale_index_refused(i
     src = shard_paths(ingested_fixture)[0]
     old = tmp_path / src.name
     shutil.copy(src, old)  # as ingested before the index existed: a tar alone
-    with caplog.at_level(logging.WARNING, logger="pipeline.shards"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.shards"):
         r = ShardReader(old)
     assert not r.indexed and "re-run ingest" in caplog.text
     ref = ShardReader(src)

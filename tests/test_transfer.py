@@ -43,7 +43,7 @@ def pretrained_run(prepared_fixture, tmp_path_factory):
 def transfer_run(pretrained_run, tmp_path_factory):
     """The transfer suite run once on both fixture targets, with one contaminated Fashion-MNIST val image
     faked, and every image read recorded with the phase it was read in (lr selection or not)."""
-    import pipeline.target_data as td
+    import pipeline.evaluation.target_data as td
     import pipeline.transfer as tr
 
     run = tmp_path_factory.mktemp("transfer_done") / "run"
@@ -389,7 +389,7 @@ def test_correctness_file_round_trips(tmp_path):
 def test_nearest_neighbours_copies_and_hexcodes(tmp_path):
     from PIL import Image
 
-    from pipeline import nn_decontam as nd
+    from pipeline.evaluation import nn_decontam as nd
 
     rng = np.random.default_rng(0)
     bank = nd.l2_normalize(rng.normal(size=(50, 16)))
@@ -409,7 +409,7 @@ def test_nearest_neighbours_copies_and_hexcodes(tmp_path):
 
 
 def test_probe_is_near_perfect_on_separable_features():
-    from pipeline.linear_probe import fit_probe, topk_correct
+    from pipeline.evaluation.linear_probe import fit_probe, topk_correct
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(6, 32)) * 4
@@ -427,7 +427,7 @@ def test_probe_is_near_perfect_on_separable_features():
 
 
 def test_subsets_are_nested_stratified_and_deterministic():
-    from pipeline.target_data import per_class_order, stratified_holdout, take_per_class
+    from pipeline.evaluation.target_data import per_class_order, stratified_holdout, take_per_class
     from pipeline.transfer import val_subset
 
     labels = np.repeat(np.arange(4), 30)
@@ -445,7 +445,7 @@ def test_subsets_are_nested_stratified_and_deterministic():
 
 
 def test_low_data_epoch_repeats_passes_and_can_be_cut():
-    from pipeline.finetune import epoch_batches
+    from pipeline.evaluation.finetune import epoch_batches
     from pipeline.transfer import _planned_images
 
     b = epoch_batches(20, 16, epoch=0, seed=0, min_epoch_images=50)  # 3 passes = 60 images

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.atomic import write_jsonl
+from pipeline.io.atomic import write_jsonl
 from pipeline.config import ConfigError, VocabKind
-from pipeline.manifest import stage_dir, write_manifest
-from pipeline.removal import REMOVED_FILE
-from pipeline.shards import iter_metadata, shard_paths
+from pipeline.io.manifest import stage_dir, write_manifest
+from pipeline.io.removal import REMOVED_FILE
+from pipeline.io.shards import iter_metadata, shard_paths
 from pipeline.vocab import RawMapper, build_vocabulary, load_labels, load_vocab, run_vocab
-from pipeline.wordnet_canon import HashtagMapper, WordNetNouns, read_imagenet1k_wnids
+from pipeline.text.wordnet_canon import HashtagMapper, WordNetNouns, read_imagenet1k_wnids
 
 from conftest import FIXTURE, REPO, make_cfg
 

@@ -12,7 +12,7 @@ Beside each tar, ingest writes its **index** ``shards/NNNNNN.index.json`` (the i
 webdataset's ``wids`` index, extended): per sample the key, every member's byte offset and
 size in the tar, the metadata (the ``.json`` member's content, so nothing needs to read
 the tar for it), and the perceptual hashes of the canonical pixels at 64 and 256 bits
-(:func:`pipeline.near_index.perceptual_hash`), computed once while ingest holds the pixels.
+(:func:`pipeline.vision.near_index.perceptual_hash`), computed once while ingest holds the pixels.
 The index records the tar's size; an index that disagrees with its tar is refused.
 
 :class:`ShardReader` is the one reader: the dedup stage (codes, no decoding), vocab
@@ -36,8 +36,8 @@ from typing import Iterator
 import numpy as np
 import webdataset as wds
 
-from pipeline.atomic import atomic_path, write_text
-from pipeline.manifest import read_manifest, stage_dir
+from pipeline.io.atomic import atomic_path, write_text
+from pipeline.io.manifest import read_manifest, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class ShardReader:
         From the index (computed by ingest on the canonical pixels); for a shard without
         one, computed here from the decoded stored image (with a warning).
         """
-        from pipeline.near_index import perceptual_hash
+        from pipeline.vision.near_index import perceptual_hash
 
         nbytes = hash_size * hash_size // 8
         out = np.zeros((len(self.keys), nbytes), np.uint8)

@@ -56,7 +56,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from pipeline.atomic import write_json
+from pipeline.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -498,7 +498,7 @@ def model_mult_adds(model_name: str, image_size: int = 224, num_classes: int = 1
     for the ResNeXt-101 32xCd models, else counted on the registered model."""
     if model_name in MULT_ADDS_224:
         return MULT_ADDS_224[model_name] * (image_size / 224.0) ** 2
-    from pipeline.models import create_model
+    from pipeline.train.models import create_model
 
     return float(count_mult_adds(create_model(model_name, num_classes=num_classes), image_size))
 

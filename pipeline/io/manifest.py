@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline import __version__
-from pipeline.atomic import write_json
+from pipeline.io.atomic import write_json
 
 MANIFEST = "manifest.json"
 

@@ -1,7 +1,7 @@
 """The streaming training loader over the canonical shards (WebDataset tars).
 
 The data path is a chain of small stages, each testable alone: the epoch plan fixes which
-items each rank and batch get (:mod:`pipeline.epoch_plan`); the seeded shuffle buffer
+items each rank and batch get (:mod:`pipeline.train.epoch_plan`); the seeded shuffle buffer
 (webdataset's algorithm with a private RNG) is applied to the item *positions*, so the
 order of every batch is known before any byte is read; then, in each DataLoader worker,
 
@@ -42,8 +42,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
-from pipeline.shards import ShardReader
+from pipeline.train.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
+from pipeline.io.shards import ShardReader
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -101,7 +101,7 @@ def decode(blob: bytes, size: int) -> Image.Image:
     shorter side is still over ``2 x size`` is then resized (bilinear, antialiased) so it
     is exactly that: at most 2x upsampling remains for the smallest random-resized crops
     (side 0.28 of the image), and the result is small enough to keep decoded
-    (:mod:`pipeline.decoded_cache`). Images are never enlarged.
+    (:mod:`pipeline.train.decoded_cache`). Images are never enlarged.
     """
     img = Image.open(io.BytesIO(blob))
     if img.format == "JPEG":
@@ -157,7 +157,7 @@ def _image_offsets(path: str, size: int, mtime_ns: int) -> dict[str, tuple[int, 
 def member_offsets(path: str | Path) -> dict[str, tuple[int, int]]:
     """``{sample key: (byte offset, byte size)}`` of each sample's image member in a shard tar.
 
-    From the shard's index (:class:`pipeline.shards.ShardReader`), cached per process by
+    From the shard's index (:class:`pipeline.io.shards.ShardReader`), cached per process by
     path, size and modification time, so the training and held-out streams, and every
     epoch, share it.
 
@@ -190,7 +190,7 @@ def shuffle_order(n: int, rng: random.Random, buffer: int) -> np.ndarray:
 
 
 class MemberReader:
-    """Byte ranges of shard tars by shard number, through one :class:`pipeline.shards.ShardReader`
+    """Byte ranges of shard tars by shard number, through one :class:`pipeline.io.shards.ShardReader`
     per shard (each keeps its file open). A context manager: the files are closed on exit.
     ``read`` raises ``RuntimeError`` when fewer bytes than asked are left (a truncated shard)."""
 
@@ -216,7 +216,7 @@ class MemberReader:
 class ShardStream(IterableDataset):
     """One rank's batches for one epoch, as an IterableDataset for ``DataLoader(batch_size=None)``.
 
-    With ``decoded`` (a :class:`pipeline.decoded_cache.DecodedCache`), images come from the
+    With ``decoded`` (a :class:`pipeline.train.decoded_cache.DecodedCache`), images come from the
     decoded copy instead of the tars; the batches are the same bit for bit.
 
     Yields dicts: ``images`` uint8 (B, 3, S, S) (float32 normalized if ``normalize_in_workers``), ``labels`` int64 (B, K) padded with -1,
@@ -231,7 +231,7 @@ class ShardStream(IterableDataset):
                  batch_size: int, image_size: int, train: bool = True, shuffle_buffer: int = 1000,
                  normalize_in_workers: bool = False, decoded=None) -> None:
         super().__init__()
-        self.decoded = decoded  # a pipeline.decoded_cache.DecodedCache holding every sample, or None: decode the shards
+        self.decoded = decoded  # a pipeline.train.decoded_cache.DecodedCache holding every sample, or None: decode the shards
         self.shards = {int(k): str(v) for k, v in shards.items()}
         self.index = index
         self.seed, self.rank, self.world = seed, rank, world

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pipeline.hardware import pick_device
+from pipeline.train.hardware import pick_device
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
 from pipeline.config import RawFormat
-from pipeline.hashtags import extract_hashtags
-from pipeline.quarantine import Rejected
+from pipeline.text.hashtags import extract_hashtags
+from pipeline.io.quarantine import Rejected
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "svg")
 
@@ -131,7 +131,7 @@ def plan_units(sources, default_encoding: str, shard_size: int) -> tuple[list[Wo
         FileNotFoundError: naming the source whose root, index or tars are missing
             (a config error: it fails before any work).
     """
-    from pipeline.manifest import file_sha256, stat_fingerprint
+    from pipeline.io.manifest import file_sha256, stat_fingerprint
 
     units: list[WorkUnit] = []
     fingerprints: dict = {}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.atomic import read_jsonl
-from pipeline.manifest import read_manifest, stage_dir
+from pipeline.io.atomic import read_jsonl
+from pipeline.io.manifest import read_manifest, stage_dir
 
 REMOVAL_REASONS = ("withdrawn", "duplicate_id", "exact", "near", "eval-contamination")
 REMOVED_FILE = "removed.jsonl"

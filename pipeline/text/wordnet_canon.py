@@ -3,7 +3,7 @@
 Mahajan et al. 2018 (section 2.1, "Hashtag vocabularies") merge hashtags that are
 synonyms, i.e. lemmas of one WordNet synset (``#brownbear`` and ``#ursusarctos`` become
 one class), and drop hashtags outside the chosen set. Hashtags come normalized by
-:mod:`pipeline.hashtags` (casefolded, ``#`` stripped, inner spaces joined with ``_``).
+:mod:`pipeline.text.hashtags` (casefolded, ``#`` stripped, inner spaces joined with ``_``).
 
 How a normalized hashtag finds its noun senses (:meth:`WordNetNouns.senses`), in this
 priority order, each step's senses appended after the previous ones (duplicates dropped):
@@ -128,7 +128,7 @@ class WordNetNouns:
         """All noun synset names ``tag`` may denote, most preferred first (see the module doc).
 
         Args:
-            tag: a normalized hashtag (:func:`pipeline.hashtags.normalize_hashtag`).
+            tag: a normalized hashtag (:func:`pipeline.text.hashtags.normalize_hashtag`).
 
         Returns:
             Synset names such as ``("brown_bear.n.01",)``; empty if nothing matches.

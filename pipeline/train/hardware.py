@@ -294,7 +294,7 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, key: str, value: dict) -> None:
-    from pipeline.atomic import write_json
+    from pipeline.io.atomic import write_json
 
     data = _read_cache(path)
     data[key] = value
@@ -496,9 +496,9 @@ def resolve_for_model(requested: str, channels_last: bool | None, device: torch.
                       num_classes: int, image_size: int, batch_size: int, threads: int,
                       recorded: dict | None = None, where: str = "precision") -> PrecisionChoice:
     """:func:`resolve_for_run` with the timed trial of ``model``'s own training step (a fresh
-    ``pipeline.models.create_model(model, num_classes)``, ``batch_size`` x 3 x ``image_size``^2),
+    ``pipeline.train.models.create_model(model, num_classes)``, ``batch_size`` x 3 x ``image_size``^2),
     its verdict cached under (model, image size, batch, threads, classes)."""
-    from pipeline.models import create_model
+    from pipeline.train.models import create_model
 
     trial = make_step_trial(lambda: create_model(model, num_classes=num_classes), batch_size=batch_size,
                             image_size=image_size, num_classes=num_classes, device=device)

@@ -7,7 +7,7 @@ shards on an AVX2 CPU (one thread, 2026-12-01): decoding costs 0.89 ms per image
 random-resized crop 0.23 ms, normalizing 0.15 ms; the crop from an already decoded copy
 0.16 ms. FFCV (Leclerc et al. 2023) answers this by storing decoded pixels; this module
 does the same for small training resolutions: each sample's image, as
-:func:`pipeline.loader.decode` returns it (RGB, shorter side capped at ``2 x image_size``
+:func:`pipeline.train.loader.decode` returns it (RGB, shorter side capped at ``2 x image_size``
 px), is stored once in one flat file and memory-mapped by every worker.
 
 The cache holds exactly what decoding the shard member gives, so training on it or on
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.io.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ def _keys_digest(keys: np.ndarray) -> str:
 
 def _decode_shard(task: tuple[str, list[str], list[int], list[int], int]) -> list[np.ndarray]:
     """Pool task: decode the given members of one shard; HWC uint8 arrays in the same order."""
-    from pipeline.loader import decode
+    from pipeline.train.loader import decode
 
-    from pipeline.shards import ShardReader
+    from pipeline.io.shards import ShardReader
 
     path, keys, offsets, sizes, image_size = task
     with ShardReader(path) as reader:  # the one reader: raises RuntimeError on a truncated shard
@@ -116,7 +116,7 @@ def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, 
         keys: (N,) str, sorted shard keys ``UUUUUU_PPPPPP`` (shard = ``UUUUUU``).
         shards: shard number -> tar path.
         image_size: training resolution in px (images are stored with the shorter side
-            capped at ``2 x image_size``, as :func:`pipeline.loader.decode` returns them).
+            capped at ``2 x image_size``, as :func:`pipeline.train.loader.decode` returns them).
         workers: decoding processes (0 or 1: in this process).
 
     Returns:
@@ -128,8 +128,8 @@ def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, 
     """
     import time
 
-    from pipeline.loader import member_offsets
-    from pipeline.shards import shard_of_keys
+    from pipeline.train.loader import member_offsets
+    from pipeline.io.shards import shard_of_keys
     from pipeline.progress import progress_bar
 
     folder = Path(folder)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from pipeline.atomic import atomic_path
+from pipeline.io.atomic import atomic_path
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")  # the residual stages (res2..res5 in the paper's naming)
 
@@ -298,7 +298,7 @@ def export_trunk(model: nn.Module, path_prefix: str | os.PathLike) -> tuple[Path
         m.load_state_dict(torch.load("trunk.pth", weights_only=True), strict=True)
 
     (for models without a torchvision constructor use :func:`torchvision_resnet`).
-    Both files are written atomically (:func:`pipeline.atomic.atomic_path`).
+    Both files are written atomically (:func:`pipeline.io.atomic.atomic_path`).
 
     Returns:
         (pth_path, safetensors_path).

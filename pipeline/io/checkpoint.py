@@ -1,7 +1,7 @@
 """Training checkpoints that resume exactly and cannot run code when loaded.
 
 A checkpoint is one ``torch.save`` file, written atomically
-(:func:`pipeline.atomic.atomic_path`), holding only tensors, numbers, strings, bools,
+(:func:`pipeline.io.atomic.atomic_path`), holding only tensors, numbers, strings, bools,
 None, lists, tuples and dicts, so it loads with ``torch.load(weights_only=True)``:
 
     {"format": "hashtag-pretrain-checkpoint", "version": 1,
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.atomic import atomic_path
-from pipeline.models import unwrap_model as _unwrap
+from pipeline.io.atomic import atomic_path
+from pipeline.train.models import unwrap_model as _unwrap
 
 __all__ = ["CheckpointError", "CheckpointRefused", "checkpoint_path", "latest_checkpoint", "load_checkpoint",
            "prune_checkpoints", "save_checkpoint"]
@@ -217,7 +217,7 @@ def _read(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read: "
                               f"{type(exc).__name__}: {msg.splitlines()[0] if msg else ''}", path) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} file (written by pipeline.checkpoint)", path)
+        raise CheckpointError(f"{path} is not a {FORMAT} file (written by pipeline.io.checkpoint)", path)
     if obj.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, expected {VERSION}", path)
     return obj

@@ -8,7 +8,7 @@ random initialization the same way):
   weights and zero bias, Goyal et al. 2017 sec. 5.1) and all layers are trained, BN in
   training mode;
 - SGD with Nesterov momentum 0.9, weight decay 1e-4 (not on BN and biases)
-  (:func:`pipeline.optim.make_optimizer`); peak rate by the linear scaling rule
+  (:func:`pipeline.train.optim.make_optimizer`); peak rate by the linear scaling rule
   ``base_lr * batch / 256``. The usual advice is a rate below pretraining's, since
   fine-tuning starts near a good solution, but a fine-tuning run on the demo's budget is
   only ~60-140 steps, where a high rate can win. So the transfer stage does not fix it:
@@ -20,11 +20,11 @@ random initialization the same way):
   the held-out choice removes that. Long runs on large targets take a lower rate
   (``+transfer=imagenet1k``: grid ``[0.025, 0.05, 0.1]`` over 30 epochs);
 - a short linear warmup (from 10% of the peak, a fraction of an epoch) then cosine decay
-  to 0 over the run (:func:`pipeline.optim.make_schedule`), per optimizer step;
+  to 0 over the run (:func:`pipeline.train.optim.make_schedule`), per optimizer step;
 - random-resized crop + horizontal flip on the training images (the crop's minimum area
   ``transfer.crop_min_scale``: 0.35 on the demo, whose 28 px clothes fill the frame;
   ImageNet's 0.08 left the training loss far above the eval one there); eval
-  preprocessing on val; cross-entropy loss; the precision and layout of :mod:`pipeline.hardware` (fp16 with loss scaling on GPUs without bf16).
+  preprocessing on val; cross-entropy loss; the precision and layout of :mod:`pipeline.train.hardware` (fp16 with loss scaling on GPUs without bf16).
 
 Mahajan et al. 2018 fine-tune the whole network on ImageNet-1k after hashtag
 pretraining; their exact fine-tuning schedule is not restated here (unverified), and the
@@ -50,11 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from pipeline.linear_probe import topk_correct
-from pipeline.loader import item_seed, normalize
-from pipeline.optim import make_optimizer, make_schedule, scaled_lr
+from pipeline.evaluation.linear_probe import topk_correct
+from pipeline.train.loader import item_seed, normalize
+from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
 from pipeline.progress import progress_bar
-from pipeline.target_data import TransformedSubset
+from pipeline.evaluation.target_data import TransformedSubset
 
 __all__ = ["FinetuneSettings", "epoch_batches", "evaluate", "finetune"]
 
@@ -77,7 +77,7 @@ class FinetuneSettings:
     eval_every_epoch: bool = True  # score ``val`` after every epoch (False: after the last one only)
     seed: int = 0
     autocast_dtype: torch.dtype | None = None
-    grad_scaler: bool = False  # fp16 loss scaling (pipeline.hardware.PrecisionChoice.grad_scaler)
+    grad_scaler: bool = False  # fp16 loss scaling (pipeline.train.hardware.PrecisionChoice.grad_scaler)
     channels_last: bool = True
     workers: int = 2
     progress: bool = False
@@ -148,7 +148,7 @@ def finetune(model: torch.nn.Module, train: TransformedSubset, val: Iterable, *,
     Args:
         model: a model with ``reset_classifier`` (pretrained trunk or fresh init), on ``device``.
         train: the training images (``train=True`` augmentation).
-        val: a re-iterable of ``(uint8 images, labels)`` batches (e.g. :class:`pipeline.target_data.EvalImages`).
+        val: a re-iterable of ``(uint8 images, labels)`` batches (e.g. :class:`pipeline.evaluation.target_data.EvalImages`).
         on_epoch: called with each epoch's row (``epoch, loss, lr, top1, top5, val_loss, seconds, images, passes,
             steps``; the val fields None for an epoch not scored).
     Returns:

@@ -39,8 +39,8 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from pipeline.progress import progress_bar
 
-from pipeline.loader import normalize
-from pipeline.target_data import stratified_holdout
+from pipeline.train.loader import normalize
+from pipeline.evaluation.target_data import stratified_holdout
 
 __all__ = ["ProbeResult", "extract_features", "fit_probe", "topk_correct"]
 
@@ -54,10 +54,10 @@ def extract_features(model: torch.nn.Module, batches: Iterable[tuple[torch.Tenso
 
     Args:
         model: a model with ``forward_features`` and ``forward_head(pre_logits=True)``; put in eval mode here.
-        batches: ``(uint8 (B, 3, S, S), int64 (B,))`` pairs (see :mod:`pipeline.target_data`).
+        batches: ``(uint8 (B, 3, S, S), int64 (B,))`` pairs (see :mod:`pipeline.evaluation.target_data`).
         stages: None: the penultimate features (``num_features``); else residual stage names
             (``layer1``..``layer4``) whose pooled outputs are concatenated
-            (:meth:`pipeline.models.ResNeXt.pooled_stage_features`).
+            (:meth:`pipeline.train.models.ResNeXt.pooled_stage_features`).
     Returns:
         (features float32 (N, D), labels int64 (N,)).
     """
@@ -135,7 +135,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], *, num_classes:
         x: float32 (N, D) training features; y: int64 (N,) labels in ``[0, num_classes)``.
         Cs: the grid of inverse regularization strengths (one value: no search).
         holdout_fraction: share of each class held out to choose C (at least one image per class
-            with 2+ images; see :func:`pipeline.target_data.stratified_holdout`).
+            with 2+ images; see :func:`pipeline.evaluation.target_data.stratified_holdout`).
         blas_threads: BLAS threads during the fits (None = the library's default). 1 by default:
             on the 2-core demo machine, with other processes busy, multi-threaded OpenBLAS made
             the same fits 5-15x slower (threads spin waiting for each other).

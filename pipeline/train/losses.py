@@ -24,7 +24,7 @@ averages gradients over the ``W`` ranks (PyTorch's default), ``b / B`` when grad
 are summed (a raw ``all_reduce(SUM)``). With equal micro-batches under DDP this is
 ``1 / accumulation_steps``. Scale the loss, never the learning rate, to do this
 averaging: the learning rate follows the linear scaling rule on ``B``
-(:func:`pipeline.optim.scaled_lr`), and with weight decay the two are not
+(:func:`pipeline.train.optim.scaled_lr`), and with weight decay the two are not
 interchangeable (Goyal et al. sec. 3, Remark 1: scaling the cross-entropy loss is not
 equivalent to scaling the learning rate).
 """

@@ -21,7 +21,7 @@ ranks agree on the epoch's length and on every step's global batch without talki
    Goyal et al. 2017, sec. 3, "normalize the per-worker loss by the total minibatch").
 
 Within a rank, the loader shuffles further with a seeded buffer (see
-:mod:`pipeline.loader`); the plan fixes which items each batch position holds.
+:mod:`pipeline.train.loader`); the plan fixes which items each batch position holds.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.shards import shard_of_keys
+from pipeline.io.shards import shard_of_keys
 
 
 @dataclass

@@ -7,7 +7,7 @@ accuracy that counts those images as wrong. This module does that for every targ
 transfer stage:
 
 1. :func:`pretraining_samples`, :class:`ShardImages`: every pretraining image the dedup stage
-   kept (the ingest shards read by byte offset as :mod:`pipeline.loader` does, minus
+   kept (the ingest shards read by byte offset as :mod:`pipeline.train.loader` does, minus
    ``dedup/removed.jsonl``; held-out samples included), with the loader's eval preprocessing
    at the trunk's image size;
 2. :func:`pooled_features` + :func:`l2_normalize`: the pretrained trunk's globally pooled
@@ -46,9 +46,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.loader import decode, eval_transform, item_seed, member_offsets
-from pipeline.removal import removed_keys
-from pipeline.shards import iter_metadata, shard_paths
+from pipeline.train.loader import decode, eval_transform, item_seed, member_offsets
+from pipeline.io.removal import removed_keys
+from pipeline.io.shards import iter_metadata, shard_paths
 
 __all__ = ["COPY_KINDS", "PretrainSample", "ShardImages", "calibrate", "emoji_hexcodes", "hexcode_key", "l2_normalize",
            "make_copy", "nearest", "pooled_features", "pretraining_samples"]
@@ -121,7 +121,7 @@ def l2_normalize(x: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
 
 def pooled_features(extract: Callable[[Iterable], tuple[np.ndarray, np.ndarray]], ds: Dataset, batch_size: int,
                     workers: int) -> np.ndarray:
-    """Pooled features (float32, not normalized) of ``ds`` (``extract`` = :func:`pipeline.linear_probe.extract_features`
+    """Pooled features (float32, not normalized) of ``ds`` (``extract`` = :func:`pipeline.evaluation.linear_probe.extract_features`
     bound to the trunk), in dataset order."""
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     feats, _ = extract(loader)

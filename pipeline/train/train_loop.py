@@ -29,12 +29,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.distributed import DistInfo, barrier
-from pipeline.loader import ShardStream, make_loader, normalize
-from pipeline.losses import microbatch_loss_scale
+from pipeline.train.distributed import DistInfo, barrier
+from pipeline.train.loader import ShardStream, make_loader, normalize
+from pipeline.train.losses import microbatch_loss_scale
 from pipeline.progress import progress_bar
-from pipeline.resampling import batch_multi_hot, batch_soft_targets
-from pipeline.metrics import mean_average_precision, precision_at_1
+from pipeline.text.resampling import batch_multi_hot, batch_soft_targets
+from pipeline.evaluation.metrics import mean_average_precision, precision_at_1
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def truncate_metrics(path: Path, after_step: int) -> None:
         return
     keep = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
             if line.strip() and (step := _step_of(line)) is not None and step <= after_step]
-    from pipeline.atomic import write_text
+    from pipeline.io.atomic import write_text
 
     write_text(path, "".join(line + "\n" for line in keep))
 

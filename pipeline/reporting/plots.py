@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
+from pipeline.io.atomic import atomic_path
 
 
 def class_frequency_plot(masses: dict[str, np.ndarray], path: str | os.PathLike, title: str = "",
@@ -18,7 +18,7 @@ def class_frequency_plot(masses: dict[str, np.ndarray], path: str | os.PathLike,
 
     Args:
         masses: scheme name -> float (C,) expected samples per class and epoch
-            (:func:`pipeline.resampling.class_mass`); ``"natural"`` is the curve before
+            (:func:`pipeline.text.resampling.class_mass`); ``"natural"`` is the curve before
             resampling.
         path: the PNG to write (atomically).
         title: figure title.

@@ -1,0 +1,1 @@
+"""Evaluation blocks: metrics, linear probe, fine-tuning, transfer targets, feature-space decontamination, intervals."""

@@ -1,0 +1,1 @@
+"""Storage blocks: atomic writes, the shard format, stage manifests, quarantine, raw sources, withdrawn ids, checkpoints."""

@@ -1,0 +1,1 @@
+"""Reporting blocks: plots and energy accounting."""

@@ -1,0 +1,1 @@
+"""Hashtag blocks: normalization, WordNet canonicalization, resampling weights."""

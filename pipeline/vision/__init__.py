@@ -1,0 +1,1 @@
+"""Image blocks: canonical decode/re-encode and perceptual hashes."""

@@ -53,8 +53,7 @@ def work_list(ctx: Context, per_source: int) -> list[tuple[str, str, str]]:
     from pipeline.io.raw_sources import RawSample, iter_unit, plan_units
 
     cfg = _cfg(ctx, ctx.work_dir / "unused", per_source)
-    units, _ = plan_units(cfg.data.sources, cfg.ingest.encoding.value if hasattr(cfg.ingest.encoding, "value")
-                          else cfg.ingest.encoding, cfg.ingest.shard_size)
+    units, _ = plan_units(cfg.data.sources, str(cfg.ingest.encoding), cfg.ingest.shard_size)
     out = []
     for u in units:
         for item in iter_unit(u, cfg.ingest.max_file_bytes):

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io.atomic import atomic_path, remove_stale_temps, write_json, write_jsonl, write_text
-from pipeline.config import default_workers, to_container, validate
+from pipeline.config import default_workers, results_config, to_container, validate
 from pipeline.vision.images import decode_image, set_pixel_cap
 from pipeline.io.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
 from pipeline.vision.near_index import build_index, keep_first, perceptual_hash, range_pairs
@@ -249,7 +249,7 @@ def run_dedup(cfg) -> dict:
         "codes_images_per_second": round(n / t_hash, 1) if t_hash > 0 else None,
         "withdrawn_requested": len(withdrawn),
     }
-    config = {"dedup": {k: v for k, v in to_container(cfg.dedup).items() if k not in ("workers", "progress")},
+    config = {**results_config(cfg, "dedup"),
               "eval_sets": to_container(cfg.data.eval_sets)}
     inputs = {"ingest": ingest_man["config_hash"], "ingest_shards": canonical_hash(list(sha_of.values())),
               "eval_sets": eval_fp, "withdrawn": wd_tag,

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.io.atomic import read_jsonl, remove_stale_temps, write_json, write_jsonl
-from pipeline.config import default_workers, to_container, validate
+from pipeline.config import default_workers, results_config, validate
 from pipeline.text.hashtags import MAX_HASHTAG_CHARS, MAX_HASHTAGS, cap_hashtags, normalize_hashtags
 from pipeline.vision.images import ENCODINGS, decode_image, encode_image, set_pixel_cap
 from pipeline.io.manifest import canonical_hash, file_sha256, stage_dir, write_manifest
@@ -247,10 +247,9 @@ def run_ingest(cfg) -> dict | None:
     ing = cfg.ingest
     out_dir = stage_dir(cfg.run_dir, STAGE)
     part = current_partition()
-    units, fingerprints = plan_units(cfg.data.sources, ing.encoding.value if hasattr(ing.encoding, "value") else ing.encoding, ing.shard_size)
+    units, fingerprints = plan_units(cfg.data.sources, str(ing.encoding), ing.shard_size)
     withdrawn = frozenset(read_withdrawn(ing.withdrawn, "ingest.withdrawn"))
-    config = {"data": to_container(cfg.data), "ingest": {k: v for k, v in to_container(cfg.ingest).items()
-                                                          if k not in ("workers", "progress", "merge_timeout_s")}}
+    config = results_config(cfg, "data", "ingest")
     # the withdrawn list is not part of the plan: changing it redoes only the units it touches (_part_done)
     plan_config = {"data": config["data"], "ingest": {k: v for k, v in config["ingest"].items() if k != "withdrawn"}}
     plan_hash = canonical_hash({"config": plan_config, "inputs": fingerprints, "units": [asdict(u) for u in units]})

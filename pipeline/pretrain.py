@@ -33,7 +33,7 @@ import torch
 
 from pipeline.io.atomic import remove_stale_temps, write_json
 from pipeline.io.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from pipeline.config import ConfigError, to_container, validate
+from pipeline.config import ConfigError, results_config, resume_recipe, to_container, validate
 from pipeline.train.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
 from pipeline.train.distributed import (DistInfo, average_buffers, barrier, broadcast_object, cleanup, gather_objects,
                                   init_distributed, weights_checksum)
@@ -71,16 +71,6 @@ def build_indexes(run_dir, scheme: str, heldout_fraction: float) -> tuple[Sample
     held_idx = full.subset(held)
     held_idx.weights = np.ones(len(held_idx.keys))
     return train_idx, held_idx, labels
-
-
-_NOT_RECIPE = ("progress", "max_steps", "workers", "worker_nice", "checkpoint_every_steps", "keep_checkpoints", "tensorboard",
-               "threads", "eval_every_steps", "device", "compile", "decoded_cache", "decoded_cache_max_gb")
-
-
-def _recipe(resolved: dict) -> dict:
-    """The part of a resolved config that a resumed run must share with its checkpoint."""
-    pt = {k: v for k, v in (resolved.get("pretrain") or {}).items() if k not in _NOT_RECIPE}
-    return {"seed": resolved.get("seed"), "pretrain": pt}
 
 
 def choose_precision(pt, info: DistInfo, num_classes: int, threads: int, recorded: dict | None) -> PrecisionChoice:
@@ -136,7 +126,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         raise ConfigError(f"config error at pretrain.global_batch: {global_batch} is not a multiple of "
                           f"batch_size x world = {pt.batch_size} x {info.world}")
     accum = global_batch // per_step
-    train_idx, held_idx, labels = build_indexes(cfg.run_dir, pt.resampling.value if hasattr(pt.resampling, "value") else pt.resampling,
+    train_idx, held_idx, labels = build_indexes(cfg.run_dir, str(pt.resampling),
                                                 pt.heldout_fraction)
     num_classes = labels.num_classes
     shards = {int(p.stem): p for p in shard_paths(cfg.run_dir)}
@@ -165,7 +155,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     scaler_state = None
     if last is not None:
         got = load_checkpoint(last, model, optimizer, scheduler, restore_rng=True)
-        if _recipe(got["config"]) != _recipe(resolved):
+        if resume_recipe(got["config"]) != resume_recipe(resolved):
             raise ConfigError(f"config error at pretrain: {last} was written with another pretrain config; "
                               f"use a new run_dir or delete {ckpt_dir} to start over")
         pos = got["data_position"]
@@ -240,7 +230,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         log.info("loader workers at niceness +%d (%s)", nice, "pretrain.worker_nice" if pt.worker_nice is not None
                  else "auto: CPU training from the decoded cache; set pretrain.worker_nice=0 on a shared machine")
     settings = LoopSettings(
-        epochs=pt.epochs, accum=accum, total_steps=total_steps, loss_name=pt.loss.value if hasattr(pt.loss, "value") else pt.loss,
+        epochs=pt.epochs, accum=accum, total_steps=total_steps, loss_name=str(pt.loss),
         num_classes=num_classes, autocast_dtype=prec.autocast_dtype, channels_last=prec.channels_last,
         checkpoint_every=pt.checkpoint_every_steps, eval_every=pt.eval_every_steps, workers=threads.workers, worker_nice=nice,
         progress=pt.progress, metrics_file=out / "metrics.jsonl", pin_memory=info.device.type == "cuda",
@@ -284,12 +274,12 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         "scratch_precision_at_1": step0.get("precision_at_1"), "scratch_mAP": step0.get("mAP"),
         "prior_precision_at_1": chance.get("precision_at_1"), "prior_mAP": chance.get("mAP"),
         "precision": prec.precision, "channels_last": prec.channels_last, "device": str(info.device),
-        "hardware": {**hardware_record(prec, threads, info.device), "worker_nice": nice},
+        "hardware": {**hardware_record(prec, threads, info.device), "worker_nice": nice, "compile": bool(pt.compile)},
         "decoded_cache": decoded_info,
         "rank_weight_checksums": checksums, "ranks_weights_identical": len(set(checksums)) == 1,
     }
     inputs = {s: (read_manifest(stage_dir(cfg.run_dir, s)) or {}).get("config_hash") for s in ("ingest", "dedup", "vocab")}
-    config = {"seed": cfg.seed, "pretrain": {k: v for k, v in resolved["pretrain"].items() if k not in ("progress",)}}
+    config = results_config(cfg, "seed", "pretrain")
     return write_manifest(out, stage=STAGE, config=config, inputs=inputs, counts=counts,
                           seconds=time.perf_counter() - t0,
                           outputs={"trunk": "trunk.safetensors", "metrics": "metrics.jsonl", "eval": "eval.jsonl",

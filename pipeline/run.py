@@ -36,25 +36,33 @@ import time
 from pathlib import Path
 
 from pipeline.io.atomic import write_json
-from pipeline.config import ConfigError, to_container, validate
+from dataclasses import make_dataclass
+from typing import List
+
+from pipeline.config import (ConfigError, DedupConfig, IngestConfig, PretrainConfig, SourceConfig, TransferConfig,
+                             VocabConfig, result_view, to_container, validate)
 from pipeline.io.manifest import canonical_hash, code_version, read_manifest, stage_dir
+from pipeline.io.run_folder import DIST_STAGES, ENERGY_FILE, ERROR_FILE, RANKS_FILE, RUN, STAGE_STATE_FILE, STAGES, UPSTREAM
 
 log = logging.getLogger(__name__)
-
-STAGES = ("ingest", "dedup", "vocab", "pretrain", "transfer")
-UPSTREAM = {"ingest": (), "dedup": ("ingest",), "vocab": ("dedup",), "pretrain": ("vocab",),
-            "transfer": ("pretrain", "dedup")}
-# Config sections each stage depends on (keys that do not change results are dropped).
-_NOT_RESULT = {"progress", "workers", "worker_nice", "merge_timeout_s", "threads", "checkpoint_every_steps", "keep_checkpoints",
-               "tensorboard", "eval_every_steps", "device", "compile", "audit_data",
-               "decoded_cache", "decoded_cache_max_gb"}
-
 
 def _digest(path: str | None) -> str | None:
     """SHA-256 of a side input file (a withdrawn-ids list), so editing it in place changes the key."""
     from pipeline.io.manifest import file_sha256
 
     return file_sha256(path) if path and Path(path).is_file() else None
+
+
+# the schema of the sections a stage key hashes (runtime fields are dropped by it: pipeline.config.runtime)
+_SECTION_SCHEMA = make_dataclass("StageSections", [("sources", List[SourceConfig]), ("eval_sets", List[SourceConfig]),
+                                                  ("ingest", IngestConfig), ("dedup", DedupConfig), ("vocab", VocabConfig),
+                                                  ("pretrain", PretrainConfig), ("transfer", TransferConfig)])
+
+
+def stage_config(cfg: dict, stage: str) -> dict:
+    """The config sections ``stage`` depends on, from the resolved config ``cfg`` (a plain dict), without the
+    fields that never change results; what its key hashes and its manifest records."""
+    return _sections(cfg, stage)
 
 
 def _sections(cfg: dict, stage: str) -> dict:
@@ -67,15 +75,7 @@ def _sections(cfg: dict, stage: str) -> dict:
         "pretrain": {"pretrain": cfg["pretrain"], "seed": cfg["seed"]},
         "transfer": {"transfer": cfg.get("transfer", {}), "seed": cfg["seed"]},
     }[stage]
-
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items() if k not in _NOT_RESULT}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x
-
-    return clean(pick)
+    return result_view(pick, _SECTION_SCHEMA)
 
 
 def recorded_numerics(run_dir, stage: str) -> dict | None:
@@ -226,8 +226,8 @@ def run_pipeline(cfg) -> dict:
     outcome: dict[str, str] = {}
     if shared_stages:
         outcome.update(_run_shared(cfg, Path(cfg.run.shared_dir), [s for s in shared_stages if s in wanted]))
-    state_file = stage_dir(run_dir, "run") / "stages.json"
-    energy_file = stage_dir(run_dir, "run") / "energy.json"
+    state_file = stage_dir(run_dir, RUN) / STAGE_STATE_FILE
+    energy_file = stage_dir(run_dir, RUN) / ENERGY_FILE
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     energy = json.loads(energy_file.read_text()) if energy_file.exists() else {}
     forced = set()
@@ -286,9 +286,6 @@ def run_pipeline(cfg) -> dict:
 # A job of several tasks (SLURM/submitit, one task per GPU) runs `main` once per task: rank 0 runs the
 # pipeline; the other ranks run only the stages that split work over ranks, when rank 0 reaches them
 # (it tells them through <run_dir>/run/ranks.json), and leave when it is done.
-DIST_STAGES = ("ingest", "pretrain")
-RANKS_FILE = "ranks.json"
-ERROR_FILE = "error.txt"  # <run_dir>/run/error.txt: traceback of the job's last failure (read by pipeline.summarize)
 _leader: dict = {"file": None, "seq": 0}
 
 

@@ -101,7 +101,7 @@ import numpy as np
 import torch
 
 from pipeline.io.atomic import remove_stale_temps, write_bytes, write_json, write_jsonl
-from pipeline.config import ConfigError, to_container, transfer_recipe, validate
+from pipeline.config import ConfigError, results_config, transfer_recipe, validate
 from pipeline.evaluation.finetune import FinetuneSettings, finetune
 from pipeline.train.hardware import (PrecisionChoice, available_cores, describe_choice, hardware_record, pick_device,
                                resolve_for_model, thread_plan)
@@ -851,8 +851,7 @@ def run_transfer(cfg) -> dict:
     counts["precision"] = prec.precision
     counts["channels_last"] = prec.channels_last
     counts["hardware"] = hardware_record(prec, plan, device)
-    resolved = to_container(cfg)
-    config = {"seed": cfg.seed, "transfer": {k: v for k, v in resolved["transfer"].items() if k != "progress"}}
+    config = results_config(cfg, "seed", "transfer")
     dedup_man = read_manifest(stage_dir(cfg.run_dir, "dedup"))
     inputs = {"pretrain": pre_man.get("config_hash"), "trunk_sha256": file_sha256(trunk_path),
               "dedup": (dedup_man or {}).get("config_hash"),

@@ -50,7 +50,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.io.atomic import atomic_path, remove_stale_temps, write_json, write_text
-from pipeline.config import ConfigError, VocabKind, to_container, validate
+from pipeline.config import ConfigError, VocabKind, results_config, validate
 from pipeline.io.manifest import canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
 from pipeline.train.partition import current_partition
 from pipeline.progress import progress_bar
@@ -302,7 +302,7 @@ def run_vocab(cfg) -> dict | None:
     outputs = {"vocab": VOCAB_FILE, "labels": LABELS_FILE, "unmapped": UNMAPPED_FILE,
                "plot": PLOT_FILE if vc.plot else None,
                "sha256": {n: file_sha256(out_dir / n) for n in (VOCAB_FILE, LABELS_FILE)}}
-    config = {"vocab": {k: v for k, v in to_container(vc).items() if k != "progress"}}
+    config = results_config(cfg, "vocab")
     manifest = write_manifest(out_dir, stage=STAGE, config=config, inputs=inputs, counts=counts,
                               seconds=time.perf_counter() - t0, outputs=outputs)
     log.info("vocab[%s]: %d classes, %d/%d samples kept (%.1f%%), %d unmapped hashtags",

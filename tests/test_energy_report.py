@@ -181,10 +181,15 @@ def test_energy_records_file_roundtrip(tmp_path):
 
 def test_energy_config_range_checks():
     validate_energy(EnergyConfig())
-    for bad in (dict(pue=0.9), dict(grid_kg_per_kwh=-1), dict(tracking_mode="gpu"), dict(country_iso_code="US"),
+    for bad in (dict(pue=0.9), dict(grid_kg_per_kwh=-1), dict(country_iso_code="US"),
                 dict(projection_gpus=[]), dict(scaling_efficiency=0.0), dict(cpu_watts_per_core=0)):
         with pytest.raises(ConfigError):
             validate_energy(EnergyConfig(**bad))
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="gpu"):  # a closed choice (TrackingMode): rejected when composed
+        OmegaConf.merge(OmegaConf.structured(EnergyConfig), {"tracking_mode": "gpu"})
 
 
 def test_formatting_helpers():

@@ -184,7 +184,7 @@ def test_compile_true_trains_on_cpu_with_inductor(prepared_fixture, tmp_path):
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     man = json.loads((run / "pretrain" / "manifest.json").read_text())
-    assert man["counts"]["steps"] == 2 and man["config"]["pretrain"]["compile"] is True
+    assert man["counts"]["steps"] == 2 and man["counts"]["hardware"]["compile"] is True
     from safetensors.torch import load_file
 
     from pipeline.train.models import create_model

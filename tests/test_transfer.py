@@ -309,8 +309,12 @@ def test_missing_inputs_and_bad_config_fail_before_work(prepared_fixture, pretra
         run_transfer(stage_cfg(run, *TINY, f"transfer.targets.fluent_emoji_subgroup.root={tmp_path / 'nowhere'}"))
     with pytest.raises(FileNotFoundError, match="emoji_index"):
         run_transfer(stage_cfg(run, *TINY, f"transfer.targets.fluent_emoji_subgroup.emoji_index={tmp_path / 'x.jsonl'}"))
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="transfer.inits"):  # a closed choice: Hydra rejects it
+        stage_cfg(run, *TINY, "transfer.inits=[imagenet]")
     with pytest.raises(ConfigError, match="transfer.inits"):
-        run_transfer(stage_cfg(run, *TINY, "transfer.inits=[imagenet]"))
+        run_transfer(stage_cfg(run, *TINY, "transfer.inits=[scratch,scratch]"))
     with pytest.raises(ConfigError, match="transfer.low_data_per_class"):
         run_transfer(stage_cfg(run, *TINY, "transfer.low_data_per_class=[0]"))
     with pytest.raises(ConfigError, match="transfer.targets.fluent_emoji_subgroup.low_data_per_class"):

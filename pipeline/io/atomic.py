@@ -89,10 +89,50 @@ def write_jsonl(path: str | os.PathLike, rows: Any) -> int:
     return n
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON Lines file written by :func:`write_jsonl`."""
+def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False, torn_tail_ok: bool = False) -> list[dict]:
+    """Read a JSON Lines file written by :func:`write_jsonl` or appended to line by line (blank lines skipped).
+
+    Args:
+        missing_ok: a missing file reads as ``[]`` (a stage not run yet).
+        torn_tail_ok: a last line that is not valid JSON (cut by a crash, or a writer still appending) is
+            skipped; any other bad line still raises.
+
+    Raises:
+        FileNotFoundError: if the file is missing and not ``missing_ok``.
+        ValueError: naming the file and line of a line that is not valid JSON.
+    """
+    if missing_ok and not os.path.exists(path):
+        return []
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        lines = fh.read().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if torn_tail_ok and i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not valid JSON ({e})") from e
+    return rows
+
+
+def read_json(path: str | os.PathLike, *, missing_ok: bool = False) -> Any:
+    """Read a JSON file written by :func:`write_json`.
+
+    Raises:
+        FileNotFoundError: if the file is missing and not ``missing_ok`` (then None is returned).
+        ValueError: naming the file, if it is not valid JSON.
+    """
+    if missing_ok and not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:

@@ -137,7 +137,7 @@ def plan_units(sources, default_encoding: str, shard_size: int) -> tuple[list[Wo
     fingerprints: dict = {}
     for src in sources:
         fmt = RawFormat(src.format).value
-        enc = (src.encoding.value if hasattr(src.encoding, "value") else src.encoding) or default_encoding
+        enc = (str(src.encoding) if src.encoding else None) or default_encoding
         root = Path(src.root)
         if not root.is_dir():
             raise FileNotFoundError(f"source {src.name!r}: root folder {root} does not exist (run `make demo` or data_tools.fetch_demo?)")

@@ -1,0 +1,156 @@
+"""The run-folder contract: which stage writes which file, what reads what, and the readers.
+
+A run folder (``run_dir``) holds one sub-folder per stage; each stage writes only its own
+folder and writes ``manifest.json`` last (:mod:`pipeline.io.manifest`). This module is the
+one owner of the folder's layout: the stage graph (:data:`STAGES`, :data:`UPSTREAM`), the
+file names of every stage's outputs, and readers for the files other stages, the report,
+``pipeline.summarize``, ``pipeline.audit``, the benchmarks and the notebooks read. Nothing
+else spells a file name of another stage's folder.
+
+Layout (``<run_dir>/``)::
+
+    ingest/    shards/NNNNNN.tar + NNNNNN.index.json, quarantine.jsonl, plan.json, manifest.json
+    dedup/     removed.jsonl, eval_contamination.json, manifest.json
+    vocab/     vocab.json, labels.npz (pipeline.vocab.Labels), unmapped.json, class_frequency.png, manifest.json
+    pretrain/  trunk.safetensors, model.json, metrics.jsonl, eval.jsonl, checkpoints/, data_audit.json, manifest.json
+    transfer/  results.json, finetune_epochs.jsonl, correct.npz, manifest.json
+    run/       stages.json (stage keys), energy.json (per-stage energy), ranks.json, error.txt
+    report.md, report/*.png
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.io import atomic
+from pipeline.io.manifest import MANIFEST, read_manifest, stage_dir
+
+__all__ = [
+    "STAGES", "UPSTREAM", "DIST_STAGES", "MANIFEST", "stage_dir", "read_manifest", "read_json", "read_jsonl",
+    "INGEST", "DEDUP", "VOCAB", "PRETRAIN", "TRANSFER", "RUN", "REPORT_FILE", "PLOT_DIR",
+    "QUARANTINE_FILE", "PLAN_FILE", "REMOVED_FILE", "EVAL_CONTAMINATION_FILE", "VOCAB_FILE", "LABELS_FILE",
+    "UNMAPPED_FILE", "CLASS_FREQUENCY_PLOT", "TRUNK_FILE", "MODEL_FILE", "METRICS_FILE", "EVAL_FILE",
+    "CHECKPOINT_DIR", "DATA_AUDIT_FILE", "RESULTS_FILE", "EPOCHS_FILE", "CORRECT_FILE", "STAGE_STATE_FILE",
+    "ENERGY_FILE", "RANKS_FILE", "ERROR_FILE", "path", "read_eval_contamination", "read_model_info",
+    "read_metrics", "read_evals", "read_transfer_results", "read_stage_state", "read_energy_records",
+    "read_error",
+]
+
+INGEST, DEDUP, VOCAB, PRETRAIN, TRANSFER = "ingest", "dedup", "vocab", "pretrain", "transfer"
+RUN = "run"  # the orchestrator's own folder (pipeline.run)
+
+STAGES: tuple[str, ...] = (INGEST, DEDUP, VOCAB, PRETRAIN, TRANSFER)
+"""The stages in the order ``pipeline.run`` runs them."""
+
+UPSTREAM: dict[str, tuple[str, ...]] = {INGEST: (), DEDUP: (INGEST,), VOCAB: (DEDUP,), PRETRAIN: (VOCAB,),
+                                        TRANSFER: (PRETRAIN, DEDUP)}
+"""Stage -> the stages whose outputs it reads (its key includes theirs)."""
+
+DIST_STAGES: tuple[str, ...] = (INGEST, PRETRAIN)
+"""Stages that split their work over the ranks of a multi-task job."""
+
+# ingest/
+SHARD_DIR = "shards"  # NNNNNN.tar + NNNNNN.index.json (pipeline.io.shards)
+QUARANTINE_FILE = "quarantine.jsonl"  # one JSON row per rejected input: id, source, reason
+PLAN_FILE = "plan.json"  # the input units and their fingerprints
+# dedup/
+REMOVED_FILE = "removed.jsonl"  # one JSON row per removed sample: key, reason (pipeline.io.removal)
+EVAL_CONTAMINATION_FILE = "eval_contamination.json"  # eval set -> images, contaminated, ids
+# vocab/
+VOCAB_FILE = "vocab.json"  # classes (synset, lemma, hashtags, samples), resampling, counts
+LABELS_FILE = "labels.npz"  # per-sample labels, CSR (pipeline.vocab.Labels)
+UNMAPPED_FILE = "unmapped.json"  # hashtags no class took, with counts
+CLASS_FREQUENCY_PLOT = "class_frequency.png"
+# pretrain/
+TRUNK_FILE = "trunk.safetensors"  # the trained trunk's weights (no head)
+MODEL_FILE = "model.json"  # model name, num_classes, image_size
+METRICS_FILE = "metrics.jsonl"  # one row per logged optimizer step
+EVAL_FILE = "eval.jsonl"  # one row per held-out evaluation (precision@1, mAP)
+CHECKPOINT_DIR = "checkpoints"
+DATA_AUDIT_FILE = "data_audit.json"  # pretrain.audit_data: per-rank sample keys are disjoint
+# transfer/
+RESULTS_FILE = "results.json"  # the suite's rows, intervals and differences (schema 2)
+EPOCHS_FILE = "finetune_epochs.jsonl"  # one row per fine-tuning epoch
+CORRECT_FILE = "correct.npz"  # per-run correctness vectors over the val images (paired differences)
+# run/
+STAGE_STATE_FILE = "stages.json"  # stage -> key, manifest hash, upstream hashes, code version
+ENERGY_FILE = "energy.json"  # stage -> energy record (pipeline.reporting.energy)
+RANKS_FILE = "ranks.json"  # rank 0 tells the other tasks of a job which stage to join
+ERROR_FILE = "error.txt"  # traceback of the job's last failure
+# the run folder itself
+REPORT_FILE = "report.md"
+PLOT_DIR = "report"
+
+
+def path(run_dir: str | os.PathLike, stage: str, name: str) -> Path:
+    """``<run_dir>/<stage>/<name>``.
+
+    Raises:
+        ValueError: if ``stage`` is neither a stage of :data:`STAGES` nor ``run``.
+    """
+    if stage not in STAGES and stage != RUN:
+        raise ValueError(f"unknown stage folder {stage!r}; stages are {list(STAGES)} and {RUN!r}")
+    return stage_dir(run_dir, stage) / name
+
+
+def read_json(p: str | os.PathLike) -> Any:
+    """The JSON content of ``p``, or None if the file does not exist (a stage not run).
+
+    Raises:
+        ValueError: naming the file, if it exists but is not valid JSON.
+    """
+    return atomic.read_json(p, missing_ok=True)
+
+
+def read_jsonl(p: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON-lines file another stage wrote or is appending to; [] if it does not exist.
+
+    A last line cut by a crash or a writer still appending is skipped.
+
+    Raises:
+        ValueError: naming the file and line, for a bad line that is not the last one.
+    """
+    return atomic.read_jsonl(p, missing_ok=True, torn_tail_ok=True)
+
+
+def read_eval_contamination(run_dir) -> dict | None:
+    """dedup's ``eval_contamination.json``: eval set name -> {images, contaminated, ids}; None if not run."""
+    return read_json(path(run_dir, DEDUP, EVAL_CONTAMINATION_FILE))
+
+
+def read_model_info(run_dir) -> dict | None:
+    """pretrain's ``model.json``: {model, num_classes, image_size, ...}; None if not run."""
+    return read_json(path(run_dir, PRETRAIN, MODEL_FILE))
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """pretrain's ``metrics.jsonl``: one row per logged step (step, loss, lr, images_per_second, ...)."""
+    return read_jsonl(path(run_dir, PRETRAIN, METRICS_FILE))
+
+
+def read_evals(run_dir) -> list[dict]:
+    """pretrain's ``eval.jsonl``: one row per held-out evaluation (step, precision_at_1, mAP)."""
+    return read_jsonl(path(run_dir, PRETRAIN, EVAL_FILE))
+
+
+def read_transfer_results(run_dir) -> dict | None:
+    """transfer's ``results.json`` (schema 2: ``targets.<name>.rows``, ``gains``, intervals); None if not run."""
+    return read_json(path(run_dir, TRANSFER, RESULTS_FILE))
+
+
+def read_stage_state(run_dir) -> dict:
+    """``run/stages.json``: stage -> {key, manifest, upstream, code_version}; {} before the first run."""
+    return read_json(path(run_dir, RUN, STAGE_STATE_FILE)) or {}
+
+
+def read_energy_records(run_dir) -> dict:
+    """``run/energy.json``: stage -> energy record (kWh, seconds, ...); {} if none was measured."""
+    return read_json(path(run_dir, RUN, ENERGY_FILE)) or {}
+
+
+def read_error(run_dir) -> str | None:
+    """``run/error.txt``: the traceback of the job's last failure, or None."""
+    p = path(run_dir, RUN, ERROR_FILE)
+    return p.read_text(encoding="utf-8", errors="replace") if p.is_file() else None

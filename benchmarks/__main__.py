@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from benchmarks import MODULES
 from benchmarks.common import REPO, load_average, log, machine_info
 from benchmarks.profile import profile_module
 from benchmarks.report import write_report
+from pipeline.io import run_folder as rf
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,9 +55,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", nargs="+", choices=MODULES, default=[], metavar="NAME",
                     help="also record a py-spy profile of these measurements")
     ap.add_argument("--no-profile", action="store_true", help="no automatic profile of goals not met")
-    ap.add_argument("--demo-seconds", type=float, default=None,
-                    help="measured wall seconds of a complete `make demo` (fetch included)")
-    ap.add_argument("--demo-seconds-file", default=None, help="a file holding that number (or `time -p` output)")
+    ap.add_argument("--demo-command", default=None, metavar="CMD",
+                    help="time this command (e.g. 'make demo', from the repository root) as the whole-pipeline figure; "
+                         "default: the run folder's own stage records")
     ap.add_argument("--opt", action="append", default=[], metavar="NAME:KEY=VALUE",
                     help="an option for one measurement, e.g. loader:shards=4 or train_step:steps=100")
     ap.add_argument("--out-dir", default=str(HERE), help="where RESULTS.md and results.json go (default benchmarks/)")
@@ -74,8 +76,8 @@ def _command(a: argparse.Namespace) -> str:
         parts += ["--run-dir", _display_path(a.run_dir, "<run-dir>")]
     if a.reps is not None:
         parts += ["--reps", str(a.reps)]
-    if a.demo_seconds is not None:
-        parts += ["--demo-seconds", f"{a.demo_seconds:g}"]
+    if a.demo_command:
+        parts += ["--demo-command", shlex.quote(a.demo_command)]
     for o in a.opt:
         parts += ["--opt", o]
     return " ".join(parts)
@@ -95,11 +97,8 @@ def run_module(name: str, a: argparse.Namespace, work: Path) -> tuple[list[dict]
         mod, _, kv = o.partition(":")
         if mod == name and kv:
             cmd += ["--opt", kv]
-    if name == "demo":
-        if a.demo_seconds is not None:
-            cmd += ["--opt", f"demo_seconds={a.demo_seconds}"]
-        if a.demo_seconds_file:
-            cmd += ["--opt", f"demo_seconds_file={Path(a.demo_seconds_file).resolve()}"]
+    if name == "demo" and a.demo_command:
+        cmd += ["--opt", f"command={a.demo_command}"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=REPO)
     secs = time.perf_counter() - t0
@@ -121,7 +120,8 @@ def report_only(a: argparse.Namespace) -> int:
     profiles = {r["module"]: r["profile"] for r in rows if r.get("profile") and r.get("module")}
     machine = machine_info()
     machine["load_average"] = measured[0].get("load_average_before") if measured else None  # not today's
-    write_report(out_dir / "RESULTS.md", rows, machine=machine, command=latest.get("command", "python -m benchmarks"),
+    write_report(out_dir / "RESULTS.md", shown_rows(rows), machine=machine,
+                 command=latest.get("command", "python -m benchmarks"),
                  started=latest.get("at", "?"), total_seconds=latest.get("total_seconds") or 0.0, runs=runs,
                  mode=latest.get("mode", "?"), run_dir=latest.get("run_dir", "runs/demo"), previous_profiles=profiles)
     log(f"rewrote {out_dir / 'RESULTS.md'} from results.json")
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     if a.report_only:
         return report_only(a)
-    if not (Path(a.run_dir) / "ingest" / "manifest.json").exists():
+    if not rf.path(a.run_dir, rf.INGEST, rf.MANIFEST).exists():
         print(f"error: no finished demo run in {a.run_dir} (run `make demo` first, or pass --run-dir)", file=sys.stderr)
         return 2
     own_work = a.work_dir is None
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     mode = "quick" if a.quick else "full"
     stamp = started.isoformat(timespec="seconds")
+    cpu_cap = (machine.get("cpu_capability") or {}).get("torch")
     log(f"benchmarks ({mode}): {', '.join(names)}; scratch in {work}")
     rows: list[dict] = []
     runs: dict[str, dict] = {}
@@ -157,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
                           "error": err}
             for r in got:
                 r["module"] = name
-                r["measured"] = {"at": stamp, "mode": mode, "seconds": round(secs, 1), "load_average_before": la}
+                r["measured"] = {"at": stamp, "mode": mode, "seconds": round(secs, 1), "load_average_before": la,
+                                 "cpu_capability": cpu_cap, "stale": False}
             if err:
                 log(f"{name} failed: {err}")
                 got = [{"name": name, "ours": None, "anchor": None, "unit": "", "ratio": None, "goal": "",
                         "met": None, "title": f"{name}: failed ({err})", "module": name, "details": {},
-                        "measured": {"at": stamp, "mode": mode}}]
+                        "measured": {"at": stamp, "mode": mode, "cpu_capability": cpu_cap, "stale": False}}]
             rows += got
         profiles: dict[str, dict] = {}
         want = list(a.profile)
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["profile"] = profiles[r["module"]]
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
-        write_report(out_dir / "RESULTS.md", merged, machine=machine, command=_command(a), started=stamp,
+        write_report(out_dir / "RESULTS.md", shown_rows(merged), machine=machine, command=_command(a), started=stamp,
                      total_seconds=total, runs=runs, mode=mode, run_dir=_display_path(a.run_dir, "<run-dir>"),
                      previous_profiles=_previous_profiles(merged, profiles))
         log(f"done in {total / 60:.1f} min: {out_dir / 'RESULTS.md'}, {out_dir / 'results.json'}")
@@ -207,9 +209,26 @@ def _merge(path: Path, rows: list[dict], ran: list[str]) -> list[dict]:
         except ValueError:
             old = []
     keep = [r for r in old if isinstance(r, dict) and r.get("module") not in ran]
+    for r in keep:  # not remeasured now: kept with their own date and CPU capability, and marked stale
+        r.setdefault("measured", {})["stale"] = True
     allrows = keep + rows
     order = {m: i for i, m in enumerate(MODULES)}
     return sorted(allrows, key=lambda r: order.get(r.get("module"), 99))
+
+
+def shown_rows(rows: list[dict]) -> list[dict]:
+    """The rows as RESULTS.md shows them: a stale row (kept from an earlier run, not remeasured) says so in its
+    "measured" column, with the CPU capability it was measured on; results.json keeps the rows unchanged."""
+    out = []
+    for r in rows:
+        m = dict(r.get("measured") or {})
+        if m.get("stale"):
+            cap = m.get("cpu_capability") or "not recorded"
+            m["mode"] = f"{m.get('mode', '?')}; **stale**: not remeasured, CPU capability {cap}"
+        elif m.get("cpu_capability"):
+            m["mode"] = f"{m.get('mode', '?')}; CPU capability {m['cpu_capability']}"
+        out.append({**r, "measured": m})
+    return out
 
 
 def _previous_profiles(rows: list[dict], fresh: dict) -> dict:

@@ -28,7 +28,7 @@ GOAL = 1_000_000
 
 def run(ctx: Context) -> list[dict]:
     from pipeline.io.shards import iter_metadata
-    from pipeline.vocab import build_vocabulary
+    from pipeline.text.vocabulary import build_vocabulary
     from pipeline.text.wordnet_canon import HashtagMapper, WordNetNouns
 
     cfg_wordnet = ctx.options.get("wordnet_dir", "data/raw/nltk_data/corpora/wordnet")

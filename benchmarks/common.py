@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from pipeline.io import run_folder as rf
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -191,7 +193,7 @@ def shard_list(run_dir: Path) -> list[Path]:
 def shard_sources(run_dir: Path) -> dict[str, str]:
     """Shard file name -> source name, from the ingest part files (``{}`` if unreadable)."""
     out = {}
-    for p in sorted((Path(run_dir) / "ingest" / "parts").glob("*.json")):
+    for p in sorted((rf.stage_dir(run_dir, rf.INGEST) / rf.PART_DIR).glob("*.json")):
         try:
             part = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -265,7 +267,7 @@ def prepared_run(ctx: Context) -> Path:
     ``<run_dir>/vocab`` when it is finished and its ``labels.npz`` matches its manifest,
     else the vocab stage is run here (``dedup/removed.jsonl`` copied when present).
     """
-    from pipeline.io.manifest import file_sha256, read_manifest
+    from pipeline.io.manifest import file_sha256
 
     run = ctx.work_dir / "run"
     ok = run / ".prepared"
@@ -275,23 +277,23 @@ def prepared_run(ctx: Context) -> Path:
         shutil.rmtree(run)
     run.mkdir(parents=True)
     src = ctx.run_dir.resolve()
-    (run / "ingest").symlink_to(src / "ingest", target_is_directory=True)
-    man = read_manifest(src / "vocab")
+    (run / rf.INGEST).symlink_to(rf.stage_dir(src, rf.INGEST), target_is_directory=True)
+    man = rf.read_manifest(rf.stage_dir(src, rf.VOCAB))
     copied = False
     if man is not None:
-        shutil.copytree(src / "vocab", run / "vocab")
-        want = (man.get("outputs") or {}).get("sha256", {}).get("labels.npz")
-        copied = (run / "vocab" / "manifest.json").exists() and (
-            want is None or file_sha256(run / "vocab" / "labels.npz") == want)
+        shutil.copytree(rf.stage_dir(src, rf.VOCAB), run / rf.VOCAB)
+        want = (man.get("outputs") or {}).get("sha256", {}).get(rf.LABELS_FILE)
+        copied = rf.path(run, rf.VOCAB, rf.MANIFEST).exists() and (
+            want is None or file_sha256(rf.path(run, rf.VOCAB, rf.LABELS_FILE)) == want)
         if not copied:
-            shutil.rmtree(run / "vocab")
+            shutil.rmtree(run / rf.VOCAB)
     if not copied:
         log("no finished vocab stage to copy: running the vocab stage in the work folder")
-        dd = read_manifest(src / "dedup")
+        dd = rf.read_manifest(rf.stage_dir(src, rf.DEDUP))
         if dd is not None:
-            (run / "dedup").mkdir()
-            for n in ("removed.jsonl", "manifest.json"):
-                shutil.copy2(src / "dedup" / n, run / "dedup" / n)
+            (run / rf.DEDUP).mkdir()
+            for n in (rf.REMOVED_FILE, rf.MANIFEST):
+                shutil.copy2(rf.path(src, rf.DEDUP, n), rf.path(run, rf.DEDUP, n))
         from pipeline.vocab import run_vocab
 
         run_vocab(compose_cfg(f"run_dir={run}", "vocab.progress=false", "vocab.plot=false",

@@ -62,7 +62,7 @@ Anchors (other GPUs, other software: a ratio says where we stand, not a goal):
 - timm (huggingface/pytorch-image-models) benchmark, ``results/benchmark-train-amp-nhwc-
   pt112-cu113-rtx3090.csv`` (RTX 3090, AMP, channels_last, PyTorch 1.12, batch 128, 224 px):
   ``resnext101_32x8d`` **312.8 img/s** (~313; 276 img/s in the NCHW file, the figure
-  :mod:`pipeline.reporting.energy` projects from), ``resnext101_32x4d`` 609.0 img/s.
+  :mod:`pipeline.reporting.full_scale` projects from), ``resnext101_32x4d`` 609.0 img/s.
 
 How long: the parts' limits come from ``--budget-s`` (default 420 s, 7 minutes): before each
 part the time left is checked; a part that would not fit is recorded as ``skipped``; a part
@@ -601,8 +601,9 @@ def part_pinned_loader(ctx: Ctx) -> dict:
     import torch
 
     from pipeline.train.hardware import thread_plan
-    from pipeline.train.loader import ShardStream, make_loader, normalize
-    from pipeline.pretrain import build_indexes
+    from pipeline.train.loader import ShardStream, make_loader
+    from pipeline.vision.transforms import normalize
+    from pipeline.train.sample_split import build_indexes
     from pipeline.run import run_pipeline
     from pipeline.io.shards import shard_paths
 
@@ -873,6 +874,9 @@ def pipeline_loop(model_name: str, batch: int, *, size: int, classes: int, steps
     from pipeline.train.losses import make_loss
     from pipeline.train.models import create_model
     from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
+    import dataclasses
+
+    from pipeline.config import PretrainConfig
     from pipeline.train.train_loop import LoopSettings, LoopState, train
 
     torch.manual_seed(0)
@@ -885,10 +889,11 @@ def pipeline_loop(model_name: str, batch: int, *, size: int, classes: int, steps
     sched = make_schedule(opt, "cosine", total, 0, peak_lr, peak_lr)
     metrics = work / f"metrics_{model_name}_{batch}.jsonl"
     metrics.unlink(missing_ok=True)
-    settings = LoopSettings(epochs=1, accum=1, total_steps=total, loss_name="softmax", num_classes=classes,
+    pt = dataclasses.replace(PretrainConfig(), epochs=1, loss="softmax", checkpoint_every_steps=10**9, eval_every_steps=0,
+                             progress=False)
+    settings = LoopSettings(pt=pt, accum=1, total_steps=total, num_classes=classes,
                             autocast_dtype=choice.autocast_dtype, channels_last=choice.channels_last,
-                            checkpoint_every=10**9, eval_every=0, workers=0, progress=False, metrics_file=metrics,
-                            pin_memory=dev.type == "cuda")
+                            workers=0, metrics_file=metrics, pin_memory=dev.type == "cuda")
     stream = SyntheticStream(batch, size, classes, total)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

@@ -27,7 +27,7 @@ import io
 import random
 
 from benchmarks.common import Context, Timer, log, main, median, read_images, result, select_shards, write_image_files
-from pipeline.train.loader import rrc_box  # the same crop sampling as ours: the anchor differs only in the data path
+from pipeline.vision.transforms import rrc_box  # the same crop sampling as ours: the anchor differs only in the data path
 
 WORKERS = 2
 BATCH = 64
@@ -62,7 +62,8 @@ def _stream(shards, index, workers: int = WORKERS):
 
 def run_ours(shards, index, workers: int = WORKERS) -> tuple[int, Timer]:
     """One epoch of the pipeline's loader: (images, timer)."""
-    from pipeline.train.loader import make_loader, normalize
+    from pipeline.train.loader import make_loader
+    from pipeline.vision.transforms import normalize
 
     stream = _stream(shards, index, workers)
     n = 0
@@ -76,7 +77,8 @@ def run_ours(shards, index, workers: int = WORKERS) -> tuple[int, Timer]:
 def run_tar_only(shards, index) -> tuple[int, Timer]:
     """Ours without decoding, one process: reading the shard indexes (cache cleared first) and
     every planned item's image bytes by offset, in batch order."""
-    from pipeline.train.loader import MemberReader, _image_offsets
+    from pipeline.io.shards import _image_offsets
+    from pipeline.train.loader import MemberReader
 
     _image_offsets.cache_clear()
     n = 0
@@ -126,7 +128,7 @@ def run_decode_limit(blobs: list[bytes]) -> tuple[int, Timer]:
 
 def run_pipeline_transform_one_process(blobs: list[bytes], size: int) -> tuple[int, Timer]:
     """The pipeline's own decode + train transform in one process at ``size`` px (no tar, no workers)."""
-    from pipeline.train.loader import decode, train_transform
+    from pipeline.vision.transforms import decode, train_transform
 
     rng = random.Random(0)
     with Timer() as t:

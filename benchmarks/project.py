@@ -8,15 +8,15 @@ Inputs (defaults from ``benchmarks/results.json``, i.e. this machine):
   ``--measured-image-size`` (default: this machine's CPU figure for ``resnext_mini`` at
   64 px from the ``train_step`` row, the whole 2-core CPU counted as one device). Each
   target model's throughput at 224 px is X scaled by the mult-adds ratio
-  (:func:`pipeline.reporting.energy.scale_throughput`: rough, good to a factor of about 2).
+  (:func:`pipeline.reporting.full_scale.scale_throughput`: rough, good to a factor of about 2).
   Beside it, the same projection from timm's GPU anchor figure (resnext101_32x8d, 276
-  img/s on an RTX 3090 with AMP, scaled the same way: :func:`pipeline.reporting.energy.anchor_gpu_throughput`).
+  img/s on an RTX 3090 with AMP, scaled the same way: :func:`pipeline.reporting.full_scale.anchor_gpu_throughput`).
 * ``Y``: images/s one CPU core of the training loader delivers (default: the ``loader``
   row's figure per worker; at 224 px output when the row measured it, else at 64 px).
   Loader cores per device = device throughput / Y: the CPUs each GPU needs so that it
   never waits for data (Zhao et al. 2022: size loader cores from measured per-core rates).
 
-Hours, device-hours, kWh and tCO2e come from :func:`pipeline.reporting.energy.project_full_run`
+Hours, device-hours, kWh and tCO2e come from :func:`pipeline.reporting.full_scale.project_full_run`
 (Goyal et al.'s scaling efficiency, Patterson et al.'s formula); the loader cores' energy
 is added with :func:`pipeline.reporting.energy.patterson_kwh` at ``energy.cpu_watts_per_core``.
 Every assumption is printed with the numbers.
@@ -30,9 +30,10 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.reporting.energy import (CPU_WATTS_PER_CORE, FULL_SCALE_IMAGES, GPU_SYSTEM_WATTS, GRID_US_AVERAGE_KG_PER_KWH,
-                             PUE_US_AVERAGE, anchor_gpu_throughput, model_mult_adds, patterson_kwh, patterson_tco2e,
-                             project_full_run, scale_throughput)
+from pipeline.reporting.energy import (CPU_WATTS_PER_CORE, GPU_SYSTEM_WATTS, GRID_US_AVERAGE_KG_PER_KWH, PUE_US_AVERAGE,
+                                       patterson_kwh, patterson_tco2e)
+from pipeline.reporting.full_scale import (FULL_SCALE_IMAGES, anchor_gpu_throughput, model_mult_adds, project_full_run,
+                                           scale_throughput)
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ("resnext101_32x8d", "resnext101_32x16d", "resnext101_32x48d")
@@ -110,7 +111,7 @@ def project(*, images_per_second: float, measured_model: str, measured_image_siz
         f"measured: {images_per_second:,.1f} img/s per device for {measured_model} at {measured_image_size} px"
         + (f" ({throughput_source})" if throughput_source else "")
         + f" = {from_madds / 1e9:.3f} G mult-adds per image; targets scaled by the mult-adds ratio at 224 px "
-          "(pipeline.reporting.energy.scale_throughput: ignores memory bandwidth, kernel efficiency and batch size; "
+          "(pipeline.reporting.full_scale.scale_throughput: ignores memory bandwidth, kernel efficiency and batch size; "
           "good to a factor of about 2)",
         "timm GPU anchor: resnext101_32x8d 276 img/s on one RTX 3090 with AMP (timm benchmark), scaled the same way",
         f"loader: {loader_per_core:,.0f} img/s per CPU core; loader cores per device = device img/s / that rate "

@@ -29,7 +29,7 @@ places, both measured by running the stream with 0, 1 and 2 workers:
    1/W of the batches, so Python `tarfile` header parsing (`calc_chksums`, `nts`, about 0.15 ms per sample) was
    paid W times: going from 1 to 2 workers added about 0.4 CPU ms per image. Fixed: the shuffle buffer now
    permutes item positions, `set_epoch` looks up each item's byte offset once per process
-   (`pipeline.train.loader.member_offsets`, then one header scan per shard; now the shard index), and each worker seeks to and reads only its
+   (`pipeline.io.shards.member_offsets`, then one header scan per shard; now the shard index), and each worker seeks to and reads only its
    own batches' image members (batches identical to the old path, checked on the demo shards).
 
 Both costs were per sample, not per pixel, so the gap was widest on the 64 px emoji shards (the `--quick`
@@ -40,20 +40,18 @@ workers start every epoch. The profile below shows the split by process."""
 NOTES: dict[str, str] = {
     "loader_vs_decode_limit": _LOADER,
     "loader_vs_imagefolder": "See the notes of loader_vs_decode_limit (same measurement, same causes).",
-    "train_step": """The stage sets torch's intra-op threads to cores / local ranks (2 here) while its 2 DataLoader
-workers decode on the same 2 cores. Whenever a worker runs, one of the two OpenMP threads of a convolution or its
-backward is descheduled and the other waits at the barrier, so the step loses more than the workers' CPU share
-(about 0.2 of a core at this rate; `cpu_seconds_children` in `details.ours_per_rep`). The bare loop decodes
-nothing and keeps both cores. What was tried (on the quiet machine, 2026-11-22, `--only train_step --opt
-"train_step:variants=..."`, one run each, against ours at 236-305 img/s and the bare loop at 338-493 in the same
-runs): `pretrain.threads=1` 235 img/s (the bare loop with one thread: 208-251); `pretrain.workers=1` 270;
-`pretrain.worker_nice=5` 287; `pretrain.worker_nice=15` 325; `pretrain.worker_nice=19` 333 and 349 img/s, with the
-data wait up to 16-18% (the workers now run mostly while the step waits for them, and the prefetched batches run
-out). Lower-priority workers are the one change that helps (+15-25%), but it is not the default: on a shared
-machine, workers at niceness 19 get almost no CPU against other jobs and training starves, so it is an option for
-dedicated CPU nodes (`pretrain.worker_nice=19`). On GPUs the loader does not share cores with the step this way.
-The py-spy profile below shows where the main process spends its CPU (backward, convolutions, batch norm); OpenMP
-barrier waits inside torch are not visible to it.""",
+    "train_step": """The stage sets torch's intra-op threads to cores / local ranks while its DataLoader workers
+run on the same cores. Whenever a worker runs, one of the OpenMP threads of a convolution or its backward is
+descheduled and the others wait at the barrier, so the step loses more than the workers' CPU share
+(`cpu_seconds_children` in `details.ours_per_rep`). The bare loop decodes nothing and keeps every core. Two
+defaults close most of that gap on a CPU: the decoded cache (`pretrain.decoded_cache=auto`, the images are
+decoded once at the start of the stage, so the workers only crop, flip and normalize) and workers at niceness 19
+(`pretrain.worker_nice=null` = auto when training on the CPU from the cache: they then run in the gaps the step
+leaves). On a machine shared with other jobs set `pretrain.worker_nice=0`, or such workers starve. On GPUs the
+loader does not share cores with the step this way. The py-spy profile below shows where the main process spends
+its CPU (backward, convolutions, batch norm); OpenMP barrier waits inside torch are not visible to it.
+`details.paired_ratios` gives ours / bare per repetition, which the machine's own drift disturbs less than the
+ratio of medians.""",
     "ingest_per_core": """Ours does more than the tight loop per image: the SHA-256 of the full-size canonical pixels
 (`rgb.tobytes()` plus hashing, before the size cap: tens of MB for the large openclipart PNGs), EXIF
 orientation, a per-sample UTF-8/JSON check of the metadata, path checks that resolve every component of each
@@ -88,10 +86,10 @@ first pass over a corpus resolves every distinct hashtag through NLTK (synset lo
 lemma index): that is the cold figure, and it is the cost that matters only while new hashtags keep appearing.
 The whole labelling step (`build_vocabulary`: mapping, counting, choosing classes, CSR labels) is slower than
 the mapping alone, but still linear in occurrences.""",
-    "whole_pipeline": """`make demo` is not run by the benchmarks (it rewrites runs/demo and takes many minutes). Give
-its measured wall time with `--demo-seconds S` (from `/usr/bin/time -p make demo` on an empty data/raw and run
-folder); otherwise the sum of the stages in run/energy.json is shown, which excludes the fetch and any stage the
-main job skipped or resumed.""",
+    "whole_pipeline": """`make demo` is not run by the benchmarks unless asked (it rewrites runs/demo and takes many
+minutes): `--demo-command "make demo"` times that command (run it on an empty data/raw and run folder for the
+fresh-machine figure); otherwise the sum of the stages in run/energy.json is shown, which excludes the set-up and
+the fetch and any stage the main job skipped or resumed, so it is never called met.""",
 }
 
 
@@ -225,7 +223,7 @@ def write_report(path: Path, rows: list[dict], *, machine: dict, command: str, s
           "make bench                    # installs .[test,bench], runs python -m benchmarks (budget: < 20 min on 2 quiet cores)",
           "python -m benchmarks --quick --only loader      # one measurement, small sizes",
           "python -m benchmarks --profile loader --keep-work   # py-spy speedscope profile of our side",
-          "python -m benchmarks --demo-seconds S            # record a measured `make demo` wall time",
+          "python -m benchmarks --only demo --demo-command 'make demo'   # time a demo run (rewrites runs/demo)",
           "python -m benchmarks.project --images-per-second X   # projection from a measured per-GPU figure",
           "```", ""]
     path.write_text("\n".join(L), encoding="utf-8")

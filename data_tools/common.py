@@ -90,27 +90,6 @@ def cache_parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON Lines file (blank lines skipped).
-
-    Raises:
-        ValueError: naming the file and line of a line that is not a JSON object.
-    """
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not JSON: {exc}") from exc
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            rows.append(obj)
-    return rows
-
-
 def remove_path(path: Path) -> None:
     """Remove a file, symlink or folder tree if it exists (symlinks are not followed)."""
     if path.is_symlink() or path.is_file():

@@ -23,7 +23,7 @@ from typing import Iterable
 
 from .common import LOG, SourceError, cache_parser, marker_fingerprint, run_cli
 from .fetch_npm import EMOJIBASE_DATA, VENDORS, vendor_image_dir
-from .index_io import SOURCES_JSON, converted_dir, make_row, update_sources, write_index
+from .index_io import make_row, publish_index
 
 LICENSES = {"google": "Apache-2.0 (Noto Emoji); labels: emojibase-data MIT",
             "twitter": "CC-BY-4.0 (Twemoji); labels: emojibase-data MIT"}
@@ -120,7 +120,6 @@ def convert_emoji(cache: Path, vendors: Iterable[str] = VENDORS) -> dict[str, di
     if fingerprint is None:
         raise SourceError("emoji", f"{npm} is not complete: run `python -m data_tools.fetch_demo --only npm`")
     lookup = emojibase_lookup(load_emojibase(npm / EMOJIBASE_DATA))
-    out = converted_dir(cache)
     entries = {}
     for vendor in vendors:
         name = f"emoji_{vendor}"
@@ -131,23 +130,11 @@ def convert_emoji(cache: Path, vendors: Iterable[str] = VENDORS) -> dict[str, di
         if unmatched:
             LOG.warning("%s: %d images have no emojibase entry (kept, tags []): %s",
                         name, len(unmatched), ", ".join(unmatched[:10]))
-        n = write_index(out / f"{name}.jsonl", rows)
-        entry = {
-            "format": "folder+index",
-            "root": f"npm/{vendor_image_dir(vendor)}",
-            "index": f"converted/{name}.jsonl",
-            "count": n,
-            "counts": {
-                "images": n,
-                "unmatched": len(unmatched),
-                "skin_variants": sum(1 for r in rows if "parent_hexcode" in r["meta"]),
-                "distinct_tags": len({t for r in rows for t in r["tags"]}),
-            },
-            "license": LICENSES[vendor],
-            "input_fingerprint": fingerprint,
-        }
-        update_sources(out / SOURCES_JSON, name, entry)
-        LOG.info("%s: wrote %s (%d rows, %d unmatched)", name, entry["index"], n, len(unmatched))
+        counts = {"images": len(rows), "unmatched": len(unmatched),
+                  "skin_variants": sum(1 for r in rows if "parent_hexcode" in r["meta"]),
+                  "distinct_tags": len({t for r in rows for t in r["tags"]})}
+        entry = publish_index(cache, name, rows, f"npm/{vendor_image_dir(vendor)}", counts, LICENSES[vendor], fingerprint)
+        LOG.info("%s: wrote %s (%d rows, %d unmatched)", name, entry["index"], entry["count"], len(unmatched))
         entries[name] = entry
     return entries
 

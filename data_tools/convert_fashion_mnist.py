@@ -81,7 +81,8 @@ def convert_fashion_mnist(cache: Path) -> dict:
     cache = Path(cache)
     fingerprint = marker_fingerprint(cache / INPUT)
     if fingerprint is None:
-        raise SourceError(SOURCE, f"{cache / INPUT} is not complete: run `python -m data_tools.fetch_demo --only fashion_mnist_deb`")
+        raise SourceError(SOURCE, f"{cache / INPUT} is not complete: "
+                                  "run `python -m data_tools.fetch_demo --only fashion_mnist_deb`")
     base = cache / INPUT / FASHION_DIR
     counts: dict[str, dict[str, int]] = {}
     with staged_dir(cache / SOURCE) as tmp:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .common import LOG, SourceError, cache_parser, marker_fingerprint, png_size, progress, run_cli
 from .fetch_debian import OPENCLIPART_PNG, OPENCLIPART_SVG
-from .index_io import SOURCES_JSON, converted_dir, make_row, update_sources, write_index
+from .index_io import make_row, publish_index
 from .svg_meta import SAFE_PARSER, parse_svg_meta
 
 SOURCE = "openclipart"
@@ -104,19 +104,8 @@ def convert_openclipart(cache: Path) -> dict:
     for r in rows:
         if "svg_error" in r["meta"]:
             LOG.warning("%s: %s: %s", SOURCE, r["id"], r["meta"]["svg_error"])
-    out = converted_dir(cache)
-    n = write_index(out / f"{SOURCE}.jsonl", rows)
-    entry = {
-        "format": "folder+index",
-        "root": f"{SOURCE}/{OPENCLIPART_PNG}",
-        "index": f"converted/{SOURCE}.jsonl",
-        "count": n,
-        "counts": counts,
-        "license": "public domain (Open Clip Art Library)",
-        "svg_parser": SAFE_PARSER,
-        "input_fingerprint": fingerprint,
-    }
-    update_sources(out / SOURCES_JSON, SOURCE, entry)
+    entry = publish_index(cache, SOURCE, rows, f"{SOURCE}/{OPENCLIPART_PNG}", counts,
+                          "public domain (Open Clip Art Library)", fingerprint, svg_parser=SAFE_PARSER)
     LOG.info("%s: wrote %s: %s", SOURCE, entry["index"], ", ".join(f"{k}={v:,}" for k, v in counts.items()))
     return entry
 

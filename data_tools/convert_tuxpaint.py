@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .common import LOG, SourceError, cache_parser, marker_fingerprint, png_size, progress, run_cli
 from .fetch_debian import TUXPAINT_STAMPS
-from .index_io import SOURCES_JSON, converted_dir, make_row, update_sources, write_index
+from .index_io import make_row, publish_index
 
 SOURCE = "tuxpaint"
 FORMATS = (".png", ".svg")
@@ -126,18 +126,8 @@ def convert_tuxpaint(cache: Path) -> dict:
     missing = [r["id"] for r in rows if not r["meta"]["has_caption"]]
     if missing:
         LOG.warning("%s: %d stamps have no caption file: %s", SOURCE, len(missing), ", ".join(missing[:10]))
-    out = converted_dir(cache)
-    n = write_index(out / f"{SOURCE}.jsonl", rows)
-    entry = {
-        "format": "folder+index",
-        "root": f"{SOURCE}/{TUXPAINT_STAMPS}",
-        "index": f"converted/{SOURCE}.jsonl",
-        "count": n,
-        "counts": counts,
-        "license": "GPL-2.0 (Tux Paint stamps)",
-        "input_fingerprint": fingerprint,
-    }
-    update_sources(out / SOURCES_JSON, SOURCE, entry)
+    entry = publish_index(cache, SOURCE, rows, f"{SOURCE}/{TUXPAINT_STAMPS}", counts, "GPL-2.0 (Tux Paint stamps)",
+                          fingerprint)
     LOG.info("%s: wrote %s: %s", SOURCE, entry["index"], ", ".join(f"{k}={v:,}" for k, v in counts.items()))
     return entry
 

@@ -3,9 +3,9 @@
 ``python -m data_tools.dedup_precision runs/demo [--max-radius 12]``
 
 Reads the perceptual hashes and metadata ingest stored in the shard indexes
-(:class:`pipeline.io.shards.ShardReader`; the same codes the dedup stage uses), finds every pair of distinct-pixel images within ``--max-radius`` bits
-(faiss multi-index hashing), and labels a pair *true* when the demo sources say the
-two images show the same thing:
+(:class:`pipeline.io.shards.ShardReader`; the same codes the dedup stage uses), finds every pair
+of distinct-pixel images within ``--max-radius`` bits (faiss multi-index hashing), and labels a
+pair *true* when the demo sources say the two images show the same thing:
 
 * emoji: the same emoji once skin-tone modifiers (U+1F3FB-1F3FF), gender signs
   (U+2640, U+2642), FE0F and the person/man/woman base (U+1F9D1/1F468/1F469) are
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                "precision": round(float(true[at].mean()), 4) if at.any() else None,
                "cum_pairs": int(cum.sum()), "cum_precision": round(float(true[cum].mean()), 4) if cum.any() else None}
         rows.append(row)
-        print(f"{r:>6} {row['pairs']:>7} {row['true']:>6} {str(row['precision']):>9} {row['cum_pairs']:>9} {str(row['cum_precision']):>13}")
+        print(f"{r:>6} {row['pairs']:>7} {row['true']:>6} {str(row['precision']):>9} {row['cum_pairs']:>9} "
+              f"{str(row['cum_precision']):>13}")
     false_examples = [(ident[a], ident[b], int(d)) for a, b, d, t in zip(qi, di, dist, true) if not t and d <= 4][:10]
     print("examples of pairs counted false at <= 4 bits:", *false_examples, sep="\n  ")
     if args.json:

@@ -18,7 +18,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from .common import atomic_write_json, atomic_write_jsonl, is_safe_relpath, marker_fingerprint, read_jsonl
+from pipeline.io.atomic import read_jsonl
+
+from .common import atomic_write_json, atomic_write_jsonl, is_safe_relpath, marker_fingerprint
 
 CONVERTED = "converted"
 SOURCES_JSON = "sources.json"
@@ -29,8 +31,10 @@ def validate_row(row: dict, where: str = "row") -> None:
     """Check one index row's schema.
 
     Raises:
-        ValueError: naming ``where`` and the offending field.
+        ValueError: naming ``where`` and the offending field (or the row's type, if it is not a JSON object).
     """
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if not isinstance(row.get("id"), str) or not row["id"]:
         raise ValueError(f"{where}: 'id' must be a non-empty string")
     if not isinstance(row.get("path"), str) or not is_safe_relpath(row["path"]):
@@ -108,6 +112,31 @@ def update_sources(sources_json: Path, name: str, entry: dict, base: str = "..")
     data["base"] = base
     data["sources"][name] = entry
     atomic_write_json(sources_json, data)
+
+
+def publish_index(cache: Path, name: str, rows: list[dict], root: str, counts: dict, license: str,
+                  fingerprint: str, **extra: Any) -> dict:
+    """Write ``<cache>/converted/<name>.jsonl`` (:func:`write_index`) and record it in ``sources.json``.
+
+    Args:
+        root: the image folder the index paths are relative to, relative to the cache.
+        counts: what the converter counted (recorded as ``counts``).
+        fingerprint: SHA-256 of the input's fetch marker (``input_fingerprint``, see :func:`is_converted`).
+        extra: further fields of the entry (e.g. ``svg_parser``).
+
+    Returns:
+        The ``folder+index`` entry written (``format``, ``root``, ``index``, ``count``, ``counts``, ``license``,
+        ``input_fingerprint`` and ``extra``).
+
+    Raises:
+        ValueError: a row fails :func:`validate_row` or two rows share an id.
+    """
+    out = converted_dir(cache)
+    n = write_index(out / f"{name}.jsonl", rows)
+    entry = {"format": "folder+index", "root": root, "index": f"{CONVERTED}/{name}.jsonl", "count": n,
+             "counts": counts, "license": license, **extra, "input_fingerprint": fingerprint}
+    update_sources(out / SOURCES_JSON, name, entry)
+    return entry
 
 
 def is_converted(cache: Path, name: str, input_folder: Path) -> bool:

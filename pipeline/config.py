@@ -44,6 +44,15 @@ def resumable(default: Any = None) -> Any:
     return field(default=default, metadata={RESUMABLE: True})
 
 
+class ConfigError(ValueError):
+    """A config value is out of range or inconsistent; raised before any work."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config error at {key}: {msg}")
+
+
 class RawFormat(StrEnum):
     """Raw input formats ingest reads (see README, "Raw input formats")."""
 
@@ -81,6 +90,22 @@ class DataConfig:
     sources: List[SourceConfig] = field(default_factory=list)  # pretraining sources (ingested into shards)
     eval_sets: List[SourceConfig] = field(default_factory=list)  # evaluation images dedup decontaminates against
 
+def validate_data(data: Any) -> None:
+    """Checks of ``data.sources`` and ``data.eval_sets`` (ConfigError naming the key)."""
+    names = [s.name for s in data.sources]
+    _check(len(names) == len(set(names)), "data.sources", f"source names must be unique: {names}")
+    entries = [(f"data.sources[{i}]", s) for i, s in enumerate(data.sources)]
+    entries += [(f"data.eval_sets[{i}]", s) for i, s in enumerate(data.eval_sets)]
+    for key, s in entries:
+        _check(bool(s.name) and s.name != "???" and ":" not in s.name, f"{key}.name", "must be set, without ':'")
+        fmt = RawFormat(s.format)
+        if fmt is RawFormat.folder:
+            _check(bool(s.index), f"{key}.index", "the folder format needs an index file (JSONL or CSV)")
+        if fmt is RawFormat.imagefolder:
+            _check(bool(s.split), f"{key}.split", "the imagefolder format needs a split (e.g. train)")
+        _check(s.max_samples is None or s.max_samples > 0, f"{key}.max_samples", "must be > 0")
+
+
 
 @dataclass
 class IngestConfig:
@@ -108,6 +133,19 @@ class IngestConfig:
     merge_timeout_s: float = runtime(3600.0)  # rank 0 waits this long for other ranks' parts
     progress: bool = runtime(True)  # progress on stderr: a live bar on a terminal, else a line every 30 s (pipeline.progress)
 
+def validate_ingest(ing: Any) -> None:
+    """Range checks of ``ingest.*`` (ConfigError naming the key)."""
+    _check(ing.shard_size > 0, "ingest.shard_size", f"must be > 0, got {ing.shard_size}")
+    _check(ing.max_side >= 16, "ingest.max_side", f"must be >= 16 px, got {ing.max_side}")
+    _check(1 <= ing.min_side <= ing.max_side, "ingest.min_side", "must be in [1, max_side]")
+    _check(ing.max_pixels > 0, "ingest.max_pixels", "must be > 0")
+    _check(1 <= ing.jpeg_quality <= 100, "ingest.jpeg_quality", "must be in [1, 100]")
+    _check(0 <= ing.webp_method <= 6, "ingest.webp_method", "must be in [0, 6]")
+    _check(ing.workers >= 0, "ingest.workers", "must be >= 0 (0 = all cores)")
+    _check(ing.max_hashtags >= 1, "ingest.max_hashtags", f"must be >= 1 tag per image, got {ing.max_hashtags}")
+    _check(ing.max_hashtag_chars >= 1, "ingest.max_hashtag_chars", f"must be >= 1 character, got {ing.max_hashtag_chars}")
+
+
 
 class VocabKind(StrEnum):
     """Which hashtags become classes (Mahajan et al. 2018, section 2.1)."""
@@ -131,6 +169,13 @@ class VocabConfig:
     require_dedup: bool = True  # fail if <run_dir>/dedup/ has not finished; false = count every ingested sample
     progress: bool = runtime(True)  # tqdm progress bar over samples on stderr
 
+def validate_vocab(vc: Any) -> None:
+    """Range checks of ``vocab.*`` (ConfigError naming the key)."""
+    _check(vc.min_count >= 1, "vocab.min_count", f"must be >= 1 sample, got {vc.min_count}")
+    _check(vc.top_k >= 1, "vocab.top_k", f"must be >= 1 class, got {vc.top_k}")
+    _check(VocabKind(vc.kind) is VocabKind.raw or bool(vc.wordnet_dir), "vocab.wordnet_dir", "must be set for WordNet kinds")
+
+
 
 @dataclass
 class DedupConfig:
@@ -143,6 +188,14 @@ class DedupConfig:
     withdrawn: Optional[str] = None  # file with one withdrawn sample id per line (ids as in shards: source:id)
     workers: int = runtime(0)  # hashing processes; 0 = all cores
     progress: bool = runtime(True)
+
+def validate_dedup(dd: Any) -> None:
+    """Range checks of ``dedup.*`` (ConfigError naming the key)."""
+    _check(dd.hash_size in (8, 16), "dedup.hash_size", f"must be 8 or 16 (64- or 256-bit pHash), got {dd.hash_size}")
+    _check(0 <= dd.near_radius <= dd.hash_size**2 // 4, "dedup.near_radius", "must be in [0, bits/4]")
+    _check(0 <= dd.eval_radius <= dd.hash_size**2 // 4, "dedup.eval_radius", "must be in [0, bits/4]")
+    _check(dd.workers >= 0, "dedup.workers", "must be >= 0 (0 = all cores)")
+
 
 
 class LossKind(StrEnum):
@@ -242,6 +295,21 @@ class PretrainConfig:
     threads: int = runtime(0)  # torch intra-op threads per rank; 0 = from the available cores (affinity, cgroup, SLURM) / local ranks
     audit_data: bool = runtime(False)  # gather every rank's sample keys at the end and check they are disjoint (tests, debugging)
 
+def validate_pretrain(pt: Any) -> None:
+    """Range checks of ``pretrain.*`` (ConfigError naming the key)."""
+    _check(pt.image_size >= 16, "pretrain.image_size", "must be >= 16 px")
+    _check(pt.batch_size >= 2, "pretrain.batch_size", "must be >= 2 (BatchNorm needs 2+ images)")
+    _check(pt.global_batch is None or pt.global_batch >= pt.batch_size, "pretrain.global_batch", "must be >= batch_size")
+    _check(pt.epochs >= 1, "pretrain.epochs", "must be >= 1")
+    _check(pt.max_steps is None or pt.max_steps >= 1, "pretrain.max_steps", "must be >= 1")
+    _check(0 <= pt.heldout_fraction < 0.5, "pretrain.heldout_fraction", "must be in [0, 0.5)")
+    _check(pt.worker_nice is None or 0 <= pt.worker_nice <= 19, "pretrain.worker_nice", "must be null or in 0..19")
+    _check(pt.decoded_cache_max_gb >= 0, "pretrain.decoded_cache_max_gb", "must be >= 0")
+    _check((pt.workers is None or pt.workers >= 0) and pt.checkpoint_every_steps >= 1 and pt.keep_checkpoints >= 1,
+           "pretrain.workers/checkpoint_every_steps/keep_checkpoints", "must be >= 0 / >= 1 / >= 1")
+    _check(pt.warmup_epochs >= 0 and pt.base_lr > 0, "pretrain.warmup_epochs/base_lr", "must be >= 0 / > 0")
+
+
 
 @dataclass
 class RunConfig:
@@ -287,6 +355,23 @@ class EnergyConfig:
     projection_epochs: float = 1.0  # report: passes over projection_images
     projection_gpus: List[int] = field(default_factory=lambda: [8, 64, 336])  # report: GPU counts (paper: 336)
     scaling_efficiency: Optional[float] = None  # report: fixed efficiency in (0, 1]; None = Goyal et al. (~90% at 256)
+
+def validate_energy(ec: Any) -> None:
+    """Range checks of ``energy.*`` (ConfigError naming the key)."""
+    _check(1.0 <= ec.pue <= 3.0, "energy.pue", f"must be in [1, 3] (1.1 efficient cloud, 1.58 US average), got {ec.pue}")
+    _check(0 <= ec.grid_kg_per_kwh <= 2.0, "energy.grid_kg_per_kwh", f"must be in [0, 2] kgCO2e/kWh, got {ec.grid_kg_per_kwh}")
+    _check(0 < ec.cpu_watts_per_core <= 100, "energy.cpu_watts_per_core", f"must be in (0, 100] W, got {ec.cpu_watts_per_core}")
+    _check(0 < ec.gpu_watts <= 2000, "energy.gpu_watts", f"must be in (0, 2000] W, got {ec.gpu_watts}")
+    _check(ec.measure_power_secs > 0, "energy.measure_power_secs", "must be > 0")
+    _check(str(ec.log_level).lower() in ("debug", "info", "warning", "error", "critical"), "energy.log_level",
+           "must be debug, info, warning, error or critical")
+    _check(len(ec.country_iso_code) == 3 and ec.country_iso_code.isalpha(), "energy.country_iso_code",
+           f"must be a 3-letter ISO code, got {ec.country_iso_code!r}")
+    _check(ec.projection_images > 0 and ec.projection_epochs > 0, "energy.projection_images/projection_epochs", "must be > 0")
+    _check(len(ec.projection_gpus) > 0 and all(g >= 1 for g in ec.projection_gpus), "energy.projection_gpus",
+           "must be a non-empty list of GPU counts >= 1")
+    _check(ec.scaling_efficiency is None or 0 < ec.scaling_efficiency <= 1, "energy.scaling_efficiency", "must be in (0, 1] or null")
+
 
 
 @dataclass
@@ -419,91 +504,6 @@ class TransferConfig:
     eval_cache_mb: float = 1024.0  # keep eval-preprocessed images in memory up to this size (decoded once, not per epoch)
     progress: bool = runtime(True)  # tqdm progress bars on stderr
 
-
-@dataclass
-class PipelineConfig:
-    """Root config of every stage (``conf/config.yaml`` extends it)."""
-
-    run_dir: str = "runs/demo"  # the run folder; each stage writes only <run_dir>/<stage>/
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    vocab: VocabConfig = field(default_factory=VocabConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    energy: EnergyConfig = field(default_factory=EnergyConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-
-def register() -> None:
-    """Store the schema in Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(name="schema", node=PipelineConfig)
-
-
-register()
-
-
-class ConfigError(ValueError):
-    """A config value is out of range or inconsistent; raised before any work."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"config error at {key}: {msg}")
-
-
-def validate(cfg: Any) -> None:
-    """Range and consistency checks that types cannot express.
-
-    Raises:
-        ConfigError: naming the first offending key.
-    """
-    ing = cfg.ingest
-    _check(ing.shard_size > 0, "ingest.shard_size", f"must be > 0, got {ing.shard_size}")
-    _check(ing.max_side >= 16, "ingest.max_side", f"must be >= 16 px, got {ing.max_side}")
-    _check(1 <= ing.min_side <= ing.max_side, "ingest.min_side", "must be in [1, max_side]")
-    _check(ing.max_pixels > 0, "ingest.max_pixels", "must be > 0")
-    _check(1 <= ing.jpeg_quality <= 100, "ingest.jpeg_quality", "must be in [1, 100]")
-    _check(0 <= ing.webp_method <= 6, "ingest.webp_method", "must be in [0, 6]")
-    _check(ing.workers >= 0, "ingest.workers", "must be >= 0 (0 = all cores)")
-    _check(ing.max_hashtags >= 1, "ingest.max_hashtags", f"must be >= 1 tag per image, got {ing.max_hashtags}")
-    _check(ing.max_hashtag_chars >= 1, "ingest.max_hashtag_chars", f"must be >= 1 character, got {ing.max_hashtag_chars}")
-    names = [s.name for s in cfg.data.sources]
-    _check(len(names) == len(set(names)), "data.sources", f"source names must be unique: {names}")
-    entries = [(f"data.sources[{i}]", s) for i, s in enumerate(cfg.data.sources)]
-    entries += [(f"data.eval_sets[{i}]", s) for i, s in enumerate(cfg.data.eval_sets)]
-    for key, s in entries:
-        _check(bool(s.name) and s.name != "???" and ":" not in s.name, f"{key}.name", "must be set, without ':'")
-        fmt = RawFormat(s.format)
-        if fmt is RawFormat.folder:
-            _check(bool(s.index), f"{key}.index", "the folder format needs an index file (JSONL or CSV)")
-        if fmt is RawFormat.imagefolder:
-            _check(bool(s.split), f"{key}.split", "the imagefolder format needs a split (e.g. train)")
-        _check(s.max_samples is None or s.max_samples > 0, f"{key}.max_samples", "must be > 0")
-    pt = cfg.pretrain
-    _check(pt.image_size >= 16, "pretrain.image_size", "must be >= 16 px")
-    _check(pt.batch_size >= 2, "pretrain.batch_size", "must be >= 2 (BatchNorm needs 2+ images)")
-    _check(pt.global_batch is None or pt.global_batch >= pt.batch_size, "pretrain.global_batch", "must be >= batch_size")
-    _check(pt.epochs >= 1, "pretrain.epochs", "must be >= 1")
-    _check(pt.max_steps is None or pt.max_steps >= 1, "pretrain.max_steps", "must be >= 1")
-    _check(0 <= pt.heldout_fraction < 0.5, "pretrain.heldout_fraction", "must be in [0, 0.5)")
-    _check(pt.worker_nice is None or 0 <= pt.worker_nice <= 19, "pretrain.worker_nice", "must be null or in 0..19")
-    _check(pt.decoded_cache_max_gb >= 0, "pretrain.decoded_cache_max_gb", "must be >= 0")
-    _check((pt.workers is None or pt.workers >= 0) and pt.checkpoint_every_steps >= 1 and pt.keep_checkpoints >= 1,
-           "pretrain.workers/checkpoint_every_steps/keep_checkpoints", "must be >= 0 / >= 1 / >= 1")
-    _check(pt.warmup_epochs >= 0 and pt.base_lr > 0, "pretrain.warmup_epochs/base_lr", "must be >= 0 / > 0")
-    dd = cfg.dedup
-    _check(dd.hash_size in (8, 16), "dedup.hash_size", f"must be 8 or 16 (64- or 256-bit pHash), got {dd.hash_size}")
-    _check(0 <= dd.near_radius <= dd.hash_size**2 // 4, "dedup.near_radius", "must be in [0, bits/4]")
-    _check(0 <= dd.eval_radius <= dd.hash_size**2 // 4, "dedup.eval_radius", "must be in [0, bits/4]")
-    _check(dd.workers >= 0, "dedup.workers", "must be >= 0 (0 = all cores)")
-    validate_vocab(cfg.vocab)
-    validate_transfer(cfg.transfer)
-    if getattr(cfg, "energy", None) is not None:
-        validate_energy(cfg.energy)
-
-
 def _is_unset(node: Any, key: str) -> bool:
     if OmegaConf.is_config(node):
         return OmegaConf.is_missing(node, key)
@@ -589,28 +589,46 @@ def validate_transfer(tc: Any) -> None:
         _check(r["eval_cache_mb"] >= 0, key("eval_cache_mb"), "must be >= 0")
 
 
-def validate_vocab(vc: Any) -> None:
-    """Range checks of ``vocab.*`` (ConfigError naming the key)."""
-    _check(vc.min_count >= 1, "vocab.min_count", f"must be >= 1 sample, got {vc.min_count}")
-    _check(vc.top_k >= 1, "vocab.top_k", f"must be >= 1 class, got {vc.top_k}")
-    _check(VocabKind(vc.kind) is VocabKind.raw or bool(vc.wordnet_dir), "vocab.wordnet_dir", "must be set for WordNet kinds")
+
+@dataclass
+class PipelineConfig:
+    """Root config of every stage (``conf/config.yaml`` extends it)."""
+
+    run_dir: str = "runs/demo"  # the run folder; each stage writes only <run_dir>/<stage>/
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
 
-def validate_energy(ec: Any) -> None:
-    """Range checks of ``energy.*`` (ConfigError naming the key)."""
-    _check(1.0 <= ec.pue <= 3.0, "energy.pue", f"must be in [1, 3] (1.1 efficient cloud, 1.58 US average), got {ec.pue}")
-    _check(0 <= ec.grid_kg_per_kwh <= 2.0, "energy.grid_kg_per_kwh", f"must be in [0, 2] kgCO2e/kWh, got {ec.grid_kg_per_kwh}")
-    _check(0 < ec.cpu_watts_per_core <= 100, "energy.cpu_watts_per_core", f"must be in (0, 100] W, got {ec.cpu_watts_per_core}")
-    _check(0 < ec.gpu_watts <= 2000, "energy.gpu_watts", f"must be in (0, 2000] W, got {ec.gpu_watts}")
-    _check(ec.measure_power_secs > 0, "energy.measure_power_secs", "must be > 0")
-    _check(str(ec.log_level).lower() in ("debug", "info", "warning", "error", "critical"), "energy.log_level",
-           "must be debug, info, warning, error or critical")
-    _check(len(ec.country_iso_code) == 3 and ec.country_iso_code.isalpha(), "energy.country_iso_code",
-           f"must be a 3-letter ISO code, got {ec.country_iso_code!r}")
-    _check(ec.projection_images > 0 and ec.projection_epochs > 0, "energy.projection_images/projection_epochs", "must be > 0")
-    _check(len(ec.projection_gpus) > 0 and all(g >= 1 for g in ec.projection_gpus), "energy.projection_gpus",
-           "must be a non-empty list of GPU counts >= 1")
-    _check(ec.scaling_efficiency is None or 0 < ec.scaling_efficiency <= 1, "energy.scaling_efficiency", "must be in (0, 1] or null")
+def register() -> None:
+    """Store the schema in Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name="schema", node=PipelineConfig)
+
+
+register()
+
+
+def validate(cfg: Any) -> None:
+    """Range and consistency checks that types cannot express, section by section (each section's checks
+    follow its dataclass above).
+
+    Raises:
+        ConfigError: naming the first offending key.
+    """
+    validate_data(cfg.data)
+    validate_ingest(cfg.ingest)
+    validate_dedup(cfg.dedup)
+    validate_vocab(cfg.vocab)
+    validate_pretrain(cfg.pretrain)
+    validate_transfer(cfg.transfer)
+    if getattr(cfg, "energy", None) is not None:
+        validate_energy(cfg.energy)
 
 
 def to_container(cfg: Any) -> dict:

@@ -96,3 +96,30 @@ def copy_run(src, dst, stages=("ingest", "dedup", "vocab")):
     for s in stages:
         shutil.copytree(src / s, dst / s)
     return dst
+
+
+PIPELINE_RUN = (  # every stage in ~30 s on the fixture corpus (raw-hashtag vocabulary, 6 optimizer steps)
+    "vocab=raw", "vocab.min_count=2", "vocab.plot=false", "pretrain.model=resnext_mini", "pretrain.image_size=32",
+    "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.max_steps=6", "pretrain.workers=0", "pretrain.progress=false",
+    "pretrain.heldout_fraction=0.1", "pretrain.threads=1", "pretrain.checkpoint_every_steps=100", "pretrain.precision=fp32",
+    "pretrain.channels_last=false", "transfer.low_data_per_class=[2]",
+    "transfer.targets.fluent_emoji_subgroup.low_data_per_class=[2]", "transfer.finetune_epochs=2",
+    "transfer.min_epoch_images=40", "transfer.batch_size=16", "transfer.workers=0", "transfer.progress=false",
+    "transfer.threads=1", "transfer.probe_Cs=[0.01,1.0]", "transfer.lr_select_max_images=32", "transfer.nn_known_copies=10",
+    "transfer.nn_non_copies=50", "transfer.n_boot=200", "transfer.probe_seeds=2", "transfer.finetune_seeds=1",
+    "transfer.precision=fp32", "transfer.channels_last=false", "energy.codecarbon=false",
+)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """The fixture corpus through every stage by ``pipeline.run.run_pipeline`` (:data:`PIPELINE_RUN`), once.
+
+    The run writes its report (``report.md``, ``report/*.png``) at the end. Returns the run folder;
+    tests must not modify it (copy it first).
+    """
+    from pipeline.run import run_pipeline
+
+    run = tmp_path_factory.mktemp("pipeline_run") / "run"
+    run_pipeline(stage_cfg(run, *PIPELINE_RUN))
+    return run

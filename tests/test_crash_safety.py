@@ -4,8 +4,8 @@ uninterrupted run.
 Every stage runs on the fixture corpus with tiny settings as ``run_<stage>(cfg)`` in a child
 process forked from a preloaded forkserver (:mod:`fuzz.stages`: a fresh ``python -m
 pipeline.<stage>`` spends 5-15 s importing torch per attempt here; the Hydra entry points
-themselves run in the torchrun test below and in tests/test_safety.py). After each kill no visible file may be partial (every JSON, JSONL,
-tar, npz and checkpoint reads completely); after the rerun no temp file may be left, the
+themselves run in the torchrun test below and in tests/test_safety.py). After each kill no visible file may be
+partial (every JSON, JSONL, tar, npz and checkpoint reads completely); after the rerun no temp file may be left, the
 upstream stage folders are untouched, and the stage folder equals the uninterrupted
 run's: shards byte-identical, side files and manifests equal except timing fields,
 checkpoints and trunk equal tensors. ``CRASH_SEED=<n>`` replays the kill points of a
@@ -24,12 +24,12 @@ import sys
 import time
 
 import pytest
-
+from conftest import FIXTURE
 from fuzz.stages import _child, compare_stage, context, partial_files, run_stage, temp_files, warm_up
 
-from conftest import FIXTURE
+from pipeline.io.run_folder import STAGES
 
-STAGES = ("ingest", "dedup", "vocab", "pretrain", "transfer")
+# every stage a stage needs run before it (transitive, unlike pipeline.io.run_folder.UPSTREAM's direct inputs)
 UPSTREAM = {"ingest": (), "dedup": ("ingest",), "vocab": ("ingest", "dedup"), "pretrain": ("ingest", "dedup", "vocab"),
             "transfer": ("ingest", "dedup", "pretrain")}  # ingest: transfer's feature-space check reads the shards
 # kills per stage; CRASH_KILLS_X=10 multiplies them for a longer local hunt

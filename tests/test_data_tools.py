@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from data_tools import common, fetch_deb, fetch_demo
-from data_tools.common import SourceError, check_count, png_size, read_jsonl, staged_dir
+from data_tools.common import SourceError, check_count, png_size, staged_dir
 from data_tools.convert_emoji import emoji_rows, emojibase_lookup, normalize_hexcode
 from data_tools.convert_fashion_mnist import CLASSES, load_split, write_split
 from data_tools.convert_openclipart import openclipart_row
@@ -26,11 +26,12 @@ from data_tools.convert_tuxpaint import read_caption, stem_phrase, tuxpaint_row
 from data_tools.fetch_debian import FASHION_FILES
 from data_tools.fetch_imagenet_info import verify_lines
 from data_tools.idx import read_idx, read_idx_header, write_idx
-from data_tools.index_io import make_row, read_index, validate_row, write_index
+from data_tools.index_io import is_converted, make_row, publish_index, read_index, read_sources, validate_row, write_index
 from data_tools.inspect_shards import describe, read_shard
 from data_tools.lexnames import LEXNAMES, render_lexnames
 from data_tools.svg_meta import parse_svg_meta, parse_svg_meta_bytes, strip_doctype
 from data_tools.to_img2dataset import Sample, caption_text, compute_key, hashtag, to_img2dataset
+from pipeline.io.atomic import read_jsonl
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "corpus"
 
@@ -350,9 +351,32 @@ def test_validate_row_rejects_bad_rows():
         {**good, "caption": 3},
         {**good, "extra": 1},
         {**good, "id": ""},
+        ["a", "a.png"],
     ):
         with pytest.raises(ValueError):
             validate_row(bad)
+
+
+def test_publish_index_writes_the_index_and_its_sources_entry(tmp_path):
+    cache, src = tmp_path / "cache", tmp_path / "cache" / "src"
+    src.mkdir(parents=True)
+    common.write_marker(src, "src")
+    fp = common.marker_fingerprint(src)
+    rows = [make_row("b", "b.png", ["t"]), make_row("a", "a.png", ["u"])]
+    entry = publish_index(cache, "src", rows, "src/png", {"images": 2}, "MIT", fp, svg_parser="safe")
+    assert entry == {"format": "folder+index", "root": "src/png", "index": "converted/src.jsonl", "count": 2,
+                     "counts": {"images": 2}, "license": "MIT", "svg_parser": "safe", "input_fingerprint": fp}
+    assert read_sources(cache / "converted" / "sources.json")["sources"]["src"] == entry
+    assert [r["id"] for r in read_index(cache / "converted" / "src.jsonl")] == ["a", "b"]
+    assert is_converted(cache, "src", src)
+    common.write_marker(src, "src", again=True)  # a re-fetch changes the marker: the conversion is stale
+    assert not is_converted(cache, "src", src)
+
+
+def test_read_index_names_the_line_that_is_not_an_object(tmp_path):
+    (tmp_path / "i.jsonl").write_text(json.dumps(make_row("a", "a.png", ["t"])) + "\n[1, 2]\n")
+    with pytest.raises(ValueError, match=r"i.jsonl:2: expected a JSON object, got list"):
+        read_index(tmp_path / "i.jsonl")
 
 
 def test_write_index_sorts_and_rejects_duplicates(tmp_path):

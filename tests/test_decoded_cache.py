@@ -10,10 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.train.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
-from pipeline.train.loader import ShardStream, decode, make_loader, member_offsets
 from pipeline.io.shards import iter_metadata, shard_paths
+from pipeline.train.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
 from pipeline.train.epoch_plan import SampleIndex
+from pipeline.io.shards import member_offsets
+from pipeline.train.loader import ShardStream, make_loader
+from pipeline.vision.transforms import decode
 
 
 def _index(run_dir) -> tuple[SampleIndex, dict]:
@@ -99,7 +101,7 @@ def test_estimate_is_the_square_image_upper_bound():
 
 
 def test_worker_niceness_is_lowest_only_for_cpu_training_from_the_cache():
-    from pipeline.pretrain import worker_nice
+    from pipeline.train.loader import worker_nice
 
     assert worker_nice(None, "cpu", decoded=True) == 19
     assert worker_nice(None, "cpu", decoded=False) == 0  # decoding workers need their CPU share

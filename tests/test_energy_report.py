@@ -1,9 +1,8 @@
-"""Energy accounting (Patterson formula, projection, measure_energy) and the run report."""
+"""Energy accounting (Patterson formula, projection, measure_energy); the run report is tests/test_report.py."""
 
 from __future__ import annotations
 
 import json
-import math
 import socket
 import subprocess
 import sys
@@ -12,10 +11,10 @@ import time
 import pytest
 from torch import nn
 
-from conftest import copy_run, stage_cfg
 from pipeline.reporting import energy as E
+from pipeline.reporting import full_scale as FS
 from pipeline.config import ConfigError, EnergyConfig, validate_energy
-from pipeline.report import fmt_int, fmt_seconds, main as report_main, write_report
+from pipeline.io import run_folder as rf
 
 # ----------------------------------------------------------------------------- formula
 
@@ -32,7 +31,7 @@ def test_patterson_formula_on_hand_numbers():
 
 
 def test_projection_arithmetic_and_assumptions():
-    p = E.project_full_run(images_per_second_per_device=100, model="resnext101_32x16d", dataset_images=3.6e9,
+    p = FS.project_full_run(images_per_second_per_device=100, model="resnext101_32x16d", dataset_images=3.6e9,
                            epochs=2, devices=100, scaling_efficiency=0.9, watts_per_device=300, pue=1.1,
                            grid_kg_per_kwh=0.429, throughput_source="hand")
     # 7.2e9 images / (100 img/s x 100 x 0.9 = 9,000 img/s) = 800,000 s = 222.2 h
@@ -45,41 +44,41 @@ def test_projection_arithmetic_and_assumptions():
     for needle in ("resnext101_32x16d", "100.0 img/s", "hand", "90%", "300 W", "PUE 1.1", "0.429"):
         assert needle in text, needle
     with pytest.raises(ValueError):
-        E.project_full_run(images_per_second_per_device=0)
+        FS.project_full_run(images_per_second_per_device=0)
     with pytest.raises(ValueError):
-        E.project_full_run(images_per_second_per_device=10, scaling_efficiency=1.5)
+        FS.project_full_run(images_per_second_per_device=10, scaling_efficiency=1.5)
 
 
 def test_goyal_scaling_efficiency_curve():
-    assert E.goyal_scaling_efficiency(1) == 1.0
-    assert E.goyal_scaling_efficiency(8) == 1.0
-    assert E.goyal_scaling_efficiency(256) == pytest.approx(0.90)
-    effs = [E.goyal_scaling_efficiency(n) for n in (8, 16, 64, 256, 336)]
+    assert FS.goyal_scaling_efficiency(1) == 1.0
+    assert FS.goyal_scaling_efficiency(8) == 1.0
+    assert FS.goyal_scaling_efficiency(256) == pytest.approx(0.90)
+    effs = [FS.goyal_scaling_efficiency(n) for n in (8, 16, 64, 256, 336)]
     assert effs == sorted(effs, reverse=True) and 0.88 < effs[-1] < 0.90
-    p = E.project_full_run(images_per_second_per_device=100, devices=336)
-    assert p["scaling_efficiency"] == pytest.approx(E.goyal_scaling_efficiency(336))
+    p = FS.project_full_run(images_per_second_per_device=100, devices=336)
+    assert p["scaling_efficiency"] == pytest.approx(FS.goyal_scaling_efficiency(336))
     assert any("Goyal" in a for a in p["assumptions"])
 
 
 def test_throughput_scaling_by_mult_adds_and_resolution():
-    a = E.anchor_gpu_throughput("resnext101_32x16d")
+    a = FS.anchor_gpu_throughput("resnext101_32x16d")
     assert a["images_per_second"] == pytest.approx(276 * 16 / 36)
     assert "rough" in a["note"]
     # 4x the pixels -> 4x the mult-adds -> a quarter of the throughput
-    s = E.scale_throughput(100, from_mult_adds=16e9, to_model="resnext101_32x8d", to_image_size=448)
+    s = FS.scale_throughput(100, from_mult_adds=16e9, to_model="resnext101_32x8d", to_image_size=448)
     assert s["images_per_second"] == pytest.approx(25)
-    assert E.model_mult_adds("resnext101_32x48d") == 153e9
+    assert FS.model_mult_adds("resnext101_32x48d") == 153e9
 
 
 def test_count_mult_adds_by_hand_and_against_the_published_figure():
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1, groups=4),
                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
     # 8x8 outputs: 8*64*(3*9) + 16*64*(2*9) + 16*10
-    assert E.count_mult_adds(m, 8) == 8 * 64 * 27 + 16 * 64 * 18 + 160
+    assert FS.count_mult_adds(m, 8) == 8 * 64 * 27 + 16 * 64 * 18 + 160
     from pipeline.train.models import create_model
 
     # torchvision lists ResNeXt-50 32x4d at 4.23 GFLOPS (mult-adds) at 224 px
-    assert E.count_mult_adds(create_model("resnext50_32x4d"), 224) / 1e9 == pytest.approx(4.23, rel=0.02)
+    assert FS.count_mult_adds(create_model("resnext50_32x4d"), 224) / 1e9 == pytest.approx(4.23, rel=0.02)
 
 
 # ----------------------------------------------------------------------------- measure_energy
@@ -172,10 +171,10 @@ def test_measure_energy_counts_child_processes_and_gpus():
 
 
 def test_energy_records_file_roundtrip(tmp_path):
-    assert E.read_energy_records(tmp_path) == {}
+    assert rf.read_energy_records(tmp_path) == {}
     E.save_energy_record(tmp_path, {"stage": "ingest", "wall_seconds": 1.0})
     E.save_energy_record(tmp_path, {"stage": "dedup", "wall_seconds": 2.0})
-    assert set(E.read_energy_records(tmp_path)) == {"ingest", "dedup"}
+    assert set(rf.read_energy_records(tmp_path)) == {"ingest", "dedup"}
     assert (tmp_path / "run" / "energy.json").exists()
 
 
@@ -192,145 +191,13 @@ def test_energy_config_range_checks():
         OmegaConf.merge(OmegaConf.structured(EnergyConfig), {"tracking_mode": "gpu"})
 
 
-def test_formatting_helpers():
-    assert fmt_int(16709) == "16,709" and fmt_int(None) == "-"
-    assert fmt_seconds(92.951) == "93.0 s" and fmt_seconds(7200 * 2) == "4.00 h"
-    assert "years" in fmt_seconds(86400 * 2000)
-
-
-# ----------------------------------------------------------------------------- report
-
-def _tr(method, init, tpc, n, top1, ci1, top5, lb, lb_ci, **extra):
-    return {"method": method, "init": init, "train_per_class": tpc, "train_images": n, "seeds": extra.pop("seeds", [0]),
-            "top1": top1, "top1_ci": ci1, "top5": top5, "top5_ci": [top5 - 0.02, min(1.0, top5 + 0.01)],
-            "lower_bound_top1": lb, "lower_bound_top1_ci": lb_ci, "lower_bound_top1_nn": None,
-            "lower_bound_top1_nn_ci": None, "epochs": None, "best_C": None, "base_lr": None, **extra}
-
-
-# the transfer stage's results.json (schema 2: a suite of targets), one target here
-TRANSFER = {
-    "schema": 2, "target_order": ["fashion_mnist"], "model": "resnext_mini", "image_size": 32,
-    "seconds": {"total": 95.0},
-    "targets": {"fashion_mnist": {
-        "target": "fashion_mnist", "num_classes": 10, "image_size": 32, "val_images": 200, "val_images_available": 10000,
-        "contaminated_val": 3, "lr_selection": None, "finetune_base_lr": 0.1,
-        "contamination": {"phash": {"checked": True, "eval_set": "fashion_mnist_val", "count": 3},
-                          "features": {"checked": False, "reason": "transfer.nn_decontam=false"}},
-        "rows": [
-            _tr("linear_probe", "pretrained", 2, 20, 0.4125, [0.38, 0.445], 0.8, 0.4, [0.37, 0.43], best_C=0.01,
-                seconds=1.5, seeds=[0, 1, 2]),
-            _tr("linear_probe", "scratch", 2, 20, 0.2, [0.17, 0.23], 0.6, 0.19, [0.16, 0.22], best_C=1.0, seconds=1.2,
-                seeds=[0, 1, 2]),
-            _tr("linear_probe", "pretrained", None, 500, 0.7321, [0.67, 0.79], 0.97, 0.72, [0.66, 0.78], best_C=0.1,
-                seconds=3.0),
-            _tr("finetune", "pretrained", None, 500, 0.8456, [0.81, 0.88], 0.99, 0.83, [0.795, 0.865], epochs=2,
-                base_lr=0.1, seconds=40.0),
-            _tr("finetune", "scratch", None, 500, 0.6012, [0.535, 0.67], 0.95, 0.59, [0.525, 0.655], epochs=2,
-                base_lr=0.1, seconds=38.0),
-        ],
-        "gains": [
-            {"method": "linear_probe", "train_per_class": 2, "metric": "top1", "pretrained": 0.4125, "scratch": 0.2,
-             "diff": 0.2125, "lo": 0.15, "hi": 0.27, "measurable": True, "verdict": "gain"},
-            {"method": "finetune", "train_per_class": None, "metric": "top1", "pretrained": 0.8456, "scratch": 0.6012,
-             "diff": 0.2444, "lo": -0.01, "hi": 0.288, "measurable": False, "verdict": "no measurable gain"},
-        ],
-    }},
-}
-
-
-@pytest.fixture(scope="module")
-def reported_run(prepared_fixture, tmp_path_factory):
-    """A real tiny run: fixture ingest/dedup/vocab, an in-process pretrain measured by
-    measure_energy, a hand-written transfer/results.json; then the report."""
-    from pipeline.pretrain import run_pretrain
-
-    run = copy_run(prepared_fixture, tmp_path_factory.mktemp("report") / "run")
-    cfg = stage_cfg(run, "pretrain.model=resnext_mini", "pretrain.image_size=32", "pretrain.batch_size=8",
-                    "pretrain.epochs=1", "pretrain.workers=0", "pretrain.progress=false", "pretrain.threads=1",
-                    "pretrain.heldout_fraction=0.1", "pretrain.eval_every_steps=4", "pretrain.checkpoint_every_steps=100",
-                    "energy.measure_power_secs=1")
-    with E.measure_energy("pretrain", cfg.energy) as rec:
-        run_pretrain(cfg)
-    (run / "transfer").mkdir()
-    (run / "transfer" / "results.json").write_text(json.dumps(TRANSFER))
-    rows = [{"target": "fashion_mnist", "init": i, "train_per_class": None, "seed": 0, "epoch": e, "loss": 2.0 / e, "top1": t,
-             "top5": 0.9, "seconds": 1.0}
-            for i, ts in (("pretrained", (0.7, 0.85)), ("scratch", (0.4, 0.6))) for e, t in zip((1, 2), ts)]
-    (run / "transfer" / "finetune_epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = write_report(run, {"pretrain": rec})
-    return run, path, rec
-
-
-def _manifest(run, stage):
-    return json.loads((run / stage / "manifest.json").read_text())
-
-
-def test_report_tables_come_from_the_stage_outputs(reported_run):
-    run, path, rec = reported_run
-    assert path == run / "report.md"
-    text = path.read_text()
-    ing = _manifest(run, "ingest")["counts"]
-    assert f"written **{ing['written']:,}**" in text
-    for name, v in ing["by_source"].items():
-        assert f"| {name} | {v['input']:,} | {v['written']:,} | {v['quarantined']:,} |" in text
-    dd = _manifest(run, "dedup")["counts"]
-    assert f"| {dd['samples']:,} | {dd['exact']:,} | {dd['near']:,} |" in text
-    voc = json.loads((run / "vocab" / "vocab.json").read_text())
-    assert f"**{voc['num_classes']:,} classes**" in text
-    pt = _manifest(run, "pretrain")["counts"]
-    assert f"{pt['steps']:,} / {pt['total_steps']:,}" in text
-    assert f"| class-prior baseline (predict by class frequency) | {pt['prior_precision_at_1']:.4f} | {pt['prior_mAP']:.4f} |" in text
-    assert f"| scratch: random init (step 0) | {pt['scratch_precision_at_1']:.4f} |" in text
-    # transfer: one table per target with 95% intervals, and the pretrained-vs-scratch differences with theirs
-    assert "### Target `fashion_mnist`" in text
-    assert "| finetune | pretrained | full | 500 | 1 | 84.6% [81.0, 88.0] | 99.0% [97.0, 100.0] | 83.0% [79.5, 86.5] | - | 2 | lr 0.1 |" in text
-    assert "| linear probe | pretrained | 2 | 20 | 3 | 41.2% [38.0, 44.5] | 80.0% [78.0, 81.0] | 40.0% [37.0, 43.0] | - | - | C 0.0100 |" in text
-    assert "| linear probe | 2 | 41.2% | 20.0% | +21.2 [+15.0, +27.0] | gain |" in text
-    assert "| finetune | full | 84.6% | 60.1% | +24.4 [-1.0, +28.8] | no measurable gain |" in text
-    assert "3 of 200 val images have a near duplicate" in text
-    # energy: the measured pretrain record, side by side; the other stages marked as assumed
-    assert f"| pretrain | {fmt_seconds(rec['wall_seconds'])} |" in text
-    assert "| ingest * |" in text and "Patterson" in text and "PUE 1.58" in text
-    # projection with its assumptions
-    assert "resnext101_32x16d" in text and "336 GPUs" in text and "Goyal" in text and "rough scaling" in text
-    assert "this run's pretrain" in text
-    assert str(run.parent) not in text and "/tmp" not in text  # no absolute paths
-
-
-def test_report_plots_exist_and_are_pngs(reported_run):
-    run, _, _ = reported_run
-    text = (run / "report.md").read_text()
-    for name in ("class_frequency.png", "training_curves.png", "heldout_eval.png", "transfer.png",
-                 "finetune_epochs.png", "energy.png"):
-        p = run / "report" / name
-        assert p.exists(), name
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000, name
-        assert f"](report/{name})" in text, name
-
-
-def test_report_cli_reads_energy_json(reported_run, capsys):
-    run, _, rec = reported_run
-    E.write_energy_records(run, {"pretrain": rec})
-    (run / "report.md").unlink()
-    assert report_main([str(run)]) == 0
-    text = (run / "report.md").read_text()
-    assert f"| pretrain | {fmt_seconds(rec['wall_seconds'])} |" in text
-    est_wh = 1000 * rec["estimate"]["kwh"]
-    assert math.isfinite(est_wh) and est_wh > 0
-
-
-def test_report_shows_missing_stages_as_not_run(prepared_fixture, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    text = write_report(empty).read_text()
-    for title in ("Ingest", "Dedup", "Vocabulary", "Pretraining", "Transfer"):
-        section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
-        assert "not run" in section, title
-    assert "| transfer | not run |" in text and "Full-scale projection" in text
-
-    partial = copy_run(prepared_fixture, tmp_path / "partial", stages=("ingest",))
-    (partial / "pretrain").mkdir()  # a stage that started and has no manifest yet
-    text = write_report(partial).read_text()
-    assert "| ingest | done |" in text and "| dedup | not run |" in text
-    assert "| pretrain | running or interrupted |" in text
-    assert not (partial / "report" / "training_curves.png").exists()
+def test_energy_settings_default_to_energy_config():
+    d = EnergyConfig()
+    for key in ("pue", "grid_kg_per_kwh", "cpu_watts_per_core", "gpu_watts", "projection_gpus", "scaling_efficiency"):
+        assert E.energy_setting(None, key) == getattr(d, key), key
+        assert E.energy_setting({key: None}, key) == getattr(d, key), key  # None = the default
+    assert E.energy_setting({"pue": 1.1}, "pue") == 1.1 and E.energy_setting(EnergyConfig(gpu_watts=271.0), "gpu_watts") == 271.0
+    assert (E.PUE_US_AVERAGE, E.GRID_US_AVERAGE_KG_PER_KWH, E.CPU_WATTS_PER_CORE, E.GPU_SYSTEM_WATTS["V100"]) == \
+        (d.pue, d.grid_kg_per_kwh, d.cpu_watts_per_core, d.gpu_watts)
+    with pytest.raises(AttributeError):
+        E.energy_setting(None, "no_such_setting")

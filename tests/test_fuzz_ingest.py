@@ -24,7 +24,9 @@ from PIL import Image
 from fuzz import corpus
 from fuzz.corpus import WRITTEN, build_corpus, sources_override
 from pipeline.vision.images import CanonicalImage, decode_image, encode_image
-from pipeline.ingest import IngestSettings, process_unit, run_ingest
+from pipeline.config import IngestConfig
+from pipeline.ingest import run_ingest
+from pipeline.io.ingest_units import IngestSettings, process_unit
 from pipeline.io.quarantine import REASONS, Rejected
 from pipeline.io.raw_sources import RawSample, Rejection, WorkUnit, iter_unit
 
@@ -109,7 +111,8 @@ def test_fuzz_corpus_every_fault_is_quarantined_or_converted(tmp_path):
                 except AssertionError as exc:
                     problems.append(f"{sid}: {exc}")
         elif quarantined.get(sid) != case.expect:
-            problems.append(f"{sid}: expected {case.expect}, got {quarantined.get(sid, 'written' if sid in written_ids else 'nothing')}")
+            got = quarantined.get(sid, 'written' if sid in written_ids else 'nothing')
+            problems.append(f"{sid}: expected {case.expect}, got {got}")
     assert not problems, "\n".join(problems)
 
     c = man["counts"]
@@ -180,8 +183,8 @@ def test_mutated_real_images_never_raise(kind, patches, keep):
 # --------------------------------------------------------------------------- hypothesis: tags and readers
 TEXT = st.text(st.one_of(st.characters(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
                          st.characters(max_codepoint=0x1F)), max_size=12)
-SETTINGS = IngestSettings(max_side=64, min_side=8, max_pixels=4_000_000, max_file_bytes=1 << 20, jpeg_quality=90,
-                          webp_method=0, rasterize_svg=True, plan_hash="fuzz")
+SETTINGS = IngestSettings(IngestConfig(max_side=64, min_side=8, max_pixels=4_000_000, max_file_bytes=1 << 20,
+                                       jpeg_quality=90, webp_method=0, rasterize_svg=True), plan_hash="fuzz")
 
 
 def _run_unit(unit: WorkUnit, out: Path, n_inputs: int | None = None) -> dict:
@@ -270,6 +273,6 @@ def test_img2dataset_reader_random_members(members, tag, caption, cut):
         raw = buf.getvalue()
         (root / "tars" / "00000.tar").write_bytes(raw[: len(raw) // 2] if cut else raw)
         unit = WorkUnit(0, "t", "img2dataset", str(root / "tars"), "webp", tar=str(root / "tars" / "00000.tar"))
-        for item in iter_unit(unit, SETTINGS.max_file_bytes):
+        for item in iter_unit(unit, SETTINGS.ingest.max_file_bytes):
             assert isinstance(item, (RawSample, Rejection))
         _run_unit(unit, root / "out")

@@ -160,7 +160,7 @@ def test_pretrain_manifest_and_checkpoint_record_the_choice(prepared_fixture, tm
 
 def test_stage_key_pins_what_auto_resolved_to(tmp_path):
     from pipeline.io.atomic import write_json
-    from pipeline.run import _pin_numerics, recorded_numerics
+    from pipeline.orchestration.keys import _pin_numerics, recorded_numerics
 
     (tmp_path / "pretrain").mkdir()
     rec = resolve_precision("auto", None, H100).to_dict()

@@ -127,7 +127,8 @@ def _folder_source(root: Path, rows: list[dict]) -> dict:
 
 
 def test_ingest_applies_the_caps_and_counts_them(tmp_path):
-    from pipeline.ingest import load_quarantine, run_ingest
+    from pipeline.ingest import run_ingest
+    from pipeline.io.quarantine import load_quarantine
     from pipeline.io.shards import iter_metadata, shard_paths
 
     many = [f"tag{i}" for i in range(45)]

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.train.epoch_plan import SampleIndex, make_epoch_plan, replication_counts
-from pipeline.train.loader import ShardStream, heldout_mask, make_loader, member_offsets, normalize, rrc_box, shuffle_order
-from pipeline.text.resampling import batch_soft_targets as soft_targets
 from pipeline.io.shards import iter_metadata, shard_paths
+from pipeline.text.resampling import batch_soft_targets as soft_targets
+from pipeline.train.epoch_plan import SampleIndex, make_epoch_plan, replication_counts
+from pipeline.io.shards import member_offsets
+from pipeline.train.loader import ShardStream, make_loader, shuffle_order
+from pipeline.train.sample_split import heldout_mask
+from pipeline.vision.transforms import normalize, rrc_box
 
 
 def _index_from_run(run_dir, weight=1.0) -> tuple[SampleIndex, dict]:
@@ -151,8 +154,8 @@ def test_rrc_box_in_bounds():
     rng = random.Random(0)
     for w, h in [(64, 64), (512, 40), (30, 500), (8, 8)]:
         for _ in range(200):
-            l, t, r, b = rrc_box(w, h, rng)
-            assert 0 <= l < r <= w and 0 <= t < b <= h
+            left, t, r, b = rrc_box(w, h, rng)
+            assert 0 <= left < r <= w and 0 <= t < b <= h
 
 
 class _NiceProbe(torch.utils.data.IterableDataset):

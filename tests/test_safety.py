@@ -23,6 +23,7 @@ import torch
 
 from fuzz.stages import partial_files, temp_files
 from pipeline.io.checkpoint import CheckpointError
+from pipeline.io.run_folder import STAGES
 
 from conftest import REPO, copy_run, stage_cfg
 
@@ -57,7 +58,7 @@ def pretrained(prepared_fixture, tmp_path_factory):
 
 # --------------------------------------------------------------------------- pickles
 def test_labels_npz_with_a_pickle_is_refused(prepared_fixture, tmp_path):
-    from pipeline.vocab import load_labels
+    from pipeline.io.labels import load_labels
 
     run = copy_run(prepared_fixture, tmp_path / "run")
     marker = tmp_path / "pwned"
@@ -375,8 +376,6 @@ def _copy_upstream(src, run, stage):
           "transfer": ("dedup", "pretrain")}[stage]
     return copy_run(src, run, stages=up) if up else run
 
-
-STAGES = ("ingest", "dedup", "vocab", "pretrain", "transfer")
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -87,7 +87,7 @@ def test_stored_codes_are_the_perceptual_hash_of_the_canonical_pixels(ingested_f
 def test_a_jpeg_shard_and_its_eval_copy_get_the_same_code(ingested_fixture, tmp_path):
     """An eval image identical to a pretraining input, the pretraining copy stored as JPEG: the stored
     code and the eval code agree exactly (before, dedup hashed the decoded JPEG: a few bits off)."""
-    from pipeline.dedup import _hash_eval_unit
+    from pipeline.vision.dedup_codes import hash_eval_unit
     from pipeline.io.raw_sources import plan_units
 
     blobs = {k: d["jpg"] for k, d in _img2dataset_samples().items()}
@@ -102,7 +102,7 @@ def test_a_jpeg_shard_and_its_eval_copy_get_the_same_code(ingested_fixture, tmp_
                    "data.eval_sets=[{name: ev, format: imagefolder, root: " + str(tmp_path / "ev") + ", split: val}]")
     units, _ = plan_units(cfg.data.eval_sets, "png", 2000)
     ing = to_container(cfg.ingest)
-    eval_codes = {e[0].split("/")[-1][:-4]: e[2] for u in units for e in _hash_eval_unit((u, ing, 8))}
+    eval_codes = {e[0].split("/")[-1][:-4]: e[2] for u in units for e in hash_eval_unit((u, ing, 8))}
     old_way_differs = 0
     for p in shard_paths(ingested_fixture):
         r = ShardReader(p)

@@ -43,6 +43,7 @@ def pretrained_run(prepared_fixture, tmp_path_factory):
 def transfer_run(pretrained_run, tmp_path_factory):
     """The transfer suite run once on both fixture targets, with one contaminated Fashion-MNIST val image
     faked, and every image read recorded with the phase it was read in (lr selection or not)."""
+    import pipeline.evaluation.lr_selection as lrs
     import pipeline.evaluation.target_data as td
     import pipeline.transfer as tr
 
@@ -54,7 +55,7 @@ def transfer_run(pretrained_run, tmp_path_factory):
     (run / "dedup" / "eval_contamination.json").write_text(json.dumps(report))
     reads: list[tuple[str, str]] = []
     phase = {"now": "other"}
-    load, select = td.load_rgb, tr.select_lr
+    load, select = td.load_rgb, lrs.select_lr
 
     def spy_load(path):
         reads.append((phase["now"], str(path)))
@@ -69,7 +70,7 @@ def transfer_run(pretrained_run, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(td, "load_rgb", spy_load)
-        mp.setattr(tr, "select_lr", spy_select)
+        mp.setattr(lrs, "select_lr", spy_select)
         man = tr.run_transfer(stage_cfg(run, *TINY, "transfer.finetune_seeds=2", "transfer.probe_seeds=3"))
     return run, man, reads
 
@@ -124,7 +125,8 @@ def test_every_accuracy_has_a_consistent_interval(transfer_run):
 
 
 def test_intervals_recompute_from_the_stored_per_image_correctness(transfer_run):
-    from pipeline.transfer import accuracy_interval, difference_interval, load_correctness
+    from pipeline.evaluation.correctness import load_correctness
+    from pipeline.evaluation.intervals import accuracy_interval, difference_interval
 
     run, _, _ = transfer_run
     res = _results(run)
@@ -149,7 +151,7 @@ def test_intervals_recompute_from_the_stored_per_image_correctness(transfer_run)
 
 def test_lower_bound_counts_the_contaminated_image_as_wrong(transfer_run):
     """bag/00018.png is listed as contaminated: per seed the lower bound drops by 1/30 exactly where it was right."""
-    from pipeline.transfer import load_correctness
+    from pipeline.evaluation.correctness import load_correctness
 
     run, _, _ = transfer_run
     sec = _results(run)["targets"]["fashion_mnist"]
@@ -186,7 +188,7 @@ def test_lr_is_chosen_on_training_images_without_touching_val(transfer_run):
 
 
 def test_feature_decontamination_is_calibrated_and_reported(transfer_run):
-    from pipeline.transfer import load_correctness
+    from pipeline.evaluation.correctness import load_correctness
 
     run, _, _ = transfer_run
     res = _results(run)
@@ -242,7 +244,8 @@ def test_per_epoch_rows_and_manifest(transfer_run):
 
 
 def test_report_shows_one_table_per_target_from_the_stage_output(transfer_run):
-    from pipeline.report import fmt_ci_pct, fmt_diff_points, write_report
+    from pipeline.report import write_report
+    from pipeline.reporting.format import fmt_ci_pct, fmt_diff_points
 
     run, _, _ = transfer_run
     res = _results(run)
@@ -309,7 +312,6 @@ def test_missing_inputs_and_bad_config_fail_before_work(prepared_fixture, pretra
         run_transfer(stage_cfg(run, *TINY, f"transfer.targets.fluent_emoji_subgroup.root={tmp_path / 'nowhere'}"))
     with pytest.raises(FileNotFoundError, match="emoji_index"):
         run_transfer(stage_cfg(run, *TINY, f"transfer.targets.fluent_emoji_subgroup.emoji_index={tmp_path / 'x.jsonl'}"))
-    from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException, match="transfer.inits"):  # a closed choice: Hydra rejects it
         stage_cfg(run, *TINY, "transfer.inits=[imagenet]")
@@ -341,7 +343,7 @@ def test_without_the_shards_the_feature_check_is_skipped_and_said_so(pretrained_
     f = sec["contamination"]["features"]
     assert not f["checked"] and "no finished ingest stage" in f["reason"]
     assert all(r["lower_bound_top1_nn"] is None and r["lower_bound_top1_nn_ci"] is None for r in sec["rows"])
-    from pipeline.report import target_section
+    from pipeline.reporting.transfer_section import target_section
 
     assert "- features: not checked (the pretraining images cannot be read" in "\n".join(target_section("fashion_mnist", sec))
 
@@ -350,7 +352,7 @@ def test_without_the_shards_the_feature_check_is_skipped_and_said_so(pretrained_
 
 
 def test_difference_interval_says_no_measurable_gain_when_it_covers_zero():
-    from pipeline.transfer import accuracy_interval, difference_interval
+    from pipeline.evaluation.intervals import accuracy_interval, difference_interval
 
     rng = np.random.default_rng(0)
     a = rng.random(400) < 0.6
@@ -376,7 +378,8 @@ def test_difference_interval_says_no_measurable_gain_when_it_covers_zero():
 
 
 def test_correctness_file_round_trips(tmp_path):
-    from pipeline.transfer import CORRECT, load_correctness, save_correctness
+    from pipeline.evaluation.correctness import load_correctness, save_correctness
+    from pipeline.io.run_folder import CORRECT_FILE as CORRECT
 
     rng = np.random.default_rng(1)
     arrays = {"t/linear_probe/pretrained/2/top1": rng.random((3, 37)) < 0.5, "t/phash": rng.random(37) < 0.1,
@@ -432,7 +435,7 @@ def test_probe_is_near_perfect_on_separable_features():
 
 def test_subsets_are_nested_stratified_and_deterministic():
     from pipeline.evaluation.target_data import per_class_order, stratified_holdout, take_per_class
-    from pipeline.transfer import val_subset
+    from pipeline.evaluation.targets import val_subset
 
     labels = np.repeat(np.arange(4), 30)
     order = per_class_order(labels, seed=3)
@@ -449,8 +452,7 @@ def test_subsets_are_nested_stratified_and_deterministic():
 
 
 def test_low_data_epoch_repeats_passes_and_can_be_cut():
-    from pipeline.evaluation.finetune import epoch_batches
-    from pipeline.transfer import _planned_images
+    from pipeline.evaluation.finetune import epoch_batches, planned_images
 
     b = epoch_batches(20, 16, epoch=0, seed=0, min_epoch_images=50)  # 3 passes = 60 images
     items = [i for batch in b for i, _ in batch]
@@ -460,4 +462,24 @@ def test_low_data_epoch_repeats_passes_and_can_be_cut():
     assert all(len(x) >= 2 for x in epoch_batches(17, 16, epoch=0, seed=0))
     cut = epoch_batches(20, 16, epoch=0, seed=0, min_epoch_images=50, max_epoch_images=33)
     assert sum(len(x) for x in cut) == 32  # 33 cut to 16 + 16 (+ a final batch of 1 dropped)
-    assert _planned_images(20, 2, 16, 50, None) == 120 and _planned_images(17, 1, 16, 0, None) == 16
+    assert planned_images(20, 2, 16, 50, None) == 120 and planned_images(17, 1, 16, 0, None) == 16
+
+
+def test_finetune_settings_come_from_the_target_recipe_only():
+    """The recipe fields of a fine-tuning run are the effective per-target recipe's: no default of their own."""
+    import dataclasses
+
+    from pipeline.config import transfer_recipe
+    from pipeline.evaluation.finetune import FinetuneSettings, settings_from_recipe
+
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for f in dataclasses.fields(FinetuneSettings))
+    runtime = {"autocast_dtype": None, "grad_scaler": False, "channels_last": False, "workers": 0, "progress": False}
+    cfg = make_cfg("transfer.momentum=0.8", "transfer.targets.fashion_mnist.warmup_epochs=0.25", "transfer.base_lr=0.3")
+    r = transfer_recipe(cfg.transfer, "fashion_mnist")
+    s = settings_from_recipe(r, n=10, epochs=3, base_lr=0.1, seed=4, eval_every_epoch=False, max_epoch_images=None, **runtime)
+    assert (s.batch_size, s.momentum, s.warmup_epochs, s.weight_decay, s.min_epoch_images) == (10, 0.8, 0.25, 1e-4, 1000)
+    assert (s.epochs, s.base_lr, s.seed, s.reference_batch, s.nesterov) == (3, 0.1, 4, 256, True)  # base_lr: the caller's
+    fluent = settings_from_recipe(transfer_recipe(cfg.transfer, "fluent_emoji_subgroup"), n=500, epochs=1, base_lr=0.4,
+                                  seed=0, eval_every_epoch=True, max_epoch_images=32, **runtime)
+    assert (fluent.batch_size, fluent.warmup_epochs, fluent.max_epoch_images) == (64, 0.5, 32)

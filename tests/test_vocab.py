@@ -15,9 +15,11 @@ import pytest
 from pipeline.io.atomic import write_jsonl
 from pipeline.config import ConfigError, VocabKind
 from pipeline.io.manifest import stage_dir, write_manifest
-from pipeline.io.removal import REMOVED_FILE
+from pipeline.io.run_folder import REMOVED_FILE
 from pipeline.io.shards import iter_metadata, shard_paths
-from pipeline.vocab import RawMapper, build_vocabulary, load_labels, load_vocab, run_vocab
+from pipeline.io.labels import load_labels, load_vocab
+from pipeline.text.vocabulary import RawMapper, build_vocabulary
+from pipeline.vocab import run_vocab
 from pipeline.text.wordnet_canon import HashtagMapper, WordNetNouns, read_imagenet1k_wnids
 
 from conftest import FIXTURE, REPO, make_cfg

@@ -14,7 +14,7 @@ random initialization the same way):
   only ~60-140 steps, where a high rate can win. So the transfer stage does not fix it:
   ``transfer.finetune_lr_grid`` (demo ``[0.1, 0.4]``) is tried per target with short runs on
   a held-out part of the *training* images and the best is used for both initializations
-  (:func:`pipeline.transfer.select_lr`; ``max_epoch_images`` and ``eval_every_epoch=False``
+  (:func:`pipeline.evaluation.lr_selection.select_lr`; ``max_epoch_images`` and ``eval_every_epoch=False``
   below serve those short runs). History: the first demo picked 0.4 over 0.05 and 0.2 on
   Fashion-MNIST's val images (it has no third split), which made those numbers optimistic;
   the held-out choice removes that. Long runs on large targets take a lower rate
@@ -24,7 +24,8 @@ random initialization the same way):
 - random-resized crop + horizontal flip on the training images (the crop's minimum area
   ``transfer.crop_min_scale``: 0.35 on the demo, whose 28 px clothes fill the frame;
   ImageNet's 0.08 left the training loss far above the eval one there); eval
-  preprocessing on val; cross-entropy loss; the precision and layout of :mod:`pipeline.train.hardware` (fp16 with loss scaling on GPUs without bf16).
+  preprocessing on val; cross-entropy loss; the precision and layout of :mod:`pipeline.train.hardware` (fp16 with
+  loss scaling on GPUs without bf16).
 
 Mahajan et al. 2018 fine-tune the whole network on ImageNet-1k after hashtag
 pretraining; their exact fine-tuning schedule is not restated here (unverified), and the
@@ -51,36 +52,69 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pipeline.evaluation.linear_probe import topk_correct
-from pipeline.train.loader import item_seed, normalize
+from pipeline.vision.transforms import item_seed, normalize
 from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
 from pipeline.progress import progress_bar
 from pipeline.evaluation.target_data import TransformedSubset
 
-__all__ = ["FinetuneSettings", "epoch_batches", "evaluate", "finetune"]
+__all__ = ["FinetuneSettings", "settings_from_recipe", "epoch_batches", "planned_images", "evaluate", "finetune"]
 
 
 @dataclass
 class FinetuneSettings:
-    """What one fine-tuning run needs besides the model and the data (see the module docstring)."""
+    """What one fine-tuning run needs besides the model and the data (see the module docstring).
 
-    epochs: int
-    batch_size: int = 64
-    base_lr: float = 0.05  # per reference_batch images
-    reference_batch: int = 256
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.5
-    warmup_start_fraction: float = 0.1  # warmup starts at this fraction of the peak rate
-    min_epoch_images: int = 0
-    max_epoch_images: int | None = None  # cut every epoch to this many images (short lr-selection runs)
-    eval_every_epoch: bool = True  # score ``val`` after every epoch (False: after the last one only)
-    seed: int = 0
-    autocast_dtype: torch.dtype | None = None
-    grad_scaler: bool = False  # fp16 loss scaling (pipeline.train.hardware.PrecisionChoice.grad_scaler)
-    channels_last: bool = True
-    workers: int = 2
-    progress: bool = False
+    No field has a default: the recipe fields come from the effective per-target recipe
+    (:func:`pipeline.config.transfer_recipe`, whose defaults are ``pipeline.config.TransferConfig``'s)
+    through :func:`settings_from_recipe`; the others are this run's derived and runtime values.
+    """
+
+    # the recipe (transfer.* / transfer.targets.NAME.*)
+    batch_size: int  # images per step: the recipe's batch_size, at most the training images
+    reference_batch: int  # images base_lr refers to (linear scaling rule)
+    momentum: float
+    nesterov: bool
+    weight_decay: float  # not on BN parameters and biases
+    warmup_epochs: float
+    warmup_start_fraction: float  # warmup starts at this fraction of the peak rate
+    min_epoch_images: int  # an epoch is at least this many images (passes over a small set)
+    # this run
+    epochs: int  # finetune_epochs, or lr_select_epochs for an lr-selection run
+    base_lr: float  # per reference_batch images: the lr chosen for the target, or the grid value tried
+    max_epoch_images: int | None  # cut every epoch to this many images (short lr-selection runs; None = no cut)
+    eval_every_epoch: bool  # score ``val`` after every epoch (False: after the last one only)
+    seed: int  # seeds the head, the epoch order and the augmentation
+    autocast_dtype: torch.dtype | None  # the resolved precision (None = fp32)
+    grad_scaler: bool  # fp16 loss scaling (pipeline.train.hardware.PrecisionChoice.grad_scaler)
+    channels_last: bool  # the resolved memory layout
+    workers: int  # DataLoader worker processes
+    progress: bool  # tqdm progress bars
+
+
+def settings_from_recipe(recipe: dict, *, n: int, epochs: int, base_lr: float, seed: int, eval_every_epoch: bool,
+                         max_epoch_images: int | None, autocast_dtype: torch.dtype | None, grad_scaler: bool,
+                         channels_last: bool, workers: int, progress: bool) -> FinetuneSettings:
+    """The :class:`FinetuneSettings` of one run on ``n`` training images from a target's effective recipe.
+
+    Args:
+        recipe: :func:`pipeline.config.transfer_recipe` of the target (``batch_size``, ``reference_batch``,
+            ``momentum``, ``nesterov``, ``weight_decay``, ``warmup_epochs``, ``warmup_start_fraction``,
+            ``min_epoch_images`` are read; the batch is capped at ``n``).
+        n: training images of the run.
+        epochs, base_lr, seed, eval_every_epoch, max_epoch_images: this run's values (the caller derives them:
+            ``finetune_epochs`` or ``lr_select_epochs``, the chosen or tried lr, ...).
+        autocast_dtype, grad_scaler, channels_last, workers, progress: the resolved runtime
+            (:class:`pipeline.train.hardware.PrecisionChoice`, the thread plan).
+    Raises:
+        KeyError: a recipe key is missing.
+    """
+    return FinetuneSettings(
+        batch_size=min(int(recipe["batch_size"]), n), reference_batch=recipe["reference_batch"],
+        momentum=recipe["momentum"], nesterov=recipe["nesterov"], weight_decay=recipe["weight_decay"],
+        warmup_epochs=recipe["warmup_epochs"], warmup_start_fraction=recipe["warmup_start_fraction"],
+        min_epoch_images=recipe["min_epoch_images"], epochs=epochs, base_lr=base_lr, max_epoch_images=max_epoch_images,
+        eval_every_epoch=eval_every_epoch, seed=seed, autocast_dtype=autocast_dtype, grad_scaler=grad_scaler,
+        channels_last=channels_last, workers=workers, progress=progress)
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, min_epoch_images: int = 0,
@@ -107,6 +141,15 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, min_epoch_imag
     if len(batches[-1]) < 2:
         batches.pop()
     return batches
+
+
+def planned_images(n: int, epochs: int, batch: int, min_epoch: int, max_epoch: int | None) -> int:
+    """Training images a fine-tuning run will see (the sum of its epoch plans' sizes, without building them)."""
+    per = max(1, math.ceil(min_epoch / n)) * n if n else 0
+    if max_epoch is not None:
+        per = min(per, max(2, int(max_epoch)))
+    per -= per % batch if per % batch == 1 else 0
+    return epochs * per
 
 
 def _prep(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

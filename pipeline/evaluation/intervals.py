@@ -25,6 +25,9 @@ vectorized numpy and deterministic given ``seed`` (a ``numpy.random.default_rng`
 - :func:`wilson_ci`, :func:`clopper_pearson_ci`: binomial-proportion intervals (Wilson
   1927; Clopper & Pearson 1934, exact), closed forms for a single accuracy that the
   bootstrap should reproduce (tests/test_intervals.py checks it does).
+- :func:`accuracy_interval`, :func:`difference_interval`: the transfer stage's entries of
+  ``results.json`` (an accuracy over S seeds x N val images; pretrained minus scratch, paired),
+  built on the above and rounded to 6 digits.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 __all__ = ["CI", "SeedValCI", "bootstrap_ci", "bootstrap_means", "clopper_pearson_ci", "paired_bootstrap_diff",
-           "seed_and_val_ci", "seed_spread_ci", "wilson_ci"]
+           "seed_and_val_ci", "seed_spread_ci", "wilson_ci", "accuracy_interval", "difference_interval", "round6"]
 
 _MAX_DRAWS = 1 << 22  # resampled indices drawn at once (32 MB of int64): bounds memory for large N
 
@@ -280,3 +283,61 @@ def clopper_pearson_ci(k: int, n: int, level: float = 0.95) -> CI:
     lo = float(stats.beta.ppf(alpha / 2, k, n - k + 1)) if k > 0 else 0.0
     hi = float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k)) if k < n else 1.0
     return CI(k / n, lo, hi)
+
+
+# --------------------------------------------------------------------------- the transfer stage's intervals
+
+
+def round6(x: float) -> float:
+    """``x`` as a float rounded to 6 digits: how ``results.json`` stores accuracies and interval ends."""
+    return round(float(x), 6)
+
+
+def accuracy_interval(correct: np.ndarray, *, n_boot: int, seed: int, level: float) -> dict:
+    """Mean and interval of per-image correctness ``(S, N)`` (S seeded runs on the same N val images).
+
+    One seed: percentile bootstrap over the val images (:func:`bootstrap_ci`); several:
+    :func:`seed_and_val_ci` (seed spread + val bootstrap; its t interval clipped to [0, 1]).
+
+    Returns:
+        ``{"mean", "lo", "hi", "method"}`` (+ ``se_seed``, ``se_val``, ``df`` with seeds), values rounded to 6 digits.
+    """
+    c = np.atleast_2d(np.asarray(correct, dtype=np.float64))
+    if c.shape[0] == 1:
+        ci = bootstrap_ci(c[0], n_boot=n_boot, seed=seed, level=level)
+        return {"mean": round6(ci.mean), "lo": round6(ci.lo), "hi": round6(ci.hi), "method": "val bootstrap"}
+    s = seed_and_val_ci(c, n_boot=n_boot, seed=seed, level=level)
+    return {"mean": round6(s.mean), "lo": round6(max(0.0, s.lo)), "hi": round6(min(1.0, s.hi)),
+            "method": f"{s.n_seeds} seeds + val bootstrap", "se_seed": round6(s.se_seed), "se_val": round6(s.se_val),
+            "df": round6(s.df) if math.isfinite(s.df) else None}
+
+
+def difference_interval(pretrained: np.ndarray, scratch: np.ndarray, *, n_boot: int, seed: int, level: float) -> dict:
+    """``accuracy(pretrained) - accuracy(scratch)`` with its interval, on the same val images.
+
+    One seed: paired bootstrap (:func:`paired_bootstrap_diff`); several: :func:`seed_and_val_ci` of the
+    per-image differences (seed s gave both initializations the same labelled subset), clipped to [-1, 1].
+    ``measurable`` is False when the interval covers 0.
+
+    Returns:
+        ``{"diff", "lo", "hi", "ci_method", "measurable", "verdict"}`` (+ ``se_seed``, ``se_val`` with seeds);
+        ``verdict`` is ``"gain"``, ``"loss"`` or ``"no measurable gain"``.
+    Raises:
+        ValueError: the two correctness arrays differ in shape.
+    """
+    a = np.atleast_2d(np.asarray(scratch, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(pretrained, dtype=np.float64))
+    if a.shape != b.shape:
+        raise ValueError(f"pretrained and scratch correctness differ in shape: {b.shape} vs {a.shape}")
+    if a.shape[0] == 1:
+        ci = paired_bootstrap_diff(a[0], b[0], n_boot=n_boot, seed=seed, level=level)
+        out = {"diff": round6(ci.mean), "lo": round6(ci.lo), "hi": round6(ci.hi), "ci_method": "paired val bootstrap"}
+    else:
+        s = seed_and_val_ci(b - a, n_boot=n_boot, seed=seed, level=level)
+        # a difference of two accuracies lies in [-1, 1]: the t interval (few seeds) is clipped to it
+        out = {"diff": round6(s.mean), "lo": round6(max(-1.0, s.lo)), "hi": round6(min(1.0, s.hi)),
+               "ci_method": f"{s.n_seeds} paired seeds + val bootstrap",
+               "se_seed": round6(s.se_seed), "se_val": round6(s.se_val)}
+    out["measurable"] = bool(out["lo"] > 0 or out["hi"] < 0)
+    out["verdict"] = "gain" if out["lo"] > 0 else "loss" if out["hi"] < 0 else "no measurable gain"
+    return out

@@ -39,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from pipeline.progress import progress_bar
 
-from pipeline.train.loader import normalize
+from pipeline.vision.transforms import normalize
 from pipeline.evaluation.target_data import stratified_holdout
 
 __all__ = ["ProbeResult", "extract_features", "fit_probe", "topk_correct"]

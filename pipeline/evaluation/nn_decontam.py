@@ -46,7 +46,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.train.loader import decode, eval_transform, item_seed, member_offsets
+from pipeline.io.shards import member_offsets
+from pipeline.vision.transforms import decode, eval_transform, item_seed
 from pipeline.io.removal import removed_keys
 from pipeline.io.shards import iter_metadata, shard_paths
 
@@ -121,8 +122,8 @@ def l2_normalize(x: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
 
 def pooled_features(extract: Callable[[Iterable], tuple[np.ndarray, np.ndarray]], ds: Dataset, batch_size: int,
                     workers: int) -> np.ndarray:
-    """Pooled features (float32, not normalized) of ``ds`` (``extract`` = :func:`pipeline.evaluation.linear_probe.extract_features`
-    bound to the trunk), in dataset order."""
+    """Pooled features (float32, not normalized) of ``ds`` in dataset order
+    (``extract`` = :func:`pipeline.evaluation.linear_probe.extract_features` bound to the trunk)."""
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     feats, _ = extract(loader)
     return feats

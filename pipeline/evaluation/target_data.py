@@ -15,9 +15,9 @@ Small blocks, each testable alone:
 - :func:`stratified_holdout`: the split of training images the linear probe's C and the
   fine-tuning learning rate are chosen on (never the val images);
 - :class:`TransformedSubset`: ``(uint8 (3, S, S) tensor, label)`` items with the eval
-  recipe of :mod:`pipeline.train.loader` (resize shorter side to S*256/224, centre crop) or the
+  recipe of :mod:`pipeline.vision.transforms` (resize shorter side to S*256/224, centre crop) or the
   training augmentation (random-resized crop + flip, seeded per item); normalization
-  (``pipeline.train.loader.MEAN/STD``) runs later on the device (:func:`pipeline.train.loader.normalize`);
+  (``pipeline.vision.transforms.MEAN/STD``) runs later on the device (:func:`pipeline.vision.transforms.normalize`);
 - :func:`eval_batches`: the eval images of a subset in order, from an in-memory uint8 cache
   when it fits in ``cache_mb`` (the demo's 10k val images at 64 px: 123 MB, decoded once
   instead of once per epoch and run) or streamed from disk (ImageNet at 224 px);
@@ -39,10 +39,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
-from pipeline.train.loader import eval_transform, item_seed, rrc_box
+from pipeline.vision.transforms import eval_transform, item_seed, train_transform
 
 __all__ = ["EvalImages", "TransformedSubset", "eval_batches", "fingerprint", "load_rgb", "open_split", "per_class_order",
-           "relative_paths", "stratified_holdout", "take_per_class", "train_transform"]
+           "relative_paths", "stratified_holdout", "take_per_class"]
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -137,29 +137,12 @@ def stratified_holdout(labels: Sequence[int], fraction: float, seed: int,
     return np.flatnonzero(mask), hold
 
 
-def train_transform(img: Image.Image, size: int, rng: random.Random,
-                    scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
-    """Random-resized crop (area fraction in ``scale``, aspect 3/4-4/3; torchvision's algorithm,
-    :func:`pipeline.train.loader.rrc_box`) to ``size`` px + horizontal flip: uint8 tensor (3, size, size).
-
-    :func:`pipeline.train.loader.train_transform` with a configurable area range: ImageNet's
-    (0.08, 1) (Szegedy et al. 2015) suits large photos; on small, centred objects such as
-    Fashion-MNIST's 28x28 clothes an 8% crop is a few pixels of texture, so the demo uses a
-    larger minimum (``transfer.crop_min_scale``).
-    """
-    box = rrc_box(img.width, img.height, rng, scale=scale)
-    out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    if rng.random() < 0.5:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)
-
-
 class TransformedSubset(Dataset):
     """Items ``indices`` of an ImageFolder as ``(uint8 (3, size, size) tensor, label)``.
 
-    ``train=False``: the eval recipe (:func:`pipeline.train.loader.eval_transform`). ``train=True``:
-    random-resized crop (area fraction in ``scale``) + flip (:func:`train_transform`); index it with
-    ``(position, aug_seed)`` pairs so the augmentation depends only on the seed the sampler
+    ``train=False``: the eval recipe (:func:`pipeline.vision.transforms.eval_transform`). ``train=True``:
+    random-resized crop (area fraction in ``scale``) + flip (:func:`pipeline.vision.transforms.train_transform`);
+    index it with ``(position, aug_seed)`` pairs so the augmentation depends only on the seed the sampler
     chose, never on the DataLoader worker that decodes the item.
     """
 

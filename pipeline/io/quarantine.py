@@ -2,10 +2,15 @@
 
 Every rejected sample becomes one row of ``<stage>/quarantine.jsonl`` with its key, a
 reason from :data:`REASONS` and a human-readable detail. Nothing is dropped silently:
-ingest checks ``input == written + quarantined``.
+ingest checks ``input == written + quarantined``. :func:`load_quarantine` reads ingest's rows.
 """
 
 from __future__ import annotations
+
+import os
+
+from pipeline.io.atomic import read_jsonl
+from pipeline.io.run_folder import INGEST, QUARANTINE_FILE, path
 
 REASONS: dict[str, str] = {
     "missing_file": "the index names an image file that does not exist",
@@ -45,3 +50,13 @@ class Rejected(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+def load_quarantine(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of ``<run_dir>/ingest/quarantine.jsonl`` (``id``, ``source``, ``origin``, ``reason``, ``detail``, ``unit``).
+
+    Raises:
+        FileNotFoundError: the file does not exist (ingest has not run).
+        ValueError: naming the file and line, for a line that is not JSON.
+    """
+    return read_jsonl(path(run_dir, INGEST, QUARANTINE_FILE))

@@ -140,7 +140,8 @@ def plan_units(sources, default_encoding: str, shard_size: int) -> tuple[list[Wo
         enc = (str(src.encoding) if src.encoding else None) or default_encoding
         root = Path(src.root)
         if not root.is_dir():
-            raise FileNotFoundError(f"source {src.name!r}: root folder {root} does not exist (run `make demo` or data_tools.fetch_demo?)")
+            raise FileNotFoundError(f"source {src.name!r}: root folder {root} does not exist "
+                                    "(run `make demo` or data_tools.fetch_demo?)")
         base = dict(source=src.name, format=fmt, root=str(root), encoding=enc)
         if fmt == "folder":
             index = Path(src.index)
@@ -339,7 +340,8 @@ def _iter_img2dataset(unit: WorkUnit, max_bytes: int) -> Iterator[Item]:
                 continue
             parts = PurePosixPath(name).parts
             if name.startswith("/") or ".." in parts or not m.isfile():
-                kind = "absolute or '..' path" if (name.startswith("/") or ".." in parts) else f"non-regular member (type {m.type!r})"
+                kind = ("absolute or '..' path" if (name.startswith("/") or ".." in parts)
+                        else f"non-regular member (type {m.type!r})")
                 yield Rejection(name, f"{tar_path}#{name}", "unsafe_member", kind)
                 continue
             key, ext = _split_key(name)

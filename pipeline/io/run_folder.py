@@ -11,7 +11,7 @@ Layout (``<run_dir>/``)::
 
     ingest/    shards/NNNNNN.tar + NNNNNN.index.json, quarantine.jsonl, plan.json, manifest.json
     dedup/     removed.jsonl, eval_contamination.json, manifest.json
-    vocab/     vocab.json, labels.npz (pipeline.vocab.Labels), unmapped.json, class_frequency.png, manifest.json
+    vocab/     vocab.json, labels.npz (pipeline.io.labels.Labels), unmapped.json, class_frequency.png, manifest.json
     pretrain/  trunk.safetensors, model.json, metrics.jsonl, eval.jsonl, checkpoints/, data_audit.json, manifest.json
     transfer/  results.json, finetune_epochs.jsonl, correct.npz, manifest.json
     run/       stages.json (stage keys), energy.json (per-stage energy), ranks.json, error.txt
@@ -36,6 +36,7 @@ __all__ = [
     "ENERGY_FILE", "RANKS_FILE", "ERROR_FILE", "path", "read_eval_contamination", "read_model_info",
     "read_metrics", "read_evals", "read_transfer_results", "read_stage_state", "read_energy_records",
     "read_error",
+    "PHASH_INDEX_FILE", "INDEX_KEYS_FILE", "SHARD_DIR", "PART_DIR",
 ]
 
 INGEST, DEDUP, VOCAB, PRETRAIN, TRANSFER = "ingest", "dedup", "vocab", "pretrain", "transfer"
@@ -55,12 +56,15 @@ DIST_STAGES: tuple[str, ...] = (INGEST, PRETRAIN)
 SHARD_DIR = "shards"  # NNNNNN.tar + NNNNNN.index.json (pipeline.io.shards)
 QUARANTINE_FILE = "quarantine.jsonl"  # one JSON row per rejected input: id, source, reason
 PLAN_FILE = "plan.json"  # the input units and their fingerprints
+PART_DIR = "parts"  # NNNNNN.json per unit: what it wrote and rejected (ingest's resume record, read by ingest only)
 # dedup/
 REMOVED_FILE = "removed.jsonl"  # one JSON row per removed sample: key, reason (pipeline.io.removal)
 EVAL_CONTAMINATION_FILE = "eval_contamination.json"  # eval set -> images, contaminated, ids
+PHASH_INDEX_FILE = "phash.index"  # the faiss binary index of the kept samples' pHashes the near search used
+INDEX_KEYS_FILE = "index_keys.txt"  # the shard key of each row of phash.index, one per line
 # vocab/
 VOCAB_FILE = "vocab.json"  # classes (synset, lemma, hashtags, samples), resampling, counts
-LABELS_FILE = "labels.npz"  # per-sample labels, CSR (pipeline.vocab.Labels)
+LABELS_FILE = "labels.npz"  # per-sample labels, CSR (pipeline.io.labels.Labels)
 UNMAPPED_FILE = "unmapped.json"  # hashtags no class took, with counts
 CLASS_FREQUENCY_PLOT = "class_frequency.png"
 # pretrain/
@@ -154,3 +158,23 @@ def read_error(run_dir) -> str | None:
     """``run/error.txt``: the traceback of the job's last failure, or None."""
     p = path(run_dir, RUN, ERROR_FILE)
     return p.read_text(encoding="utf-8", errors="replace") if p.is_file() else None
+
+
+__all__ += ["read_vocab", "read_unmapped", "read_finetune_epochs"]
+
+
+def read_vocab(run_dir) -> dict | None:
+    """vocab's ``vocab.json``: {kind, num_classes, min_count, top_k, classes: [{id, lemma, hashtags, samples}],
+    totals, ...}; None if not run."""
+    return read_json(path(run_dir, VOCAB, VOCAB_FILE))
+
+
+def read_finetune_epochs(run_dir) -> list[dict]:
+    """transfer's ``finetune_epochs.jsonl``: one row per fine-tuning epoch (target, init, train_per_class, seed,
+    epoch, loss, top1, top5, ...); [] if not run."""
+    return read_jsonl(path(run_dir, TRANSFER, EPOCHS_FILE))
+
+
+def read_unmapped(run_dir) -> dict | None:
+    """vocab's ``unmapped.json``: the hashtags no class took, with their counts; None if not run."""
+    return read_json(path(run_dir, VOCAB, UNMAPPED_FILE))

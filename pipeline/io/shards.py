@@ -25,6 +25,7 @@ shards not exactly the canonical pixels): re-run ingest to get them from the ind
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -349,3 +350,23 @@ def iter_samples(paths: list[Path] | list[str]) -> Iterator[dict]:
     """
     ds = wds.WebDataset([str(p) for p in paths], shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
     yield from ds
+
+
+@functools.lru_cache(maxsize=4096)
+def _image_offsets(path: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    with ShardReader(path) as reader:
+        return reader.image_offsets()
+
+
+def member_offsets(path: str | Path) -> dict[str, tuple[int, int]]:
+    """``{sample key: (byte offset, byte size)}`` of each sample's image member in a shard tar.
+
+    From the shard's index (:class:`pipeline.io.shards.ShardReader`), cached per process by
+    path, size and modification time, so the training and held-out streams, and every
+    epoch, share it.
+
+    Raises:
+        OSError, ValueError, tarfile.ReadError: the shard or its index cannot be read.
+    """
+    st = os.stat(path)
+    return _image_offsets(str(path), st.st_size, st.st_mtime_ns)

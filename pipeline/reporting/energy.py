@@ -35,11 +35,10 @@ end is used; it is also the value codecarbon falls back to for a CPU it does not
 
 The record (a plain JSON-able dict, see :func:`measure_energy`) is what
 ``<run_dir>/run/energy.json`` holds per stage: ``{stage_name: record, ...}``
-(:func:`write_energy_records`, :func:`read_energy_records`).
+(:func:`write_energy_records`; read by :func:`pipeline.io.run_folder.read_energy_records`).
 
-The projection (:func:`project_full_run`) turns a per-device training throughput into
-hours, GPU-hours, kWh and tCO2e for the paper's scale (3.5B images, up to 336 GPUs), with
-every assumption returned beside the numbers.
+The projection of the full-scale run (3.5B images, up to 336 GPUs) from a per-device
+throughput is :mod:`pipeline.reporting.full_scale`, on the same formula.
 """
 
 from __future__ import annotations
@@ -47,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
-import math
 import os
 import resource
 import sys
@@ -56,38 +54,23 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from pipeline.config import EnergyConfig
+from pipeline.io import run_folder as rf
 from pipeline.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 
-ENERGY_FILE = Path("run") / "energy.json"  # relative to the run folder
+DEFAULTS = EnergyConfig()
+"""The one source of the energy defaults (``pipeline.config.EnergyConfig``); the names below are views of it."""
 
-# Patterson et al. 2021, "Carbon Emissions and Large Neural Network Training" (PUE, grid intensity, system watts)
-PUE_US_AVERAGE = 1.58
+# Patterson et al. 2021, "Carbon Emissions and Large Neural Network Training" (PUE, grid intensity, system watts);
+# the defaults of EnergyConfig are their US-average / V100 figures
+PUE_US_AVERAGE = DEFAULTS.pue
 PUE_EFFICIENT_CLOUD = 1.1
-GRID_US_AVERAGE_KG_PER_KWH = 0.429
-GPU_SYSTEM_WATTS = {"V100": 325.0, "P100": 271.0, "TPUv3": 283.0}
-CPU_WATTS_PER_CORE = 4.0  # see the module docstring for the source
+GRID_US_AVERAGE_KG_PER_KWH = DEFAULTS.grid_kg_per_kwh
+GPU_SYSTEM_WATTS = {"V100": DEFAULTS.gpu_watts, "P100": 271.0, "TPUv3": 283.0}
+CPU_WATTS_PER_CORE = DEFAULTS.cpu_watts_per_core  # see the module docstring for the source
 
-# Mahajan et al. 2018 / facebookresearch/WSL-Images README: mult-adds at 224 px
-MULT_ADDS_224 = {
-    "resnext101_32x8d": 16e9,
-    "resnext101_32x16d": 36e9,
-    "resnext101_32x32d": 87e9,
-    "resnext101_32x48d": 153e9,
-}
-# timm's published inference/training benchmark tables (huggingface/pytorch-image-models, results/)
-ANCHOR_THROUGHPUT = {
-    "model": "resnext101_32x8d",
-    "images_per_second": 276.0,
-    "image_size": 224,
-    "device": "RTX 3090",
-    "precision": "AMP",
-    "source": "timm benchmark (RTX 3090, AMP, NCHW): resnext101_32x8d 276 img/s",
-}
-# Goyal et al. 2017: ~90% scaling efficiency from 8 to 256 GPUs
-GOYAL_EFFICIENCY = {"from_devices": 8, "to_devices": 256, "efficiency": 0.90}
-FULL_SCALE_IMAGES = 3.5e9  # Mahajan et al. 2018: up to 3.5B Instagram images
 MEASURED_CPU_MODES = {"intel_rapl", "intel_power_gadget", "windows_emi", "apple_powermetrics", "powermetrics"}
 
 
@@ -100,6 +83,16 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
     else:
         v = getattr(cfg, key, default)
     return default if v is None and default is not None else v
+
+
+def energy_setting(cfg: Any, key: str) -> Any:
+    """``cfg.key`` of an ``EnergyConfig``, DictConfig or dict (None = all defaults); the default of
+    :class:`pipeline.config.EnergyConfig` where the key is absent or None.
+
+    Raises:
+        AttributeError: ``key`` is not a field of ``EnergyConfig``.
+    """
+    return _get(cfg, key, getattr(DEFAULTS, key))
 
 
 # --------------------------------------------------------------------------------------
@@ -215,7 +208,7 @@ def _announce_basis(tracker) -> None:
 
 def _start_codecarbon(name: str, ec: Any):
     """An ``OfflineEmissionsTracker`` started for one stage, or raise (caller records why)."""
-    level = str(_get(ec, "log_level", "warning")).lower()
+    level = str(energy_setting(ec, "log_level")).lower()
     _quiet_codecarbon(level)  # before import/construction: its init logs at INFO
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -224,11 +217,11 @@ def _start_codecarbon(name: str, ec: Any):
         _quiet_codecarbon(level)
         kwargs: dict[str, Any] = dict(
             project_name=f"pipeline:{name}",
-            country_iso_code=str(_get(ec, "country_iso_code", "USA")),
-            measure_power_secs=float(_get(ec, "measure_power_secs", 5.0)),
-            tracking_mode=str(_get(ec, "tracking_mode", "process")),
+            country_iso_code=str(energy_setting(ec, "country_iso_code")),
+            measure_power_secs=float(energy_setting(ec, "measure_power_secs")),
+            tracking_mode=str(energy_setting(ec, "tracking_mode")),
             log_level=level,
-            pue=float(_get(ec, "pue", PUE_US_AVERAGE)),
+            pue=float(energy_setting(ec, "pue")),
             # never the network, never a file: no API, no HTTP endpoint, no electricitymaps,
             # no emissions.csv; explicit values override any ~/.codecarbon.config or env vars
             output_methods=[],
@@ -241,8 +234,8 @@ def _start_codecarbon(name: str, ec: Any):
             # no lock file and no SIGINT/SIGTERM handlers replaced (the stages own their signals)
             allow_multiple_runs=True,
         )
-        if bool(_get(ec, "force_grid", True)):
-            kwargs["force_carbon_intensity_g_co2e_kwh"] = float(_get(ec, "grid_kg_per_kwh", GRID_US_AVERAGE_KG_PER_KWH)) * 1000.0
+        if bool(energy_setting(ec, "force_grid")):
+            kwargs["force_carbon_intensity_g_co2e_kwh"] = float(energy_setting(ec, "grid_kg_per_kwh")) * 1000.0
         notes: list[str] = []
         _FILTER.notes = notes  # hardware-detection warnings: collected, not logged
         try:
@@ -362,13 +355,13 @@ def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None
             the estimate counts GPUs at ``gpu_watts``; without, busy CPU cores.
     """
     ec = cfg_energy
-    pue = float(_get(ec, "pue", PUE_US_AVERAGE))
-    grid = float(_get(ec, "grid_kg_per_kwh", GRID_US_AVERAGE_KG_PER_KWH))
+    pue = float(energy_setting(ec, "pue"))
+    grid = float(energy_setting(ec, "grid_kg_per_kwh"))
     rec: dict[str, Any] = {"stage": name, "status": "running",
                            "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     tracker = None
     cc_error: str | None = None
-    if bool(_get(ec, "codecarbon", True)) and bool(_get(ec, "enabled", True)):
+    if bool(energy_setting(ec, "codecarbon")) and bool(energy_setting(ec, "enabled")):
         try:
             tracker = _start_codecarbon(name, ec)
         except Exception as exc:  # noqa: BLE001  (codecarbon must never break a stage)
@@ -397,10 +390,10 @@ def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None
         busy = cpu / wall if wall > 0 else 0.0
         n_gpu = _cuda_devices_in_use() if gpus is None else int(gpus)
         if n_gpu > 0:
-            est = estimate(wall, n_gpu, float(_get(ec, "gpu_watts", GPU_SYSTEM_WATTS["V100"])), pue=pue,
+            est = estimate(wall, n_gpu, float(energy_setting(ec, "gpu_watts")), pue=pue,
                            grid_kg_per_kwh=grid, processor="GPU (system power per chip)")
         else:
-            est = estimate(wall, busy, float(_get(ec, "cpu_watts_per_core", CPU_WATTS_PER_CORE)), pue=pue,
+            est = estimate(wall, busy, float(energy_setting(ec, "cpu_watts_per_core")), pue=pue,
                            grid_kg_per_kwh=grid, processor="CPU core (busy cores = CPU s / wall s)")
         rec.update({
             "status": status,
@@ -421,20 +414,8 @@ def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None
 # --------------------------------------------------------------------------------------
 
 def energy_path(run_dir: str | os.PathLike) -> Path:
-    """``<run_dir>/run/energy.json``."""
-    return Path(run_dir) / ENERGY_FILE
-
-
-def read_energy_records(run_dir: str | os.PathLike) -> dict[str, dict]:
-    """The ``{stage: record}`` dict of ``<run_dir>/run/energy.json``, or ``{}``."""
-    import json
-
-    p = energy_path(run_dir)
-    if not p.exists():
-        return {}
-    with open(p, encoding="utf-8") as fh:
-        data = json.load(fh)
-    return data if isinstance(data, dict) else {}
+    """``<run_dir>/run/energy.json`` (:data:`pipeline.io.run_folder.ENERGY_FILE`)."""
+    return rf.path(run_dir, rf.RUN, rf.ENERGY_FILE)
 
 
 def write_energy_records(run_dir: str | os.PathLike, records: Mapping[str, dict]) -> Path:
@@ -446,165 +427,6 @@ def write_energy_records(run_dir: str | os.PathLike, records: Mapping[str, dict]
 
 def save_energy_record(run_dir: str | os.PathLike, record: dict) -> Path:
     """Add or replace one stage's record in ``<run_dir>/run/energy.json`` (read, update, atomic write)."""
-    records = read_energy_records(run_dir)
+    records = rf.read_energy_records(run_dir)
     records[record["stage"]] = record
     return write_energy_records(run_dir, records)
-
-
-# --------------------------------------------------------------------------------------
-# Throughput scaling and the full-scale projection
-# --------------------------------------------------------------------------------------
-
-def count_mult_adds(model, image_size: int) -> int:
-    """Mult-adds of one forward pass of ``model`` on a ``(1, 3, S, S)`` image (conv + linear layers).
-
-    A grouped convolution counts ``out_elements x (in_channels / groups) x kh x kw``.
-    BatchNorm, activations and pooling are not counted (as in the papers' figures).
-    """
-    import torch
-    from torch import nn
-
-    total = 0
-
-    def conv_hook(m: nn.Conv2d, _inp, out):
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += out.numel() * (m.in_channels // m.groups) * kh * kw
-
-    def linear_hook(m: nn.Linear, _inp, out):
-        nonlocal total
-        total += out.numel() * m.in_features
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return int(total)
-
-
-def model_mult_adds(model_name: str, image_size: int = 224, num_classes: int = 1000) -> float:
-    """Mult-adds of a model at ``image_size``: the papers' figures (scaled by pixel count)
-    for the ResNeXt-101 32xCd models, else counted on the registered model."""
-    if model_name in MULT_ADDS_224:
-        return MULT_ADDS_224[model_name] * (image_size / 224.0) ** 2
-    from pipeline.train.models import create_model
-
-    return float(count_mult_adds(create_model(model_name, num_classes=num_classes), image_size))
-
-
-def scale_throughput(images_per_second: float, *, from_mult_adds: float, to_model: str,
-                     to_image_size: int = 224, from_label: str = "") -> dict:
-    """Rough scaling of a measured throughput to another model: throughput x (mult-adds ratio).
-
-    ``from_mult_adds`` is the measured model's mult-adds *at its own image size*; the
-    target's mult-adds at ``to_image_size`` are the paper's figure at 224 px times
-    ``(to_image_size / 224) ** 2``. Throughput is taken as inversely proportional to
-    mult-adds per image, which ignores memory bandwidth, kernel efficiency of wider
-    grouped convolutions, batch size and data loading: a rough scaling, good to a
-    factor of about 2, not a measurement.
-    """
-    to_madds = model_mult_adds(to_model, to_image_size)
-    ratio = from_mult_adds / to_madds
-    return {
-        "images_per_second": images_per_second * ratio,
-        "from_images_per_second": images_per_second,
-        "from": from_label,
-        "from_mult_adds": from_mult_adds,
-        "to_model": to_model,
-        "to_image_size": to_image_size,
-        "to_mult_adds": to_madds,
-        "ratio": ratio,
-        "note": "rough scaling by the mult-adds ratio (incl. resolution); not a measurement",
-    }
-
-
-def anchor_gpu_throughput(to_model: str = "resnext101_32x16d", to_image_size: int = 224) -> dict:
-    """Per-GPU training throughput of ``to_model`` from the timm anchor figure
-    (resnext101_32x8d, 276 img/s on one RTX 3090 with AMP), scaled by mult-adds."""
-    a = ANCHOR_THROUGHPUT
-    return scale_throughput(a["images_per_second"], from_mult_adds=model_mult_adds(a["model"], a["image_size"]),
-                            to_model=to_model, to_image_size=to_image_size, from_label=a["source"])
-
-
-def goyal_scaling_efficiency(devices: int) -> float:
-    """Scaling efficiency vs. linear for ``devices`` GPUs, after Goyal et al. 2017.
-
-    1.0 up to 8 GPUs (one server), then falling linearly in log2(devices) to 0.90 at
-    256 GPUs (Goyal: ~90% from 8 to 256), extrapolated beyond (0.89 at 336), floor 0.5.
-    """
-    g = GOYAL_EFFICIENCY
-    if devices <= g["from_devices"]:
-        return 1.0
-    slope = (1.0 - g["efficiency"]) / math.log2(g["to_devices"] / g["from_devices"])
-    return max(0.5, 1.0 - slope * math.log2(devices / g["from_devices"]))
-
-
-def project_full_run(*, images_per_second_per_device: float, model: str = "resnext101_32x16d",
-                     dataset_images: float = FULL_SCALE_IMAGES, epochs: float = 1.0, devices: int = 336,
-                     scaling_efficiency: float | None = None, watts_per_device: float = GPU_SYSTEM_WATTS["V100"],
-                     pue: float = PUE_US_AVERAGE, grid_kg_per_kwh: float = GRID_US_AVERAGE_KG_PER_KWH,
-                     device: str = "GPU", throughput_source: str = "") -> dict:
-    """Hours, device-hours, kWh and tCO2e of training ``model`` on ``dataset_images`` for ``epochs``.
-
-    ``hours = dataset_images x epochs / (images_per_second_per_device x devices x efficiency) / 3600``;
-    energy and emissions by the Patterson formula with ``devices`` processors at
-    ``watts_per_device``. Returns the numbers and an ``assumptions`` list of sentences.
-
-    Raises:
-        ValueError: a non-positive throughput, device count, dataset size or epochs, or an
-            efficiency outside (0, 1].
-    """
-    if images_per_second_per_device <= 0 or devices < 1 or dataset_images <= 0 or epochs <= 0:
-        raise ValueError("throughput, devices, dataset_images and epochs must be positive")
-    eff_source = "given"
-    if scaling_efficiency is None:
-        scaling_efficiency = goyal_scaling_efficiency(devices)
-        eff_source = ("Goyal et al. 2017 (~90% from 8 to 256 GPUs; 1.0 up to 8, linear in log2(devices), "
-                      "extrapolated beyond 256)")
-    if not 0 < scaling_efficiency <= 1:
-        raise ValueError(f"scaling_efficiency must be in (0, 1], got {scaling_efficiency}")
-    images = dataset_images * epochs
-    aggregate = images_per_second_per_device * devices * scaling_efficiency
-    seconds = images / aggregate
-    hours = seconds / 3600.0
-    kwh = patterson_kwh(hours, devices, watts_per_device, pue)
-    t = patterson_tco2e(kwh, grid_kg_per_kwh)
-    return {
-        "model": model,
-        "device": device,
-        "devices": devices,
-        "dataset_images": dataset_images,
-        "epochs": epochs,
-        "images": images,
-        "images_per_second_per_device": images_per_second_per_device,
-        "scaling_efficiency": scaling_efficiency,
-        "aggregate_images_per_second": aggregate,
-        "hours": hours,
-        "days": hours / 24.0,
-        "device_hours": hours * devices,
-        "watts_per_device": watts_per_device,
-        "pue": pue,
-        "grid_kg_per_kwh": grid_kg_per_kwh,
-        "kwh": kwh,
-        "tco2e": t,
-        "assumptions": [
-            f"{model} trained on {dataset_images:,.0f} images x {epochs:g} epoch(s) = {images:,.0f} images",
-            f"{images_per_second_per_device:,.1f} img/s per {device}"
-            + (f" ({throughput_source})" if throughput_source else ""),
-            f"{devices} {device}s at {scaling_efficiency:.0%} scaling efficiency ({eff_source})",
-            f"{watts_per_device:g} W average system power per {device}, PUE {pue:g}, "
-            f"grid {grid_kg_per_kwh:g} kgCO2e/kWh (Patterson et al. 2021 formula)",
-            "training only: no data preprocessing, evaluation, checkpoint I/O, restarts or idle time",
-        ],
-    }

@@ -42,15 +42,19 @@ import re
 import unicodedata
 from typing import Iterable, NamedTuple
 
+from pipeline.config import IngestConfig
+
+# The caps are declared once, as the defaults of ``ingest.max_hashtags`` / ``ingest.max_hashtag_chars``
+# (pipeline.config.IngestConfig); where the figures come from:
 # Instagram: "You can add up to 30 hashtags to a post" (Instagram Help Center, "Tag your
 # Instagram post with hashtags", help.instagram.com/351460621611097).
-MAX_HASHTAGS = 30
+MAX_HASHTAGS: int = IngestConfig.max_hashtags
 # Project choice: Instagram documents no length limit for one hashtag. 72 characters keep
 # every tag that could name a WordNet 3.0 noun synset, the label space of the vocab stage:
 # the longest noun lemma, blood-oxygenation_level_dependent_functional_magnetic_resonance_imaging,
 # has 71 characters (measured over all 119,034 noun lemmas with NLTK's reader). Longer "tags"
 # seen in scraped captions are run-together sentences or junk.
-MAX_HASHTAG_CHARS = 72
+MAX_HASHTAG_CHARS: int = IngestConfig.max_hashtag_chars
 
 _HASH = "#\uff03"  # '#' and the full-width number sign
 _JOINERS = "\u200c\u200d"  # zero-width non-joiner / joiner (Persian, Indic scripts)

@@ -7,7 +7,7 @@ shards on an AVX2 CPU (one thread, 2026-12-01): decoding costs 0.89 ms per image
 random-resized crop 0.23 ms, normalizing 0.15 ms; the crop from an already decoded copy
 0.16 ms. FFCV (Leclerc et al. 2023) answers this by storing decoded pixels; this module
 does the same for small training resolutions: each sample's image, as
-:func:`pipeline.train.loader.decode` returns it (RGB, shorter side capped at ``2 x image_size``
+:func:`pipeline.vision.transforms.decode` returns it (RGB, shorter side capped at ``2 x image_size``
 px), is stored once in one flat file and memory-mapped by every worker.
 
 The cache holds exactly what decoding the shard member gives, so training on it or on
@@ -28,6 +28,7 @@ import json
 import logging
 import multiprocessing as mp
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,8 @@ def _keys_digest(keys: np.ndarray) -> str:
 
 def _decode_shard(task: tuple[str, list[str], list[int], list[int], int]) -> list[np.ndarray]:
     """Pool task: decode the given members of one shard; HWC uint8 arrays in the same order."""
-    from pipeline.train.loader import decode
-
     from pipeline.io.shards import ShardReader
+    from pipeline.vision.transforms import decode
 
     path, keys, offsets, sizes, image_size = task
     with ShardReader(path) as reader:  # the one reader: raises RuntimeError on a truncated shard
@@ -116,7 +116,7 @@ def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, 
         keys: (N,) str, sorted shard keys ``UUUUUU_PPPPPP`` (shard = ``UUUUUU``).
         shards: shard number -> tar path.
         image_size: training resolution in px (images are stored with the shorter side
-            capped at ``2 x image_size``, as :func:`pipeline.train.loader.decode` returns them).
+            capped at ``2 x image_size``, as :func:`pipeline.vision.transforms.decode` returns them).
         workers: decoding processes (0 or 1: in this process).
 
     Returns:
@@ -126,11 +126,9 @@ def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, 
         RuntimeError, KeyError: a sample is missing from its shard or a shard is truncated;
             nothing is left behind (the half-built folder is removed).
     """
-    import time
-
-    from pipeline.train.loader import member_offsets
     from pipeline.io.shards import shard_of_keys
     from pipeline.progress import progress_bar
+    from pipeline.io.shards import member_offsets
 
     folder = Path(folder)
     keys = np.asarray(sorted(str(k) for k in keys))
@@ -188,3 +186,38 @@ def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, 
     log.info("decoded cache: %d images, %.1f MB (shorter side <= %d px), built in %.1f s with %d process(es)",
              n, pos / 1e6, 2 * image_size, time.perf_counter() - t0, max(1, workers))
     return DecodedCache(folder)
+
+
+def open_decoded_cache(pt, info, out, keys: np.ndarray, shards: dict) -> tuple[DecodedCache | None, dict]:
+    """The decoded uint8 copy of every sample in ``keys`` (this module), or None.
+
+    ``pretrain.decoded_cache``: "on", "off", or "auto" (on when the size estimate
+    ``N x 3 x (2 x image_size)^2`` bytes fits in ``pretrain.decoded_cache_max_gb``); ``pt``: the pretrain
+    config section, ``info``: this rank (:class:`pipeline.train.distributed.DistInfo`). The main
+    rank builds it in ``<stage>/decoded_cache/`` with all the cores it may use (a resumed run
+    reuses a complete one); the other ranks wait at a barrier and open it.
+
+    Returns:
+        (cache or None, a record for the manifest: mode, enabled, reason, images, bytes, build seconds).
+    """
+    est = estimate_bytes(len(keys), pt.image_size)
+    budget = pt.decoded_cache_max_gb * 1e9
+    if pt.decoded_cache == "off" or (pt.decoded_cache == "auto" and est > budget):
+        why = ("pretrain.decoded_cache=off" if pt.decoded_cache == "off" else
+               f"estimate {est / 1e9:.1f} GB > decoded_cache_max_gb {pt.decoded_cache_max_gb:g}")
+        log.info("decoded cache: not used (%s); the loader decodes the shards every epoch", why)
+        return None, {"mode": pt.decoded_cache, "enabled": False, "reason": why}
+    from pipeline.train.distributed import barrier
+    from pipeline.train.hardware import available_cores
+
+    t = time.perf_counter()
+    folder = out / "decoded_cache"
+    if info.is_main:
+        build_decoded_cache(folder, keys, shards, pt.image_size, workers=available_cores(), progress=pt.progress)
+    barrier(info)
+    cache = DecodedCache(folder)
+    size = int(sum(int(h) * int(w) * 3 for h, w in zip(cache.heights, cache.widths)))
+    return cache, {"mode": pt.decoded_cache, "enabled": True, "images": len(cache), "bytes": size,
+                   "estimate_bytes": est, "seconds": round(time.perf_counter() - t, 2),
+                   "reason": "pretrain.decoded_cache=on" if pt.decoded_cache == "on" else
+                   f"estimate {est / 1e9:.2f} GB <= decoded_cache_max_gb {pt.decoded_cache_max_gb:g}"}

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.train.hardware import pick_device
+from pipeline.train.partition import current_partition
 
 
 @dataclass(frozen=True)
@@ -62,18 +63,28 @@ def export_rank_env() -> None:
 
 
 def _from_slurm() -> None:
+    """Export RANK/WORLD_SIZE/LOCAL_RANK for a multi-task SLURM job without them (torch's env:// rendezvous
+    reads them); the rank and world come from :func:`pipeline.train.partition.current_partition`."""
     _from_submitit()
-    if "WORLD_SIZE" not in os.environ and "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
-        os.environ["RANK"] = os.environ.get("SLURM_PROCID", "0")
-        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
-        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    if "WORLD_SIZE" not in os.environ and "SLURM_NTASKS" in os.environ:
+        part = current_partition()
+        if part.world > 1:
+            os.environ["RANK"] = str(part.rank)
+            os.environ["WORLD_SIZE"] = str(part.world)
+            os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
-    """Join the process group if this is a multi-process job; return where we are."""
+    """Join the process group if this is a multi-process job; return where we are.
+
+    Rank and world size: :func:`pipeline.train.partition.current_partition` (torchrun, then SLURM).
+
+    Raises:
+        ValueError: the rank variables are not integers, or the rank is outside the world size.
+    """
     _from_slurm()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    part = current_partition()
+    world, rank = part.world, part.rank
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if world <= 1:

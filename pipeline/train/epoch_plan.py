@@ -59,7 +59,7 @@ class SampleIndex:
         """Class ids (int64) of sample ``i``."""
         return self.indices[self.indptr[i] : self.indptr[i + 1]]
 
-    def subset(self, mask: np.ndarray) -> "SampleIndex":
+    def subset(self, mask: np.ndarray) -> SampleIndex:
         """The samples where the boolean ``mask`` is True (weights kept as they are)."""
         rows = np.flatnonzero(mask)
         lengths = np.diff(self.indptr)[rows]

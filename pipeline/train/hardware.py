@@ -269,7 +269,7 @@ class PrecisionChoice:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PrecisionChoice":
+    def from_dict(cls, d: dict) -> PrecisionChoice:
         """Inverse of :meth:`to_dict` (unknown keys ignored)."""
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -371,7 +371,8 @@ def resolve_precision(requested: str, channels_last: bool | None, facts: Hardwar
 
     # CPU
     if requested == "fp16":
-        raise ConfigError(f"config error at {where}: fp16 autocast is not supported for training on the CPU; use auto, bf16 or fp32")
+        raise ConfigError(f"config error at {where}: fp16 autocast is not supported for training on the CPU; "
+                          "use auto, bf16 or fp32")
     cands = _candidates(facts, requested, channels_last)
     if requested == "bf16" and not facts.cpu_bf16_native:
         # runs, but say how much slower it is than fp32 on this CPU

@@ -6,7 +6,7 @@ items each rank and batch get (:mod:`pipeline.train.epoch_plan`); the seeded shu
 order of every batch is known before any byte is read; then, in each DataLoader worker,
 
     this worker's batches (skipping those already trained on: resume) -> each item's image
-    member read by offset (:func:`member_offsets`: from the shard index ingest wrote, read
+    member read by offset (:func:`pipeline.io.shards.member_offsets`: from the shard index ingest wrote, read
     once per shard and process) -> decode + augment -> collate.
 
 Worker ``w`` of ``W`` builds batches ``b`` with ``(b - skip) % W == w``; PyTorch's DataLoader
@@ -16,10 +16,11 @@ not support exact mid-epoch resume; this loader does). A worker reads only its o
 items' bytes: reading every tar in every worker and keeping 1/W of the batches paid the
 tar parsing W times (benchmarks/RESULTS.md, loader).
 
-Augmentation (train): random-resized crop (scale 0.08-1, ratio 3/4-4/3, torchvision's
-algorithm) to ``image_size`` px and horizontal flip, seeded per item by
-(seed, epoch, key, copy), so it does not depend on the worker count. Eval: resize the
-shorter side to ``image_size * 256/224`` then centre crop (the WSL models' eval recipe).
+Augmentation (train; the transforms are :mod:`pipeline.vision.transforms`, shared with
+transfer): random-resized crop (scale 0.08-1, ratio 3/4-4/3, torchvision's algorithm) to
+``image_size`` px and horizontal flip, seeded per item by (seed, epoch, key, copy), so it
+does not depend on the worker count. Eval: resize the shorter side to
+``image_size * 256/224`` then centre crop (the WSL models' eval recipe).
 Images leave the workers as uint8 and :func:`normalize` runs on the device (4x less to copy
 to a GPU); on a CPU device the workers normalize (``normalize_in_workers``): the main
 process's elementwise passes on torch's thread pool, while the workers hold the cores, cost
@@ -29,9 +30,7 @@ about 0.5 ms of CPU per image in barrier waits (benchmarks/RESULTS.md, loader).
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
-import math
+import logging
 import os
 import random
 from pathlib import Path
@@ -42,130 +41,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline.io.shards import ShardReader, member_offsets
 from pipeline.train.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
-from pipeline.io.shards import ShardReader
+from pipeline.vision.transforms import decode, eval_transform, item_seed, normalize, train_transform
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-
-def item_seed(*parts) -> int:
-    """A 64-bit seed from any parts (stable across processes and Python runs)."""
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
-
-
-def heldout_mask(keys: np.ndarray, fraction: float) -> np.ndarray:
-    """Deterministic held-out split by key hash: about ``fraction`` of samples are True.
-
-    The split depends only on the key, never on the seed, so every run and sweep holds
-    out the same samples.
-    """
-    if fraction <= 0:
-        return np.zeros(len(keys), dtype=bool)
-    cut = int(fraction * 10_000)
-    return np.array([item_seed("heldout", k) % 10_000 < cut for k in keys], dtype=bool)
-
-
-def rrc_box(width: int, height: int, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """Random-resized-crop box (left, top, right, bottom) in px: torchvision's algorithm.
-
-    Ten tries at a random area fraction in ``scale`` and log-uniform aspect ratio in
-    ``ratio``; else the centre crop clamped to ``ratio`` (Szegedy et al. 2015 augmentation).
-    """
-    area = width * height
-    log_r = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        ar = math.exp(rng.uniform(*log_r))
-        w = int(round(math.sqrt(target * ar)))
-        h = int(round(math.sqrt(target / ar)))
-        if 0 < w <= width and 0 < h <= height:
-            left = rng.randint(0, width - w)
-            top = rng.randint(0, height - h)
-            return left, top, left + w, top + h
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    left, top = (width - w) // 2, (height - h) // 2
-    return left, top, left + w, top + h
-
-
-def decode(blob: bytes, size: int) -> Image.Image:
-    """Decode a shard image to RGB with its shorter side capped at ``2 x size`` px.
-
-    JPEGs are drafted (DCT scaling) to >= 2x ``size`` px first, for speed; any image whose
-    shorter side is still over ``2 x size`` is then resized (bilinear, antialiased) so it
-    is exactly that: at most 2x upsampling remains for the smallest random-resized crops
-    (side 0.28 of the image), and the result is small enough to keep decoded
-    (:mod:`pipeline.train.decoded_cache`). Images are never enlarged.
-    """
-    img = Image.open(io.BytesIO(blob))
-    if img.format == "JPEG":
-        img.draft("RGB", (2 * size, 2 * size))
-    img = img.convert("RGB")
-    cap = 2 * size
-    short = min(img.width, img.height)
-    if short > cap:
-        r = cap / short
-        img = img.resize((max(cap, round(img.width * r)), max(cap, round(img.height * r))), Image.Resampling.BILINEAR)
-    return img
-
-
-def train_transform(img: Image.Image, size: int, rng: random.Random) -> torch.Tensor:
-    """Random-resized crop + flip: uint8 tensor (3, size, size)."""
-    box = rrc_box(img.width, img.height, rng)
-    out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    if rng.random() < 0.5:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)
-
-
-def eval_transform(img: Image.Image, size: int) -> torch.Tensor:
-    """Resize the shorter side to size*256/224 px, centre crop: uint8 tensor (3, size, size)."""
-    short = max(size, round(size * 256 / 224))
-    scale = short / min(img.width, img.height)
-    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-    img = img.resize((w, h), Image.Resampling.BILINEAR)
-    left, top = (w - size) // 2, (h - size) // 2
-    out = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 normalized with the ImageNet mean and std, on its device.
-
-    A floating-point batch is taken as already normalized (by the loader workers,
-    ``ShardStream(normalize_in_workers=True)``) and returned unchanged.
-    """
-    if images.is_floating_point():
-        return images
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float().div_(255.0) - mean) / std
-
-
-@functools.lru_cache(maxsize=4096)
-def _image_offsets(path: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
-    with ShardReader(path) as reader:
-        return reader.image_offsets()
-
-
-def member_offsets(path: str | Path) -> dict[str, tuple[int, int]]:
-    """``{sample key: (byte offset, byte size)}`` of each sample's image member in a shard tar.
-
-    From the shard's index (:class:`pipeline.io.shards.ShardReader`), cached per process by
-    path, size and modification time, so the training and held-out streams, and every
-    epoch, share it.
-
-    Raises:
-        OSError, ValueError, tarfile.ReadError: the shard or its index cannot be read.
-    """
-    st = os.stat(path)
-    return _image_offsets(str(path), st.st_size, st.st_mtime_ns)
+log = logging.getLogger(__name__)
 
 
 def shuffle_order(n: int, rng: random.Random, buffer: int) -> np.ndarray:
@@ -204,7 +84,7 @@ class MemberReader:
             r = self._readers[shard] = ShardReader(self.shards[shard])
         return r.read_range(offset, size)
 
-    def __enter__(self) -> "MemberReader":
+    def __enter__(self) -> MemberReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -219,8 +99,8 @@ class ShardStream(IterableDataset):
     With ``decoded`` (a :class:`pipeline.train.decoded_cache.DecodedCache`), images come from the
     decoded copy instead of the tars; the batches are the same bit for bit.
 
-    Yields dicts: ``images`` uint8 (B, 3, S, S) (float32 normalized if ``normalize_in_workers``), ``labels`` int64 (B, K) padded with -1,
-    ``keys`` list of B str, ``step`` int (batch index in the epoch), ``global_batch`` int
+    Yields dicts: ``images`` uint8 (B, 3, S, S) (float32 normalized if ``normalize_in_workers``),
+    ``labels`` int64 (B, K) padded with -1, ``keys`` list of B str, ``step`` int (batch index in the epoch), ``global_batch`` int
     (items in this step over all ranks).
 
     Call :meth:`set_epoch` before iterating (in the main process; DataLoader workers get
@@ -358,3 +238,42 @@ def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False,
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None, generator=generator,
                       worker_init_fn=init)
+
+
+def worker_nice(requested: int | None, device_type: str, decoded: bool) -> int:
+    """The loader workers' niceness: ``requested``, or (None) 19 on a CPU training from the decoded cache, else 0.
+
+    From the decoded cache a worker only crops, flips and normalizes (about 0.3 ms of CPU per
+    image); at the lowest priority it runs in the gaps the step's threads leave instead of
+    preempting them (train step 0.97x the bare loop instead of 0.89x on 2 AVX2 cores,
+    benchmarks/train_step). Decoding workers need real CPU share and keep priority 0, as do
+    GPU runs, whose workers have cores of their own.
+    """
+    if requested is not None:
+        return int(requested)
+    return 19 if (device_type == "cpu" and decoded) else 0
+
+
+def pretrain_streams(shards: dict[int, str | Path], train_idx: SampleIndex, held_idx: SampleIndex, *, pt, seed: int,
+                     rank: int, world: int, normalize_in_workers: bool,
+                     decoded=None) -> tuple[ShardStream, ShardStream | None]:
+    """The pretraining stage's two streams: this rank's training batches and rank 0's held-out batches.
+
+    ``pt``: the pretrain config section (batch_size, image_size, shuffle_buffer). The held-out
+    stream (eval transform, batches of ``2 x batch_size``, one rank) is None without held-out samples.
+    """
+    stream = ShardStream(shards, train_idx, seed=seed, rank=rank, world=world, batch_size=pt.batch_size,
+                         image_size=pt.image_size, shuffle_buffer=pt.shuffle_buffer,
+                         normalize_in_workers=normalize_in_workers, decoded=decoded)
+    held = ShardStream(shards, held_idx, seed=seed, rank=0, world=1, batch_size=pt.batch_size * 2,
+                       image_size=pt.image_size, train=False, decoded=decoded) if len(held_idx.keys) else None
+    return stream, held
+
+
+def loader_niceness(requested: int | None, device_type: str, decoded: bool, workers: int) -> int:
+    """:func:`worker_nice`, logged when the ``workers`` loader workers run at a raised niceness."""
+    nice = worker_nice(requested, device_type, decoded)
+    if nice and workers:
+        log.info("loader workers at niceness +%d (%s)", nice, "pretrain.worker_nice" if requested is not None
+                 else "auto: CPU training from the decoded cache; set pretrain.worker_nice=0 on a shared machine")
+    return nice

@@ -3,7 +3,8 @@
 Ranks come from torchrun (``RANK``, ``WORLD_SIZE``) or SLURM (``SLURM_PROCID``,
 ``SLURM_NTASKS``); a plain local run is rank 0 of 1 and uses a process pool instead.
 Work units are assigned round-robin (unit ``i`` goes to rank ``i % world``), which is
-deterministic and balances units of equal size.
+deterministic and balances units of equal size. :func:`current_partition` is the one reader
+of these variables (:func:`pipeline.train.distributed.init_distributed` uses it too).
 """
 
 from __future__ import annotations

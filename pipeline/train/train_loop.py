@@ -22,19 +22,20 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from pipeline.train.distributed import DistInfo, barrier
-from pipeline.train.loader import ShardStream, make_loader, normalize
-from pipeline.train.losses import microbatch_loss_scale
+from pipeline.evaluation.metrics import mean_average_precision, precision_at_1
 from pipeline.progress import progress_bar
 from pipeline.text.resampling import batch_multi_hot, batch_soft_targets
-from pipeline.evaluation.metrics import mean_average_precision, precision_at_1
+from pipeline.train.distributed import DistInfo, barrier
+from pipeline.train.loader import ShardStream, make_loader
+from pipeline.train.losses import microbatch_loss_scale
+from pipeline.vision.transforms import normalize
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +51,24 @@ class LoopState:
 
 @dataclass
 class LoopSettings:
-    """What the loop needs besides the model, optimizer and data."""
+    """What the loop needs besides the model, optimizer and data: the pretrain config section and what is derived.
 
-    epochs: int
-    accum: int
-    total_steps: int
-    loss_name: str
-    num_classes: int
-    autocast_dtype: torch.dtype | None
-    channels_last: bool
-    checkpoint_every: int
-    eval_every: int  # 0 = at each epoch end
-    workers: int
-    progress: bool
-    metrics_file: Path
+    From ``pt`` (:class:`pipeline.config.PretrainConfig`, or its DictConfig) the loop reads
+    ``epochs``, ``loss``, ``checkpoint_every_steps``, ``eval_every_steps`` (0 = at each epoch end),
+    ``progress`` and ``audit_data`` (keep the (epoch, key) of every sample trained on); the rest
+    is derived by the stage from the config, the samples and the machine.
+    """
+
+    pt: Any  # the pretrain config section
+    accum: int  # micro-batches per optimizer step (pipeline.train.recipe.accumulation)
+    total_steps: int  # optimizer steps of the whole run (pipeline.train.recipe.StepPlan)
+    num_classes: int  # from the vocab stage's labels
+    autocast_dtype: torch.dtype | None  # the resolved precision (pipeline.train.hardware.PrecisionChoice)
+    channels_last: bool  # the resolved memory layout
+    workers: int  # loader workers per rank (pipeline.train.hardware.thread_plan)
+    metrics_file: Path  # where rank 0 appends one row per optimizer step
     pin_memory: bool = False
-    worker_nice: int = 0  # niceness added to the loader workers
-    record_keys: bool = False  # keep the (key, epoch) of every sample trained on (audit)
-    log_extra: dict = field(default_factory=dict)
+    worker_nice: int = 0  # niceness added to the loader workers (pipeline.train.loader.worker_nice)
 
 
 TEST_KILL_ENV = "PIPELINE_TEST_KILL_RANK_AT_STEP"
@@ -176,7 +177,7 @@ def train(
     """Train from ``state`` to the end (or ``max_steps``); return throughput statistics.
 
     ``save(state)`` is called (on every rank; it writes on rank 0) every
-    ``settings.checkpoint_every`` optimizer steps and at the end. ``run_eval(step)`` is
+    ``pretrain.checkpoint_every_steps`` optimizer steps and at the end. ``run_eval(step)`` is
     called at the evaluation points. ``scaler``: fp16 loss scaling (``torch.amp.GradScaler``;
     None or disabled for fp32/bf16, where it is a pass-through).
 
@@ -187,18 +188,19 @@ def train(
     scaler = scaler or torch.amp.GradScaler(info.device.type, enabled=False)
     dev = info.device
     s = settings
+    loss_name, eval_every = str(s.pt.loss), s.pt.eval_every_steps
     images_seen, t_wait, t_total = 0, 0.0, 0.0
     seen_keys: list[str] = []
     last_loss = float("nan")
     stop_at = min(s.total_steps, max_steps) if max_steps else s.total_steps
     bar = progress_bar(total=stop_at, initial=state.step, unit="step", desc="pretrain",
-                       disable=not (s.progress and info.is_main))
+                       disable=not (s.pt.progress and info.is_main))
     estimated = False
     run_start_step = state.step
     ddp_model.train()
     done = state.step >= stop_at
     kill_spec = os.environ.get(TEST_KILL_ENV)
-    while state.epoch < s.epochs and not done:
+    while state.epoch < s.pt.epochs and not done:
         plan = stream.set_epoch(state.epoch, skip_batches=state.batches)
         loader = make_loader(stream, s.workers, pin_memory=s.pin_memory, worker_nice=s.worker_nice)
         micro = 0
@@ -221,7 +223,7 @@ def train(
             x = normalize(batch["images"].to(dev, non_blocking=True))
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = targets_for(s.loss_name, batch["labels"].to(dev, non_blocking=True), s.num_classes)
+            y = targets_for(loss_name, batch["labels"].to(dev, non_blocking=True), s.num_classes)
             sync = contextlib.nullcontext() if (last_micro or not info.distributed) else ddp_model.no_sync()
             with sync:
                 with torch.autocast(dev.type, dtype=s.autocast_dtype or torch.float32, enabled=s.autocast_dtype is not None):
@@ -229,7 +231,7 @@ def train(
                 loss = loss_fn(logits.float(), y)
                 n_local = x.shape[0]
                 scaler.scale(loss * microbatch_loss_scale(n_local, n_step_total, info.world)).backward()
-            if s.record_keys:
+            if s.pt.audit_data:
                 seen_keys.extend(f"{state.epoch}/{k}" for k in batch["keys"])
             window_loss += loss.item() * n_local
             window_n += n_local
@@ -263,9 +265,9 @@ def train(
                     log.info("%s", cost_estimate(images_seen, t_total, done_here, stop_at - state.step,
                                                  images_seen / max(1, done_here)))
             window_loss, window_n = 0.0, 0
-            if s.eval_every and state.step % s.eval_every == 0:
+            if eval_every and state.step % eval_every == 0:
                 run_eval(state.step)  # before the checkpoint: a run resumed from it must not miss this eval
-            if state.step % s.checkpoint_every == 0 and state.step < stop_at:
+            if state.step % s.pt.checkpoint_every_steps == 0 and state.step < stop_at:
                 save(state)
             _test_kill_hook(kill_spec, info.rank, state.step)
             if state.step >= stop_at:
@@ -278,10 +280,10 @@ def train(
             break
         state.epoch += 1
         state.batches = 0
-        if not s.eval_every:
+        if not eval_every:
             run_eval(state.step)
     bar.close()
-    if done and (s.eval_every == 0 or state.step % s.eval_every) and state.batches:
+    if done and (eval_every == 0 or state.step % eval_every) and state.batches:
         run_eval(state.step)  # stopped mid-epoch by max_steps: evaluate where we stopped
     save(state)
     barrier(info)

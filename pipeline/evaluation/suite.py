@@ -1,0 +1,311 @@
+"""The transfer suite on one target: lr selection, val decontamination, linear probe and fine-tuning runs.
+
+:func:`run_target` runs every method x init x data setting x seed of a target in this order
+(Mahajan et al. 2018, sec. 3: feature transfer and full fine-tuning, each against the same model
+from random initialization):
+
+1. the fine-tuning lr, on held-out training images only, before the val images are read
+   (:mod:`pipeline.evaluation.lr_selection`);
+2. the scored val images, decoded once (the same for every run of the target);
+3. feature-space decontamination with the pretrained trunk, whose val features serve the probe too
+   (:mod:`pipeline.evaluation.decontamination`);
+4. the linear probe: frozen features of every seed's subsets, one fit per setting and seed
+   (:mod:`pipeline.evaluation.linear_probe`);
+5. fine-tuning: every init x setting x seed, all with the chosen lr (:mod:`pipeline.evaluation.finetune`).
+
+Data settings are seeded stratified nested subsets of the training images, one draw per seed;
+the low-data settings are repeated over ``probe_seeds`` / ``finetune_seeds`` draws (seed s also
+seeds the new head, the augmentation and the scratch init), the full setting runs once. Rows and
+gains are built by :mod:`pipeline.evaluation.results`; the section is written after every part.
+
+Mahajan et al. 2018 (sec. 3) measure pretraining two ways, and so does the transfer stage, each
+against the same model from random initialization ("scratch"):
+
+- **feature transfer** (linear probe): the frozen trunk's pooled features (of the residual
+  stages ``transfer.probe_stages``, concatenated; default layer2-4), standardized,
+  then an L2-regularized multinomial logistic regression whose C is chosen on a stratified
+  split held out from the training images and refit on all of them
+  (:mod:`pipeline.evaluation.linear_probe`; Kornblith et al. 2019's protocol);
+- **full fine-tuning**: a new classifier and every layer trained with SGD + Nesterov, a short
+  warmup and cosine decay (:mod:`pipeline.evaluation.finetune`); val scored after the last epoch
+  (``transfer.eval_every_epoch=true``: after every epoch).
+
+Each in several data settings: ``low_data_per_class`` labelled images per class (seeded,
+stratified, nested subsets) and the "full" setting (all training images, at most
+``max_train_per_class`` per class; ``train_per_class: null`` in the results).
+
+**Learning rate, chosen without val.** Before anything touches the val images, each
+``finetune_lr_grid`` value is tried once per target: a short fine-tuning run
+(``lr_select_epochs`` epochs of at most ``lr_select_max_images`` images, pretrained init) on
+80% of the training images of the ``lr_select_setting`` setting (default ``largest``: the
+full setting), scored on the stratified other 20% (``lr_select_holdout_fraction``); the best
+held-out top-1 (ties: lower loss, then the smaller lr) is used for every fine-tuning run of
+that target, pretrained and scratch alike. Cost: one short run per grid value; with the demo
+defaults (grid ``[0.1, 0.4]``, 1 epoch of <= 1,500 images at 64 px) 20-24 s per target on 2
+CPU cores (10-12 s per value), about 10% of the stage. Short runs favour the smaller rate
+(both demo targets chose 0.1). A grid of one value (or none) skips the search and uses ``base_lr``.
+
+**Error bars.** Every accuracy carries a 95% interval (``ci_level``) from
+:mod:`pipeline.evaluation.intervals`: a percentile bootstrap over the val images (``n_boot`` resamples)
+for a single run; for the low-data settings, which are repeated over seeded draws of the
+labelled subset (``probe_seeds``, default 10, for the probe; ``finetune_seeds``, default 1,
+for fine-tuning: each seed also seeds the new head, the augmentation and the scratch init),
+``seed_and_val_ci`` (seed spread and val bootstrap together; t with Welch-Satterthwaite df).
+Every run of a target is scored on the same val images. The pretrained-minus-scratch
+difference has its own interval: a paired bootstrap on the same val images (one seed), or
+``seed_and_val_ci`` of the per-image differences (pretrained and scratch share each seed's
+subset); the report says "no measurable gain" when the interval covers 0. Per-image
+correctness is stored in ``correct.npz`` (:func:`pipeline.evaluation.correctness.load_correctness`) so every interval can be
+recomputed.
+
+**Lower-bound accuracy** (Mahajan et al. 2018), two of them: ``lower_bound_top1`` counts the
+val images that dedup's pHash check found (near) duplicated in the pretraining data as
+wrong (``<run_dir>/dedup/eval_contamination.json``, the ``data.eval_sets`` entry whose
+``root/split`` is this target's val folder); ``lower_bound_top1_nn`` counts the val images
+whose nearest pretraining image in the pretrained trunk's feature space is above a
+calibrated cosine threshold as wrong (:mod:`pipeline.evaluation.nn_decontam`; ``transfer.nn_decontam``).
+
+Images are RGB; val and probe features use the eval recipe of :mod:`pipeline.vision.transforms` at the
+pretraining image size S from ``<run_dir>/pretrain/model.json``; fine-tuning trains on
+random-resized crops + flips; ImageNet normalization.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.evaluation import lr_selection
+from pipeline.evaluation.correctness import correctness_key
+from pipeline.evaluation.decontamination import contaminated_paths, decontaminate
+from pipeline.evaluation.finetune import finetune, planned_images
+from pipeline.evaluation.linear_probe import fit_probe, topk_correct
+from pipeline.evaluation.results import find_row, gain_entry, new_target_section, result_row
+from pipeline.evaluation.suite_context import SuiteContext
+from pipeline.evaluation.target_data import (TransformedSubset, eval_batches, per_class_order, relative_paths,
+                                             take_per_class)
+from pipeline.evaluation.targets import Target, setting_label, val_subset
+from pipeline.io.atomic import write_jsonl
+from pipeline.io.run_folder import EPOCHS_FILE
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_target", "TargetRun"]
+
+
+class TargetRun:
+    """One target's runs: its data settings and seeded subsets, scored val images, and the rows as they finish.
+
+    ``write(section)`` is called whenever a part finishes (partial results survive a crash).
+    """
+
+    def __init__(self, st: SuiteContext, t: Target, write: Callable[[dict], None]) -> None:
+        self.st, self.t, self.write = st, t, write
+        cfg, r, name = st.cfg, t.recipe, t.name
+        self.t0 = time.perf_counter()
+        self.methods, self.inits = list(r["methods"]), list(r["inits"])
+        self.seed0 = int(cfg.seed)
+        self.train_labels = np.asarray(t.train_set.targets)
+        self.low = [int(k) for k in r["low_data_per_class"]]
+        self.orders: dict[int, list[np.ndarray]] = {}  # seed -> per-class order of the training images
+        self.settings: list[int | None] = self.low + ([None] if r["full"] else [])
+        self.val_idx = val_subset(t.val_set.targets, r["max_val_images"], self.seed0)
+        self.val_rel = relative_paths(t.val_set)
+        self.n_val = n_val = len(self.val_idx)
+        cont_name, cont_paths = contaminated_paths(cfg.run_dir, cfg.data.eval_sets, Path(r["root"]) / r["val_split"])
+        self.phash = (np.array([self.val_rel[i] in cont_paths for i in self.val_idx], dtype=bool) if cont_paths
+                      else np.zeros(n_val, bool))
+        st.arrays[f"{name}/val_ids"] = np.array([self.val_rel[i] for i in self.val_idx])
+        st.arrays[f"{name}/phash"] = self.phash
+        self.nn_flag: np.ndarray | None = None
+        self.res = new_target_section(t, size=st.size, n_val=n_val, phash=self.phash, phash_eval_set=cont_name,
+                                      phash_checked=cont_paths is not None, probe_stages=st.tc.probe_stages,
+                                      nn_skip=st.nn_skip)
+        log.info("transfer target %s: %d classes, %d train / %d val images (%d scored, %d pHash-contaminated), settings %s",
+                 name, t.num_classes, len(t.train_set), len(t.val_set), n_val, int(self.phash.sum()),
+                 [(setting_label(k), len(self.subset(k, 0))) for k in self.settings])
+        self.ci = {"n_boot": int(st.tc.n_boot), "level": float(st.tc.ci_level), "seed": self.seed0}
+        self.correct: dict[tuple, dict[str, np.ndarray]] = {}  # (method, init, k) -> {"top1": (S, N), "top5": (S, N)}
+        self.meta: dict[tuple, dict] = {}
+        self.ft_lr = float(r["base_lr"])
+        self.val_images = None
+        self.val_feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def subset(self, k: int | None, s: int) -> np.ndarray:
+        """Training positions of setting ``k`` (None: full, capped at ``max_train_per_class``) for seed ``s``."""
+        sd = self.seed0 + s
+        if sd not in self.orders:
+            self.orders[sd] = per_class_order(self.train_labels, sd)
+        return take_per_class(self.orders[sd], k if k is not None else self.t.recipe["max_train_per_class"])
+
+    def n_seeds(self, method: str, k: int | None) -> int:
+        """Seeded draws of ``method`` in setting ``k`` (the full setting: 1)."""
+        r = self.t.recipe
+        return 1 if k is None else int(r["probe_seeds"] if method == "linear_probe" else r["finetune_seeds"])
+
+    def finish(self, method: str, init: str, k: int | None) -> None:
+        """Add the row of (method, init, k), its gain once both inits ran, store its arrays and write the section."""
+        st, c = self.st, self.correct[(method, init, k)]
+        key = correctness_key(self.t.name, method, init, k)
+        st.arrays[key + "/top1"], st.arrays[key + "/top5"] = c["top1"], c["top5"]
+        self.res["rows"].append(result_row(method, init, k, c, self.meta[(method, init, k)], key=key, phash=self.phash,
+                                           nn_flag=self.nn_flag, ci=self.ci))
+        other = {"pretrained": "scratch", "scratch": "pretrained"}[init]
+        if (method, other, k) in self.correct:
+            pre, scr = self.correct[(method, "pretrained", k)], self.correct[(method, "scratch", k)]
+            self.res["gains"].append(gain_entry(self.res, method, k, pre["top1"], scr["top1"], self.ci))
+        st.save_arrays()
+        self.write(self.res)
+
+    def choose_lr(self) -> None:
+        """1. The fine-tuning lr, on training images only (before the val images are read)."""
+        r, res = self.t.recipe, self.res
+        sel_k = lr_selection.lr_select_setting(r)
+        lrs = lr_selection.select_lr(self.st, self.t, self.subset(sel_k, 0), sel_k)
+        self.ft_lr = float(lrs["chosen_base_lr"])
+        res["lr_selection"], res["finetune_base_lr"] = lrs, self.ft_lr
+        res["seconds"]["lr_selection"] = lrs["seconds"]
+        if not lrs.get("skipped"):
+            log.info("%s: fine-tuning base_lr %g chosen on %d held-out training images (setting %s, grid %s)", self.t.name,
+                     self.ft_lr, lrs["holdout_images"], lrs["setting"], [g["base_lr"] for g in lrs["grid"]])
+        self.write(res)
+
+    def decode_val(self) -> None:
+        """2. The scored val images, decoded once."""
+        st, r = self.st, self.t.recipe
+        self.val_images = eval_batches(TransformedSubset(self.t.val_set, self.val_idx, st.size), st.tc.eval_batch_size,
+                                       st.workers, r["eval_cache_mb"], st.progress, f"{self.t.name}: decode val")
+
+    def decontaminate(self) -> None:
+        """3. Feature-space decontamination (the pretrained trunk; its val features serve the probe too)."""
+        st, name, res = self.st, self.t.name, self.res
+        model = st.trunk("pretrained", self.seed0)
+        vx, vy = st.features(model, self.val_images, self.n_val, f"{name}: features val pretrained")
+        self.val_feats["pretrained"] = (vx, vy)
+        dec = decontaminate(st, self.t, model, vx, self.val_idx, self.val_rel)
+        del model
+        self.nn_flag = dec.pop("_flagged")
+        st.arrays[f"{name}/nn"] = self.nn_flag
+        st.arrays[f"{name}/nn_similarity"] = dec.pop("_similarity").astype(np.float16)
+        res["contamination"]["features"] = dec
+        res["seconds"]["decontamination"] = dec["seconds"]
+        st.save_arrays()
+        self.write(res)
+
+    def linear_probe(self) -> None:
+        """4. Linear probe: frozen features of every seed's subsets, one fit per setting and seed."""
+        st, t, r, name, res, seed0 = self.st, self.t, self.t.recipe, self.t.name, self.res, self.seed0
+        probe_sets = {(k, s): self.subset(k, s) for k in self.settings for s in range(self.n_seeds("linear_probe", k))}
+        feat_idx = np.unique(np.concatenate(list(probe_sets.values())))
+        train_images = eval_batches(TransformedSubset(t.train_set, feat_idx, st.size), st.tc.eval_batch_size,
+                                    st.workers, r["eval_cache_mb"], st.progress, f"{name}: decode train")
+        stages = tuple(st.tc.probe_stages)
+        for init in self.inits:
+            ts = time.perf_counter()
+            model = st.trunk(init, seed0)
+            fx, fy = st.features(model, train_images, len(feat_idx), f"{name}: features train {init}", stages)
+            # the decontamination's val features are the penultimate layer's: reused when the probe uses only that
+            reuse = self.val_feats.pop(init, None) if stages == ("layer4",) else None
+            vx, vy = reuse or st.features(model, self.val_images, self.n_val, f"{name}: features val {init}", stages)
+            del model
+            res["seconds"]["features"][init] = round(time.perf_counter() - ts, 3)
+            for k in self.settings:
+                S = self.n_seeds("linear_probe", k)
+                c1, c5, Cs, secs = np.zeros((S, self.n_val), bool), np.zeros((S, self.n_val), bool), [], 0.0
+                for s in range(S):
+                    idx = probe_sets[(k, s)]
+                    pos = np.searchsorted(feat_idx, idx)
+                    probe = fit_probe(fx[pos], fy[pos], list(r["probe_Cs"]), num_classes=t.num_classes,
+                                      holdout_fraction=r["probe_holdout_fraction"], max_iter=r["probe_max_iter"],
+                                      tol=r["probe_tol"], seed=seed0 + s, progress=st.progress,
+                                      desc=f"{name}: probe {init} {setting_label(k)} seed {s}")
+                    sc = probe.scores(vx)
+                    c1[s], c5[s] = topk_correct(sc, vy, 1), topk_correct(sc, vy, 5)
+                    Cs.append(probe.best_C)
+                    secs += probe.seconds
+                    res["probe_grids"].append({"init": init, "train_per_class": k, "seed": s, "best_C": probe.best_C,
+                                               "grid": probe.grid})
+                self.correct[("linear_probe", init, k)] = {"top1": c1, "top5": c5}
+                self.meta[("linear_probe", init, k)] = {"train_images": int(len(probe_sets[(k, 0)])),
+                                                        "seeds": list(range(S)), "best_C": Cs[0], "best_C_per_seed": Cs,
+                                                        "seconds": secs}
+                res["seconds"]["linear_probe"] += secs
+                self.finish("linear_probe", init, k)
+                row = find_row(res, "linear_probe", init, k)
+                log.info("%s: linear probe %s %s: top-1 %.4f [%.4f, %.4f] over %d seed(s) (C=%s, %.1fs)", name, init,
+                         setting_label(k), row["top1"], *row["top1_ci"], S, Cs, secs)
+
+    def finetune(self) -> None:
+        """5. Fine-tuning: every init x setting x seed, all with the chosen lr."""
+        st, t, r, name, res, seed0, ft_lr = self.st, self.t, self.t.recipe, self.t.name, self.res, self.seed0, self.ft_lr
+        runs = [(init, k, s) for init in self.inits for k in self.settings for s in range(self.n_seeds("finetune", k))]
+        epochs, eval_every = int(r["finetune_epochs"]), bool(r["eval_every_epoch"])
+        planned = {(k, s): planned_images(len(self.subset(k, s)), epochs, min(int(r["batch_size"]), len(self.subset(k, s))),
+                                          int(r["min_epoch_images"]), None) for _, k, s in runs}
+        store: dict[tuple, dict] = {}
+        rate = eval_s = None
+        for n_run, (init, k, s) in enumerate(runs):
+            idx = self.subset(k, s)
+            stt = st.settings(r, epochs=epochs, n=len(idx), base_lr=ft_lr, seed=seed0 + s, eval_every_epoch=eval_every)
+            train_ds = TransformedSubset(t.train_set, idx, st.size, train=True, scale=(r["crop_min_scale"], 1.0))
+
+            def on_epoch(row: dict, init=init, k=k, s=s) -> None:
+                st.epoch_rows.append({"target": name, "init": init, "train_per_class": k, "seed": s, "base_lr": ft_lr, **row})
+                write_jsonl(st.out / EPOCHS_FILE, st.epoch_rows)
+                log.info("%s: finetune %s %s seed %d epoch %d: loss %.4f%s (%.1fs)", name, init, setting_label(k), s,
+                         row["epoch"], row["loss"],
+                         "" if row["top1"] is None else f" top-1 {row['top1']:.4f} top-5 {row['top5']:.4f}", row["seconds"])
+
+            out = finetune(st.trunk(init, seed0 + s), train_ds, self.val_images, num_classes=t.num_classes, settings=stt,
+                           device=st.device, desc=f"{name}: finetune {init} {setting_label(k)} seed {s}", on_epoch=on_epoch)
+            fin = out["final"]
+            store.setdefault((init, k), {"top1": [], "top5": [], "seconds": 0.0})
+            store[(init, k)]["top1"].append(fin["correct1"])
+            store[(init, k)]["top5"].append(fin["correct5"])
+            store[(init, k)]["seconds"] += out["seconds"]
+            res["seconds"]["finetune"] += out["seconds"]
+            if n_run == 0:
+                rate = out["train_images"] / max(1e-9, out["train_seconds"])
+                eval_s = out["eval_seconds"]
+                left = runs[1:]
+                est = sum(planned[(kk, ss)] / rate + eval_s for _, kk, ss in left)
+                log.info("%s: %d fine-tuning runs left, about %.1f min (first run: %.0f img/s training, %.1fs scoring val)",
+                         name, len(left), est / 60, rate, eval_s)
+            if s == self.n_seeds("finetune", k) - 1:
+                d = store.pop((init, k))
+                self.correct[("finetune", init, k)] = {"top1": np.stack(d["top1"]), "top5": np.stack(d["top5"])}
+                self.meta[("finetune", init, k)] = {"train_images": int(len(self.subset(k, 0))), "seeds": list(range(s + 1)),
+                                                    "epochs": epochs, "base_lr": ft_lr, "seconds": d["seconds"]}
+                self.finish("finetune", init, k)
+                row = find_row(res, "finetune", init, k)
+                log.info("%s: finetune %s %s: top-1 %.4f [%.4f, %.4f] over %d seed(s)", name, init, setting_label(k),
+                         row["top1"], *row["top1_ci"], s + 1)
+
+
+def run_target(st: SuiteContext, t: Target, write: Callable[[dict], None]) -> dict:
+    """Every method, init, data setting and seed of one target; returns its section of ``results.json``.
+
+    ``write(section)`` is called whenever a part finishes (partial results survive a crash).
+    """
+    run = TargetRun(st, t, write)
+    res = run.res
+    if "finetune" in run.methods:
+        run.choose_lr()
+    run.decode_val()
+    if st.nn_skip is None:
+        run.decontaminate()
+    if "linear_probe" in run.methods:
+        run.linear_probe()
+    run.val_feats.clear()
+    if "finetune" in run.methods:
+        run.finetune()
+    res["seconds"]["linear_probe"] = round(res["seconds"]["linear_probe"], 3)
+    res["seconds"]["finetune"] = round(res["seconds"]["finetune"], 3)
+    res["seconds"]["total"] = round(time.perf_counter() - run.t0, 3)
+    write(res)
+    log.info("transfer target %s done in %.1f min", t.name, res["seconds"]["total"] / 60)
+    return res

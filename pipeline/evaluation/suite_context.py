@@ -1,0 +1,154 @@
+"""What every target of one transfer-stage run shares: the pretrained trunk, device, precision, output arrays.
+
+:func:`read_pretrained` reads the pretrain stage's outputs (through :mod:`pipeline.io.run_folder`);
+:class:`SuiteContext` holds the resolved runtime and builds the models (pretrained trunk or seeded
+random init), the features, the fine-tuning settings and, once per stage, the pretraining images'
+feature bank of the feature-space decontamination. :func:`resolve_runtime` picks the device, threads
+and precision; :func:`stage_inputs` fingerprints what the stage read (the manifest's ``inputs``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import ConfigError
+from pipeline.evaluation.correctness import save_correctness
+from pipeline.evaluation.finetune import FinetuneSettings, settings_from_recipe
+from pipeline.evaluation.linear_probe import extract_features
+from pipeline.evaluation.target_data import fingerprint
+from pipeline.io.manifest import file_sha256
+from pipeline.io.run_folder import (CORRECT_FILE, DEDUP, MANIFEST, MODEL_FILE, PRETRAIN, TRUNK_FILE, path, read_manifest,
+                                    read_model_info, stage_dir)
+from pipeline.train.hardware import (PrecisionChoice, available_cores, pick_device, resolve_for_model,
+                                     thread_plan)
+from pipeline.vision.transforms import item_seed
+from pipeline.train.models import create_model, list_models, load_trunk
+
+log = logging.getLogger(__name__)
+
+__all__ = ["read_pretrained", "SuiteContext", "resolve_runtime", "stage_inputs"]
+
+
+def read_pretrained(run_dir) -> tuple[Path, dict, dict]:
+    """The trunk path, ``model.json`` and manifest of the pretrain stage.
+
+    Raises:
+        FileNotFoundError: the pretrain stage has not finished in ``run_dir``.
+        pipeline.config.ConfigError: ``model.json`` names a model :func:`pipeline.train.models.list_models` lacks.
+    """
+    pre = stage_dir(run_dir, PRETRAIN)
+    trunk, info_file = path(run_dir, PRETRAIN, TRUNK_FILE), path(run_dir, PRETRAIN, MODEL_FILE)
+    man = read_manifest(pre)
+    missing = [p.name for p in (trunk, info_file) if not p.exists()] + ([] if man else [MANIFEST])
+    if missing:
+        raise FileNotFoundError(f"no finished pretrain stage in {pre} (missing {', '.join(missing)}); "
+                                f"run `python -m pipeline.pretrain run_dir={run_dir}` first")
+    info = read_model_info(run_dir)
+    if info.get("model") not in list_models():
+        raise ConfigError(f"config error at pretrain: {info_file} names an unknown model {info.get('model')!r}")
+    return trunk, info, man
+
+
+class SuiteContext:
+    """Shared state of one transfer-stage run: device, precision, the trunks, the pretraining feature bank.
+
+    ``arrays`` collects every target's ``correct.npz`` entries (:func:`save_arrays` rewrites the file),
+    ``epoch_rows`` the ``finetune_epochs.jsonl`` rows; ``nn_skip`` says why there is no feature-space
+    decontamination (None: there is).
+    """
+
+    def __init__(self, cfg, trunk_path: Path, model_name: str, size: int, device, prec: PrecisionChoice, workers: int,
+                 out: Path) -> None:
+        self.cfg, self.tc = cfg, cfg.transfer
+        self.trunk_path, self.model_name, self.size = trunk_path, model_name, size
+        self.device, self.prec, self.workers, self.out = device, prec, workers, out
+        self.autocast, self.channels_last = prec.autocast_dtype, prec.channels_last
+        self.progress = bool(self.tc.progress)
+        self.bank: dict | None = None
+        self.arrays: dict[str, np.ndarray] = {}
+        self.epoch_rows: list[dict] = []
+        self.nn_skip: str | None = None  # why there is no feature-space decontamination (None: there is)
+
+    def trunk(self, init: str, seed: int) -> torch.nn.Module:
+        """The pretrained trunk, or (``scratch``) the random init of ``seed`` (scratch probe features = scratch
+        fine-tune start), on the device in the resolved memory layout; no classifier."""
+        if init == "pretrained":
+            m = load_trunk(self.trunk_path, self.model_name)
+        else:  # the same random init for a given seed (scratch probe features = scratch fine-tune start)
+            torch.manual_seed(item_seed("scratch-init", seed))
+            m = create_model(self.model_name, num_classes=0)
+        m = m.to(self.device)
+        return m.to(memory_format=torch.channels_last) if self.channels_last else m
+
+    def features(self, model, batches, total: int, desc: str, stages=None) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`pipeline.evaluation.linear_probe.extract_features` with this run's device and precision."""
+        return extract_features(model, batches, device=self.device, autocast_dtype=self.autocast,
+                                channels_last=self.channels_last, total=total, progress=self.progress, desc=desc,
+                                stages=stages)
+
+    def settings(self, r: dict, *, epochs: int, n: int, base_lr: float, seed: int, max_epoch_images=None,
+                 eval_every_epoch: bool) -> FinetuneSettings:
+        """:func:`pipeline.evaluation.finetune.settings_from_recipe` of recipe ``r`` with this run's runtime."""
+        return settings_from_recipe(r, n=n, epochs=epochs, base_lr=base_lr, seed=seed, eval_every_epoch=eval_every_epoch,
+                                    max_epoch_images=max_epoch_images, autocast_dtype=self.autocast,
+                                    grad_scaler=self.prec.grad_scaler, channels_last=self.channels_last,
+                                    workers=self.workers, progress=self.progress)
+
+    def pretraining_bank(self, model) -> dict:
+        """The pretraining images' L2-normalized pooled features in ``model`` (once per stage).
+
+        Returns:
+            ``{"samples": [PretrainSample], "features": (M, D) float32, "mean": (D,) | None, "seconds"}``.
+        """
+        if self.bank is None:
+            from pipeline.evaluation.nn_decontam import ShardImages, l2_normalize, pooled_features, pretraining_samples
+
+            t = time.perf_counter()
+            samples = pretraining_samples(self.cfg.run_dir)
+            ds = ShardImages(self.cfg.run_dir, samples, self.size)
+            feats = pooled_features(lambda b: self.features(model, b, len(ds), "features pretraining images"), ds,
+                                    self.tc.eval_batch_size, self.workers)
+            mean = feats.mean(axis=0) if (self.tc.nn_center and len(feats)) else None
+            self.bank = {"samples": samples, "features": l2_normalize(feats, mean), "mean": mean,
+                         "seconds": round(time.perf_counter() - t, 3)}
+            log.info("feature decontamination: %d pretraining images embedded in %.1fs", len(samples), self.bank["seconds"])
+        return self.bank
+
+    def save_arrays(self) -> None:
+        """Rewrite ``<out>/correct.npz`` with every array collected so far."""
+        save_correctness(self.out / CORRECT_FILE, self.arrays)
+
+
+def resolve_runtime(tc, model_name: str, num_classes: int, size: int):
+    """The device, thread plan and precision of the stage, applied globally (torch threads, matmul precision).
+
+    A timed trial of the fine-tuning step picks the precision on the CPU (``transfer.precision=auto``;
+    cached per machine, :func:`pipeline.train.hardware.resolve_for_model`).
+
+    Returns:
+        ``(device, plan, prec)``: ``torch.device``, :class:`pipeline.train.hardware.ThreadPlan` (``threads``,
+        ``workers``) and :class:`pipeline.train.hardware.PrecisionChoice`.
+    Raises:
+        pipeline.config.ConfigError: a precision the device cannot run (``transfer.precision``).
+    """
+    device = pick_device(tc.device)
+    plan = thread_plan(device.type, available_cores(), 1, threads=tc.threads, workers=tc.workers)
+    torch.set_num_threads(plan.threads)
+    # a timed trial of the fine-tuning step on the CPU (cached per machine)
+    prec = resolve_for_model(tc.precision, tc.channels_last, device, model=model_name, num_classes=num_classes,
+                             image_size=size, batch_size=tc.batch_size, threads=plan.threads, where="transfer.precision")
+    prec.apply_global()
+    return device, plan, prec
+
+
+def stage_inputs(run_dir, pre_man: dict, trunk_path: Path, targets) -> dict:
+    """The manifest's ``inputs``: the pretrain stage's key and trunk hash, dedup's key, each target's fingerprints."""
+    dedup_man = read_manifest(stage_dir(run_dir, DEDUP))
+    return {"pretrain": pre_man.get("config_hash"), "trunk_sha256": file_sha256(trunk_path),
+            "dedup": (dedup_man or {}).get("config_hash"),
+            "targets": {t.name: {"train": fingerprint(t.train_set), "val": fingerprint(t.val_set)} for t in targets}}

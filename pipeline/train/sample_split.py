@@ -1,0 +1,60 @@
+"""The pretraining samples: the deterministic held-out split and the training / held-out sample indexes.
+
+The split is by key hash (:func:`heldout_mask`), never by seed, so every run and sweep of a
+run folder holds out the same samples; the indexes (:class:`pipeline.train.epoch_plan.SampleIndex`)
+carry each sample's classes and resampling weight from the vocab stage's labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import ConfigError
+from pipeline.io.labels import Labels, load_labels
+from pipeline.train.epoch_plan import SampleIndex
+from pipeline.vision.transforms import item_seed
+
+__all__ = ["build_indexes", "heldout_mask", "heldout_targets"]
+
+
+def heldout_mask(keys: np.ndarray, fraction: float) -> np.ndarray:
+    """Deterministic held-out split by key hash: about ``fraction`` of samples are True.
+
+    The split depends only on the key, never on the seed, so every run and sweep holds
+    out the same samples.
+    """
+    if fraction <= 0:
+        return np.zeros(len(keys), dtype=bool)
+    cut = int(fraction * 10_000)
+    return np.array([item_seed("heldout", k) % 10_000 < cut for k in keys], dtype=bool)
+
+
+def build_indexes(run_dir, scheme: str, heldout_fraction: float) -> tuple[SampleIndex, SampleIndex, Labels]:
+    """Training and held-out :class:`SampleIndex` from the vocab stage's labels.
+
+    Held-out samples (by key hash) are excluded from training; training weights are
+    renormalized to mean 1; held-out samples get weight 1 (each seen once).
+
+    Raises:
+        pipeline.config.ConfigError: ``heldout_fraction`` leaves no training sample.
+        FileNotFoundError: the vocab stage has not written its labels in ``run_dir``.
+    """
+    labels = load_labels(run_dir)
+    full = SampleIndex(np.asarray(labels.keys), labels.indptr.astype(np.int64), labels.indices.astype(np.int64),
+                       labels.weights(scheme).astype(np.float64))
+    held = heldout_mask(full.keys, heldout_fraction)
+    train_idx = full.subset(~held)
+    if len(train_idx.keys) == 0:
+        raise ConfigError("config error at pretrain.heldout_fraction: no training samples left")
+    train_idx.weights = train_idx.weights / train_idx.weights.mean()
+    held_idx = full.subset(held)
+    held_idx.weights = np.ones(len(held_idx.keys))
+    return train_idx, held_idx, labels
+
+
+def heldout_targets(held_idx: SampleIndex, num_classes: int) -> np.ndarray:
+    """Multi-hot float64 targets (N_heldout, num_classes) of the held-out samples (1 at each of a sample's classes)."""
+    targets = np.zeros((len(held_idx.keys), num_classes))
+    for i in range(len(held_idx.keys)):
+        targets[i, held_idx.classes(i)] = 1
+    return targets

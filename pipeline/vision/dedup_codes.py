@@ -1,0 +1,104 @@
+"""The perceptual hashes dedup compares: stored pretraining codes, freshly hashed eval images.
+
+Pretraining codes are read from the shard indexes (:func:`hash_shard`; ingest computed them
+on the canonical pixels, so dedup decodes no pretraining image). Eval images are decoded to
+the same canonical form as ingest's (:func:`pipeline.vision.images.decode_image`) and hashed
+by the same function (:func:`hash_eval_unit`, over a process pool in :func:`hash_eval_units`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io.quarantine import Rejected
+from pipeline.io.raw_sources import RawSample, WorkUnit, iter_unit
+from pipeline.io.shards import ShardReader
+from pipeline.progress import progress_bar
+from pipeline.vision.images import decode_image, set_pixel_cap
+from pipeline.vision.near_index import perceptual_hash
+
+__all__ = ["hash_shard", "hash_eval_unit", "hash_eval_units", "pool_map"]
+
+
+def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
+    """The stored codes of one shard, skipping withdrawn ids (they are only listed); decodes nothing.
+
+    The perceptual hashes come from the shard index, computed by ingest on the canonical
+    pixels (:class:`pipeline.io.shards.ShardReader`; a shard without an index is hashed from
+    its stored pixels, with a warning).
+
+    Returns:
+        dict with ``keys``, ``ids``, ``sha256`` (lists of str, key order), ``codes``
+        (uint8 array (N, hash_size**2 / 8)) and ``withdrawn`` (list of [key, id]).
+    """
+    with ShardReader(shard) as reader:
+        all_codes = reader.codes(hash_size)
+        row_of = {k: i for i, k in enumerate(reader.keys)}
+        keys, ids, shas, rows, wd = [], [], [], [], []
+        for key in sorted(reader.keys):
+            meta = reader.metadata(key)
+            if meta["id"] in withdrawn:
+                wd.append([key, meta["id"]])
+                continue
+            keys.append(key)
+            ids.append(meta["id"])
+            shas.append(meta["sha256"])
+            rows.append(row_of[key])
+    return {"keys": keys, "ids": ids, "sha256": shas, "withdrawn": wd,
+            "codes": all_codes[rows] if rows else np.zeros((0, hash_size * hash_size // 8), np.uint8)}
+
+
+def hash_eval_unit(args: tuple) -> list[tuple[str, str, np.ndarray]]:
+    """(eval id, pixel sha256, pHash) for each decodable image of an eval work unit.
+
+    Args:
+        args: ``(unit, ing, hash_size)``: a :class:`pipeline.io.raw_sources.WorkUnit`, the resolved
+            ``ingest`` section as a dict (``max_pixels``, ``max_file_bytes``, ``max_side``,
+            ``rasterize_svg``: the canonical form of ingest) and the pHash grid size.
+
+    Returns:
+        One tuple per decodable image, the pHash a uint8 array (hash_size**2 / 8,); undecodable
+        images are skipped (eval images are never quarantined).
+    """
+    unit, ing, hash_size = args
+    set_pixel_cap(ing["max_pixels"])
+    out = []
+    for item in iter_unit(unit, ing["max_file_bytes"]):
+        if not isinstance(item, RawSample):
+            continue
+        try:
+            canon = decode_image(item.data, max_pixels=ing["max_pixels"], max_side=ing["max_side"],
+                                 min_side=1, rasterize_svg=ing["rasterize_svg"])
+        except Rejected:
+            continue
+        # the same function on the same canonical pixels as ingest's stored codes
+        out.append((f"{unit.source}:{item.id}", canon.pixel_sha256, perceptual_hash(canon.image, hash_size)))
+    return out
+
+
+def pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
+    """``[fn(j) for j in jobs]`` in order, over a spawned pool of ``workers`` processes (in this one for 1 or
+    a single job), with a progress bar of ``desc`` ticking per job."""
+    bar = progress_bar(total=len(jobs), desc=desc, unit="shard", disable=not progress)
+    results = []
+    if workers <= 1 or len(jobs) <= 1:
+        for j in jobs:
+            results.append(fn(j))
+            bar.update(1)
+    else:
+        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            for r in pool.imap(fn, jobs):
+                results.append(r)
+                bar.update(1)
+    bar.close()
+    return results
+
+
+def hash_eval_units(units: list[WorkUnit], ing: dict, hash_size: int, workers: int,
+                    progress: bool) -> list[tuple[str, str, np.ndarray]]:
+    """:func:`hash_eval_unit` over every eval unit (a pool of ``workers``), rows concatenated in unit order."""
+    return [r for rows in pool_map(hash_eval_unit, [(u, ing, hash_size) for u in units], workers, "dedup eval",
+                                   progress) for r in rows]

@@ -300,7 +300,7 @@ def _random_batch(dev, batch: int, size: int, classes: int, channels_last: bool,
     """Random normalized-like images and 1/k soft targets (1-3 classes per image), on ``dev``."""
     import torch
 
-    from pipeline.text.resampling import batch_soft_targets
+    from pipeline.train.targets import batch_soft_targets
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, size, size, generator=g)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.io.shards import iter_metadata, shard_paths
-from pipeline.text.resampling import batch_soft_targets as soft_targets
+from pipeline.train.targets import batch_soft_targets as soft_targets
 from pipeline.train.epoch_plan import SampleIndex, make_epoch_plan, replication_counts
 from pipeline.io.shards import member_offsets
 from pipeline.train.loader import ShardStream, make_loader, shuffle_order

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.text.resampling import (SCHEMES, all_weights, class_counts, class_mass, multi_hot, sample_weights,
-                                 soft_target)
+from pipeline.text.resampling import SCHEMES, all_weights, class_counts, class_mass, sample_weights
+from pipeline.train.targets import multi_hot, soft_target
 
 
 def _csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

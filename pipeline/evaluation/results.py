@@ -161,3 +161,17 @@ def stage_counts(results: dict, epoch_rows: int, size: int) -> dict:
         counts["targets"][name] = c
     counts["pretraining_bank_images"] = (results["pretraining_bank"] or {}).get("images")
     return counts
+
+
+def transfer_targets(res: dict | None) -> dict[str, dict]:
+    """The per-target sections of a ``transfer/results.json`` in suite order (a pre-suite file with
+    top-level ``rows`` is read as one target)."""
+    if not isinstance(res, dict):
+        return {}
+    if isinstance(res.get("targets"), dict):
+        order = [n for n in res.get("target_order") or [] if n in res["targets"]]
+        order += [n for n in res["targets"] if n not in order]
+        return {n: res["targets"][n] for n in order}
+    if "rows" in res:
+        return {str(res.get("target", "target")): res}
+    return {}

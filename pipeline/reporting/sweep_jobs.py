@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from pipeline.io import run_folder as rf
-from pipeline.reporting.transfer_results import transfer_targets
+from pipeline.evaluation.results import transfer_targets
 
 SHARED = "shared"  # the sweep's folder of stages run once and linked into the jobs
 JOB_LOG = "run.log"  # Hydra's log of the job, beside its stage folders

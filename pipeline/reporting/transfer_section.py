@@ -9,7 +9,7 @@ from pipeline.reporting.format import (fmt_ci_pct, fmt_diff_points, fmt_g, fmt_i
                                        fmt_seconds, is_missing, md_table)
 from pipeline.reporting.pretrain_section import hardware_lines
 from pipeline.reporting.run_view import Run, not_run_lines
-from pipeline.reporting.transfer_results import transfer_targets
+from pipeline.evaluation.results import transfer_targets
 
 
 def _verdict(g: dict) -> str:

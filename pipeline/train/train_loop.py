@@ -31,7 +31,7 @@ import torch
 
 from pipeline.evaluation.metrics import mean_average_precision, precision_at_1
 from pipeline.progress import progress_bar
-from pipeline.text.resampling import batch_multi_hot, batch_soft_targets
+from pipeline.train.targets import batch_multi_hot, batch_soft_targets
 from pipeline.train.distributed import DistInfo, barrier
 from pipeline.train.loader import ShardStream, make_loader
 from pipeline.train.losses import microbatch_loss_scale

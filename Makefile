@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 RUN_DIR ?= runs/demo
 CACHE ?= data/raw
 
-.PHONY: install demo test fetch fetch-test-data ingest clean-run bench
+.PHONY: install lint demo test fetch fetch-test-data ingest clean-run bench
 
 $(PYBIN):
 	$(PY) -m venv $(VENV)
@@ -35,7 +35,13 @@ ingest: install
 demo: fetch
 	$(PYBIN) -m pipeline.run run_dir=$(RUN_DIR) data.cache=$(CACHE)
 
-test: install fetch-test-data
+# Lint (ruff), format check (ruff format) and type check (mypy over pipeline/, which ships py.typed).
+lint: install
+	$(PYBIN) -m ruff check pipeline data_tools benchmarks tests
+	$(PYBIN) -m ruff format --check pipeline data_tools benchmarks tests
+	$(PYBIN) -m mypy
+
+test: install fetch-test-data lint
 	$(PYBIN) -m pytest -q
 
 # Benchmarks against the anchors (benchmarks/RESULTS.md, benchmarks/results.json); needs a

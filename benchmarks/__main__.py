@@ -46,23 +46,47 @@ def _display_path(p: str | Path, placeholder: str) -> str:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one rep (development on a busy machine)")
-    ap.add_argument("--only", nargs="+", choices=MODULES, default=None, metavar="NAME",
-                    help=f"run only these measurements ({', '.join(MODULES)})")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=MODULES,
+        default=None,
+        metavar="NAME",
+        help=f"run only these measurements ({', '.join(MODULES)})",
+    )
     ap.add_argument("--run-dir", default="runs/demo", help="a finished demo run (read only; default runs/demo)")
     ap.add_argument("--work-dir", default=None, help="scratch folder (default: a new temp folder, removed at the end)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temp scratch folder (profiles, image files)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3; 1 with --quick)")
-    ap.add_argument("--profile", nargs="+", choices=MODULES, default=[], metavar="NAME",
-                    help="also record a py-spy profile of these measurements")
+    ap.add_argument(
+        "--profile",
+        nargs="+",
+        choices=MODULES,
+        default=[],
+        metavar="NAME",
+        help="also record a py-spy profile of these measurements",
+    )
     ap.add_argument("--no-profile", action="store_true", help="no automatic profile of goals not met")
-    ap.add_argument("--demo-command", default=None, metavar="CMD",
-                    help="time this command (e.g. 'make demo', from the repository root) as the whole-pipeline figure; "
-                         "default: the run folder's own stage records")
-    ap.add_argument("--opt", action="append", default=[], metavar="NAME:KEY=VALUE",
-                    help="an option for one measurement, e.g. loader:shards=4 or train_step:steps=100")
+    ap.add_argument(
+        "--demo-command",
+        default=None,
+        metavar="CMD",
+        help="time this command (e.g. 'make demo', from the repository root) as the whole-pipeline figure; "
+        "default: the run folder's own stage records",
+    )
+    ap.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="an option for one measurement, e.g. loader:shards=4 or train_step:steps=100",
+    )
     ap.add_argument("--out-dir", default=str(HERE), help="where RESULTS.md and results.json go (default benchmarks/)")
-    ap.add_argument("--report-only", action="store_true",
-                    help="measure nothing: rewrite RESULTS.md from results.json (e.g. after editing the notes)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite RESULTS.md from results.json (e.g. after editing the notes)",
+    )
     return ap.parse_args(argv)
 
 
@@ -87,8 +111,17 @@ def run_module(name: str, a: argparse.Namespace, work: Path) -> tuple[list[dict]
     """Run one measurement module in its own process; (rows, seconds, error)."""
     out = work / "results" / f"{name}.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--run-dir", str(Path(a.run_dir).resolve()), "--work-dir", str(work),
-           "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        f"benchmarks.{name}",
+        "--run-dir",
+        str(Path(a.run_dir).resolve()),
+        "--work-dir",
+        str(work),
+        "--json",
+        str(out),
+    ]
     if a.quick:
         cmd.append("--quick")
     if a.reps is not None:
@@ -115,15 +148,24 @@ def report_only(a: argparse.Namespace) -> int:
     latest = max((m for m in measured if m.get("at")), key=lambda m: m["at"], default={})
     runs: dict[str, dict] = {}
     for r, m in zip(rows, measured):
-        runs.setdefault(r.get("module", r["name"]), {"seconds": m.get("seconds") or 0.0,
-                                                      "load_average_before": m.get("load_average_before")})
+        runs.setdefault(
+            r.get("module", r["name"]), {"seconds": m.get("seconds") or 0.0, "load_average_before": m.get("load_average_before")}
+        )
     profiles = {r["module"]: r["profile"] for r in rows if r.get("profile") and r.get("module")}
     machine = machine_info()
     machine["load_average"] = measured[0].get("load_average_before") if measured else None  # not today's
-    write_report(out_dir / "RESULTS.md", shown_rows(rows), machine=machine,
-                 command=latest.get("command", "python -m benchmarks"),
-                 started=latest.get("at", "?"), total_seconds=latest.get("total_seconds") or 0.0, runs=runs,
-                 mode=latest.get("mode", "?"), run_dir=latest.get("run_dir", "runs/demo"), previous_profiles=profiles)
+    write_report(
+        out_dir / "RESULTS.md",
+        shown_rows(rows),
+        machine=machine,
+        command=latest.get("command", "python -m benchmarks"),
+        started=latest.get("at", "?"),
+        total_seconds=latest.get("total_seconds") or 0.0,
+        runs=runs,
+        mode=latest.get("mode", "?"),
+        run_dir=latest.get("run_dir", "runs/demo"),
+        previous_profiles=profiles,
+    )
     log(f"rewrote {out_dir / 'RESULTS.md'} from results.json")
     return 0
 
@@ -140,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     work = work.resolve()
     names = a.only or list(MODULES)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     machine = machine_info()
     mode = "quick" if a.quick else "full"
     stamp = started.isoformat(timespec="seconds")
@@ -154,29 +196,51 @@ def main(argv: list[str] | None = None) -> int:
             la = load_average()
             log(f"--- {name} (load average {la})")
             got, secs, err = run_module(name, a, work)
-            runs[name] = {"seconds": round(secs, 1), "load_average_before": la, "load_average_after": load_average(),
-                          "error": err}
+            runs[name] = {
+                "seconds": round(secs, 1),
+                "load_average_before": la,
+                "load_average_after": load_average(),
+                "error": err,
+            }
             for r in got:
                 r["module"] = name
-                r["measured"] = {"at": stamp, "mode": mode, "seconds": round(secs, 1), "load_average_before": la,
-                                 "cpu_capability": cpu_cap, "stale": False}
+                r["measured"] = {
+                    "at": stamp,
+                    "mode": mode,
+                    "seconds": round(secs, 1),
+                    "load_average_before": la,
+                    "cpu_capability": cpu_cap,
+                    "stale": False,
+                }
             if err:
                 log(f"{name} failed: {err}")
-                got = [{"name": name, "ours": None, "anchor": None, "unit": "", "ratio": None, "goal": "",
-                        "met": None, "title": f"{name}: failed ({err})", "module": name, "details": {},
-                        "measured": {"at": stamp, "mode": mode, "cpu_capability": cpu_cap, "stale": False}}]
+                got = [
+                    {
+                        "name": name,
+                        "ours": None,
+                        "anchor": None,
+                        "unit": "",
+                        "ratio": None,
+                        "goal": "",
+                        "met": None,
+                        "title": f"{name}: failed ({err})",
+                        "module": name,
+                        "details": {},
+                        "measured": {"at": stamp, "mode": mode, "cpu_capability": cpu_cap, "stale": False},
+                    }
+                ]
             rows += got
         profiles: dict[str, dict] = {}
         want = list(a.profile)
         if not a.no_profile:
             want += [r["module"] for r in rows if r.get("met") is False and r["module"] != "demo"]
         for name in dict.fromkeys(want):
-            profiles[name] = profile_module(name, run_dir=Path(a.run_dir).resolve(), work_dir=work,
-                                            out_dir=work / "profiles")
+            profiles[name] = profile_module(name, run_dir=Path(a.run_dir).resolve(), work_dir=work, out_dir=work / "profiles")
         total = time.perf_counter() - t_all
         for r in rows:
-            r["measured"].update({"command": _command(a), "total_seconds": round(total, 1),
-                                  "run_dir": _display_path(a.run_dir, "<run-dir>")})
+            r["measured"].update(
+                {"command": _command(a), "total_seconds": round(total, 1), "run_dir": _display_path(a.run_dir, "<run-dir>")}
+            )
         out_dir = Path(a.out_dir)
         merged = _merge(out_dir / "results.json", rows, names)
         for r in merged:
@@ -184,14 +248,25 @@ def main(argv: list[str] | None = None) -> int:
                 r["profile"] = profiles[r["module"]]
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
-        write_report(out_dir / "RESULTS.md", shown_rows(merged), machine=machine, command=_command(a), started=stamp,
-                     total_seconds=total, runs=runs, mode=mode, run_dir=_display_path(a.run_dir, "<run-dir>"),
-                     previous_profiles=_previous_profiles(merged, profiles))
+        write_report(
+            out_dir / "RESULTS.md",
+            shown_rows(merged),
+            machine=machine,
+            command=_command(a),
+            started=stamp,
+            total_seconds=total,
+            runs=runs,
+            mode=mode,
+            run_dir=_display_path(a.run_dir, "<run-dir>"),
+            previous_profiles=_previous_profiles(merged, profiles),
+        )
         log(f"done in {total / 60:.1f} min: {out_dir / 'RESULTS.md'}, {out_dir / 'results.json'}")
         for r in rows:
             flag = {True: "met", False: "NOT MET", None: "-"}[r.get("met")]
-            print(f"{r['name']:32s} ours {r['ours']!s:>12} anchor {r['anchor']!s:>12} ratio {r['ratio']!s:>8}  "
-                  f"goal {r['goal']:24s} {flag}")
+            print(
+                f"{r['name']:32s} ours {r['ours']!s:>12} anchor {r['anchor']!s:>12} ratio {r['ratio']!s:>8}  "
+                f"goal {r['goal']:24s} {flag}"
+            )
     finally:
         if own_work and not a.keep_work:
             shutil.rmtree(work, ignore_errors=True)

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 # context
 # --------------------------------------------------------------------------------------
 
+
 @dataclass
 class Context:
     """Where a measurement reads and writes, and how big it is.
@@ -78,7 +79,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Context, Path | None]:
     work.mkdir(parents=True, exist_ok=True)
     opts = dict(o.split("=", 1) for o in a.opt)
     reps = a.reps if a.reps is not None else (1 if a.quick else 3)
-    ctx = Context(Path(a.run_dir).resolve(), work.resolve(), quick=a.quick, reps=max(1, reps), ours_only=a.ours_only, options=opts)
+    ctx = Context(
+        Path(a.run_dir).resolve(), work.resolve(), quick=a.quick, reps=max(1, reps), ours_only=a.ours_only, options=opts
+    )
     return ctx, (Path(a.json) if a.json else None)
 
 
@@ -114,19 +117,40 @@ def _jsonable(x):
 # result rows
 # --------------------------------------------------------------------------------------
 
-def result(name: str, *, ours: float | None, anchor: float | None, unit: str, goal: str, met: bool | None,
-           ratio: float | None = "auto", title: str = "", ours_is: str = "", anchor_is: str = "",
-           details: dict | None = None) -> dict:
+
+def result(
+    name: str,
+    *,
+    ours: float | None,
+    anchor: float | None,
+    unit: str,
+    goal: str,
+    met: bool | None,
+    ratio: float | None = "auto",
+    title: str = "",
+    ours_is: str = "",
+    anchor_is: str = "",
+    details: dict | None = None,
+) -> dict:
     """One row of ``results.json``: ``name, ours, anchor, unit, ratio, goal, met`` plus descriptions.
 
     ``ratio`` defaults to ``ours / anchor`` when both are given.
     """
     if ratio == "auto":
         ratio = (ours / anchor) if (ours is not None and anchor not in (None, 0)) else None
-    return {"name": name, "ours": _round(ours), "anchor": _round(anchor), "unit": unit,
-            "ratio": None if ratio is None else round(float(ratio), 4), "goal": goal,
-            "met": None if met is None else bool(met), "title": title, "ours_is": ours_is, "anchor_is": anchor_is,
-            "details": details or {}}
+    return {
+        "name": name,
+        "ours": _round(ours),
+        "anchor": _round(anchor),
+        "unit": unit,
+        "ratio": None if ratio is None else round(float(ratio), 4),
+        "goal": goal,
+        "met": None if met is None else bool(met),
+        "title": title,
+        "ours_is": ours_is,
+        "anchor_is": anchor_is,
+        "details": details or {},
+    }
 
 
 def _round(x):
@@ -155,7 +179,7 @@ class Timer:
     less, so the measurements report both.
     """
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.c0 = os.times()
         self.t0 = time.perf_counter()
         return self
@@ -182,6 +206,7 @@ def time_min_duration(fn: Callable[[], object], min_seconds: float = 0.2, max_lo
 # --------------------------------------------------------------------------------------
 # the demo images
 # --------------------------------------------------------------------------------------
+
 
 def shard_list(run_dir: Path) -> list[Path]:
     """The run's canonical shards (from the ingest manifest)."""
@@ -284,7 +309,8 @@ def prepared_run(ctx: Context) -> Path:
         shutil.copytree(rf.stage_dir(src, rf.VOCAB), run / rf.VOCAB)
         want = (man.get("outputs") or {}).get("sha256", {}).get(rf.LABELS_FILE)
         copied = rf.path(run, rf.VOCAB, rf.MANIFEST).exists() and (
-            want is None or file_sha256(rf.path(run, rf.VOCAB, rf.LABELS_FILE)) == want)
+            want is None or file_sha256(rf.path(run, rf.VOCAB, rf.LABELS_FILE)) == want
+        )
         if not copied:
             shutil.rmtree(run / rf.VOCAB)
     if not copied:
@@ -296,8 +322,14 @@ def prepared_run(ctx: Context) -> Path:
                 shutil.copy2(rf.path(src, rf.DEDUP, n), rf.path(run, rf.DEDUP, n))
         from pipeline.vocab import run_vocab
 
-        run_vocab(compose_cfg(f"run_dir={run}", "vocab.progress=false", "vocab.plot=false",
-                              f"vocab.require_dedup={'true' if dd is not None else 'false'}"))
+        run_vocab(
+            compose_cfg(
+                f"run_dir={run}",
+                "vocab.progress=false",
+                "vocab.plot=false",
+                f"vocab.require_dedup={'true' if dd is not None else 'false'}",
+            )
+        )
     ok.write_text("ok")
     return run
 
@@ -317,6 +349,7 @@ def compose_cfg(*overrides: str):
 # --------------------------------------------------------------------------------------
 # the machine
 # --------------------------------------------------------------------------------------
+
 
 def cpu_model() -> str:
     try:
@@ -364,12 +397,28 @@ def machine_info() -> dict:
         pass
     flags = cpu_flags()
     return {
-        "cores": os.cpu_count(), "cpu_model": cpu_model(), "memory_gib": mem,
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "memory_gib": mem,
         "cpu_features": sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),
         "cpu_capability": _torch_capability(),
-        "python": platform.python_version(), "platform": platform.platform(terse=True),
-        "versions": {p: ver(p) for p in ("torch", "torchvision", "pillow", "numpy", "webdataset", "faiss-cpu",
-                                        "imagehash", "imagededup", "nltk", "py-spy")},
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "versions": {
+            p: ver(p)
+            for p in (
+                "torch",
+                "torchvision",
+                "pillow",
+                "numpy",
+                "webdataset",
+                "faiss-cpu",
+                "imagehash",
+                "imagededup",
+                "nltk",
+                "py-spy",
+            )
+        },
         "load_average": load_average(),
     }
 

@@ -26,8 +26,8 @@ def run_ours(shards) -> tuple[int, Timer, dict]:
 
     from PIL import Image
 
-    from pipeline.vision.near_index import perceptual_hash
     from pipeline.io.shards import ShardReader
+    from pipeline.vision.near_index import perceptual_hash
 
     codes = {}
     with Timer() as t:
@@ -59,9 +59,12 @@ def agreement(ours: dict, theirs: dict) -> dict:
             a = np.frombuffer(bytes.fromhex(hexcode), dtype=np.uint8)
             dists.append(int(np.unpackbits(np.bitwise_xor(a, ours[key])).sum()))
     d = np.array(dists)
-    return {"compared": int(d.size), "identical_share": float((d == 0).mean()) if d.size else None,
-            "mean_hamming_bits": float(d.mean()) if d.size else None,
-            "within_4_bits_share": float((d <= 4).mean()) if d.size else None}
+    return {
+        "compared": int(d.size),
+        "identical_share": float((d == 0).mean()) if d.size else None,
+        "mean_hamming_bits": float(d.mean()) if d.size else None,
+        "within_4_bits_share": float((d <= 4).mean()) if d.size else None,
+    }
 
 
 def run(ctx: Context) -> list[dict]:
@@ -96,17 +99,31 @@ def run(ctx: Context) -> list[dict]:
         if agree is None:
             agree = agreement(codes, enc)
     o, a = median(ours), median(anchor)
-    return [result("dedup_hash", ours=o, anchor=a, unit="images/s", goal="ours >= 1.0 x anchor",
-                   met=None if a is None else o >= a, title="perceptual hashing (pHash, 64 bits), one process",
-                   ours_is="ShardReader + decode + pipeline.vision.near_index.perceptual_hash over the shards",
-                   anchor_is="imagededup PHash.encode_images(num_enc_workers=1) on the same images as files",
-                   details={"images": n_images, "shards": len(shards), "ours_per_rep": ours,
-                            "anchor_per_rep": anchor, "cpu_ms_per_image": {"ours": median(cpu_o), "anchor": median(cpu_a)},
-                            "cpu_efficiency_vs_anchor": (median(cpu_a) / median(cpu_o)) if cpu_a else None,
-                            "hash_agreement": agree,
-                            "note": "the two pHash definitions differ (imagehash: grey then 32x32 Lanczos, median "
-                                    "over all 64 DCT terms, >; imagededup: 32x32 Lanczos in RGB then grey, median "
-                                    "without the DC term, >=), so identical hashes are not expected"})]
+    return [
+        result(
+            "dedup_hash",
+            ours=o,
+            anchor=a,
+            unit="images/s",
+            goal="ours >= 1.0 x anchor",
+            met=None if a is None else o >= a,
+            title="perceptual hashing (pHash, 64 bits), one process",
+            ours_is="ShardReader + decode + pipeline.vision.near_index.perceptual_hash over the shards",
+            anchor_is="imagededup PHash.encode_images(num_enc_workers=1) on the same images as files",
+            details={
+                "images": n_images,
+                "shards": len(shards),
+                "ours_per_rep": ours,
+                "anchor_per_rep": anchor,
+                "cpu_ms_per_image": {"ours": median(cpu_o), "anchor": median(cpu_a)},
+                "cpu_efficiency_vs_anchor": (median(cpu_a) / median(cpu_o)) if cpu_a else None,
+                "hash_agreement": agree,
+                "note": "the two pHash definitions differ (imagehash: grey then 32x32 Lanczos, median "
+                "over all 64 DCT terms, >; imagededup: 32x32 Lanczos in RGB then grey, median "
+                "without the DC term, >=), so identical hashes are not expected",
+            },
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -53,24 +53,42 @@ def run(ctx: Context) -> list[dict]:
         qi, _, _ = range_pairs(index, codes, RADIUS)
         t2 = time.perf_counter()
         nbytes = int(faiss.serialize_index_binary(index).nbytes)
-        rows.append({"n": n, "build_seconds": round(t1 - t0, 3), "search_seconds": round(t2 - t1, 3),
-                     "seconds": round(t2 - t0, 3), "index_bytes": nbytes, "bytes_per_code": round(nbytes / n, 1),
-                     "pairs": int(len(qi))})
-        log(f"dedup_scale N={n:,}: build {t1 - t0:.2f} s, search {t2 - t1:.2f} s, index {nbytes / 1e6:.1f} MB, "
-            f"{len(qi):,} pairs")
+        rows.append(
+            {
+                "n": n,
+                "build_seconds": round(t1 - t0, 3),
+                "search_seconds": round(t2 - t1, 3),
+                "seconds": round(t2 - t0, 3),
+                "index_bytes": nbytes,
+                "bytes_per_code": round(nbytes / n, 1),
+                "pairs": int(len(qi)),
+            }
+        )
+        log(f"dedup_scale N={n:,}: build {t1 - t0:.2f} s, search {t2 - t1:.2f} s, index {nbytes / 1e6:.1f} MB, {len(qi):,} pairs")
     a, b = rows[-2], rows[-1]
     proj = {}
     for key in ("seconds", "index_bytes"):
         exp = math.log(b[key] / a[key]) / math.log(b["n"] / a["n"])
-        proj[key] = {"exponent": round(exp, 3),
-                     **{f"{n:.0e}": b[key] * (n / b["n"]) ** exp for n in (1e8, 1e9)}}
+        proj[key] = {"exponent": round(exp, 3), **{f"{n:.0e}": b[key] * (n / b["n"]) ** exp for n in (1e8, 1e9)}}
     t9, m9 = proj["seconds"]["1e+09"], proj["index_bytes"]["1e+09"]
-    log(f"dedup_scale projection: time ~N^{proj['seconds']['exponent']}, memory ~N^{proj['index_bytes']['exponent']}; "
-        f"10^9 codes: {t9 / 3600:.1f} h, {m9 / 1e9:.0f} GB")
-    return [result("dedup_scale", ours=t9 / 3600, anchor=None, unit="hours at 10^9 codes (projected, this machine)",
-                   goal="(reported)", met=None, title="near search projected to 10^8 and 10^9 codes",
-                   ours_is="build_index + range_pairs on synthetic codes made from the demo's, power-law fit",
-                   anchor_is="", details={"radius": RADIUS, "runs": rows, "projection": proj})]
+    log(
+        f"dedup_scale projection: time ~N^{proj['seconds']['exponent']}, memory ~N^{proj['index_bytes']['exponent']}; "
+        f"10^9 codes: {t9 / 3600:.1f} h, {m9 / 1e9:.0f} GB"
+    )
+    return [
+        result(
+            "dedup_scale",
+            ours=t9 / 3600,
+            anchor=None,
+            unit="hours at 10^9 codes (projected, this machine)",
+            goal="(reported)",
+            met=None,
+            title="near search projected to 10^8 and 10^9 codes",
+            ours_is="build_index + range_pairs on synthetic codes made from the demo's, power-law fit",
+            anchor_is="",
+            details={"radius": RADIUS, "runs": rows, "projection": proj},
+        )
+    ]
 
 
 if __name__ == "__main__":

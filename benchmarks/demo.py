@@ -52,30 +52,53 @@ def run(ctx: Context) -> list[dict]:
     ingest = rf.read_manifest(rf.stage_dir(ctx.run_dir, rf.INGEST))
     c = (ingest or {}).get("counts") or {}
     ingest_complete_run = c.get("processed_this_run") == c.get("input") if ingest else None
-    details = {"energy_json_stage_seconds": stages,
-               "energy_json_sum_seconds": round(sum(v or 0 for v in stages.values()), 1),
-               "energy_json_span_seconds": _span_seconds(records),
-               "stages_missing_from_energy_json": [s for s in rf.STAGES if s not in stages],
-               "ingest_processed_every_input_in_that_run": ingest_complete_run}
+    details = {
+        "energy_json_stage_seconds": stages,
+        "energy_json_sum_seconds": round(sum(v or 0 for v in stages.values()), 1),
+        "energy_json_span_seconds": _span_seconds(records),
+        "stages_missing_from_energy_json": [s for s in rf.STAGES if s not in stages],
+        "ingest_processed_every_input_in_that_run": ingest_complete_run,
+    }
     command = ctx.options.get("command")
     if command:
         t = _timed(str(command))
         ok = t["returncode"] == 0
-        return [result("whole_pipeline", ours=t["seconds"], anchor=None, unit="seconds", goal=goal,
-                       met=(t["seconds"] <= GOAL_SECONDS) if ok else None, title=TITLE,
-                       ours_is=f"wall time of `{command}`, timed by benchmarks.demo"
-                               + ("" if ok else f" (failed: exit status {t['returncode']}, no verdict)"),
-                       details={**details, "source": "timed by benchmarks.demo", "returncode": t["returncode"]})]
+        return [
+            result(
+                "whole_pipeline",
+                ours=t["seconds"],
+                anchor=None,
+                unit="seconds",
+                goal=goal,
+                met=(t["seconds"] <= GOAL_SECONDS) if ok else None,
+                title=TITLE,
+                ours_is=f"wall time of `{command}`, timed by benchmarks.demo"
+                + ("" if ok else f" (failed: exit status {t['returncode']}, no verdict)"),
+                details={**details, "source": "timed by benchmarks.demo", "returncode": t["returncode"]},
+            )
+        ]
     s = details["energy_json_sum_seconds"] if stages else None
     complete = bool(stages) and not details["stages_missing_from_energy_json"] and bool(ingest_complete_run)
-    note = ("sum of the main job's stage wall seconds in run/energy.json (measured by pipeline.run); fetch not included, "
-            "so a lower bound: 'not met' when it alone exceeds the goal, else no verdict (time the demo with "
-            "--demo-command for one)"
-            + ("" if complete else "; incomplete (stages missing, or ingest resumed/skipped), so no verdict"))
+    note = (
+        "sum of the main job's stage wall seconds in run/energy.json (measured by pipeline.run); fetch not included, "
+        "so a lower bound: 'not met' when it alone exceeds the goal, else no verdict (time the demo with "
+        "--demo-command for one)"
+        + ("" if complete else "; incomplete (stages missing, or ingest resumed/skipped), so no verdict")
+    )
     log(f"demo: {note}: {s}")
-    return [result("whole_pipeline", ours=s, anchor=None, unit="seconds", goal=goal,
-                   met=False if complete and s is not None and s > GOAL_SECONDS else None, title=TITLE,
-                   ours_is=note, details={**details, "source": "run/energy.json"})]
+    return [
+        result(
+            "whole_pipeline",
+            ours=s,
+            anchor=None,
+            unit="seconds",
+            goal=goal,
+            met=False if complete and s is not None and s > GOAL_SECONDS else None,
+            title=TITLE,
+            ours_is=note,
+            details={**details, "source": "run/energy.json"},
+        )
+    ]
 
 
 if __name__ == "__main__":

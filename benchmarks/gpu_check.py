@@ -121,22 +121,54 @@ MD_COLUMNS = ("part", "check", "status", "seconds", "result", "vs anchor")
 STATUSES = ("pending", "running", "ok", "failed", "timeout", "skipped")  # a part's "status" in gpu_check.json
 
 ANCHORS = [
-    {"id": "nvidia_dle_a100_40gb", "label": "NVIDIA DLE, A100 40GB", "model": "resnext101_32x4d", "images_per_second": 908.40,
-     "device": "1x A100 40GB (DGX A100)", "precision": "AMP fp16, NHWC", "batch": 128, "image_size": 224,
-     "source": "NVIDIA DeepLearningExamples PyTorch/Classification/ConvNets/resnext101-32x4d/README.md, "
-               "'Training performance: NVIDIA DGX A100 (8x A100 40GB)', 1 GPU, mixed precision "
-               "(pytorch-20.06 NGC container, DALI)"},
-    {"id": "nvidia_dle_a100_80gb", "label": "NVIDIA DLE, A100 80GB", "model": "resnext101_32x4d", "images_per_second": 1211.0,
-     "device": "1x A100 80GB (DGX A100)", "precision": "AMP fp16, NHWC", "batch": 128, "image_size": 224,
-     "source": "NVIDIA DeepLearningExamples PyTorch/Classification/ConvNets/resnext101-32x4d/README.md (later "
-               "revision), 'Training performance: NVIDIA DGX A100 (8x A100 80GB)', 1 GPU, mixed precision "
-               "(pytorch-21.03 NGC container)"},
-    {"id": "timm_rtx3090_32x8d", "label": "timm, RTX 3090", "model": "resnext101_32x8d", "images_per_second": 312.8,
-     "device": "1x RTX 3090", "precision": "AMP, channels_last", "batch": 128, "image_size": 224,
-     "source": "timm (huggingface/pytorch-image-models) results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv"},
-    {"id": "timm_rtx3090_32x4d", "label": "timm, RTX 3090", "model": "resnext101_32x4d", "images_per_second": 609.01,
-     "device": "1x RTX 3090", "precision": "AMP, channels_last", "batch": 128, "image_size": 224,
-     "source": "timm (huggingface/pytorch-image-models) results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv"},
+    {
+        "id": "nvidia_dle_a100_40gb",
+        "label": "NVIDIA DLE, A100 40GB",
+        "model": "resnext101_32x4d",
+        "images_per_second": 908.40,
+        "device": "1x A100 40GB (DGX A100)",
+        "precision": "AMP fp16, NHWC",
+        "batch": 128,
+        "image_size": 224,
+        "source": "NVIDIA DeepLearningExamples PyTorch/Classification/ConvNets/resnext101-32x4d/README.md, "
+        "'Training performance: NVIDIA DGX A100 (8x A100 40GB)', 1 GPU, mixed precision "
+        "(pytorch-20.06 NGC container, DALI)",
+    },
+    {
+        "id": "nvidia_dle_a100_80gb",
+        "label": "NVIDIA DLE, A100 80GB",
+        "model": "resnext101_32x4d",
+        "images_per_second": 1211.0,
+        "device": "1x A100 80GB (DGX A100)",
+        "precision": "AMP fp16, NHWC",
+        "batch": 128,
+        "image_size": 224,
+        "source": "NVIDIA DeepLearningExamples PyTorch/Classification/ConvNets/resnext101-32x4d/README.md (later "
+        "revision), 'Training performance: NVIDIA DGX A100 (8x A100 80GB)', 1 GPU, mixed precision "
+        "(pytorch-21.03 NGC container)",
+    },
+    {
+        "id": "timm_rtx3090_32x8d",
+        "label": "timm, RTX 3090",
+        "model": "resnext101_32x8d",
+        "images_per_second": 312.8,
+        "device": "1x RTX 3090",
+        "precision": "AMP, channels_last",
+        "batch": 128,
+        "image_size": 224,
+        "source": "timm (huggingface/pytorch-image-models) results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv",
+    },
+    {
+        "id": "timm_rtx3090_32x4d",
+        "label": "timm, RTX 3090",
+        "model": "resnext101_32x4d",
+        "images_per_second": 609.01,
+        "device": "1x RTX 3090",
+        "precision": "AMP, channels_last",
+        "batch": 128,
+        "image_size": 224,
+        "source": "timm (huggingface/pytorch-image-models) results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv",
+    },
 ]
 
 
@@ -173,8 +205,10 @@ class Sizes:
     target_train: int = 5
     target_val: int = 3
     pipe_extra: tuple[str, ...] = ()
-    big_models: tuple[tuple[str, str], ...] = (("resnext101_32x8d", "resnext101_32x8d"),
-                                               ("resnext101_32x4d", "resnext101_32x4d"))  # (target, measured)
+    big_models: tuple[tuple[str, str], ...] = (
+        ("resnext101_32x8d", "resnext101_32x8d"),
+        ("resnext101_32x4d", "resnext101_32x4d"),
+    )  # (target, measured)
     big_batch: int = 64
     big_min_batch: int = 8
     big_size: int = 224
@@ -183,36 +217,96 @@ class Sizes:
     big_steps: int = 25
     big_warmup: int = 5
     # seconds: a part starts only with at least `need` left; it is stopped after `cap`
-    need: dict = field(default_factory=lambda: {"facts": 10, "precision": 15, "compile": 60, "pinned_loader": 20,
-                                                "fixture_pipeline": 60, "throughput": 60})
-    cap: dict = field(default_factory=lambda: {"facts": 60, "precision": 90, "compile": 150, "pinned_loader": 90,
-                                               "fixture_pipeline": 200, "throughput": 180})
+    need: dict = field(
+        default_factory=lambda: {
+            "facts": 10,
+            "precision": 15,
+            "compile": 60,
+            "pinned_loader": 20,
+            "fixture_pipeline": 60,
+            "throughput": 60,
+        }
+    )
+    cap: dict = field(
+        default_factory=lambda: {
+            "facts": 60,
+            "precision": 90,
+            "compile": 150,
+            "pinned_loader": 90,
+            "fixture_pipeline": 200,
+            "throughput": 180,
+        }
+    )
 
 
-GPU_PIPE = ("ingest.workers=4", "dedup.workers=4", "pretrain.image_size=64", "pretrain.batch_size=16",
-            "transfer.batch_size=16", "transfer.min_epoch_images=32", "transfer.probe_Cs=[0.1,1.0]",
-            "transfer.workers=4", "energy.enabled=true")
-DRY_PIPE = ("ingest.workers=1", "dedup.workers=1", "pretrain.image_size=32", "pretrain.batch_size=8",
-            "pretrain.max_steps=2", "pretrain.workers=0", "pretrain.threads=1", "transfer.batch_size=4",
-            "transfer.min_epoch_images=8", "transfer.workers=0", "transfer.threads=1", "transfer.probe_Cs=[1.0]",
-            "pretrain.channels_last=true", "transfer.channels_last=true",  # one candidate: no CPU precision trial
-            "energy.enabled=true", "energy.codecarbon=false")
+GPU_PIPE = (
+    "ingest.workers=4",
+    "dedup.workers=4",
+    "pretrain.image_size=64",
+    "pretrain.batch_size=16",
+    "transfer.batch_size=16",
+    "transfer.min_epoch_images=32",
+    "transfer.probe_Cs=[0.1,1.0]",
+    "transfer.workers=4",
+    "energy.enabled=true",
+)
+DRY_PIPE = (
+    "ingest.workers=1",
+    "dedup.workers=1",
+    "pretrain.image_size=32",
+    "pretrain.batch_size=8",
+    "pretrain.max_steps=2",
+    "pretrain.workers=0",
+    "pretrain.threads=1",
+    "transfer.batch_size=4",
+    "transfer.min_epoch_images=8",
+    "transfer.workers=0",
+    "transfer.threads=1",
+    "transfer.probe_Cs=[1.0]",
+    "pretrain.channels_last=true",
+    "transfer.channels_last=true",  # one candidate: no CPU precision trial
+    "energy.enabled=true",
+    "energy.codecarbon=false",
+)
 
 
 def make_sizes(dry: bool, compile_backend: str | None = None, batch: int | None = None) -> Sizes:
     """The GPU sizes, or (``dry``) the same parts shrunk to seconds on a CPU."""
     if not dry:
-        return Sizes(device="cuda", compile_backend=compile_backend or "inductor", pipe_extra=GPU_PIPE,
-                     big_batch=batch or 64)
-    return Sizes(device="cpu", mini_batch=4, mini_size=32, mini_steps=1, mini_warmup=0, mini_classes=10, trial_steps=1,
-                 trial_warmup=1,
-                 compile_backend=compile_backend or "aot_eager", compile_batch=4, compile_size=32, compile_steps=1,
-                 compile_warmup=1, loader_batch=8, loader_size=32, loader_workers=1,
-                 pin_memory=False, target_classes=2, target_train=3, target_val=2, pipe_extra=DRY_PIPE,
-                 big_models=(("resnext101_32x8d", "resnext_mini"), ("resnext101_32x4d", "resnext_mini")),
-                 big_batch=batch or 4, big_min_batch=2, big_size=32, big_precision="auto", big_classes=10,
-                 big_steps=1, big_warmup=1,
-                 need={k: 1 for k in PART_NAMES}, cap={k: 240 for k in PART_NAMES})
+        return Sizes(device="cuda", compile_backend=compile_backend or "inductor", pipe_extra=GPU_PIPE, big_batch=batch or 64)
+    return Sizes(
+        device="cpu",
+        mini_batch=4,
+        mini_size=32,
+        mini_steps=1,
+        mini_warmup=0,
+        mini_classes=10,
+        trial_steps=1,
+        trial_warmup=1,
+        compile_backend=compile_backend or "aot_eager",
+        compile_batch=4,
+        compile_size=32,
+        compile_steps=1,
+        compile_warmup=1,
+        loader_batch=8,
+        loader_size=32,
+        loader_workers=1,
+        pin_memory=False,
+        target_classes=2,
+        target_train=3,
+        target_val=2,
+        pipe_extra=DRY_PIPE,
+        big_models=(("resnext101_32x8d", "resnext_mini"), ("resnext101_32x4d", "resnext_mini")),
+        big_batch=batch or 4,
+        big_min_batch=2,
+        big_size=32,
+        big_precision="auto",
+        big_classes=10,
+        big_steps=1,
+        big_warmup=1,
+        need={k: 1 for k in PART_NAMES},
+        cap={k: 240 for k in PART_NAMES},
+    )
 
 
 # --------------------------------------------------------------------------- context and helpers
@@ -291,9 +385,14 @@ def _choice(ctx: Ctx, precision: str, channels_last: bool | None = True):
     except ConfigError:
         if ctx.dev.type != "cpu":
             raise
-        return PrecisionChoice(precision, bool(channels_last), grad_scaler=precision == "fp16",
-                               reason="dry run: built by hand (the policy refuses it on a CPU)", device="cpu",
-                               facts=_facts(ctx).describe())
+        return PrecisionChoice(
+            precision,
+            bool(channels_last),
+            grad_scaler=precision == "fp16",
+            reason="dry run: built by hand (the policy refuses it on a CPU)",
+            device="cpu",
+            facts=_facts(ctx).describe(),
+        )
 
 
 def _random_batch(dev, batch: int, size: int, classes: int, channels_last: bool, seed: int = 0):
@@ -420,10 +519,17 @@ def part_facts(ctx: Ctx) -> dict:
     ctx.auto = auto
     plan = thread_plan(ctx.dev.type, facts.cores)
     res: dict = {
-        "device": str(ctx.dev), "describe": facts.describe(), "facts": asdict(facts),
-        "precision_choice": auto.to_dict(), "thread_plan": asdict(plan), "available_cores": available_cores(),
-        "os_cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": str(ctx.dev),
+        "describe": facts.describe(),
+        "facts": asdict(facts),
+        "precision_choice": auto.to_dict(),
+        "thread_plan": asdict(plan),
+        "available_cores": available_cores(),
+        "os_cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cuda_available": torch.cuda.is_available(),
     }
     with contextlib.suppress(Exception):
@@ -443,24 +549,40 @@ def part_facts(ctx: Ctx) -> dict:
         try:
             props = torch.cuda.get_device_properties(ctx.dev)
             free, _ = torch.cuda.mem_get_info(ctx.dev)
-            res.update(gpu_name=props.name, gpu_capability=f"{props.major}.{props.minor}",
-                       gpu_memory_gib=round(props.total_memory / 2**30, 2), gpu_free_gib=round(free / 2**30, 2),
-                       gpu_multiprocessors=props.multi_processor_count, gpu_count=torch.cuda.device_count(),
-                       bf16_supported=bool(torch.cuda.is_bf16_supported()))
+            res.update(
+                gpu_name=props.name,
+                gpu_capability=f"{props.major}.{props.minor}",
+                gpu_memory_gib=round(props.total_memory / 2**30, 2),
+                gpu_free_gib=round(free / 2**30, 2),
+                gpu_multiprocessors=props.multi_processor_count,
+                gpu_count=torch.cuda.device_count(),
+                bf16_supported=bool(torch.cuda.is_bf16_supported()),
+            )
         except Exception as exc:  # a detail missing must not lose the rest of the facts
             res["gpu_info_error"] = f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,power.limit", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version,power.limit", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             res["nvidia_smi"] = out.stdout.strip() or out.stderr.strip()[:200]
     auto.apply_global()
-    trial = make_step_trial(lambda: create_model("resnext_mini", num_classes=s.mini_classes), batch_size=s.mini_batch,
-                            image_size=s.mini_size, num_classes=s.mini_classes, device=ctx.dev, steps=s.trial_steps,
-                            warmup=s.trial_warmup)
+    trial = make_step_trial(
+        lambda: create_model("resnext_mini", num_classes=s.mini_classes),
+        batch_size=s.mini_batch,
+        image_size=s.mini_size,
+        num_classes=s.mini_classes,
+        device=ctx.dev,
+        steps=s.trial_steps,
+        warmup=s.trial_warmup,
+    )
     ips = trial(auto.precision, auto.channels_last)
     res["trial_images_per_second"] = round(ips, 1)
-    res["trial"] = f"make_step_trial resnext_mini {s.mini_size}px batch {s.mini_batch}, {auto.precision}" + \
-                   (" channels_last" if auto.channels_last else "")
+    res["trial"] = f"make_step_trial resnext_mini {s.mini_size}px batch {s.mini_batch}, {auto.precision}" + (
+        " channels_last" if auto.channels_last else ""
+    )
     checks = {"trial img/s > 0": ips > 0, "choice device matches": auto.device == ctx.dev.type}
     if ctx.dev.type == "cuda":
         cap = facts.gpu_capability or (0, 0)
@@ -468,9 +590,11 @@ def part_facts(ctx: Ctx) -> dict:
         checks["channels_last on a tensor-core GPU"] = auto.channels_last == (cap >= (7, 0))
         checks["TF32 on sm >= 8.0"] = auto.tf32 == (cap >= (8, 0))
     res["checks"] = checks
-    res["summary"] = (f"{facts.describe()}; auto -> {auto.precision}{' channels_last' if auto.channels_last else ''}"
-                      f"{' tf32' if auto.tf32 else ''}; torch {torch.__version__} CUDA {torch.version.cuda}; "
-                      f"{res.get('gpu_memory_gib', '-')} GiB; trial {ips:.0f} img/s; {plan.workers} workers")
+    res["summary"] = (
+        f"{facts.describe()}; auto -> {auto.precision}{' channels_last' if auto.channels_last else ''}"
+        f"{' tf32' if auto.tf32 else ''}; torch {torch.__version__} CUDA {torch.version.cuda}; "
+        f"{res.get('gpu_memory_gib', '-')} GiB; trial {ips:.0f} img/s; {plan.workers} workers"
+    )
     _checks_ok(checks, res)
     return res
 
@@ -502,9 +626,14 @@ def part_precision(ctx: Ctx) -> dict:
         x, y = _random_batch(ctx.dev, s.mini_batch, s.mini_size, s.mini_classes, True)
         _train_steps(model, opt, x, y, choice, ctx.dev, scaler, loss_fn, s.mini_warmup)  # cuDNN autotune
         losses, secs, dtype = _train_steps(model, opt, x, y, choice, ctx.dev, scaler, loss_fn, s.mini_steps)
-        v = {"losses": [round(l, 5) for l in losses], "logits_dtype": str(dtype).replace("torch.", ""),
-             "grad_scaler": scaler.is_enabled(), "images_per_second": round(s.mini_batch * s.mini_steps / secs, 1),
-             "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32), "choice": choice.to_dict()}
+        v = {
+            "losses": [round(x, 5) for x in losses],
+            "logits_dtype": str(dtype).replace("torch.", ""),
+            "grad_scaler": scaler.is_enabled(),
+            "images_per_second": round(s.mini_batch * s.mini_steps / secs, 1),
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "choice": choice.to_dict(),
+        }
         if scaler.is_enabled():
             v["scale"] = float(scaler.get_scale())
             checks[f"{prec}: scaler scale finite > 0"] = math.isfinite(v["scale"]) and v["scale"] > 0
@@ -520,10 +649,20 @@ def part_precision(ctx: Ctx) -> dict:
         _free(ctx.dev)
     if ctx.auto is not None:
         ctx.auto.apply_global()
-    summary = "; ".join(f"{p} {v['images_per_second']:.0f} img/s, loss {v['losses'][-1]:.3f}"
-                        + (f", scale {v['scale']:.0f}" if "scale" in v else "") for p, v in variants.items())
-    res = {"model": "resnext_mini", "batch": s.mini_batch, "image_size": s.mini_size, "steps": s.mini_steps,
-           "variants": variants, "checks": checks, "summary": summary}
+    summary = "; ".join(
+        f"{p} {v['images_per_second']:.0f} img/s, loss {v['losses'][-1]:.3f}"
+        + (f", scale {v['scale']:.0f}" if "scale" in v else "")
+        for p, v in variants.items()
+    )
+    res = {
+        "model": "resnext_mini",
+        "batch": s.mini_batch,
+        "image_size": s.mini_size,
+        "steps": s.mini_steps,
+        "variants": variants,
+        "checks": checks,
+        "summary": summary,
+    }
     _checks_ok(checks, res)
     return res
 
@@ -564,15 +703,27 @@ def part_compile(ctx: Ctx) -> dict:
     with contextlib.suppress(Exception):
         breaks = int(sum(torch._dynamo.utils.counters["graph_break"].values()))
     eager_ips, comp_ips = b * n / eager_s, b * n / comp_s
-    res = {"model": "resnext_mini", "backend": s.compile_backend, "batch": b, "image_size": s.compile_size,
-           "precision": choice.precision, "channels_last": choice.channels_last, "timed_steps": n,
-           "compile_seconds_first_step": round(compile_s, 2), "eager_images_per_second": round(eager_ips, 1),
-           "compiled_images_per_second": round(comp_ips, 1), "speedup": round(comp_ips / eager_ips, 3),
-           "graph_breaks": breaks, "losses": [round(v, 5) for v in eager_losses + first_losses + comp_losses]}
+    res = {
+        "model": "resnext_mini",
+        "backend": s.compile_backend,
+        "batch": b,
+        "image_size": s.compile_size,
+        "precision": choice.precision,
+        "channels_last": choice.channels_last,
+        "timed_steps": n,
+        "compile_seconds_first_step": round(compile_s, 2),
+        "eager_images_per_second": round(eager_ips, 1),
+        "compiled_images_per_second": round(comp_ips, 1),
+        "speedup": round(comp_ips / eager_ips, 3),
+        "graph_breaks": breaks,
+        "losses": [round(v, 5) for v in eager_losses + first_losses + comp_losses],
+    }
     checks = {"finite losses (eager and compiled)": _finite(eager_losses + first_losses + comp_losses)}
     res["checks"] = checks
-    res["summary"] = (f"{s.compile_backend}: first step (compile) {compile_s:.1f} s; {comp_ips:.0f} img/s compiled vs "
-                      f"{eager_ips:.0f} eager ({comp_ips / eager_ips:.2f}x); graph breaks {breaks}")
+    res["summary"] = (
+        f"{s.compile_backend}: first step (compile) {compile_s:.1f} s; {comp_ips:.0f} img/s compiled vs "
+        f"{eager_ips:.0f} eager ({comp_ips / eager_ips:.2f}x); graph breaks {breaks}"
+    )
     del compiled, model, opt, x, y
     torch._dynamo.reset()
     _free(ctx.dev)
@@ -586,42 +737,79 @@ def part_compile(ctx: Ctx) -> dict:
 def _fixture_overrides(ctx: Ctx, run_dir: Path) -> list[str]:
     s = ctx.sizes
     dev = s.device
-    return ["data=fixture", f"data.cache={FIXTURE}", f"run_dir={run_dir}",
-            "vocab.kind=raw", "vocab.min_count=2", "vocab.plot=false",
-            f"vocab.wordnet_dir={ctx.work / 'no_wordnet'}", f"vocab.imagenet_info_dir={ctx.work / 'no_imagenet_info'}",
-            "ingest.progress=false", "dedup.progress=false", "vocab.progress=false", "ingest.shard_size=16",
-            "pretrain.model=resnext_mini", "pretrain.epochs=1", "pretrain.progress=false",
-            "pretrain.heldout_fraction=0.1", "pretrain.checkpoint_every_steps=100",
-            f"pretrain.device={dev}", f"transfer.device={dev}", "transfer.low_data_per_class=[2]",
-            "transfer.finetune_epochs=1", "transfer.progress=false", *s.pipe_extra]
+    return [
+        "data=fixture",
+        f"data.cache={FIXTURE}",
+        f"run_dir={run_dir}",
+        "vocab.kind=raw",
+        "vocab.min_count=2",
+        "vocab.plot=false",
+        f"vocab.wordnet_dir={ctx.work / 'no_wordnet'}",
+        f"vocab.imagenet_info_dir={ctx.work / 'no_imagenet_info'}",
+        "ingest.progress=false",
+        "dedup.progress=false",
+        "vocab.progress=false",
+        "ingest.shard_size=16",
+        "pretrain.model=resnext_mini",
+        "pretrain.epochs=1",
+        "pretrain.progress=false",
+        "pretrain.heldout_fraction=0.1",
+        "pretrain.checkpoint_every_steps=100",
+        f"pretrain.device={dev}",
+        f"transfer.device={dev}",
+        "transfer.low_data_per_class=[2]",
+        "transfer.finetune_epochs=1",
+        "transfer.progress=false",
+        *s.pipe_extra,
+    ]
 
 
 def part_pinned_loader(ctx: Ctx) -> dict:
     """Shards of the fixture (ingest, dedup, vocab in process), one epoch of the pinned loader."""
     import torch
 
+    from pipeline.io.shards import shard_paths
+    from pipeline.run import run_pipeline
     from pipeline.train.hardware import thread_plan
     from pipeline.train.loader import ShardStream, make_loader
-    from pipeline.vision.transforms import normalize
     from pipeline.train.sample_split import build_indexes
-    from pipeline.run import run_pipeline
-    from pipeline.io.shards import shard_paths
+    from pipeline.vision.transforms import normalize
 
     s = ctx.sizes
     run_dir = ctx.work / "loader_run"
     t0 = time.perf_counter()
-    cfg = _compose(merge_overrides(_fixture_overrides(ctx, run_dir) + [
-        "run.stages=[ingest,dedup,vocab]", "run.report=false", "energy.enabled=false",
-        f"ingest.workers={s.prep_workers}", f"dedup.workers={s.prep_workers}"]))
+    cfg = _compose(
+        merge_overrides(
+            _fixture_overrides(ctx, run_dir)
+            + [
+                "run.stages=[ingest,dedup,vocab]",
+                "run.report=false",
+                "energy.enabled=false",
+                f"ingest.workers={s.prep_workers}",
+                f"dedup.workers={s.prep_workers}",
+            ]
+        )
+    )
     stages = run_pipeline(cfg)["stages"]
     prep_s = time.perf_counter() - t0
     train_idx, _, labels = build_indexes(run_dir, "sqrt", 0.0)
     shards = {int(p.stem): p for p in shard_paths(run_dir)}
-    stream = ShardStream(shards, train_idx, seed=0, rank=0, world=1, batch_size=s.loader_batch,
-                         image_size=s.loader_size, normalize_in_workers=False)
+    stream = ShardStream(
+        shards,
+        train_idx,
+        seed=0,
+        rank=0,
+        world=1,
+        batch_size=s.loader_batch,
+        image_size=s.loader_size,
+        normalize_in_workers=False,
+    )
     plan = stream.set_epoch(0)
-    workers = s.loader_workers if s.loader_workers is not None else \
-        max(1, min(thread_plan(ctx.dev.type, _facts(ctx).cores).workers, plan.steps))
+    workers = (
+        s.loader_workers
+        if s.loader_workers is not None
+        else max(1, min(thread_plan(ctx.dev.type, _facts(ctx).cores).workers, plan.steps))
+    )
     pin = s.pin_memory and ctx.dev.type == "cuda"
     loader = make_loader(stream, workers, pin_memory=pin)
     n_img = n_batches = pinned = 0
@@ -643,20 +831,36 @@ def part_pinned_loader(ctx: Ctx) -> dict:
     epoch_s = time.perf_counter() - t1
     total = float(checksum)
     del loader
-    res = {"prepare_stages": stages, "prepare_seconds": round(prep_s, 2), "shards": len(shards),
-           "samples": int(len(train_idx.keys)), "classes": int(labels.num_classes), "batch": s.loader_batch,
-           "image_size": s.loader_size, "workers": workers, "pin_memory": pin, "batches": n_batches,
-           "planned_batches": int(plan.steps), "images": n_img, "pinned_batches": pinned,
-           "first_batch_seconds": round(first_s or 0.0, 3), "epoch_seconds": round(epoch_s, 3),
-           "images_per_second": round(n_img / epoch_s, 1) if epoch_s > 0 else None}
-    checks = {"all planned batches arrived": n_batches == plan.steps and n_img > 0,
-              "finite device checksum": math.isfinite(total)}
+    res = {
+        "prepare_stages": stages,
+        "prepare_seconds": round(prep_s, 2),
+        "shards": len(shards),
+        "samples": int(len(train_idx.keys)),
+        "classes": int(labels.num_classes),
+        "batch": s.loader_batch,
+        "image_size": s.loader_size,
+        "workers": workers,
+        "pin_memory": pin,
+        "batches": n_batches,
+        "planned_batches": int(plan.steps),
+        "images": n_img,
+        "pinned_batches": pinned,
+        "first_batch_seconds": round(first_s or 0.0, 3),
+        "epoch_seconds": round(epoch_s, 3),
+        "images_per_second": round(n_img / epoch_s, 1) if epoch_s > 0 else None,
+    }
+    checks = {
+        "all planned batches arrived": n_batches == plan.steps and n_img > 0,
+        "finite device checksum": math.isfinite(total),
+    }
     if pin:
         checks["every batch pinned"] = pinned == n_batches
     res["checks"] = checks
-    res["summary"] = (f"{n_img} images in {n_batches} batches ({s.loader_size} px), {workers} workers, "
-                      f"pinned {pinned}/{n_batches}: {res['images_per_second']} img/s "
-                      f"(first batch {first_s or 0:.2f} s); shards prepared in {prep_s:.1f} s")
+    res["summary"] = (
+        f"{n_img} images in {n_batches} batches ({s.loader_size} px), {workers} workers, "
+        f"pinned {pinned}/{n_batches}: {res['images_per_second']} img/s "
+        f"(first batch {first_s or 0:.2f} s); shards prepared in {prep_s:.1f} s"
+    )
     _checks_ok(checks, res)
     return res
 
@@ -721,8 +925,12 @@ def part_fixture_pipeline(ctx: Ctx, limit_s: float) -> dict:
     tgt = build_target(target, s.target_classes, s.target_train, s.target_val)
     overrides = merge_overrides(_fixture_overrides(ctx, run_dir) + transfer_target_overrides(target))
     cmd = [sys.executable, "-m", "pipeline.run", *overrides]
-    env = {**os.environ, "PIPELINE_CACHE_DIR": os.environ.get("PIPELINE_CACHE_DIR") or str(ctx.work / "cache"),
-           "HYDRA_FULL_ERROR": "1", "PIPELINE_PROGRESS": "off"}
+    env = {
+        **os.environ,
+        "PIPELINE_CACHE_DIR": os.environ.get("PIPELINE_CACHE_DIR") or str(ctx.work / "cache"),
+        "HYDRA_FULL_ERROR": "1",
+        "PIPELINE_PROGRESS": "off",
+    }
     log_file = ctx.work / "fixture_pipeline.log"
     timeout = max(10.0, limit_s - 5.0)
     t0 = time.perf_counter()
@@ -735,16 +943,22 @@ def part_fixture_pipeline(ctx: Ctx, limit_s: float) -> dict:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             with contextlib.suppress(Exception):
-                exc.partial = {"command": _rel("python -m pipeline.run " + " ".join(overrides), ctx),
-                               "wall_seconds": round(time.perf_counter() - t0, 2),
-                               "stderr_tail": _rel(log_file.read_text(errors="replace")[-4000:], ctx)}
+                exc.partial = {
+                    "command": _rel("python -m pipeline.run " + " ".join(overrides), ctx),
+                    "wall_seconds": round(time.perf_counter() - t0, 2),
+                    "stderr_tail": _rel(log_file.read_text(errors="replace")[-4000:], ctx),
+                }
             raise
     wall = time.perf_counter() - t0
     stdout = (ctx.work / "fixture_pipeline.out").read_text(errors="replace")
     stderr = log_file.read_text(errors="replace")
-    res: dict = {"command": _rel("python -m pipeline.run " + " ".join(overrides), ctx), "returncode": rc,
-                 "wall_seconds": round(wall, 2), "target": tgt,
-                 "wordnet_dir_exists": (ctx.work / "no_wordnet").exists()}
+    res: dict = {
+        "command": _rel("python -m pipeline.run " + " ".join(overrides), ctx),
+        "returncode": rc,
+        "wall_seconds": round(wall, 2),
+        "target": tgt,
+        "wordnet_dir_exists": (ctx.work / "no_wordnet").exists(),
+    }
     out = _last_json(stdout)
     res["stages"] = (out or {}).get("stages")
     res["report_written"] = bool((out or {}).get("report")) and (run_dir / "report.md").exists()
@@ -754,27 +968,48 @@ def part_fixture_pipeline(ctx: Ctx, limit_s: float) -> dict:
     res["energy"] = {}
     for k, v in energy.items():
         cc = v.get("codecarbon") if isinstance(v.get("codecarbon"), dict) else {}
-        res["energy"][k] = {"status": v.get("status"), "gpus": v.get("gpus"),
-                            "estimate_kwh": (v.get("estimate") or {}).get("kwh"), "codecarbon_kwh": cc.get("kwh"),
-                            "codecarbon_gpu_kwh": cc.get("gpu_kwh"), "codecarbon_measurement": cc.get("measurement"),
-                            "codecarbon_error": v.get("codecarbon_error")}
+        res["energy"][k] = {
+            "status": v.get("status"),
+            "gpus": v.get("gpus"),
+            "estimate_kwh": (v.get("estimate") or {}).get("kwh"),
+            "codecarbon_kwh": cc.get("kwh"),
+            "codecarbon_gpu_kwh": cc.get("gpu_kwh"),
+            "codecarbon_measurement": cc.get("measurement"),
+            "codecarbon_error": v.get("codecarbon_error"),
+        }
     mans = {st: read_manifest(stage_dir(run_dir, st)) for st in ("ingest", "dedup", "vocab", "pretrain", "transfer")}
-    res["manifest_seconds"] = {st: round(m["seconds"], 2) if m and m.get("seconds") is not None else None
-                               for st, m in mans.items()}
+    res["manifest_seconds"] = {
+        st: round(m["seconds"], 2) if m and m.get("seconds") is not None else None for st, m in mans.items()
+    }
     pc = (mans["pretrain"] or {}).get("counts") or {}
     tc = (mans["transfer"] or {}).get("counts") or {}
-    res["pretrain"] = {k: pc.get(k) for k in ("device", "precision", "channels_last", "steps", "images_per_second",
-                                              "data_wait_fraction", "final_loss", "num_classes", "hardware")}
+    res["pretrain"] = {
+        k: pc.get(k)
+        for k in (
+            "device",
+            "precision",
+            "channels_last",
+            "steps",
+            "images_per_second",
+            "data_wait_fraction",
+            "final_loss",
+            "num_classes",
+            "hardware",
+        )
+    }
     # (the transfer manifest may hold one block per target: take the first of each key)
-    res["transfer"] = {k: _first(tc, k) for k in ("device", "rows", "hardware", "linear_probe_pretrained_top1",
-                                                  "finetune_gain_top1")}
+    res["transfer"] = {
+        k: _first(tc, k) for k in ("device", "rows", "hardware", "linear_probe_pretrained_top1", "finetune_gain_top1")
+    }
     res["vocab_kind"] = (((mans["vocab"] or {}).get("config") or {}).get("vocab") or {}).get("kind")
     want = ctx.dev.type
-    checks = {"exit status 0": rc == 0,
-              "every stage ran": res["stages"] == dict.fromkeys(("ingest", "dedup", "vocab", "pretrain", "transfer"), "ran"),
-              f"pretrain on {want}": str(pc.get("device", "")).startswith(want),
-              f"transfer on {want}": str(res["transfer"]["device"] or "").startswith(want),
-              "no WordNet needed (vocab.kind=raw, wordnet_dir absent)": not res["wordnet_dir_exists"]}
+    checks = {
+        "exit status 0": rc == 0,
+        "every stage ran": res["stages"] == dict.fromkeys(("ingest", "dedup", "vocab", "pretrain", "transfer"), "ran"),
+        f"pretrain on {want}": str(pc.get("device", "")).startswith(want),
+        f"transfer on {want}": str(res["transfer"]["device"] or "").startswith(want),
+        "no WordNet needed (vocab.kind=raw, wordnet_dir absent)": not res["wordnet_dir_exists"],
+    }
     if ctx.auto is not None:
         got = ((pc.get("hardware") or {}).get("precision_choice") or {}).get("precision")
         checks[f"pretrain precision = policy's auto ({ctx.auto.precision})"] = got == ctx.auto.precision
@@ -782,9 +1017,11 @@ def part_fixture_pipeline(ctx: Ctx, limit_s: float) -> dict:
     if rc != 0:
         res["stderr_tail"] = _rel(stderr[-4000:], ctx)
     secs = ", ".join(f"{k} {v:.1f}" for k, v in res["stage_seconds"].items() if v is not None)
-    res["summary"] = (f"rc {rc} in {wall:.0f} s; stages s: {secs}; pretrain {pc.get('device')} {pc.get('precision')} "
-                      f"{pc.get('images_per_second')} img/s; transfer {res['transfer']['device']}, "
-                      f"{res['transfer']['rows']} rows")
+    res["summary"] = (
+        f"rc {rc} in {wall:.0f} s; stages s: {secs}; pretrain {pc.get('device')} {pc.get('precision')} "
+        f"{pc.get('images_per_second')} img/s; transfer {res['transfer']['device']}, "
+        f"{res['transfer']['rows']} rows"
+    )
     _checks_ok(checks, res)
     return res
 
@@ -832,8 +1069,13 @@ class SyntheticStream(IterableDataset):
 
     def __iter__(self):
         for step in range(self.skip, self.steps):
-            yield {"images": self.images[step % 2], "labels": self.labels, "keys": self.keys, "step": step,
-                   "global_batch": self.batch}
+            yield {
+                "images": self.images[step % 2],
+                "labels": self.labels,
+                "keys": self.keys,
+                "step": step,
+                "global_batch": self.batch,
+            }
 
 
 def bare_loop(model_name: str, batch: int, *, size: int, classes: int, steps: int, warmup: int, dev, choice) -> dict:
@@ -861,22 +1103,28 @@ def bare_loop(model_name: str, batch: int, *, size: int, classes: int, steps: in
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     finally:
         del model, opt, x, y
-    return {"images_per_second": round(batch * steps / secs, 1), "timed_steps": steps, "warmup_steps": warmup,
-            "losses_finite": _finite(losses), "peak_memory_gib": round(peak, 2) if peak else None}
+    return {
+        "images_per_second": round(batch * steps / secs, 1),
+        "timed_steps": steps,
+        "warmup_steps": warmup,
+        "losses_finite": _finite(losses),
+        "peak_memory_gib": round(peak, 2) if peak else None,
+    }
 
 
-def pipeline_loop(model_name: str, batch: int, *, size: int, classes: int, steps: int, warmup: int, dev, choice,
-                  work: Path) -> dict:
+def pipeline_loop(
+    model_name: str, batch: int, *, size: int, classes: int, steps: int, warmup: int, dev, choice, work: Path
+) -> dict:
     """img/s of :func:`pipeline.train.train_loop.train` over a :class:`SyntheticStream` (steady state from its metrics rows)."""
+    import dataclasses
+
     import torch
 
+    from pipeline.config import PretrainConfig
     from pipeline.train.distributed import DistInfo
     from pipeline.train.losses import make_loss
     from pipeline.train.models import create_model
     from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
-    import dataclasses
-
-    from pipeline.config import PretrainConfig
     from pipeline.train.train_loop import LoopSettings, LoopState, train
 
     torch.manual_seed(0)
@@ -889,21 +1137,41 @@ def pipeline_loop(model_name: str, batch: int, *, size: int, classes: int, steps
     sched = make_schedule(opt, "cosine", total, 0, peak_lr, peak_lr)
     metrics = work / f"metrics_{model_name}_{batch}.jsonl"
     metrics.unlink(missing_ok=True)
-    pt = dataclasses.replace(PretrainConfig(), epochs=1, loss="softmax", checkpoint_every_steps=10**9, eval_every_steps=0,
-                             progress=False)
-    settings = LoopSettings(pt=pt, accum=1, total_steps=total, num_classes=classes,
-                            autocast_dtype=choice.autocast_dtype, channels_last=choice.channels_last,
-                            workers=0, metrics_file=metrics, pin_memory=dev.type == "cuda")
+    pt = dataclasses.replace(
+        PretrainConfig(), epochs=1, loss="softmax", checkpoint_every_steps=10**9, eval_every_steps=0, progress=False
+    )
+    settings = LoopSettings(
+        pt=pt,
+        accum=1,
+        total_steps=total,
+        num_classes=classes,
+        autocast_dtype=choice.autocast_dtype,
+        channels_last=choice.channels_last,
+        workers=0,
+        metrics_file=metrics,
+        pin_memory=dev.type == "cuda",
+    )
     stream = SyntheticStream(batch, size, classes, total)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     try:
         _sync(dev)
         t0 = time.perf_counter()
-        stats = train(model=model, ddp_model=model, optimizer=opt, scheduler=sched, loss_fn=make_loss("softmax"),
-                      stream=stream, info=DistInfo(0, 1, 0, dev, None), settings=settings, state=LoopState(),
-                      save=lambda st: None, run_eval=lambda step: None, max_steps=total,
-                      scaler=choice.grad_scaler_for(dev.type))
+        stats = train(
+            model=model,
+            ddp_model=model,
+            optimizer=opt,
+            scheduler=sched,
+            loss_fn=make_loss("softmax"),
+            stream=stream,
+            info=DistInfo(0, 1, 0, dev, None),
+            settings=settings,
+            state=LoopState(),
+            save=lambda st: None,
+            run_eval=lambda step: None,
+            max_steps=total,
+            scaler=choice.grad_scaler_for(dev.type),
+        )
         _sync(dev)
         wall = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
@@ -912,13 +1180,19 @@ def pipeline_loop(model_name: str, batch: int, *, size: int, classes: int, steps
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
     steady = [r for r in rows if r["step"] > warmup and r.get("images_per_second")]
     secs = sum(r["images"] / r["images_per_second"] for r in steady)
-    return {"images_per_second": round(sum(r["images"] for r in steady) / secs, 1) if secs else None,
-            "timed_steps": len(steady), "warmup_steps": warmup, "steps": stats["steps"],
-            "data_wait_fraction": round(sum(r["data_wait_fraction"] * r["images"] / r["images_per_second"]
-                                            for r in steady) / secs, 4) if secs else None,
-            "wall_images_per_second_incl_warmup": round(batch * total / wall, 1),
-            "losses_finite": _finite([r["loss"] for r in rows]), "final_loss": rows[-1]["loss"] if rows else None,
-            "peak_memory_gib": round(peak, 2) if peak else None}
+    return {
+        "images_per_second": round(sum(r["images"] for r in steady) / secs, 1) if secs else None,
+        "timed_steps": len(steady),
+        "warmup_steps": warmup,
+        "steps": stats["steps"],
+        "data_wait_fraction": round(sum(r["data_wait_fraction"] * r["images"] / r["images_per_second"] for r in steady) / secs, 4)
+        if secs
+        else None,
+        "wall_images_per_second_incl_warmup": round(batch * total / wall, 1),
+        "losses_finite": _finite([r["loss"] for r in rows]),
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "peak_memory_gib": round(peak, 2) if peak else None,
+    }
 
 
 def part_throughput(ctx: Ctx) -> dict:
@@ -932,11 +1206,15 @@ def part_throughput(ctx: Ctx) -> dict:
     checks: dict = {}
     for target, measured in s.big_models:
         m: dict = {"measured_model": measured}
-        m["bare"] = with_oom_retry(lambda b: bare_loop(measured, b, **kw), s.big_batch, s.big_min_batch, ctx.dev)
+        m["bare"] = with_oom_retry(lambda b: bare_loop(measured, b, **kw), s.big_batch, s.big_min_batch, ctx.dev)  # noqa: B023 (called here)
         _free(ctx.dev)
         b_pipe = m["bare"]["batch"]
-        m["pipeline"] = with_oom_retry(lambda b: pipeline_loop(measured, b, work=ctx.work, **kw), b_pipe,
-                                       s.big_min_batch, ctx.dev)
+        m["pipeline"] = with_oom_retry(
+            lambda b: pipeline_loop(measured, b, work=ctx.work, **kw),  # noqa: B023 (called here)
+            b_pipe,
+            s.big_min_batch,
+            ctx.dev,
+        )
         _free(ctx.dev)
         bare, pipe = m["bare"]["images_per_second"], m["pipeline"]["images_per_second"]
         m["pipeline_over_bare"] = round(pipe / bare, 3) if bare and pipe else None
@@ -947,31 +1225,52 @@ def part_throughput(ctx: Ctx) -> dict:
                 continue
             comparable = measured == target
             m["vs_anchors"][a["id"]] = {
-                "label": a["label"], "anchor_images_per_second": a["images_per_second"],
+                "label": a["label"],
+                "anchor_images_per_second": a["images_per_second"],
                 "bare_ratio": round(bare / a["images_per_second"], 3) if comparable and bare else None,
-                "pipeline_ratio": round(pipe / a["images_per_second"], 3) if comparable and pipe else None}
+                "pipeline_ratio": round(pipe / a["images_per_second"], 3) if comparable and pipe else None,
+            }
         models[target] = m
         name = target if measured == target else f"{target} (dry run: {measured})"
         for kind in ("bare", "pipeline"):
             r = m[kind]
-            vs = [f"{v[f'{kind}_ratio']:.2f}x {v['label']} ({v['anchor_images_per_second']:g} img/s)"
-                  for v in m["vs_anchors"].values() if v[f"{kind}_ratio"] is not None]
+            vs = [
+                f"{v[f'{kind}_ratio']:.2f}x {v['label']} ({v['anchor_images_per_second']:g} img/s)"
+                for v in m["vs_anchors"].values()
+                if v[f"{kind}_ratio"] is not None
+            ]
             what = "bare loop" if kind == "bare" else "pipeline.train.train_loop.train"
-            rows.append({"check": f"{name}, {what}", "status": "ok",
-                         "result": f"{r['images_per_second']} img/s (batch {r['batch']}"
-                                   + (f", OOM at {r['oom_batches']}" if r["oom_batches"] else "")
-                                   + (f", {r['peak_memory_gib']} GiB peak" if r.get("peak_memory_gib") else "")
-                                   + (f", {m['pipeline_over_bare']:.2f}x bare" if kind == "pipeline" and m["pipeline_over_bare"] else "")
-                                   + ")",
-                         "vs_anchor": "; ".join(vs) if vs else ("n/a (dry run)" if ctx.dry else "-")})
-    res = {"precision": choice.precision, "channels_last": choice.channels_last, "image_size": s.big_size,
-           "batch_requested": s.big_batch, "classes": s.big_classes, "timed_steps": s.big_steps,
-           "warmup_steps": s.big_warmup, "models": models, "rows": rows, "checks": checks,
-           "pipeline_measure": "pipeline.train.train_loop.train over an in-memory synthetic stream (workers=0, "
-                               "pin_memory on CUDA); steady state from its metrics.jsonl rows after the warm-up steps",
-           "anchors": ANCHORS}
-    res["summary"] = "; ".join(f"{t}: bare {m['bare']['images_per_second']}, pipeline {m['pipeline']['images_per_second']} img/s"
-                               for t, m in models.items())
+            rows.append(
+                {
+                    "check": f"{name}, {what}",
+                    "status": "ok",
+                    "result": f"{r['images_per_second']} img/s (batch {r['batch']}"
+                    + (f", OOM at {r['oom_batches']}" if r["oom_batches"] else "")
+                    + (f", {r['peak_memory_gib']} GiB peak" if r.get("peak_memory_gib") else "")
+                    + (f", {m['pipeline_over_bare']:.2f}x bare" if kind == "pipeline" and m["pipeline_over_bare"] else "")
+                    + ")",
+                    "vs_anchor": "; ".join(vs) if vs else ("n/a (dry run)" if ctx.dry else "-"),
+                }
+            )
+    res = {
+        "precision": choice.precision,
+        "channels_last": choice.channels_last,
+        "image_size": s.big_size,
+        "batch_requested": s.big_batch,
+        "classes": s.big_classes,
+        "timed_steps": s.big_steps,
+        "warmup_steps": s.big_warmup,
+        "models": models,
+        "rows": rows,
+        "checks": checks,
+        "pipeline_measure": "pipeline.train.train_loop.train over an in-memory synthetic stream (workers=0, "
+        "pin_memory on CUDA); steady state from its metrics.jsonl rows after the warm-up steps",
+        "anchors": ANCHORS,
+    }
+    res["summary"] = "; ".join(
+        f"{t}: bare {m['bare']['images_per_second']}, pipeline {m['pipeline']['images_per_second']} img/s"
+        for t, m in models.items()
+    )
     _checks_ok(checks, res)
     return res
 
@@ -991,11 +1290,15 @@ def render_md(doc: dict) -> str:
     """The one table of ``gpu_check.md`` (a header line with the machine, then a row per part,
     and a row per throughput measurement)."""
     facts = (doc["parts"].get("facts") or {}).get("result") or {}
-    head = [f"# GPU check{' (dry run, CPU)' if doc['dry_run'] else ''}", "",
-            f"{doc.get('started_at', '')}; device {doc.get('device')}; {facts.get('describe', '')}; torch "
-            f"{doc.get('torch')} (CUDA {doc.get('torch_cuda')}); budget {doc['budget_s']:.0f} s, elapsed "
-            f"{doc.get('elapsed_s', 0):.0f} s; {'complete' if doc.get('complete') else 'incomplete'}. "
-            f"Command: `{doc.get('command')}`", ""]
+    head = [
+        f"# GPU check{' (dry run, CPU)' if doc['dry_run'] else ''}",
+        "",
+        f"{doc.get('started_at', '')}; device {doc.get('device')}; {facts.get('describe', '')}; torch "
+        f"{doc.get('torch')} (CUDA {doc.get('torch_cuda')}); budget {doc['budget_s']:.0f} s, elapsed "
+        f"{doc.get('elapsed_s', 0):.0f} s; {'complete' if doc.get('complete') else 'incomplete'}. "
+        f"Command: `{doc.get('command')}`",
+        "",
+    ]
     lines = ["| " + " | ".join(MD_COLUMNS) + " |", "|" + "---|" * len(MD_COLUMNS)]
     for name in PART_NAMES:
         p = doc["parts"][name]
@@ -1003,13 +1306,30 @@ def render_md(doc: dict) -> str:
         result = res.get("summary") or p.get("error") or p.get("reason") or ""
         if p.get("error") and res.get("summary"):
             result = f"{res['summary']} -- {p['error']}"
-        lines.append("| " + " | ".join(_md_cell(c) for c in (
-            f"{p['part']} {name}", p["title"], p["status"], _fmt_s(p.get("seconds")), result, "")) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _md_cell(c) for c in (f"{p['part']} {name}", p["title"], p["status"], _fmt_s(p.get("seconds")), result, "")
+            )
+            + " |"
+        )
         for r in res.get("rows") or []:
-            lines.append("| " + " | ".join(_md_cell(c) for c in (
-                f"{p['part']} {name}", r["check"], r["status"], "", r["result"], r["vs_anchor"])) + " |")
-    notes = ["", "Anchors: " + "; ".join(f"{a['model']} {a['images_per_second']:g} img/s on {a['device']} "
-                                        f"({a['precision']}, batch {a['batch']}): {a['source']}" for a in ANCHORS)]
+            lines.append(
+                "| "
+                + " | ".join(
+                    _md_cell(c) for c in (f"{p['part']} {name}", r["check"], r["status"], "", r["result"], r["vs_anchor"])
+                )
+                + " |"
+            )
+    notes = [
+        "",
+        "Anchors: "
+        + "; ".join(
+            f"{a['model']} {a['images_per_second']:g} img/s on {a['device']} "
+            f"({a['precision']}, batch {a['batch']}): {a['source']}"
+            for a in ANCHORS
+        ),
+    ]
     return "\n".join(head + lines + notes) + "\n"
 
 
@@ -1026,12 +1346,18 @@ def _write(doc: dict, out: Path) -> None:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder for gpu_check.json and gpu_check.md "
-                                                            "(default benchmarks/gpu_check/)")
+    ap.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="folder for gpu_check.json and gpu_check.md (default benchmarks/gpu_check/)"
+    )
     ap.add_argument("--dry-run", action="store_true", help="the same parts on the CPU, shrunk to about a minute")
     ap.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget of all parts (default 420 s)")
-    ap.add_argument("--only", nargs="+", default=None, metavar="PART",
-                    help=f"run only these parts (names or numbers: {', '.join(PART_NAMES)})")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="PART",
+        help=f"run only these parts (names or numbers: {', '.join(PART_NAMES)})",
+    )
     ap.add_argument("--batch", type=int, default=None, help="throughput batch size (default 64; 4 in a dry run)")
     ap.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; aot_eager in a dry run)")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch folder (run folders, logs)")
@@ -1060,17 +1386,38 @@ def main(argv: list[str] | None = None) -> int:
     sizes = make_sizes(args.dry_run, args.compile_backend, args.batch)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     os.environ.setdefault("PIPELINE_CACHE_DIR", str(work / "cache"))
-    cmd = "python -m benchmarks.gpu_check" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
-                                               if (argv if argv is not None else sys.argv[1:]) else "")
+    cmd = "python -m benchmarks.gpu_check" + (
+        " " + " ".join(argv if argv is not None else sys.argv[1:]) if (argv if argv is not None else sys.argv[1:]) else ""
+    )
     ctx = Ctx(dry=args.dry_run, sizes=sizes, work=work)
-    doc: dict = {"schema": SCHEMA, "tool": "benchmarks.gpu_check", "command": _rel(cmd, ctx).replace(str(out), "<out>"),
-                 "dry_run": args.dry_run, "budget_s": args.budget_s,
-                 "started_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "finished_at": None,
-                 "elapsed_s": 0.0, "complete": False, "device": None, "torch": None, "torch_cuda": None,
-                 "sizes": {k: v for k, v in asdict(sizes).items() if k not in ("need", "cap")},
-                 "parts": {n: {"part": i + 1, "title": TITLES[n], "status": "pending", "seconds": None, "limit_s": None,
-                               "result": None, "error": None} for i, n in enumerate(PART_NAMES)},
-                 "anchors": ANCHORS}
+    doc: dict = {
+        "schema": SCHEMA,
+        "tool": "benchmarks.gpu_check",
+        "command": _rel(cmd, ctx).replace(str(out), "<out>"),
+        "dry_run": args.dry_run,
+        "budget_s": args.budget_s,
+        "started_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "finished_at": None,
+        "elapsed_s": 0.0,
+        "complete": False,
+        "device": None,
+        "torch": None,
+        "torch_cuda": None,
+        "sizes": {k: v for k, v in asdict(sizes).items() if k not in ("need", "cap")},
+        "parts": {
+            n: {
+                "part": i + 1,
+                "title": TITLES[n],
+                "status": "pending",
+                "seconds": None,
+                "limit_s": None,
+                "result": None,
+                "error": None,
+            }
+            for i, n in enumerate(PART_NAMES)
+        },
+        "anchors": ANCHORS,
+    }
     rc = 0
     try:
         import torch
@@ -1084,13 +1431,19 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # no CUDA on a GPU run: nothing can run; say so in the outputs
             hint = f"torch {torch.__version__} is built for CUDA {torch.version.cuda}"
             with contextlib.suppress(Exception):
-                smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                                     capture_output=True, text=True, timeout=20)
+                smi = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
                 hint += f"; nvidia-smi: {(smi.stdout or smi.stderr).strip()[:300]}"
             for n in PART_NAMES:
-                doc["parts"][n].update(status="failed" if n == "facts" else "skipped",
-                                       error=f"{type(exc).__name__}: {exc} ({hint})" if n == "facts" else None,
-                                       reason=None if n == "facts" else "no device (see part 1); --dry-run runs on the CPU")
+                doc["parts"][n].update(
+                    status="failed" if n == "facts" else "skipped",
+                    error=f"{type(exc).__name__}: {exc} ({hint})" if n == "facts" else None,
+                    reason=None if n == "facts" else "no device (see part 1); --dry-run runs on the CPU",
+                )
             rc = 1
             selected = []
         _write(doc, out)
@@ -1103,10 +1456,12 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.monotonic() - t_start
             remaining = args.budget_s - elapsed
             need = sizes.need[name]
-            reserve = sum(sizes.need[n] for n in PART_NAMES[i + 1:] if n in selected)
+            reserve = sum(sizes.need[n] for n in PART_NAMES[i + 1 :] if n in selected)
             if remaining < need:
-                p.update(status="skipped", reason=f"would not fit: needs ~{need} s, {max(0, remaining):.0f} s of the "
-                                                  f"{args.budget_s:.0f} s budget left")
+                p.update(
+                    status="skipped",
+                    reason=f"would not fit: needs ~{need} s, {max(0, remaining):.0f} s of the {args.budget_s:.0f} s budget left",
+                )
                 _log(f"part {i + 1} {name}: skipped ({p['reason']})")
                 _write(doc, out)
                 continue
@@ -1117,15 +1472,17 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 with _deadline(limit + (10 if name == "fixture_pipeline" else 0)):
-                    res = part_fixture_pipeline(ctx, limit) if name == "fixture_pipeline" else \
-                        globals()[f"part_{name}"](ctx)
+                    res = part_fixture_pipeline(ctx, limit) if name == "fixture_pipeline" else globals()[f"part_{name}"](ctx)
                 p.update(status="ok", result=res)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # PartTimeout, subprocess.TimeoutExpired, AssertionError, any error
                 timeout = isinstance(exc, (PartTimeout, subprocess.TimeoutExpired))
-                p.update(status="timeout" if timeout else "failed", error=_rel(f"{type(exc).__name__}: {exc}", ctx)[:2000],
-                         traceback=_rel(traceback.format_exc(), ctx)[-6000:])
+                p.update(
+                    status="timeout" if timeout else "failed",
+                    error=_rel(f"{type(exc).__name__}: {exc}", ctx)[:2000],
+                    traceback=_rel(traceback.format_exc(), ctx)[-6000:],
+                )
                 partial = getattr(exc, "partial", None)
                 if partial:
                     p["result"] = partial
@@ -1134,14 +1491,15 @@ def main(argv: list[str] | None = None) -> int:
                 p["seconds"] = round(time.perf_counter() - t0, 2)
                 with contextlib.suppress(Exception):
                     _free(ctx.dev)
-            _log(f"part {i + 1} {name}: {p['status']} ({p['seconds']:.1f} s)"
-                 + (f": {p['error'][:300]}" if p.get("error") else ""))
+            _log(
+                f"part {i + 1} {name}: {p['status']} ({p['seconds']:.1f} s)" + (f": {p['error'][:300]}" if p.get("error") else "")
+            )
             doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
             _write(doc, out)
         doc["complete"] = True
     finally:
         doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
-        doc["finished_at"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        doc["finished_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         _write(doc, out)
         if args.keep_work:
             _log(f"scratch folder kept: {work}")

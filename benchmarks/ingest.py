@@ -42,10 +42,15 @@ def run_ours(ctx: Context, rep: int, per_source: int) -> dict:
         man = run_ingest(cfg)
     c = man["counts"]
     shutil.rmtree(d, ignore_errors=True)
-    return {"input": c["input"], "written": c["written"], "quarantined": c["quarantined"],
-            "cpu_ms_per_image": 1000 * t.cpu / c["input"],
-            "images_per_second": c["images_per_second_this_run"], "stage_seconds": t.seconds,
-            "stage_images_per_second": c["input"] / t.seconds}
+    return {
+        "input": c["input"],
+        "written": c["written"],
+        "quarantined": c["quarantined"],
+        "cpu_ms_per_image": 1000 * t.cpu / c["input"],
+        "images_per_second": c["images_per_second_this_run"],
+        "stage_seconds": t.seconds,
+        "stage_images_per_second": c["input"] / t.seconds,
+    }
 
 
 def work_list(ctx: Context, per_source: int) -> list[tuple[str, str, str]]:
@@ -118,8 +123,10 @@ def run(ctx: Context) -> list[dict]:
     for r in range(ctx.reps):
         o = run_ours(ctx, r, per_source)
         ours.append(o)
-        log(f"ingest rep {r}: ours {o['images_per_second']:.1f} img/s ({o['input']} inputs; whole stage "
-            f"{o['stage_images_per_second']:.1f} img/s)")
+        log(
+            f"ingest rep {r}: ours {o['images_per_second']:.1f} img/s ({o['input']} inputs; whole stage "
+            f"{o['stage_images_per_second']:.1f} img/s)"
+        )
         if ctx.ours_only:
             continue
         n, t = run_anchor(items)
@@ -131,16 +138,28 @@ def run(ctx: Context) -> list[dict]:
     by_source: dict[str, int] = {}
     for _, _, src in items:
         by_source[src] = by_source.get(src, 0) + 1
-    return [result("ingest_per_core", ours=o, anchor=a, unit="images/s per core", goal="ours >= 0.8 x anchor",
-                   met=None if a is None else o >= 0.8 * a,
-                   title=f"ingest, one worker, first {per_source} samples of each demo source",
-                   ours_is="pipeline.ingest.run_ingest (workers=1): the stage's work-loop rate",
-                   anchor_is="tight read/decode/RGB-on-white/cap/re-encode loop on the same files",
-                   details={"inputs": len(items), "by_source": by_source, "ours_per_rep": ours,
-                            "anchor_per_rep": anchor,
-                            "cpu_ms_per_image": {"ours (whole stage)": cpu_o, "anchor": cpu_a_m},
-                            "cpu_efficiency_vs_anchor": (cpu_a_m / cpu_o) if cpu_a_m and cpu_o else None,
-                            "stage_images_per_second": median(x["stage_images_per_second"] for x in ours)})]
+    return [
+        result(
+            "ingest_per_core",
+            ours=o,
+            anchor=a,
+            unit="images/s per core",
+            goal="ours >= 0.8 x anchor",
+            met=None if a is None else o >= 0.8 * a,
+            title=f"ingest, one worker, first {per_source} samples of each demo source",
+            ours_is="pipeline.ingest.run_ingest (workers=1): the stage's work-loop rate",
+            anchor_is="tight read/decode/RGB-on-white/cap/re-encode loop on the same files",
+            details={
+                "inputs": len(items),
+                "by_source": by_source,
+                "ours_per_rep": ours,
+                "anchor_per_rep": anchor,
+                "cpu_ms_per_image": {"ours (whole stage)": cpu_o, "anchor": cpu_a_m},
+                "cpu_efficiency_vs_anchor": (cpu_a_m / cpu_o) if cpu_a_m and cpu_o else None,
+                "stage_images_per_second": median(x["stage_images_per_second"] for x in ours),
+            },
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -38,9 +38,8 @@ def _index_for(shards):
     """A SampleIndex of every sample of ``shards``: one class each, weight 1 (each seen once)."""
     import numpy as np
 
-    from pipeline.train.epoch_plan import SampleIndex
-
     from pipeline.io.shards import ShardReader
+    from pipeline.train.epoch_plan import SampleIndex
 
     keys = set()
     for p in shards:
@@ -54,8 +53,18 @@ def _index_for(shards):
 def _stream(shards, index, workers: int = WORKERS):
     from pipeline.train.loader import ShardStream
 
-    st = ShardStream({int(p.stem): p for p in shards}, index, seed=0, rank=0, world=1, batch_size=BATCH,
-                     image_size=SIZE, train=True, shuffle_buffer=1000, normalize_in_workers=True)
+    st = ShardStream(
+        {int(p.stem): p for p in shards},
+        index,
+        seed=0,
+        rank=0,
+        world=1,
+        batch_size=BATCH,
+        image_size=SIZE,
+        train=True,
+        shuffle_buffer=1000,
+        normalize_in_workers=True,
+    )
     st.set_epoch(0)
     return st
 
@@ -142,8 +151,14 @@ def run_imagefolder(root) -> tuple[int, Timer]:
     import torch
     from torchvision import datasets, transforms
 
-    tf = transforms.Compose([transforms.RandomResizedCrop(SIZE), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(SIZE),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     ds = datasets.ImageFolder(str(root), transform=tf)
     dl = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=WORKERS)
     n = 0
@@ -163,8 +178,7 @@ def run(ctx: Context) -> list[dict]:
     runs: dict[str, list] = {"ours": [], "limit": [], "folder": [], "tar": []}
 
     def rec(kind: str, n: int, t: Timer) -> None:
-        runs[kind].append({"per_second": n / t.seconds, "cpu_ms_per_image": 1000 * t.cpu / n, "images": n,
-                           "seconds": t.seconds})
+        runs[kind].append({"per_second": n / t.seconds, "cpu_ms_per_image": 1000 * t.cpu / n, "images": n, "seconds": t.seconds})
         log(f"loader rep {len(runs[kind]) - 1}: {kind} {n / t.seconds:,.0f} img/s, {1000 * t.cpu / n:.2f} CPU ms/image")
 
     for _ in range(ctx.reps):
@@ -186,29 +200,55 @@ def run(ctx: Context) -> list[dict]:
     a = med("limit") * WORKERS if runs["limit"] else None
     b = med("folder")
     cpu = {k: med(k, "cpu_ms_per_image") for k in runs if runs[k]}
-    common = {"images": len(blobs), "shards": [p.name for p in shards], "workers": WORKERS, "batch": BATCH,
-              "image_size": SIZE, "ours_per_rep": [r["per_second"] for r in runs["ours"]],
-              "ours_per_worker_wall": o / WORKERS if o else None,
-              # images per CPU-second over all of the loader's processes: the per-core rate, robust to other load
-              "ours_per_core": 1000 / cpu["ours"] if cpu.get("ours") else None,
-              "ours_per_core_224_one_process": n224 / t224.cpu if t224 is not None and t224.cpu > 0 else None,
-              "cpu_ms_per_image": cpu}
+    common = {
+        "images": len(blobs),
+        "shards": [p.name for p in shards],
+        "workers": WORKERS,
+        "batch": BATCH,
+        "image_size": SIZE,
+        "ours_per_rep": [r["per_second"] for r in runs["ours"]],
+        "ours_per_worker_wall": o / WORKERS if o else None,
+        # images per CPU-second over all of the loader's processes: the per-core rate, robust to other load
+        "ours_per_core": 1000 / cpu["ours"] if cpu.get("ours") else None,
+        "ours_per_core_224_one_process": n224 / t224.cpu if t224 is not None and t224.cpu > 0 else None,
+        "cpu_ms_per_image": cpu,
+    }
     title = f"training loader ({WORKERS} workers, batch {BATCH}, {SIZE} px: decode + RRC + flip + normalize)"
-    cpu_ratio = (lambda k: cpu[k] / cpu["ours"] if k in cpu and cpu.get("ours") else None)
+    cpu_ratio = lambda k: cpu[k] / cpu["ours"] if k in cpu and cpu.get("ours") else None
     return [
-        result("loader_vs_decode_limit", ours=o, anchor=a, unit="images/s", goal="ours >= 0.85 x anchor",
-               met=None if a is None else o >= 0.85 * a, title=title,
-               ours_is="ShardStream + make_loader, normalized in the workers (as on a CPU device)",
-               anchor_is=f"one-process PIL decode+augment loop on the same bytes in memory, x {WORKERS} workers",
-               details={**common, "anchor_per_core_per_rep": [r["per_second"] for r in runs["limit"]],
-                        "cpu_efficiency_vs_anchor": cpu_ratio("limit"),
-                        "scan_and_read_per_second": med("tar") if runs["tar"] else None}),
-        result("loader_vs_imagefolder", ours=o, anchor=b, unit="images/s", goal="ours >= 1.0 x anchor",
-               met=None if b is None else o >= b, title=title,
-               ours_is="ShardStream + make_loader, normalized in the workers (as on a CPU device)",
-               anchor_is=f"torchvision ImageFolder + DataLoader ({WORKERS} workers) on the same images as files",
-               details={**common, "anchor_per_rep": [r["per_second"] for r in runs["folder"]],
-                        "cpu_efficiency_vs_anchor": cpu_ratio("folder")}),
+        result(
+            "loader_vs_decode_limit",
+            ours=o,
+            anchor=a,
+            unit="images/s",
+            goal="ours >= 0.85 x anchor",
+            met=None if a is None else o >= 0.85 * a,
+            title=title,
+            ours_is="ShardStream + make_loader, normalized in the workers (as on a CPU device)",
+            anchor_is=f"one-process PIL decode+augment loop on the same bytes in memory, x {WORKERS} workers",
+            details={
+                **common,
+                "anchor_per_core_per_rep": [r["per_second"] for r in runs["limit"]],
+                "cpu_efficiency_vs_anchor": cpu_ratio("limit"),
+                "scan_and_read_per_second": med("tar") if runs["tar"] else None,
+            },
+        ),
+        result(
+            "loader_vs_imagefolder",
+            ours=o,
+            anchor=b,
+            unit="images/s",
+            goal="ours >= 1.0 x anchor",
+            met=None if b is None else o >= b,
+            title=title,
+            ours_is="ShardStream + make_loader, normalized in the workers (as on a CPU device)",
+            anchor_is=f"torchvision ImageFolder + DataLoader ({WORKERS} workers) on the same images as files",
+            details={
+                **common,
+                "anchor_per_rep": [r["per_second"] for r in runs["folder"]],
+                "cpu_efficiency_vs_anchor": cpu_ratio("folder"),
+            },
+        ),
     ]
 
 

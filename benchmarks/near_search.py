@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import (Context, log, main, median, peak_rss_mib, peak_rss_reset, result, rss_mib,
-                               time_min_duration)
+from benchmarks.common import Context, log, main, median, peak_rss_mib, peak_rss_reset, result, rss_mib, time_min_duration
 
 RADIUS = 4
 LINEAR_TOLERANCE = 1.1
@@ -112,9 +111,16 @@ def child(method: str, run_dir: str, n: int, reps: int) -> dict:
         times = [time_min_duration(go, 0.2, max_loops=200) for _ in range(reps)]
     else:
         times = [first] + [time_min_duration(go, 0.0, max_loops=1) for _ in range(reps - 1)]
-    return {"method": method, "n": int(len(codes)), "seconds": median(times), "seconds_per_rep": times,
-            "peak_extra_mib": (peak - base) if (reset and peak is not None and base is not None) else None,
-            "pairs": pairs, "distinct_codes": int(len(np.unique(codes, axis=0))), **extra}
+    return {
+        "method": method,
+        "n": int(len(codes)),
+        "seconds": median(times),
+        "seconds_per_rep": times,
+        "peak_extra_mib": (peak - base) if (reset and peak is not None and base is not None) else None,
+        "pairs": pairs,
+        "distinct_codes": int(len(np.unique(codes, axis=0))),
+        **extra,
+    }
 
 
 def candidates_per_query(codes, radius: int = RADIUS) -> float:
@@ -127,15 +133,19 @@ def candidates_per_query(codes, radius: int = RADIUS) -> float:
     bits = np.unpackbits(codes, axis=1).astype(np.int64)
     total = 0
     for t in range(nhash):
-        keys = bits[:, t * b:(t + 1) * b] @ (1 << np.arange(b, dtype=np.int64))
+        keys = bits[:, t * b : (t + 1) * b] @ (1 << np.arange(b, dtype=np.int64))
         _, counts = np.unique(keys, return_counts=True)
-        total += int((counts ** 2).sum())
+        total += int((counts**2).sum())
     return total / len(codes)
 
 
 def _spawn(method: str, ctx: Context, n: int, reps: int) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.near_search", "--child", method, str(ctx.run_dir), str(n),
-                          str(reps)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.near_search", "--child", method, str(ctx.run_dir), str(n), str(reps)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -151,13 +161,17 @@ def run(ctx: Context) -> list[dict]:
             # imagededup once per size: at 4N a run takes about a minute, and its ~16x growth needs no median
             res[method, size] = _spawn(method, ctx, size, ctx.reps if method == "ours" else 1)
             r = res[method, size]
-            log(f"near_search {method} N={size}: {r['seconds']:.4f} s, +{r['peak_extra_mib'] or 0:.1f} MiB, "
-                f"{r['pairs']} pairs ({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"near_search {method} N={size}: {r['seconds']:.4f} s, +{r['peak_extra_mib'] or 0:.1f} MiB, "
+                f"{r['pairs']} pairs ({time.perf_counter() - t0:.0f} s)"
+            )
     alt = {}
     for size in (n, 4 * n):  # what was tried: 3 substrings of 21 bits probed with 1 flipped bit (exact to radius 5)
         alt[size] = _spawn("ours_3x21_flip1", ctx, size, ctx.reps)
-    log("near_search ours with 3 x 21-bit substrings + 1 flip: "
-        + ", ".join(f"N={k}: {v['seconds']:.4f} s" for k, v in alt.items()))
+    log(
+        "near_search ours with 3 x 21-bit substrings + 1 flip: "
+        + ", ".join(f"N={k}: {v['seconds']:.4f} s" for k, v in alt.items())
+    )
     codes_all = load_codes(ctx.run_dir)
     cand = {"N": candidates_per_query(subset(codes_all, n)), "4N": candidates_per_query(subset(codes_all, 4 * n))}
     o_t = res["ours", 4 * n]["seconds"] / res["ours", n]["seconds"]
@@ -166,32 +180,59 @@ def run(ctx: Context) -> list[dict]:
     if not ctx.ours_only:
         a_t = res["imagededup", 4 * n]["seconds"] / res["imagededup", n]["seconds"]
         a_m = _ratio(res["imagededup", 4 * n]["peak_extra_mib"], res["imagededup", n]["peak_extra_mib"])
-    det = {"N": n, "4N": 4 * n, "radius": RADIUS, "hashes_available": total,
-           "runs": [v for v in res.values()],
-           "same_pairs": None if ctx.ours_only else all(res["ours", s]["pairs"] == res["imagededup", s]["pairs"]
-                                                         for s in (n, 4 * n)),
-           "ours_seconds": {"N": res["ours", n]["seconds"], "4N": res["ours", 4 * n]["seconds"]},
-           "old_5x12_layout_candidates_per_query": cand,
-           "tried_3x21_flip1_seconds": {"N": alt[n]["seconds"], "4N": alt[4 * n]["seconds"],
-                                        "growth": alt[4 * n]["seconds"] / alt[n]["seconds"],
-                                        "same_pairs": all(alt[s_]["pairs"] == res["ours", s_]["pairs"] for s_ in (n, 4 * n))},
-           "anchor_seconds": None if ctx.ours_only else {"N": res["imagededup", n]["seconds"],
-                                                         "4N": res["imagededup", 4 * n]["seconds"]}}
+    det = {
+        "N": n,
+        "4N": 4 * n,
+        "radius": RADIUS,
+        "hashes_available": total,
+        "runs": [v for v in res.values()],
+        "same_pairs": None
+        if ctx.ours_only
+        else all(res["ours", s]["pairs"] == res["imagededup", s]["pairs"] for s in (n, 4 * n)),
+        "ours_seconds": {"N": res["ours", n]["seconds"], "4N": res["ours", 4 * n]["seconds"]},
+        "old_5x12_layout_candidates_per_query": cand,
+        "tried_3x21_flip1_seconds": {
+            "N": alt[n]["seconds"],
+            "4N": alt[4 * n]["seconds"],
+            "growth": alt[4 * n]["seconds"] / alt[n]["seconds"],
+            "same_pairs": all(alt[s_]["pairs"] == res["ours", s_]["pairs"] for s_ in (n, 4 * n)),
+        },
+        "anchor_seconds": None
+        if ctx.ours_only
+        else {"N": res["imagededup", n]["seconds"], "4N": res["imagededup", 4 * n]["seconds"]},
+    }
     title = f"near-duplicate search growth, N={n:,} -> 4N={4 * n:,} demo pHashes, radius {RADIUS}"
     return [
-        result("near_search_time_growth", ours=o_t, anchor=a_t, unit="x (time at 4N / time at N)",
-               goal="ours <= 5", met=o_t <= 5, title=title,
-               ours_is="build_index + range_pairs (faiss multi-index hashing)",
-               anchor_is="imagededup find_duplicates (brute_force_cython)", details=det),
-        result("near_search_memory_growth", ours=o_m, anchor=a_m, unit="x (peak memory at 4N / at N)",
-               goal=f"ours <= {4 * LINEAR_TOLERANCE:g} (linear)", met=None if o_m is None else o_m <= 4 * LINEAR_TOLERANCE,
-               title=title, ours_is="peak extra resident memory during build + search",
-               anchor_is="peak extra resident memory of imagededup's main process",
-               details={"ours_mib": {"N": res["ours", n]["peak_extra_mib"], "4N": res["ours", 4 * n]["peak_extra_mib"]},
-                        "ours_index_bytes": {"N": res["ours", n].get("index_bytes"),
-                                             "4N": res["ours", 4 * n].get("index_bytes")},
-                        "anchor_mib": None if ctx.ours_only else {
-                            "N": res["imagededup", n]["peak_extra_mib"], "4N": res["imagededup", 4 * n]["peak_extra_mib"]}}),
+        result(
+            "near_search_time_growth",
+            ours=o_t,
+            anchor=a_t,
+            unit="x (time at 4N / time at N)",
+            goal="ours <= 5",
+            met=o_t <= 5,
+            title=title,
+            ours_is="build_index + range_pairs (faiss multi-index hashing)",
+            anchor_is="imagededup find_duplicates (brute_force_cython)",
+            details=det,
+        ),
+        result(
+            "near_search_memory_growth",
+            ours=o_m,
+            anchor=a_m,
+            unit="x (peak memory at 4N / at N)",
+            goal=f"ours <= {4 * LINEAR_TOLERANCE:g} (linear)",
+            met=None if o_m is None else o_m <= 4 * LINEAR_TOLERANCE,
+            title=title,
+            ours_is="peak extra resident memory during build + search",
+            anchor_is="peak extra resident memory of imagededup's main process",
+            details={
+                "ours_mib": {"N": res["ours", n]["peak_extra_mib"], "4N": res["ours", 4 * n]["peak_extra_mib"]},
+                "ours_index_bytes": {"N": res["ours", n].get("index_bytes"), "4N": res["ours", 4 * n].get("index_bytes")},
+                "anchor_mib": None
+                if ctx.ours_only
+                else {"N": res["imagededup", n]["peak_extra_mib"], "4N": res["imagededup", 4 * n]["peak_extra_mib"]},
+            },
+        ),
     ]
 
 

@@ -26,9 +26,23 @@ RATE = 100  # samples per second per thread
 # Leaf functions that are waits py-spy cannot always tell from work (lock and socket
 # waits of multiprocessing's feeder threads, DataLoader queues, process pools): their
 # samples are counted apart as "waiting", not as CPU.
-WAITS = {"Condition.wait", "Event.wait", "socket.accept", "_PollLikeSelector.select", "Connection._recv",
-         "Connection._poll", "Connection.poll", "wait", "select", "poll", "Popen.wait", "Popen._wait",
-         "_wait_for_tstate_lock", "Thread.join", "Pool.join"}
+WAITS = {
+    "Condition.wait",
+    "Event.wait",
+    "socket.accept",
+    "_PollLikeSelector.select",
+    "Connection._recv",
+    "Connection._poll",
+    "Connection.poll",
+    "wait",
+    "select",
+    "poll",
+    "Popen.wait",
+    "Popen._wait",
+    "_wait_for_tstate_lock",
+    "Thread.join",
+    "Pool.join",
+}
 
 
 def py_spy() -> str | None:
@@ -45,7 +59,7 @@ def short_file(path: str) -> str:
         return p.split("site-packages/", 1)[1]
     repo = str(REPO).replace("\\", "/") + "/"
     if p.startswith(repo):
-        return p[len(repo):]
+        return p[len(repo) :]
     if p.startswith("<"):
         return p
     return p.rsplit("/", 1)[-1]
@@ -55,8 +69,10 @@ def summarize(speedscope_file: Path, top: int = 12) -> dict:
     """Per-process sample counts, top self functions, top pipeline functions (inclusive)."""
     d = json.loads(Path(speedscope_file).read_text(encoding="utf-8"))
     frames = d["shared"]["frames"]
-    names = ["(process root)" if f["name"].startswith("process ") else f"{f['name']} ({short_file(f.get('file') or '?')})"
-             for f in frames]
+    names = [
+        "(process root)" if f["name"].startswith("process ") else f"{f['name']} ({short_file(f.get('file') or '?')})"
+        for f in frames
+    ]
     self_c: Counter = Counter()
     incl_pipeline: Counter = Counter()
     per_process: Counter = Counter()
@@ -81,17 +97,22 @@ def summarize(speedscope_file: Path, top: int = 12) -> dict:
     share = (lambda c: round(100.0 * c / total, 1)) if total else (lambda c: 0.0)
     # a process is "main" if it has the most samples of the first listed profile's process
     return {
-        "samples": round(total, 2), "waiting": round(waiting, 2), "unit": "CPU seconds" if unit == "seconds" else "samples", "rate_hz": RATE,
-        "processes": [{"process": _proc_label(p, per_process), "samples": round(c, 2), "percent": share(c)}
-                      for p, c in per_process.most_common()],
+        "samples": round(total, 2),
+        "waiting": round(waiting, 2),
+        "unit": "CPU seconds" if unit == "seconds" else "samples",
+        "rate_hz": RATE,
+        "processes": [
+            {"process": _proc_label(p, per_process), "samples": round(c, 2), "percent": share(c)}
+            for p, c in per_process.most_common()
+        ],
         "top_self": [{"function": n, "samples": c, "percent": share(c)} for n, c in self_c.most_common(top)],
-        "top_pipeline_inclusive": [{"function": n, "samples": c, "percent": share(c)}
-                                   for n, c in incl_pipeline.most_common(top)],
+        "top_pipeline_inclusive": [{"function": n, "samples": c, "percent": share(c)} for n, c in incl_pipeline.most_common(top)],
     }
 
 
 def _proc_label(name: str, all_names) -> str:
     """``pid N`` with ``(main)`` on the first process started (the lowest pid), ``(child)`` on others."""
+
     def pid(n: str) -> int:
         digits = "".join(ch for ch in n.split()[1] if ch.isdigit()) if len(n.split()) > 1 else ""
         return int(digits) if digits else 0
@@ -102,8 +123,9 @@ def _proc_label(name: str, all_names) -> str:
     return f"pid {me} ({role})" if me else name
 
 
-def profile_module(name: str, *, run_dir: Path, work_dir: Path, out_dir: Path, extra: list[str] | None = None,
-                   timeout: float = 900) -> dict:
+def profile_module(
+    name: str, *, run_dir: Path, work_dir: Path, out_dir: Path, extra: list[str] | None = None, timeout: float = 900
+) -> dict:
     """Record one measurement module (quick sizes, ours only) under py-spy; return the summary.
 
     Returns ``{"error": ...}`` instead when py-spy is missing or fails.
@@ -113,9 +135,30 @@ def profile_module(name: str, *, run_dir: Path, work_dir: Path, out_dir: Path, e
         return {"error": "py-spy not installed (pip install -e '.[bench]')"}
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}.speedscope.json"
-    cmd = [exe, "record", "--format", "speedscope", "--rate", str(RATE), "--subprocesses", "-o", str(out), "--",
-           sys.executable, "-m", f"benchmarks.{name}", "--quick", "--ours-only", "--run-dir", str(run_dir),
-           "--work-dir", str(work_dir), "--json", str(out_dir / f"{name}.profiled-run.json"), *(extra or [])]
+    cmd = [
+        exe,
+        "record",
+        "--format",
+        "speedscope",
+        "--rate",
+        str(RATE),
+        "--subprocesses",
+        "-o",
+        str(out),
+        "--",
+        sys.executable,
+        "-m",
+        f"benchmarks.{name}",
+        "--quick",
+        "--ours-only",
+        "--run-dir",
+        str(run_dir),
+        "--work-dir",
+        str(work_dir),
+        "--json",
+        str(out_dir / f"{name}.profiled-run.json"),
+        *(extra or []),
+    ]
     log(f"profile {name}: py-spy record (quick sizes, ours only)")
     try:
         p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -132,12 +175,17 @@ def markdown(name: str, s: dict) -> str:
     """The summary as Markdown (for RESULTS.md)."""
     if "error" in s:
         return f"Profile of `{name}`: not available ({s['error']}).\n"
-    lines = [f"py-spy profile of `benchmarks.{name} --quick --ours-only`, set-up included ({s['samples']:,} "
-             f"{s.get('unit', 'samples')} sampled at {s['rate_hz']} Hz over all processes; waits excluded "
-             f"({s.get('waiting', 0):,} more in lock/queue/socket waits); "
-             f"speedscope file `{s.get('file', '')}`).", "",
-             "Share by process: " + ", ".join(f"{p['process']} {p['percent']}%" for p in s["processes"][:6]), "",
-             "| top of stack (self) | % of samples |", "|---|---|"]
+    lines = [
+        f"py-spy profile of `benchmarks.{name} --quick --ours-only`, set-up included ({s['samples']:,} "
+        f"{s.get('unit', 'samples')} sampled at {s['rate_hz']} Hz over all processes; waits excluded "
+        f"({s.get('waiting', 0):,} more in lock/queue/socket waits); "
+        f"speedscope file `{s.get('file', '')}`).",
+        "",
+        "Share by process: " + ", ".join(f"{p['process']} {p['percent']}%" for p in s["processes"][:6]),
+        "",
+        "| top of stack (self) | % of samples |",
+        "|---|---|",
+    ]
     lines += [f"| `{r['function']}` | {r['percent']} |" for r in s["top_self"]]
     if s["top_pipeline_inclusive"]:
         lines += ["", "| pipeline function (inclusive) | % of samples |", "|---|---|"]

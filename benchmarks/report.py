@@ -29,7 +29,8 @@ places, both measured by running the stream with 0, 1 and 2 workers:
    1/W of the batches, so Python `tarfile` header parsing (`calc_chksums`, `nts`, about 0.15 ms per sample) was
    paid W times: going from 1 to 2 workers added about 0.4 CPU ms per image. Fixed: the shuffle buffer now
    permutes item positions, `set_epoch` looks up each item's byte offset once per process
-   (`pipeline.io.shards.member_offsets`, then one header scan per shard; now the shard index), and each worker seeks to and reads only its
+   (`pipeline.io.shards.member_offsets`, then one header scan per shard; now the shard index), and each worker
+   seeks to and reads only its
    own batches' image members (batches identical to the old path, checked on the demo shards).
 
 Both costs were per sample, not per pixel, so the gap was widest on the 64 px emoji shards (the `--quick`
@@ -140,30 +141,49 @@ def _rounded(x):
     return x
 
 
-def write_report(path: Path, rows: list[dict], *, machine: dict, command: str, started: str, total_seconds: float,
-                 runs: dict, mode: str, run_dir: str, previous_profiles: dict) -> None:
+def write_report(
+    path: Path,
+    rows: list[dict],
+    *,
+    machine: dict,
+    command: str,
+    started: str,
+    total_seconds: float,
+    runs: dict,
+    mode: str,
+    run_dir: str,
+    previous_profiles: dict,
+) -> None:
     L: list[str] = ["# Benchmarks", ""]
-    L += [f"Measured by `{command}` (`make bench` runs `python -m benchmarks`), started {started}, "
-          f"{mode} run, {total_seconds / 60:.1f} min, on the demo run `{run_dir}`. Each figure is the median of the "
-          "reps of a measurement; ours and its anchor ran interleaved in the same process on the same real images. "
-          "Rows measured by an earlier run (`--only`) say so in the last column.", ""]
+    L += [
+        f"Measured by `{command}` (`make bench` runs `python -m benchmarks`), started {started}, "
+        f"{mode} run, {total_seconds / 60:.1f} min, on the demo run `{run_dir}`. Each figure is the median of the "
+        "reps of a measurement; ours and its anchor ran interleaved in the same process on the same real images. "
+        "Rows measured by an earlier run (`--only`) say so in the last column.",
+        "",
+    ]
     L += ["| what | ours | anchor | unit | ratio | goal | met | measured |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r.get("measured", {})
         when = "this run" if m.get("at") == started else f"{m.get('at', '?')} ({m.get('mode', '?')})"
-        L.append(f"| {r['name']} | {fmt(r['ours'], r['unit'])} | {fmt(r['anchor'], r['unit'])} | {r['unit']} | "
-                 f"{fmt(r['ratio'])} | {r['goal']} | {_met(r.get('met'))} | {when} |")
+        L.append(
+            f"| {r['name']} | {fmt(r['ours'], r['unit'])} | {fmt(r['anchor'], r['unit'])} | {r['unit']} | "
+            f"{fmt(r['ratio'])} | {r['goal']} | {_met(r.get('met'))} | {when} |"
+        )
     L += ["", "## Machine", ""]
     v = machine.get("versions", {})
     cap = machine.get("cpu_capability") or {}
     L += [f"- CPU capability (torch): {cap.get('torch', '?')}, native bf16: {'yes' if cap.get('bf16_native') else 'no'}"]
-    L += [f"- {machine.get('cores')} cores, {machine.get('cpu_model')} ({', '.join(machine.get('cpu_features', []))}), "
-          f"{machine.get('memory_gib')} GiB, no GPU",
-          f"- Python {machine.get('python')}, {machine.get('platform')}",
-          "- " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
-          f"- load average at the start: {machine.get('load_average')}; before each measurement: "
-          + ", ".join(f"{k} {r.get('load_average_before')}" for k, r in runs.items()),
-          "- seconds per measurement: " + ", ".join(f"{k} {r['seconds']:.0f}" for k, r in runs.items()), ""]
+    L += [
+        f"- {machine.get('cores')} cores, {machine.get('cpu_model')} ({', '.join(machine.get('cpu_features', []))}), "
+        f"{machine.get('memory_gib')} GiB, no GPU",
+        f"- Python {machine.get('python')}, {machine.get('platform')}",
+        "- " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        f"- load average at the start: {machine.get('load_average')}; before each measurement: "
+        + ", ".join(f"{k} {r.get('load_average_before')}" for k, r in runs.items()),
+        "- seconds per measurement: " + ", ".join(f"{k} {r['seconds']:.0f}" for k, r in runs.items()),
+        "",
+    ]
     if mode == "quick":
         L += ["**Quick run**: small sizes and one rep, for development; the figures are indicative only.", ""]
     L += ["## Measurements", ""]
@@ -173,8 +193,10 @@ def write_report(path: Path, rows: list[dict], *, machine: dict, command: str, s
             L.append(f"- ours: {r['ours_is']}")
         if r.get("anchor_is"):
             L.append(f"- anchor: {r['anchor_is']}")
-        L.append(f"- result: ours {fmt(r['ours'], r['unit'])}, anchor {fmt(r['anchor'], r['unit'])} {r['unit']}, "
-                 f"ratio {fmt(r['ratio'])}; goal {r['goal']}: {_met(r.get('met'))}")
+        L.append(
+            f"- result: ours {fmt(r['ours'], r['unit'])}, anchor {fmt(r['anchor'], r['unit'])} {r['unit']}, "
+            f"ratio {fmt(r['ratio'])}; goal {r['goal']}: {_met(r.get('met'))}"
+        )
         det = _details(r.get("details", {}))
         if det:
             L += ["- details:", *det]
@@ -204,28 +226,44 @@ def write_report(path: Path, rows: list[dict], *, machine: dict, command: str, s
             from pipeline.reporting.energy import CPU_WATTS_PER_CORE
 
             cores = os.cpu_count() or 1
-            res = project(images_per_second=d["images_per_second"], measured_model=d["measured_model"],
-                          measured_image_size=d["measured_image_size"], loader_per_core=d["loader_per_core"],
-                          device=f"{cores}-core CPU", device_watts=cores * CPU_WATTS_PER_CORE,
-                          throughput_source="this machine's CPU, train_step row")
-            L += ["`python -m benchmarks.project` with this run's figures (GPU counts 8, 64 and 336 shown; "
-                  "pass `--images-per-second X` for a measured GPU figure):", "", table(res, gpus_shown=(8, 64, 336)),
-                  "", "Assumptions:", ""] + [f"- {s}" for s in res["assumptions"]]
+            res = project(
+                images_per_second=d["images_per_second"],
+                measured_model=d["measured_model"],
+                measured_image_size=d["measured_image_size"],
+                loader_per_core=d["loader_per_core"],
+                device=f"{cores}-core CPU",
+                device_watts=cores * CPU_WATTS_PER_CORE,
+                throughput_source="this machine's CPU, train_step row",
+            )
+            L += [
+                "`python -m benchmarks.project` with this run's figures (GPU counts 8, 64 and 336 shown; "
+                "pass `--images-per-second X` for a measured GPU figure):",
+                "",
+                table(res, gpus_shown=(8, 64, 336)),
+                "",
+                "Assumptions:",
+                "",
+            ] + [f"- {s}" for s in res["assumptions"]]
             if d.get("loader_source"):
                 L.append(f"- loader rate measured as {d['loader_source']}")
         else:
             L.append("Needs the train_step and loader rows.")
     except Exception as exc:  # the report must not fail on the projection
         L.append(f"(projection failed: {type(exc).__name__}: {exc})")
-    L += ["", "## Reproduce", "",
-          "```bash",
-          "make demo                     # the demo run the benchmarks read (runs/demo)",
-          "make bench                    # installs .[test,bench], runs python -m benchmarks (budget: < 20 min on 2 quiet cores)",
-          "python -m benchmarks --quick --only loader      # one measurement, small sizes",
-          "python -m benchmarks --profile loader --keep-work   # py-spy speedscope profile of our side",
-          "python -m benchmarks --only demo --demo-command 'make demo'   # time a demo run (rewrites runs/demo)",
-          "python -m benchmarks.project --images-per-second X   # projection from a measured per-GPU figure",
-          "```", ""]
+    L += [
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        "make demo                     # the demo run the benchmarks read (runs/demo)",
+        "make bench                    # installs .[test,bench], runs python -m benchmarks (budget: < 20 min on 2 quiet cores)",
+        "python -m benchmarks --quick --only loader      # one measurement, small sizes",
+        "python -m benchmarks --profile loader --keep-work   # py-spy speedscope profile of our side",
+        "python -m benchmarks --only demo --demo-command 'make demo'   # time a demo run (rewrites runs/demo)",
+        "python -m benchmarks.project --images-per-second X   # projection from a measured per-GPU figure",
+        "```",
+        "",
+    ]
     path.write_text("\n".join(L), encoding="utf-8")
 
 

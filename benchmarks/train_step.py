@@ -60,9 +60,16 @@ def run_ours(ctx: Context, prepared, rep: int, steps: int, warmup: int, extra: t
         (d / stage).symlink_to((prepared / stage).resolve(), target_is_directory=True)
     # No held-out split by default: its evaluations (at step 0 and at the end) are outside
     # the measured steps and would only add minutes (--opt heldout=0.05 restores the default).
-    cfg = compose_cfg(f"run_dir={d}", f"pretrain.model={MODEL}", f"pretrain.batch_size={BATCH}",
-                      f"pretrain.image_size={SIZE}", f"pretrain.max_steps={steps}", "pretrain.progress=false",
-                      f"pretrain.heldout_fraction={ctx.options.get('heldout', 0)}", *extra)
+    cfg = compose_cfg(
+        f"run_dir={d}",
+        f"pretrain.model={MODEL}",
+        f"pretrain.batch_size={BATCH}",
+        f"pretrain.image_size={SIZE}",
+        f"pretrain.max_steps={steps}",
+        "pretrain.progress=false",
+        f"pretrain.heldout_fraction={ctx.options.get('heldout', 0)}",
+        *extra,
+    )
     r0 = os.times()
     with Timer() as t:
         man = run_pretrain(cfg)
@@ -78,18 +85,23 @@ def run_ours(ctx: Context, prepared, rep: int, steps: int, warmup: int, extra: t
         "manifest_images_per_second": c["images_per_second"],
         "manifest_data_wait_fraction": c["data_wait_fraction"],
         "first_step_data_wait_seconds": rows[0]["data_wait_fraction"] * rows[0]["images"] / rows[0]["images_per_second"],
-        "stage_seconds": t.seconds, "precision": c["precision"], "num_classes": c["num_classes"],
+        "stage_seconds": t.seconds,
+        "precision": c["precision"],
+        "num_classes": c["num_classes"],
         "cpu_seconds_children": (r1.children_user + r1.children_system) - (r0.children_user + r0.children_system),
         "cpu_seconds_self": (r1.user + r1.system) - (r0.user + r0.system),
-        "channels_last": bool(c["channels_last"]), "threads": c["hardware"]["threads"],
-        "workers": c["hardware"]["workers"], "precision_reason": c["hardware"]["precision_choice"]["reason"],
+        "channels_last": bool(c["channels_last"]),
+        "threads": c["hardware"]["threads"],
+        "workers": c["hardware"]["workers"],
+        "precision_reason": c["hardware"]["precision_choice"]["reason"],
     }
     shutil.rmtree(d, ignore_errors=True)
     return out
 
 
-def run_bare(num_classes: int, steps: int, warmup: int, channels_last: bool = True, precision: str = "fp32",
-             threads: int | None = None) -> float:
+def run_bare(
+    num_classes: int, steps: int, warmup: int, channels_last: bool = True, precision: str = "fp32", threads: int | None = None
+) -> float:
     """The anchor: images/s of a bare forward/loss/backward/SGD loop after ``warmup`` steps,
     with the stage's resolved ``precision`` / ``channels_last`` and ``threads`` (None: the policy's)."""
     import torch
@@ -133,13 +145,16 @@ def _pair(ctx: Context, prepared, steps: int, warmup: int, extra: tuple[str, ...
     for r in range(ctx.reps):
         o = run_ours(ctx, prepared, r, steps, warmup, extra=extra)
         ours.append(o)
-        log(f"train_step{tag} rep {r}: ours {o['images_per_second']:.1f} img/s ({o['precision']}, "
+        log(
+            f"train_step{tag} rep {r}: ours {o['images_per_second']:.1f} img/s ({o['precision']}, "
             f"{'channels_last' if o['channels_last'] else 'NCHW'}, {o['threads']} threads, {o['workers']} workers), "
-            f"data wait {o['data_wait_fraction']:.1%}")
+            f"data wait {o['data_wait_fraction']:.1%}"
+        )
         if ctx.ours_only:
             continue
-        b = run_bare(o["num_classes"], steps, warmup, channels_last=o["channels_last"], precision=o["precision"],
-                     threads=o["threads"])
+        b = run_bare(
+            o["num_classes"], steps, warmup, channels_last=o["channels_last"], precision=o["precision"], threads=o["threads"]
+        )
         bare.append(b)
         log(f"train_step{tag} rep {r}: bare loop {b:.1f} img/s")
     return ours, bare
@@ -168,40 +183,78 @@ def run(ctx: Context) -> list[dict]:
     for v in [x for x in ctx.options.get("variants", default_variants).split(";") if x]:
         # diagnostic variants, e.g. --opt "variants=pretrain.threads=1;pretrain.workers=1"
         o = run_ours(ctx, prepared, 99, steps, warmup, extra=tuple(v.split(",")))
-        variants[v] = {k: o[k] for k in ("images_per_second", "data_wait_fraction", "cpu_seconds_self",
-                                         "cpu_seconds_children")}
+        variants[v] = {k: o[k] for k in ("images_per_second", "data_wait_fraction", "cpu_seconds_self", "cpu_seconds_children")}
         log(f"train_step variant {v}: {o['images_per_second']:.1f} img/s, data wait {o['data_wait_fraction']:.1%}")
     by_threads = {}
-    for th in [int(x) for x in ctx.options.get("bare_threads", "" if (ctx.quick or ctx.ours_only) else "1").split(",")
-               if x]:
-        by_threads[th] = run_bare(ours[0]["num_classes"], steps, warmup, channels_last=ours[0]["channels_last"],
-                                  precision=ours[0]["precision"], threads=th)
+    for th in [int(x) for x in ctx.options.get("bare_threads", "" if (ctx.quick or ctx.ours_only) else "1").split(",") if x]:
+        by_threads[th] = run_bare(
+            ours[0]["num_classes"],
+            steps,
+            warmup,
+            channels_last=ours[0]["channels_last"],
+            precision=ours[0]["precision"],
+            threads=th,
+        )
         log(f"train_step bare loop with {th} threads: {by_threads[th]:.1f} img/s")
     oi = median(o["images_per_second"] for o in ours)
     ow = median(o["data_wait_fraction"] for o in ours)
     a = median(bare)
-    det = {"model": MODEL, "batch": BATCH, "extra_overrides": list(extra), "image_size": SIZE, "steps": steps, "warmup_steps_dropped": warmup,
-           "precision": ours[0]["precision"], "channels_last": ours[0]["channels_last"],
-           "num_classes": ours[0]["num_classes"], "torch_threads": ours[0]["threads"], "loader_workers": ours[0]["workers"],
-           "precision_reason": ours[0]["precision_reason"], "by_precision": by_precision,
-           "ours_per_rep": ours, "anchor_per_rep": bare,
-           # each rep runs ours then the bare loop back to back: their ratio cancels the machine's drift between reps
-           "paired_ratios": [o["images_per_second"] / b for o, b in zip(ours, bare)],
-           "median_paired_ratio": median(o["images_per_second"] / b for o, b in zip(ours, bare)) if bare else None, "variants": variants, "anchor_by_threads": by_threads,
-           "manifest_images_per_second": median(o["manifest_images_per_second"] for o in ours),
-           "manifest_data_wait_fraction": median(o["manifest_data_wait_fraction"] for o in ours)}
-    title = (f"training step on CPU ({MODEL}, {SIZE} px, batch {BATCH}, {ours[0]['precision']}, "
-             f"{'channels_last' if ours[0]['channels_last'] else 'NCHW'})")
+    det = {
+        "model": MODEL,
+        "batch": BATCH,
+        "extra_overrides": list(extra),
+        "image_size": SIZE,
+        "steps": steps,
+        "warmup_steps_dropped": warmup,
+        "precision": ours[0]["precision"],
+        "channels_last": ours[0]["channels_last"],
+        "num_classes": ours[0]["num_classes"],
+        "torch_threads": ours[0]["threads"],
+        "loader_workers": ours[0]["workers"],
+        "precision_reason": ours[0]["precision_reason"],
+        "by_precision": by_precision,
+        "ours_per_rep": ours,
+        "anchor_per_rep": bare,
+        # each rep runs ours then the bare loop back to back: their ratio cancels the machine's drift between reps
+        "paired_ratios": [o["images_per_second"] / b for o, b in zip(ours, bare)],
+        "median_paired_ratio": median(o["images_per_second"] / b for o, b in zip(ours, bare)) if bare else None,
+        "variants": variants,
+        "anchor_by_threads": by_threads,
+        "manifest_images_per_second": median(o["manifest_images_per_second"] for o in ours),
+        "manifest_data_wait_fraction": median(o["manifest_data_wait_fraction"] for o in ours),
+    }
+    title = (
+        f"training step on CPU ({MODEL}, {SIZE} px, batch {BATCH}, {ours[0]['precision']}, "
+        f"{'channels_last' if ours[0]['channels_last'] else 'NCHW'})"
+    )
     return [
-        result("train_step", ours=oi, anchor=a, unit="images/s", goal="ours >= 0.95 x anchor",
-               met=None if a is None else oi >= 0.95 * a, title=title,
-               ours_is="pipeline.pretrain.run_pretrain (max_steps), steady-state steps from metrics.jsonl",
-               anchor_is="bare forward/loss/backward/SGD loop on synthetic tensors", details=det),
-        result("train_data_wait", ours=ow, anchor=None, unit="fraction of step time", goal="< 0.05",
-               met=ow < 0.05, title="data-wait fraction of the training steps",
-               ours_is="time waiting for the next batch / step time (steady state)",
-               anchor_is="", details={"manifest_data_wait_fraction": det["manifest_data_wait_fraction"],
-                                      "per_rep": [o["data_wait_fraction"] for o in ours]}),
+        result(
+            "train_step",
+            ours=oi,
+            anchor=a,
+            unit="images/s",
+            goal="ours >= 0.95 x anchor",
+            met=None if a is None else oi >= 0.95 * a,
+            title=title,
+            ours_is="pipeline.pretrain.run_pretrain (max_steps), steady-state steps from metrics.jsonl",
+            anchor_is="bare forward/loss/backward/SGD loop on synthetic tensors",
+            details=det,
+        ),
+        result(
+            "train_data_wait",
+            ours=ow,
+            anchor=None,
+            unit="fraction of step time",
+            goal="< 0.05",
+            met=ow < 0.05,
+            title="data-wait fraction of the training steps",
+            ours_is="time waiting for the next batch / step time (steady state)",
+            anchor_is="",
+            details={
+                "manifest_data_wait_fraction": det["manifest_data_wait_fraction"],
+                "per_rep": [o["data_wait_fraction"] for o in ours],
+            },
+        ),
     ]
 
 

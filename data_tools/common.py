@@ -169,9 +169,7 @@ def run(cmd: Sequence[str], source: str, cwd: Path | None = None, timeout: float
     shown = " ".join(cmd)
     LOG.debug("%s: running %s", source, shown)
     try:
-        proc = subprocess.run(
-            list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError as exc:
         raise SourceError(source, f"program not found: {cmd[0]} ({exc})") from exc
     except subprocess.TimeoutExpired as exc:

@@ -25,8 +25,10 @@ from .common import LOG, SourceError, cache_parser, marker_fingerprint, run_cli
 from .fetch_npm import EMOJIBASE_DATA, VENDORS, vendor_image_dir
 from .index_io import make_row, publish_index
 
-LICENSES = {"google": "Apache-2.0 (Noto Emoji); labels: emojibase-data MIT",
-            "twitter": "CC-BY-4.0 (Twemoji); labels: emojibase-data MIT"}
+LICENSES = {
+    "google": "Apache-2.0 (Noto Emoji); labels: emojibase-data MIT",
+    "twitter": "CC-BY-4.0 (Twemoji); labels: emojibase-data MIT",
+}
 
 
 def normalize_hexcode(hexcode: str) -> str:
@@ -78,8 +80,19 @@ def emoji_rows(image_dir: Path, lookup: dict[str, dict], vendor: str) -> tuple[l
         info = lookup.get(normalize_hexcode(stem))
         if info is None:
             unmatched.append(stem)
-            rows.append(make_row(stem, png.name, [], hexcode=stem.upper(), group=None, subgroup=None,
-                                 skin_tone=None, vendor=vendor, unmatched=True))
+            rows.append(
+                make_row(
+                    stem,
+                    png.name,
+                    [],
+                    hexcode=stem.upper(),
+                    group=None,
+                    subgroup=None,
+                    skin_tone=None,
+                    vendor=vendor,
+                    unmatched=True,
+                )
+            )
             continue
         meta = {k: info[k] for k in ("hexcode", "group", "subgroup", "skin_tone", "emoji")}
         meta["vendor"] = vendor
@@ -128,11 +141,15 @@ def convert_emoji(cache: Path, vendors: Iterable[str] = VENDORS) -> dict[str, di
             raise SourceError(name, f"image folder {image_dir} does not exist")
         rows, unmatched = emoji_rows(image_dir, lookup, vendor)
         if unmatched:
-            LOG.warning("%s: %d images have no emojibase entry (kept, tags []): %s",
-                        name, len(unmatched), ", ".join(unmatched[:10]))
-        counts = {"images": len(rows), "unmatched": len(unmatched),
-                  "skin_variants": sum(1 for r in rows if "parent_hexcode" in r["meta"]),
-                  "distinct_tags": len({t for r in rows for t in r["tags"]})}
+            LOG.warning(
+                "%s: %d images have no emojibase entry (kept, tags []): %s", name, len(unmatched), ", ".join(unmatched[:10])
+            )
+        counts = {
+            "images": len(rows),
+            "unmatched": len(unmatched),
+            "skin_variants": sum(1 for r in rows if "parent_hexcode" in r["meta"]),
+            "distinct_tags": len({t for r in rows for t in r["tags"]}),
+        }
         entry = publish_index(cache, name, rows, f"npm/{vendor_image_dir(vendor)}", counts, LICENSES[vendor], fingerprint)
         LOG.info("%s: wrote %s (%d rows, %d unmatched)", name, entry["index"], entry["count"], len(unmatched))
         entries[name] = entry
@@ -145,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vendor", nargs="+", choices=VENDORS, default=list(VENDORS))
     args = ap.parse_args(argv)
     return run_cli(lambda: convert_emoji(args.cache, args.vendor))
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

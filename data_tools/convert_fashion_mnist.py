@@ -38,8 +38,7 @@ from .index_io import SOURCES_JSON, converted_dir, update_sources
 
 SOURCE = "fashion_mnist"
 INPUT = "fashion_mnist_deb"
-CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat",
-           "sandal", "shirt", "sneaker", "bag", "ankle_boot")
+CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot")
 SPLITS = {"train": ("train_images", "train_labels", 6000), "val": ("val_images", "val_labels", 1000)}
 
 
@@ -81,8 +80,9 @@ def convert_fashion_mnist(cache: Path) -> dict:
     cache = Path(cache)
     fingerprint = marker_fingerprint(cache / INPUT)
     if fingerprint is None:
-        raise SourceError(SOURCE, f"{cache / INPUT} is not complete: "
-                                  "run `python -m data_tools.fetch_demo --only fashion_mnist_deb`")
+        raise SourceError(
+            SOURCE, f"{cache / INPUT} is not complete: run `python -m data_tools.fetch_demo --only fashion_mnist_deb`"
+        )
     base = cache / INPUT / FASHION_DIR
     counts: dict[str, dict[str, int]] = {}
     with staged_dir(cache / SOURCE) as tmp:
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m data_tools.convert_fashion_mnist [--cache data/raw]``."""
     args = cache_parser(__doc__).parse_args(argv)
     return run_cli(lambda: convert_fashion_mnist(args.cache))
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

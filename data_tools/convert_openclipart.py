@@ -104,8 +104,16 @@ def convert_openclipart(cache: Path) -> dict:
     for r in rows:
         if "svg_error" in r["meta"]:
             LOG.warning("%s: %s: %s", SOURCE, r["id"], r["meta"]["svg_error"])
-    entry = publish_index(cache, SOURCE, rows, f"{SOURCE}/{OPENCLIPART_PNG}", counts,
-                          "public domain (Open Clip Art Library)", fingerprint, svg_parser=SAFE_PARSER)
+    entry = publish_index(
+        cache,
+        SOURCE,
+        rows,
+        f"{SOURCE}/{OPENCLIPART_PNG}",
+        counts,
+        "public domain (Open Clip Art Library)",
+        fingerprint,
+        svg_parser=SAFE_PARSER,
+    )
     LOG.info("%s: wrote %s: %s", SOURCE, entry["index"], ", ".join(f"{k}={v:,}" for k, v in counts.items()))
     return entry
 
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m data_tools.convert_openclipart [--cache data/raw]``."""
     args = cache_parser(__doc__).parse_args(argv)
     return run_cli(lambda: convert_openclipart(args.cache))
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

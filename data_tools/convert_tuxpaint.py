@@ -126,8 +126,7 @@ def convert_tuxpaint(cache: Path) -> dict:
     missing = [r["id"] for r in rows if not r["meta"]["has_caption"]]
     if missing:
         LOG.warning("%s: %d stamps have no caption file: %s", SOURCE, len(missing), ", ".join(missing[:10]))
-    entry = publish_index(cache, SOURCE, rows, f"{SOURCE}/{TUXPAINT_STAMPS}", counts, "GPL-2.0 (Tux Paint stamps)",
-                          fingerprint)
+    entry = publish_index(cache, SOURCE, rows, f"{SOURCE}/{TUXPAINT_STAMPS}", counts, "GPL-2.0 (Tux Paint stamps)", fingerprint)
     LOG.info("%s: wrote %s: %s", SOURCE, entry["index"], ", ".join(f"{k}={v:,}" for k, v in counts.items()))
     return entry
 
@@ -136,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m data_tools.convert_tuxpaint [--cache data/raw]``."""
     args = cache_parser(__doc__).parse_args(argv)
     return run_cli(lambda: convert_tuxpaint(args.cache))
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.vision.near_index import build_index, range_pairs
 from pipeline.io.shards import ShardReader, shard_paths
+from pipeline.vision.near_index import build_index, range_pairs
 
 _DROP = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF", "2640", "2642", "FE0F", "200D"}
 _PERSON = {"1F468": "1F9D1", "1F469": "1F9D1"}
@@ -81,12 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.max_radius + 1):
         at = dist == r
         cum = dist <= r
-        row = {"radius": r, "pairs": int(at.sum()), "true": int(true[at].sum()),
-               "precision": round(float(true[at].mean()), 4) if at.any() else None,
-               "cum_pairs": int(cum.sum()), "cum_precision": round(float(true[cum].mean()), 4) if cum.any() else None}
+        row = {
+            "radius": r,
+            "pairs": int(at.sum()),
+            "true": int(true[at].sum()),
+            "precision": round(float(true[at].mean()), 4) if at.any() else None,
+            "cum_pairs": int(cum.sum()),
+            "cum_precision": round(float(true[cum].mean()), 4) if cum.any() else None,
+        }
         rows.append(row)
-        print(f"{r:>6} {row['pairs']:>7} {row['true']:>6} {str(row['precision']):>9} {row['cum_pairs']:>9} "
-              f"{str(row['cum_precision']):>13}")
+        print(
+            f"{r:>6} {row['pairs']:>7} {row['true']:>6} {str(row['precision']):>9} {row['cum_pairs']:>9} "
+            f"{str(row['cum_precision']):>13}"
+        )
     false_examples = [(ident[a], ident[b], int(d)) for a, b, d, t in zip(qi, di, dist, true) if not t and d <= 4][:10]
     print("examples of pairs counted false at <= 4 bits:", *false_examples, sep="\n  ")
     if args.json:

@@ -97,7 +97,8 @@ def download_debs(cache: Path, source: str, packages: dict[str, str | None]) -> 
                     raise
                 LOG.warning(
                     "%s: pinned versions not available (%s); downloading the candidate versions",
-                    source, ", ".join(pinned),
+                    source,
+                    ", ".join(pinned),
                 )
                 _apt_download(list(missing), tmp, source)
         for deb in sorted(tmp.glob("*.deb")):

@@ -101,7 +101,7 @@ def run_all(cache: Path, only: list[str] | None, force: bool, convert: bool, kee
     for name in selected:
         fetch, _folder = FETCHERS[name]
         LOG.info("== fetch %s", name)
-        if _attempt(name, lambda: fetch(cache, force=force, keep_downloads=keep_downloads), failures):
+        if _attempt(name, lambda: fetch(cache, force=force, keep_downloads=keep_downloads), failures):  # noqa: B023 (called here)
             fetched_ok.add(name)
     if not convert:
         return failures
@@ -118,7 +118,7 @@ def run_all(cache: Path, only: list[str] | None, force: bool, convert: bool, kee
             LOG.info("== %s: already complete, skipping", label)
             continue
         LOG.info("== %s", label)
-        _attempt(label, lambda: fn(cache), failures)
+        _attempt(label, lambda: fn(cache), failures)  # noqa: B023 (called here)
     return failures
 
 
@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Download, unpack, verify and convert the demo corpus sources.",
     )
     ap.add_argument("--cache", type=Path, default=Path("data/raw"), help="cache folder (default: data/raw)")
-    ap.add_argument("--only", nargs="+", choices=list(FETCHERS), metavar="SOURCE",
-                    help=f"only these sources (of: {', '.join(FETCHERS)})")
+    ap.add_argument(
+        "--only", nargs="+", choices=list(FETCHERS), metavar="SOURCE", help=f"only these sources (of: {', '.join(FETCHERS)})"
+    )
     ap.add_argument("--force", action="store_true", help="redo completed sources and conversions")
     ap.add_argument("--no-convert", dest="convert", action="store_false", help="fetch only")
     ap.add_argument("--keep-downloads", action="store_true", help="keep .deb files in <cache>/.downloads")

@@ -130,8 +130,10 @@ EMOJIBASE_MESSAGES = "node_modules/emojibase-data/en/messages.json"
 OUT_DIR = "fluent_emoji"
 TARGETS = ("subgroup", "group")
 SPLITS = ("train", "val")
-LICENSE = ("MIT (Fluent Emoji, Copyright (c) Microsoft Corporation; npm fluentui-emoji 1.3.0 by Mohammad Abu Mattar); "
-           "labels: emojibase-data 17.0.0, MIT")
+LICENSE = (
+    "MIT (Fluent Emoji, Copyright (c) Microsoft Corporation; npm fluentui-emoji 1.3.0 by Mohammad Abu Mattar); "
+    "labels: emojibase-data 17.0.0, MIT"
+)
 
 # Longest first: "-medium-light" must be tried before "-light".
 TONE_SUFFIXES = ("-medium-light", "-medium-dark", "-default", "-medium", "-light", "-dark")
@@ -179,12 +181,17 @@ _GENDER = {"2640", "2642"}
 _ADULT = {"1F468": "1F9D1", "1F469": "1F9D1"}  # man, woman -> person
 # Gendered pairs/triples that are separate code points rather than ZWJ sequences.
 _FAMILY_OF = {
-    "1F474": "1F9D3", "1F475": "1F9D3",  # old man, old woman -> older person
-    "1F466": "1F9D2", "1F467": "1F9D2",  # boy, girl -> child
-    "1F934": "1FAC5", "1F478": "1FAC5",  # prince, princess -> person with crown
+    "1F474": "1F9D3",
+    "1F475": "1F9D3",  # old man, old woman -> older person
+    "1F466": "1F9D2",
+    "1F467": "1F9D2",  # boy, girl -> child
+    "1F934": "1FAC5",
+    "1F478": "1FAC5",  # prince, princess -> person with crown
     "1F57A": "1F483",  # man dancing -> woman dancing
-    "1F385": "1F9D1-200D-1F384", "1F936": "1F9D1-200D-1F384",  # Santa, Mrs. Claus -> mx claus
-    "1F46B": "1F9D1-200D-1F91D-200D-1F9D1", "1F46C": "1F9D1-200D-1F91D-200D-1F9D1",
+    "1F385": "1F9D1-200D-1F384",
+    "1F936": "1F9D1-200D-1F384",  # Santa, Mrs. Claus -> mx claus
+    "1F46B": "1F9D1-200D-1F91D-200D-1F9D1",
+    "1F46C": "1F9D1-200D-1F91D-200D-1F9D1",
     "1F46D": "1F9D1-200D-1F91D-200D-1F9D1",  # woman and man / men / women holding hands
 }
 
@@ -374,8 +381,18 @@ def plan_images(
                 plan.duplicates.append(where)
                 continue
             seen.add(key)
-            plan.images.append(FluentImage(style, stem, entry["hexcode"], entry["label"], group_keys[entry["group"]],
-                                     subgroup_keys[entry["subgroup"]], tone, family_key(entry["hexcode"])))
+            plan.images.append(
+                FluentImage(
+                    style,
+                    stem,
+                    entry["hexcode"],
+                    entry["label"],
+                    group_keys[entry["group"]],
+                    subgroup_keys[entry["subgroup"]],
+                    tone,
+                    family_key(entry["hexcode"]),
+                )
+            )
     return plan
 
 
@@ -427,8 +444,9 @@ def family_classes(images: Iterable[FluentImage], attr: str = "subgroup") -> dic
     return {fam: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for fam, c in votes.items()}
 
 
-def choose_classes(images: Iterable[FluentImage], family_split: Mapping[str, str], attr: str, min_class_units: int,
-                   min_per_split: int) -> tuple[list[str], dict[str, int]]:
+def choose_classes(
+    images: Iterable[FluentImage], family_split: Mapping[str, str], attr: str, min_class_units: int, min_per_split: int
+) -> tuple[list[str], dict[str, int]]:
     """Classes (values of ``attr``) with >= ``min_class_units`` families and >= ``min_per_split`` per split.
 
     Returns:
@@ -575,8 +593,9 @@ def fetch_fluent_emoji(cache: Path, force: bool = False, keep_downloads: bool = 
                 if fh is not None:
                     atomic_write_bytes(tmp / name, fh.read())
         LOG.info("%s: verified %s", SOURCE, ", ".join(f"{k}={v:,}" for k, v in counts.items()))
-        marker = write_marker(tmp, SOURCE, versions={PACKAGE: VERSION}, tarball=TARBALL, sha256=TARBALL_SHA256,
-                              counts=counts, license=LICENSE)
+        marker = write_marker(
+            tmp, SOURCE, versions={PACKAGE: VERSION}, tarball=TARBALL, sha256=TARBALL_SHA256, counts=counts, license=LICENSE
+        )
     return marker
 
 
@@ -613,8 +632,7 @@ def build_layout(plan: Plan, settings: Settings) -> dict:
     family_split = split_units(fam_class, settings.val_fraction, settings.seed, settings.min_per_split)
     targets = {}
     for target in TARGETS:
-        kept, dropped = choose_classes(plan.images, family_split, target, settings.min_class_units,
-                                       settings.min_per_split)
+        kept, dropped = choose_classes(plan.images, family_split, target, settings.min_class_units, settings.min_per_split)
         keep = set(kept)
         files = []
         for im in plan.images:
@@ -633,10 +651,17 @@ def _counts(files: list[tuple[FluentImage, str, str, str]]) -> dict:
         per_class: dict[str, dict[str, int]] = {}
         for cls in sorted({c for _, c in rows}):
             ims = [im for im, c in rows if c == cls]
-            per_class[cls] = {"images": len(ims), "emoji": len({im.hexcode for im in ims}),
-                              "families": len({im.family for im in ims})}
-        out[split] = {"images": len(rows), "emoji": len({im.hexcode for im, _ in rows}),
-                      "families": len({im.family for im, _ in rows}), "per_class": per_class}
+            per_class[cls] = {
+                "images": len(ims),
+                "emoji": len({im.hexcode for im in ims}),
+                "families": len({im.family for im in ims}),
+            }
+        out[split] = {
+            "images": len(rows),
+            "emoji": len({im.hexcode for im, _ in rows}),
+            "families": len({im.family for im, _ in rows}),
+            "per_class": per_class,
+        }
     return out
 
 
@@ -705,8 +730,14 @@ def render_target(
         if data is None:
             raise SourceError(SOURCE, f"{members[key]} is not in the tarball")
         jobs.append((data, str(dest), settings.size))
-    LOG.info("%s: %d images to render (%d already there), %d links, %d worker(s)",
-             SOURCE, len(jobs), len(first) - len(jobs), len(links), workers)
+    LOG.info(
+        "%s: %d images to render (%d already there), %d links, %d worker(s)",
+        SOURCE,
+        len(jobs),
+        len(first) - len(jobs),
+        len(links),
+        workers,
+    )
     for _data, dest, _ in jobs:
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -725,10 +756,18 @@ def render_target(
     family_split = layout["family_split"]
     by_emoji: dict[str, dict] = {}
     for im in plan.images:
-        row = by_emoji.setdefault(im.hexcode, {
-            "hexcode": im.hexcode, "label": im.label, "family": im.family, "group": im.group,
-            "subgroup": im.subgroup, "split": family_split[im.family], "files": [],
-        })
+        row = by_emoji.setdefault(
+            im.hexcode,
+            {
+                "hexcode": im.hexcode,
+                "label": im.label,
+                "family": im.family,
+                "group": im.group,
+                "subgroup": im.subgroup,
+                "split": family_split[im.family],
+                "files": [],
+            },
+        )
         row["files"].append(f"{im.style}/{im.stem}")
     for target in TARGETS:
         for im, _s, _c, rel in layout["targets"][target]["files"]:
@@ -742,9 +781,15 @@ def render_target(
         "inputs": inputs or {},
         "settings": asdict(settings),
         "split_unit": "family: an emoji with all its styles and skin tones, and its man/woman/person forms "
-                      "(data_tools.fetch_fluent_emoji.family_key)",
-        "image": {"width": settings.size, "height": settings.size, "mode": "RGB", "format": "png",
-                  "background": "white", "file": "<target>/<split>/<class>/<stem>.<style>.png"},
+        "(data_tools.fetch_fluent_emoji.family_key)",
+        "image": {
+            "width": settings.size,
+            "height": settings.size,
+            "mode": "RGB",
+            "format": "png",
+            "background": "white",
+            "file": "<target>/<split>/<class>/<stem>.<style>.png",
+        },
         "counts": {
             "svg_files": sum(len(v) for v in svg_names(svgs).values()),
             "matched_images": len(plan.images),
@@ -777,8 +822,7 @@ def default_workers() -> int:
     return max(1, min(4, cpus))
 
 
-def convert_fluent_emoji(cache: Path, force: bool = False, workers: int | None = None,
-                         settings: Settings = Settings()) -> dict:
+def convert_fluent_emoji(cache: Path, force: bool = False, workers: int | None = None, settings: Settings = Settings()) -> dict:
     """Render ``<cache>/fluent_emoji/`` and record both targets in ``converted/sources.json``.
 
     Skipped (the existing manifest returned) when ``<cache>/fluent_emoji/.complete.json``
@@ -795,10 +839,17 @@ def convert_fluent_emoji(cache: Path, force: bool = False, workers: int | None =
     pkg, npm = cache / PACKAGE_DIR, cache / "npm"
     fp_pkg, fp_npm = marker_fingerprint(pkg), marker_fingerprint(npm)
     if fp_pkg is None or fp_npm is None:
-        raise SourceError(SOURCE, f"{pkg if fp_pkg is None else npm} is not complete: "
-                                  "run `python -m data_tools.fetch_demo --only npm fluent_emoji`")
-    inputs = {"package": f"{PACKAGE}@{VERSION}", "tarball_sha256": TARBALL_SHA256, "labels": "emojibase-data@17.0.0",
-              "package_marker_sha256": fp_pkg, "npm_marker_sha256": fp_npm}
+        raise SourceError(
+            SOURCE,
+            f"{pkg if fp_pkg is None else npm} is not complete: run `python -m data_tools.fetch_demo --only npm fluent_emoji`",
+        )
+    inputs = {
+        "package": f"{PACKAGE}@{VERSION}",
+        "tarball_sha256": TARBALL_SHA256,
+        "labels": "emojibase-data@17.0.0",
+        "package_marker_sha256": fp_pkg,
+        "npm_marker_sha256": fp_npm,
+    }
     final = cache / OUT_DIR
     state = {"inputs": inputs, "settings": asdict(settings)}
     digest = _plan_digest(state)
@@ -815,12 +866,12 @@ def convert_fluent_emoji(cache: Path, force: bool = False, workers: int | None =
         except (OSError, tarfile.TarError, ValueError) as exc:
             raise SourceError(SOURCE, str(exc)) from exc
         if plan.unmatched:
-            LOG.warning("%s: %d SVGs match no emojibase emoji (left out): %s", SOURCE, len(plan.unmatched),
-                        ", ".join(plan.unmatched[:10]))
+            LOG.warning(
+                "%s: %d SVGs match no emojibase emoji (left out): %s", SOURCE, len(plan.unmatched), ", ".join(plan.unmatched[:10])
+            )
         partial = final.with_name(f".{final.name}.partial")
         plan_file = partial / ".plan.json"
-        if partial.exists() and (force or not plan_file.is_file()
-                                 or _load_json(plan_file, "plan").get("plan_sha256") != digest):
+        if partial.exists() and (force or not plan_file.is_file() or _load_json(plan_file, "plan").get("plan_sha256") != digest):
             remove_path(partial)
         partial.mkdir(parents=True, exist_ok=True)
         atomic_write_json(plan_file, {"plan_sha256": digest, **state})
@@ -835,8 +886,14 @@ def convert_fluent_emoji(cache: Path, force: bool = False, workers: int | None =
         fsync_dir(final.parent)
         remove_path(old)
         c = manifest["counts"]
-        LOG.info("%s: wrote %s (%s images of %s emoji, %s left out)", SOURCE, final, f"{c['matched_images']:,}",
-                 f"{c['distinct_emoji']:,}", c["left_out_files"])
+        LOG.info(
+            "%s: wrote %s (%s images of %s emoji, %s left out)",
+            SOURCE,
+            final,
+            f"{c['matched_images']:,}",
+            f"{c['distinct_emoji']:,}",
+            c["left_out_files"],
+        )
     for target in TARGETS:
         t = manifest["targets"][target]
         entry = {
@@ -861,8 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="fetch and render again")
     ap.add_argument("--seed", type=int, default=Settings.seed, help="split seed (default 0)")
     ap.add_argument("--val-fraction", type=float, default=Settings.val_fraction)
-    ap.add_argument("--min-class-units", type=int, default=Settings.min_class_units,
-                    help="smallest class, in emoji families (default 8)")
+    ap.add_argument(
+        "--min-class-units", type=int, default=Settings.min_class_units, help="smallest class, in emoji families (default 8)"
+    )
     args = ap.parse_args(argv)
     settings = Settings(seed=args.seed, val_fraction=args.val_fraction, min_class_units=args.min_class_units)
 

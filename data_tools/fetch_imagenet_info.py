@@ -54,8 +54,21 @@ def fetch_imagenet_info(cache: Path, force: bool = False, keep_downloads: bool =
         return marker
     with tempfile.TemporaryDirectory(prefix="timm-wheel-") as wheel_dir:
         LOG.info("%s: pip download --no-deps timm==%s", SOURCE, TIMM_VERSION)
-        run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-             f"timm=={TIMM_VERSION}", "-d", wheel_dir], SOURCE)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                f"timm=={TIMM_VERSION}",
+                "-d",
+                wheel_dir,
+            ],
+            SOURCE,
+        )
         wheels = sorted(Path(wheel_dir).glob(f"timm-{TIMM_VERSION}-*.whl"))
         if not wheels:
             raise SourceError(SOURCE, f"pip download produced no timm-{TIMM_VERSION} wheel")

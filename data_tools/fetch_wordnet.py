@@ -117,8 +117,12 @@ def fetch_wordnet(cache: Path, force: bool = False, keep_downloads: bool = False
             counts.update(verify_with_nltk(tmp_nltk))
         LOG.info("%s: verified %s", SOURCE, ", ".join(f"{k}={v}" for k, v in counts.items()))
         marker = write_marker(
-            tmp_deb, SOURCE, packages=info, counts=counts,
-            nltk_corpus=f"{NLTK_DIR}/corpora/wordnet", lexnames_lines=45,
+            tmp_deb,
+            SOURCE,
+            packages=info,
+            counts=counts,
+            nltk_corpus=f"{NLTK_DIR}/corpora/wordnet",
+            lexnames_lines=45,
         )
     if not keep_downloads:
         forget_downloads(debs)

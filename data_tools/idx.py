@@ -86,7 +86,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         ValueError: if the array's dtype has no IDX code.
     """
     arr = np.asarray(array)
-    for code, dt in IDX_DTYPES.items():
+    for code, dt in IDX_DTYPES.items():  # noqa: B007 (code is used after the loop)
         if dt.kind == arr.dtype.kind and dt.itemsize == arr.dtype.itemsize:
             break
     else:

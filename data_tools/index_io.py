@@ -114,8 +114,9 @@ def update_sources(sources_json: Path, name: str, entry: dict, base: str = "..")
     atomic_write_json(sources_json, data)
 
 
-def publish_index(cache: Path, name: str, rows: list[dict], root: str, counts: dict, license: str,
-                  fingerprint: str, **extra: Any) -> dict:
+def publish_index(
+    cache: Path, name: str, rows: list[dict], root: str, counts: dict, license: str, fingerprint: str, **extra: Any
+) -> dict:
     """Write ``<cache>/converted/<name>.jsonl`` (:func:`write_index`) and record it in ``sources.json``.
 
     Args:
@@ -133,8 +134,16 @@ def publish_index(cache: Path, name: str, rows: list[dict], root: str, counts: d
     """
     out = converted_dir(cache)
     n = write_index(out / f"{name}.jsonl", rows)
-    entry = {"format": "folder+index", "root": root, "index": f"{CONVERTED}/{name}.jsonl", "count": n,
-             "counts": counts, "license": license, **extra, "input_fingerprint": fingerprint}
+    entry = {
+        "format": "folder+index",
+        "root": root,
+        "index": f"{CONVERTED}/{name}.jsonl",
+        "count": n,
+        "counts": counts,
+        "license": license,
+        **extra,
+        "input_fingerprint": fingerprint,
+    }
     update_sources(out / SOURCES_JSON, name, entry)
     return entry
 

@@ -61,7 +61,7 @@ def strip_doctype(data: bytes) -> tuple[bytes, int]:
     if m.group("subset"):
         for e in _ENTITY_RE.finditer(m.group("subset")):
             entities[e.group("name")] = e.group("value")
-    body = data[: m.start()] + data[m.end():]
+    body = data[: m.start()] + data[m.end() :]
     if entities:
         pattern = re.compile(rb"&(" + b"|".join(re.escape(k) for k in entities) + rb");")
         body = pattern.sub(lambda x: entities[x.group(1)], body)

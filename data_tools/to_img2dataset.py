@@ -139,8 +139,7 @@ def encode_jpeg(path: Path, image_size: int, resize_mode: str, max_pixels: int) 
         raise ValueError(f"unknown resize_mode {resize_mode!r} (border, keep_ratio, no)")
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=JPEG_QUALITY)
-    info = {"width": rgb.width, "height": rgb.height, "original_width": ow, "original_height": oh,
-            "exif": json.dumps(exif)}
+    info = {"width": rgb.width, "height": rgb.height, "original_width": ow, "original_height": oh, "exif": json.dumps(exif)}
     return buf.getvalue(), info
 
 
@@ -151,9 +150,17 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> N
     tar.addfile(ti, io.BytesIO(data))
 
 
-def write_shard(samples: Sequence[Sample], shard_id: int, out: Path, samples_per_shard: int,
-                image_size: int, resize_mode: str, max_pixels: int, seed: int,
-                fixed_time: float | None = None) -> dict:
+def write_shard(
+    samples: Sequence[Sample],
+    shard_id: int,
+    out: Path,
+    samples_per_shard: int,
+    image_size: int,
+    resize_mode: str,
+    max_pixels: int,
+    seed: int,
+    fixed_time: float | None = None,
+) -> dict:
     """Write ``out/<shard>.tar`` and ``out/<shard>_stats.json`` for one shard; return the stats."""
     start = time.time() if fixed_time is None else fixed_time
     order = list(range(len(samples)))
@@ -176,9 +183,15 @@ def write_shard(samples: Sequence[Sample], shard_id: int, out: Path, samples_per
             successes += 1
             status["success"] = status.get("success", 0) + 1
             caption = caption_text(s.row)
-            meta = {"url": f"{s.source}/{s.row['path']}", "caption": caption, "key": key,
-                    "status": "success", "error_message": None, **info,
-                    "sha256": hashlib.sha256(jpg).hexdigest()}
+            meta = {
+                "url": f"{s.source}/{s.row['path']}",
+                "caption": caption,
+                "key": key,
+                "status": "success",
+                "error_message": None,
+                **info,
+                "sha256": hashlib.sha256(jpg).hexdigest(),
+            }
             mtime = start if fixed_time is None else fixed_time
             _add_member(tar, f"{key}.jpg", jpg, mtime)
             _add_member(tar, f"{key}.json", json.dumps(meta, indent=4).encode(), mtime)
@@ -186,9 +199,16 @@ def write_shard(samples: Sequence[Sample], shard_id: int, out: Path, samples_per
     name = f"{shard_id:0{OOM_SHARD_COUNT}d}"
     atomic_write_bytes(out / f"{name}.tar", buf.getvalue())
     end = time.time() if fixed_time is None else fixed_time
-    stats = {"count": len(samples), "successes": successes, "failed_to_download": 0,
-             "failed_to_resize": failed, "duration": end - start, "start_time": start,
-             "end_time": end, "status_dict": status}
+    stats = {
+        "count": len(samples),
+        "successes": successes,
+        "failed_to_download": 0,
+        "failed_to_resize": failed,
+        "duration": end - start,
+        "start_time": start,
+        "end_time": end,
+        "status_dict": status,
+    }
     atomic_write_text(out / f"{name}_stats.json", json.dumps(stats, indent=4))
     return stats
 
@@ -205,10 +225,16 @@ def load_samples(inputs: Iterable[tuple[Path, Path]], limit: int | None = None) 
     return samples
 
 
-def to_img2dataset(samples: Sequence[Sample], out: Path, samples_per_shard: int = 10000,
-                   image_size: int = 256, resize_mode: str = "border",
-                   max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0,
-                   fixed_time: float | None = None) -> list[dict]:
+def to_img2dataset(
+    samples: Sequence[Sample],
+    out: Path,
+    samples_per_shard: int = 10000,
+    image_size: int = 256,
+    resize_mode: str = "border",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    seed: int = 0,
+    fixed_time: float | None = None,
+) -> list[dict]:
     """Write ``samples`` as img2dataset shards into ``out``; return each shard's stats.
 
     ``fixed_time`` (seconds) replaces the clock in stats and tar headers, for
@@ -223,19 +249,26 @@ def to_img2dataset(samples: Sequence[Sample], out: Path, samples_per_shard: int 
     out.mkdir(parents=True, exist_ok=True)
     stats = []
     for shard_id, first in enumerate(range(0, len(samples), samples_per_shard)):
-        chunk = samples[first:first + samples_per_shard]
-        stats.append(write_shard(chunk, shard_id, out, samples_per_shard, image_size, resize_mode,
-                                 max_pixels, seed, fixed_time))
+        chunk = samples[first : first + samples_per_shard]
+        stats.append(write_shard(chunk, shard_id, out, samples_per_shard, image_size, resize_mode, max_pixels, seed, fixed_time))
         LOG.info("to_img2dataset: shard %05d: %d/%d written", shard_id, stats[-1]["successes"], len(chunk))
     return stats
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m data_tools.to_img2dataset",
-                                 description="Write folder+index sources as img2dataset webdataset shards.")
-    ap.add_argument("--input", nargs=2, action="append", required=True, metavar=("INDEX", "ROOT"),
-                    type=Path, help="an index JSONL and its root folder (repeatable)")
+    ap = argparse.ArgumentParser(
+        prog="python -m data_tools.to_img2dataset", description="Write folder+index sources as img2dataset webdataset shards."
+    )
+    ap.add_argument(
+        "--input",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("INDEX", "ROOT"),
+        type=Path,
+        help="an index JSONL and its root folder (repeatable)",
+    )
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--samples-per-shard", type=int, default=10000)
     ap.add_argument("--limit", type=int, default=None, help="at most N rows per input")
@@ -246,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     setup_logging()
     samples = load_samples([(i, r) for i, r in args.input], args.limit)
-    stats = to_img2dataset(samples, args.out, args.samples_per_shard, args.image_size,
-                           args.resize_mode, args.max_pixels, args.seed)
+    stats = to_img2dataset(
+        samples, args.out, args.samples_per_shard, args.image_size, args.resize_mode, args.max_pixels, args.seed
+    )
     return 0 if sum(s["successes"] for s in stats) else 1
 
 

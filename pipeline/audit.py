@@ -61,8 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     rep = audit(root, ids, skip={ids_file})
     status = 1 if rep.found else 2 if rep.unverified else 0
     if args.json:
-        print(json.dumps({"run_dir": str(root), "ids": len(ids), "files": rep.files, "found": rep.found,
-                          "excluded": rep.excluded, "unverified": rep.unverified, "status": status}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(root),
+                    "ids": len(ids),
+                    "files": rep.files,
+                    "found": rep.found,
+                    "excluded": rep.excluded,
+                    "unverified": rep.unverified,
+                    "status": status,
+                },
+                indent=1,
+            )
+        )
     else:
         for line in rep.found:
             print(f"FOUND      {line}")
@@ -71,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in rep.excluded:
             print(f"excluded   {line}")
         verdict = {0: "clean", 1: "FOUND", 2: "UNVERIFIED"}[status]
-        print(f"audit {verdict}: {len(ids)} ids, {rep.files} files scanned, {len(rep.found)} found, "
-              f"{len(rep.unverified)} unverified, {len(rep.excluded)} exclusion records")
+        print(
+            f"audit {verdict}: {len(ids)} ids, {rep.files} files scanned, {len(rep.found)} found, "
+            f"{len(rep.unverified)} unverified, {len(rep.excluded)} exclusion records"
+        )
     return status
 
 

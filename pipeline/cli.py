@@ -101,29 +101,38 @@ def describe_failure(exc: BaseException) -> tuple[str, str] | None:
         run_dir = ""
         if path is not None and path.parent.name == "checkpoints" and path.parent.parent.name == "pretrain":
             run_dir = f" run_dir={path.parent.parent.parent}"  # <run_dir>/pretrain/checkpoints/step_*.pt
-        return msg, (f"{where} (pretraining then resumes from the newest checkpoint left there, or starts over), "
-                     f"or redo pretraining from scratch with `python -m pipeline.run{run_dir} run.force=[pretrain]`")
+        return msg, (
+            f"{where} (pretraining then resumes from the newest checkpoint left there, or starts over), "
+            f"or redo pretraining from scratch with `python -m pipeline.run{run_dir} run.force=[pretrain]`"
+        )
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in DISK_FULL:
             where = f" ({e.filename})" if e.filename else ""
-            return (f"disk full: {_one_line(e.strerror or e)}{where}",
-                    "free space on that file system (or point run_dir elsewhere) and rerun: "
-                    "finished work is kept and the stage resumes")
+            return (
+                f"disk full: {_one_line(e.strerror or e)}{where}",
+                "free space on that file system (or point run_dir elsewhere) and rerun: "
+                "finished work is kept and the stage resumes",
+            )
         if isinstance(e, OSError) and e.errno in WRITE_REFUSED:
             where = f": {e.filename}" if e.filename else ""
-            return (f"{_one_line(e.strerror or e)}{where}",
-                    "check that the folder is on a writable file system and that you may read and write it "
-                    "(run_dir, data.cache)")
+            return (
+                f"{_one_line(e.strerror or e)}{where}",
+                "check that the folder is on a writable file system and that you may read and write it (run_dir, data.cache)",
+            )
     if isinstance(exc, FileNotFoundError):
         if exc.errno is not None and exc.filename:  # raised by the OS, not by a stage
-            return f"missing input: {exc.filename} ({exc.strerror or 'No such file or directory'})", \
-                "check the path in the config (data.cache, data.sources, transfer.root, ...)"
+            return (
+                f"missing input: {exc.filename} ({exc.strerror or 'No such file or directory'})",
+                "check the path in the config (data.cache, data.sources, transfer.root, ...)",
+            )
         msg = _one_line(exc)
         m = _NOT_FINISHED_RE.search(msg)
         if m and "python -m" not in msg:
             stage, run_dir = m.group(1), m.group(2)
-            return msg, (f"run `python -m pipeline.{stage} run_dir={run_dir}` first, or `python -m pipeline.run "
-                         f"run_dir={run_dir}` to run the stages in order")
+            return msg, (
+                f"run `python -m pipeline.{stage} run_dir={run_dir}` first, or `python -m pipeline.run "
+                f"run_dir={run_dir}` to run the stages in order"
+            )
         return msg, ""
     return None
 

@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-
 RESULTS = "results"  # field metadata: False = the value never changes a stage's results
 RESUMABLE = "resumable"  # field metadata: True = a resumed run may change the value
 
@@ -90,6 +89,7 @@ class DataConfig:
     sources: List[SourceConfig] = field(default_factory=list)  # pretraining sources (ingested into shards)
     eval_sets: List[SourceConfig] = field(default_factory=list)  # evaluation images dedup decontaminates against
 
+
 def validate_data(data: Any) -> None:
     """Checks of ``data.sources`` and ``data.eval_sets`` (ConfigError naming the key)."""
     names = [s.name for s in data.sources]
@@ -106,7 +106,6 @@ def validate_data(data: Any) -> None:
         _check(s.max_samples is None or s.max_samples > 0, f"{key}.max_samples", "must be > 0")
 
 
-
 @dataclass
 class IngestConfig:
     """Ingest stage: raw input -> canonical WebDataset shards."""
@@ -114,7 +113,8 @@ class IngestConfig:
     shard_size: int = 1000  # samples per input unit; one output shard per unit (img2dataset: per input tar)
     max_side: int = 512  # px; the longer side of stored images is capped to this
     min_side: int = 8  # px; images whose shorter side is smaller are quarantined
-    max_pixels: int = 89_478_485  # width x height cap of the input (Pillow's default); larger -> quarantined as decompression_bomb
+    # width x height cap of the input (Pillow's default); larger -> quarantined as decompression_bomb
+    max_pixels: int = 89_478_485
     max_file_bytes: int = 256 * 1024 * 1024  # larger encoded inputs are quarantined
     encoding: Encoding = Encoding.jpeg  # default re-encoding (per-source override in data.sources)
     jpeg_quality: int = 95
@@ -133,6 +133,7 @@ class IngestConfig:
     merge_timeout_s: float = runtime(3600.0)  # rank 0 waits this long for other ranks' parts
     progress: bool = runtime(True)  # progress on stderr: a live bar on a terminal, else a line every 30 s (pipeline.progress)
 
+
 def validate_ingest(ing: Any) -> None:
     """Range checks of ``ingest.*`` (ConfigError naming the key)."""
     _check(ing.shard_size > 0, "ingest.shard_size", f"must be > 0, got {ing.shard_size}")
@@ -144,7 +145,6 @@ def validate_ingest(ing: Any) -> None:
     _check(ing.workers >= 0, "ingest.workers", "must be >= 0 (0 = all cores)")
     _check(ing.max_hashtags >= 1, "ingest.max_hashtags", f"must be >= 1 tag per image, got {ing.max_hashtags}")
     _check(ing.max_hashtag_chars >= 1, "ingest.max_hashtag_chars", f"must be >= 1 character, got {ing.max_hashtag_chars}")
-
 
 
 class VocabKind(StrEnum):
@@ -169,12 +169,12 @@ class VocabConfig:
     require_dedup: bool = True  # fail if <run_dir>/dedup/ has not finished; false = count every ingested sample
     progress: bool = runtime(True)  # tqdm progress bar over samples on stderr
 
+
 def validate_vocab(vc: Any) -> None:
     """Range checks of ``vocab.*`` (ConfigError naming the key)."""
     _check(vc.min_count >= 1, "vocab.min_count", f"must be >= 1 sample, got {vc.min_count}")
     _check(vc.top_k >= 1, "vocab.top_k", f"must be >= 1 class, got {vc.top_k}")
     _check(VocabKind(vc.kind) is VocabKind.raw or bool(vc.wordnet_dir), "vocab.wordnet_dir", "must be set for WordNet kinds")
-
 
 
 @dataclass
@@ -189,13 +189,13 @@ class DedupConfig:
     workers: int = runtime(0)  # hashing processes; 0 = all cores
     progress: bool = runtime(True)
 
+
 def validate_dedup(dd: Any) -> None:
     """Range checks of ``dedup.*`` (ConfigError naming the key)."""
     _check(dd.hash_size in (8, 16), "dedup.hash_size", f"must be 8 or 16 (64- or 256-bit pHash), got {dd.hash_size}")
     _check(0 <= dd.near_radius <= dd.hash_size**2 // 4, "dedup.near_radius", "must be in [0, bits/4]")
     _check(0 <= dd.eval_radius <= dd.hash_size**2 // 4, "dedup.eval_radius", "must be in [0, bits/4]")
     _check(dd.workers >= 0, "dedup.workers", "must be >= 0 (0 = all cores)")
-
 
 
 class LossKind(StrEnum):
@@ -255,7 +255,9 @@ class PretrainConfig:
     image_size: int = 64  # px, random-resized-crop output (224 in the paper)
     batch_size: int = 64  # images per device per micro-batch (24 per GPU in the paper)
     global_batch: Optional[int] = None  # images per optimizer step; None = batch_size x world (no accumulation)
-    epochs: int = 8  # the demo: 8 epochs of ~10.3k images: ~10 min on 2 quiet AVX2 cores in fp32 (~5 min with native bf16); 3 epochs: features no better than random init for Fashion-MNIST
+    # the demo: 8 epochs of ~10.3k images: ~10 min on 2 quiet AVX2 cores in fp32 (~5 min with native bf16);
+    # 3 epochs: features no better than random init for Fashion-MNIST
+    epochs: int = 8
     max_steps: Optional[int] = resumable(None)  # stop after this many optimizer steps (smoke runs, tests)
     base_lr: float = 0.1  # per 256 images (linear scaling rule, Goyal et al. 2017 sec. 2.1)
     reference_batch: int = 256
@@ -275,7 +277,8 @@ class PretrainConfig:
     channels_last: Optional[bool] = None  # NHWC layout; None = auto (CPU: timed trial; CUDA: tensor-core GPUs)
     compile: bool = runtime(False)  # torch.compile the model (inductor; CPU needs gcc); compile time is paid at the first steps
     device: Device = runtime(Device.auto)
-    workers: Optional[int] = runtime(None)  # DataLoader workers per rank (decode + augmentation); None = from the cores (pipeline.train.hardware.thread_plan)
+    # DataLoader workers per rank (decode + augmentation); None = from the cores (pipeline.train.hardware.thread_plan)
+    workers: Optional[int] = runtime(None)
     # raise the loader workers' niceness by this much (0-19). None = auto: 19 when training on the CPU from the decoded
     # cache (the workers only crop and normalize, in the gaps the step's threads leave; 0.97x the bare loop instead of
     # 0.89x, AVX2, 2026-12-01), else 0. Set 0 on a machine shared with other jobs, where such workers would starve
@@ -292,8 +295,10 @@ class PretrainConfig:
     keep_checkpoints: int = runtime(3)
     tensorboard: bool = runtime(False)
     progress: bool = runtime(True)
-    threads: int = runtime(0)  # torch intra-op threads per rank; 0 = from the available cores (affinity, cgroup, SLURM) / local ranks
+    # torch intra-op threads per rank; 0 = from the available cores (affinity, cgroup, SLURM) / local ranks
+    threads: int = runtime(0)
     audit_data: bool = runtime(False)  # gather every rank's sample keys at the end and check they are disjoint (tests, debugging)
+
 
 def validate_pretrain(pt: Any) -> None:
     """Range checks of ``pretrain.*`` (ConfigError naming the key)."""
@@ -305,10 +310,12 @@ def validate_pretrain(pt: Any) -> None:
     _check(0 <= pt.heldout_fraction < 0.5, "pretrain.heldout_fraction", "must be in [0, 0.5)")
     _check(pt.worker_nice is None or 0 <= pt.worker_nice <= 19, "pretrain.worker_nice", "must be null or in 0..19")
     _check(pt.decoded_cache_max_gb >= 0, "pretrain.decoded_cache_max_gb", "must be >= 0")
-    _check((pt.workers is None or pt.workers >= 0) and pt.checkpoint_every_steps >= 1 and pt.keep_checkpoints >= 1,
-           "pretrain.workers/checkpoint_every_steps/keep_checkpoints", "must be >= 0 / >= 1 / >= 1")
+    _check(
+        (pt.workers is None or pt.workers >= 0) and pt.checkpoint_every_steps >= 1 and pt.keep_checkpoints >= 1,
+        "pretrain.workers/checkpoint_every_steps/keep_checkpoints",
+        "must be >= 0 / >= 1 / >= 1",
+    )
     _check(pt.warmup_epochs >= 0 and pt.base_lr > 0, "pretrain.warmup_epochs/base_lr", "must be >= 0 / > 0")
-
 
 
 @dataclass
@@ -345,7 +352,8 @@ class EnergyConfig:
     force_grid: bool = True  # make codecarbon use grid_kg_per_kwh too, so the two numbers differ only in energy
     grid_kg_per_kwh: float = 0.429  # kgCO2e per kWh; US average grid (Patterson et al. 2021)
     pue: float = 1.58  # datacenter PUE; 1.58 US average, 1.1 efficient cloud (Patterson et al. 2021)
-    cpu_watts_per_core: float = 4.0  # W per busy core (hardware thread): server TDP/thread 2-4 W + memory share; codecarbon's fallback
+    # W per busy core (hardware thread): server TDP/thread 2-4 W + memory share; codecarbon's fallback
+    cpu_watts_per_core: float = 4.0
     gpu_watts: float = 325.0  # W per GPU, system power per chip: V100 325, P100 271 (Patterson et al. 2021)
     tracking_mode: TrackingMode = TrackingMode.process  # codecarbon's tracking mode
     measure_power_secs: float = 5.0  # codecarbon's power sampling interval
@@ -356,6 +364,7 @@ class EnergyConfig:
     projection_gpus: List[int] = field(default_factory=lambda: [8, 64, 336])  # report: GPU counts (paper: 336)
     scaling_efficiency: Optional[float] = None  # report: fixed efficiency in (0, 1]; None = Goyal et al. (~90% at 256)
 
+
 def validate_energy(ec: Any) -> None:
     """Range checks of ``energy.*`` (ConfigError naming the key)."""
     _check(1.0 <= ec.pue <= 3.0, "energy.pue", f"must be in [1, 3] (1.1 efficient cloud, 1.58 US average), got {ec.pue}")
@@ -363,15 +372,25 @@ def validate_energy(ec: Any) -> None:
     _check(0 < ec.cpu_watts_per_core <= 100, "energy.cpu_watts_per_core", f"must be in (0, 100] W, got {ec.cpu_watts_per_core}")
     _check(0 < ec.gpu_watts <= 2000, "energy.gpu_watts", f"must be in (0, 2000] W, got {ec.gpu_watts}")
     _check(ec.measure_power_secs > 0, "energy.measure_power_secs", "must be > 0")
-    _check(str(ec.log_level).lower() in ("debug", "info", "warning", "error", "critical"), "energy.log_level",
-           "must be debug, info, warning, error or critical")
-    _check(len(ec.country_iso_code) == 3 and ec.country_iso_code.isalpha(), "energy.country_iso_code",
-           f"must be a 3-letter ISO code, got {ec.country_iso_code!r}")
+    _check(
+        str(ec.log_level).lower() in ("debug", "info", "warning", "error", "critical"),
+        "energy.log_level",
+        "must be debug, info, warning, error or critical",
+    )
+    _check(
+        len(ec.country_iso_code) == 3 and ec.country_iso_code.isalpha(),
+        "energy.country_iso_code",
+        f"must be a 3-letter ISO code, got {ec.country_iso_code!r}",
+    )
     _check(ec.projection_images > 0 and ec.projection_epochs > 0, "energy.projection_images/projection_epochs", "must be > 0")
-    _check(len(ec.projection_gpus) > 0 and all(g >= 1 for g in ec.projection_gpus), "energy.projection_gpus",
-           "must be a non-empty list of GPU counts >= 1")
-    _check(ec.scaling_efficiency is None or 0 < ec.scaling_efficiency <= 1, "energy.scaling_efficiency", "must be in (0, 1] or null")
-
+    _check(
+        len(ec.projection_gpus) > 0 and all(g >= 1 for g in ec.projection_gpus),
+        "energy.projection_gpus",
+        "must be a non-empty list of GPU counts >= 1",
+    )
+    _check(
+        ec.scaling_efficiency is None or 0 < ec.scaling_efficiency <= 1, "energy.scaling_efficiency", "must be in (0, 1] or null"
+    )
 
 
 @dataclass
@@ -451,7 +470,8 @@ class TransferConfig:
     low_data_per_class: List[int] = field(default_factory=lambda: [10])  # labelled images per class of the low-data settings
     full: bool = True  # also the "full" setting: all training images, at most max_train_per_class per class
     max_train_per_class: Optional[int] = 200  # cap of the full setting (None = all)
-    max_val_images: Optional[int] = 2000  # a stratified seeded subset of this many val images (None = all), the same for every run
+    # a stratified seeded subset of this many val images (None = all), the same for every run
+    max_val_images: Optional[int] = 2000
     probe_Cs: List[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0])  # inverse L2 strengths tried by the probe
     probe_holdout_fraction: float = 0.2  # share of each class held out from the training images to choose C
     probe_max_iter: int = 500  # L-BFGS iterations per logistic-regression fit
@@ -496,13 +516,17 @@ class TransferConfig:
     nn_copy_quantile: float = 0.01  # threshold = this quantile of the known copies' similarities
     nn_threshold: Optional[float] = None  # a fixed threshold instead of the calibrated one
     nn_non_copies: int = 500  # known non-copy pairs scored (same emoji by another vendor, else random images)
-    precision: Precision = Precision.auto  # as pretrain.precision: "auto" (pipeline.train.hardware policy), "fp32", "bf16", "fp16" (CUDA)
+    # as pretrain.precision: "auto" (pipeline.train.hardware policy), "fp32", "bf16", "fp16" (CUDA)
+    precision: Precision = Precision.auto
     channels_last: Optional[bool] = None  # NHWC memory layout; None = auto (as pretrain.channels_last)
     device: Device = runtime(Device.auto)
     workers: Optional[int] = runtime(None)  # DataLoader worker processes (decode + augmentation); None = from the cores
-    threads: int = runtime(0)  # torch intra-op threads; 0 = the available cores (on a busy machine 1 is several times faster: no waiting on a descheduled thread)
+    # torch intra-op threads; 0 = the available cores (on a busy machine 1 is several times faster: no waiting on a descheduled
+    # thread)
+    threads: int = runtime(0)
     eval_cache_mb: float = 1024.0  # keep eval-preprocessed images in memory up to this size (decoded once, not per epoch)
     progress: bool = runtime(True)  # tqdm progress bars on stderr
+
 
 def _is_unset(node: Any, key: str) -> bool:
     if OmegaConf.is_config(node):
@@ -534,21 +558,37 @@ def transfer_recipe(tc: Any, name: str) -> dict:
 
 def validate_transfer(tc: Any) -> None:
     """Range checks of ``transfer.*`` and of every target's effective recipe (ConfigError naming the key)."""
-    _check(len(tc.methods) > 0 and len(set(tc.methods)) == len(tc.methods), "transfer.methods",
-           f"must be a non-empty list of distinct methods, got {[str(m) for m in tc.methods]}")
-    _check(len(tc.inits) > 0 and len(set(tc.inits)) == len(tc.inits), "transfer.inits",
-           f"must be a non-empty list of distinct inits, got {[str(i) for i in tc.inits]}")
-    _check(len(tc.targets) > 0, "transfer.targets",
-           "no target selected (conf/transfer/target/*.yaml; e.g. 'transfer/target=[fashion_mnist]')")
+    _check(
+        len(tc.methods) > 0 and len(set(tc.methods)) == len(tc.methods),
+        "transfer.methods",
+        f"must be a non-empty list of distinct methods, got {[str(m) for m in tc.methods]}",
+    )
+    _check(
+        len(tc.inits) > 0 and len(set(tc.inits)) == len(tc.inits),
+        "transfer.inits",
+        f"must be a non-empty list of distinct inits, got {[str(i) for i in tc.inits]}",
+    )
+    _check(
+        len(tc.targets) > 0,
+        "transfer.targets",
+        "no target selected (conf/transfer/target/*.yaml; e.g. 'transfer/target=[fashion_mnist]')",
+    )
     _check(tc.image_size is None or tc.image_size >= 16, "transfer.image_size", "must be >= 16 px")
     _check(tc.probe_max_iter >= 1 and tc.probe_tol > 0, "transfer.probe_max_iter/probe_tol", "must be >= 1 / > 0")
-    _check(bool(tc.probe_stages) and set(tc.probe_stages) <= {"layer1", "layer2", "layer3", "layer4"}
-           and len(set(tc.probe_stages)) == len(tc.probe_stages), "transfer.probe_stages",
-           f"must be a non-empty list of distinct stages from layer1..layer4, got {list(tc.probe_stages)}")
+    _check(
+        bool(tc.probe_stages)
+        and set(tc.probe_stages) <= {"layer1", "layer2", "layer3", "layer4"}
+        and len(set(tc.probe_stages)) == len(tc.probe_stages),
+        "transfer.probe_stages",
+        f"must be a non-empty list of distinct stages from layer1..layer4, got {list(tc.probe_stages)}",
+    )
     _check(tc.eval_batch_size >= 1, "transfer.eval_batch_size", "must be >= 1")
     _check(0 < tc.lr_select_holdout_fraction < 1, "transfer.lr_select_holdout_fraction", "must be in (0, 1)")
-    _check(tc.reference_batch > 0 and 0 < tc.warmup_start_fraction <= 1,
-           "transfer.reference_batch/warmup_start_fraction", "must be > 0 / in (0, 1]")
+    _check(
+        tc.reference_batch > 0 and 0 < tc.warmup_start_fraction <= 1,
+        "transfer.reference_batch/warmup_start_fraction",
+        "must be > 0 / in (0, 1]",
+    )
     _check(tc.n_boot >= 100, "transfer.n_boot", f"must be >= 100 bootstrap resamples, got {tc.n_boot}")
     _check(0.5 <= tc.ci_level < 1, "transfer.ci_level", f"must be in [0.5, 1), got {tc.ci_level}")
     _check(tc.nn_known_copies >= 1 and tc.nn_non_copies >= 1, "transfer.nn_known_copies/nn_non_copies", "must be >= 1")
@@ -556,24 +596,33 @@ def validate_transfer(tc: Any) -> None:
     _check(tc.nn_threshold is None or -1 <= tc.nn_threshold <= 1, "transfer.nn_threshold", "must be a cosine in [-1, 1] or null")
     _check((tc.workers is None or tc.workers >= 0) and tc.threads >= 0, "transfer.workers/threads", "must be >= 0")
     for name in tc.targets:
-        _check(bool(name) and all(c.isalnum() or c in "_-." for c in str(name)), f"transfer.targets.{name}",
-               "target names may hold letters, digits, '_', '-' and '.' only")
+        _check(
+            bool(name) and all(c.isalnum() or c in "_-." for c in str(name)),
+            f"transfer.targets.{name}",
+            "target names may hold letters, digits, '_', '-' and '.' only",
+        )
         r = transfer_recipe(tc, name)
 
-        def key(k: str) -> str:
+        def key(k: str, name: str = name, r: dict = r) -> str:
             return f"transfer.targets.{name}.{k}" if k in r["overridden"] else f"transfer.{k}"
 
         _check(bool(r["root"]), f"transfer.targets.{name}.root", "must be set (the folder with the train and val splits)")
-        _check(bool(r["train_split"]) and bool(r["val_split"]) and r["train_split"] != r["val_split"],
-               f"transfer.targets.{name}.train_split", "train_split and val_split must be set and differ")
+        _check(
+            bool(r["train_split"]) and bool(r["val_split"]) and r["train_split"] != r["val_split"],
+            f"transfer.targets.{name}.train_split",
+            "train_split and val_split must be set and differ",
+        )
         _check(all(int(k) >= 1 for k in r["low_data_per_class"]), key("low_data_per_class"), "must be >= 1 image per class")
         _check(bool(r["full"]) or len(r["low_data_per_class"]) > 0, key("full"), "no data setting left (full=false, no low-data)")
         _check(r["max_train_per_class"] is None or r["max_train_per_class"] >= 2, key("max_train_per_class"), "must be >= 2")
         _check(r["max_val_images"] is None or r["max_val_images"] >= 1, key("max_val_images"), "must be >= 1")
         _check(len(r["probe_Cs"]) > 0 and all(c > 0 for c in r["probe_Cs"]), key("probe_Cs"), "must be a non-empty list of C > 0")
         _check(0 < r["probe_holdout_fraction"] < 1, key("probe_holdout_fraction"), "must be in (0, 1)")
-        _check(r["probe_seeds"] >= 1 and r["finetune_seeds"] >= 1, key("probe_seeds" if r["probe_seeds"] < 1 else "finetune_seeds"),
-               "must be >= 1 seed")
+        _check(
+            r["probe_seeds"] >= 1 and r["finetune_seeds"] >= 1,
+            key("probe_seeds" if r["probe_seeds"] < 1 else "finetune_seeds"),
+            "must be >= 1 seed",
+        )
         _check(r["finetune_epochs"] >= 1, key("finetune_epochs"), "must be >= 1")
         _check(r["min_epoch_images"] >= 0, key("min_epoch_images"), "must be >= 0")
         _check(r["batch_size"] >= 2, key("batch_size"), "must be >= 2 (BatchNorm needs 2+ images)")
@@ -581,13 +630,19 @@ def validate_transfer(tc: Any) -> None:
         _check(r["base_lr"] > 0, key("base_lr"), "must be > 0")
         _check(all(lr > 0 for lr in r["finetune_lr_grid"]), key("finetune_lr_grid"), "must hold learning rates > 0 (or be empty)")
         sel = str(r["lr_select_setting"])
-        _check(sel == "largest" or sel == "full" and r["full"] or sel.isdigit() and int(sel) in [int(k) for k in r["low_data_per_class"]],
-               key("lr_select_setting"), f"must be 'largest', 'full' (with full=true) or one of low_data_per_class, got {sel!r}")
+        _check(
+            sel == "largest"
+            or sel == "full"
+            and r["full"]
+            or sel.isdigit()
+            and int(sel) in [int(k) for k in r["low_data_per_class"]],
+            key("lr_select_setting"),
+            f"must be 'largest', 'full' (with full=true) or one of low_data_per_class, got {sel!r}",
+        )
         _check(r["lr_select_epochs"] >= 1, key("lr_select_epochs"), "must be >= 1")
         _check(r["lr_select_max_images"] is None or r["lr_select_max_images"] >= 2, key("lr_select_max_images"), "must be >= 2")
         _check(r["warmup_epochs"] >= 0, key("warmup_epochs"), "must be >= 0")
         _check(r["eval_cache_mb"] >= 0, key("eval_cache_mb"), "must be >= 0")
-
 
 
 @dataclass
@@ -705,8 +760,11 @@ def results_config(cfg: Any, *names: str) -> dict:
 def resume_recipe(resolved: dict) -> dict:
     """The part of a resolved pretraining config a resumed run must share with its checkpoint: ``seed`` and
     ``pretrain`` without the :func:`runtime` and :func:`resumable` fields."""
-    pt = _drop(resolved.get("pretrain") or {}, PretrainConfig,
-               lambda f: f.metadata.get(RESULTS) is False or f.metadata.get(RESUMABLE) is True)
+    pt = _drop(
+        resolved.get("pretrain") or {},
+        PretrainConfig,
+        lambda f: f.metadata.get(RESULTS) is False or f.metadata.get(RESUMABLE) is True,
+    )
     return {"seed": resolved.get("seed"), "pretrain": pt}
 
 

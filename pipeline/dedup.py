@@ -61,8 +61,9 @@ def run_dedup(cfg) -> dict:
     # plan: the ingest shards, the withdrawn ids, the eval units
     ingest_man = read_manifest(stage_dir(cfg.run_dir, INGEST))
     if ingest_man is None:
-        raise FileNotFoundError(f"no finished ingest stage in {cfg.run_dir}; "
-                                f"run `python -m pipeline.ingest run_dir={cfg.run_dir}` first")
+        raise FileNotFoundError(
+            f"no finished ingest stage in {cfg.run_dir}; run `python -m pipeline.ingest run_dir={cfg.run_dir}` first"
+        )
     withdrawn = frozenset(read_withdrawn(dd.withdrawn))
     ing = to_container(cfg.ingest)
     eval_units, eval_fp = plan_units(cfg.data.eval_sets, "png", 2000) if cfg.data.eval_sets else ([], {})
@@ -75,8 +76,10 @@ def run_dedup(cfg) -> dict:
     sha_of = {s["path"]: s["sha256"] for s in ingest_man["outputs"]["shards"]}
 
     # the codes ingest stored in the shard indexes: reading them is I/O only, one process
-    hashed = [hash_shard(p, dd.hash_size, withdrawn) for p in progress_bar(shards, desc="dedup codes", unit="shard",
-                                                                            disable=not dd.progress)]
+    hashed = [
+        hash_shard(p, dd.hash_size, withdrawn)
+        for p in progress_bar(shards, desc="dedup codes", unit="shard", disable=not dd.progress)
+    ]
     if (out / "hashes").is_dir():
         shutil.rmtree(out / "hashes")  # the per-shard hash cache of earlier versions (codes now come from ingest)
     t_hash = time.perf_counter() - t0
@@ -106,17 +109,41 @@ def run_dedup(cfg) -> dict:
         "withdrawn_requested": len(withdrawn),
     }
     config = {**results_config(cfg, "dedup"), "eval_sets": to_container(cfg.data.eval_sets)}
-    inputs = {"ingest": ingest_man["config_hash"], "ingest_shards": canonical_hash(list(sha_of.values())),
-              "eval_sets": eval_fp, "withdrawn": canonical_hash(sorted(withdrawn)),
-              "withdrawn_file_sha256": file_sha256(dd.withdrawn) if dd.withdrawn else None}
-    man = write_manifest(out, stage=STAGE, config=config, inputs=inputs, counts=counts,
-                         seconds=time.perf_counter() - t0,
-                         outputs={"removed": REMOVED_FILE, "eval_contamination": EVAL_CONTAMINATION_FILE,
-                                  "index": PHASH_INDEX_FILE, "index_keys": INDEX_KEYS_FILE})
-    log.info("dedup: %d samples, removed %d (withdrawn %d, duplicate_id %d, eval-contamination %d, exact %d, "
-             "near %d), kept %d; eval images contaminated %d of %d", counts["samples"], counts["removed"],
-             counts["withdrawn"], counts["duplicate_id"], counts["eval_contamination"], counts["exact"], counts["near"],
-             counts["kept"], counts["eval_contaminated"], counts["eval_images"])
+    inputs = {
+        "ingest": ingest_man["config_hash"],
+        "ingest_shards": canonical_hash(list(sha_of.values())),
+        "eval_sets": eval_fp,
+        "withdrawn": canonical_hash(sorted(withdrawn)),
+        "withdrawn_file_sha256": file_sha256(dd.withdrawn) if dd.withdrawn else None,
+    }
+    man = write_manifest(
+        out,
+        stage=STAGE,
+        config=config,
+        inputs=inputs,
+        counts=counts,
+        seconds=time.perf_counter() - t0,
+        outputs={
+            "removed": REMOVED_FILE,
+            "eval_contamination": EVAL_CONTAMINATION_FILE,
+            "index": PHASH_INDEX_FILE,
+            "index_keys": INDEX_KEYS_FILE,
+        },
+    )
+    log.info(
+        "dedup: %d samples, removed %d (withdrawn %d, duplicate_id %d, eval-contamination %d, exact %d, "
+        "near %d), kept %d; eval images contaminated %d of %d",
+        counts["samples"],
+        counts["removed"],
+        counts["withdrawn"],
+        counts["duplicate_id"],
+        counts["eval_contamination"],
+        counts["exact"],
+        counts["near"],
+        counts["kept"],
+        counts["eval_contaminated"],
+        counts["eval_images"],
+    )
     return man
 
 

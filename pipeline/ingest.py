@@ -74,8 +74,15 @@ def run_ingest(cfg) -> dict | None:
     mine = assign(units, part)
     todo = [u for u in mine if part_done(out_dir, u, plan_hash, withdrawn) is None]
     workers = min(default_workers(ing.workers), max(1, len(todo)))
-    log.info("ingest: %d units in plan, %d for rank %d/%d, %d to do, %d workers",
-             len(units), len(mine), part.rank, part.world, len(todo), workers)
+    log.info(
+        "ingest: %d units in plan, %d for rank %d/%d, %d to do, %d workers",
+        len(units),
+        len(mine),
+        part.rank,
+        part.world,
+        len(todo),
+        workers,
+    )
     bar = progress_bar(total=len(todo), unit="shard", desc=f"ingest[rank {part.rank}]", disable=not ing.progress)
     t_work = time.perf_counter()
     n_done = run_units(todo, settings, out_dir, workers, bar)
@@ -85,15 +92,26 @@ def run_ingest(cfg) -> dict | None:
 
     # write (rank 0): quarantine.jsonl from every rank's parts, then the manifest
     counts, outputs = merge_parts(out_dir, units, plan_hash, withdrawn, ing.merge_timeout_s, n_done, work_seconds)
-    manifest = write_manifest(out_dir, stage=STAGE, config=config, inputs=fingerprints, counts=counts,
-                              seconds=time.perf_counter() - t0, outputs=outputs)
-    log.info("ingest: input %d = written %d + quarantined %d (%s)", counts["input"], counts["written"],
-             counts["quarantined"], ", ".join(f"{k} {v}" for k, v in counts["by_reason"].items()) or "no rejections")
+    manifest = write_manifest(
+        out_dir, stage=STAGE, config=config, inputs=fingerprints, counts=counts, seconds=time.perf_counter() - t0, outputs=outputs
+    )
+    log.info(
+        "ingest: input %d = written %d + quarantined %d (%s)",
+        counts["input"],
+        counts["written"],
+        counts["quarantined"],
+        ", ".join(f"{k} {v}" for k, v in counts["by_reason"].items()) or "no rejections",
+    )
     hd = counts["hashtags_dropped"]
     if hd["images"]:
-        log.info("ingest: hashtag caps dropped %d tag(s) longer than %d characters and %d beyond %d per image, "
-                 "in %d written image(s)", hd["too_long"], ing.max_hashtag_chars, hd["over_count"],
-                 ing.max_hashtags, hd["images"])
+        log.info(
+            "ingest: hashtag caps dropped %d tag(s) longer than %d characters and %d beyond %d per image, in %d written image(s)",
+            hd["too_long"],
+            ing.max_hashtag_chars,
+            hd["over_count"],
+            ing.max_hashtags,
+            hd["images"],
+        )
     return manifest
 
 

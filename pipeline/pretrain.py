@@ -84,35 +84,92 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     ddp_model = wrap_model(model, info, pt.compile)
     scaler = grad_scaler(prec, info.device.type, start.grad_scaler)
     decoded, decoded_info = open_decoded_cache(pt, info, out, np.concatenate([train_idx.keys, held_idx.keys]), shards)
-    stream, held_stream = pretrain_streams(shards, train_idx, held_idx, pt=pt, seed=cfg.seed, rank=info.rank,
-                                           world=info.world, decoded=decoded,
-                                           normalize_in_workers=info.device.type == "cpu" and threads.workers > 0)
-    save = checkpoint_saver(out, model=model, optimizer=optimizer, scheduler=scheduler, config=resolved,
-                            keep=pt.keep_checkpoints, is_main=info.is_main, num_classes=num_classes, model_name=pt.model,
-                            precision=prec, scaler=scaler)
+    stream, held_stream = pretrain_streams(
+        shards,
+        train_idx,
+        held_idx,
+        pt=pt,
+        seed=cfg.seed,
+        rank=info.rank,
+        world=info.world,
+        decoded=decoded,
+        normalize_in_workers=info.device.type == "cpu" and threads.workers > 0,
+    )
+    save = checkpoint_saver(
+        out,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=resolved,
+        keep=pt.keep_checkpoints,
+        is_main=info.is_main,
+        num_classes=num_classes,
+        model_name=pt.model,
+        precision=prec,
+        scaler=scaler,
+    )
     run_eval = HeldoutEval(model, held_stream, info, prec, num_classes, out / EVAL_FILE)
     if start.state.step == 0 and run_eval.enabled:
         run_eval(0)  # the from-scratch (random init) level
     nice = loader_niceness(pt.worker_nice, info.device.type, decoded is not None, threads.workers)
-    settings = LoopSettings(pt, accum=plan.accum, total_steps=plan.total_steps, num_classes=num_classes,
-                            autocast_dtype=prec.autocast_dtype, channels_last=prec.channels_last, workers=threads.workers,
-                            metrics_file=out / METRICS_FILE, pin_memory=info.device.type == "cuda", worker_nice=nice)
-    stats = train(model=model, ddp_model=ddp_model, optimizer=optimizer, scheduler=scheduler,
-                  loss_fn=make_loss(str(pt.loss)), stream=stream, info=info, settings=settings, state=start.state,
-                  save=save, run_eval=run_eval, max_steps=pt.max_steps, scaler=scaler)
+    settings = LoopSettings(
+        pt,
+        accum=plan.accum,
+        total_steps=plan.total_steps,
+        num_classes=num_classes,
+        autocast_dtype=prec.autocast_dtype,
+        channels_last=prec.channels_last,
+        workers=threads.workers,
+        metrics_file=out / METRICS_FILE,
+        pin_memory=info.device.type == "cuda",
+        worker_nice=nice,
+    )
+    stats = train(
+        model=model,
+        ddp_model=ddp_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=make_loss(str(pt.loss)),
+        stream=stream,
+        info=info,
+        settings=settings,
+        state=start.state,
+        save=save,
+        run_eval=run_eval,
+        max_steps=pt.max_steps,
+        scaler=scaler,
+    )
     checksums, seen = gather_results(info, model, stats.pop("seen_keys") if pt.audit_data else None, decoded)
     if not info.is_main:
         return None
     if seen is not None:
         write_json(out / DATA_AUDIT_FILE, data_audit(seen))
     write_model_files(out, model, model_name=pt.model, num_classes=num_classes, image_size=pt.image_size)
-    counts = pretrain_counts(out, stats, pt=pt, plan=plan, info=info, labels=labels, train_idx=train_idx, held_idx=held_idx,
-                             precision=prec, threads=threads, nice=nice, decoded_info=decoded_info, checksums=checksums)
+    counts = pretrain_counts(
+        out,
+        stats,
+        pt=pt,
+        plan=plan,
+        info=info,
+        labels=labels,
+        train_idx=train_idx,
+        held_idx=held_idx,
+        precision=prec,
+        threads=threads,
+        nice=nice,
+        decoded_info=decoded_info,
+        checksums=checksums,
+    )
     inputs = {s: (read_manifest(stage_dir(cfg.run_dir, s)) or {}).get("config_hash") for s in (INGEST, DEDUP, VOCAB)}
-    return write_manifest(out, stage=STAGE, config=results_config(cfg, "seed", "pretrain"), inputs=inputs, counts=counts,
-                          seconds=time.perf_counter() - t0,
-                          outputs={"trunk": TRUNK_FILE, "metrics": METRICS_FILE, "eval": EVAL_FILE,
-                                   "checkpoints": CHECKPOINT_DIR + "/"})
+    return write_manifest(
+        out,
+        stage=STAGE,
+        config=results_config(cfg, "seed", "pretrain"),
+        inputs=inputs,
+        counts=counts,
+        seconds=time.perf_counter() - t0,
+        outputs={"trunk": TRUNK_FILE, "metrics": METRICS_FILE, "eval": EVAL_FILE, "checkpoints": CHECKPOINT_DIR + "/"},
+    )
 
 
 def main() -> None:

@@ -32,8 +32,15 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-__all__ = ["DEFAULT_INTERVAL_S", "ENV_INTERVAL", "ENV_MODE", "LogProgress", "progress_bar",
-           "progress_interval_s", "progress_mode"]
+__all__ = [
+    "DEFAULT_INTERVAL_S",
+    "ENV_INTERVAL",
+    "ENV_MODE",
+    "LogProgress",
+    "progress_bar",
+    "progress_interval_s",
+    "progress_mode",
+]
 
 DEFAULT_INTERVAL_S = 30.0
 ENV_INTERVAL = "PIPELINE_PROGRESS_INTERVAL_S"
@@ -115,8 +122,9 @@ class LogProgress(tqdm):
         Other arguments: as for ``tqdm``. ``file`` is ignored (use ``out``).
     """
 
-    def __init__(self, iterable: Iterable | None = None, *args: Any, interval_s: float | None = None,
-                 out: Any = None, **kw: Any) -> None:
+    def __init__(
+        self, iterable: Iterable | None = None, *args: Any, interval_s: float | None = None, out: Any = None, **kw: Any
+    ) -> None:
         self._interval = float(interval_s) if interval_s is not None else progress_interval_s()
         self._out = out
         self._lines = 0
@@ -208,8 +216,16 @@ class LogProgress(tqdm):
             pass
 
 
-def progress_bar(iterable: Iterable | None = None, *, total: float | None = None, desc: str | None = None,
-                 unit: str = "it", disable: bool | None = False, initial: float = 0, **kw: Any) -> tqdm:
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    total: float | None = None,
+    desc: str | None = None,
+    unit: str = "it",
+    disable: bool | None = False,
+    initial: float = 0,
+    **kw: Any,
+) -> tqdm:
     """A progress bar: a live tqdm bar on a terminal, a line every N seconds elsewhere.
 
     Use it as ``tqdm``::

@@ -45,22 +45,26 @@ from pipeline.reporting.run_view import Run, guard
 from pipeline.reporting.stage_sections import section_dedup, section_ingest, section_overview, section_vocab
 from pipeline.reporting.transfer_section import section_transfer
 
-PLOTS = (rf.CLASS_FREQUENCY_PLOT, "training_curves.png", "heldout_eval.png", "transfer.png", "finetune_epochs.png",
-         "energy.png")
+PLOTS = (rf.CLASS_FREQUENCY_PLOT, "training_curves.png", "heldout_eval.png", "transfer.png", "finetune_epochs.png", "energy.png")
 
 
-def build_report(run_dir: str | os.PathLike, energy_records: dict | None = None, energy_cfg: Any = None,
-                 plot_dir: Path | None = None) -> tuple[str, set[str]]:
+def build_report(
+    run_dir: str | os.PathLike, energy_records: dict | None = None, energy_cfg: Any = None, plot_dir: Path | None = None
+) -> tuple[str, set[str]]:
     """The report's markdown text and the names of the PNGs written into ``plot_dir``."""
     run = Run(run_dir)
     plot_dir = Path(plot_dir) if plot_dir is not None else run.dir / rf.PLOT_DIR
     plot_dir.mkdir(parents=True, exist_ok=True)
     records = dict(energy_records) if energy_records is not None else rf.read_energy_records(run.dir)
     made: set[str] = set()
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    lines = [f"# Run report: {run.dir.resolve().name}", "",
-             f"Generated {now} by `python -m pipeline.report` (code {code_version()}). Every number below is read "
-             "from the stages' manifests and side files in this run folder.", ""]
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    lines = [
+        f"# Run report: {run.dir.resolve().name}",
+        "",
+        f"Generated {now} by `python -m pipeline.report` (code {code_version()}). Every number below is read "
+        "from the stages' manifests and side files in this run folder.",
+        "",
+    ]
     parts = [
         ("Stages", lambda: section_overview(run)),
         ("Ingest", lambda: section_ingest(run)),
@@ -104,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.report RUN_DIR``: regenerate the report of a run folder."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", help="the run folder (with ingest/, dedup/, ... subfolders)")
-    ap.add_argument("--energy", default=None,
-                    help="energy records JSON ({stage: record}); default <run_dir>/run/energy.json if present")
+    ap.add_argument(
+        "--energy", default=None, help="energy records JSON ({stage: record}); default <run_dir>/run/energy.json if present"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run_dir = Path(args.run_dir)

@@ -55,8 +55,18 @@ def _launch_torchrun(stage: str, nproc: int, run_dir: str) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("run.", "run_dir="))]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", f"pipeline.{stage}", *overrides, "run_dir='" + run_dir.replace("'", "\\'") + "'", "hydra.output_subdir=null"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        f"pipeline.{stage}",
+        *overrides,
+        "run_dir='" + run_dir.replace("'", "\\'") + "'",
+        "hydra.output_subdir=null",
+    ]
     # run_dir explicit: a sweep job's comes from hydra.sweep.*, which the children do not see; no .hydra/ of theirs
     log.info("launching %s", " ".join(cmd))
     rc = subprocess.run(cmd).returncode
@@ -97,15 +107,20 @@ def run_pipeline(cfg) -> dict:
     energy = json.loads(energy_file.read_text()) if energy_file.exists() else {}
     forced = set()
     for s in cfg.run.force:  # a forced stage forces everything after it
-        forced.update(STAGES[STAGES.index(s):])
+        forced.update(STAGES[STAGES.index(s) :])
     for s in STAGES:
         if s not in wanted or s in shared_stages:
             continue
         man = read_manifest(stage_dir(run_dir, s))
         rec = state.get(s, {})
         upstream_now = {u: manifest_hash(read_manifest(stage_dir(run_dir, u))) for u in UPSTREAM[s]}
-        up_to_date = (man is not None and rec.get("key") == keys[s] and rec.get("manifest") == manifest_hash(man)
-                      and rec.get("upstream") == upstream_now and s not in forced)
+        up_to_date = (
+            man is not None
+            and rec.get("key") == keys[s]
+            and rec.get("manifest") == manifest_hash(man)
+            and rec.get("upstream") == upstream_now
+            and s not in forced
+        )
         if up_to_date:
             log.info("stage %s: up to date (key %s), skipped", s, keys[s])
             outcome[s] = "skipped"
@@ -133,8 +148,12 @@ def run_pipeline(cfg) -> dict:
         if man is None:
             raise RuntimeError(f"stage {s} finished without writing its manifest")
         keys = stage_keys(resolved, run_dir)  # the stage's resolved precision is now recorded
-        state[s] = {"key": keys[s], "manifest": manifest_hash(man), "code_version": code_version(),
-                    "upstream": {u: manifest_hash(read_manifest(stage_dir(run_dir, u))) for u in UPSTREAM[s]}}
+        state[s] = {
+            "key": keys[s],
+            "manifest": manifest_hash(man),
+            "code_version": code_version(),
+            "upstream": {u: manifest_hash(read_manifest(stage_dir(run_dir, u))) for u in UPSTREAM[s]},
+        }
         energy[s] = as_record(erec)
         write_json(state_file, state)
         write_json(energy_file, energy)

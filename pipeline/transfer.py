@@ -109,12 +109,21 @@ def run_transfer(cfg) -> dict:
     write_json(out / RESULTS_FILE, results)
     write_jsonl(out / EPOCHS_FILE, st.epoch_rows)
     counts = stage_counts(results, len(st.epoch_rows), size)
-    counts.update(device=str(device), precision=prec.precision, channels_last=prec.channels_last,
-                  hardware=hardware_record(prec, plan, device))
-    return write_manifest(out, stage=STAGE, config=results_config(cfg, "seed", "transfer"),
-                          inputs=stage_inputs(cfg.run_dir, pre_man, trunk_path, targets), counts=counts,
-                          seconds=time.perf_counter() - t0,
-                          outputs={"results": RESULTS_FILE, "correct": CORRECT_FILE, "finetune_epochs": EPOCHS_FILE})
+    counts.update(
+        device=str(device),
+        precision=prec.precision,
+        channels_last=prec.channels_last,
+        hardware=hardware_record(prec, plan, device),
+    )
+    return write_manifest(
+        out,
+        stage=STAGE,
+        config=results_config(cfg, "seed", "transfer"),
+        inputs=stage_inputs(cfg.run_dir, pre_man, trunk_path, targets),
+        counts=counts,
+        seconds=time.perf_counter() - t0,
+        outputs={"results": RESULTS_FILE, "correct": CORRECT_FILE, "finetune_epochs": EPOCHS_FILE},
+    )
 
 
 def main() -> None:

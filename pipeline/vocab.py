@@ -35,8 +35,16 @@ from pipeline.io.atomic import remove_stale_temps, write_json, write_text
 from pipeline.io.labels import write_labels
 from pipeline.io.manifest import MANIFEST, canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
 from pipeline.io.removal import load_removals
-from pipeline.io.run_folder import (CLASS_FREQUENCY_PLOT, DEDUP, INGEST, LABELS_FILE, REMOVED_FILE, UNMAPPED_FILE, VOCAB,
-                                    VOCAB_FILE)
+from pipeline.io.run_folder import (
+    CLASS_FREQUENCY_PLOT,
+    DEDUP,
+    INGEST,
+    LABELS_FILE,
+    REMOVED_FILE,
+    UNMAPPED_FILE,
+    VOCAB,
+    VOCAB_FILE,
+)
 from pipeline.io.sample_tags import read_sample_tags
 from pipeline.io.shards import shard_paths
 from pipeline.text.resampling import all_weights
@@ -72,9 +80,12 @@ def run_vocab(cfg) -> dict | None:
     ingest_man = read_manifest(stage_dir(run_dir, INGEST))
     paths = shard_paths(run_dir)  # FileNotFoundError if ingest has not finished
     removed, dedup_man, by_reason = load_removals(run_dir, vc.require_dedup)
-    inputs = {"ingest": ingest_man["config_hash"], "ingest_shards": canonical_hash(ingest_man["outputs"].get("shards")),
-              "dedup": dedup_man["config_hash"] if dedup_man else None,
-              "dedup_removed": file_sha256(stage_dir(run_dir, DEDUP) / REMOVED_FILE) if dedup_man else None}
+    inputs = {
+        "ingest": ingest_man["config_hash"],
+        "ingest_shards": canonical_hash(ingest_man["outputs"].get("shards")),
+        "dedup": dedup_man["config_hash"] if dedup_man else None,
+        "dedup_removed": file_sha256(stage_dir(run_dir, DEDUP) / REMOVED_FILE) if dedup_man else None,
+    }
     t_table = time.perf_counter()
     mapper, info, table_inputs = class_mapper(kind, vc.wordnet_dir, vc.imagenet_info_dir)
     inputs.update(table_inputs)
@@ -88,8 +99,10 @@ def run_vocab(cfg) -> dict | None:
     samples = read_sample_tags(paths, removed, vc.progress, ingest_man["counts"].get("written"))
     vocab = build_vocabulary(samples.tags, mapper, kind, vc.min_count, vc.top_k)
     if not vocab.classes:
-        raise ConfigError(f"config error at vocab.min_count: no class has >= {vc.min_count} samples "
-                          f"({len(samples.keys)} samples, {len(vocab.dropped)} candidate classes)")
+        raise ConfigError(
+            f"config error at vocab.min_count: no class has >= {vc.min_count} samples "
+            f"({len(samples.keys)} samples, {len(vocab.dropped)} candidate classes)"
+        )
     warm_seconds = warm_map_seconds(mapper, samples.tags)
     keys, ids = sort_by_keys(vocab, samples.keys, samples.ids)
     weights = all_weights(vocab.indptr, vocab.indices, vocab.counts)
@@ -104,19 +117,36 @@ def run_vocab(cfg) -> dict | None:
         from pipeline.reporting.plots import class_frequency_plot
 
         masses, targets = frequency_curves(vocab, weights)
-        class_frequency_plot(masses, plot, title=f"{kind.value}: {len(vocab.classes)} classes, {keys.size} samples",
-                             targets=targets)
+        class_frequency_plot(
+            masses, plot, title=f"{kind.value}: {len(vocab.classes)} classes, {keys.size} samples", targets=targets
+        )
     else:
         plot.unlink(missing_ok=True)
-    outputs = {"vocab": VOCAB_FILE, "labels": LABELS_FILE, "unmapped": UNMAPPED_FILE,
-               "plot": CLASS_FREQUENCY_PLOT if vc.plot else None,
-               "sha256": {n: file_sha256(out_dir / n) for n in (VOCAB_FILE, LABELS_FILE)}}
-    manifest = write_manifest(out_dir, stage=STAGE, config=results_config(cfg, "vocab"), inputs=inputs,
-                              counts=vocab_counts(vocab, totals, table_seconds, warm_seconds),
-                              seconds=time.perf_counter() - t0, outputs=outputs)
-    log.info("vocab[%s]: %d classes, %d/%d samples kept (%.1f%%), %d unmapped hashtags", kind.value,
-             len(vocab.classes), keys.size, samples.seen - samples.removed, 100 * totals["kept_share"],
-             len(vocab.unmapped))
+    outputs = {
+        "vocab": VOCAB_FILE,
+        "labels": LABELS_FILE,
+        "unmapped": UNMAPPED_FILE,
+        "plot": CLASS_FREQUENCY_PLOT if vc.plot else None,
+        "sha256": {n: file_sha256(out_dir / n) for n in (VOCAB_FILE, LABELS_FILE)},
+    }
+    manifest = write_manifest(
+        out_dir,
+        stage=STAGE,
+        config=results_config(cfg, "vocab"),
+        inputs=inputs,
+        counts=vocab_counts(vocab, totals, table_seconds, warm_seconds),
+        seconds=time.perf_counter() - t0,
+        outputs=outputs,
+    )
+    log.info(
+        "vocab[%s]: %d classes, %d/%d samples kept (%.1f%%), %d unmapped hashtags",
+        kind.value,
+        len(vocab.classes),
+        keys.size,
+        samples.seen - samples.removed,
+        100 * totals["kept_share"],
+        len(vocab.unmapped),
+    )
     return manifest
 
 

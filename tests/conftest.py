@@ -38,8 +38,14 @@ def fixture_cfg(tmp_path):
     """A config over the committed real fixture corpus, writing into a temp run folder."""
 
     def _make(*overrides: str):
-        return make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={tmp_path / 'run'}",
-                        "ingest.progress=false", "ingest.workers=1", *overrides)
+        return make_cfg(
+            "data=fixture",
+            f"data.cache={FIXTURE}",
+            f"run_dir={tmp_path / 'run'}",
+            "ingest.progress=false",
+            "ingest.workers=1",
+            *overrides,
+        )
 
     return _make
 
@@ -53,8 +59,14 @@ def ingested_fixture(tmp_path_factory):
     from pipeline.ingest import run_ingest
 
     run_dir = tmp_path_factory.mktemp("fixture_run")
-    cfg = make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={run_dir}", "ingest.progress=false",
-                   "ingest.workers=1", "ingest.shard_size=16")
+    cfg = make_cfg(
+        "data=fixture",
+        f"data.cache={FIXTURE}",
+        f"run_dir={run_dir}",
+        "ingest.progress=false",
+        "ingest.workers=1",
+        "ingest.shard_size=16",
+    )
     run_ingest(cfg)
     return run_dir
 
@@ -65,10 +77,20 @@ IMAGENET_INFO = REPO / "data" / "raw" / "imagenet_info"
 
 def stage_cfg(run_dir, *overrides: str):
     """A config over the fixture corpus for later stages (dedup, vocab, pretrain) in ``run_dir``."""
-    return make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={run_dir}", "ingest.progress=false",
-                    "ingest.workers=1", "ingest.shard_size=16", "dedup.progress=false", "dedup.workers=1",
-                    f"vocab.wordnet_dir={WORDNET}", f"vocab.imagenet_info_dir={IMAGENET_INFO}",
-                    "vocab.progress=false", *overrides)
+    return make_cfg(
+        "data=fixture",
+        f"data.cache={FIXTURE}",
+        f"run_dir={run_dir}",
+        "ingest.progress=false",
+        "ingest.workers=1",
+        "ingest.shard_size=16",
+        "dedup.progress=false",
+        "dedup.workers=1",
+        f"vocab.wordnet_dir={WORDNET}",
+        f"vocab.imagenet_info_dir={IMAGENET_INFO}",
+        "vocab.progress=false",
+        *overrides,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -99,15 +121,39 @@ def copy_run(src, dst, stages=("ingest", "dedup", "vocab")):
 
 
 PIPELINE_RUN = (  # every stage in ~30 s on the fixture corpus (raw-hashtag vocabulary, 6 optimizer steps)
-    "vocab=raw", "vocab.min_count=2", "vocab.plot=false", "pretrain.model=resnext_mini", "pretrain.image_size=32",
-    "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.max_steps=6", "pretrain.workers=0", "pretrain.progress=false",
-    "pretrain.heldout_fraction=0.1", "pretrain.threads=1", "pretrain.checkpoint_every_steps=100", "pretrain.precision=fp32",
-    "pretrain.channels_last=false", "transfer.low_data_per_class=[2]",
-    "transfer.targets.fluent_emoji_subgroup.low_data_per_class=[2]", "transfer.finetune_epochs=2",
-    "transfer.min_epoch_images=40", "transfer.batch_size=16", "transfer.workers=0", "transfer.progress=false",
-    "transfer.threads=1", "transfer.probe_Cs=[0.01,1.0]", "transfer.lr_select_max_images=32", "transfer.nn_known_copies=10",
-    "transfer.nn_non_copies=50", "transfer.n_boot=200", "transfer.probe_seeds=2", "transfer.finetune_seeds=1",
-    "transfer.precision=fp32", "transfer.channels_last=false", "energy.codecarbon=false",
+    "vocab=raw",
+    "vocab.min_count=2",
+    "vocab.plot=false",
+    "pretrain.model=resnext_mini",
+    "pretrain.image_size=32",
+    "pretrain.batch_size=8",
+    "pretrain.epochs=1",
+    "pretrain.max_steps=6",
+    "pretrain.workers=0",
+    "pretrain.progress=false",
+    "pretrain.heldout_fraction=0.1",
+    "pretrain.threads=1",
+    "pretrain.checkpoint_every_steps=100",
+    "pretrain.precision=fp32",
+    "pretrain.channels_last=false",
+    "transfer.low_data_per_class=[2]",
+    "transfer.targets.fluent_emoji_subgroup.low_data_per_class=[2]",
+    "transfer.finetune_epochs=2",
+    "transfer.min_epoch_images=40",
+    "transfer.batch_size=16",
+    "transfer.workers=0",
+    "transfer.progress=false",
+    "transfer.threads=1",
+    "transfer.probe_Cs=[0.01,1.0]",
+    "transfer.lr_select_max_images=32",
+    "transfer.nn_known_copies=10",
+    "transfer.nn_non_copies=50",
+    "transfer.n_boot=200",
+    "transfer.probe_seeds=2",
+    "transfer.finetune_seeds=1",
+    "transfer.precision=fp32",
+    "transfer.channels_last=false",
+    "energy.codecarbon=false",
 )
 
 

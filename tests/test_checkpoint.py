@@ -14,14 +14,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.io.checkpoint import (CheckpointError, checkpoint_path, latest_checkpoint, load_checkpoint,
-                                 prune_checkpoints, save_checkpoint)
+from pipeline.io.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from pipeline.train.losses import multilabel_softmax_loss
 from pipeline.train.models import create_model
 from pipeline.train.optim import make_optimizer, make_schedule
 
-SCHED = dict(kind="step", total_steps=20, warmup_steps=2, warmup_start_lr=0.1, peak_lr=0.4,
-             milestones=[0.5], gamma=0.1)
+SCHED = dict(kind="step", total_steps=20, warmup_steps=2, warmup_start_lr=0.1, peak_lr=0.4, milestones=[0.5], gamma=0.1)
 
 
 def _setup(seed: int):
@@ -53,10 +58,17 @@ def test_round_trip_restores_everything_exactly(tmp_path):
     np.random.seed(7)
     random.seed(7)
     np.random.randn()  # leaves a cached gaussian in numpy's state
-    path = save_checkpoint(checkpoint_path(tmp_path, 3), model=model, optimizer=opt, scheduler=sched,
-                           step=3, epoch=1, data_position={"epoch": 1, "samples_seen": 12},
-                           config={"model": {"name": "resnext_mini"}, "lr": 0.4},
-                           extra={"loss_ema": np.float64(1.5), "hist": np.arange(3)})
+    path = save_checkpoint(
+        checkpoint_path(tmp_path, 3),
+        model=model,
+        optimizer=opt,
+        scheduler=sched,
+        step=3,
+        epoch=1,
+        data_position={"epoch": 1, "samples_seen": 12},
+        config={"model": {"name": "resnext_mini"}, "lr": 0.4},
+        extra={"loss_ema": np.float64(1.5), "hist": np.arange(3)},
+    )
     assert path.name == "step_00000003.pt"
     after_save = _draws()
     _train(model, opt, sched, 2)  # the reference continuation
@@ -64,9 +76,13 @@ def test_round_trip_restores_everything_exactly(tmp_path):
 
     model2, opt2, sched2 = _setup(1)  # different weights, fresh optimizer, other RNG state
     info = load_checkpoint(path, model2, opt2, sched2)
-    assert info == {"step": 3, "epoch": 1, "data_position": {"epoch": 1, "samples_seen": 12},
-                    "config": {"lr": 0.4, "model": {"name": "resnext_mini"}},
-                    "extra": {"loss_ema": 1.5, "hist": info["extra"]["hist"]}}
+    assert info == {
+        "step": 3,
+        "epoch": 1,
+        "data_position": {"epoch": 1, "samples_seen": 12},
+        "config": {"lr": 0.4, "model": {"name": "resnext_mini"}},
+        "extra": {"loss_ema": 1.5, "hist": info["extra"]["hist"]},
+    }
     assert torch.equal(info["extra"]["hist"], torch.arange(3))
     assert sched2.last_epoch == 3 and opt2.param_groups[0]["lr"] == pytest.approx(0.4)
     bufs = [opt2.state[p]["momentum_buffer"] for p in model2.parameters()]
@@ -81,8 +97,9 @@ def test_round_trip_restores_everything_exactly(tmp_path):
 
 def test_weights_only_loadable_and_restore_rng_optional(tmp_path):
     model, opt, sched = _setup(0)
-    path = save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, scheduler=sched, step=0,
-                           epoch=0, data_position={}, config=None, extra={})
+    path = save_checkpoint(
+        tmp_path / "c.pt", model=model, optimizer=opt, scheduler=sched, step=0, epoch=0, data_position={}, config=None, extra={}
+    )
     raw = torch.load(path, weights_only=True)
     assert set(raw) >= {"model", "optimizer", "scheduler", "rng", "config_json", "data_position"}
     torch.manual_seed(123)
@@ -95,11 +112,29 @@ def test_weights_only_loadable_and_restore_rng_optional(tmp_path):
 def test_unpicklable_extra_rejected_before_writing(tmp_path):
     model, opt, sched = _setup(0)
     with pytest.raises(TypeError, match="extra"):
-        save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, scheduler=sched, step=0,
-                        epoch=0, data_position={}, config={}, extra={"fn": lambda: 0})
+        save_checkpoint(
+            tmp_path / "c.pt",
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            step=0,
+            epoch=0,
+            data_position={},
+            config={},
+            extra={"fn": lambda: 0},
+        )
     with pytest.raises(TypeError, match="data_position"):
-        save_checkpoint(tmp_path / "c.pt", model=model, optimizer=None, scheduler=None, step=0,
-                        epoch=0, data_position={"epoch": 1.5}, config={}, extra={})
+        save_checkpoint(
+            tmp_path / "c.pt",
+            model=model,
+            optimizer=None,
+            scheduler=None,
+            step=0,
+            epoch=0,
+            data_position={"epoch": 1.5},
+            config={},
+            extra={},
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -133,8 +168,9 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 def test_corrupt_truncated_missing_and_foreign_files(tmp_path):
     model, opt, sched = _setup(0)
-    good = save_checkpoint(tmp_path / "good.pt", model=model, optimizer=opt, scheduler=sched, step=1,
-                           epoch=0, data_position={}, config={}, extra={})
+    good = save_checkpoint(
+        tmp_path / "good.pt", model=model, optimizer=opt, scheduler=sched, step=1, epoch=0, data_position={}, config={}, extra={}
+    )
     data = good.read_bytes()
     cases = {"truncated.pt": data[: len(data) // 2], "empty.pt": b"", "garbage.pt": os.urandom(4096)}
     for name, blob in cases.items():
@@ -159,8 +195,9 @@ def test_ddp_wrapped_model_round_trip(tmp_path):
     try:
         model, opt, sched = _setup(0)
         ddp = nn.parallel.DistributedDataParallel(model)
-        path = save_checkpoint(tmp_path / "ddp.pt", model=ddp, optimizer=opt, scheduler=sched, step=1,
-                               epoch=0, data_position={}, config={}, extra={})
+        path = save_checkpoint(
+            tmp_path / "ddp.pt", model=ddp, optimizer=opt, scheduler=sched, step=1, epoch=0, data_position={}, config={}, extra={}
+        )
         saved = torch.load(path, weights_only=True)["model"]
         assert not any(k.startswith("module.") for k in saved)
         plain, _, _ = _setup(1)

@@ -15,18 +15,34 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from pipeline.io.checkpoint import CheckpointError, CheckpointRefused
-from pipeline.cli import EXIT_EXPECTED, ReportedFailure, describe_failure, exit_status, failure_line
-from pipeline.config import ConfigError
-
 from conftest import FIXTURE, IMAGENET_INFO, REPO, WORDNET, copy_run
 
-BASE = ["data=fixture", f"data.cache={FIXTURE}", f"vocab.wordnet_dir={WORDNET}", f"vocab.imagenet_info_dir={IMAGENET_INFO}",
-        "ingest.progress=false", "dedup.progress=false", "vocab.progress=false"]
-PRETRAIN = ["pretrain.model=resnext_mini", "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1",
-            "pretrain.max_steps=2", "pretrain.workers=0", "pretrain.progress=false", "pretrain.threads=1",
-            "pretrain.device=cpu", "vocab.kind=raw", "vocab.min_count=2"]
+from pipeline.cli import EXIT_EXPECTED, ReportedFailure, describe_failure, exit_status, failure_line
+from pipeline.config import ConfigError
+from pipeline.io.checkpoint import CheckpointError, CheckpointRefused
+
+BASE = [
+    "data=fixture",
+    f"data.cache={FIXTURE}",
+    f"vocab.wordnet_dir={WORDNET}",
+    f"vocab.imagenet_info_dir={IMAGENET_INFO}",
+    "ingest.progress=false",
+    "dedup.progress=false",
+    "vocab.progress=false",
+]
+PRETRAIN = [
+    "pretrain.model=resnext_mini",
+    "pretrain.image_size=32",
+    "pretrain.batch_size=8",
+    "pretrain.epochs=1",
+    "pretrain.max_steps=2",
+    "pretrain.workers=0",
+    "pretrain.progress=false",
+    "pretrain.threads=1",
+    "pretrain.device=cpu",
+    "vocab.kind=raw",
+    "vocab.min_count=2",
+]
 
 
 class _Evil:
@@ -42,8 +58,14 @@ class _Evil:
 def _run(module: str, run_dir: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", module, f"run_dir={run_dir}", *BASE, *overrides], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, f"run_dir={run_dir}", *BASE, *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def _one_error_line(p: subprocess.CompletedProcess) -> str:
@@ -133,18 +155,22 @@ _ENTRY = textwrap.dedent("""
 def test_hydra_entry_disk_full_read_only_reported_and_bugs(tmp_path):
     env = dict(os.environ)
     env.pop("HYDRA_FULL_ERROR", None)
-    p = subprocess.run([sys.executable, "-c", _ENTRY, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                       env=env, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", _ENTRY, str(tmp_path)], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])
     code, err = res["disk_full"]
     assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err, err
-    assert err.startswith("error: disk full: could not write runs/x/ingest/shards/000001.tar: No space left on device; "
-                          "hint: free space"), err
+    assert err.startswith(
+        "error: disk full: could not write runs/x/ingest/shards/000001.tar: No space left on device; hint: free space"
+    ), err
     code, err = res["read_only"]
-    assert code == 2 and err.strip() == ("error: Read-only file system: runs/x/ingest/plan.json; hint: check that the "
-                                         "folder is on a writable file system and that you may read and write it "
-                                         "(run_dir, data.cache)"), err
+    assert code == 2 and err.strip() == (
+        "error: Read-only file system: runs/x/ingest/plan.json; hint: check that the "
+        "folder is on a writable file system and that you may read and write it "
+        "(run_dir, data.cache)"
+    ), err
     code, err = res["reported"]
     assert code == 1 and err.strip() == "error: stage pretrain failed under torchrun (exit status 1); its error is printed above"
     code, err = res["bug"]  # not an expected failure: Hydra's traceback report, exit status 1
@@ -155,26 +181,36 @@ def test_hydra_entry_disk_full_read_only_reported_and_bugs(tmp_path):
 def test_describe_failure_contract(tmp_path):
     assert describe_failure(ZeroDivisionError()) is None and failure_line(KeyError("x")) is None
     assert describe_failure(RuntimeError("CUDA out of memory")) is None
-    assert failure_line(ConfigError("config error at ingest.shard_size: must be > 0")) == \
-        "error: config error at ingest.shard_size: must be > 0"
+    assert (
+        failure_line(ConfigError("config error at ingest.shard_size: must be > 0"))
+        == "error: config error at ingest.shard_size: must be > 0"
+    )
     p = tmp_path / "ckpt" / "step_00000004.pt"
     line = failure_line(CheckpointRefused(p, "it contains objects other than tensors", "Weights only load failed."))
-    assert line.startswith(f"error: refusing to load {p}: it contains objects other than tensors; hint: move {p} out of "
-                           f"{p.parent}") and "Weights only" not in line
+    assert (
+        line.startswith(f"error: refusing to load {p}: it contains objects other than tensors; hint: move {p} out of {p.parent}")
+        and "Weights only" not in line
+    )
     line = failure_line(CheckpointError(f"checkpoint {p} is truncated or corrupt and cannot be read: EOFError", p))
     assert line.startswith(f"error: checkpoint {p} is truncated") and f"move {p} out of" in line
     # an OS-raised missing file, and a stage's own message with its hint
     try:
         open(tmp_path / "no_such_index.jsonl")
     except FileNotFoundError as exc:
-        assert failure_line(exc) == (f"error: missing input: {tmp_path / 'no_such_index.jsonl'} (No such file or "
-                                     "directory); hint: check the path in the config (data.cache, data.sources, "
-                                     "transfer.root, ...)")
+        assert failure_line(exc) == (
+            f"error: missing input: {tmp_path / 'no_such_index.jsonl'} (No such file or "
+            "directory); hint: check the path in the config (data.cache, data.sources, "
+            "transfer.root, ...)"
+        )
     line = failure_line(FileNotFoundError("no finished ingest stage in runs/a (missing runs/a/ingest/manifest.json)"))
-    assert line.endswith("hint: run `python -m pipeline.ingest run_dir=runs/a` first, or `python -m pipeline.run "
-                         "run_dir=runs/a` to run the stages in order")
-    assert failure_line(FileNotFoundError("no finished vocab stage in r; run `python -m pipeline.vocab run_dir=r`")) == \
-        "error: no finished vocab stage in r; run `python -m pipeline.vocab run_dir=r`"  # its own hint, not two
+    assert line.endswith(
+        "hint: run `python -m pipeline.ingest run_dir=runs/a` first, or `python -m pipeline.run "
+        "run_dir=runs/a` to run the stages in order"
+    )
+    assert (
+        failure_line(FileNotFoundError("no finished vocab stage in r; run `python -m pipeline.vocab run_dir=r`"))
+        == "error: no finished vocab stage in r; run `python -m pipeline.vocab run_dir=r`"
+    )  # its own hint, not two
     for e in (errno.ENOSPC, errno.EDQUOT):
         assert failure_line(OSError(e, os.strerror(e))).startswith("error: disk full: ")
     assert exit_status(ConfigError("x")) == 2 and exit_status(ReportedFailure("x", 3)) == 3

@@ -30,21 +30,52 @@ from fuzz.stages import _child, compare_stage, context, partial_files, run_stage
 from pipeline.io.run_folder import STAGES
 
 # every stage a stage needs run before it (transitive, unlike pipeline.io.run_folder.UPSTREAM's direct inputs)
-UPSTREAM = {"ingest": (), "dedup": ("ingest",), "vocab": ("ingest", "dedup"), "pretrain": ("ingest", "dedup", "vocab"),
-            "transfer": ("ingest", "dedup", "pretrain")}  # ingest: transfer's feature-space check reads the shards
+UPSTREAM = {
+    "ingest": (),
+    "dedup": ("ingest",),
+    "vocab": ("ingest", "dedup"),
+    "pretrain": ("ingest", "dedup", "vocab"),
+    "transfer": ("ingest", "dedup", "pretrain"),
+}  # ingest: transfer's feature-space check reads the shards
 # kills per stage; CRASH_KILLS_X=10 multiplies them for a longer local hunt
-KILLS = {k: v * int(os.environ.get("CRASH_KILLS_X", "1"))
-         for k, v in {"ingest": 3, "dedup": 2, "vocab": 2, "pretrain": 2, "transfer": 2}.items()}
+KILLS = {
+    k: v * int(os.environ.get("CRASH_KILLS_X", "1"))
+    for k, v in {"ingest": 3, "dedup": 2, "vocab": 2, "pretrain": 2, "transfer": 2}.items()
+}
 TINY = [
-    "data=fixture", f"data.cache={FIXTURE}", "ingest.progress=false", "ingest.workers=1", "ingest.shard_size=16",
-    "dedup.progress=false", "dedup.workers=1", "vocab.kind=raw", "vocab.min_count=2", "vocab.plot=false",
+    "data=fixture",
+    f"data.cache={FIXTURE}",
+    "ingest.progress=false",
+    "ingest.workers=1",
+    "ingest.shard_size=16",
+    "dedup.progress=false",
+    "dedup.workers=1",
+    "vocab.kind=raw",
+    "vocab.min_count=2",
+    "vocab.plot=false",
     "vocab.progress=false",
-    "pretrain.model=resnext_mini", "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=2",
-    "pretrain.max_steps=12", "pretrain.workers=0", "pretrain.progress=false", "pretrain.heldout_fraction=0.1",
-    "pretrain.threads=1", "pretrain.checkpoint_every_steps=2", "pretrain.keep_checkpoints=3",
-    "transfer.low_data_per_class=[2]", "transfer.full=false", "transfer.finetune_epochs=1",
-    "transfer.min_epoch_images=20", "transfer.batch_size=10", "transfer.workers=0", "transfer.progress=false",
-    "transfer.threads=1", "transfer.probe_Cs=[1.0]", "transfer.max_val_images=20", "transfer.inits=[pretrained]",
+    "pretrain.model=resnext_mini",
+    "pretrain.image_size=32",
+    "pretrain.batch_size=8",
+    "pretrain.epochs=2",
+    "pretrain.max_steps=12",
+    "pretrain.workers=0",
+    "pretrain.progress=false",
+    "pretrain.heldout_fraction=0.1",
+    "pretrain.threads=1",
+    "pretrain.checkpoint_every_steps=2",
+    "pretrain.keep_checkpoints=3",
+    "transfer.low_data_per_class=[2]",
+    "transfer.full=false",
+    "transfer.finetune_epochs=1",
+    "transfer.min_epoch_images=20",
+    "transfer.batch_size=10",
+    "transfer.workers=0",
+    "transfer.progress=false",
+    "transfer.threads=1",
+    "transfer.probe_Cs=[1.0]",
+    "transfer.max_val_images=20",
+    "transfer.inits=[pretrained]",
 ]
 SEED = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))
 
@@ -118,8 +149,9 @@ def test_pretrain_killed_right_after_an_epoch_end_eval(references, tmp_path):
     eval_file = run / "pretrain" / "eval.jsonl"
     deadline = time.monotonic() + 300
     while p.is_alive() and time.monotonic() < deadline:
-        if eval_file.exists() and any(json.loads(x)["step"] == epoch_end[0]
-                                      for x in eval_file.read_text().splitlines() if x.strip()):
+        if eval_file.exists() and any(
+            json.loads(x)["step"] == epoch_end[0] for x in eval_file.read_text().splitlines() if x.strip()
+        ):
             break
         time.sleep(0.005)
     p.kill()
@@ -140,9 +172,21 @@ def test_torchrun_restarts_the_job_when_a_rank_is_killed(references, tmp_path):
     for up in UPSTREAM["pretrain"]:
         shutil.copytree(ref / up, run / up)
     marker = tmp_path / "rank1-killed"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-           "--monitor-interval=0.2", "-m", "pipeline.pretrain", *_overrides(run), "pretrain.device=cpu",
-           "pretrain.max_steps=8", "pretrain.checkpoint_every_steps=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        "--monitor-interval=0.2",
+        "-m",
+        "pipeline.pretrain",
+        *_overrides(run),
+        "pretrain.device=cpu",
+        "pretrain.max_steps=8",
+        "pretrain.checkpoint_every_steps=2",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PIPELINE_TEST_KILL_RANK_AT_STEP=f"1:5:{marker}")
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
     out = p.stdout + p.stderr + ((run / "pretrain.log").read_text() if (run / "pretrain.log").exists() else "")

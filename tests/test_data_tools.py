@@ -364,8 +364,16 @@ def test_publish_index_writes_the_index_and_its_sources_entry(tmp_path):
     fp = common.marker_fingerprint(src)
     rows = [make_row("b", "b.png", ["t"]), make_row("a", "a.png", ["u"])]
     entry = publish_index(cache, "src", rows, "src/png", {"images": 2}, "MIT", fp, svg_parser="safe")
-    assert entry == {"format": "folder+index", "root": "src/png", "index": "converted/src.jsonl", "count": 2,
-                     "counts": {"images": 2}, "license": "MIT", "svg_parser": "safe", "input_fingerprint": fp}
+    assert entry == {
+        "format": "folder+index",
+        "root": "src/png",
+        "index": "converted/src.jsonl",
+        "count": 2,
+        "counts": {"images": 2},
+        "license": "MIT",
+        "svg_parser": "safe",
+        "input_fingerprint": fp,
+    }
     assert read_sources(cache / "converted" / "sources.json")["sources"]["src"] == entry
     assert [r["id"] for r in read_index(cache / "converted" / "src.jsonl")] == ["a", "b"]
     assert is_converted(cache, "src", src)
@@ -430,8 +438,19 @@ def test_compute_key_and_hashtags():
 def test_fixture_img2dataset_tars_have_the_real_layout():
     tars = sorted((FIXTURE / "img2dataset").glob("*.tar"))
     assert [t.name for t in tars] == ["00000.tar", "00001.tar"]
-    fields = {"url", "caption", "key", "status", "error_message", "width", "height",
-              "original_width", "original_height", "exif", "sha256"}
+    fields = {
+        "url",
+        "caption",
+        "key",
+        "status",
+        "error_message",
+        "width",
+        "height",
+        "original_width",
+        "original_height",
+        "exif",
+        "sha256",
+    }
     for t in tars:
         names, samples = read_shard(t)
         keys = list(dict.fromkeys(n.split(".")[0] for n in names))
@@ -457,8 +476,7 @@ def test_to_img2dataset_flattens_alpha_on_white_and_counts_failures(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     Image.new("L", (50, 50)).save(tmp_path / "big.png")
     samples = [Sample("t", make_row(n, n, ["tag one"]), tmp_path / n) for n in ("a.png", "bad.png", "big.png")]
-    stats = to_img2dataset(samples, tmp_path / "out", samples_per_shard=10, image_size=64, max_pixels=2000,
-                           fixed_time=1.0)
+    stats = to_img2dataset(samples, tmp_path / "out", samples_per_shard=10, image_size=64, max_pixels=2000, fixed_time=1.0)
     assert stats[0]["successes"] == 1 and stats[0]["failed_to_resize"] == 2
     _names, shard = read_shard(tmp_path / "out" / "00000.tar")
     assert list(shard) == ["000000"]
@@ -559,15 +577,17 @@ def test_fetch_demo_reports_failures_and_continues(tmp_path, monkeypatch):
     def broken(cache, force=False, keep_downloads=False):
         raise SourceError("openclipart", "expected 8,121 png paths, found 12")
 
-    monkeypatch.setattr(fetch_demo, "FETCHERS", {"openclipart": (broken, "openclipart"),
-                                                  "imagenet_info": (ok, "imagenet_info")})
+    monkeypatch.setattr(fetch_demo, "FETCHERS", {"openclipart": (broken, "openclipart"), "imagenet_info": (ok, "imagenet_info")})
     converted = []
-    monkeypatch.setattr(fetch_demo, "CONVERTERS", {"openclipart": (lambda c: converted.append(c), "openclipart",
-                                                                   ("openclipart",))})
+    monkeypatch.setattr(
+        fetch_demo, "CONVERTERS", {"openclipart": (lambda c: converted.append(c), "openclipart", ("openclipart",))}
+    )
     failures = fetch_demo.run_all(tmp_path, None, force=False, convert=True, keep_downloads=False)
     assert done == ["imagenet_info"] and converted == []
-    assert failures == {"openclipart": "expected 8,121 png paths, found 12",
-                        "convert openclipart": "skipped: source openclipart failed"}
+    assert failures == {
+        "openclipart": "expected 8,121 png paths, found 12",
+        "convert openclipart": "skipped: source openclipart failed",
+    }
     assert fetch_demo.main(["--cache", str(tmp_path)]) == 1
 
 

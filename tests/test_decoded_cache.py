@@ -10,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.io.shards import iter_metadata, shard_paths
+from pipeline.io.shards import iter_metadata, member_offsets, shard_paths
 from pipeline.train.decoded_cache import DecodedCache, build_decoded_cache, estimate_bytes
 from pipeline.train.epoch_plan import SampleIndex
-from pipeline.io.shards import member_offsets
 from pipeline.train.loader import ShardStream, make_loader
 from pipeline.vision.transforms import decode
 
@@ -22,8 +21,7 @@ def _index(run_dir) -> tuple[SampleIndex, dict]:
     paths = shard_paths(run_dir)
     keys = np.array(sorted(k for _, k, _ in iter_metadata(paths)))
     n = len(keys)
-    return (SampleIndex(keys, np.arange(n + 1), np.arange(n, dtype=np.int64) % 5, np.ones(n)),
-            {int(p.stem): p for p in paths})
+    return (SampleIndex(keys, np.arange(n + 1), np.arange(n, dtype=np.int64) % 5, np.ones(n)), {int(p.stem): p for p in paths})
 
 
 def _batches(stream, workers, epoch=0):

@@ -6,17 +6,16 @@ import json
 import shutil
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
+from conftest import FIXTURE, make_cfg
 
-import faiss
+from data_tools.dedup_precision import identity
 from pipeline.dedup import run_dedup
-from pipeline.vision.near_index import build_index, keep_first, range_pairs
 from pipeline.io.removal import removed_keys
 from pipeline.io.shards import iter_metadata, shard_paths
-from data_tools.dedup_precision import identity
-
-from conftest import FIXTURE, make_cfg
+from pipeline.vision.near_index import build_index, keep_first, range_pairs
 
 
 @pytest.fixture
@@ -28,8 +27,7 @@ def dedup_run(ingested_fixture, tmp_path):
 
 
 def _cfg(run, *extra):
-    return make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={run}", "dedup.progress=false",
-                    "dedup.workers=1", *extra)
+    return make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={run}", "dedup.progress=false", "dedup.workers=1", *extra)
 
 
 def _rows(run):
@@ -119,7 +117,7 @@ def test_multi_index_search_equals_brute_force():
         flat = faiss.IndexBinaryFlat(64)
         flat.add(codes)
         lims, d, ids = flat.range_search(codes, radius + 1)
-        want = {(q, int(j)) for q in range(len(codes)) for j in ids[lims[q]:lims[q + 1]]}
+        want = {(q, int(j)) for q in range(len(codes)) for j in ids[lims[q] : lims[q + 1]]}
         assert got == want and len(got) > len(codes)
         assert isinstance(build_index(codes, radius), faiss.IndexBinaryMultiHash)
     # the layouts: radius 1 on 64 bits keeps 2 substrings of 24 bits, exact match; radius 4 uses
@@ -130,6 +128,8 @@ def test_multi_index_search_equals_brute_force():
 
 def test_keep_first_is_greedy_over_kept_items():
     # 0-1 close, 1-2 close, 0-2 far: 1 goes (dup of 0), 2 stays (its only neighbour 1 was removed)
-    qi = np.array([1, 0, 2, 1]); di = np.array([0, 1, 1, 2]); dist = np.array([2, 2, 3, 3])
+    qi = np.array([1, 0, 2, 1])
+    di = np.array([0, 1, 1, 2])
+    dist = np.array([2, 2, 3, 3])
     keep, dup_of, _ = keep_first(3, qi, di, dist)
     assert keep.tolist() == [True, False, True] and dup_of.tolist() == [-1, 0, -1]

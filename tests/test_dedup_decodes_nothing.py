@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import PIL.Image
-
 from conftest import FIXTURE, copy_run, make_cfg
+
 from pipeline.dedup import run_dedup
 
 
@@ -19,8 +19,16 @@ def test_dedup_decodes_no_pretraining_image(ingested_fixture, tmp_path, monkeypa
 
     monkeypatch.setattr(PIL.Image, "open", counting_open)
     # no eval sets: every image the stage could open would be a pretraining image
-    man = run_dedup(make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={run}", "dedup.progress=false",
-                             "dedup.workers=1", "data.eval_sets=[]"))
+    man = run_dedup(
+        make_cfg(
+            "data=fixture",
+            f"data.cache={FIXTURE}",
+            f"run_dir={run}",
+            "dedup.progress=false",
+            "dedup.workers=1",
+            "data.eval_sets=[]",
+        )
+    )
     assert opened == []
     c = man["counts"]
     assert c["samples"] > 40 and c["exact"] >= 1 and c["near"] >= 6 and c["codes_images_per_second"] > 0

@@ -17,8 +17,12 @@ SLASHED = re.compile(r"\bpipeline/[A-Za-z0-9_/]+\.py\b")
 
 def _documents() -> list[Path]:
     # benchmarks/RESULTS.md is left out: it is generated, and its profiles name the code as it was when measured
-    return ([REPO / "README.md"] + sorted((REPO / "pipeline").rglob("*.py"))
-            + sorted((REPO / "benchmarks").glob("*.py")) + sorted((REPO / "conf").rglob("*.yaml")))
+    return (
+        [REPO / "README.md"]
+        + sorted((REPO / "pipeline").rglob("*.py"))
+        + sorted((REPO / "benchmarks").glob("*.py"))
+        + sorted((REPO / "conf").rglob("*.yaml"))
+    )
 
 
 def resolves(dotted: str) -> bool:

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import textwrap
 
-from pipeline.reporting import energy as E
-
 from conftest import REPO
+
+from pipeline.reporting import energy as E
 
 _TWO_STAGES = textwrap.dedent("""
     import json, logging, sys, time
@@ -29,8 +29,14 @@ _TWO_STAGES = textwrap.dedent("""
 
 
 def test_one_basis_line_per_run_and_no_codecarbon_warnings(tmp_path):
-    p = subprocess.run([sys.executable, "-c", _TWO_STAGES], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    p = subprocess.run(
+        [sys.executable, "-c", _TWO_STAGES],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     recs = json.loads(p.stdout.strip().splitlines()[-1])
     if any(r["codecarbon"] is None for r in recs.values()):  # codecarbon failed here: the stage says why, once each
@@ -81,8 +87,10 @@ def test_the_filter_collects_detection_warnings_and_lets_errors_through():
         lg.removeHandler(h)
         lg.setLevel(old_level)
         lg.propagate = old_prop
-    assert notes == ["We saw that you have a Foo CPU but we don't know it.",
-                     "No CPU tracking mode found. Please ensure RAPL files exist"]
+    assert notes == [
+        "We saw that you have a Foo CPU but we don't know it.",
+        "No CPU tracking mode found. Please ensure RAPL files exist",
+    ]
     assert seen == ["real trouble", "a warning while measuring"]
 
 
@@ -90,7 +98,9 @@ def test_basis_line_wording():
     modelled = {"cpu": "modelled", "cpu_mode": "cpu_load", "ram": "modelled", "gpu": None, "gpu_model": None}
     assert E.basis_line(modelled, ["a", "b"]) == (
         "energy: codecarbon basis: CPU modelled (cpu_load mode: load x TDP, no readable energy counters such as RAPL), "
-        "RAM modelled from its size, no GPU; codecarbon's 2 hardware warning(s) are in energy.json (codecarbon.notes)")
+        "RAM modelled from its size, no GPU; codecarbon's 2 hardware warning(s) are in energy.json (codecarbon.notes)"
+    )
     rapl = {"cpu": "RAPL", "cpu_mode": "intel_rapl", "ram": "modelled", "gpu": "NVML", "gpu_model": "1 x NVIDIA H200"}
-    assert E.basis_line(rapl) == ("energy: codecarbon basis: CPU measured by RAPL, RAM modelled from its size, "
-                                  "GPU measured by NVML (1 x NVIDIA H200)")
+    assert E.basis_line(rapl) == (
+        "energy: codecarbon basis: CPU measured by RAPL, RAM modelled from its size, GPU measured by NVML (1 x NVIDIA H200)"
+    )

@@ -11,10 +11,10 @@ import time
 import pytest
 from torch import nn
 
-from pipeline.reporting import energy as E
-from pipeline.reporting import full_scale as FS
 from pipeline.config import ConfigError, EnergyConfig, validate_energy
 from pipeline.io import run_folder as rf
+from pipeline.reporting import energy as E
+from pipeline.reporting import full_scale as FS
 
 # ----------------------------------------------------------------------------- formula
 
@@ -31,9 +31,18 @@ def test_patterson_formula_on_hand_numbers():
 
 
 def test_projection_arithmetic_and_assumptions():
-    p = FS.project_full_run(images_per_second_per_device=100, model="resnext101_32x16d", dataset_images=3.6e9,
-                           epochs=2, devices=100, scaling_efficiency=0.9, watts_per_device=300, pue=1.1,
-                           grid_kg_per_kwh=0.429, throughput_source="hand")
+    p = FS.project_full_run(
+        images_per_second_per_device=100,
+        model="resnext101_32x16d",
+        dataset_images=3.6e9,
+        epochs=2,
+        devices=100,
+        scaling_efficiency=0.9,
+        watts_per_device=300,
+        pue=1.1,
+        grid_kg_per_kwh=0.429,
+        throughput_source="hand",
+    )
     # 7.2e9 images / (100 img/s x 100 x 0.9 = 9,000 img/s) = 800,000 s = 222.2 h
     assert p["aggregate_images_per_second"] == pytest.approx(9000)
     assert p["hours"] == pytest.approx(800_000 / 3600)
@@ -71,8 +80,13 @@ def test_throughput_scaling_by_mult_adds_and_resolution():
 
 
 def test_count_mult_adds_by_hand_and_against_the_published_figure():
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1, groups=4),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Conv2d(8, 16, 3, padding=1, groups=4),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
     # 8x8 outputs: 8*64*(3*9) + 16*64*(2*9) + 16*10
     assert FS.count_mult_adds(m, 8) == 8 * 64 * 27 + 16 * 64 * 18 + 160
     from pipeline.train.models import create_model
@@ -154,7 +168,7 @@ def test_measure_energy_records_a_failed_stage_and_reraises():
     with pytest.raises(ZeroDivisionError):
         with E.measure_energy("bad", {"codecarbon": False}) as rec:
             _busy(0.05)
-            1 / 0
+            _ = 1 / 0
     assert rec["status"] == "error" and rec["wall_seconds"] > 0
     assert rec["codecarbon_error"].startswith("disabled")
 
@@ -180,8 +194,14 @@ def test_energy_records_file_roundtrip(tmp_path):
 
 def test_energy_config_range_checks():
     validate_energy(EnergyConfig())
-    for bad in (dict(pue=0.9), dict(grid_kg_per_kwh=-1), dict(country_iso_code="US"),
-                dict(projection_gpus=[]), dict(scaling_efficiency=0.0), dict(cpu_watts_per_core=0)):
+    for bad in (
+        dict(pue=0.9),
+        dict(grid_kg_per_kwh=-1),
+        dict(country_iso_code="US"),
+        dict(projection_gpus=[]),
+        dict(scaling_efficiency=0.0),
+        dict(cpu_watts_per_core=0),
+    ):
         with pytest.raises(ConfigError):
             validate_energy(EnergyConfig(**bad))
     from omegaconf import OmegaConf
@@ -197,7 +217,11 @@ def test_energy_settings_default_to_energy_config():
         assert E.energy_setting(None, key) == getattr(d, key), key
         assert E.energy_setting({key: None}, key) == getattr(d, key), key  # None = the default
     assert E.energy_setting({"pue": 1.1}, "pue") == 1.1 and E.energy_setting(EnergyConfig(gpu_watts=271.0), "gpu_watts") == 271.0
-    assert (E.PUE_US_AVERAGE, E.GRID_US_AVERAGE_KG_PER_KWH, E.CPU_WATTS_PER_CORE, E.GPU_SYSTEM_WATTS["V100"]) == \
-        (d.pue, d.grid_kg_per_kwh, d.cpu_watts_per_core, d.gpu_watts)
+    assert (E.PUE_US_AVERAGE, E.GRID_US_AVERAGE_KG_PER_KWH, E.CPU_WATTS_PER_CORE, E.GPU_SYSTEM_WATTS["V100"]) == (
+        d.pue,
+        d.grid_kg_per_kwh,
+        d.cpu_watts_per_core,
+        d.gpu_watts,
+    )
     with pytest.raises(AttributeError):
         E.energy_setting(None, "no_such_setting")

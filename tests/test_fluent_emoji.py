@@ -40,8 +40,7 @@ def _messages() -> dict:
 
 def _excerpt_svgs() -> dict[str, bytes]:
     """The excerpt as tarball members: ``package/icons/<style>/<stem>.svg`` -> bytes."""
-    return {f"package/icons/{p.parent.name}/{p.name}": p.read_bytes()
-            for p in sorted((EXCERPT / "icons").glob("*/*.svg"))}
+    return {f"package/icons/{p.parent.name}/{p.name}": p.read_bytes() for p in sorted((EXCERPT / "icons").glob("*/*.svg"))}
 
 
 def _plan(aliases=fe.ALIASES) -> fe.Plan:
@@ -51,11 +50,20 @@ def _plan(aliases=fe.ALIASES) -> fe.Plan:
 # --------------------------------------------------------------------------- names
 
 
-@pytest.mark.parametrize("label, slug", [
-    ("dog face", "dog-face"), ("1st place medal", "1st-place-medal"), ("red apple", "red-apple"),
-    ("piñata", "pinata"), ("man’s shoe", "mans-shoe"), ("keycap: 1", "keycap-1"), ("keycap: #", "keycap"),
-    ("flag: Côte d’Ivoire", "flag-cote-divoire"), ("A button (blood type)", "a-button-blood-type"),
-])
+@pytest.mark.parametrize(
+    "label, slug",
+    [
+        ("dog face", "dog-face"),
+        ("1st place medal", "1st-place-medal"),
+        ("red apple", "red-apple"),
+        ("piñata", "pinata"),
+        ("man’s shoe", "mans-shoe"),
+        ("keycap: 1", "keycap-1"),
+        ("keycap: #", "keycap"),
+        ("flag: Côte d’Ivoire", "flag-cote-divoire"),
+        ("A button (blood type)", "a-button-blood-type"),
+    ],
+)
 def test_slugify(label, slug):
     assert fe.slugify(label) == slug
 
@@ -185,8 +193,10 @@ def test_render_is_rgb_on_white():
     arr = np.asarray(img)
     assert tuple(arr[0, 0]) == (255, 255, 255)  # transparent corner -> white, not black
     assert (arr.sum(axis=2) < 600).mean() > 0.2  # and the dog is drawn
-    half = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
-            b'<rect x="8" y="8" width="16" height="16" fill="#000" fill-opacity="0.5"/></svg>')
+    half = (
+        b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+        b'<rect x="8" y="8" width="16" height="16" fill="#000" fill-opacity="0.5"/></svg>'
+    )
     arr = np.asarray(Image.open(io.BytesIO(fe.render_svg(half, size=32))))
     assert tuple(arr[0, 0]) == (255, 255, 255)
     assert np.all(np.abs(arr[16, 16].astype(int) - 128) <= 2)  # 50% black over white is grey
@@ -296,8 +306,9 @@ def test_fetch_demo_has_the_step():
 
 def _real_manifest() -> dict:
     if not (REAL / ".complete.json").is_file():
-        pytest.skip(f"the Fluent Emoji target is not rendered ({REAL.name} absent): "
-                    "python -m data_tools.fetch_demo --only fluent_emoji")
+        pytest.skip(
+            f"the Fluent Emoji target is not rendered ({REAL.name} absent): python -m data_tools.fetch_demo --only fluent_emoji"
+        )
     return json.loads((REAL / "manifest.json").read_text(encoding="utf-8"))
 
 

@@ -17,24 +17,24 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from conftest import REPO, make_cfg
+from fuzz import corpus
+from fuzz.corpus import WRITTEN, build_corpus, sources_override
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fuzz import corpus
-from fuzz.corpus import WRITTEN, build_corpus, sources_override
-from pipeline.vision.images import CanonicalImage, decode_image, encode_image
 from pipeline.config import IngestConfig
 from pipeline.ingest import run_ingest
 from pipeline.io.ingest_units import IngestSettings, process_unit
 from pipeline.io.quarantine import REASONS, Rejected
 from pipeline.io.raw_sources import RawSample, Rejection, WorkUnit, iter_unit
-
-from conftest import REPO, make_cfg
+from pipeline.vision.images import CanonicalImage, decode_image, encode_image
 
 # a small budget keeps `make test` fast; FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_ingest.py fuzzes longer
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "50")), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "50")), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def _tree(root: Path) -> dict[str, tuple]:
@@ -67,9 +67,19 @@ def _shard_samples(run_dir: Path) -> list[tuple[dict, np.ndarray]]:
 def test_fuzz_corpus_every_fault_is_quarantined_or_converted(tmp_path):
     sources, expected = build_corpus(tmp_path / "input")
     run_dir = tmp_path / "run"
-    cfg = make_cfg("data=fixture", f"data.cache={corpus.FIXTURE}", f"run_dir={run_dir}", sources_override(sources),
-                   "data.eval_sets=[]", "ingest.progress=false", "ingest.workers=1", "ingest.shard_size=8",
-                   "ingest.max_side=128", "dedup.progress=false", "dedup.workers=1")
+    cfg = make_cfg(
+        "data=fixture",
+        f"data.cache={corpus.FIXTURE}",
+        f"run_dir={run_dir}",
+        sources_override(sources),
+        "data.eval_sets=[]",
+        "ingest.progress=false",
+        "ingest.workers=1",
+        "ingest.shard_size=8",
+        "ingest.max_side=128",
+        "dedup.progress=false",
+        "dedup.workers=1",
+    )
     fixture_before = _tree(corpus.FIXTURE)
     before = _tree(tmp_path)
     repo_before = set(os.listdir(REPO))
@@ -111,7 +121,7 @@ def test_fuzz_corpus_every_fault_is_quarantined_or_converted(tmp_path):
                 except AssertionError as exc:
                     problems.append(f"{sid}: {exc}")
         elif quarantined.get(sid) != case.expect:
-            got = quarantined.get(sid, 'written' if sid in written_ids else 'nothing')
+            got = quarantined.get(sid, "written" if sid in written_ids else "nothing")
             problems.append(f"{sid}: expected {case.expect}, got {got}")
     assert not problems, "\n".join(problems)
 
@@ -144,9 +154,17 @@ def _seed_images() -> dict[str, bytes]:
     rgb = corpus.on_white(rgba)
     gif, _ = corpus.animated_gif()
     exif, _ = corpus.exif_rotated_jpeg()
-    return {"png": corpus.emoji_png(), "jpeg": corpus.photo_jpeg(), "gif": gif, "exif_jpeg": exif,
-            "webp": corpus.encode(rgba, "WEBP", lossless=True), "tiff": corpus.cmyk_tiff()[0],
-            "bmp": corpus.encode(rgb, "BMP"), "png16": corpus.gray16_png()[0], "svg": corpus.real_svg()}
+    return {
+        "png": corpus.emoji_png(),
+        "jpeg": corpus.photo_jpeg(),
+        "gif": gif,
+        "exif_jpeg": exif,
+        "webp": corpus.encode(rgba, "WEBP", lossless=True),
+        "tiff": corpus.cmyk_tiff()[0],
+        "bmp": corpus.encode(rgb, "BMP"),
+        "png16": corpus.gray16_png()[0],
+        "svg": corpus.real_svg(),
+    }
 
 
 SEEDS = _seed_images()
@@ -170,21 +188,30 @@ def test_random_bytes_never_raise(data):
 
 
 @FUZZ
-@given(st.sampled_from(sorted(SEEDS)), st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=8)),
-                                                 max_size=6), st.floats(0.02, 1.0))
+@given(
+    st.sampled_from(sorted(SEEDS)),
+    st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=8)), max_size=6),
+    st.floats(0.02, 1.0),
+)
 def test_mutated_real_images_never_raise(kind, patches, keep):
     data = bytearray(SEEDS[kind])
     for where, blob in patches:
         i = int(where * len(data))
-        data[i: i + len(blob)] = blob
+        data[i : i + len(blob)] = blob
     _decode_only_rejects(bytes(data[: max(1, int(len(data) * keep))]))
 
 
 # --------------------------------------------------------------------------- hypothesis: tags and readers
-TEXT = st.text(st.one_of(st.characters(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
-                         st.characters(max_codepoint=0x1F)), max_size=12)
-SETTINGS = IngestSettings(IngestConfig(max_side=64, min_side=8, max_pixels=4_000_000, max_file_bytes=1 << 20,
-                                       jpeg_quality=90, webp_method=0, rasterize_svg=True), plan_hash="fuzz")
+TEXT = st.text(
+    st.one_of(st.characters(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), st.characters(max_codepoint=0x1F)),
+    max_size=12,
+)
+SETTINGS = IngestSettings(
+    IngestConfig(
+        max_side=64, min_side=8, max_pixels=4_000_000, max_file_bytes=1 << 20, jpeg_quality=90, webp_method=0, rasterize_svg=True
+    ),
+    plan_hash="fuzz",
+)
 
 
 def _run_unit(unit: WorkUnit, out: Path, n_inputs: int | None = None) -> dict:
@@ -204,31 +231,39 @@ def _run_unit(unit: WorkUnit, out: Path, n_inputs: int | None = None) -> dict:
 
 
 @FUZZ
-@given(st.lists(st.one_of(
-    st.fixed_dictionaries({"id": TEXT, "path": st.sampled_from(["a.png", "b.jpg", "../a.png", "nope.png", "a\x00.png"]),
-                           "tags": st.one_of(st.lists(TEXT, max_size=4), TEXT, st.none(), st.integers())},
-                          optional={"caption": st.one_of(TEXT, st.integers()),
-                                    "meta": st.dictionaries(TEXT, TEXT, max_size=2)}),
-    st.binary(max_size=60)), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries(
+                {
+                    "id": TEXT,
+                    "path": st.sampled_from(["a.png", "b.jpg", "../a.png", "nope.png", "a\x00.png"]),
+                    "tags": st.one_of(st.lists(TEXT, max_size=4), TEXT, st.none(), st.integers()),
+                },
+                optional={"caption": st.one_of(TEXT, st.integers()), "meta": st.dictionaries(TEXT, TEXT, max_size=2)},
+            ),
+            st.binary(max_size=60),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_folder_reader_random_records_and_bytes(records):
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         (root / "imgs").mkdir()
         (root / "imgs" / "a.png").write_bytes(corpus.emoji_png())
         (root / "imgs" / "b.jpg").write_bytes(corpus.photo_jpeg())
-        lines = [(json.dumps(r) if isinstance(r, dict) else r.replace(b"\n", b" ").replace(b"\r", b" "))
-                 for r in records]
+        lines = [(json.dumps(r) if isinstance(r, dict) else r.replace(b"\n", b" ").replace(b"\r", b" ")) for r in records]
         lines = [ln.encode() if isinstance(ln, str) else ln for ln in lines]
         lines = [ln for ln in lines if ln.strip()]
         (root / "index.jsonl").write_bytes(b"".join(ln + b"\n" for ln in lines))
-        unit = WorkUnit(0, "h", "folder", str(root / "imgs"), "webp", index=str(root / "index.jsonl"), start=0,
-                        count=len(lines))
+        unit = WorkUnit(0, "h", "folder", str(root / "imgs"), "webp", index=str(root / "index.jsonl"), start=0, count=len(lines))
         _run_unit(unit, root / "out", len(lines))
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=30), st.binary(max_size=20)), min_size=1,
-                max_size=5))
+@given(st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=30), st.binary(max_size=20)), min_size=1, max_size=5))
 def test_csv_reader_random_bytes(rows):
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -237,17 +272,25 @@ def test_csv_reader_random_bytes(rows):
         clean = lambda b: b.replace(b"\n", b" ").replace(b"\r", b" ").replace(b",", b";").replace(b'"', b"'")
         body = b"path,tags,id\n" + b"".join(b"a.png," + clean(t) + b"," + clean(i) + b"\n" for _, t, i in rows)
         (root / "index.csv").write_bytes(body)
-        unit = WorkUnit(0, "c", "folder", str(root / "imgs"), "webp", index=str(root / "index.csv"), start=0,
-                        count=len(rows))
+        unit = WorkUnit(0, "c", "folder", str(root / "imgs"), "webp", index=str(root / "index.csv"), start=0, count=len(rows))
         _run_unit(unit, root / "out", len(rows))
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.one_of(st.binary(min_size=1, max_size=12), st.sampled_from([b"../x", b"/abs/x", b"a/../../b"])),
-                          st.sampled_from(["jpg", "png", "json", "txt", "svg", "webp"]),
-                          st.one_of(st.binary(max_size=200), st.sampled_from(["jpeg", "png", "meta", "svg"]))),
-                min_size=1, max_size=8),
-       TEXT, st.binary(max_size=40), st.booleans())
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.binary(min_size=1, max_size=12), st.sampled_from([b"../x", b"/abs/x", b"a/../../b"])),
+            st.sampled_from(["jpg", "png", "json", "txt", "svg", "webp"]),
+            st.one_of(st.binary(max_size=200), st.sampled_from(["jpeg", "png", "meta", "svg"])),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    TEXT,
+    st.binary(max_size=40),
+    st.booleans(),
+)
 def test_img2dataset_reader_random_members(members, tag, caption, cut):
     jpg = corpus.photo_jpeg()
     with tempfile.TemporaryDirectory() as d:

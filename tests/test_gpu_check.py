@@ -16,7 +16,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO
 
 if str(REPO) not in sys.path:  # benchmarks/ is not an installed package: import it from the checkout
@@ -28,13 +27,33 @@ def test_dry_run_runs_every_part_and_writes_both_files(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-6000:]
     doc = json.loads((out / gpu_check.JSON_NAME).read_text())
-    assert {"schema", "tool", "command", "dry_run", "budget_s", "started_at", "finished_at", "elapsed_s", "complete",
-            "device", "torch", "sizes", "parts", "anchors"} <= set(doc)
+    assert {
+        "schema",
+        "tool",
+        "command",
+        "dry_run",
+        "budget_s",
+        "started_at",
+        "finished_at",
+        "elapsed_s",
+        "complete",
+        "device",
+        "torch",
+        "sizes",
+        "parts",
+        "anchors",
+    } <= set(doc)
     assert doc["dry_run"] is True and doc["complete"] is True and doc["device"] == "cpu"
     assert list(doc["parts"]) == list(gpu_check.PART_NAMES)
     for name, p in doc["parts"].items():

@@ -43,31 +43,60 @@ def _index(run_dir) -> tuple[SampleIndex, dict]:
     keys = np.array(sorted(k for _, k, _ in iter_metadata(paths)))[:N_SAMPLES]
     assert len(keys) == N_SAMPLES
     n = len(keys)
-    return (SampleIndex(keys, np.arange(n + 1), np.arange(n, dtype=np.int64) % CLASSES, np.ones(n)),
-            {int(p.stem): p for p in paths})
+    return (
+        SampleIndex(keys, np.arange(n + 1), np.arange(n, dtype=np.int64) % CLASSES, np.ones(n)),
+        {int(p.stem): p for p in paths},
+    )
 
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(8, CLASSES))
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, CLASSES))
 
 
 def _train(index, shards, tmp_path, batch_size: int) -> tuple[dict[str, torch.Tensor], list[str], int]:
     """(weights after STEPS optimizer steps of LARGE images, keys trained on in order, accum) for ``batch_size``."""
-    pt = dataclasses.replace(PretrainConfig(), batch_size=batch_size, global_batch=LARGE, epochs=1, image_size=SIZE,
-                             checkpoint_every_steps=10**6, eval_every_steps=0, progress=False, audit_data=True)
+    pt = dataclasses.replace(
+        PretrainConfig(),
+        batch_size=batch_size,
+        global_batch=LARGE,
+        epochs=1,
+        image_size=SIZE,
+        checkpoint_every_steps=10**6,
+        eval_every_steps=0,
+        progress=False,
+        audit_data=True,
+    )
     _, accum = accumulation(pt.batch_size, pt.global_batch, world=1)
     stream = ShardStream(shards, index, seed=3, rank=0, world=1, batch_size=batch_size, image_size=SIZE)
     total = steps_in_epoch(stream.set_epoch(0).steps, accum)
     model = _model()
     optimizer = make_optimizer(model, 0.5, momentum=pt.momentum, nesterov=pt.nesterov, weight_decay=pt.weight_decay)
     scheduler = make_schedule(optimizer, "cosine", total, 0, 0.5, 0.5)
-    settings = LoopSettings(pt, accum=accum, total_steps=total, num_classes=CLASSES, autocast_dtype=None,
-                            channels_last=False, workers=0, metrics_file=tmp_path / f"metrics_{batch_size}.jsonl")
-    stats = train(model=model, ddp_model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=make_loss("softmax"),
-                  stream=stream, info=DistInfo(0, 1, 0, torch.device("cpu"), None), settings=settings, state=LoopState(),
-                  save=lambda st: None, run_eval=lambda step: None, max_steps=STEPS)
+    settings = LoopSettings(
+        pt,
+        accum=accum,
+        total_steps=total,
+        num_classes=CLASSES,
+        autocast_dtype=None,
+        channels_last=False,
+        workers=0,
+        metrics_file=tmp_path / f"metrics_{batch_size}.jsonl",
+    )
+    stats = train(
+        model=model,
+        ddp_model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=make_loss("softmax"),
+        stream=stream,
+        info=DistInfo(0, 1, 0, torch.device("cpu"), None),
+        settings=settings,
+        state=LoopState(),
+        save=lambda st: None,
+        run_eval=lambda step: None,
+        max_steps=STEPS,
+    )
     assert stats["steps"] == STEPS
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, stats["seen_keys"], accum
 
@@ -91,7 +120,7 @@ def test_accumulated_micro_batches_give_the_large_batch_update(one_large_batch, 
     assert _max_diff(large, start) > 1e-3, "the optimizer steps must move the weights for the comparison to mean anything"
     acc, acc_keys, accum = _train(index, shards, tmp_path, batch_size=micro)
     assert accum == LARGE // micro > 1
-    assert acc_keys == large_keys == acc_keys[:STEPS * LARGE], "both runs must train on the same images, in order"
+    assert acc_keys == large_keys == acc_keys[: STEPS * LARGE], "both runs must train on the same images, in order"
     assert _max_diff(acc, large) < 1e-5
 
 

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError
-from pipeline.train.hardware import (HardwareFacts, PrecisionChoice, available_cores, make_step_trial, resolve_for_run,
-                               resolve_precision, thread_plan)
+from pipeline.train.hardware import (
+    HardwareFacts,
+    PrecisionChoice,
+    available_cores,
+    make_step_trial,
+    resolve_for_run,
+    resolve_precision,
+    thread_plan,
+)
 
 AVX2 = HardwareFacts("cpu", "AVX2", False, cpu_model="mock AVX2 CPU", cores=2)
 AMX = HardwareFacts("cpu", "AVX512", True, cpu_model="mock AMX CPU", cores=2)
@@ -123,8 +130,15 @@ def test_thread_plan_splits_cores_by_device_and_local_ranks():
 def test_step_trial_measures_a_real_model_and_leaves_the_rng_alone():
     from pipeline.train.models import create_model
 
-    trial = make_step_trial(lambda: create_model("resnext_mini", num_classes=5), batch_size=4, image_size=32,
-                            num_classes=5, device=torch.device("cpu"), steps=1, warmup=1)
+    trial = make_step_trial(
+        lambda: create_model("resnext_mini", num_classes=5),
+        batch_size=4,
+        image_size=32,
+        num_classes=5,
+        device=torch.device("cpu"),
+        steps=1,
+        warmup=1,
+    )
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
@@ -136,9 +150,22 @@ def test_pretrain_manifest_and_checkpoint_record_the_choice(prepared_fixture, tm
     from conftest import REPO, copy_run
 
     run = copy_run(prepared_fixture, tmp_path / "run")
-    cmd = [sys.executable, "-m", "pipeline.pretrain", f"run_dir={run}", "data=fixture", "pretrain.model=resnext_mini",
-           "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.max_steps=2",
-           "pretrain.workers=0", "pretrain.progress=false", "pretrain.heldout_fraction=0.1", "pretrain.threads=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.pretrain",
+        f"run_dir={run}",
+        "data=fixture",
+        "pretrain.model=resnext_mini",
+        "pretrain.image_size=32",
+        "pretrain.batch_size=8",
+        "pretrain.epochs=1",
+        "pretrain.max_steps=2",
+        "pretrain.workers=0",
+        "pretrain.progress=false",
+        "pretrain.heldout_fraction=0.1",
+        "pretrain.threads=1",
+    ]
     env = {**__import__("os").environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -153,8 +180,11 @@ def test_pretrain_manifest_and_checkpoint_record_the_choice(prepared_fixture, tm
     from pipeline.io.checkpoint import latest_checkpoint, load_checkpoint
     from pipeline.train.models import create_model
 
-    ck = load_checkpoint(latest_checkpoint(run / "pretrain" / "checkpoints"),
-                         create_model("resnext_mini", num_classes=counts["num_classes"]), restore_rng=False)
+    ck = load_checkpoint(
+        latest_checkpoint(run / "pretrain" / "checkpoints"),
+        create_model("resnext_mini", num_classes=counts["num_classes"]),
+        restore_rng=False,
+    )
     assert ck["extra"]["precision_choice"]["precision"] == counts["precision"]
 
 
@@ -166,8 +196,9 @@ def test_stage_key_pins_what_auto_resolved_to(tmp_path):
     rec = resolve_precision("auto", None, H100).to_dict()
     write_json(tmp_path / "pretrain" / "manifest.json", {"counts": {"hardware": {"precision_choice": rec}}})
     got = recorded_numerics(tmp_path, "pretrain")
-    assert _pin_numerics({"precision": "auto", "channels_last": None}, got) == \
-        _pin_numerics({"precision": "bf16", "channels_last": True}, got)  # auto = what the folder has
+    assert _pin_numerics({"precision": "auto", "channels_last": None}, got) == _pin_numerics(
+        {"precision": "bf16", "channels_last": True}, got
+    )  # auto = what the folder has
     assert _pin_numerics({"precision": "fp32", "channels_last": None}, got)["precision"] == "fp32"  # explicit: redo
 
 
@@ -177,10 +208,25 @@ def test_compile_true_trains_on_cpu_with_inductor(prepared_fixture, tmp_path):
     from conftest import REPO, copy_run
 
     run = copy_run(prepared_fixture, tmp_path / "run")
-    cmd = [sys.executable, "-m", "pipeline.pretrain", f"run_dir={run}", "data=fixture", "pretrain.model=resnext_mini",
-           "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.max_steps=2",
-           "pretrain.workers=0", "pretrain.progress=false", "pretrain.heldout_fraction=0", "pretrain.threads=2",
-           "pretrain.compile=true", "pretrain.precision=fp32", "pretrain.channels_last=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.pretrain",
+        f"run_dir={run}",
+        "data=fixture",
+        "pretrain.model=resnext_mini",
+        "pretrain.image_size=32",
+        "pretrain.batch_size=8",
+        "pretrain.epochs=1",
+        "pretrain.max_steps=2",
+        "pretrain.workers=0",
+        "pretrain.progress=false",
+        "pretrain.heldout_fraction=0",
+        "pretrain.threads=2",
+        "pretrain.compile=true",
+        "pretrain.precision=fp32",
+        "pretrain.channels_last=true",
+    ]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     man = json.loads((run / "pretrain" / "manifest.json").read_text())

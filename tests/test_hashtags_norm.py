@@ -8,11 +8,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from pipeline.text.hashtags import (MAX_HASHTAG_CHARS, MAX_HASHTAGS, cap_hashtags, extract_hashtags, normalize_hashtag,
-                               normalize_hashtags)
-
 from conftest import FIXTURE, make_cfg
+
+from pipeline.text.hashtags import (
+    MAX_HASHTAG_CHARS,
+    MAX_HASHTAGS,
+    cap_hashtags,
+    extract_hashtags,
+    normalize_hashtag,
+    normalize_hashtags,
+)
 
 
 def tags_of(caption: str) -> list[str]:
@@ -42,33 +47,45 @@ def test_every_caption_of_the_committed_img2dataset_fixture():
                 seen += 1
     assert seen >= 15
     assert tags_of("A kangaroo. #animals #marsupials #cartoon #kangaroosilo") == [
-        "animals", "marsupials", "cartoon", "kangaroosilo"]
+        "animals",
+        "marsupials",
+        "cartoon",
+        "kangaroosilo",
+    ]
     assert tags_of("Celtic Triskell #hash #celtic #decoration #breizh #CelticTriskell") == [
-        "hash", "celtic", "decoration", "breizh", "celtictriskell"]
+        "hash",
+        "celtic",
+        "decoration",
+        "breizh",
+        "celtictriskell",
+    ]
 
 
 # --------------------------------------------------------------------------- what ends a hashtag
-@pytest.mark.parametrize("caption, expected", [
-    # & . - ' , ! and emoji end a tag; '_' does not
-    ("#smileys_&_emotion", ["smileys"]),
-    ("#rock'n'roll #t-shirt #end. #a,b #wow!", ["rock", "t", "end", "a", "wow"]),
-    ("#beach_life_ #__init__", ["beach_life", "init"]),
-    # Arabic (letters + harakat, the Arabic comma ends a tag)
-    ("مساء الخير #القاهرة_الجميلة، #سَفَر", ["القاهرة_الجميلة", "سَفَر"]),
-    # CJK: kana, kanji, the long-vowel mark; the full-width number sign starts a tag, the katakana middle dot ends one
-    ("東京 #猫好き ＃東京タワー #カフェ・ラテ #コーヒー", ["猫好き", "東京タワー", "カフェ", "コーヒー"]),
-    ("#맛집 #서울", ["맛집", "서울"]),
-    # accented Latin, precomposed or combining (NFKC composes), casefolded
-    ("#Café #crème-brûlée #Ete\u0301. #Straße", ["café", "crème", "eté", "strasse"]),
-    # emoji in the middle of a word: the tag ends at the emoji; variation selectors are not letters
-    ("#cat😺lover #love❤️you #🍕 #pizza🍕", ["cat", "love", "pizza"]),
-    # Devanagari and Thai vowel signs (combining marks) are part of the word
-    ("#हिन्दी #ภาษาไทย", ["हिन्दी", "ภาษาไทย"]),
-    # Persian with a zero-width non-joiner inside the word (removed by normalization)
-    ("#می\u200cخواهم", ["میخواهم"]),
-    # digits, full-width forms
-    ("#2024 #ＣＡＴ #h2o", ["2024", "cat", "h2o"]),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        # & . - ' , ! and emoji end a tag; '_' does not
+        ("#smileys_&_emotion", ["smileys"]),
+        ("#rock'n'roll #t-shirt #end. #a,b #wow!", ["rock", "t", "end", "a", "wow"]),
+        ("#beach_life_ #__init__", ["beach_life", "init"]),
+        # Arabic (letters + harakat, the Arabic comma ends a tag)
+        ("مساء الخير #القاهرة_الجميلة، #سَفَر", ["القاهرة_الجميلة", "سَفَر"]),
+        # CJK: kana, kanji, the long-vowel mark; the full-width number sign starts a tag, the katakana middle dot ends one
+        ("東京 #猫好き ＃東京タワー #カフェ・ラテ #コーヒー", ["猫好き", "東京タワー", "カフェ", "コーヒー"]),
+        ("#맛집 #서울", ["맛집", "서울"]),
+        # accented Latin, precomposed or combining (NFKC composes), casefolded
+        ("#Café #crème-brûlée #Ete\u0301. #Straße", ["café", "crème", "eté", "strasse"]),
+        # emoji in the middle of a word: the tag ends at the emoji; variation selectors are not letters
+        ("#cat😺lover #love❤️you #🍕 #pizza🍕", ["cat", "love", "pizza"]),
+        # Devanagari and Thai vowel signs (combining marks) are part of the word
+        ("#हिन्दी #ภาษาไทย", ["हिन्दी", "ภาษาไทย"]),
+        # Persian with a zero-width non-joiner inside the word (removed by normalization)
+        ("#می\u200cخواهم", ["میخواهم"]),
+        # digits, full-width forms
+        ("#2024 #ＣＡＴ #h2o", ["2024", "cat", "h2o"]),
+    ],
+)
 def test_scripts_and_word_ends(caption, expected):
     assert tags_of(caption) == expected
 
@@ -139,9 +156,13 @@ def test_ingest_applies_the_caps_and_counts_them(tmp_path):
         {"id": "ok", "tags": ["dog"]},
     ]
     src = _folder_source(tmp_path / "src", rows)
-    cfg = make_cfg(f"run_dir={tmp_path / 'run'}", "ingest.progress=false", "ingest.workers=1", "data.eval_sets=[]",
-                   "data.sources=[{name: caps, format: folder, root: '" + src["root"] + "', index: '"
-                   + src["index"] + "'}]")
+    cfg = make_cfg(
+        f"run_dir={tmp_path / 'run'}",
+        "ingest.progress=false",
+        "ingest.workers=1",
+        "data.eval_sets=[]",
+        "data.sources=[{name: caps, format: folder, root: '" + src["root"] + "', index: '" + src["index"] + "'}]",
+    )
     man = run_ingest(cfg)
     c = man["counts"]
     assert c["input"] == 4 and c["written"] == 3 and c["by_reason"] == {"no_hashtags": 1}
@@ -157,10 +178,15 @@ def test_ingest_applies_the_caps_and_counts_them(tmp_path):
             assert all(m.size < 5_000 for m in tf.getmembers() if m.name.endswith(".json"))
 
     # the caps are config keys, range-checked before any work
-    cfg2 = make_cfg(f"run_dir={tmp_path / 'run2'}", "ingest.progress=false", "ingest.workers=1", "data.eval_sets=[]",
-                    "ingest.max_hashtags=2", "ingest.max_hashtag_chars=4",
-                    "data.sources=[{name: caps, format: folder, root: '" + src["root"] + "', index: '"
-                    + src["index"] + "'}]")
+    cfg2 = make_cfg(
+        f"run_dir={tmp_path / 'run2'}",
+        "ingest.progress=false",
+        "ingest.workers=1",
+        "data.eval_sets=[]",
+        "ingest.max_hashtags=2",
+        "ingest.max_hashtag_chars=4",
+        "data.sources=[{name: caps, format: folder, root: '" + src["root"] + "', index: '" + src["index"] + "'}]",
+    )
     c2 = run_ingest(cfg2)["counts"]
     assert c2["written"] == 3  # tag0..tag9 fit in 4 characters
     metas = {m["id"]: m for _, _, m in iter_metadata(shard_paths(cfg2.run_dir))}

@@ -8,12 +8,11 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import FIXTURE
 from PIL import Image
 
-from pipeline.vision.images import decode_image, encode_image, looks_like_svg
 from pipeline.io.quarantine import Rejected
-
-from conftest import FIXTURE
+from pipeline.vision.images import decode_image, encode_image, looks_like_svg
 
 KW = dict(max_pixels=50_000_000, max_side=512)
 
@@ -57,7 +56,7 @@ def test_pixel_hash_ignores_container_but_not_pixels():
 def test_modes_become_rgb(mode):
     base = Image.open(io.BytesIO(real_emoji_bytes())).convert("RGB")
     if mode == "I;16":
-        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        arr = np.asarray(base.convert("L"), dtype=np.uint16) * 257
         img = Image.fromarray(arr.astype("<u2"))
         assert img.mode == "I;16"
         data = _png(img)

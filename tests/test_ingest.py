@@ -9,11 +9,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURE, REPO
 
 from pipeline.ingest import run_ingest
 from pipeline.io.shards import iter_metadata, iter_samples, shard_paths
-
-from conftest import FIXTURE, REPO
 
 REQUIRED = {"id", "key", "source", "hashtags", "width", "height", "orig_width", "orig_height", "sha256", "meta"}
 
@@ -59,7 +58,7 @@ def test_imagefolder_and_csv_formats(fixture_cfg, tmp_path):
     with open(csv_path, "w", encoding="utf-8") as fh:
         fh.write("path,tags,id\n")
         for r in rows:
-            fh.write(f"{r['path']},\"{'|'.join(r['tags'])}\",{r['id']}\n")
+            fh.write(f'{r["path"]},"{"|".join(r["tags"])}",{r["id"]}\n')
     cfg = fixture_cfg(
         "data.sources=[{name: fmnist, format: imagefolder, root: " + str(FIXTURE / "fashion_mnist") + ", split: val},"
         " {name: csv, format: folder, root: " + str(FIXTURE / "emoji_google") + ", index: " + str(csv_path) + "}]"
@@ -122,10 +121,15 @@ def test_two_ranks_match_single_run(fixture_cfg, monkeypatch, tmp_path):
 
 def test_cli_config_errors_fail_before_work(tmp_path):
     run_dir = tmp_path / "run"
-    for override, needle in [("ingest.shard_sise=5", "shard_sise"), ("ingest.max_side=big", "max_side"),
-                             ("ingest.shard_size=0", "ingest.shard_size"), ("data.cache=/nonexistent", "does not exist")]:
-        p = subprocess.run([sys.executable, "-m", "pipeline.ingest", f"run_dir={run_dir}", override],
-                           cwd=REPO, capture_output=True, text=True)
+    for override, needle in [
+        ("ingest.shard_sise=5", "shard_sise"),
+        ("ingest.max_side=big", "max_side"),
+        ("ingest.shard_size=0", "ingest.shard_size"),
+        ("data.cache=/nonexistent", "does not exist"),
+    ]:
+        p = subprocess.run(
+            [sys.executable, "-m", "pipeline.ingest", f"run_dir={run_dir}", override], cwd=REPO, capture_output=True, text=True
+        )
         assert p.returncode != 0, override
         assert needle in p.stderr + p.stdout, (override, p.stderr[-500:])
         assert not (run_dir / "ingest").exists()

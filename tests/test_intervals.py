@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation.intervals import (bootstrap_ci, bootstrap_means, clopper_pearson_ci, paired_bootstrap_diff,
-                                seed_and_val_ci, seed_spread_ci, wilson_ci)
+from pipeline.evaluation.intervals import (
+    bootstrap_ci,
+    bootstrap_means,
+    clopper_pearson_ci,
+    paired_bootstrap_diff,
+    seed_and_val_ci,
+    seed_spread_ci,
+    wilson_ci,
+)
 
 
 def _exactly(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -21,8 +28,8 @@ def _exactly(n: int, k: int, seed: int = 0) -> np.ndarray:
 
 def test_binomial_closed_forms_known_values():
     # Clopper-Pearson with k = 0 has the closed form 1 - (alpha/2)^(1/n).
-    assert clopper_pearson_ci(0, 10) == (0.0, 0.0, pytest.approx(1 - 0.025 ** 0.1))
-    assert clopper_pearson_ci(10, 10).lo == pytest.approx(0.025 ** 0.1)
+    assert clopper_pearson_ci(0, 10) == (0.0, 0.0, pytest.approx(1 - 0.025**0.1))
+    assert clopper_pearson_ci(10, 10).lo == pytest.approx(0.025**0.1)
     # Wilson at p = 0.7, n = 1000 (z = 1.959964): [0.67094, 0.72747]
     w = wilson_ci(700, 1000)
     assert w.mean == 0.7 and w.lo == pytest.approx(0.670876, abs=1e-5) and w.hi == pytest.approx(0.727593, abs=1e-5)

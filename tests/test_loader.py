@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.io.shards import iter_metadata, shard_paths
-from pipeline.train.targets import batch_soft_targets as soft_targets
+from pipeline.io.shards import iter_metadata, member_offsets, shard_paths
 from pipeline.train.epoch_plan import SampleIndex, make_epoch_plan, replication_counts
-from pipeline.io.shards import member_offsets
 from pipeline.train.loader import ShardStream, make_loader, shuffle_order
 from pipeline.train.sample_split import heldout_mask
+from pipeline.train.targets import batch_soft_targets as soft_targets
 from pipeline.vision.transforms import normalize, rrc_box
 
 

@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.train.losses import (make_loss, microbatch_loss_scale, multilabel_softmax_loss,
-                             normalize_targets, sigmoid_bce_loss)
+from pipeline.train.losses import make_loss, microbatch_loss_scale, multilabel_softmax_loss, normalize_targets, sigmoid_bce_loss
 from pipeline.train.models import create_model
-from pipeline.train.optim import (lr_at, make_optimizer, make_schedule, param_groups,
-                            resolve_milestones, scaled_lr)
+from pipeline.train.optim import lr_at, make_optimizer, make_schedule, param_groups, resolve_milestones, scaled_lr
 
 # ----------------------------------------------------------------------------- losses
 
@@ -161,8 +159,9 @@ def test_linear_scaling_rule():
 
 # ----------------------------------------------------------------------------- schedule
 
-GOYAL = dict(kind="step", total_steps=900, warmup_steps=50, warmup_start_lr=0.1, peak_lr=3.2,
-             milestones=[300, 600, 800], gamma=0.1)
+GOYAL = dict(
+    kind="step", total_steps=900, warmup_steps=50, warmup_start_lr=0.1, peak_lr=3.2, milestones=[300, 600, 800], gamma=0.1
+)
 
 
 def test_warmup_is_linear_from_start_to_peak():
@@ -191,8 +190,7 @@ def test_step_decay_values():
 
 
 def test_cosine_values():
-    cos = dict(kind="cosine", total_steps=1050, warmup_steps=50, warmup_start_lr=0.1, peak_lr=2.0,
-               final_lr_fraction=0.01)
+    cos = dict(kind="cosine", total_steps=1050, warmup_steps=50, warmup_start_lr=0.1, peak_lr=2.0, final_lr_fraction=0.01)
     assert lr_at(50, **cos) == pytest.approx(2.0)
     assert lr_at(550, **cos) == pytest.approx(0.02 + 1.98 * 0.5)  # half way: the mean
     assert lr_at(300, **cos) == pytest.approx(0.02 + 1.98 * 0.5 * (1 + math.cos(math.pi / 4)))
@@ -211,8 +209,16 @@ def _run(opt, sched, steps):
 
 @pytest.mark.parametrize("kind", ["step", "cosine"])
 def test_scheduler_follows_lr_at_and_resumes_from_state_dict(kind):
-    args = dict(kind=kind, total_steps=40, warmup_steps=5, warmup_start_lr=0.1, peak_lr=0.8,
-                milestones=[0.5, 0.75], gamma=0.1, final_lr_fraction=0.0)
+    args = dict(
+        kind=kind,
+        total_steps=40,
+        warmup_steps=5,
+        warmup_start_lr=0.1,
+        peak_lr=0.8,
+        milestones=[0.5, 0.75],
+        gamma=0.1,
+        final_lr_fraction=0.0,
+    )
     p = nn.Parameter(torch.zeros(3))
     p.grad = torch.ones(3)
     opt = torch.optim.SGD([p], lr=0.8, momentum=0.9)

@@ -10,12 +10,10 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from pipeline.train import models
-from pipeline.train.models import (ResNeXt, create_model, export_trunk, list_models, load_trunk,
-                             register_model, torchvision_resnet)
+from pipeline.train.models import ResNeXt, create_model, export_trunk, list_models, load_trunk, register_model, torchvision_resnet
 
 # Mahajan et al. 2018 / WSL-Images README, at 1000 classes (millions).
-PAPER_PARAMS_M = {"resnext101_32x8d": 88, "resnext101_32x16d": 193,
-                  "resnext101_32x32d": 466, "resnext101_32x48d": 829}
+PAPER_PARAMS_M = {"resnext101_32x8d": 88, "resnext101_32x16d": 193, "resnext101_32x32d": 466, "resnext101_32x48d": 829}
 
 
 def _n_params(model: nn.Module) -> int:
@@ -31,8 +29,7 @@ def test_param_counts_match_paper(name):
     assert abs(got - PAPER_PARAMS_M[name]) / PAPER_PARAMS_M[name] < 0.01, (name, got)
 
 
-@pytest.mark.parametrize("name,tv_name", [("resnext50_32x4d", "resnext50_32x4d"),
-                                          ("resnext101_32x8d", "resnext101_32x8d")])
+@pytest.mark.parametrize("name,tv_name", [("resnext50_32x4d", "resnext50_32x4d"), ("resnext101_32x8d", "resnext101_32x8d")])
 def test_same_keys_and_shapes_as_torchvision(name, tv_name):
     with torch.device("meta"):
         ours = create_model(name, num_classes=1000).state_dict()
@@ -43,8 +40,16 @@ def test_same_keys_and_shapes_as_torchvision(name, tv_name):
 
 def test_registry_lists_explicit_names_and_rejects_unknown():
     names = list_models()
-    for n in ["resnext_mini", "resnext26_32x4d", "resnext50_32x4d", "resnext101_32x4d",
-              "resnext101_32x8d", "resnext101_32x16d", "resnext101_32x32d", "resnext101_32x48d"]:
+    for n in [
+        "resnext_mini",
+        "resnext26_32x4d",
+        "resnext50_32x4d",
+        "resnext101_32x4d",
+        "resnext101_32x8d",
+        "resnext101_32x16d",
+        "resnext101_32x32d",
+        "resnext101_32x48d",
+    ]:
         assert n in names
     with pytest.raises(ValueError, match="resnext101_32x8d"):  # the message lists known names
         create_model("ig_resnext101_32x48d")
@@ -57,8 +62,7 @@ def test_each_name_is_its_own_architecture():
             m = create_model(n, num_classes=0)
         widths[n] = m.layer1[0].conv2.weight.shape[0]
         assert m.model_name == n
-    assert widths == {"resnext101_32x8d": 256, "resnext101_32x16d": 512,
-                      "resnext101_32x32d": 1024, "resnext101_32x48d": 1536}
+    assert widths == {"resnext101_32x8d": 256, "resnext101_32x16d": 512, "resnext101_32x32d": 1024, "resnext101_32x48d": 1536}
 
 
 def test_registry_duplicate_raises():

@@ -6,19 +6,36 @@ import shutil
 
 import nbformat
 import pytest
+from conftest import REPO, WORDNET, stage_cfg
 from nbclient import NotebookClient
 
 from pipeline.run import run_pipeline
 
-from conftest import REPO, WORDNET, stage_cfg
-
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-TINY_RUN = ("pretrain.model=resnext_mini", "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1",
-            "pretrain.max_steps=4", "pretrain.workers=0", "pretrain.threads=1", "pretrain.progress=false",
-            "pretrain.heldout_fraction=0.1", "transfer.methods=[linear_probe,finetune]", "transfer.inits=[pretrained]",
-            "transfer.low_data_per_class=[2]", "transfer.full=false", "transfer.finetune_epochs=1",
-            "transfer.min_epoch_images=20", "transfer.batch_size=8", "transfer.probe_Cs=[1.0]", "transfer.workers=0",
-            "transfer.threads=1", "transfer.progress=false", "energy.codecarbon=false", "run.report=false")
+TINY_RUN = (
+    "pretrain.model=resnext_mini",
+    "pretrain.image_size=32",
+    "pretrain.batch_size=8",
+    "pretrain.epochs=1",
+    "pretrain.max_steps=4",
+    "pretrain.workers=0",
+    "pretrain.threads=1",
+    "pretrain.progress=false",
+    "pretrain.heldout_fraction=0.1",
+    "transfer.methods=[linear_probe,finetune]",
+    "transfer.inits=[pretrained]",
+    "transfer.low_data_per_class=[2]",
+    "transfer.full=false",
+    "transfer.finetune_epochs=1",
+    "transfer.min_epoch_images=20",
+    "transfer.batch_size=8",
+    "transfer.probe_Cs=[1.0]",
+    "transfer.workers=0",
+    "transfer.threads=1",
+    "transfer.progress=false",
+    "energy.codecarbon=false",
+    "run.report=false",
+)
 
 
 @pytest.fixture(scope="module")

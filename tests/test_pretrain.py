@@ -11,13 +11,22 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import FIXTURE, REPO, copy_run
 from safetensors.torch import load_file
 
-from conftest import FIXTURE, REPO, copy_run
-
-COMMON = ["data=fixture", f"data.cache={FIXTURE}", "pretrain.model=resnext_mini", "pretrain.image_size=32",
-          "pretrain.batch_size=8", "pretrain.epochs=2", "pretrain.workers=1", "pretrain.progress=false",
-          "pretrain.checkpoint_every_steps=3", "pretrain.heldout_fraction=0.1", "pretrain.threads=1"]
+COMMON = [
+    "data=fixture",
+    f"data.cache={FIXTURE}",
+    "pretrain.model=resnext_mini",
+    "pretrain.image_size=32",
+    "pretrain.batch_size=8",
+    "pretrain.epochs=2",
+    "pretrain.workers=1",
+    "pretrain.progress=false",
+    "pretrain.checkpoint_every_steps=3",
+    "pretrain.heldout_fraction=0.1",
+    "pretrain.threads=1",
+]
 
 
 def _cmd(run_dir, *extra):
@@ -65,9 +74,20 @@ def test_resume_after_sigkill_is_bitwise_exact(prepared_fixture, tmp_path):
 
 def test_two_rank_ddp_disjoint_data_identical_weights(prepared_fixture, tmp_path):
     run = copy_run(prepared_fixture, tmp_path / "run")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "pipeline.pretrain", f"run_dir={run}", *COMMON, "pretrain.audit_data=true",
-           "pretrain.resampling=natural", "pretrain.device=cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pipeline.pretrain",
+        f"run_dir={run}",
+        *COMMON,
+        "pretrain.audit_data=true",
+        "pretrain.resampling=natural",
+        "pretrain.device=cpu",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -11,12 +11,11 @@ import sys
 import textwrap
 
 import pytest
+from conftest import REPO
 from tqdm import tqdm
 
 import pipeline.progress as P
 from pipeline.progress import LogProgress, progress_bar
-
-from conftest import REPO
 
 
 class _Clock:
@@ -54,7 +53,9 @@ def test_lines_at_the_set_interval_with_rate_eta_and_postfix(clock, monkeypatch)
     bar.close()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and len(lines) == 4
-    assert lines[0] == "pretrain: 50/200 step (25%), 1 step/s, elapsed 00:30, ETA 02:30, loss=4.72"  # written by the update, before that step's set_postfix
+    assert (
+        lines[0] == "pretrain: 50/200 step (25%), 1 step/s, elapsed 00:30, ETA 02:30, loss=4.72"
+    )  # written by the update, before that step's set_postfix
     assert lines[1].startswith("pretrain: 80/200 step (40%), 1 step/s, elapsed 01:00, ETA 02:00")
     assert lines[3] == "pretrain: 120/200 step (60%), stopped after 01:40, 1 step/s, loss=4.01"
 
@@ -133,8 +134,10 @@ def test_lines_go_to_the_log_without_a_file(clock, monkeypatch, caplog):
         bar.update(1)
         bar.close()
     msgs = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
-    assert msgs == ["vocab: 1/2 sample (50%), 2 s/sample, elapsed 00:02, ETA 00:02",
-                    "vocab: 1/2 sample (50%), stopped after 00:02, 2 s/sample"]
+    assert msgs == [
+        "vocab: 1/2 sample (50%), 2 s/sample, elapsed 00:02, ETA 00:02",
+        "vocab: 1/2 sample (50%), stopped after 00:02, 2 s/sample",
+    ]
     assert sys.stderr.getvalue() == ""
 
 

@@ -12,14 +12,13 @@ import os
 import tarfile
 from pathlib import Path
 
+from conftest import FIXTURE
 from PIL import Image
+from test_images import _png_claiming_size
 
 from pipeline.ingest import run_ingest
 from pipeline.io.quarantine import REASONS
 from pipeline.io.shards import iter_metadata, shard_paths
-
-from conftest import FIXTURE
-from test_images import _png_claiming_size
 
 
 def _real_png() -> bytes:
@@ -122,8 +121,13 @@ def test_every_reason_is_quarantined(fixture_cfg, tmp_path):
     index = _build_folder_source(tmp_path / "folder")
     _build_tars(tmp_path / "tars")
     cfg = fixture_cfg(
-        "data.sources=[{name: bad, format: folder, root: " + str(tmp_path / "folder" / "imgs")
-        + ", index: " + str(index) + "}, {name: badtar, format: img2dataset, root: " + str(tmp_path / "tars") + "}]",
+        "data.sources=[{name: bad, format: folder, root: "
+        + str(tmp_path / "folder" / "imgs")
+        + ", index: "
+        + str(index)
+        + "}, {name: badtar, format: img2dataset, root: "
+        + str(tmp_path / "tars")
+        + "}]",
         "ingest.max_file_bytes=" + str(len(_real_png()) + 1000),
     )
     before = {p for p in tmp_path.rglob("*")}
@@ -137,16 +141,29 @@ def test_every_reason_is_quarantined(fixture_cfg, tmp_path):
     rows = [json.loads(x) for x in (run_dir / "ingest" / "quarantine.jsonl").read_text().splitlines()]
     by_id = {r["id"]: r["reason"] for r in rows}
     expected = {
-        "bad:dup": "duplicate_id", "bad:truncated": "truncated_image", "bad:zero": "empty_file",
-        "bad:text": "undecodable_image", "bad:bomb": "decompression_bomb", "bad:tiny": "too_small",
-        "bad:badsvg": "undecodable_svg", "bad:big": "file_too_large", "bad:missing": "missing_file",
-        "bad:escape": "path_outside_root", "bad:symlink": "path_outside_root", "bad:notags": "no_hashtags",
+        "bad:dup": "duplicate_id",
+        "bad:truncated": "truncated_image",
+        "bad:zero": "empty_file",
+        "bad:text": "undecodable_image",
+        "bad:bomb": "decompression_bomb",
+        "bad:tiny": "too_small",
+        "bad:badsvg": "undecodable_svg",
+        "bad:big": "file_too_large",
+        "bad:missing": "missing_file",
+        "bad:escape": "path_outside_root",
+        "bad:symlink": "path_outside_root",
+        "bad:notags": "no_hashtags",
         "bad:badtags": "invalid_metadata",
-        "badtar:../escape.png": "unsafe_member", "badtar:/abs/path.png": "unsafe_member",
-        "badtar:000000002.png": "unsafe_member", "badtar:000000003": "missing_image",
-        "badtar:000000004": "missing_json", "badtar:000000005": "download_failed",
-        "badtar:000000006": "invalid_utf8", "badtar:000000007": "invalid_metadata",
-        "badtar:00001.tar#truncated": "truncated_tar", "badtar:00002.tar": "unreadable_input",
+        "badtar:../escape.png": "unsafe_member",
+        "badtar:/abs/path.png": "unsafe_member",
+        "badtar:000000002.png": "unsafe_member",
+        "badtar:000000003": "missing_image",
+        "badtar:000000004": "missing_json",
+        "badtar:000000005": "download_failed",
+        "badtar:000000006": "invalid_utf8",
+        "badtar:000000007": "invalid_metadata",
+        "badtar:00001.tar#truncated": "truncated_tar",
+        "badtar:00002.tar": "unreadable_input",
     }
     for sid, reason in expected.items():
         assert by_id.get(sid) == reason, (sid, by_id.get(sid))
@@ -166,7 +183,9 @@ def test_svg_disabled(fixture_cfg, tmp_path):
     root = svgs[0].parents[0]
     index = tmp_path / "i.jsonl"
     index.write_text(json.dumps({"id": "s", "path": svgs[0].name, "tags": ["stamp"]}) + "\n")
-    cfg = fixture_cfg("data.sources=[{name: s, format: folder, root: " + str(root) + ", index: " + str(index) + "}]",
-                      "ingest.rasterize_svg=false")
+    cfg = fixture_cfg(
+        "data.sources=[{name: s, format: folder, root: " + str(root) + ", index: " + str(index) + "}]",
+        "ingest.rasterize_svg=false",
+    )
     man = run_ingest(cfg)
     assert man["counts"]["by_reason"] == {"svg_disabled": 1}

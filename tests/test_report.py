@@ -12,16 +12,16 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from conftest import copy_run
+
 from pipeline.io import run_folder as rf
-from pipeline.report import PLOTS, main as report_main, write_report
+from pipeline.report import PLOTS, write_report
+from pipeline.report import main as report_main
 from pipeline.reporting.format import fmt_ci_pct, fmt_diff_points, fmt_int, fmt_num, fmt_pct, fmt_seconds, md_table
 from pipeline.reporting.transfer_section import target_section
 from pipeline.summarize import write_summary
 
-SECTIONS = ("Stages", "Ingest", "Dedup", "Vocabulary", "Pretraining", "Transfer", "Energy and emissions",
-            "Full-scale projection")
+SECTIONS = ("Stages", "Ingest", "Dedup", "Vocabulary", "Pretraining", "Transfer", "Energy and emissions", "Full-scale projection")
 
 
 def _section(text: str, title: str) -> str:
@@ -91,16 +91,20 @@ def test_transfer_section_shows_every_row_and_gain_of_results_json(report):
         for r in t["rows"]:
             method = r["method"].replace("_", " ")
             tpc = "full" if r["train_per_class"] is None else f"{r['train_per_class']:,}"
-            line = (f"| {method} | {r['init']} | {tpc} | {r['train_images']:,} | {len(r['seeds'])} | "
-                    f"{_pct_ci(r['top1'], r['top1_ci'])} | {_pct_ci(r['top5'], r['top5_ci'])} | ")
+            line = (
+                f"| {method} | {r['init']} | {tpc} | {r['train_images']:,} | {len(r['seeds'])} | "
+                f"{_pct_ci(r['top1'], r['top1_ci'])} | {_pct_ci(r['top5'], r['top5_ci'])} | "
+            )
             assert line in part, line
             n_rows += 1
         for g in t["gains"]:
             tpc = "full" if g["train_per_class"] is None else f"{g['train_per_class']:,}"
             diff = f"{100 * g['diff']:+.1f} [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
             verdict = {"gain": "gain", "loss": "loss (scratch better)"}.get(g["verdict"], g["verdict"])
-            assert (f"| {g['method'].replace('_', ' ')} | {tpc} | {100 * g['pretrained']:.1f}% | "
-                    f"{100 * g['scratch']:.1f}% | {diff} | {verdict} |") in part
+            assert (
+                f"| {g['method'].replace('_', ' ')} | {tpc} | {100 * g['pretrained']:.1f}% | "
+                f"{100 * g['scratch']:.1f}% | {diff} | {verdict} |"
+            ) in part
     assert n_rows >= 4
 
 
@@ -175,6 +179,7 @@ def test_report_shows_missing_stages_as_not_run(prepared_fixture, tmp_path):
 
 # ----------------------------------------------------------------------------- pure formatting
 
+
 def test_formatting_helpers():
     assert fmt_int(16709) == "16,709" and fmt_int(None) == "-" and fmt_int(float("nan")) == "-"
     assert fmt_seconds(92.951) == "93.0 s" and fmt_seconds(7200 * 2) == "4.00 h"
@@ -186,14 +191,44 @@ def test_formatting_helpers():
 
 
 def test_target_section_formats_a_hand_made_target():
-    row = {"method": "linear_probe", "init": "pretrained", "train_per_class": 2, "train_images": 20, "seeds": [0, 1, 2],
-           "top1": 0.4125, "top1_ci": [0.38, 0.445], "top5": 0.8, "top5_ci": [0.78, 0.81], "lower_bound_top1": 0.4,
-           "lower_bound_top1_ci": [0.37, 0.43], "best_C": 0.01, "seconds": 1.5}
-    sec = {"num_classes": 10, "image_size": 32, "val_images": 200, "val_images_available": 10000,
-           "contamination": {"phash": {"checked": True, "eval_set": "fashion_mnist_val", "count": 3},
-                             "features": {"checked": False, "reason": "transfer.nn_decontam=false"}},
-           "rows": [row], "gains": [{"method": "linear_probe", "train_per_class": 2, "pretrained": 0.4125, "scratch": 0.2,
-                                     "diff": 0.2125, "lo": 0.15, "hi": 0.27, "verdict": "gain"}]}
+    row = {
+        "method": "linear_probe",
+        "init": "pretrained",
+        "train_per_class": 2,
+        "train_images": 20,
+        "seeds": [0, 1, 2],
+        "top1": 0.4125,
+        "top1_ci": [0.38, 0.445],
+        "top5": 0.8,
+        "top5_ci": [0.78, 0.81],
+        "lower_bound_top1": 0.4,
+        "lower_bound_top1_ci": [0.37, 0.43],
+        "best_C": 0.01,
+        "seconds": 1.5,
+    }
+    sec = {
+        "num_classes": 10,
+        "image_size": 32,
+        "val_images": 200,
+        "val_images_available": 10000,
+        "contamination": {
+            "phash": {"checked": True, "eval_set": "fashion_mnist_val", "count": 3},
+            "features": {"checked": False, "reason": "transfer.nn_decontam=false"},
+        },
+        "rows": [row],
+        "gains": [
+            {
+                "method": "linear_probe",
+                "train_per_class": 2,
+                "pretrained": 0.4125,
+                "scratch": 0.2,
+                "diff": 0.2125,
+                "lo": 0.15,
+                "hi": 0.27,
+                "verdict": "gain",
+            }
+        ],
+    }
     text = "\n".join(target_section("fashion_mnist", sec))
     assert "### Target `fashion_mnist`" in text and "200 val images scored (of 10,000)" in text
     assert "| linear probe | pretrained | 2 | 20 | 3 | 41.2% [38.0, 44.5] | 80.0% [78.0, 81.0] | 40.0% [37.0, 43.0] | - |" in text
@@ -203,6 +238,7 @@ def test_target_section_formats_a_hand_made_target():
 
 
 # ----------------------------------------------------------------------------- benchmarks: demo row, stale rows
+
 
 def test_benchmark_demo_row_is_read_from_the_run_records(pipeline_run, tmp_path):
     from benchmarks.common import Context
@@ -219,10 +255,11 @@ def test_benchmark_demo_row_is_read_from_the_run_records(pipeline_run, tmp_path)
 def test_results_md_marks_rows_not_remeasured_as_stale():
     from benchmarks.__main__ import shown_rows
 
-    rows = [{"name": "a", "measured": {"at": "2026-11-22T04:44:29+00:00", "mode": "full", "stale": True}},
-            {"name": "b", "measured": {"at": "2026-12-01T15:43:49+00:00", "mode": "full", "stale": True,
-                                       "cpu_capability": "AVX2"}},
-            {"name": "c", "measured": {"at": "now", "mode": "quick", "stale": False, "cpu_capability": "AVX512"}}]
+    rows = [
+        {"name": "a", "measured": {"at": "2026-11-22T04:44:29+00:00", "mode": "full", "stale": True}},
+        {"name": "b", "measured": {"at": "2026-12-01T15:43:49+00:00", "mode": "full", "stale": True, "cpu_capability": "AVX2"}},
+        {"name": "c", "measured": {"at": "now", "mode": "quick", "stale": False, "cpu_capability": "AVX512"}},
+    ]
     a, b, c = (r["measured"]["mode"] for r in shown_rows(rows))
     assert a == "full; **stale**: not remeasured, CPU capability not recorded"
     assert b == "full; **stale**: not remeasured, CPU capability AVX2"

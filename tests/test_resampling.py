@@ -25,7 +25,7 @@ def test_sqrt_weights_hand_made_count():
     w = sample_weights(indptr, indices, counts, 0.5)
     # by hand: n_c^(-1/2) = 1/sqrt(5) for class 0, 1/sqrt(2) for class 1; the two-class
     # sample takes the mean; then divide by the mean of the six raw weights.
-    a, b = 5 ** -0.5, 2 ** -0.5
+    a, b = 5**-0.5, 2**-0.5
     raw = np.array([a, a, a, a, b, (a + b) / 2])
     np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-12)
     assert w.dtype == np.float64 and w.shape == (6,)

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import json
 
-from pipeline.run import run_pipeline, stage_keys
-from pipeline.config import to_container
-
 from conftest import stage_cfg
 
-TINY = ("vocab.kind=raw", "vocab.min_count=2", "vocab.plot=false", "pretrain.model=resnext_mini",
-        "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1", "pretrain.workers=0",
-        "pretrain.progress=false", "pretrain.heldout_fraction=0.1", "run.report=false")
+from pipeline.config import to_container
+from pipeline.run import run_pipeline, stage_keys
+
+TINY = (
+    "vocab.kind=raw",
+    "vocab.min_count=2",
+    "vocab.plot=false",
+    "pretrain.model=resnext_mini",
+    "pretrain.image_size=32",
+    "pretrain.batch_size=8",
+    "pretrain.epochs=1",
+    "pretrain.workers=0",
+    "pretrain.progress=false",
+    "pretrain.heldout_fraction=0.1",
+    "run.report=false",
+)
 
 
 def test_skip_and_redo(prepared_fixture, tmp_path):
@@ -44,8 +54,17 @@ def test_sweep_jobs_share_upstream_stages(tmp_path):
     shared = tmp_path / "shared"
     outs = []
     for job, loss in enumerate(["softmax", "sigmoid"]):
-        outs.append(run_pipeline(stage_cfg(tmp_path / f"job{job}", "run.stages=[ingest,dedup,vocab]", *TINY,
-                                           f"run.shared_dir={shared}", f"pretrain.loss={loss}")))
+        outs.append(
+            run_pipeline(
+                stage_cfg(
+                    tmp_path / f"job{job}",
+                    "run.stages=[ingest,dedup,vocab]",
+                    *TINY,
+                    f"run.shared_dir={shared}",
+                    f"pretrain.loss={loss}",
+                )
+            )
+        )
     assert outs[0]["stages"]["ingest"] == "shared (ran)" and outs[1]["stages"]["ingest"] == "shared (skipped)"
     assert outs[1]["stages"]["vocab"] == "ran"
     for job in ("job0", "job1"):

@@ -20,19 +20,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from conftest import REPO, copy_run, stage_cfg
 from fuzz.stages import partial_files, temp_files
+
 from pipeline.io.checkpoint import CheckpointError
 from pipeline.io.run_folder import STAGES
 
-from conftest import REPO, copy_run, stage_cfg
-
-PRETRAIN = ["pretrain.model=resnext_mini", "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1",
-            "pretrain.max_steps=2", "pretrain.workers=0", "pretrain.progress=false", "pretrain.heldout_fraction=0.1",
-            "pretrain.threads=1", "pretrain.checkpoint_every_steps=1", "pretrain.device=cpu"]
-TRANSFER = ["transfer.low_data_per_class=[2]", "transfer.full=false", "transfer.finetune_epochs=1",
-            "transfer.min_epoch_images=20", "transfer.batch_size=10", "transfer.workers=0", "transfer.progress=false",
-            "transfer.threads=1", "transfer.probe_Cs=[1.0]", "transfer.max_val_images=20", "transfer.inits=[pretrained]"]
+PRETRAIN = [
+    "pretrain.model=resnext_mini",
+    "pretrain.image_size=32",
+    "pretrain.batch_size=8",
+    "pretrain.epochs=1",
+    "pretrain.max_steps=2",
+    "pretrain.workers=0",
+    "pretrain.progress=false",
+    "pretrain.heldout_fraction=0.1",
+    "pretrain.threads=1",
+    "pretrain.checkpoint_every_steps=1",
+    "pretrain.device=cpu",
+]
+TRANSFER = [
+    "transfer.low_data_per_class=[2]",
+    "transfer.full=false",
+    "transfer.finetune_epochs=1",
+    "transfer.min_epoch_images=20",
+    "transfer.batch_size=10",
+    "transfer.workers=0",
+    "transfer.progress=false",
+    "transfer.threads=1",
+    "transfer.probe_Cs=[1.0]",
+    "transfer.max_val_images=20",
+    "transfer.inits=[pretrained]",
+]
 LATER = ["vocab.kind=raw", "vocab.min_count=2", "vocab.plot=false", *PRETRAIN, *TRANSFER]
 
 
@@ -149,8 +168,13 @@ _CHECK_ALL = textwrap.dedent("""
 
 def test_config_errors_fail_before_any_work_at_every_entry_point(tmp_path):
     """Every stage's real ``main()`` (one Python process for all, to pay the imports once)."""
-    p = subprocess.run([sys.executable, "-c", _CHECK_ALL, json.dumps(ENTRY_POINTS), str(tmp_path)], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", _CHECK_ALL, json.dumps(ENTRY_POINTS), str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     results = json.loads(p.stdout.strip().splitlines()[-1])
     for stage, overrides in ENTRY_POINTS.items():
@@ -212,8 +236,13 @@ def test_withdrawn_ids_never_reach_any_artifact(tmp_path):
         assert where in out, (where, out)
 
     # the command line
-    p = subprocess.run([sys.executable, "-m", "pipeline.audit", str(run), "--ids", str(ids)], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "pipeline.audit", str(run), "--ids", str(ids)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0 and "audit clean" in p.stdout, p.stdout + p.stderr
 
 
@@ -238,8 +267,11 @@ def test_ids_withdrawn_after_ingest_then_purged_by_reingest(ingested_fixture, tm
     assert "(removed: withdrawn)" in out
 
     parts_before = {p.name: p.read_bytes() for p in (run / "ingest" / "parts").glob("*.json")}
-    holding = {p.name for p in (run / "ingest" / "parts").glob("*.json")
-               if any(sid in LATE for _, sid in json.loads(p.read_text())["ids"])}
+    holding = {
+        p.name
+        for p in (run / "ingest" / "parts").glob("*.json")
+        if any(sid in LATE for _, sid in json.loads(p.read_text())["ids"])
+    }
     purge = stage_cfg(run, f"ingest.withdrawn={ids}", f"dedup.withdrawn={ids}", *LATER)
     man = run_ingest(purge)
     assert man["counts"]["by_reason"]["withdrawn"] == len(LATE)
@@ -300,6 +332,7 @@ def make_read_only(monkeypatch, root: Path) -> None:
                     return real[name](*args, **kw)
                 deny(target)
             return real[name](*args, **kw)
+
         return f
 
     monkeypatch.setattr(builtins, "open", fake_open)
@@ -356,8 +389,12 @@ def make_disk_full(monkeypatch, root: Path, after_fsyncs: int = 0, after_bytes: 
 
     def fake_open(file, mode="r", *a, **k):
         fh = real_open(file, mode, *a, **k)
-        if after_bytes is not None and any(c in mode for c in "wax+") and isinstance(file, (str, os.PathLike)) \
-                and _under(file, root):
+        if (
+            after_bytes is not None
+            and any(c in mode for c in "wax+")
+            and isinstance(file, (str, os.PathLike))
+            and _under(file, root)
+        ):
             return Full(fh)
         return fh
 
@@ -372,10 +409,14 @@ def _stage_fn(stage):
 
 
 def _copy_upstream(src, run, stage):
-    up = {"ingest": (), "dedup": ("ingest",), "vocab": ("ingest", "dedup"), "pretrain": ("ingest", "dedup", "vocab"),
-          "transfer": ("dedup", "pretrain")}[stage]
+    up = {
+        "ingest": (),
+        "dedup": ("ingest",),
+        "vocab": ("ingest", "dedup"),
+        "pretrain": ("ingest", "dedup", "vocab"),
+        "transfer": ("dedup", "pretrain"),
+    }[stage]
     return copy_run(src, run, stages=up) if up else run
-
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -425,8 +466,11 @@ def test_disk_full_fails_naming_the_path_and_leaves_nothing_half_written(stage, 
         assert man is not None and not temp_files(run / stage)
 
 
-@pytest.mark.parametrize("stage,budget", [("ingest", 40_000), ("pretrain", 150), ("pretrain", 300)],
-                         ids=["ingest-shard", "pretrain-metrics-line", "pretrain-checkpoint"])
+@pytest.mark.parametrize(
+    "stage,budget",
+    [("ingest", 40_000), ("pretrain", 150), ("pretrain", 300)],
+    ids=["ingest-shard", "pretrain-metrics-line", "pretrain-checkpoint"],
+)
 def test_disk_full_in_the_middle_of_a_write(stage, budget, pretrained, tmp_path, monkeypatch):
     """ENOSPC from write() after ``budget`` bytes: an atomic write (a shard, a checkpoint) leaves
     only its temp file, deleted on the error; an append-only log (pretrain's metrics.jsonl) keeps

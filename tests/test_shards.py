@@ -11,12 +11,12 @@ import tarfile
 import numpy as np
 import pytest
 import webdataset as wds
+from conftest import FIXTURE
 from PIL import Image
 
-from conftest import FIXTURE
+from pipeline.io.shards import ShardReader, index_path, iter_samples, parse_key, shard_key, shard_paths
 from pipeline.vision.images import decode_image
 from pipeline.vision.near_index import hamming, perceptual_hash, phash_bytes, trim_uniform_border
-from pipeline.io.shards import ShardReader, index_path, iter_samples, parse_key, shard_key, shard_paths
 
 
 def _img2dataset_samples() -> dict[str, dict[str, bytes]]:
@@ -87,8 +87,8 @@ def test_stored_codes_are_the_perceptual_hash_of_the_canonical_pixels(ingested_f
 def test_a_jpeg_shard_and_its_eval_copy_get_the_same_code(ingested_fixture, tmp_path):
     """An eval image identical to a pretraining input, the pretraining copy stored as JPEG: the stored
     code and the eval code agree exactly (before, dedup hashed the decoded JPEG: a few bits off)."""
-    from pipeline.vision.dedup_codes import hash_eval_unit
     from pipeline.io.raw_sources import plan_units
+    from pipeline.vision.dedup_codes import hash_eval_unit
 
     blobs = {k: d["jpg"] for k, d in _img2dataset_samples().items()}
     ev = tmp_path / "ev" / "val" / "copies"
@@ -96,10 +96,14 @@ def test_a_jpeg_shard_and_its_eval_copy_get_the_same_code(ingested_fixture, tmp_
     for k, b in blobs.items():
         (ev / f"{k}.jpg").write_bytes(b)
     from conftest import make_cfg
+
     from pipeline.config import to_container
 
-    cfg = make_cfg("data=fixture", f"data.cache={FIXTURE}",
-                   "data.eval_sets=[{name: ev, format: imagefolder, root: " + str(tmp_path / "ev") + ", split: val}]")
+    cfg = make_cfg(
+        "data=fixture",
+        f"data.cache={FIXTURE}",
+        "data.eval_sets=[{name: ev, format: imagefolder, root: " + str(tmp_path / "ev") + ", split: val}]",
+    )
     units, _ = plan_units(cfg.data.eval_sets, "png", 2000)
     ing = to_container(cfg.ingest)
     eval_codes = {e[0].split("/")[-1][:-4]: e[2] for u in units for e in hash_eval_unit((u, ing, 8))}
@@ -124,7 +128,7 @@ def test_border_trimming_brings_padded_copies_within_the_radius():
     """Real img2dataset-style ``border`` output (data_tools.to_img2dataset over fixture images): white
     bands padding a non-square image to a square are cropped before hashing; an image's own margins are not."""
     dist_new, dist_old = {}, {}
-    for k, d in _img2dataset_samples().items():
+    for d in _img2dataset_samples().values():
         meta = json.loads(d["json"])
         a, b = _canon((FIXTURE / meta["url"]).read_bytes()), _canon(d["jpg"])
         shape = "square" if meta["original_width"] == meta["original_height"] else "padded"

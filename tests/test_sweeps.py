@@ -13,16 +13,18 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from pipeline.summarize import write_summary
 
-from conftest import REPO
-
 
 def _sweep(sweep_dir, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-           and not k.startswith(("SLURM_", "SUBMITIT_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        and not k.startswith(("SLURM_", "SUBMITIT_"))
+    }
     cmd = [sys.executable, "-m", "pipeline.run", "-m", "experiment=smoke", f"hydra.sweep.dir={sweep_dir}", *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -42,8 +44,9 @@ def test_smoke_sweep_shares_upstream_stages_and_summarizes(tmp_path):
     assert proc.returncode != 0, "Hydra must report the failed jobs"
     assert "no_such_model" in proc.stderr
     jobs = _jobs(sweep)
-    assert [j.name for j in jobs] == sorted(f"pretrain.loss={loss},pretrain.model={m}" for loss in ("softmax", "sigmoid")
-                                            for m in ("resnext_mini", "no_such_model"))
+    assert [j.name for j in jobs] == sorted(
+        f"pretrain.loss={loss},pretrain.model={m}" for loss in ("softmax", "sigmoid") for m in ("resnext_mini", "no_such_model")
+    )
 
     # ingest and dedup ran once, in shared/, and every job links to them
     shared = sweep / "shared"
@@ -71,12 +74,20 @@ def test_smoke_sweep_shares_upstream_stages_and_summarizes(tmp_path):
     header, rows = out["header"], out["rows"]
     assert header[:3] == ["job", "pretrain.loss", "pretrain.model"] and "experiment" not in header
     top1 = "top1 fashion_mnist linear_probe pretrained 2"  # per target of the suite, with its 95% interval
-    assert {"status", "heldout_precision_at_1", "heldout_mAP", top1, "top1 fluent_emoji_subgroup linear_probe pretrained 5",
-            "seconds", "error"} <= set(header)
+    assert {
+        "status",
+        "heldout_precision_at_1",
+        "heldout_mAP",
+        top1,
+        "top1 fluent_emoji_subgroup linear_probe pretrained 5",
+        "seconds",
+        "error",
+    } <= set(header)
     assert len(rows) == 4
     col = {h: i for i, h in enumerate(header)}
     assert sorted((r[col["pretrain.loss"]], r[col["pretrain.model"]]) for r in rows) == sorted(
-        (loss, m) for loss in ("softmax", "sigmoid") for m in ("resnext_mini", "no_such_model"))
+        (loss, m) for loss in ("softmax", "sigmoid") for m in ("resnext_mini", "no_such_model")
+    )
     for r in rows:
         if r[col["pretrain.model"]] == "no_such_model":
             assert r[col["status"]] == "failed" and "no_such_model" in r[col["error"]]
@@ -102,8 +113,9 @@ def test_submitit_local_sweep_two_ranks_per_job(tmp_path):
     one task per device), ranks from submitit, pretraining as 2-rank DDP (gloo on CPU)."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    proc = _sweep(sweep, "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-                  "run.stages=[ingest,dedup,vocab,pretrain]")
+    proc = _sweep(
+        sweep, "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "run.stages=[ingest,dedup,vocab,pretrain]"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = _jobs(sweep)
     assert [j.name for j in jobs] == ["pretrain.loss=sigmoid", "pretrain.loss=softmax"]

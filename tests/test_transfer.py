@@ -10,23 +10,46 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURE, copy_run, make_cfg, stage_cfg
 
 FASHION = FIXTURE / "fashion_mnist"
 FLUENT = FIXTURE / "fluent_emoji" / "subgroup"
 TARGETS = ("fluent_emoji_subgroup", "fashion_mnist")
-PRETRAIN = ["pretrain.model=resnext_mini", "pretrain.image_size=32", "pretrain.batch_size=8", "pretrain.epochs=1",
-            "pretrain.max_steps=4", "pretrain.workers=0", "pretrain.progress=false", "pretrain.heldout_fraction=0",
-            "pretrain.threads=1", "pretrain.checkpoint_every_steps=100"]
-TINY = ["transfer.low_data_per_class=[2]", "transfer.targets.fluent_emoji_subgroup.low_data_per_class=[2]",
-        "transfer.finetune_epochs=2", "transfer.min_epoch_images=40", "transfer.batch_size=16", "transfer.workers=0",
-        "transfer.progress=false", "transfer.threads=1", "transfer.probe_Cs=[0.01,1.0]", "transfer.lr_select_max_images=32",
-        "transfer.nn_known_copies=10", "transfer.nn_non_copies=50", "transfer.n_boot=200"]
+PRETRAIN = [
+    "pretrain.model=resnext_mini",
+    "pretrain.image_size=32",
+    "pretrain.batch_size=8",
+    "pretrain.epochs=1",
+    "pretrain.max_steps=4",
+    "pretrain.workers=0",
+    "pretrain.progress=false",
+    "pretrain.heldout_fraction=0",
+    "pretrain.threads=1",
+    "pretrain.checkpoint_every_steps=100",
+]
+TINY = [
+    "transfer.low_data_per_class=[2]",
+    "transfer.targets.fluent_emoji_subgroup.low_data_per_class=[2]",
+    "transfer.finetune_epochs=2",
+    "transfer.min_epoch_images=40",
+    "transfer.batch_size=16",
+    "transfer.workers=0",
+    "transfer.progress=false",
+    "transfer.threads=1",
+    "transfer.probe_Cs=[0.01,1.0]",
+    "transfer.lr_select_max_images=32",
+    "transfer.nn_known_copies=10",
+    "transfer.nn_non_copies=50",
+    "transfer.n_boot=200",
+]
 SEEDS = {"linear_probe": 3, "finetune": 2}  # low-data seeds in the suite run (probe_seeds=3, finetune_seeds=2)
 N_VAL = {"fluent_emoji_subgroup": 18, "fashion_mnist": 30}
-N_TRAIN = {("fluent_emoji_subgroup", 2): 6, ("fluent_emoji_subgroup", None): 27, ("fashion_mnist", 2): 20,
-           ("fashion_mnist", None): 50}
+N_TRAIN = {
+    ("fluent_emoji_subgroup", 2): 6,
+    ("fluent_emoji_subgroup", None): 27,
+    ("fashion_mnist", 2): 20,
+    ("fashion_mnist", None): 50,
+}
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +226,9 @@ def test_feature_decontamination_is_calibrated_and_reported(transfer_run):
         assert f["threshold"] == pytest.approx(kc["p1"], abs=1e-4) and "percentile" in f["rule"]
         kinds = sorted(kc["by_kind"].values(), key=lambda v: v["p1"])  # a higher threshold flags no more images
         assert all(v["n"] == 10 for v in kinds)
-        assert [v["val_flagged_at_its_quantile"] for v in kinds] == sorted((v["val_flagged_at_its_quantile"] for v in kinds),
-                                                                          reverse=True)
+        assert [v["val_flagged_at_its_quantile"] for v in kinds] == sorted(
+            (v["val_flagged_at_its_quantile"] for v in kinds), reverse=True
+        )
         assert f["count"] == int(arrays[f"{name}/nn"].sum())
         sims = arrays[f"{name}/nn_similarity"].astype(float)
         assert ((sims >= f["threshold"] - 1e-3) | ~arrays[f"{name}/nn"]).all()
@@ -220,8 +244,13 @@ def test_per_epoch_rows_and_manifest(transfer_run):
     run, man, _ = transfer_run
     rows = [json.loads(x) for x in (run / "transfer" / "finetune_epochs.jsonl").read_text().splitlines()]
     runs = {(r["target"], r["init"], r["train_per_class"], r["seed"]) for r in rows}
-    assert runs == {(t, i, k, s) for t in TARGETS for i in ("pretrained", "scratch") for k in (2, None)
-                    for s in (range(2) if k is not None else range(1))}
+    assert runs == {
+        (t, i, k, s)
+        for t in TARGETS
+        for i in ("pretrained", "scratch")
+        for k in (2, None)
+        for s in (range(2) if k is not None else range(1))
+    }
     assert len(rows) == 2 * len(runs)
     for r in rows:
         assert {"loss", "lr", "top1", "top5", "seconds", "base_lr"} <= set(r)
@@ -239,8 +268,12 @@ def test_per_epoch_rows_and_manifest(transfer_run):
     assert c["targets"]["fashion_mnist"]["linear_probe_pretrained_top1"] is not None
     assert c["targets"]["fluent_emoji_subgroup"]["finetune_gain_top1"] is not None
     assert not list((run / "transfer").glob(".*tmp-*"))
-    assert sorted(p.name for p in (run / "transfer").iterdir()) == \
-        ["correct.npz", "finetune_epochs.jsonl", "manifest.json", "results.json"]
+    assert sorted(p.name for p in (run / "transfer").iterdir()) == [
+        "correct.npz",
+        "finetune_epochs.jsonl",
+        "manifest.json",
+        "results.json",
+    ]
 
 
 def test_report_shows_one_table_per_target_from_the_stage_output(transfer_run):
@@ -256,10 +289,13 @@ def test_report_shows_one_table_per_target_from_the_stage_output(transfer_run):
         part = section.split(f"### Target `{name}`", 1)[1].split("### Target `", 1)[0]
         assert part.count("| method | init | train / class |") == 1
         for r in sec["rows"]:
-            line = (f"| {r['method'].replace('_', ' ')} | {r['init']} | {'full' if r['train_per_class'] is None else r['train_per_class']} "
-                    f"| {r['train_images']} | {len(r['seeds'])} | {fmt_ci_pct(r['top1'], r['top1_ci'])} "
-                    f"| {fmt_ci_pct(r['top5'], r['top5_ci'])} | {fmt_ci_pct(r['lower_bound_top1'], r['lower_bound_top1_ci'])} "
-                    f"| {fmt_ci_pct(r['lower_bound_top1_nn'], r['lower_bound_top1_nn_ci'])} |")
+            line = (
+                f"| {r['method'].replace('_', ' ')} | {r['init']} "
+                f"| {'full' if r['train_per_class'] is None else r['train_per_class']} "
+                f"| {r['train_images']} | {len(r['seeds'])} | {fmt_ci_pct(r['top1'], r['top1_ci'])} "
+                f"| {fmt_ci_pct(r['top5'], r['top5_ci'])} | {fmt_ci_pct(r['lower_bound_top1'], r['lower_bound_top1_ci'])} "
+                f"| {fmt_ci_pct(r['lower_bound_top1_nn'], r['lower_bound_top1_nn_ci'])} |"
+            )
             assert line in part, line
         for g in sec["gains"]:
             verdict = {"gain": "gain", "loss": "loss (scratch better)"}.get(g["verdict"], g["verdict"])
@@ -291,8 +327,11 @@ def test_target_selection_and_overrides_compose():
     assert list(inet.transfer.targets) == ["imagenet1k"] and r["root"] == "/data/imagenet"
     assert r["finetune_epochs"] == 30 and r["max_train_per_class"] is None and r["base_lr"] == 0.05
     # recipe keys on the command line reach every target that does not set them; per-target keys win
-    c = make_cfg("transfer.max_val_images=7", "transfer.low_data_per_class=[3]",
-                 "transfer.targets.fluent_emoji_subgroup.crop_min_scale=0.5")
+    c = make_cfg(
+        "transfer.max_val_images=7",
+        "transfer.low_data_per_class=[3]",
+        "transfer.targets.fluent_emoji_subgroup.crop_min_scale=0.5",
+    )
     f, m = transfer_recipe(c.transfer, "fluent_emoji_subgroup"), transfer_recipe(c.transfer, "fashion_mnist")
     assert (m["max_val_images"], m["low_data_per_class"], m["crop_min_scale"]) == (7, [3], 0.35)
     assert (f["max_val_images"], f["low_data_per_class"], f["crop_min_scale"]) == (None, [5], 0.5)
@@ -337,8 +376,16 @@ def test_without_the_shards_the_feature_check_is_skipped_and_said_so(pretrained_
     for s in ("dedup", "pretrain"):  # no ingest/: the pretraining images cannot be read
         shutil.copytree(pretrained_run / s, run / s)
     tiny = [o for o in TINY if "fluent_emoji" not in o]
-    run_transfer(stage_cfg(run, *tiny, "transfer/target=[fashion_mnist]", "transfer.methods=[linear_probe]",
-                           "transfer.inits=[pretrained]", "transfer.full=false"))
+    run_transfer(
+        stage_cfg(
+            run,
+            *tiny,
+            "transfer/target=[fashion_mnist]",
+            "transfer.methods=[linear_probe]",
+            "transfer.inits=[pretrained]",
+            "transfer.full=false",
+        )
+    )
     sec = _results(run)["targets"]["fashion_mnist"]
     f = sec["contamination"]["features"]
     assert not f["checked"] and "no finished ingest stage" in f["reason"]
@@ -382,8 +429,12 @@ def test_correctness_file_round_trips(tmp_path):
     from pipeline.io.run_folder import CORRECT_FILE as CORRECT
 
     rng = np.random.default_rng(1)
-    arrays = {"t/linear_probe/pretrained/2/top1": rng.random((3, 37)) < 0.5, "t/phash": rng.random(37) < 0.1,
-              "t/nn_similarity": rng.random(37).astype(np.float16), "t/val_ids": np.array([f"c/{i}.png" for i in range(37)])}
+    arrays = {
+        "t/linear_probe/pretrained/2/top1": rng.random((3, 37)) < 0.5,
+        "t/phash": rng.random(37) < 0.1,
+        "t/nn_similarity": rng.random(37).astype(np.float16),
+        "t/val_ids": np.array([f"c/{i}.png" for i in range(37)]),
+    }
     (tmp_path / "transfer").mkdir()
     save_correctness(tmp_path / "transfer" / CORRECT, arrays)
     back = load_correctness(tmp_path)
@@ -410,8 +461,10 @@ def test_nearest_neighbours_copies_and_hexcodes(tmp_path):
     sizes = {k: nd.make_copy(img, k, seed=0).size for k in nd.COPY_KINDS}
     assert sizes == {"jpeg": (64, 64), "resize": (32, 32), "pad": (76, 76), "crop": (57, 57)}
     assert nd.hexcode_key("2764-FE0F") == "2764" == nd.hexcode_key("2764") and nd.hexcode_key("1F415") == "1f415"
-    codes = nd.emoji_hexcodes(FIXTURE / "fluent_emoji" / "emoji.jsonl",
-                              ["animal-mammal/dog.flat.png", "face-smiling/grinning-face.high-contrast.png", "x/unknown.flat.png"])
+    codes = nd.emoji_hexcodes(
+        FIXTURE / "fluent_emoji" / "emoji.jsonl",
+        ["animal-mammal/dog.flat.png", "face-smiling/grinning-face.high-contrast.png", "x/unknown.flat.png"],
+    )
     assert codes == ["1f415", "1f600", None]
 
 
@@ -472,14 +525,24 @@ def test_finetune_settings_come_from_the_target_recipe_only():
     from pipeline.config import transfer_recipe
     from pipeline.evaluation.finetune import FinetuneSettings, settings_from_recipe
 
-    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-               for f in dataclasses.fields(FinetuneSettings))
+    assert all(
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        for f in dataclasses.fields(FinetuneSettings)
+    )
     runtime = {"autocast_dtype": None, "grad_scaler": False, "channels_last": False, "workers": 0, "progress": False}
     cfg = make_cfg("transfer.momentum=0.8", "transfer.targets.fashion_mnist.warmup_epochs=0.25", "transfer.base_lr=0.3")
     r = transfer_recipe(cfg.transfer, "fashion_mnist")
     s = settings_from_recipe(r, n=10, epochs=3, base_lr=0.1, seed=4, eval_every_epoch=False, max_epoch_images=None, **runtime)
     assert (s.batch_size, s.momentum, s.warmup_epochs, s.weight_decay, s.min_epoch_images) == (10, 0.8, 0.25, 1e-4, 1000)
     assert (s.epochs, s.base_lr, s.seed, s.reference_batch, s.nesterov) == (3, 0.1, 4, 256, True)  # base_lr: the caller's
-    fluent = settings_from_recipe(transfer_recipe(cfg.transfer, "fluent_emoji_subgroup"), n=500, epochs=1, base_lr=0.4,
-                                  seed=0, eval_every_epoch=True, max_epoch_images=32, **runtime)
+    fluent = settings_from_recipe(
+        transfer_recipe(cfg.transfer, "fluent_emoji_subgroup"),
+        n=500,
+        epochs=1,
+        base_lr=0.4,
+        seed=0,
+        eval_every_epoch=True,
+        max_epoch_images=32,
+        **runtime,
+    )
     assert (fluent.batch_size, fluent.warmup_epochs, fluent.max_epoch_images) == (64, 0.5, 32)

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURE, REPO, make_cfg
 
-from pipeline.io.atomic import write_jsonl
 from pipeline.config import ConfigError, VocabKind
+from pipeline.io.atomic import write_jsonl
+from pipeline.io.labels import load_labels, load_vocab
 from pipeline.io.manifest import stage_dir, write_manifest
 from pipeline.io.run_folder import REMOVED_FILE
 from pipeline.io.shards import iter_metadata, shard_paths
-from pipeline.io.labels import load_labels, load_vocab
 from pipeline.text.vocabulary import RawMapper, build_vocabulary
-from pipeline.vocab import run_vocab
 from pipeline.text.wordnet_canon import HashtagMapper, WordNetNouns, read_imagenet1k_wnids
-
-from conftest import FIXTURE, REPO, make_cfg
+from pipeline.vocab import run_vocab
 
 WORDNET = REPO / "data/raw/nltk_data/corpora/wordnet"
 IMAGENET_INFO = REPO / "data/raw/imagenet_info"
@@ -56,8 +55,15 @@ def vocab_run(ingested, tmp_path):
         run.mkdir(exist_ok=True)
         if not (run / "ingest").exists():
             (run / "ingest").symlink_to(ingested / "ingest", target_is_directory=True)
-        return make_cfg("data=fixture", f"data.cache={FIXTURE}", f"run_dir={run}", f"vocab.wordnet_dir={WORDNET}",
-                        f"vocab.imagenet_info_dir={IMAGENET_INFO}", "vocab.progress=false", *overrides)
+        return make_cfg(
+            "data=fixture",
+            f"data.cache={FIXTURE}",
+            f"run_dir={run}",
+            f"vocab.wordnet_dir={WORDNET}",
+            f"vocab.imagenet_info_dir={IMAGENET_INFO}",
+            "vocab.progress=false",
+            *overrides,
+        )
 
     return _make
 
@@ -67,6 +73,7 @@ def _metas(run) -> list[dict]:
 
 
 # ---- canonicalization ---------------------------------------------------------------
+
 
 def test_synonyms_merge_into_one_class(nouns):
     m = HashtagMapper(nouns)
@@ -99,8 +106,9 @@ def test_plural_and_inflected_forms(nouns):
 def test_ambiguous_lemma_takes_first_sense_and_unmappable_is_counted(nouns):
     m = HashtagMapper(nouns)
     assert m("dog") == "dog.n.01" == nouns.senses("dog")[0]
-    v = build_vocabulary([["face_with_tears_of_joy", "dog"], ["face_with_tears_of_joy"], ["zzqx"]], m,
-                         "wordnet_nouns", min_count=1, top_k=1)
+    v = build_vocabulary(
+        [["face_with_tears_of_joy", "dog"], ["face_with_tears_of_joy"], ["zzqx"]], m, "wordnet_nouns", min_count=1, top_k=1
+    )
     assert v.unmapped == Counter({"face_with_tears_of_joy": 2, "zzqx": 1})
     assert v.classes == ["dog.n.01"] and v.kept.tolist() == [0]  # samples without a class are excluded
 
@@ -136,7 +144,7 @@ def test_min_count_and_top_k(nouns):
 def test_cached_mapping_throughput(nouns):
     m = HashtagMapper(nouns)
     distinct = ["dog", "cat", "brownbear", "puppies", "face_with_tears_of_joy", "sunset", "icecream", "love"]
-    lists = [distinct[i % 5: i % 5 + 3] for i in range(100_000)]
+    lists = [distinct[i % 5 : i % 5 + 3] for i in range(100_000)]
     for t in distinct:
         m(t)  # the table and the cache are built before timing
     t0 = time.perf_counter()
@@ -148,12 +156,14 @@ def test_cached_mapping_throughput(nouns):
 
 # ---- the stage ------------------------------------------------------------------------
 
+
 def test_stage_on_fixture_corpus(vocab_run):
     cfg = vocab_run("vocab.require_dedup=false", "vocab.min_count=2")
     man = run_vocab(cfg)
     out = Path(cfg.run_dir) / "vocab"
     assert {"vocab.json", "labels.npz", "unmapped.json", "class_frequency.png", "manifest.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     doc, labels = load_vocab(cfg.run_dir), load_labels(cfg.run_dir)
     metas = _metas(cfg.run_dir)
     t = doc["totals"]
@@ -211,13 +221,16 @@ def test_removed_samples_never_reach_counts_or_labels(vocab_run):
     gone = [m for m in metas if "hand" in m["hashtags"]] + [m for m in metas if m["source"] == "tuxpaint"][:1]
     assert gone
     dd = stage_dir(cfg.run_dir, "dedup")
-    write_jsonl(dd / REMOVED_FILE, ({"key": m["key"], "id": m["id"], "reason": "withdrawn", "duplicate_of": None,
-                                     "distance": None} for m in gone))
+    write_jsonl(
+        dd / REMOVED_FILE,
+        ({"key": m["key"], "id": m["id"], "reason": "withdrawn", "duplicate_of": None, "distance": None} for m in gone),
+    )
     write_manifest(dd, stage="dedup", config={"test": 1}, inputs={}, counts={"removed": len(gone)}, seconds=0.0)
     man = run_vocab(cfg)
     doc, labels = load_vocab(cfg.run_dir), load_labels(cfg.run_dir)
     assert doc["totals"]["samples_removed_by_dedup"] == len(gone) and doc["totals"]["removed_by_reason"] == {
-        "withdrawn": len(gone)}
+        "withdrawn": len(gone)
+    }
     assert man["inputs"]["dedup"] and man["inputs"]["dedup_removed"]
     assert not any(m["key"] in labels for m in gone)
     assert "hand" not in {c["id"] for c in doc["classes"]} and "hand" in base
@@ -252,6 +265,11 @@ def test_config_errors(vocab_run):
 
 
 def test_cli_reports_missing_ingest(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pipeline.vocab", f"run_dir={tmp_path / 'none'}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.vocab", f"run_dir={tmp_path / 'none'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "ingest" in r.stderr

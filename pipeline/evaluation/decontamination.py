@@ -78,7 +78,7 @@ def contaminated_paths(run_dir, eval_sets, val_folder) -> tuple[str | None, set[
         if es.name not in report:
             continue
         prefix = es.name + ":"
-        return es.name, {i[len(prefix):] if i.startswith(prefix) else i for i in report[es.name].get("ids", [])}
+        return es.name, {i[len(prefix) :] if i.startswith(prefix) else i for i in report[es.name].get("ids", [])}
     return None, None
 
 
@@ -102,8 +102,15 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
     pos = np.sort(rng.choice(n, size=min(int(tc.nn_known_copies), n), replace=False))
     samples = [t.val_set.samples[int(i)] for i in val_idx]
     copies = nd.KnownCopies(samples, t.val_set.loader, pos, st.size, st.cfg.seed)
-    cx = nd.l2_normalize(nd.pooled_features(lambda b: st.features(model, b, len(copies), f"{t.name}: features known copies"),
-                                            copies, tc.eval_batch_size, st.workers), bank["mean"])
+    cx = nd.l2_normalize(
+        nd.pooled_features(
+            lambda b: st.features(model, b, len(copies), f"{t.name}: features known copies"),
+            copies,
+            tc.eval_batch_size,
+            st.workers,
+        ),
+        bank["mean"],
+    )
     rows = np.array([p for p, _ in copies.items], dtype=np.int64)
     copy_sims = (cx * vx[rows]).sum(axis=1)
     threshold, rule = nd.calibrate(copy_sims, float(tc.nn_copy_quantile), tc.nn_threshold)
@@ -111,9 +118,12 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
     by_kind = {}
     for k in nd.COPY_KINDS:  # each kind alone: its scores, and how many val images its own 1st percentile would flag
         ks = copy_sims[kinds == k]
-        by_kind[k] = {"n": int(len(ks)), "share_above": nd.share_above(ks, threshold), **nd.quantiles(ks),
-                      "val_flagged_at_its_quantile": int((sims >= np.quantile(ks, float(tc.nn_copy_quantile))).sum())
-                      if len(ks) else None}
+        by_kind[k] = {
+            "n": int(len(ks)),
+            "share_above": nd.share_above(ks, threshold),
+            **nd.quantiles(ks),
+            "val_flagged_at_its_quantile": int((sims >= np.quantile(ks, float(tc.nn_copy_quantile))).sum()) if len(ks) else None,
+        }
     # known non-copies: random pretraining images; the same emoji by another vendor where the target says which
     m = len(bank["features"])
     non_copies = {}
@@ -121,8 +131,12 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
         k = int(tc.nn_non_copies)
         vi, bi = rng.integers(0, n, size=k), rng.integers(0, m, size=k)
         rs = (vx[vi] * bank["features"][bi]).sum(axis=1)
-        non_copies["random"] = {"kind": "random pretraining images", "n": k, "share_above": nd.share_above(rs, threshold),
-                                **nd.quantiles(rs)}
+        non_copies["random"] = {
+            "kind": "random pretraining images",
+            "n": k,
+            "share_above": nd.share_above(rs, threshold),
+            **nd.quantiles(rs),
+        }
     if r["emoji_index"] and m:
         codes = nd.emoji_hexcodes(r["emoji_index"], [val_rel[i] for i in val_idx])
         by_code: dict[str, list[int]] = {}
@@ -135,29 +149,62 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
             pick = rng.choice(len(pairs), size=int(tc.nn_non_copies), replace=False)
             pairs = [pairs[int(p)] for p in np.sort(pick)]
         if pairs:
-            pi = np.array([p[0] for p in pairs]); pj = np.array([p[1] for p in pairs])
+            pi = np.array([p[0] for p in pairs])
+            pj = np.array([p[1] for p in pairs])
             ss = (vx[pi] * bank["features"][pj]).sum(axis=1)
         else:
             ss = np.zeros(0, np.float32)
-        non_copies["same_emoji"] = {"kind": "the same emoji drawn by another vendor (pretraining sample of the same hexcode)",
-                                    "n": len(pairs), "val_images_with_one": int(with_match),
-                                    "share_above": nd.share_above(ss, threshold), **nd.quantiles(ss)}
+        non_copies["same_emoji"] = {
+            "kind": "the same emoji drawn by another vendor (pretraining sample of the same hexcode)",
+            "n": len(pairs),
+            "val_images_with_one": int(with_match),
+            "share_above": nd.share_above(ss, threshold),
+            **nd.quantiles(ss),
+        }
     flagged = sims >= threshold
     top = np.argsort(-sims)[:10]
-    matches = [{"val": val_rel[int(val_idx[i])], "pretraining": bank["samples"][int(nn_idx[i])].id,
-                "similarity": round(float(sims[i]), 4)} for i in top if nn_idx[i] >= 0]
+    matches = [
+        {
+            "val": val_rel[int(val_idx[i])],
+            "pretraining": bank["samples"][int(nn_idx[i])].id,
+            "similarity": round(float(sims[i]), 4),
+        }
+        for i in top
+        if nn_idx[i] >= 0
+    ]
     sec = round(time.perf_counter() - t0, 3)
-    log.info("%s: feature decontamination: threshold %.4f (%s); %d of %d val images above it; known copies above: "
-             "%.1f%%; non-copies above: %s (%.1fs)", t.name, threshold, rule, int(flagged.sum()), n,
-             100 * float((copy_sims >= threshold).mean()),
-             ", ".join(f"{k} {100 * v['share_above']:.1f}%" for k, v in non_copies.items() if v.get("share_above") is not None),
-             sec)
-    return {"checked": True, "threshold": round(threshold, 6), "rule": rule, "count": int(flagged.sum()),
-            "centered": bank["mean"] is not None, "quantile": float(tc.nn_copy_quantile),
-            "pretraining_images": m, "known_copies": {"val_images": int(len(pos)), "n": int(len(copy_sims)),
-                                                      "kinds": list(nd.COPY_KINDS),
-                                                      "share_above": nd.share_above(copy_sims, threshold),
-                                                      **nd.quantiles(copy_sims), "by_kind": by_kind},
-            "non_copies": non_copies, "max_similarity": nd.quantiles(sims), "top_matches": matches, "seconds": sec,
-            "_flagged": flagged, "_similarity": sims}
-
+    log.info(
+        "%s: feature decontamination: threshold %.4f (%s); %d of %d val images above it; known copies above: "
+        "%.1f%%; non-copies above: %s (%.1fs)",
+        t.name,
+        threshold,
+        rule,
+        int(flagged.sum()),
+        n,
+        100 * float((copy_sims >= threshold).mean()),
+        ", ".join(f"{k} {100 * v['share_above']:.1f}%" for k, v in non_copies.items() if v.get("share_above") is not None),
+        sec,
+    )
+    return {
+        "checked": True,
+        "threshold": round(threshold, 6),
+        "rule": rule,
+        "count": int(flagged.sum()),
+        "centered": bank["mean"] is not None,
+        "quantile": float(tc.nn_copy_quantile),
+        "pretraining_images": m,
+        "known_copies": {
+            "val_images": int(len(pos)),
+            "n": int(len(copy_sims)),
+            "kinds": list(nd.COPY_KINDS),
+            "share_above": nd.share_above(copy_sims, threshold),
+            **nd.quantiles(copy_sims),
+            "by_kind": by_kind,
+        },
+        "non_copies": non_copies,
+        "max_similarity": nd.quantiles(sims),
+        "top_matches": matches,
+        "seconds": sec,
+        "_flagged": flagged,
+        "_similarity": sims,
+    }

@@ -52,10 +52,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pipeline.evaluation.linear_probe import topk_correct
-from pipeline.vision.transforms import item_seed, normalize
-from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
-from pipeline.progress import progress_bar
 from pipeline.evaluation.target_data import TransformedSubset
+from pipeline.progress import progress_bar
+from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
+from pipeline.vision.transforms import item_seed, normalize
 
 __all__ = ["FinetuneSettings", "settings_from_recipe", "epoch_batches", "planned_images", "evaluate", "finetune"]
 
@@ -91,9 +91,21 @@ class FinetuneSettings:
     progress: bool  # tqdm progress bars
 
 
-def settings_from_recipe(recipe: dict, *, n: int, epochs: int, base_lr: float, seed: int, eval_every_epoch: bool,
-                         max_epoch_images: int | None, autocast_dtype: torch.dtype | None, grad_scaler: bool,
-                         channels_last: bool, workers: int, progress: bool) -> FinetuneSettings:
+def settings_from_recipe(
+    recipe: dict,
+    *,
+    n: int,
+    epochs: int,
+    base_lr: float,
+    seed: int,
+    eval_every_epoch: bool,
+    max_epoch_images: int | None,
+    autocast_dtype: torch.dtype | None,
+    grad_scaler: bool,
+    channels_last: bool,
+    workers: int,
+    progress: bool,
+) -> FinetuneSettings:
     """The :class:`FinetuneSettings` of one run on ``n`` training images from a target's effective recipe.
 
     Args:
@@ -109,16 +121,30 @@ def settings_from_recipe(recipe: dict, *, n: int, epochs: int, base_lr: float, s
         KeyError: a recipe key is missing.
     """
     return FinetuneSettings(
-        batch_size=min(int(recipe["batch_size"]), n), reference_batch=recipe["reference_batch"],
-        momentum=recipe["momentum"], nesterov=recipe["nesterov"], weight_decay=recipe["weight_decay"],
-        warmup_epochs=recipe["warmup_epochs"], warmup_start_fraction=recipe["warmup_start_fraction"],
-        min_epoch_images=recipe["min_epoch_images"], epochs=epochs, base_lr=base_lr, max_epoch_images=max_epoch_images,
-        eval_every_epoch=eval_every_epoch, seed=seed, autocast_dtype=autocast_dtype, grad_scaler=grad_scaler,
-        channels_last=channels_last, workers=workers, progress=progress)
+        batch_size=min(int(recipe["batch_size"]), n),
+        reference_batch=recipe["reference_batch"],
+        momentum=recipe["momentum"],
+        nesterov=recipe["nesterov"],
+        weight_decay=recipe["weight_decay"],
+        warmup_epochs=recipe["warmup_epochs"],
+        warmup_start_fraction=recipe["warmup_start_fraction"],
+        min_epoch_images=recipe["min_epoch_images"],
+        epochs=epochs,
+        base_lr=base_lr,
+        max_epoch_images=max_epoch_images,
+        eval_every_epoch=eval_every_epoch,
+        seed=seed,
+        autocast_dtype=autocast_dtype,
+        grad_scaler=grad_scaler,
+        channels_last=channels_last,
+        workers=workers,
+        progress=progress,
+    )
 
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, min_epoch_images: int = 0,
-                  max_epoch_images: int | None = None) -> list[list[tuple[int, int]]]:
+def epoch_batches(
+    n: int, batch_size: int, epoch: int, seed: int, min_epoch_images: int = 0, max_epoch_images: int | None = None
+) -> list[list[tuple[int, int]]]:
     """Batches of one epoch over ``n`` training images: lists of (position, augmentation seed).
 
     The epoch is ``max(1, ceil(min_epoch_images / n))`` passes, each a seeded permutation, cut
@@ -136,8 +162,8 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, min_epoch_imag
         rng = np.random.default_rng(item_seed("finetune-order", seed, epoch, p))
         items += [(int(i), item_seed("finetune-aug", seed, epoch, p, int(i))) for i in rng.permutation(n)]
     if max_epoch_images is not None:
-        items = items[:max(2, int(max_epoch_images))]
-    batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+        items = items[: max(2, int(max_epoch_images))]
+    batches = [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
     if len(batches[-1]) < 2:
         batches.pop()
     return batches
@@ -158,8 +184,14 @@ def _prep(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.T
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, device: torch.device,
-             autocast_dtype: torch.dtype | None = None, channels_last: bool = True) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+) -> dict:
     """Top-1 / top-5 of a classifier on uint8 image batches.
 
     Returns:
@@ -178,13 +210,26 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         c5.append(topk_correct(s, t, 5))
     correct1 = np.concatenate(c1) if c1 else np.zeros(0, bool)
     correct5 = np.concatenate(c5) if c5 else np.zeros(0, bool)
-    return {"top1": float(correct1.mean()) if n else 0.0, "top5": float(correct5.mean()) if n else 0.0,
-            "loss": losses / max(1, n), "correct1": correct1, "correct5": correct5}
+    return {
+        "top1": float(correct1.mean()) if n else 0.0,
+        "top5": float(correct5.mean()) if n else 0.0,
+        "loss": losses / max(1, n),
+        "correct1": correct1,
+        "correct5": correct5,
+    }
 
 
-def finetune(model: torch.nn.Module, train: TransformedSubset, val: Iterable, *, num_classes: int,
-             settings: FinetuneSettings, device: torch.device, desc: str = "finetune",
-             on_epoch: Callable[[dict], None] | None = None) -> dict:
+def finetune(
+    model: torch.nn.Module,
+    train: TransformedSubset,
+    val: Iterable,
+    *,
+    num_classes: int,
+    settings: FinetuneSettings,
+    device: torch.device,
+    desc: str = "finetune",
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
     """Replace the head of ``model`` and train all its layers on ``train``; evaluate on ``val`` after each
     epoch (``settings.eval_every_epoch``) or after the last one.
 
@@ -205,8 +250,9 @@ def finetune(model: torch.nn.Module, train: TransformedSubset, val: Iterable, *,
     model.to(device)
     if st.channels_last:
         model.to(memory_format=torch.channels_last)
-    plans = [epoch_batches(len(train), st.batch_size, e, st.seed, st.min_epoch_images, st.max_epoch_images)
-             for e in range(st.epochs)]
+    plans = [
+        epoch_batches(len(train), st.batch_size, e, st.seed, st.min_epoch_images, st.max_epoch_images) for e in range(st.epochs)
+    ]
     total_steps = sum(len(p) for p in plans)
     peak = scaled_lr(st.batch_size, st.base_lr, st.reference_batch)
     warmup = min(total_steps - 1, round(st.warmup_epochs * len(plans[0]))) if total_steps > 1 else 0
@@ -222,8 +268,9 @@ def finetune(model: torch.nn.Module, train: TransformedSubset, val: Iterable, *,
         model.train()
         loader = DataLoader(train, batch_sampler=plan, num_workers=st.workers, pin_memory=device.type == "cuda")
         loss_sum, seen, lr_last = 0.0, 0, peak
-        bar = progress_bar(loader, total=len(plan), desc=f"{desc} ep {epoch + 1}/{st.epochs}", unit="batch",
-                           disable=not st.progress, leave=False)
+        bar = progress_bar(
+            loader, total=len(plan), desc=f"{desc} ep {epoch + 1}/{st.epochs}", unit="batch", disable=not st.progress, leave=False
+        )
         for x, y in bar:
             lr_last = optimizer.param_groups[0]["lr"]
             with torch.autocast(device.type, dtype=st.autocast_dtype or torch.float32, enabled=st.autocast_dtype is not None):
@@ -246,14 +293,28 @@ def finetune(model: torch.nn.Module, train: TransformedSubset, val: Iterable, *,
             tv = time.perf_counter()
             final = evaluate(model, val, device=device, autocast_dtype=st.autocast_dtype, channels_last=st.channels_last)
             eval_seconds += time.perf_counter() - tv
-        row = {"epoch": epoch + 1, "loss": round(loss_sum / max(1, seen), 6), "lr": lr_last,
-               "top1": final["top1"] if scored else None, "top5": final["top5"] if scored else None,
-               "val_loss": round(final["loss"], 6) if scored else None,
-               "seconds": round(time.perf_counter() - te, 3), "images": seen,
-               "passes": max(1, math.ceil(st.min_epoch_images / len(train))), "steps": step}
+        row = {
+            "epoch": epoch + 1,
+            "loss": round(loss_sum / max(1, seen), 6),
+            "lr": lr_last,
+            "top1": final["top1"] if scored else None,
+            "top5": final["top5"] if scored else None,
+            "val_loss": round(final["loss"], 6) if scored else None,
+            "seconds": round(time.perf_counter() - te, 3),
+            "images": seen,
+            "passes": max(1, math.ceil(st.min_epoch_images / len(train))),
+            "steps": step,
+        }
         rows.append(row)
         if on_epoch is not None:
             on_epoch(row)
     seconds = time.perf_counter() - t0
-    return {"epochs": rows, "final": final, "seconds": seconds, "steps": step, "eval_seconds": eval_seconds,
-            "train_seconds": seconds - eval_seconds, "train_images": train_images}
+    return {
+        "epochs": rows,
+        "final": final,
+        "seconds": seconds,
+        "steps": step,
+        "eval_seconds": eval_seconds,
+        "train_seconds": seconds - eval_seconds,
+        "train_images": train_images,
+    }

@@ -37,8 +37,20 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["CI", "SeedValCI", "bootstrap_ci", "bootstrap_means", "clopper_pearson_ci", "paired_bootstrap_diff",
-           "seed_and_val_ci", "seed_spread_ci", "wilson_ci", "accuracy_interval", "difference_interval", "round6"]
+__all__ = [
+    "CI",
+    "SeedValCI",
+    "bootstrap_ci",
+    "bootstrap_means",
+    "clopper_pearson_ci",
+    "paired_bootstrap_diff",
+    "seed_and_val_ci",
+    "seed_spread_ci",
+    "wilson_ci",
+    "accuracy_interval",
+    "difference_interval",
+    "round6",
+]
 
 _MAX_DRAWS = 1 << 22  # resampled indices drawn at once (32 MB of int64): bounds memory for large N
 
@@ -140,8 +152,9 @@ def bootstrap_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: 
     return CI(float(values.mean()), lo, hi)
 
 
-def paired_bootstrap_diff(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                          level: float = 0.95) -> CI:
+def paired_bootstrap_diff(
+    correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> CI:
     """``accuracy(b) - accuracy(a)`` on the same val images, with a paired percentile bootstrap.
 
     Both vectors are resampled with the same indices, so the interval reflects only the
@@ -245,8 +258,8 @@ def seed_and_val_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0, leve
         return SeedValCI(mean, mean - half, mean + half, math.nan, math.sqrt(var_val), math.inf, 1, n)
     var_seed = float(c.mean(axis=1).var(ddof=1)) / s_count
     total = var_seed + var_val
-    denom = var_seed ** 2 / (s_count - 1) + (var_val ** 2 / (n - 1) if n > 1 else 0.0)
-    df = total ** 2 / denom if denom > 0 else math.inf
+    denom = var_seed**2 / (s_count - 1) + (var_val**2 / (n - 1) if n > 1 else 0.0)
+    df = total**2 / denom if denom > 0 else math.inf
     half = _t_quantile(level, df) * math.sqrt(total)
     return SeedValCI(mean, mean - half, mean + half, math.sqrt(var_seed), math.sqrt(var_val), df, s_count, n)
 
@@ -307,9 +320,15 @@ def accuracy_interval(correct: np.ndarray, *, n_boot: int, seed: int, level: flo
         ci = bootstrap_ci(c[0], n_boot=n_boot, seed=seed, level=level)
         return {"mean": round6(ci.mean), "lo": round6(ci.lo), "hi": round6(ci.hi), "method": "val bootstrap"}
     s = seed_and_val_ci(c, n_boot=n_boot, seed=seed, level=level)
-    return {"mean": round6(s.mean), "lo": round6(max(0.0, s.lo)), "hi": round6(min(1.0, s.hi)),
-            "method": f"{s.n_seeds} seeds + val bootstrap", "se_seed": round6(s.se_seed), "se_val": round6(s.se_val),
-            "df": round6(s.df) if math.isfinite(s.df) else None}
+    return {
+        "mean": round6(s.mean),
+        "lo": round6(max(0.0, s.lo)),
+        "hi": round6(min(1.0, s.hi)),
+        "method": f"{s.n_seeds} seeds + val bootstrap",
+        "se_seed": round6(s.se_seed),
+        "se_val": round6(s.se_val),
+        "df": round6(s.df) if math.isfinite(s.df) else None,
+    }
 
 
 def difference_interval(pretrained: np.ndarray, scratch: np.ndarray, *, n_boot: int, seed: int, level: float) -> dict:
@@ -335,9 +354,14 @@ def difference_interval(pretrained: np.ndarray, scratch: np.ndarray, *, n_boot: 
     else:
         s = seed_and_val_ci(b - a, n_boot=n_boot, seed=seed, level=level)
         # a difference of two accuracies lies in [-1, 1]: the t interval (few seeds) is clipped to it
-        out = {"diff": round6(s.mean), "lo": round6(max(-1.0, s.lo)), "hi": round6(min(1.0, s.hi)),
-               "ci_method": f"{s.n_seeds} paired seeds + val bootstrap",
-               "se_seed": round6(s.se_seed), "se_val": round6(s.se_val)}
+        out = {
+            "diff": round6(s.mean),
+            "lo": round6(max(-1.0, s.lo)),
+            "hi": round6(min(1.0, s.hi)),
+            "ci_method": f"{s.n_seeds} paired seeds + val bootstrap",
+            "se_seed": round6(s.se_seed),
+            "se_val": round6(s.se_val),
+        }
     out["measurable"] = bool(out["lo"] > 0 or out["hi"] < 0)
     out["verdict"] = "gain" if out["lo"] > 0 else "loss" if out["hi"] < 0 else "no measurable gain"
     return out

@@ -37,19 +37,27 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
-from pipeline.progress import progress_bar
 
-from pipeline.vision.transforms import normalize
 from pipeline.evaluation.target_data import stratified_holdout
+from pipeline.progress import progress_bar
+from pipeline.vision.transforms import normalize
 
 __all__ = ["ProbeResult", "extract_features", "fit_probe", "topk_correct"]
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
-                     device: torch.device, autocast_dtype: torch.dtype | None = None, channels_last: bool = True,
-                     total: int | None = None, progress: bool = False, desc: str = "features",
-                     stages: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+    total: int | None = None,
+    progress: bool = False,
+    desc: str = "features",
+    stages: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Pooled trunk features of uint8 image batches.
 
     Args:
@@ -110,8 +118,9 @@ class ProbeResult:
         return out
 
 
-def _fit(C: float, x: np.ndarray, y: np.ndarray, max_iter: int, seed: int, tol: float,
-         init: LogisticRegression | None = None) -> LogisticRegression:
+def _fit(
+    C: float, x: np.ndarray, y: np.ndarray, max_iter: int, seed: int, tol: float, init: LogisticRegression | None = None
+) -> LogisticRegression:
     """One L-BFGS fit on standardized features, warm-started from ``init``'s weights if given."""
     clf = LogisticRegression(C=C, max_iter=max_iter, tol=tol, random_state=seed, warm_start=init is not None)
     if init is not None:
@@ -121,9 +130,20 @@ def _fit(C: float, x: np.ndarray, y: np.ndarray, max_iter: int, seed: int, tol: 
         return clf.fit(x, y)
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], *, num_classes: int, holdout_fraction: float = 0.2,
-              max_iter: int = 1000, tol: float = 1e-4, seed: int = 0, blas_threads: int | None = 1,
-              progress: bool = False, desc: str = "probe") -> ProbeResult:
+def fit_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    Cs: Sequence[float],
+    *,
+    num_classes: int,
+    holdout_fraction: float = 0.2,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    seed: int = 0,
+    blas_threads: int | None = 1,
+    progress: bool = False,
+    desc: str = "probe",
+) -> ProbeResult:
     """Choose C on a stratified held-out part of ``(x, y)``, then refit on all of it.
 
     The grid is fitted in increasing C (decreasing regularization), each fit warm-started
@@ -167,13 +187,21 @@ def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, pro
             res = ProbeResult(best_C=C, model=make_pipeline(scaler, clf), num_classes=num_classes)
             top1 = float(topk_correct(res.scores(x[hold_pos]), y[hold_pos], 1).mean())
             ll = float(log_loss(y[hold_pos], clf.predict_proba(xh), labels=clf.classes_))
-            grid.append({"C": C, "holdout_top1": top1, "holdout_log_loss": ll,
-                         "iterations": int(np.max(clf.n_iter_)), "seconds": round(time.perf_counter() - t, 3)})
+            grid.append(
+                {
+                    "C": C,
+                    "holdout_top1": top1,
+                    "holdout_log_loss": ll,
+                    "iterations": int(np.max(clf.n_iter_)),
+                    "seconds": round(time.perf_counter() - t, 3),
+                }
+            )
             warm[C] = prev = clf
         best = min(grid, key=lambda g: (-g["holdout_top1"], g["holdout_log_loss"], g["C"]))["C"]
     else:
         best = float(Cs[0])
     scaler = StandardScaler().fit(x)
     clf = _fit(best, scaler.transform(x), y, max_iter, seed, tol, warm.get(best))
-    return ProbeResult(best_C=best, grid=grid, model=make_pipeline(scaler, clf), seconds=time.perf_counter() - t0,
-                       num_classes=num_classes)
+    return ProbeResult(
+        best_C=best, grid=grid, model=make_pipeline(scaler, clf), seconds=time.perf_counter() - t0, num_classes=num_classes
+    )

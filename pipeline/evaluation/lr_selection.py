@@ -48,11 +48,22 @@ def select_lr(st: SuiteContext, t: Target, idx: np.ndarray, setting: int | None)
     """
     r = t.recipe
     grid = sorted({float(x) for x in r["finetune_lr_grid"]})
-    base = {"setting": setting_label(setting), "init": "pretrained", "epochs": int(r["lr_select_epochs"]),
-            "max_epoch_images": r["lr_select_max_images"], "grid": [], "seconds": 0.0}
+    base = {
+        "setting": setting_label(setting),
+        "init": "pretrained",
+        "epochs": int(r["lr_select_epochs"]),
+        "max_epoch_images": r["lr_select_max_images"],
+        "grid": [],
+        "seconds": 0.0,
+    }
     if len(grid) < 2:
-        return {**base, "chosen_base_lr": float(grid[0] if grid else r["base_lr"]), "fit_images": 0, "holdout_images": 0,
-                "skipped": "fewer than 2 values in finetune_lr_grid"}
+        return {
+            **base,
+            "chosen_base_lr": float(grid[0] if grid else r["base_lr"]),
+            "fit_images": 0,
+            "holdout_images": 0,
+            "skipped": "fewer than 2 values in finetune_lr_grid",
+        }
     labels = np.asarray(t.train_set.targets)[idx]
     fit_pos, hold_pos = stratified_holdout(labels, float(r["lr_select_holdout_fraction"]), st.cfg.seed, salt="lr-holdout")
     fit_idx, hold_idx = idx[fit_pos], idx[hold_pos]
@@ -60,20 +71,53 @@ def select_lr(st: SuiteContext, t: Target, idx: np.ndarray, setting: int | None)
     if len(fit_idx) < 2 or len(hold_idx) < 1:
         return {**base, "chosen_base_lr": float(r["base_lr"]), "skipped": "too few training images to hold some out"}
     t0 = time.perf_counter()
-    hold = eval_batches(TransformedSubset(t.train_set, hold_idx, st.size), st.tc.eval_batch_size, st.workers,
-                        r["eval_cache_mb"], st.progress, f"{t.name}: decode lr holdout")
+    hold = eval_batches(
+        TransformedSubset(t.train_set, hold_idx, st.size),
+        st.tc.eval_batch_size,
+        st.workers,
+        r["eval_cache_mb"],
+        st.progress,
+        f"{t.name}: decode lr holdout",
+    )
     fit = TransformedSubset(t.train_set, fit_idx, st.size, train=True, scale=(r["crop_min_scale"], 1.0))
     for lr in grid:
-        s = st.settings(r, epochs=int(r["lr_select_epochs"]), n=len(fit_idx), base_lr=lr, seed=st.cfg.seed,
-                        max_epoch_images=r["lr_select_max_images"], eval_every_epoch=False)
-        res = finetune(st.trunk("pretrained", st.cfg.seed), fit, hold, num_classes=t.num_classes, settings=s,
-                       device=st.device, desc=f"{t.name}: lr {lr:g}")
+        s = st.settings(
+            r,
+            epochs=int(r["lr_select_epochs"]),
+            n=len(fit_idx),
+            base_lr=lr,
+            seed=st.cfg.seed,
+            max_epoch_images=r["lr_select_max_images"],
+            eval_every_epoch=False,
+        )
+        res = finetune(
+            st.trunk("pretrained", st.cfg.seed),
+            fit,
+            hold,
+            num_classes=t.num_classes,
+            settings=s,
+            device=st.device,
+            desc=f"{t.name}: lr {lr:g}",
+        )
         fin = res["final"]
-        base["grid"].append({"base_lr": lr, "holdout_top1": round6(fin["top1"]), "holdout_top5": round6(fin["top5"]),
-                             "holdout_loss": round6(fin["loss"]), "train_images": int(res["train_images"]),
-                             "seconds": round(res["seconds"], 3)})
-        log.info("%s: lr selection, base_lr %g: held-out top-1 %.4f, loss %.4f (%.1fs)", t.name, lr, fin["top1"],
-                 fin["loss"], res["seconds"])
+        base["grid"].append(
+            {
+                "base_lr": lr,
+                "holdout_top1": round6(fin["top1"]),
+                "holdout_top5": round6(fin["top5"]),
+                "holdout_loss": round6(fin["loss"]),
+                "train_images": int(res["train_images"]),
+                "seconds": round(res["seconds"], 3),
+            }
+        )
+        log.info(
+            "%s: lr selection, base_lr %g: held-out top-1 %.4f, loss %.4f (%.1fs)",
+            t.name,
+            lr,
+            fin["top1"],
+            fin["loss"],
+            res["seconds"],
+        )
     best = min(base["grid"], key=lambda g: (-g["holdout_top1"], g["holdout_loss"], g["base_lr"]))
     base["seconds"] = round(time.perf_counter() - t0, 3)
     return {**base, "chosen_base_lr": best["base_lr"], "skipped": None}

@@ -46,13 +46,23 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.io.shards import member_offsets
-from pipeline.vision.transforms import decode, eval_transform, item_seed
 from pipeline.io.removal import removed_keys
-from pipeline.io.shards import iter_metadata, shard_paths
+from pipeline.io.shards import iter_metadata, member_offsets, shard_paths
+from pipeline.vision.transforms import decode, eval_transform, item_seed
 
-__all__ = ["COPY_KINDS", "PretrainSample", "ShardImages", "calibrate", "emoji_hexcodes", "hexcode_key", "l2_normalize",
-           "make_copy", "nearest", "pooled_features", "pretraining_samples"]
+__all__ = [
+    "COPY_KINDS",
+    "PretrainSample",
+    "ShardImages",
+    "calibrate",
+    "emoji_hexcodes",
+    "hexcode_key",
+    "l2_normalize",
+    "make_copy",
+    "nearest",
+    "pooled_features",
+    "pretraining_samples",
+]
 
 COPY_KINDS = ("jpeg", "resize", "pad", "crop")
 
@@ -120,8 +130,9 @@ def l2_normalize(x: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-def pooled_features(extract: Callable[[Iterable], tuple[np.ndarray, np.ndarray]], ds: Dataset, batch_size: int,
-                    workers: int) -> np.ndarray:
+def pooled_features(
+    extract: Callable[[Iterable], tuple[np.ndarray, np.ndarray]], ds: Dataset, batch_size: int, workers: int
+) -> np.ndarray:
     """Pooled features (float32, not normalized) of ``ds`` in dataset order
     (``extract`` = :func:`pipeline.evaluation.linear_probe.extract_features` bound to the trunk)."""
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
@@ -163,7 +174,7 @@ def make_copy(img: Image.Image, kind: str, seed: int) -> Image.Image:
         return out
     if kind == "crop":
         rng = random.Random(seed)
-        cw, ch = max(1, round(w * 0.8 ** 0.5)), max(1, round(h * 0.8 ** 0.5))
+        cw, ch = max(1, round(w * 0.8**0.5)), max(1, round(h * 0.8**0.5))
         left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
         return img.crop((left, top, left + cw, top + ch))
     raise ValueError(f"unknown copy kind {kind!r} (one of {COPY_KINDS})")
@@ -172,8 +183,14 @@ def make_copy(img: Image.Image, kind: str, seed: int) -> Image.Image:
 class KnownCopies(Dataset):
     """``len(positions) x len(COPY_KINDS)`` copies of val images, eval-preprocessed: ``(uint8 image, row)``."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], loader: Callable[[str], Image.Image], positions: Sequence[int],
-                 size: int, seed: int) -> None:
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        loader: Callable[[str], Image.Image],
+        positions: Sequence[int],
+        size: int,
+        seed: int,
+    ) -> None:
         self.items = [(int(p), k) for p in positions for k in COPY_KINDS]
         self.samples, self.loader, self.size, self.seed = samples, loader, size, seed
 
@@ -212,8 +229,10 @@ def calibrate(copy_sims: np.ndarray, quantile: float, fixed: float | None = None
     if len(copy_sims) == 0:
         return 1.0, "no known copies could be made: threshold 1.0"
     thr = float(np.quantile(np.asarray(copy_sims, dtype=np.float64), quantile))
-    return thr, (f"the {quantile:g} quantile (percentile {100 * quantile:g}) of {len(copy_sims)} known-copy "
-                 f"similarities, so {100 * (1 - quantile):g}% of known copies score at or above it")
+    return thr, (
+        f"the {quantile:g} quantile (percentile {100 * quantile:g}) of {len(copy_sims)} known-copy "
+        f"similarities, so {100 * (1 - quantile):g}% of known copies score at or above it"
+    )
 
 
 def share_above(sims: np.ndarray, threshold: float) -> float | None:

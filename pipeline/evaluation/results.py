@@ -39,30 +39,74 @@ import numpy as np
 from pipeline.evaluation.intervals import accuracy_interval, difference_interval, round6
 from pipeline.evaluation.targets import Target
 
-__all__ = ["SCHEMA", "METHODS", "RECIPE_KEYS", "new_results", "new_target_section", "find_row", "result_row",
-           "gain_entry", "stage_counts"]
+__all__ = [
+    "SCHEMA",
+    "METHODS",
+    "RECIPE_KEYS",
+    "new_results",
+    "new_target_section",
+    "find_row",
+    "result_row",
+    "gain_entry",
+    "stage_counts",
+]
 
 SCHEMA = 2
 METHODS = ("linear_probe", "finetune")
-RECIPE_KEYS = ("low_data_per_class", "full", "max_train_per_class", "max_val_images", "probe_Cs", "probe_seeds",
-               "finetune_epochs", "finetune_seeds", "min_epoch_images", "batch_size", "crop_min_scale", "base_lr",
-               "finetune_lr_grid", "lr_select_setting", "lr_select_epochs", "lr_select_max_images", "warmup_epochs",
-               "eval_every_epoch")
+RECIPE_KEYS = (
+    "low_data_per_class",
+    "full",
+    "max_train_per_class",
+    "max_val_images",
+    "probe_Cs",
+    "probe_seeds",
+    "finetune_epochs",
+    "finetune_seeds",
+    "min_epoch_images",
+    "batch_size",
+    "crop_min_scale",
+    "base_lr",
+    "finetune_lr_grid",
+    "lr_select_setting",
+    "lr_select_epochs",
+    "lr_select_max_images",
+    "warmup_epochs",
+    "eval_every_epoch",
+)
 """The recipe keys a target's section repeats (``TARGET.recipe``)."""
 
 
 def new_results(tc, target_names: list[str], model_name: str, size: int, seed: int) -> dict:
     """The top level of ``results.json`` before any target ran (``targets`` empty, ``seconds`` {})."""
-    return {"schema": SCHEMA, "targets": {}, "target_order": list(target_names), "model": model_name,
-            "image_size": size, "seed": int(seed),
-            "ci": {"level": float(tc.ci_level), "n_boot": int(tc.n_boot),
-                   "note": "percentile bootstrap over the val images; with several seeds, seed spread and val "
-                           "bootstrap combined (pipeline.evaluation.intervals.seed_and_val_ci); differences: paired"},
-            "pretraining_bank": None, "seconds": {}}
+    return {
+        "schema": SCHEMA,
+        "targets": {},
+        "target_order": list(target_names),
+        "model": model_name,
+        "image_size": size,
+        "seed": int(seed),
+        "ci": {
+            "level": float(tc.ci_level),
+            "n_boot": int(tc.n_boot),
+            "note": "percentile bootstrap over the val images; with several seeds, seed spread and val "
+            "bootstrap combined (pipeline.evaluation.intervals.seed_and_val_ci); differences: paired",
+        },
+        "pretraining_bank": None,
+        "seconds": {},
+    }
 
 
-def new_target_section(t: Target, *, size: int, n_val: int, phash: np.ndarray, phash_eval_set: str | None,
-                       phash_checked: bool, probe_stages, nn_skip: str | None) -> dict:
+def new_target_section(
+    t: Target,
+    *,
+    size: int,
+    n_val: int,
+    phash: np.ndarray,
+    phash_eval_set: str | None,
+    phash_checked: bool,
+    probe_stages,
+    nn_skip: str | None,
+) -> dict:
     """A target's section (``TARGET``) before any run: its data, recipe and pHash contamination; no rows yet.
 
     Args:
@@ -71,15 +115,26 @@ def new_target_section(t: Target, *, size: int, n_val: int, phash: np.ndarray, p
     """
     r = t.recipe
     return {
-        "target": t.name, "num_classes": t.num_classes, "classes": list(t.train_set.classes), "image_size": size,
-        "train_images_available": len(t.train_set), "val_images_available": len(t.val_set), "val_images": int(n_val),
+        "target": t.name,
+        "num_classes": t.num_classes,
+        "classes": list(t.train_set.classes),
+        "image_size": size,
+        "train_images_available": len(t.train_set),
+        "val_images_available": len(t.val_set),
+        "val_images": int(n_val),
         "contaminated_val": int(phash.sum()),
         "recipe": {k: r[k] for k in RECIPE_KEYS},
         "probe_stages": list(probe_stages),
         "overridden": list(r["overridden"]),
-        "contamination": {"phash": {"checked": phash_checked, "eval_set": phash_eval_set, "count": int(phash.sum())},
-                          "features": {"checked": False, "reason": nn_skip}},
-        "lr_selection": None, "finetune_base_lr": None, "rows": [], "gains": [], "probe_grids": [],
+        "contamination": {
+            "phash": {"checked": phash_checked, "eval_set": phash_eval_set, "count": int(phash.sum())},
+            "features": {"checked": False, "reason": nn_skip},
+        },
+        "lr_selection": None,
+        "finetune_base_lr": None,
+        "rows": [],
+        "gains": [],
+        "probe_grids": [],
         "seconds": {"lr_selection": 0.0, "decontamination": 0.0, "features": {}, "linear_probe": 0.0, "finetune": 0.0},
     }
 
@@ -93,8 +148,18 @@ def find_row(section: dict, method: str, init: str, k: int | None) -> dict:
     return next(x for x in section["rows"] if x["method"] == method and x["init"] == init and x["train_per_class"] == k)
 
 
-def result_row(method: str, init: str, k: int | None, correct: dict[str, np.ndarray], meta: dict, *, key: str,
-               phash: np.ndarray, nn_flag: np.ndarray | None, ci: dict) -> dict:
+def result_row(
+    method: str,
+    init: str,
+    k: int | None,
+    correct: dict[str, np.ndarray],
+    meta: dict,
+    *,
+    key: str,
+    phash: np.ndarray,
+    nn_flag: np.ndarray | None,
+    ci: dict,
+) -> dict:
     """One row of ``TARGET.rows`` from the per-image correctness of its seeds.
 
     Args:
@@ -121,8 +186,16 @@ def result_row(method: str, init: str, k: int | None, correct: dict[str, np.ndar
         else:
             iv = accuracy_interval(c["top1"] & ~mask[None, :], **ci)
             row[lb], row[f"{lb}_ci"] = iv["mean"], [iv["lo"], iv["hi"]]
-    row.update({"epochs": m.get("epochs"), "best_C": m.get("best_C"), "best_C_per_seed": m.get("best_C_per_seed"),
-                "base_lr": m.get("base_lr"), "seconds": round(m["seconds"], 3), "correct_key": key})
+    row.update(
+        {
+            "epochs": m.get("epochs"),
+            "best_C": m.get("best_C"),
+            "best_C_per_seed": m.get("best_C_per_seed"),
+            "base_lr": m.get("base_lr"),
+            "seconds": round(m["seconds"], 3),
+            "correct_key": key,
+        }
+    )
     return row
 
 
@@ -134,23 +207,36 @@ def gain_entry(section: dict, method: str, k: int | None, pretrained: np.ndarray
         ci: as for :func:`result_row`.
     """
     d = difference_interval(pretrained, scratch, **ci)
-    return {"method": method, "train_per_class": k, "metric": "top1",
-            "pretrained": find_row(section, method, "pretrained", k)["top1"],
-            "scratch": find_row(section, method, "scratch", k)["top1"], **d}
+    return {
+        "method": method,
+        "train_per_class": k,
+        "metric": "top1",
+        "pretrained": find_row(section, method, "pretrained", k)["top1"],
+        "scratch": find_row(section, method, "scratch", k)["top1"],
+        **d,
+    }
 
 
 def stage_counts(results: dict, epoch_rows: int, size: int) -> dict:
     """The manifest's ``counts`` drawn from ``results.json``: per target its sizes, lr, flagged images, and the
     top-1 of each method and init in the full setting (else the largest low-data one) with the gain."""
-    counts: dict = {"targets": {}, "rows": sum(len(s["rows"]) for s in results["targets"].values()),
-                    "finetune_epoch_rows": epoch_rows, "image_size": size}
+    counts: dict = {
+        "targets": {},
+        "rows": sum(len(s["rows"]) for s in results["targets"].values()),
+        "finetune_epoch_rows": epoch_rows,
+        "image_size": size,
+    }
     for name, sec in results["targets"].items():
-        c: dict = {"num_classes": sec["num_classes"], "val_images": sec["val_images"],
-                   "contaminated_val": sec["contaminated_val"],
-                   "nn_flagged_val": sec["contamination"]["features"].get("count"),
-                   "finetune_base_lr": sec["finetune_base_lr"], "rows": len(sec["rows"]),
-                   "settings": sec["recipe"]["low_data_per_class"] + ([None] if sec["recipe"]["full"] else []),
-                   "seconds": sec["seconds"]["total"]}
+        c: dict = {
+            "num_classes": sec["num_classes"],
+            "val_images": sec["val_images"],
+            "contaminated_val": sec["contaminated_val"],
+            "nn_flagged_val": sec["contamination"]["features"].get("count"),
+            "finetune_base_lr": sec["finetune_base_lr"],
+            "rows": len(sec["rows"]),
+            "settings": sec["recipe"]["low_data_per_class"] + ([None] if sec["recipe"]["full"] else []),
+            "seconds": sec["seconds"]["total"],
+        }
         for m in METHODS:
             for i in ("pretrained", "scratch"):
                 cands = [x for x in sec["rows"] if x["method"] == m and x["init"] == i]

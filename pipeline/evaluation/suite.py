@@ -86,8 +86,7 @@ from pipeline.evaluation.finetune import finetune, planned_images
 from pipeline.evaluation.linear_probe import fit_probe, topk_correct
 from pipeline.evaluation.results import find_row, gain_entry, new_target_section, result_row
 from pipeline.evaluation.suite_context import SuiteContext
-from pipeline.evaluation.target_data import (TransformedSubset, eval_batches, per_class_order, relative_paths,
-                                             take_per_class)
+from pipeline.evaluation.target_data import TransformedSubset, eval_batches, per_class_order, relative_paths, take_per_class
 from pipeline.evaluation.targets import Target, setting_label, val_subset
 from pipeline.io.atomic import write_jsonl
 from pipeline.io.run_folder import EPOCHS_FILE
@@ -117,17 +116,32 @@ class TargetRun:
         self.val_rel = relative_paths(t.val_set)
         self.n_val = n_val = len(self.val_idx)
         cont_name, cont_paths = contaminated_paths(cfg.run_dir, cfg.data.eval_sets, Path(r["root"]) / r["val_split"])
-        self.phash = (np.array([self.val_rel[i] in cont_paths for i in self.val_idx], dtype=bool) if cont_paths
-                      else np.zeros(n_val, bool))
+        self.phash = (
+            np.array([self.val_rel[i] in cont_paths for i in self.val_idx], dtype=bool) if cont_paths else np.zeros(n_val, bool)
+        )
         st.arrays[f"{name}/val_ids"] = np.array([self.val_rel[i] for i in self.val_idx])
         st.arrays[f"{name}/phash"] = self.phash
         self.nn_flag: np.ndarray | None = None
-        self.res = new_target_section(t, size=st.size, n_val=n_val, phash=self.phash, phash_eval_set=cont_name,
-                                      phash_checked=cont_paths is not None, probe_stages=st.tc.probe_stages,
-                                      nn_skip=st.nn_skip)
-        log.info("transfer target %s: %d classes, %d train / %d val images (%d scored, %d pHash-contaminated), settings %s",
-                 name, t.num_classes, len(t.train_set), len(t.val_set), n_val, int(self.phash.sum()),
-                 [(setting_label(k), len(self.subset(k, 0))) for k in self.settings])
+        self.res = new_target_section(
+            t,
+            size=st.size,
+            n_val=n_val,
+            phash=self.phash,
+            phash_eval_set=cont_name,
+            phash_checked=cont_paths is not None,
+            probe_stages=st.tc.probe_stages,
+            nn_skip=st.nn_skip,
+        )
+        log.info(
+            "transfer target %s: %d classes, %d train / %d val images (%d scored, %d pHash-contaminated), settings %s",
+            name,
+            t.num_classes,
+            len(t.train_set),
+            len(t.val_set),
+            n_val,
+            int(self.phash.sum()),
+            [(setting_label(k), len(self.subset(k, 0))) for k in self.settings],
+        )
         self.ci = {"n_boot": int(st.tc.n_boot), "level": float(st.tc.ci_level), "seed": self.seed0}
         self.correct: dict[tuple, dict[str, np.ndarray]] = {}  # (method, init, k) -> {"top1": (S, N), "top5": (S, N)}
         self.meta: dict[tuple, dict] = {}
@@ -152,8 +166,11 @@ class TargetRun:
         st, c = self.st, self.correct[(method, init, k)]
         key = correctness_key(self.t.name, method, init, k)
         st.arrays[key + "/top1"], st.arrays[key + "/top5"] = c["top1"], c["top5"]
-        self.res["rows"].append(result_row(method, init, k, c, self.meta[(method, init, k)], key=key, phash=self.phash,
-                                           nn_flag=self.nn_flag, ci=self.ci))
+        self.res["rows"].append(
+            result_row(
+                method, init, k, c, self.meta[(method, init, k)], key=key, phash=self.phash, nn_flag=self.nn_flag, ci=self.ci
+            )
+        )
         other = {"pretrained": "scratch", "scratch": "pretrained"}[init]
         if (method, other, k) in self.correct:
             pre, scr = self.correct[(method, "pretrained", k)], self.correct[(method, "scratch", k)]
@@ -170,15 +187,27 @@ class TargetRun:
         res["lr_selection"], res["finetune_base_lr"] = lrs, self.ft_lr
         res["seconds"]["lr_selection"] = lrs["seconds"]
         if not lrs.get("skipped"):
-            log.info("%s: fine-tuning base_lr %g chosen on %d held-out training images (setting %s, grid %s)", self.t.name,
-                     self.ft_lr, lrs["holdout_images"], lrs["setting"], [g["base_lr"] for g in lrs["grid"]])
+            log.info(
+                "%s: fine-tuning base_lr %g chosen on %d held-out training images (setting %s, grid %s)",
+                self.t.name,
+                self.ft_lr,
+                lrs["holdout_images"],
+                lrs["setting"],
+                [g["base_lr"] for g in lrs["grid"]],
+            )
         self.write(res)
 
     def decode_val(self) -> None:
         """2. The scored val images, decoded once."""
         st, r = self.st, self.t.recipe
-        self.val_images = eval_batches(TransformedSubset(self.t.val_set, self.val_idx, st.size), st.tc.eval_batch_size,
-                                       st.workers, r["eval_cache_mb"], st.progress, f"{self.t.name}: decode val")
+        self.val_images = eval_batches(
+            TransformedSubset(self.t.val_set, self.val_idx, st.size),
+            st.tc.eval_batch_size,
+            st.workers,
+            r["eval_cache_mb"],
+            st.progress,
+            f"{self.t.name}: decode val",
+        )
 
     def decontaminate(self) -> None:
         """3. Feature-space decontamination (the pretrained trunk; its val features serve the probe too)."""
@@ -201,8 +230,14 @@ class TargetRun:
         st, t, r, name, res, seed0 = self.st, self.t, self.t.recipe, self.t.name, self.res, self.seed0
         probe_sets = {(k, s): self.subset(k, s) for k in self.settings for s in range(self.n_seeds("linear_probe", k))}
         feat_idx = np.unique(np.concatenate(list(probe_sets.values())))
-        train_images = eval_batches(TransformedSubset(t.train_set, feat_idx, st.size), st.tc.eval_batch_size,
-                                    st.workers, r["eval_cache_mb"], st.progress, f"{name}: decode train")
+        train_images = eval_batches(
+            TransformedSubset(t.train_set, feat_idx, st.size),
+            st.tc.eval_batch_size,
+            st.workers,
+            r["eval_cache_mb"],
+            st.progress,
+            f"{name}: decode train",
+        )
         stages = tuple(st.tc.probe_stages)
         for init in self.inits:
             ts = time.perf_counter()
@@ -219,33 +254,63 @@ class TargetRun:
                 for s in range(S):
                     idx = probe_sets[(k, s)]
                     pos = np.searchsorted(feat_idx, idx)
-                    probe = fit_probe(fx[pos], fy[pos], list(r["probe_Cs"]), num_classes=t.num_classes,
-                                      holdout_fraction=r["probe_holdout_fraction"], max_iter=r["probe_max_iter"],
-                                      tol=r["probe_tol"], seed=seed0 + s, progress=st.progress,
-                                      desc=f"{name}: probe {init} {setting_label(k)} seed {s}")
+                    probe = fit_probe(
+                        fx[pos],
+                        fy[pos],
+                        list(r["probe_Cs"]),
+                        num_classes=t.num_classes,
+                        holdout_fraction=r["probe_holdout_fraction"],
+                        max_iter=r["probe_max_iter"],
+                        tol=r["probe_tol"],
+                        seed=seed0 + s,
+                        progress=st.progress,
+                        desc=f"{name}: probe {init} {setting_label(k)} seed {s}",
+                    )
                     sc = probe.scores(vx)
                     c1[s], c5[s] = topk_correct(sc, vy, 1), topk_correct(sc, vy, 5)
                     Cs.append(probe.best_C)
                     secs += probe.seconds
-                    res["probe_grids"].append({"init": init, "train_per_class": k, "seed": s, "best_C": probe.best_C,
-                                               "grid": probe.grid})
+                    res["probe_grids"].append(
+                        {"init": init, "train_per_class": k, "seed": s, "best_C": probe.best_C, "grid": probe.grid}
+                    )
                 self.correct[("linear_probe", init, k)] = {"top1": c1, "top5": c5}
-                self.meta[("linear_probe", init, k)] = {"train_images": int(len(probe_sets[(k, 0)])),
-                                                        "seeds": list(range(S)), "best_C": Cs[0], "best_C_per_seed": Cs,
-                                                        "seconds": secs}
+                self.meta[("linear_probe", init, k)] = {
+                    "train_images": int(len(probe_sets[(k, 0)])),
+                    "seeds": list(range(S)),
+                    "best_C": Cs[0],
+                    "best_C_per_seed": Cs,
+                    "seconds": secs,
+                }
                 res["seconds"]["linear_probe"] += secs
                 self.finish("linear_probe", init, k)
                 row = find_row(res, "linear_probe", init, k)
-                log.info("%s: linear probe %s %s: top-1 %.4f [%.4f, %.4f] over %d seed(s) (C=%s, %.1fs)", name, init,
-                         setting_label(k), row["top1"], *row["top1_ci"], S, Cs, secs)
+                log.info(
+                    "%s: linear probe %s %s: top-1 %.4f [%.4f, %.4f] over %d seed(s) (C=%s, %.1fs)",
+                    name,
+                    init,
+                    setting_label(k),
+                    row["top1"],
+                    *row["top1_ci"],
+                    S,
+                    Cs,
+                    secs,
+                )
 
     def finetune(self) -> None:
         """5. Fine-tuning: every init x setting x seed, all with the chosen lr."""
         st, t, r, name, res, seed0, ft_lr = self.st, self.t, self.t.recipe, self.t.name, self.res, self.seed0, self.ft_lr
         runs = [(init, k, s) for init in self.inits for k in self.settings for s in range(self.n_seeds("finetune", k))]
         epochs, eval_every = int(r["finetune_epochs"]), bool(r["eval_every_epoch"])
-        planned = {(k, s): planned_images(len(self.subset(k, s)), epochs, min(int(r["batch_size"]), len(self.subset(k, s))),
-                                          int(r["min_epoch_images"]), None) for _, k, s in runs}
+        planned = {
+            (k, s): planned_images(
+                len(self.subset(k, s)),
+                epochs,
+                min(int(r["batch_size"]), len(self.subset(k, s))),
+                int(r["min_epoch_images"]),
+                None,
+            )
+            for _, k, s in runs
+        }
         store: dict[tuple, dict] = {}
         rate = eval_s = None
         for n_run, (init, k, s) in enumerate(runs):
@@ -256,12 +321,28 @@ class TargetRun:
             def on_epoch(row: dict, init=init, k=k, s=s) -> None:
                 st.epoch_rows.append({"target": name, "init": init, "train_per_class": k, "seed": s, "base_lr": ft_lr, **row})
                 write_jsonl(st.out / EPOCHS_FILE, st.epoch_rows)
-                log.info("%s: finetune %s %s seed %d epoch %d: loss %.4f%s (%.1fs)", name, init, setting_label(k), s,
-                         row["epoch"], row["loss"],
-                         "" if row["top1"] is None else f" top-1 {row['top1']:.4f} top-5 {row['top5']:.4f}", row["seconds"])
+                log.info(
+                    "%s: finetune %s %s seed %d epoch %d: loss %.4f%s (%.1fs)",
+                    name,
+                    init,
+                    setting_label(k),
+                    s,
+                    row["epoch"],
+                    row["loss"],
+                    "" if row["top1"] is None else f" top-1 {row['top1']:.4f} top-5 {row['top5']:.4f}",
+                    row["seconds"],
+                )
 
-            out = finetune(st.trunk(init, seed0 + s), train_ds, self.val_images, num_classes=t.num_classes, settings=stt,
-                           device=st.device, desc=f"{name}: finetune {init} {setting_label(k)} seed {s}", on_epoch=on_epoch)
+            out = finetune(
+                st.trunk(init, seed0 + s),
+                train_ds,
+                self.val_images,
+                num_classes=t.num_classes,
+                settings=stt,
+                device=st.device,
+                desc=f"{name}: finetune {init} {setting_label(k)} seed {s}",
+                on_epoch=on_epoch,
+            )
             fin = out["final"]
             store.setdefault((init, k), {"top1": [], "top5": [], "seconds": 0.0})
             store[(init, k)]["top1"].append(fin["correct1"])
@@ -273,17 +354,35 @@ class TargetRun:
                 eval_s = out["eval_seconds"]
                 left = runs[1:]
                 est = sum(planned[(kk, ss)] / rate + eval_s for _, kk, ss in left)
-                log.info("%s: %d fine-tuning runs left, about %.1f min (first run: %.0f img/s training, %.1fs scoring val)",
-                         name, len(left), est / 60, rate, eval_s)
+                log.info(
+                    "%s: %d fine-tuning runs left, about %.1f min (first run: %.0f img/s training, %.1fs scoring val)",
+                    name,
+                    len(left),
+                    est / 60,
+                    rate,
+                    eval_s,
+                )
             if s == self.n_seeds("finetune", k) - 1:
                 d = store.pop((init, k))
                 self.correct[("finetune", init, k)] = {"top1": np.stack(d["top1"]), "top5": np.stack(d["top5"])}
-                self.meta[("finetune", init, k)] = {"train_images": int(len(self.subset(k, 0))), "seeds": list(range(s + 1)),
-                                                    "epochs": epochs, "base_lr": ft_lr, "seconds": d["seconds"]}
+                self.meta[("finetune", init, k)] = {
+                    "train_images": int(len(self.subset(k, 0))),
+                    "seeds": list(range(s + 1)),
+                    "epochs": epochs,
+                    "base_lr": ft_lr,
+                    "seconds": d["seconds"],
+                }
                 self.finish("finetune", init, k)
                 row = find_row(res, "finetune", init, k)
-                log.info("%s: finetune %s %s: top-1 %.4f [%.4f, %.4f] over %d seed(s)", name, init, setting_label(k),
-                         row["top1"], *row["top1_ci"], s + 1)
+                log.info(
+                    "%s: finetune %s %s: top-1 %.4f [%.4f, %.4f] over %d seed(s)",
+                    name,
+                    init,
+                    setting_label(k),
+                    row["top1"],
+                    *row["top1_ci"],
+                    s + 1,
+                )
 
 
 def run_target(st: SuiteContext, t: Target, write: Callable[[dict], None]) -> dict:

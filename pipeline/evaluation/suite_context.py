@@ -22,12 +22,21 @@ from pipeline.evaluation.finetune import FinetuneSettings, settings_from_recipe
 from pipeline.evaluation.linear_probe import extract_features
 from pipeline.evaluation.target_data import fingerprint
 from pipeline.io.manifest import file_sha256
-from pipeline.io.run_folder import (CORRECT_FILE, DEDUP, MANIFEST, MODEL_FILE, PRETRAIN, TRUNK_FILE, path, read_manifest,
-                                    read_model_info, stage_dir)
-from pipeline.train.hardware import (PrecisionChoice, available_cores, pick_device, resolve_for_model,
-                                     thread_plan)
-from pipeline.vision.transforms import item_seed
+from pipeline.io.run_folder import (
+    CORRECT_FILE,
+    DEDUP,
+    MANIFEST,
+    MODEL_FILE,
+    PRETRAIN,
+    TRUNK_FILE,
+    path,
+    read_manifest,
+    read_model_info,
+    stage_dir,
+)
+from pipeline.train.hardware import PrecisionChoice, available_cores, pick_device, resolve_for_model, thread_plan
 from pipeline.train.models import create_model, list_models, load_trunk
+from pipeline.vision.transforms import item_seed
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +55,10 @@ def read_pretrained(run_dir) -> tuple[Path, dict, dict]:
     man = read_manifest(pre)
     missing = [p.name for p in (trunk, info_file) if not p.exists()] + ([] if man else [MANIFEST])
     if missing:
-        raise FileNotFoundError(f"no finished pretrain stage in {pre} (missing {', '.join(missing)}); "
-                                f"run `python -m pipeline.pretrain run_dir={run_dir}` first")
+        raise FileNotFoundError(
+            f"no finished pretrain stage in {pre} (missing {', '.join(missing)}); "
+            f"run `python -m pipeline.pretrain run_dir={run_dir}` first"
+        )
     info = read_model_info(run_dir)
     if info.get("model") not in list_models():
         raise ConfigError(f"config error at pretrain: {info_file} names an unknown model {info.get('model')!r}")
@@ -62,8 +73,9 @@ class SuiteContext:
     decontamination (None: there is).
     """
 
-    def __init__(self, cfg, trunk_path: Path, model_name: str, size: int, device, prec: PrecisionChoice, workers: int,
-                 out: Path) -> None:
+    def __init__(
+        self, cfg, trunk_path: Path, model_name: str, size: int, device, prec: PrecisionChoice, workers: int, out: Path
+    ) -> None:
         self.cfg, self.tc = cfg, cfg.transfer
         self.trunk_path, self.model_name, self.size = trunk_path, model_name, size
         self.device, self.prec, self.workers, self.out = device, prec, workers, out
@@ -87,17 +99,36 @@ class SuiteContext:
 
     def features(self, model, batches, total: int, desc: str, stages=None) -> tuple[np.ndarray, np.ndarray]:
         """:func:`pipeline.evaluation.linear_probe.extract_features` with this run's device and precision."""
-        return extract_features(model, batches, device=self.device, autocast_dtype=self.autocast,
-                                channels_last=self.channels_last, total=total, progress=self.progress, desc=desc,
-                                stages=stages)
+        return extract_features(
+            model,
+            batches,
+            device=self.device,
+            autocast_dtype=self.autocast,
+            channels_last=self.channels_last,
+            total=total,
+            progress=self.progress,
+            desc=desc,
+            stages=stages,
+        )
 
-    def settings(self, r: dict, *, epochs: int, n: int, base_lr: float, seed: int, max_epoch_images=None,
-                 eval_every_epoch: bool) -> FinetuneSettings:
+    def settings(
+        self, r: dict, *, epochs: int, n: int, base_lr: float, seed: int, max_epoch_images=None, eval_every_epoch: bool
+    ) -> FinetuneSettings:
         """:func:`pipeline.evaluation.finetune.settings_from_recipe` of recipe ``r`` with this run's runtime."""
-        return settings_from_recipe(r, n=n, epochs=epochs, base_lr=base_lr, seed=seed, eval_every_epoch=eval_every_epoch,
-                                    max_epoch_images=max_epoch_images, autocast_dtype=self.autocast,
-                                    grad_scaler=self.prec.grad_scaler, channels_last=self.channels_last,
-                                    workers=self.workers, progress=self.progress)
+        return settings_from_recipe(
+            r,
+            n=n,
+            epochs=epochs,
+            base_lr=base_lr,
+            seed=seed,
+            eval_every_epoch=eval_every_epoch,
+            max_epoch_images=max_epoch_images,
+            autocast_dtype=self.autocast,
+            grad_scaler=self.prec.grad_scaler,
+            channels_last=self.channels_last,
+            workers=self.workers,
+            progress=self.progress,
+        )
 
     def pretraining_bank(self, model) -> dict:
         """The pretraining images' L2-normalized pooled features in ``model`` (once per stage).
@@ -111,11 +142,19 @@ class SuiteContext:
             t = time.perf_counter()
             samples = pretraining_samples(self.cfg.run_dir)
             ds = ShardImages(self.cfg.run_dir, samples, self.size)
-            feats = pooled_features(lambda b: self.features(model, b, len(ds), "features pretraining images"), ds,
-                                    self.tc.eval_batch_size, self.workers)
+            feats = pooled_features(
+                lambda b: self.features(model, b, len(ds), "features pretraining images"),
+                ds,
+                self.tc.eval_batch_size,
+                self.workers,
+            )
             mean = feats.mean(axis=0) if (self.tc.nn_center and len(feats)) else None
-            self.bank = {"samples": samples, "features": l2_normalize(feats, mean), "mean": mean,
-                         "seconds": round(time.perf_counter() - t, 3)}
+            self.bank = {
+                "samples": samples,
+                "features": l2_normalize(feats, mean),
+                "mean": mean,
+                "seconds": round(time.perf_counter() - t, 3),
+            }
             log.info("feature decontamination: %d pretraining images embedded in %.1fs", len(samples), self.bank["seconds"])
         return self.bank
 
@@ -140,8 +179,17 @@ def resolve_runtime(tc, model_name: str, num_classes: int, size: int):
     plan = thread_plan(device.type, available_cores(), 1, threads=tc.threads, workers=tc.workers)
     torch.set_num_threads(plan.threads)
     # a timed trial of the fine-tuning step on the CPU (cached per machine)
-    prec = resolve_for_model(tc.precision, tc.channels_last, device, model=model_name, num_classes=num_classes,
-                             image_size=size, batch_size=tc.batch_size, threads=plan.threads, where="transfer.precision")
+    prec = resolve_for_model(
+        tc.precision,
+        tc.channels_last,
+        device,
+        model=model_name,
+        num_classes=num_classes,
+        image_size=size,
+        batch_size=tc.batch_size,
+        threads=plan.threads,
+        where="transfer.precision",
+    )
     prec.apply_global()
     return device, plan, prec
 
@@ -149,6 +197,9 @@ def resolve_runtime(tc, model_name: str, num_classes: int, size: int):
 def stage_inputs(run_dir, pre_man: dict, trunk_path: Path, targets) -> dict:
     """The manifest's ``inputs``: the pretrain stage's key and trunk hash, dedup's key, each target's fingerprints."""
     dedup_man = read_manifest(stage_dir(run_dir, DEDUP))
-    return {"pretrain": pre_man.get("config_hash"), "trunk_sha256": file_sha256(trunk_path),
-            "dedup": (dedup_man or {}).get("config_hash"),
-            "targets": {t.name: {"train": fingerprint(t.train_set), "val": fingerprint(t.val_set)} for t in targets}}
+    return {
+        "pretrain": pre_man.get("config_hash"),
+        "trunk_sha256": file_sha256(trunk_path),
+        "dedup": (dedup_man or {}).get("config_hash"),
+        "targets": {t.name: {"train": fingerprint(t.train_set), "val": fingerprint(t.val_set)} for t in targets},
+    }

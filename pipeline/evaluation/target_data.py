@@ -41,8 +41,18 @@ from torchvision.datasets import ImageFolder
 
 from pipeline.vision.transforms import eval_transform, item_seed, train_transform
 
-__all__ = ["EvalImages", "TransformedSubset", "eval_batches", "fingerprint", "load_rgb", "open_split", "per_class_order",
-           "relative_paths", "stratified_holdout", "take_per_class"]
+__all__ = [
+    "EvalImages",
+    "TransformedSubset",
+    "eval_batches",
+    "fingerprint",
+    "load_rgb",
+    "open_split",
+    "per_class_order",
+    "relative_paths",
+    "stratified_holdout",
+    "take_per_class",
+]
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -110,8 +120,9 @@ def take_per_class(order: list[np.ndarray], k: int | None) -> np.ndarray:
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
-def stratified_holdout(labels: Sequence[int], fraction: float, seed: int,
-                       salt: str = "probe-holdout") -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(
+    labels: Sequence[int], fraction: float, seed: int, salt: str = "probe-holdout"
+) -> tuple[np.ndarray, np.ndarray]:
     """Split positions ``0..N-1`` into (fit, holdout), about ``fraction`` of each class held out.
 
     Every class with 2+ samples keeps at least one sample on each side; a class with one
@@ -146,8 +157,9 @@ class TransformedSubset(Dataset):
     chose, never on the DataLoader worker that decodes the item.
     """
 
-    def __init__(self, base: ImageFolder, indices: Sequence[int], size: int, train: bool = False,
-                 scale: tuple[float, float] = (0.08, 1.0)) -> None:
+    def __init__(
+        self, base: ImageFolder, indices: Sequence[int], size: int, train: bool = False, scale: tuple[float, float] = (0.08, 1.0)
+    ) -> None:
         self.base = base
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray([base.targets[i] for i in self.indices], dtype=np.int64)
@@ -170,8 +182,7 @@ class TransformedSubset(Dataset):
 
 
 def _loader(ds: Dataset, batch_size: int, workers: int, pin: bool = False) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
-                      persistent_workers=False)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin, persistent_workers=False)
 
 
 class EvalImages:
@@ -182,8 +193,9 @@ class EvalImages:
     every pass.
     """
 
-    def __init__(self, ds: TransformedSubset, batch_size: int, workers: int, cache_mb: float,
-                 progress: bool = False, desc: str = "decode") -> None:
+    def __init__(
+        self, ds: TransformedSubset, batch_size: int, workers: int, cache_mb: float, progress: bool = False, desc: str = "decode"
+    ) -> None:
         if ds.train:
             raise ValueError("EvalImages needs a TransformedSubset with train=False")
         self.ds = ds
@@ -206,7 +218,7 @@ class EvalImages:
         pos = 0
         with progress_bar(total=len(self.ds), desc=self.desc, unit="img", disable=not self.progress, leave=False) as bar:
             for x, _ in _loader(self.ds, max(self.batch_size, 256), self.workers):
-                imgs[pos:pos + len(x)] = x
+                imgs[pos : pos + len(x)] = x
                 pos += len(x)
                 bar.update(len(x))
         self.images = imgs
@@ -218,10 +230,11 @@ class EvalImages:
         if self.images is None:
             self._fill()
         for s in range(0, len(self.ds), self.batch_size):
-            yield self.images[s:s + self.batch_size], self.labels[s:s + self.batch_size]
+            yield self.images[s : s + self.batch_size], self.labels[s : s + self.batch_size]
 
 
-def eval_batches(ds: TransformedSubset, batch_size: int, workers: int, cache_mb: float, progress: bool = False,
-                 desc: str = "decode") -> EvalImages:
+def eval_batches(
+    ds: TransformedSubset, batch_size: int, workers: int, cache_mb: float, progress: bool = False, desc: str = "decode"
+) -> EvalImages:
     """:class:`EvalImages` over ``ds`` (a re-iterable of uint8 image and label batches)."""
     return EvalImages(ds, batch_size, workers, cache_mb, progress, desc)

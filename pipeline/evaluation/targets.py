@@ -49,8 +49,10 @@ def open_targets(tc) -> list[Target]:
         val_set = open_split(r["root"], r["val_split"])
         where = f"transfer.targets.{name}.root"
         if train_set.classes != val_set.classes:
-            raise ConfigError(f"config error at {where}: the class folders of {r['train_split']!r} and {r['val_split']!r} "
-                              f"differ ({len(train_set.classes)} vs {len(val_set.classes)} classes)")
+            raise ConfigError(
+                f"config error at {where}: the class folders of {r['train_split']!r} and {r['val_split']!r} "
+                f"differ ({len(train_set.classes)} vs {len(val_set.classes)} classes)"
+            )
         if len(train_set.classes) < 2:
             raise ConfigError(f"config error at {where}: the target needs >= 2 classes, found {len(train_set.classes)}")
         if r["emoji_index"] and not Path(r["emoji_index"]).is_file():

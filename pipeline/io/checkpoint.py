@@ -37,8 +37,15 @@ from torch import nn
 from pipeline.io.atomic import atomic_path
 from pipeline.train.models import unwrap_model as _unwrap
 
-__all__ = ["CheckpointError", "CheckpointRefused", "checkpoint_path", "latest_checkpoint", "load_checkpoint",
-           "prune_checkpoints", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointRefused",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "save_checkpoint",
+]
 
 FORMAT = "hashtag-pretrain-checkpoint"
 VERSION = 1
@@ -76,7 +83,7 @@ class CheckpointRefused(CheckpointError):
 def _strip_prefix(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """Remove ``prefix`` from the keys, if every key has it (a state_dict saved from a wrapper)."""
     if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
+        return {k[len(prefix) :]: v for k, v in sd.items()}
     return dict(sd)
 
 
@@ -111,8 +118,10 @@ def _plain(obj: Any, where: str) -> Any:
     if isinstance(obj, (list, tuple)):
         items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)
-    raise TypeError(f"{where} has type {type(obj).__name__}; store only tensors, "
-                    "numbers, strings, lists and dicts (weights_only loading refuses others)")
+    raise TypeError(
+        f"{where} has type {type(obj).__name__}; store only tensors, "
+        "numbers, strings, lists and dicts (weights_only loading refuses others)"
+    )
 
 
 def _config_json(config: Any) -> str:
@@ -132,9 +141,13 @@ def _rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": [py_version, list(py_internal), py_gauss],
     }
 
@@ -145,8 +158,7 @@ def _set_rng_state(rng: Mapping[str, Any]) -> None:
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     n = rng["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     version, internal, gauss = rng["python"]
     random.setstate((version, tuple(internal), gauss))
 
@@ -156,10 +168,18 @@ def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
     return Path(folder) / f"step_{step:08d}.pt"
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None, scheduler: Any | None, step: int,
-                    epoch: int, data_position: Mapping[str, int] | None = None, config: Any = None,
-                    extra: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    step: int,
+    epoch: int,
+    data_position: Mapping[str, int] | None = None,
+    config: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Atomically write a checkpoint (layout in the module docstring); rank 0 alone calls it.
 
     Args:
@@ -212,10 +232,15 @@ def _read(path: Path) -> dict:
         msg = str(exc)
         if "Weights only load failed" in msg or "Unsupported global" in msg:
             raise CheckpointRefused(
-                path, "it contains objects other than tensors and plain data (a pickle that could run code "
-                "when loaded); not loaded", msg.splitlines()[0]) from exc
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read: "
-                              f"{type(exc).__name__}: {msg.splitlines()[0] if msg else ''}", path) from exc
+                path,
+                "it contains objects other than tensors and plain data (a pickle that could run code when loaded); not loaded",
+                msg.splitlines()[0],
+            ) from exc
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt and cannot be read: "
+            f"{type(exc).__name__}: {msg.splitlines()[0] if msg else ''}",
+            path,
+        ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file (written by pipeline.io.checkpoint)", path)
     if obj.get("version") != VERSION:
@@ -223,9 +248,13 @@ def _read(path: Path) -> dict:
     return obj
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any | None = None,
-                    restore_rng: bool = True) -> dict:
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    restore_rng: bool = True,
+) -> dict:
     """Restore a checkpoint written by :func:`save_checkpoint` into the given objects.
 
     The file is read with ``torch.load(weights_only=True, map_location="cpu")``; the model
@@ -260,8 +289,13 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
         config = json.loads(ckpt["config_json"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit: {exc}", path) from exc
-    return {"step": ckpt["step"], "epoch": ckpt["epoch"], "data_position": dict(ckpt["data_position"]),
-            "config": config, "extra": ckpt["extra"]}
+    return {
+        "step": ckpt["step"],
+        "epoch": ckpt["epoch"],
+        "data_position": dict(ckpt["data_position"]),
+        "config": config,
+        "extra": ckpt["extra"],
+    }
 
 
 def _listed(folder: str | os.PathLike) -> list[tuple[int, Path]]:

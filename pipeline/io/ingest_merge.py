@@ -31,7 +31,7 @@ __all__ = ["prepare_folder", "wait_for_parts", "merged_counts", "merged_outputs"
 log = logging.getLogger(__name__)
 
 
-def prepare_folder(out_dir: Path, plan: dict, part: "Partition", timeout: float) -> None:
+def prepare_folder(out_dir: Path, plan: dict, part: Partition, timeout: float) -> None:
     """Rank 0 resets the stage folder if the plan changed; other ranks wait for the plan.
 
     Raises:
@@ -58,8 +58,7 @@ def prepare_folder(out_dir: Path, plan: dict, part: "Partition", timeout: float)
     raise TimeoutError(f"rank {part.rank}: rank 0 did not write {plan_file} within {timeout} s")
 
 
-def wait_for_parts(out_dir: Path, units: list[WorkUnit], plan_hash: str, withdrawn: frozenset,
-                   timeout: float) -> list[dict]:
+def wait_for_parts(out_dir: Path, units: list[WorkUnit], plan_hash: str, withdrawn: frozenset, timeout: float) -> list[dict]:
     """The finished part of every unit, in plan order, waiting up to ``timeout`` seconds for other ranks.
 
     Raises:
@@ -111,13 +110,31 @@ def merged_counts(parts: list[dict], withdrawn: frozenset, n_this_run: int, work
 
 def merged_outputs(parts: list[dict]) -> dict:
     """The manifest's ``outputs``: every written shard (path, index, samples, bytes, sha256) and the quarantine file."""
-    return {"shards": [{"path": p["shard"], "index": index_path(p["shard"]).as_posix(), "samples": p["written"],
-                        "bytes": p["shard_bytes"], "sha256": p["shard_sha256"]} for p in parts if p["shard"]],
-            "quarantine": QUARANTINE_FILE}
+    return {
+        "shards": [
+            {
+                "path": p["shard"],
+                "index": index_path(p["shard"]).as_posix(),
+                "samples": p["written"],
+                "bytes": p["shard_bytes"],
+                "sha256": p["shard_sha256"],
+            }
+            for p in parts
+            if p["shard"]
+        ],
+        "quarantine": QUARANTINE_FILE,
+    }
 
 
-def merge_parts(out_dir: Path, units: list[WorkUnit], plan_hash: str, withdrawn: frozenset, timeout: float,
-                n_this_run: int, work_seconds: float) -> tuple[dict, dict]:
+def merge_parts(
+    out_dir: Path,
+    units: list[WorkUnit],
+    plan_hash: str,
+    withdrawn: frozenset,
+    timeout: float,
+    n_this_run: int,
+    work_seconds: float,
+) -> tuple[dict, dict]:
     """Rank 0: wait for all parts, write ``quarantine.jsonl``; return the manifest's ``(counts, outputs)``."""
     parts = wait_for_parts(out_dir, units, plan_hash, withdrawn, timeout)
     write_jsonl(out_dir / QUARANTINE_FILE, (row for p in parts for row in p["quarantine"]))

@@ -80,8 +80,14 @@ def _not_utf8(*values) -> bool:
 
 
 def _quarantine_row(unit: WorkUnit, sid: str, origin: str, reason: str, detail: str) -> dict:
-    return {"id": f"{unit.source}:{_printable(sid)}", "source": unit.source, "origin": _printable(origin),
-            "reason": reason, "detail": _printable(detail), "unit": unit.number}
+    return {
+        "id": f"{unit.source}:{_printable(sid)}",
+        "source": unit.source,
+        "origin": _printable(origin),
+        "reason": reason,
+        "detail": _printable(detail),
+        "unit": unit.number,
+    }
 
 
 def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dict:
@@ -113,8 +119,10 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
                 if f"{unit.source}:{item.id}" in settings.withdrawn:
                     raise Rejected("withdrawn", "listed in ingest.withdrawn")
                 if _not_utf8(item.id, item.tags, item.caption, item.meta):
-                    raise Rejected("invalid_utf8", "lone surrogate (undecodable bytes or a \\uD800-\\uDFFF escape) "
-                                   "in id, tags, caption or metadata")
+                    raise Rejected(
+                        "invalid_utf8",
+                        "lone surrogate (undecodable bytes or a \\uD800-\\uDFFF escape) in id, tags, caption or metadata",
+                    )
                 if item.id in seen:
                     raise Rejected("duplicate_id", "id already seen in this unit")
                 seen.add(item.id)
@@ -123,13 +131,21 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
                     raise Rejected("no_hashtags", f"raw tags: {item.tags!r}"[:200])
                 hashtags, too_long, over = cap_hashtags(normalized, ing.max_hashtags, ing.max_hashtag_chars)
                 if not hashtags:
-                    raise Rejected("no_hashtags", f"all {too_long} tag(s) longer than ingest.max_hashtag_chars="
-                                   f"{ing.max_hashtag_chars} characters (dropped, not cut); first: "
-                                   f"{normalized[0][:40]!r}...")
+                    raise Rejected(
+                        "no_hashtags",
+                        f"all {too_long} tag(s) longer than ingest.max_hashtag_chars="
+                        f"{ing.max_hashtag_chars} characters (dropped, not cut); first: "
+                        f"{normalized[0][:40]!r}...",
+                    )
                 if too_long or over:
                     dropped.update(too_long=too_long, over_count=over, images=1)
-                canon = decode_image(item.data, max_pixels=ing.max_pixels, max_side=ing.max_side,
-                                     min_side=ing.min_side, rasterize_svg=ing.rasterize_svg)
+                canon = decode_image(
+                    item.data,
+                    max_pixels=ing.max_pixels,
+                    max_side=ing.max_side,
+                    min_side=ing.min_side,
+                    rasterize_svg=ing.rasterize_svg,
+                )
                 encoded = encode_image(canon.image, unit.encoding, ing.jpeg_quality, ing.webp_method)
             except Rejected as r:
                 rows.append(_quarantine_row(unit, item.id, item.origin, r.reason, r.detail))
@@ -137,19 +153,28 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
             key = shard_key(unit.number, writer.count)
             sid = f"{unit.source}:{item.id}"
             meta = {
-                "id": sid, "key": key, "source": unit.source, "hashtags": hashtags,
-                "width": canon.image.width, "height": canon.image.height,
-                "orig_width": canon.orig_width, "orig_height": canon.orig_height,
-                "sha256": canon.pixel_sha256, "source_format": canon.source_format,
-                "frames": canon.frames, "meta": item.meta,
+                "id": sid,
+                "key": key,
+                "source": unit.source,
+                "hashtags": hashtags,
+                "width": canon.image.width,
+                "height": canon.image.height,
+                "orig_width": canon.orig_width,
+                "orig_height": canon.orig_height,
+                "sha256": canon.pixel_sha256,
+                "source_format": canon.source_format,
+                "frames": canon.frames,
+                "meta": item.meta,
             }
             if item.caption:
                 meta["caption"] = item.caption
             # the perceptual hashes of the canonical pixels, once, while we hold them (dedup decodes nothing)
             codes = perceptual_hashes(canon.image, HASH_SIZES)
-            writer.write({"__key__": key, ext: encoded,
-                          "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")},
-                         meta=meta, phash=codes)
+            writer.write(
+                {"__key__": key, ext: encoded, "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")},
+                meta=meta,
+                phash=codes,
+            )
             ids.append([key, sid])
         written = writer.count
         if written:
@@ -163,14 +188,20 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
         raise
     shard_path = out_dir / shard_rel
     part = {
-        "unit": unit.number, "source": unit.source, "plan": settings.plan_hash,
+        "unit": unit.number,
+        "source": unit.source,
+        "plan": settings.plan_hash,
         "shard": shard_rel if written else None,
         "shard_bytes": shard_path.stat().st_size if written else 0,
         "shard_sha256": file_sha256(shard_path) if written else None,
-        "input": n_in, "written": written, "quarantined": len(rows),
+        "input": n_in,
+        "written": written,
+        "quarantined": len(rows),
         "reasons": dict(sorted(Counter(r["reason"] for r in rows).items())),
         "hashtags_dropped": {k: dropped[k] for k in DROP_KEYS},
-        "quarantine": rows, "ids": ids, "seconds": round(time.perf_counter() - t0, 3),
+        "quarantine": rows,
+        "ids": ids,
+        "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(part_path(out_dir, unit.number), part)
     return part

@@ -58,7 +58,7 @@ class Labels:
     def classes_of(self, key: str) -> list[int]:
         """Class ids of a sample, ascending (KeyError if it has none)."""
         i = self.index_of(key)
-        return self.indices[self.indptr[i]: self.indptr[i + 1]].tolist()
+        return self.indices[self.indptr[i] : self.indptr[i + 1]].tolist()
 
     def weights(self, scheme: str) -> np.ndarray:
         """float64 (N,) replication weights of ``scheme`` (natural, sqrt, uniform), mean 1, in key order.
@@ -71,8 +71,15 @@ class Labels:
         return self._weights[scheme]
 
 
-def write_labels(path: Path, keys: np.ndarray, ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
-                 class_counts: np.ndarray, weights: dict[str, np.ndarray]) -> None:
+def write_labels(
+    path: Path,
+    keys: np.ndarray,
+    ids: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    class_counts: np.ndarray,
+    weights: dict[str, np.ndarray],
+) -> None:
     """Write ``labels.npz`` atomically (numpy ``savez_compressed``, no pickle), as :func:`load_labels` reads it.
 
     Args:
@@ -82,8 +89,14 @@ def write_labels(path: Path, keys: np.ndarray, ids: np.ndarray, indptr: np.ndarr
         class_counts: int64 (C,), n_c.
         weights: scheme -> float64 (N,) replication weights (stored as ``weights_<scheme>``).
     """
-    arrays = {"keys": keys, "ids": ids, "indptr": indptr, "indices": indices,
-              "class_counts": class_counts, **{f"weights_{k}": v for k, v in weights.items()}}
+    arrays = {
+        "keys": keys,
+        "ids": ids,
+        "indptr": indptr,
+        "indices": indices,
+        "class_counts": class_counts,
+        **{f"weights_{k}": v for k, v in weights.items()},
+    }
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
 
@@ -97,14 +110,17 @@ def load_labels(run_dir: str | Path) -> Labels:
     """
     d = stage_dir(run_dir, VOCAB)
     if read_manifest(d) is None:
-        raise FileNotFoundError(f"no finished vocab stage in {run_dir} (missing {d}/manifest.json); "
-                                f"run `python -m pipeline.vocab run_dir={run_dir}`")
+        raise FileNotFoundError(
+            f"no finished vocab stage in {run_dir} (missing {d}/manifest.json); run `python -m pipeline.vocab run_dir={run_dir}`"
+        )
     try:
         with np.load(d / LABELS_FILE, allow_pickle=False) as z:
             return Labels({k: z[k] for k in z.files})
     except ValueError as exc:  # "Object arrays cannot be loaded when allow_pickle=False"
-        raise ValueError(f"refusing to load {d / LABELS_FILE}: {exc} (it should hold only numeric and string "
-                         "arrays; a pickled object could run code when loaded)") from exc
+        raise ValueError(
+            f"refusing to load {d / LABELS_FILE}: {exc} (it should hold only numeric and string "
+            "arrays; a pickled object could run code when loaded)"
+        ) from exc
 
 
 def load_vocab(run_dir: str | Path) -> dict:

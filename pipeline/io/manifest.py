@@ -56,11 +56,16 @@ def code_version() -> str:
     try:
         rev = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return f"{rev}+dirty" if dirty else rev
     except (OSError, subprocess.SubprocessError):
@@ -87,7 +92,7 @@ def write_manifest(
         "outputs": outputs or {},
         "seconds": round(seconds, 3),
         "code_version": code_version(),
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest

@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Union
 
 from pipeline.config import RawFormat
-from pipeline.text.hashtags import extract_hashtags
 from pipeline.io.quarantine import Rejected
+from pipeline.text.hashtags import extract_hashtags
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "svg")
 
@@ -140,8 +140,9 @@ def plan_units(sources, default_encoding: str, shard_size: int) -> tuple[list[Wo
         enc = (str(src.encoding) if src.encoding else None) or default_encoding
         root = Path(src.root)
         if not root.is_dir():
-            raise FileNotFoundError(f"source {src.name!r}: root folder {root} does not exist "
-                                    "(run `make demo` or data_tools.fetch_demo?)")
+            raise FileNotFoundError(
+                f"source {src.name!r}: root folder {root} does not exist (run `make demo` or data_tools.fetch_demo?)"
+            )
         base = dict(source=src.name, format=fmt, root=str(root), encoding=enc)
         if fmt == "folder":
             index = Path(src.index)
@@ -163,11 +164,20 @@ def plan_units(sources, default_encoding: str, shard_size: int) -> tuple[list[Wo
                 raise FileNotFoundError(f"source {src.name!r}: split folder {split_root} does not exist")
             files = _listing(split_root)[: src.max_samples or None]
             for s in range(0, len(files), shard_size):
-                units.append(WorkUnit(len(units), root=str(split_root), files=files[s : s + shard_size],
-                                      count=len(files[s : s + shard_size]),
-                                      **{k: v for k, v in base.items() if k != "root"}))
-            fingerprints[src.name] = {"root": str(split_root), "samples": len(files),
-                                      "listing": stat_fingerprint(split_root / f for f in files[:1000])}
+                units.append(
+                    WorkUnit(
+                        len(units),
+                        root=str(split_root),
+                        files=files[s : s + shard_size],
+                        count=len(files[s : s + shard_size]),
+                        **{k: v for k, v in base.items() if k != "root"},
+                    )
+                )
+            fingerprints[src.name] = {
+                "root": str(split_root),
+                "samples": len(files),
+                "listing": stat_fingerprint(split_root / f for f in files[:1000]),
+            }
         else:
             tars = sorted(root.glob("*.tar"))
             if not tars:
@@ -229,8 +239,10 @@ def _folder_records(unit: WorkUnit) -> Iterator[tuple[int, dict | Rejection]]:
                 if n >= unit.start + unit.count:
                     break
                 tags = [t for t in (row.get("tags") or "").split("|")]
-                yield n, {"path": row.get("path"), "tags": tags, "id": row.get("id") or None,
-                          "caption": row.get("caption") or None}
+                yield (
+                    n,
+                    {"path": row.get("path"), "tags": tags, "id": row.get("id") or None, "caption": row.get("caption") or None},
+                )
         return
     with open(index, "rb") as fh:
         fh.seek(unit.start)
@@ -340,8 +352,11 @@ def _iter_img2dataset(unit: WorkUnit, max_bytes: int) -> Iterator[Item]:
                 continue
             parts = PurePosixPath(name).parts
             if name.startswith("/") or ".." in parts or not m.isfile():
-                kind = ("absolute or '..' path" if (name.startswith("/") or ".." in parts)
-                        else f"non-regular member (type {m.type!r})")
+                kind = (
+                    "absolute or '..' path"
+                    if (name.startswith("/") or ".." in parts)
+                    else f"non-regular member (type {m.type!r})"
+                )
                 yield Rejection(name, f"{tar_path}#{name}", "unsafe_member", kind)
                 continue
             key, ext = _split_key(name)

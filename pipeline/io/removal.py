@@ -42,8 +42,9 @@ def removed_rows(run_dir: str | os.PathLike) -> list[dict]:
     """
     d = stage_dir(run_dir, DEDUP)
     if read_manifest(d) is None:
-        raise FileNotFoundError(f"no finished dedup stage in {run_dir} (missing {d}/manifest.json); "
-                                f"run `python -m pipeline.dedup run_dir={run_dir}`")
+        raise FileNotFoundError(
+            f"no finished dedup stage in {run_dir} (missing {d}/manifest.json); run `python -m pipeline.dedup run_dir={run_dir}`"
+        )
     return read_jsonl(Path(d) / REMOVED_FILE)
 
 
@@ -64,7 +65,8 @@ def load_removals(run_dir: str | os.PathLike, require: bool) -> tuple[set[str], 
             raise FileNotFoundError(
                 f"no finished dedup stage in {run_dir} (missing {stage_dir(run_dir, DEDUP)}/manifest.json): run "
                 f"`python -m pipeline.dedup run_dir={run_dir}` first, or set vocab.require_dedup=false to count "
-                "every ingested sample (duplicates and withdrawn images included)")
+                "every ingested sample (duplicates and withdrawn images included)"
+            )
         return set(), None, Counter()
     rows = removed_rows(run_dir)
     return {r["key"] for r in rows}, man, Counter(r.get("reason", "?") for r in rows)

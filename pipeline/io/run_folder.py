@@ -28,15 +28,56 @@ from pipeline.io import atomic
 from pipeline.io.manifest import MANIFEST, read_manifest, stage_dir
 
 __all__ = [
-    "STAGES", "UPSTREAM", "DIST_STAGES", "MANIFEST", "stage_dir", "read_manifest", "read_json", "read_jsonl",
-    "INGEST", "DEDUP", "VOCAB", "PRETRAIN", "TRANSFER", "RUN", "REPORT_FILE", "PLOT_DIR",
-    "QUARANTINE_FILE", "PLAN_FILE", "REMOVED_FILE", "EVAL_CONTAMINATION_FILE", "VOCAB_FILE", "LABELS_FILE",
-    "UNMAPPED_FILE", "CLASS_FREQUENCY_PLOT", "TRUNK_FILE", "MODEL_FILE", "METRICS_FILE", "EVAL_FILE",
-    "CHECKPOINT_DIR", "DATA_AUDIT_FILE", "RESULTS_FILE", "EPOCHS_FILE", "CORRECT_FILE", "STAGE_STATE_FILE",
-    "ENERGY_FILE", "RANKS_FILE", "ERROR_FILE", "path", "read_eval_contamination", "read_model_info",
-    "read_metrics", "read_evals", "read_transfer_results", "read_stage_state", "read_energy_records",
+    "STAGES",
+    "UPSTREAM",
+    "DIST_STAGES",
+    "MANIFEST",
+    "stage_dir",
+    "read_manifest",
+    "read_json",
+    "read_jsonl",
+    "INGEST",
+    "DEDUP",
+    "VOCAB",
+    "PRETRAIN",
+    "TRANSFER",
+    "RUN",
+    "REPORT_FILE",
+    "PLOT_DIR",
+    "QUARANTINE_FILE",
+    "PLAN_FILE",
+    "REMOVED_FILE",
+    "EVAL_CONTAMINATION_FILE",
+    "VOCAB_FILE",
+    "LABELS_FILE",
+    "UNMAPPED_FILE",
+    "CLASS_FREQUENCY_PLOT",
+    "TRUNK_FILE",
+    "MODEL_FILE",
+    "METRICS_FILE",
+    "EVAL_FILE",
+    "CHECKPOINT_DIR",
+    "DATA_AUDIT_FILE",
+    "RESULTS_FILE",
+    "EPOCHS_FILE",
+    "CORRECT_FILE",
+    "STAGE_STATE_FILE",
+    "ENERGY_FILE",
+    "RANKS_FILE",
+    "ERROR_FILE",
+    "path",
+    "read_eval_contamination",
+    "read_model_info",
+    "read_metrics",
+    "read_evals",
+    "read_transfer_results",
+    "read_stage_state",
+    "read_energy_records",
     "read_error",
-    "PHASH_INDEX_FILE", "INDEX_KEYS_FILE", "SHARD_DIR", "PART_DIR",
+    "PHASH_INDEX_FILE",
+    "INDEX_KEYS_FILE",
+    "SHARD_DIR",
+    "PART_DIR",
 ]
 
 INGEST, DEDUP, VOCAB, PRETRAIN, TRANSFER = "ingest", "dedup", "vocab", "pretrain", "transfer"
@@ -45,8 +86,13 @@ RUN = "run"  # the orchestrator's own folder (pipeline.run)
 STAGES: tuple[str, ...] = (INGEST, DEDUP, VOCAB, PRETRAIN, TRANSFER)
 """The stages in the order ``pipeline.run`` runs them."""
 
-UPSTREAM: dict[str, tuple[str, ...]] = {INGEST: (), DEDUP: (INGEST,), VOCAB: (DEDUP,), PRETRAIN: (VOCAB,),
-                                        TRANSFER: (PRETRAIN, DEDUP)}
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    INGEST: (),
+    DEDUP: (INGEST,),
+    VOCAB: (DEDUP,),
+    PRETRAIN: (VOCAB,),
+    TRANSFER: (PRETRAIN, DEDUP),
+}
 """Stage -> the stages whose outputs it reads (its key includes theirs)."""
 
 DIST_STAGES: tuple[str, ...] = (INGEST, PRETRAIN)

@@ -25,8 +25,7 @@ class SampleTags:
 def read_sample_tags(paths: list[Path], removed: set[str], progress: bool = False, total: int | None = None) -> SampleTags:
     """Read every sample's ``key``, ``id`` and ``hashtags`` from shard metadata, skipping ``removed`` keys."""
     out = SampleTags()
-    for _, key, meta in progress_bar(iter_metadata(paths), total=total, unit="sample", desc="vocab",
-                                    disable=not progress):
+    for _, key, meta in progress_bar(iter_metadata(paths), total=total, unit="sample", desc="vocab", disable=not progress):
         out.seen += 1
         if key in removed:
             out.removed += 1

@@ -133,8 +133,7 @@ class AtomicShardWriter:
         self._fh.close()
         _, members = _scan(self._tmp)
         rows = [{**r, "members": members[r["key"]]} for r in self._rows]
-        index = {"format": INDEX_FORMAT, "tar": self.path.name, "tar_bytes": self._tmp.stat().st_size,
-                 "samples": rows}
+        index = {"format": INDEX_FORMAT, "tar": self.path.name, "tar_bytes": self._tmp.stat().st_size, "samples": rows}
         write_text(index_path(self.path), json.dumps(index, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
         self._done = True
         self._ctx.__exit__(None, None, None)
@@ -154,7 +153,7 @@ class AtomicShardWriter:
             except BaseException:
                 pass
 
-    def __enter__(self) -> "AtomicShardWriter":
+    def __enter__(self) -> AtomicShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -193,8 +192,10 @@ class ShardReader:
             if idx.get("format") != INDEX_FORMAT:
                 raise ValueError(f"{ip}: index format {idx.get('format')!r}, this code reads {INDEX_FORMAT}; re-run ingest")
             if idx.get("tar_bytes") != size:
-                raise ValueError(f"{ip} describes a tar of {idx.get('tar_bytes')} bytes but {self.path} has {size}: "
-                                 "the shard changed after ingest; re-run ingest")
+                raise ValueError(
+                    f"{ip} describes a tar of {idx.get('tar_bytes')} bytes but {self.path} has {size}: "
+                    "the shard changed after ingest; re-run ingest"
+                )
             self.indexed = True
             self.members = {r["key"]: {e: tuple(v) for e, v in r["members"].items()} for r in idx["samples"]}
             for r in idx["samples"]:
@@ -204,12 +205,16 @@ class ShardReader:
                     self._phash[r["key"]] = r["phash"]
         else:
             if require_index:
-                raise FileNotFoundError(f"{self.path} has no index ({ip.name}): it was ingested before the shard "
-                                        "index existed; re-run ingest")
+                raise FileNotFoundError(
+                    f"{self.path} has no index ({ip.name}): it was ingested before the shard index existed; re-run ingest"
+                )
             if warn_unindexed and str(self.path) not in _WARNED:
                 _WARNED.add(str(self.path))  # once per shard and process (loader workers open shards every epoch)
-                log.warning("%s has no index (%s): indexing it from its tar headers (in memory); "
-                            "re-run ingest to write one", self.path, ip.name)
+                log.warning(
+                    "%s has no index (%s): indexing it from its tar headers (in memory); re-run ingest to write one",
+                    self.path,
+                    ip.name,
+                )
             self.indexed = False
             _, m = _scan(self.path)
             self.members = {k: {e: tuple(v) for e, v in exts.items()} for k, exts in m.items()}
@@ -300,8 +305,12 @@ class ShardReader:
         if missing:
             from PIL import Image
 
-            log.warning("%s: no %d-bit perceptual hashes in its index for %d sample(s): decoding them",
-                        self.path, hash_size * hash_size, len(missing))
+            log.warning(
+                "%s: no %d-bit perceptual hashes in its index for %d sample(s): decoding them",
+                self.path,
+                hash_size * hash_size,
+                len(missing),
+            )
             for i in missing:
                 e, off, size = self.image_member(self.keys[i])
                 with Image.open(io.BytesIO(self.read_range(off, size))) as img:
@@ -314,7 +323,7 @@ class ShardReader:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> "ShardReader":
+    def __enter__(self) -> ShardReader:
         return self
 
     def __exit__(self, *exc) -> None:

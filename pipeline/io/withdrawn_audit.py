@@ -73,7 +73,6 @@ class Report:
     files: int = 0
 
 
-
 def _strings(obj: Any) -> Iterator[str]:
     """Every string in nested data (dict keys too; tensors and numbers skipped)."""
     if isinstance(obj, str):

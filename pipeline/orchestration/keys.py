@@ -25,9 +25,18 @@ def _digest(path: str | None) -> str | None:
 
 
 # the schema of the sections a stage key hashes (runtime fields are dropped by it: pipeline.config.runtime)
-_SECTION_SCHEMA = make_dataclass("StageSections", [("sources", List[SourceConfig]), ("eval_sets", List[SourceConfig]),
-                                                  ("ingest", IngestConfig), ("dedup", DedupConfig), ("vocab", VocabConfig),
-                                                  ("pretrain", PretrainConfig), ("transfer", TransferConfig)])
+_SECTION_SCHEMA = make_dataclass(
+    "StageSections",
+    [
+        ("sources", List[SourceConfig]),
+        ("eval_sets", List[SourceConfig]),
+        ("ingest", IngestConfig),
+        ("dedup", DedupConfig),
+        ("vocab", VocabConfig),
+        ("pretrain", PretrainConfig),
+        ("transfer", TransferConfig),
+    ],
+)
 
 
 def stage_config(cfg: dict, stage: str) -> dict:
@@ -38,10 +47,17 @@ def stage_config(cfg: dict, stage: str) -> dict:
 
 def _sections(cfg: dict, stage: str) -> dict:
     pick = {
-        "ingest": {"sources": cfg["data"]["sources"], "ingest": cfg["ingest"],
-                   "withdrawn_sha256": _digest(cfg["ingest"].get("withdrawn"))},
-        "dedup": {"eval_sets": cfg["data"]["eval_sets"], "dedup": cfg["dedup"], "ingest": cfg["ingest"],
-                  "withdrawn_sha256": _digest(cfg["dedup"].get("withdrawn"))},
+        "ingest": {
+            "sources": cfg["data"]["sources"],
+            "ingest": cfg["ingest"],
+            "withdrawn_sha256": _digest(cfg["ingest"].get("withdrawn")),
+        },
+        "dedup": {
+            "eval_sets": cfg["data"]["eval_sets"],
+            "dedup": cfg["dedup"],
+            "ingest": cfg["ingest"],
+            "withdrawn_sha256": _digest(cfg["dedup"].get("withdrawn")),
+        },
         "vocab": {"vocab": cfg["vocab"]},
         "pretrain": {"pretrain": cfg["pretrain"], "seed": cfg["seed"]},
         "transfer": {"transfer": cfg.get("transfer", {}), "seed": cfg["seed"]},

@@ -23,8 +23,15 @@ _leader: dict = {"file": None, "seq": 0}
 
 def job_token() -> str:
     """Identifies one start of a multi-task job (a SLURM requeue is a new start)."""
-    keys = ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID", "TORCHELASTIC_RUN_ID",
-            "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT")
+    keys = (
+        "SLURM_JOB_ID",
+        "SLURM_RESTART_COUNT",
+        "SUBMITIT_LOCAL_JOB_ID",
+        "TORCHELASTIC_RUN_ID",
+        "TORCHELASTIC_RESTART_COUNT",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    )
     return ":".join(os.environ.get(k, "") for k in keys)
 
 

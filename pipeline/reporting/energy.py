@@ -99,6 +99,7 @@ def energy_setting(cfg: Any, key: str) -> Any:
 # The Patterson et al. 2021 formula
 # --------------------------------------------------------------------------------------
 
+
 def patterson_kwh(hours: float, processors: float, watts_per_processor: float, pue: float) -> float:
     """kWh = hours x processors x average power per processor (W) x PUE / 1000."""
     return hours * processors * watts_per_processor * pue / 1000.0
@@ -109,8 +110,9 @@ def patterson_tco2e(kwh: float, grid_kg_per_kwh: float) -> float:
     return kwh * grid_kg_per_kwh / 1000.0
 
 
-def estimate(wall_seconds: float, processors: float, watts_per_processor: float, *, pue: float,
-             grid_kg_per_kwh: float, processor: str) -> dict:
+def estimate(
+    wall_seconds: float, processors: float, watts_per_processor: float, *, pue: float, grid_kg_per_kwh: float, processor: str
+) -> dict:
     """The Patterson estimate of one stage as a record section (kWh and kg CO2e)."""
     kwh = patterson_kwh(wall_seconds / 3600.0, processors, watts_per_processor, pue)
     return {
@@ -128,6 +130,7 @@ def estimate(wall_seconds: float, processors: float, watts_per_processor: float,
 # --------------------------------------------------------------------------------------
 # codecarbon, offline, failure-tolerant
 # --------------------------------------------------------------------------------------
+
 
 class _CodecarbonNotes(logging.Filter):
     """Filter on codecarbon's logger: drops the warning about the setting we choose on purpose
@@ -170,8 +173,8 @@ def _quiet_codecarbon(level: str) -> None:
 def _measurement(tracker) -> dict:
     """What codecarbon measures and what it models, from a started tracker's hardware list::
 
-        {"cpu": "RAPL" | "measured (<mode>)" | "modelled", "cpu_mode", "cpu_model",
-         "ram": "modelled", "gpu": "NVML" | None, "gpu_model"}
+    {"cpu": "RAPL" | "measured (<mode>)" | "modelled", "cpu_mode", "cpu_model",
+     "ram": "modelled", "gpu": "NVML" | None, "gpu_model"}
     """
     mode = _cpu_mode(tracker)
     if mode == "intel_rapl":
@@ -182,8 +185,14 @@ def _measurement(tracker) -> dict:
         cpu = "modelled"
     conf = getattr(tracker, "_conf", {}) or {}
     gpu = any(type(hw).__name__ == "GPU" for hw in getattr(tracker, "_hardware", []) or [])
-    return {"cpu": cpu, "cpu_mode": mode, "cpu_model": conf.get("cpu_model"), "ram": "modelled",
-            "gpu": "NVML" if gpu else None, "gpu_model": (conf.get("gpu_model") or None) if gpu else None}
+    return {
+        "cpu": cpu,
+        "cpu_mode": mode,
+        "cpu_model": conf.get("cpu_model"),
+        "ram": "modelled",
+        "gpu": "NVML" if gpu else None,
+        "gpu_model": (conf.get("gpu_model") or None) if gpu else None,
+    }
 
 
 def basis_line(m: Mapping[str, Any], notes: list[str] | None = None) -> str:
@@ -192,8 +201,11 @@ def basis_line(m: Mapping[str, Any], notes: list[str] | None = None) -> str:
         cpu = f"CPU modelled ({m.get('cpu_mode') or 'unknown'} mode: load x TDP, no readable energy counters such as RAPL)"
     else:
         cpu = f"CPU measured by {m['cpu']}"
-    gpu = f"GPU measured by NVML ({m['gpu_model']})" if m.get("gpu") and m.get("gpu_model") else (
-        "GPU measured by NVML" if m.get("gpu") else "no GPU")
+    gpu = (
+        f"GPU measured by NVML ({m['gpu_model']})"
+        if m.get("gpu") and m.get("gpu_model")
+        else ("GPU measured by NVML" if m.get("gpu") else "no GPU")
+    )
     tail = f"; codecarbon's {len(notes)} hardware warning(s) are in energy.json (codecarbon.notes)" if notes else ""
     return f"energy: codecarbon basis: {cpu}, RAM modelled from its size, {gpu}{tail}"
 
@@ -357,8 +369,11 @@ def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None
     ec = cfg_energy
     pue = float(energy_setting(ec, "pue"))
     grid = float(energy_setting(ec, "grid_kg_per_kwh"))
-    rec: dict[str, Any] = {"stage": name, "status": "running",
-                           "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    rec: dict[str, Any] = {
+        "stage": name,
+        "status": "running",
+        "started_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
     tracker = None
     cc_error: str | None = None
     if bool(energy_setting(ec, "codecarbon")) and bool(energy_setting(ec, "enabled")):
@@ -390,28 +405,43 @@ def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None
         busy = cpu / wall if wall > 0 else 0.0
         n_gpu = _cuda_devices_in_use() if gpus is None else int(gpus)
         if n_gpu > 0:
-            est = estimate(wall, n_gpu, float(energy_setting(ec, "gpu_watts")), pue=pue,
-                           grid_kg_per_kwh=grid, processor="GPU (system power per chip)")
+            est = estimate(
+                wall,
+                n_gpu,
+                float(energy_setting(ec, "gpu_watts")),
+                pue=pue,
+                grid_kg_per_kwh=grid,
+                processor="GPU (system power per chip)",
+            )
         else:
-            est = estimate(wall, busy, float(energy_setting(ec, "cpu_watts_per_core")), pue=pue,
-                           grid_kg_per_kwh=grid, processor="CPU core (busy cores = CPU s / wall s)")
-        rec.update({
-            "status": status,
-            "wall_seconds": round(wall, 4),
-            "cpu_seconds": round(cpu, 4),
-            "cpu_seconds_self": round(cpu_self, 4),
-            "cpu_seconds_children": round(cpu_child, 4),
-            "busy_cores": round(busy, 4),
-            "gpus": n_gpu,
-            "estimate": est,
-            "codecarbon": cc,
-            "codecarbon_error": None if cc is not None else cc_error,
-        })
+            est = estimate(
+                wall,
+                busy,
+                float(energy_setting(ec, "cpu_watts_per_core")),
+                pue=pue,
+                grid_kg_per_kwh=grid,
+                processor="CPU core (busy cores = CPU s / wall s)",
+            )
+        rec.update(
+            {
+                "status": status,
+                "wall_seconds": round(wall, 4),
+                "cpu_seconds": round(cpu, 4),
+                "cpu_seconds_self": round(cpu_self, 4),
+                "cpu_seconds_children": round(cpu_child, 4),
+                "busy_cores": round(busy, 4),
+                "gpus": n_gpu,
+                "estimate": est,
+                "codecarbon": cc,
+                "codecarbon_error": None if cc is not None else cc_error,
+            }
+        )
 
 
 # --------------------------------------------------------------------------------------
 # energy.json: {stage: record}
 # --------------------------------------------------------------------------------------
+
 
 def energy_path(run_dir: str | os.PathLike) -> Path:
     """``<run_dir>/run/energy.json`` (:data:`pipeline.io.run_folder.ENERGY_FILE`)."""

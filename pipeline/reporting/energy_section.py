@@ -67,51 +67,92 @@ def section_energy(run: Run, records: dict, ec: Any, plot_dir: Path, made: set[s
             if r and r.get("codecarbon_error"):
                 errors.add(f"{s}: {r['codecarbon_error']}")
             cc_cells = ["-", "-", "not measured"]
-        rows.append([s + mark, fmt_seconds(wall), fmt_num((r or {}).get("cpu_seconds")), procs,
-                     fmt_num(e_wh) + mark, fmt_num(e_g) + mark, *cc_cells])
+        rows.append(
+            [
+                s + mark,
+                fmt_seconds(wall),
+                fmt_num((r or {}).get("cpu_seconds")),
+                procs,
+                fmt_num(e_wh) + mark,
+                fmt_num(e_g) + mark,
+                *cc_cells,
+            ]
+        )
         names.append(s)
         est_wh.append(e_wh)
         cc_wh.append(c_wh)
         assumed.append(bool(mark))
     star = " *" if unmeasured else ""
-    rows.append(["**total**", "", "", "", fmt_num(tot_est) + star, fmt_num(tot_kg_est) + star,
-                 fmt_num(tot_cc) if n_cc else "-", fmt_num(tot_kg_cc) if n_cc else "-",
-                 f"{n_cc} of {len(names)} stages" if 0 < n_cc < len(names) else ""])
-    out = ["Energy (Wh) and emissions (g CO2e) per stage, PUE included. **Estimate** = Patterson et al. 2021: "
-           "kWh = hours x processors x W per processor x PUE / 1000, kg CO2e = kWh x grid intensity; processors = "
-           "busy CPU cores (process + children CPU seconds / wall seconds) or GPUs. **codecarbon** = its offline "
-           "tracker, a hardware measurement only where it reads energy counters (RAPL, NVML), else its own model.", ""]
-    out += md_table(["stage", "wall time", "CPU s", "processors", "estimate Wh", "estimate g CO2e", "codecarbon Wh",
-                     "codecarbon g CO2e", "codecarbon basis"], rows, "lrrrrrrrl") + [""]
+    rows.append(
+        [
+            "**total**",
+            "",
+            "",
+            "",
+            fmt_num(tot_est) + star,
+            fmt_num(tot_kg_est) + star,
+            fmt_num(tot_cc) if n_cc else "-",
+            fmt_num(tot_kg_cc) if n_cc else "-",
+            f"{n_cc} of {len(names)} stages" if 0 < n_cc < len(names) else "",
+        ]
+    )
+    out = [
+        "Energy (Wh) and emissions (g CO2e) per stage, PUE included. **Estimate** = Patterson et al. 2021: "
+        "kWh = hours x processors x W per processor x PUE / 1000, kg CO2e = kWh x grid intensity; processors = "
+        "busy CPU cores (process + children CPU seconds / wall seconds) or GPUs. **codecarbon** = its offline "
+        "tracker, a hardware measurement only where it reads energy counters (RAPL, NVML), else its own model.",
+        "",
+    ]
+    out += md_table(
+        [
+            "stage",
+            "wall time",
+            "CPU s",
+            "processors",
+            "estimate Wh",
+            "estimate g CO2e",
+            "codecarbon Wh",
+            "codecarbon g CO2e",
+            "codecarbon basis",
+        ],
+        rows,
+        "lrrrrrrrl",
+    ) + [""]
     first_est = next((records[s]["estimate"] for s in names if records.get(s, {}).get("estimate")), None)
     assume = first_est or {"pue": pue, "grid_kg_per_kwh": grid, "watts_per_processor": w_core}
-    out += ["Assumptions:", "",
-            f"- PUE {fmt_num(assume.get('pue'))} (Patterson et al. 2021: 1.58 US-average datacenter, 1.1 efficient cloud).",
-            f"- Grid {fmt_num(assume.get('grid_kg_per_kwh'))} kg CO2e/kWh (Patterson et al. 2021: US average 0.429).",
-            f"- CPU: {fmt_num(w_core)} W per busy core (server TDP per hardware thread is about 2-4 W, e.g. "
-            "AMD EPYC 9654 360 W / 192 threads, Xeon Platinum 8380 270 W / 80 threads, plus memory and board; "
-            "codecarbon's own fallback for unknown CPUs is 4 W per thread).",
-            f"- GPU: {fmt_num(energy_setting(ec, 'gpu_watts'))} W per GPU "
-            "(Patterson et al. 2021 system power per chip: V100 325 W, P100 271 W)."]
+    out += [
+        "Assumptions:",
+        "",
+        f"- PUE {fmt_num(assume.get('pue'))} (Patterson et al. 2021: 1.58 US-average datacenter, 1.1 efficient cloud).",
+        f"- Grid {fmt_num(assume.get('grid_kg_per_kwh'))} kg CO2e/kWh (Patterson et al. 2021: US average 0.429).",
+        f"- CPU: {fmt_num(w_core)} W per busy core (server TDP per hardware thread is about 2-4 W, e.g. "
+        "AMD EPYC 9654 360 W / 192 threads, Xeon Platinum 8380 270 W / 80 threads, plus memory and board; "
+        "codecarbon's own fallback for unknown CPUs is 4 W per thread).",
+        f"- GPU: {fmt_num(energy_setting(ec, 'gpu_watts'))} W per GPU "
+        "(Patterson et al. 2021 system power per chip: V100 325 W, P100 271 W).",
+    ]
     for b in sorted(bases):
         out.append(f"- codecarbon basis: {b}.")
     ccs = [records[s]["codecarbon"] for s in names if (records.get(s) or {}).get("codecarbon")]
     ram = sum(float(c.get("ram_kwh") or 0) for c in ccs)
     if ccs and ram > 0:
         watts = sorted({fmt_num(c.get("ram_power_w")) for c in ccs if c.get("ram_power_w")})
-        out.append(f"- codecarbon also counts RAM ({', '.join(watts)} W, modelled from the installed memory size): "
-                   f"{fmt_pct(ram / max(tot_cc / 1000, 1e-30), 0)} of its energy, a term the Patterson formula "
-                   "(processors only) leaves out.")
+        out.append(
+            f"- codecarbon also counts RAM ({', '.join(watts)} W, modelled from the installed memory size): "
+            f"{fmt_pct(ram / max(tot_cc / 1000, 1e-30), 0)} of its energy, a term the Patterson formula "
+            "(processors only) leaves out."
+        )
     if unmeasured:
-        out.append(f"- \\* No energy record for {', '.join(unmeasured)} (run one stage at a time rather than through "
-                   f"`python -m pipeline.run`): the estimate takes the manifest's wall time and assumes all {cores} "
-                   "cores of the machine that wrote this report were busy; codecarbon did not run.")
+        out.append(
+            f"- \\* No energy record for {', '.join(unmeasured)} (run one stage at a time rather than through "
+            f"`python -m pipeline.run`): the estimate takes the manifest's wall time and assumes all {cores} "
+            "cores of the machine that wrote this report were busy; codecarbon did not run."
+        )
     for e in sorted(errors):
         out.append(f"- codecarbon unavailable for {e}; the estimate stands alone.")
     out.append("")
     if names:
-        energy_plot(names, est_wh, cc_wh, plot_dir / "energy.png", title="energy per stage (PUE included)",
-                    assumed=assumed)
+        energy_plot(names, est_wh, cc_wh, plot_dir / "energy.png", title="energy per stage (PUE included)", assumed=assumed)
         made.add("energy.png")
         out += [f"![energy per stage]({rf.PLOT_DIR}/energy.png)"]
     return out

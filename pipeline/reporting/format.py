@@ -9,8 +9,20 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-__all__ = ["is_missing", "fmt_int", "fmt_num", "fmt_pct", "fmt_frac", "fmt_seconds", "fmt_bytes", "md_table",
-           "fmt_ci_pct", "fmt_diff_points", "fmt_g", "fmt_per_class"]
+__all__ = [
+    "is_missing",
+    "fmt_int",
+    "fmt_num",
+    "fmt_pct",
+    "fmt_frac",
+    "fmt_seconds",
+    "fmt_bytes",
+    "md_table",
+    "fmt_ci_pct",
+    "fmt_diff_points",
+    "fmt_g",
+    "fmt_per_class",
+]
 
 
 def is_missing(x: Any) -> bool:
@@ -38,7 +50,7 @@ def fmt_num(x: Any, digits: int = 3) -> str:
         return str(x)
     if v == 0:
         return "0"
-    if abs(v) >= 10 ** digits:
+    if abs(v) >= 10**digits:
         return f"{v:,.0f}"
     if abs(v) < 1e-3:
         return f"{v:.{digits}g}"
@@ -100,8 +112,7 @@ def md_table(headers: list[str], rows: Iterable[Iterable[Any]], align: str | Non
     """A GitHub-flavoured markdown table; ``align`` is one char per column (l, r, c)."""
     align = align or "l" + "r" * (len(headers) - 1)
     sep = {"l": ":---", "r": "---:", "c": ":---:"}
-    out = ["| " + " | ".join(_cell(h) for h in headers) + " |",
-           "| " + " | ".join(sep.get(a, "---") for a in align) + " |"]
+    out = ["| " + " | ".join(_cell(h) for h in headers) + " |", "| " + " | ".join(sep.get(a, "---") for a in align) + " |"]
     out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return out
 

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import math
 
-from pipeline.reporting.energy import (DEFAULTS, GPU_SYSTEM_WATTS, GRID_US_AVERAGE_KG_PER_KWH, PUE_US_AVERAGE,
-                                       patterson_kwh, patterson_tco2e)
+from pipeline.reporting.energy import (
+    DEFAULTS,
+    GPU_SYSTEM_WATTS,
+    GRID_US_AVERAGE_KG_PER_KWH,
+    PUE_US_AVERAGE,
+    patterson_kwh,
+    patterson_tco2e,
+)
 
 # Mahajan et al. 2018 / facebookresearch/WSL-Images README: mult-adds at 224 px
 MULT_ADDS_224 = {
@@ -84,8 +90,9 @@ def model_mult_adds(model_name: str, image_size: int = 224, num_classes: int = 1
     return float(count_mult_adds(create_model(model_name, num_classes=num_classes), image_size))
 
 
-def scale_throughput(images_per_second: float, *, from_mult_adds: float, to_model: str,
-                     to_image_size: int = 224, from_label: str = "") -> dict:
+def scale_throughput(
+    images_per_second: float, *, from_mult_adds: float, to_model: str, to_image_size: int = 224, from_label: str = ""
+) -> dict:
     """Rough scaling of a measured throughput to another model: throughput x (mult-adds ratio).
 
     ``from_mult_adds`` is the measured model's mult-adds *at its own image size*; the
@@ -114,8 +121,13 @@ def anchor_gpu_throughput(to_model: str = DEFAULTS.projection_model, to_image_si
     """Per-GPU training throughput of ``to_model`` from the timm anchor figure
     (resnext101_32x8d, 276 img/s on one RTX 3090 with AMP), scaled by mult-adds."""
     a = ANCHOR_THROUGHPUT
-    return scale_throughput(a["images_per_second"], from_mult_adds=model_mult_adds(a["model"], a["image_size"]),
-                            to_model=to_model, to_image_size=to_image_size, from_label=a["source"])
+    return scale_throughput(
+        a["images_per_second"],
+        from_mult_adds=model_mult_adds(a["model"], a["image_size"]),
+        to_model=to_model,
+        to_image_size=to_image_size,
+        from_label=a["source"],
+    )
 
 
 def goyal_scaling_efficiency(devices: int) -> float:
@@ -131,12 +143,20 @@ def goyal_scaling_efficiency(devices: int) -> float:
     return max(0.5, 1.0 - slope * math.log2(devices / g["from_devices"]))
 
 
-def project_full_run(*, images_per_second_per_device: float, model: str = DEFAULTS.projection_model,
-                     dataset_images: float = FULL_SCALE_IMAGES, epochs: float = DEFAULTS.projection_epochs,
-                     devices: int = 336,
-                     scaling_efficiency: float | None = None, watts_per_device: float = GPU_SYSTEM_WATTS["V100"],
-                     pue: float = PUE_US_AVERAGE, grid_kg_per_kwh: float = GRID_US_AVERAGE_KG_PER_KWH,
-                     device: str = "GPU", throughput_source: str = "") -> dict:
+def project_full_run(
+    *,
+    images_per_second_per_device: float,
+    model: str = DEFAULTS.projection_model,
+    dataset_images: float = FULL_SCALE_IMAGES,
+    epochs: float = DEFAULTS.projection_epochs,
+    devices: int = 336,
+    scaling_efficiency: float | None = None,
+    watts_per_device: float = GPU_SYSTEM_WATTS["V100"],
+    pue: float = PUE_US_AVERAGE,
+    grid_kg_per_kwh: float = GRID_US_AVERAGE_KG_PER_KWH,
+    device: str = "GPU",
+    throughput_source: str = "",
+) -> dict:
     """Hours, device-hours, kWh and tCO2e of training ``model`` on ``dataset_images`` for ``epochs``.
 
     ``hours = dataset_images x epochs / (images_per_second_per_device x devices x efficiency) / 3600``;
@@ -152,8 +172,7 @@ def project_full_run(*, images_per_second_per_device: float, model: str = DEFAUL
     eff_source = "given"
     if scaling_efficiency is None:
         scaling_efficiency = goyal_scaling_efficiency(devices)
-        eff_source = ("Goyal et al. 2017 (~90% from 8 to 256 GPUs; 1.0 up to 8, linear in log2(devices), "
-                      "extrapolated beyond 256)")
+        eff_source = "Goyal et al. 2017 (~90% from 8 to 256 GPUs; 1.0 up to 8, linear in log2(devices), extrapolated beyond 256)"
     if not 0 < scaling_efficiency <= 1:
         raise ValueError(f"scaling_efficiency must be in (0, 1], got {scaling_efficiency}")
     images = dataset_images * epochs
@@ -182,8 +201,7 @@ def project_full_run(*, images_per_second_per_device: float, model: str = DEFAUL
         "tco2e": t,
         "assumptions": [
             f"{model} trained on {dataset_images:,.0f} images x {epochs:g} epoch(s) = {images:,.0f} images",
-            f"{images_per_second_per_device:,.1f} img/s per {device}"
-            + (f" ({throughput_source})" if throughput_source else ""),
+            f"{images_per_second_per_device:,.1f} img/s per {device}" + (f" ({throughput_source})" if throughput_source else ""),
             f"{devices} {device}s at {scaling_efficiency:.0%} scaling efficiency ({eff_source})",
             f"{watts_per_device:g} W average system power per {device}, PUE {pue:g}, "
             f"grid {grid_kg_per_kwh:g} kgCO2e/kWh (Patterson et al. 2021 formula)",

@@ -9,8 +9,9 @@ import numpy as np
 from pipeline.io.atomic import atomic_path
 
 
-def class_frequency_plot(masses: dict[str, np.ndarray], path: str | os.PathLike, title: str = "",
-                         targets: dict[str, np.ndarray] | None = None) -> None:
+def class_frequency_plot(
+    masses: dict[str, np.ndarray], path: str | os.PathLike, title: str = "", targets: dict[str, np.ndarray] | None = None
+) -> None:
     """Log-log rank-frequency plot of classes, one line per resampling scheme.
 
     Each curve is sorted by its own values (rank 1 = the class seen most), so a scheme
@@ -34,12 +35,19 @@ def class_frequency_plot(masses: dict[str, np.ndarray], path: str | os.PathLike,
     try:
         for name, m in masses.items():
             y = np.sort(np.asarray(m, dtype=np.float64))[::-1]
-            (line,) = ax.plot(np.arange(1, y.size + 1), y, lw=1.6,
-                              label=name + (" (before resampling)" if name == "natural" else ""))
+            (line,) = ax.plot(
+                np.arange(1, y.size + 1), y, lw=1.6, label=name + (" (before resampling)" if name == "natural" else "")
+            )
             if targets is not None and name in targets and name != "natural":
                 t = np.sort(np.asarray(targets[name], dtype=np.float64))[::-1]
-                ax.plot(np.arange(1, t.size + 1), t, ls="--", lw=1.0, color=line.get_color(),
-                        label=f"{name} target (single-label ideal)")
+                ax.plot(
+                    np.arange(1, t.size + 1),
+                    t,
+                    ls="--",
+                    lw=1.0,
+                    color=line.get_color(),
+                    label=f"{name} target (single-label ideal)",
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("class rank")
@@ -57,6 +65,7 @@ def class_frequency_plot(masses: dict[str, np.ndarray], path: str | os.PathLike,
 # --------------------------------------------------------------------------------------
 # Report plots (pipeline.report): training curves, held-out eval, transfer, energy
 # --------------------------------------------------------------------------------------
+
 
 def _pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed)."""
@@ -153,8 +162,9 @@ def heldout_eval_plot(evals: list[dict], path: str | os.PathLike, prior: dict | 
             x, y = zip(*pts)
             ax.plot(x, y, marker="o", lw=1.6, label="held-out")
             if x[0] == 0:
-                ax.scatter([0], [y[0]], s=80, facecolors="none", edgecolors="black", zorder=3,
-                           label="step 0 = scratch (random init)")
+                ax.scatter(
+                    [0], [y[0]], s=80, facecolors="none", edgecolors="black", zorder=3, label="step 0 = scratch (random init)"
+                )
         if prior and prior.get(key) is not None:
             ax.axhline(prior[key], ls="--", color="gray", lw=1.2, label="class-prior baseline")
         vals = [p[1] for p in pts] + ([prior[key]] if prior and prior.get(key) is not None else [])
@@ -185,8 +195,9 @@ def transfer_plot(rows: list[dict] | dict[str, list[dict]], path: str | os.PathL
     panels = rows if isinstance(rows, dict) else {"": rows}
     panels = {k: v for k, v in panels.items() if v} or {"": []}
     widths = [max(4.0, 1.5 * len({r.get("train_per_class") for r in v}) + 2.2) for v in panels.values()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.4, sum(widths)), 4.6), dpi=100, squeeze=False,
-                             gridspec_kw={"width_ratios": widths})
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(max(6.4, sum(widths)), 4.6), dpi=100, squeeze=False, gridspec_kw={"width_ratios": widths}
+    )
     for ax, (name, prow) in zip(axes[0], panels.items()):
         sizes = sorted({r.get("train_per_class") for r in prow}, key=lambda v: (v is None, v or 0))
         series = sorted({(r["method"], r["init"]) for r in prow})
@@ -206,8 +217,17 @@ def transfer_plot(rows: list[dict] | dict[str, list[dict]], path: str | os.PathL
                 errs[1].append(max(0.0, 100 * float(ci[1]) - y))
                 cands = [m.get(k) for k in ("lower_bound_top1_nn", "lower_bound_top1") if m.get(k) is not None]
                 lbs.append(100 * float(min(cands)) if cands else None)
-            ax.bar(xs, ys, width=width * 0.95, yerr=errs, capsize=2, error_kw={"lw": 0.8},
-                   label=f"{method.replace('_', ' ')}, {init}", hatch=None if init == "pretrained" else "//", alpha=0.9)
+            ax.bar(
+                xs,
+                ys,
+                width=width * 0.95,
+                yerr=errs,
+                capsize=2,
+                error_kw={"lw": 0.8},
+                label=f"{method.replace('_', ' ')}, {init}",
+                hatch=None if init == "pretrained" else "//",
+                alpha=0.9,
+            )
             for x, y, up, lb in zip(xs, ys, errs[1], lbs):
                 ax.text(x, y + up + 0.5, f"{y:.1f}", ha="center", va="bottom", fontsize=6)
                 if lb is not None and lb < y - 1e-9:
@@ -238,8 +258,12 @@ def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str =
 
     def key_of(r: dict) -> str:
         tpc = r.get("train_per_class", "n/a")
-        parts = (r.get("target"), r.get("init"), "full" if tpc is None else (f"{tpc}/class" if tpc != "n/a" else None),
-                 f"seed {r['seed']}" if r.get("seed") not in (None, 0) else None)
+        parts = (
+            r.get("target"),
+            r.get("init"),
+            "full" if tpc is None else (f"{tpc}/class" if tpc != "n/a" else None),
+            f"seed {r['seed']}" if r.get("seed") not in (None, 0) else None,
+        )
         return ", ".join(str(x) for x in parts if x is not None) or "run"
 
     def usable(k: str, need: int) -> bool:
@@ -249,8 +273,9 @@ def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str =
                 per[key_of(r)] = per.get(key_of(r), 0) + 1
         return bool(per) and max(per.values()) >= need
 
-    metric = next((k for k in ("val_top1", "top1", "val_acc", "accuracy") if usable(k, 2)), None) or \
-        next((k for k in ("train_loss", "loss", "val_top1", "top1", "val_acc", "accuracy") if usable(k, 1)), None)
+    metric = next((k for k in ("val_top1", "top1", "val_acc", "accuracy") if usable(k, 2)), None) or next(
+        (k for k in ("train_loss", "loss", "val_top1", "top1", "val_acc", "accuracy") if usable(k, 1)), None
+    )
     if not rows or metric is None:
         return False
     plt = _pyplot()
@@ -276,8 +301,14 @@ def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str =
     return True
 
 
-def energy_plot(stages: list[str], estimate_wh: list[float | None], codecarbon_wh: list[float | None],
-                path: str | os.PathLike, title: str = "", assumed: list[bool] | None = None) -> None:
+def energy_plot(
+    stages: list[str],
+    estimate_wh: list[float | None],
+    codecarbon_wh: list[float | None],
+    path: str | os.PathLike,
+    title: str = "",
+    assumed: list[bool] | None = None,
+) -> None:
     """Horizontal bars of energy per stage (Wh): Patterson estimate vs codecarbon.
 
     Args:
@@ -300,8 +331,15 @@ def energy_plot(stages: list[str], estimate_wh: list[float | None], codecarbon_w
     if any(v == v for v in measured_est):
         ax.barh(y - h / 2, measured_est, height=h, color="tab:blue", label="estimate (Patterson formula)")
     if any(v == v for v in assumed_est):
-        ax.barh(y - h / 2, assumed_est, height=h, color="tab:blue", alpha=0.5, hatch="//",
-                label="estimate, busy cores assumed (no energy record)")
+        ax.barh(
+            y - h / 2,
+            assumed_est,
+            height=h,
+            color="tab:blue",
+            alpha=0.5,
+            hatch="//",
+            label="estimate, busy cores assumed (no energy record)",
+        )
     if any(v == v for v in cc):
         ax.barh(y + h / 2, cc, height=h, label="codecarbon", color="tab:orange")
     ax.set_yticks(y)

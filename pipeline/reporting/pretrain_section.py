@@ -16,11 +16,16 @@ def hardware_lines(hw: dict | None) -> list[str]:
     pc = hw.get("precision_choice") or {}
     layout = "channels_last" if pc.get("channels_last") else "NCHW"
     trial = ", ".join(f"{k} {v:.0f} img/s" for k, v in (pc.get("trial") or {}).items())
-    return [f"Hardware: {hw.get('facts', '?')} (CPU capability {hw.get('cpu_capability', '?')}"
-            + (f", GPU {hw['gpu']}" if hw.get("gpu") else "") + f"); precision **{pc.get('precision', '?')}**, {layout}"
-            + (", TF32" if pc.get("tf32") else "") + f": {pc.get('reason', '?')}"
-            + (f" (trial: {trial})" if trial and "trial" not in str(pc.get("reason")) else "")
-            + f"; {hw.get('threads', '?')} threads, {hw.get('workers', '?')} loader workers.", ""]
+    return [
+        f"Hardware: {hw.get('facts', '?')} (CPU capability {hw.get('cpu_capability', '?')}"
+        + (f", GPU {hw['gpu']}" if hw.get("gpu") else "")
+        + f"); precision **{pc.get('precision', '?')}**, {layout}"
+        + (", TF32" if pc.get("tf32") else "")
+        + f": {pc.get('reason', '?')}"
+        + (f" (trial: {trial})" if trial and "trial" not in str(pc.get("reason")) else "")
+        + f"; {hw.get('threads', '?')} threads, {hw.get('workers', '?')} loader workers.",
+        "",
+    ]
 
 
 def section_pretrain(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
@@ -34,24 +39,40 @@ def section_pretrain(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
         out = not_run_lines(run, "pretrain")
         metrics = rf.read_metrics(run.dir)
         if metrics:  # a run in progress (or killed): its curves so far
-            training_curves_plot(metrics, plot_dir / "training_curves.png",
-                                 title=f"pretraining so far (step {metrics[-1].get('step')}, no manifest yet)")
+            training_curves_plot(
+                metrics,
+                plot_dir / "training_curves.png",
+                title=f"pretraining so far (step {metrics[-1].get('step')}, no manifest yet)",
+            )
             made.add("training_curves.png")
-            out += ["", f"Curves so far, up to step {fmt_int(metrics[-1].get('step'))}:", "",
-                    f"![training curves]({rf.PLOT_DIR}/training_curves.png)"]
+            out += [
+                "",
+                f"Curves so far, up to step {fmt_int(metrics[-1].get('step'))}:",
+                "",
+                f"![training curves]({rf.PLOT_DIR}/training_curves.png)",
+            ]
         return out
 
     c = run.counts("pretrain")
     pc = run.config("pretrain").get("pretrain", {})
     model = rf.read_model_info(run.dir) or {}
-    out = [f"Model **{pc.get('model', model.get('model', '?'))}** at {pc.get('image_size', model.get('image_size', '?'))} px, "
-           f"{fmt_int(c.get('num_classes'))} classes, {pc.get('loss', '?')} loss, {pc.get('resampling', '?')} resampling; "
-           f"{c.get('world', 1)} rank(s) on {c.get('device', '?')} ({c.get('precision', '?')}).", ""]
+    out = [
+        f"Model **{pc.get('model', model.get('model', '?'))}** at {pc.get('image_size', model.get('image_size', '?'))} px, "
+        f"{fmt_int(c.get('num_classes'))} classes, {pc.get('loss', '?')} loss, {pc.get('resampling', '?')} resampling; "
+        f"{c.get('world', 1)} rank(s) on {c.get('device', '?')} ({c.get('precision', '?')}).",
+        "",
+    ]
     out += hardware_lines(c.get("hardware"))
     rows = [
-        ["optimizer steps (done / planned)", f"{fmt_int(c.get('steps'))} / {fmt_int(c.get('total_steps'))}"
-         + (f" (stopped by max_steps={pc.get('max_steps')})"
-            if pc.get("max_steps") and c.get("steps", 0) < c.get("total_steps", 0) else "")],
+        [
+            "optimizer steps (done / planned)",
+            f"{fmt_int(c.get('steps'))} / {fmt_int(c.get('total_steps'))}"
+            + (
+                f" (stopped by max_steps={pc.get('max_steps')})"
+                if pc.get("max_steps") and c.get("steps", 0) < c.get("total_steps", 0)
+                else ""
+            ),
+        ],
         ["epochs", fmt_int(c.get("epochs"))],
         ["global batch (accumulation)", f"{fmt_int(c.get('global_batch'))} ({c.get('accum', 1)})"],
         ["peak lr (warmup steps)", f"{fmt_num(c.get('peak_lr'))} ({fmt_int(c.get('warmup_steps'))})"],
@@ -67,30 +88,40 @@ def section_pretrain(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
     final = max(evals, key=lambda e: e.get("step", -1)) if evals else {}
     final_step = final.get("step")
     erows = [
-        [f"trained (final eval, step {fmt_int(final_step)})",
-         fmt_frac(c.get("heldout_precision_at_1", final.get("precision_at_1"))),
-         fmt_frac(c.get("heldout_mAP", final.get("mAP")))],
+        [
+            f"trained (final eval, step {fmt_int(final_step)})",
+            fmt_frac(c.get("heldout_precision_at_1", final.get("precision_at_1"))),
+            fmt_frac(c.get("heldout_mAP", final.get("mAP"))),
+        ],
         ["scratch: random init (step 0)", fmt_frac(c.get("scratch_precision_at_1")), fmt_frac(c.get("scratch_mAP"))],
-        ["class-prior baseline (predict by class frequency)", fmt_frac(c.get("prior_precision_at_1")),
-         fmt_frac(c.get("prior_mAP"))],
+        [
+            "class-prior baseline (predict by class frequency)",
+            fmt_frac(c.get("prior_precision_at_1")),
+            fmt_frac(c.get("prior_mAP")),
+        ],
     ]
     out += [f"Held-out evaluation ({fmt_int(c.get('heldout_samples'))} samples held out by key hash):", ""]
     out += md_table(["", "precision@1", "mAP"], erows) + [""]
     if evals and final_step == 0:
-        out += ["_No held-out evaluation after step 0: the run stopped before the end of an epoch "
-                "(evaluations run at epoch ends unless `pretrain.eval_every_steps` is set), so the "
-                "\"trained\" row is the random-init level._", ""]
+        out += [
+            "_No held-out evaluation after step 0: the run stopped before the end of an epoch "
+            "(evaluations run at epoch ends unless `pretrain.eval_every_steps` is set), so the "
+            '"trained" row is the random-init level._',
+            "",
+        ]
 
     metrics = rf.read_metrics(run.dir)
     if metrics:
-        training_curves_plot(metrics, plot_dir / "training_curves.png",
-                             title=f"{pc.get('model', '')}: loss, learning rate and throughput by step")
+        training_curves_plot(
+            metrics, plot_dir / "training_curves.png", title=f"{pc.get('model', '')}: loss, learning rate and throughput by step"
+        )
         made.add("training_curves.png")
         out += [f"![training curves]({rf.PLOT_DIR}/training_curves.png)", ""]
     if evals:
         prior = {"precision_at_1": c.get("prior_precision_at_1"), "mAP": c.get("prior_mAP")}
-        heldout_eval_plot(evals, plot_dir / "heldout_eval.png", prior=prior,
-                          title="held-out precision@1 and mAP by step (step 0 = scratch)")
+        heldout_eval_plot(
+            evals, plot_dir / "heldout_eval.png", prior=prior, title="held-out precision@1 and mAP by step (step 0 = scratch)"
+        )
         made.add("heldout_eval.png")
         out += [f"![held-out evaluation]({rf.PLOT_DIR}/heldout_eval.png)"]
     return out

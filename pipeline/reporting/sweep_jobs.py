@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from pipeline.io import run_folder as rf
 from pipeline.evaluation.results import transfer_targets
+from pipeline.io import run_folder as rf
 
 SHARED = "shared"  # the sweep's folder of stages run once and linked into the jobs
 JOB_LOG = "run.log"  # Hydra's log of the job, beside its stage folders
@@ -41,7 +41,6 @@ class Job:
     status: str = "incomplete"
     error: str = ""
     results: dict[str, Any] = field(default_factory=dict)
-
 
 
 def _load_yaml(path: Path) -> Any:
@@ -81,8 +80,12 @@ def is_job_dir(path: Path) -> bool:
     """A folder of the sweep that holds one job's run (not ``shared/``, not hidden ones like ``.submitit/``)."""
     if not path.is_dir() or path.is_symlink() or path.name.startswith(".") or path.name == SHARED:
         return False
-    return (path / ".hydra" / "overrides.yaml").exists() or (path / rf.RUN).is_dir() or (path / JOB_LOG).exists() \
+    return (
+        (path / ".hydra" / "overrides.yaml").exists()
+        or (path / rf.RUN).is_dir()
+        or (path / JOB_LOG).exists()
         or any((path / s).exists() for s in rf.STAGES)
+    )
 
 
 def _last_line(text: str | None) -> str:
@@ -152,11 +155,13 @@ def read_job(path: Path) -> Job:
     for name, sec in transfer_targets(read_or_none(lambda: rf.read_transfer_results(path))).items():
         for r in sec.get("rows") or []:
             ci = r.get("top1_ci") or [None, None]
-            job.results[f"top1 {name} {r.get('method', '?')} {r.get('init', '?')} {tpc_label(r.get('train_per_class'))}"] = \
+            job.results[f"top1 {name} {r.get('method', '?')} {r.get('init', '?')} {tpc_label(r.get('train_per_class'))}"] = (
                 Interval(r.get("top1"), ci[0], ci[1]) if r.get("top1") is not None else None
+            )
         for g in sec.get("gains") or []:
-            job.results[f"gain {name} {g.get('method', '?')} {tpc_label(g.get('train_per_class'))}"] = \
-                Interval(g.get("diff"), g.get("lo"), g.get("hi"))
+            job.results[f"gain {name} {g.get('method', '?')} {tpc_label(g.get('train_per_class'))}"] = Interval(
+                g.get("diff"), g.get("lo"), g.get("hi")
+            )
     energy = read_or_none(lambda: rf.read_energy_records(path)) or {}
     secs = [float(e.get("wall_seconds")) for e in energy.values() if isinstance(e, dict) and e.get("wall_seconds") is not None]
     job.results["seconds"] = round(sum(secs), 1) if secs else None

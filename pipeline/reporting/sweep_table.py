@@ -38,13 +38,15 @@ def _shared_info(root: Path, jobs: list[Job]) -> list[str]:
     energy = read_or_none(lambda: rf.read_energy_records(shared)) or {}
     secs = sum(float(e.get("wall_seconds") or 0) for e in energy.values() if isinstance(e, dict))
     parts = [f"`{s}` (linked by {linked[s]} of {len(jobs)} jobs)" for s in done]
-    return [f"Shared stages, run once in `{SHARED}/`: {', '.join(parts) or 'none finished'}"
-            + (f"; {secs:.1f} s." if secs else ".")]
+    return [
+        f"Shared stages, run once in `{SHARED}/`: {', '.join(parts) or 'none finished'}" + (f"; {secs:.1f} s." if secs else ".")
+    ]
 
 
 # --------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------
+
 
 def table(jobs: list[Job]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows (raw values): job, swept values, status, results, error."""
@@ -63,8 +65,14 @@ def table(jobs: list[Job]) -> tuple[list[str], list[list[Any]]]:
         parts = k.split(" ")
         kind, target, method = parts[0], parts[1], parts[2]
         init, tpc = (parts[3], parts[4]) if kind == "top1" else ("~gain", parts[3])
-        return (targets.index(target), order.get(method, 9), tpc == "full", int(tpc) if tpc.isdigit() else 0,
-                init != "pretrained", init)
+        return (
+            targets.index(target),
+            order.get(method, 9),
+            tpc == "full",
+            int(tpc) if tpc.isdigit() else 0,
+            init != "pretrained",
+            init,
+        )
 
     result_keys += sorted(top1, key=tkey) + ["seconds"]
     header = ["job", *keys, "status", *result_keys, "error"]
@@ -98,22 +106,32 @@ def to_markdown(sweep_dir: Path, jobs: list[Job], header: list[str], rows: list[
     """``summary.md``: the sweep's name, job counts by status, the shared stages, a legend and the table."""
     n_ok = sum(j.status == "ok" for j in jobs)
     n_failed = sum(j.status == "failed" for j in jobs)
-    lines = [f"# Sweep `{sweep_dir.name}`", "",
-             f"{len(jobs)} jobs: {n_ok} ok, {n_failed} failed, {len(jobs) - n_ok - n_failed} incomplete.", ""]
+    lines = [
+        f"# Sweep `{sweep_dir.name}`",
+        "",
+        f"{len(jobs)} jobs: {n_ok} ok, {n_failed} failed, {len(jobs) - n_ok - n_failed} incomplete.",
+        "",
+    ]
     lines += _shared_info(sweep_dir, jobs)
-    lines += ["", "Swept values come from each job's `.hydra/overrides.yaml`; precision@1 and mAP are "
-              "measured on the held-out share of the pretraining set; `top1 TARGET METHOD INIT N` is transfer "
-              "top-1 on TARGET with N labelled images per class (`full`: the capped full set) and its 95% "
-              "interval in brackets; `gain TARGET METHOD N` is pretrained minus scratch top-1 with its 95% "
-              "interval (no measurable gain where it covers 0); seconds count the job's own stages.", ""]
+    lines += [
+        "",
+        "Swept values come from each job's `.hydra/overrides.yaml`; precision@1 and mAP are "
+        "measured on the held-out share of the pretraining set; `top1 TARGET METHOD INIT N` is transfer "
+        "top-1 on TARGET with N labelled images per class (`full`: the capped full set) and its 95% "
+        "interval in brackets; `gain TARGET METHOD N` is pretrained minus scratch top-1 with its 95% "
+        "interval (no measurable gain where it covers 0); seconds count the job's own stages.",
+        "",
+    ]
     return "\n".join(lines + markdown_table(header, rows)) + "\n"
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     """The lines of the markdown table of :func:`table`'s header and rows (metrics with 4 decimals)."""
     first_result = header.index("status") + 1 if "status" in header else len(header)
-    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-             "| " + " | ".join("---:" if first_result <= i < len(header) - 1 else ":---" for i in range(len(header))) + " |"]
+    lines = [
+        "| " + " | ".join(_md_cell(h) for h in header) + " |",
+        "| " + " | ".join("---:" if first_result <= i < len(header) - 1 else ":---" for i in range(len(header))) + " |",
+    ]
     return lines + ["| " + " | ".join(_md_cell(c, h) for c, h in zip(r, header)) + " |" for r in rows]
 
 

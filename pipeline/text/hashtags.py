@@ -122,8 +122,7 @@ class CappedTags(NamedTuple):
     over_count: int  # tags dropped after the first max_count
 
 
-def cap_hashtags(tags: Iterable[str], max_count: int = MAX_HASHTAGS,
-                 max_chars: int = MAX_HASHTAG_CHARS) -> CappedTags:
+def cap_hashtags(tags: Iterable[str], max_count: int = MAX_HASHTAGS, max_chars: int = MAX_HASHTAG_CHARS) -> CappedTags:
     """Drop tags longer than ``max_chars`` characters (code points), then keep the first ``max_count``.
 
     Args:
@@ -160,7 +159,7 @@ def extract_hashtags(caption: str) -> list[str]:
         j = i + 1
         while j < n and (is_hashtag_char(caption[j]) or (j > i + 1 and caption[j] in _JOINERS)):
             j += 1
-        tag = caption[i + 1:j].rstrip(_JOINERS)
+        tag = caption[i + 1 : j].rstrip(_JOINERS)
         if tag:
             out.append(tag)
     return out

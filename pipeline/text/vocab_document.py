@@ -19,8 +19,10 @@ __all__ = ["class_records", "unmapped_table", "vocab_totals", "vocab_document", 
 def class_records(vocab: Vocabulary, info: Callable[[str], dict]) -> list[dict]:
     """Per class, in index order: ``index``, ``id``, ``info(id)`` (synset, wnid, lemma, definition), ``samples``
     (n_c) and ``hashtags`` (member hashtag -> samples)."""
-    return [{"index": i, "id": c, **info(c), "samples": int(vocab.counts[i]), "hashtags": vocab.members[i]}
-            for i, c in enumerate(vocab.classes)]
+    return [
+        {"index": i, "id": c, **info(c), "samples": int(vocab.counts[i]), "hashtags": vocab.members[i]}
+        for i, c in enumerate(vocab.classes)
+    ]
 
 
 def unmapped_table(vocab: Vocabulary) -> dict[str, int]:
@@ -33,24 +35,37 @@ def vocab_totals(samples: SampleTags, vocab: Vocabulary, by_reason: Counter, kep
     labelled), excluded for lack of a class, and the hashtag occurrences unmapped or in dropped classes."""
     eligible = samples.seen - samples.removed
     return {
-        "samples_seen": samples.seen, "samples_removed_by_dedup": samples.removed,
-        "removed_by_reason": dict(sorted(by_reason.items())), "samples_kept": kept,
+        "samples_seen": samples.seen,
+        "samples_removed_by_dedup": samples.removed,
+        "removed_by_reason": dict(sorted(by_reason.items())),
+        "samples_kept": kept,
         "samples_excluded_no_label": eligible - kept,
         "kept_share": round(kept / eligible, 6) if eligible else 0.0,
-        "hashtag_occurrences": vocab.occurrences, "unmapped_occurrences": sum(vocab.unmapped.values()),
-        "unmapped_hashtags": len(vocab.unmapped), "dropped_classes": len(vocab.dropped),
+        "hashtag_occurrences": vocab.occurrences,
+        "unmapped_occurrences": sum(vocab.unmapped.values()),
+        "unmapped_hashtags": len(vocab.unmapped),
+        "dropped_classes": len(vocab.dropped),
         "dropped_class_occurrences": sum(vocab.dropped.values()),
     }
 
 
-def vocab_document(kind: VocabKind, min_count: int, top_k: int, vocab: Vocabulary, totals: dict,
-                   info: Callable[[str], dict]) -> dict:
+def vocab_document(
+    kind: VocabKind, min_count: int, top_k: int, vocab: Vocabulary, totals: dict, info: Callable[[str], dict]
+) -> dict:
     """The content of ``vocab.json``: kind, min_count, top_k (``topk`` only), num_classes, totals, classes
     (:func:`class_records`) and the resampling schemes with their formula."""
-    return {"kind": kind.value, "min_count": min_count, "top_k": top_k if kind is VocabKind.topk else None,
-            "num_classes": len(vocab.classes), "totals": totals, "classes": class_records(vocab, info),
-            "resampling": {"schemes": SCHEMES, "formula": "w_i = Z * mean_{c in C_i} n_c^(alpha-1), mean(w) = 1; "
-                           "class mass ~ n_c^alpha (pipeline.text.resampling)"}}
+    return {
+        "kind": kind.value,
+        "min_count": min_count,
+        "top_k": top_k if kind is VocabKind.topk else None,
+        "num_classes": len(vocab.classes),
+        "totals": totals,
+        "classes": class_records(vocab, info),
+        "resampling": {
+            "schemes": SCHEMES,
+            "formula": "w_i = Z * mean_{c in C_i} n_c^(alpha-1), mean(w) = 1; class mass ~ n_c^alpha (pipeline.text.resampling)",
+        },
+    }
 
 
 def vocab_counts(vocab: Vocabulary, totals: dict, table_seconds: float, warm_seconds: float) -> dict:
@@ -58,7 +73,8 @@ def vocab_counts(vocab: Vocabulary, totals: dict, table_seconds: float, warm_sec
     class table and the canonicalization rates (occurrences per second, cold and warm mapper cache)."""
     occ = vocab.occurrences
     return {
-        "classes": len(vocab.classes), **{k: v for k, v in totals.items() if k != "removed_by_reason"},
+        "classes": len(vocab.classes),
+        **{k: v for k, v in totals.items() if k != "removed_by_reason"},
         "table_build_seconds": round(table_seconds, 3),
         "canonicalize_occurrences_per_s": round(occ / vocab.map_seconds) if vocab.map_seconds > 0 else None,
         "canonicalize_occurrences_per_s_warm": round(occ / warm_seconds) if warm_seconds > 0 else None,
@@ -71,5 +87,5 @@ def frequency_curves(vocab: Vocabulary, weights: dict[str, np.ndarray]) -> tuple
     ``n_c ** alpha`` scaled to the same total."""
     masses = {s: class_mass(vocab.indptr, vocab.indices, w, len(vocab.classes)) for s, w in weights.items()}
     n = vocab.counts.astype(np.float64)
-    targets = {s: n ** a * (masses[s].sum() / (n ** a).sum()) for s, a in SCHEMES.items()}
+    targets = {s: n**a * (masses[s].sum() / (n**a).sum()) for s, a in SCHEMES.items()}
     return masses, targets

@@ -94,8 +94,9 @@ class Vocabulary:
     map_seconds: float  # time spent mapping the occurrences (cold cache)
 
 
-def build_vocabulary(tag_lists: list[list[str]], mapper: Callable, kind: VocabKind | str, min_count: int,
-                     top_k: int) -> Vocabulary:
+def build_vocabulary(
+    tag_lists: list[list[str]], mapper: Callable, kind: VocabKind | str, min_count: int, top_k: int
+) -> Vocabulary:
     """Choose the classes and label each sample (pure function, no I/O).
 
     Args:
@@ -141,10 +142,17 @@ def build_vocabulary(tag_lists: list[list[str]], mapper: Callable, kind: VocabKi
             indices.extend(ids)
             indptr.append(len(indices))
     return Vocabulary(
-        classes=chosen, counts=np.array([n_samples[c] for c in chosen], dtype=np.int64),
-        members=[dict(members[c]) for c in chosen], kept=np.array(kept, dtype=np.int64),
-        indptr=np.array(indptr, dtype=np.int64), indices=np.array(indices, dtype=np.int32),
-        unmapped=unmapped, dropped=dropped, occurrences=occurrences, map_seconds=map_seconds)
+        classes=chosen,
+        counts=np.array([n_samples[c] for c in chosen], dtype=np.int64),
+        members=[dict(members[c]) for c in chosen],
+        kept=np.array(kept, dtype=np.int64),
+        indptr=np.array(indptr, dtype=np.int64),
+        indices=np.array(indices, dtype=np.int32),
+        unmapped=unmapped,
+        dropped=dropped,
+        occurrences=occurrences,
+        map_seconds=map_seconds,
+    )
 
 
 def warm_map_seconds(mapper: Callable, tag_lists: list[list[str]]) -> float:
@@ -160,8 +168,9 @@ def _reorder(vocab: Vocabulary, order: np.ndarray) -> tuple[np.ndarray, np.ndarr
     starts, ends = vocab.indptr[:-1][order], vocab.indptr[1:][order]
     lengths = ends - starts
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    indices = (np.concatenate([vocab.indices[s:e] for s, e in zip(starts, ends)]) if order.size
-               else np.zeros(0, dtype=np.int32)).astype(np.int32)
+    indices = (
+        np.concatenate([vocab.indices[s:e] for s, e in zip(starts, ends)]) if order.size else np.zeros(0, dtype=np.int32)
+    ).astype(np.int32)
     return vocab.kept[order], indptr, indices
 
 

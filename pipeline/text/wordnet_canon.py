@@ -156,8 +156,7 @@ class WordNetNouns:
     def info(self, name: str) -> dict:
         """``{"synset", "wnid", "lemma", "definition"}`` of a synset name."""
         s = self.synset(name)
-        return {"synset": name, "wnid": wnid_of(s.offset(), s.pos()), "lemma": s.lemmas()[0].name(),
-                "definition": s.definition()}
+        return {"synset": name, "wnid": wnid_of(s.offset(), s.pos()), "lemma": s.lemmas()[0].name(), "definition": s.definition()}
 
     def from_wnid(self, wnid: str) -> str:
         """Synset name of an ImageNet wnid (``"n02132136"`` -> ``"brown_bear.n.01"``).

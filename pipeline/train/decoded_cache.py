@@ -59,8 +59,7 @@ def _decode_shard(task: tuple[str, list[str], list[int], list[int], int]) -> lis
 
     path, keys, offsets, sizes, image_size = task
     with ShardReader(path) as reader:  # the one reader: raises RuntimeError on a truncated shard
-        return [np.asarray(decode(reader.read_range(off, size), image_size), dtype=np.uint8)
-                for off, size in zip(offsets, sizes)]
+        return [np.asarray(decode(reader.read_range(off, size), image_size), dtype=np.uint8) for off, size in zip(offsets, sizes)]
 
 
 class DecodedCache:
@@ -105,11 +104,12 @@ class DecodedCache:
         i = self.position(key)
         h, w = int(self.heights[i]), int(self.widths[i])
         start = int(self.offsets[i])
-        return np.array(self._pixels[start: start + h * w * 3]).reshape(h, w, 3)
+        return np.array(self._pixels[start : start + h * w * 3]).reshape(h, w, 3)
 
 
-def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, str], image_size: int,
-                        workers: int = 1, progress: bool = True) -> DecodedCache:
+def build_decoded_cache(
+    folder: str | Path, keys: np.ndarray, shards: dict[int, str], image_size: int, workers: int = 1, progress: bool = True
+) -> DecodedCache:
     """Decode every sample in ``keys`` once into ``folder``, or reuse a complete cache there.
 
     Args:
@@ -126,9 +126,8 @@ def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, 
         RuntimeError, KeyError: a sample is missing from its shard or a shard is truncated;
             nothing is left behind (the half-built folder is removed).
     """
-    from pipeline.io.shards import shard_of_keys
+    from pipeline.io.shards import member_offsets, shard_of_keys
     from pipeline.progress import progress_bar
-    from pipeline.io.shards import member_offsets
 
     folder = Path(folder)
     keys = np.asarray(sorted(str(k) for k in keys))
@@ -183,8 +182,14 @@ def build_decoded_cache(folder: str | Path, keys: np.ndarray, shards: dict[int, 
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    log.info("decoded cache: %d images, %.1f MB (shorter side <= %d px), built in %.1f s with %d process(es)",
-             n, pos / 1e6, 2 * image_size, time.perf_counter() - t0, max(1, workers))
+    log.info(
+        "decoded cache: %d images, %.1f MB (shorter side <= %d px), built in %.1f s with %d process(es)",
+        n,
+        pos / 1e6,
+        2 * image_size,
+        time.perf_counter() - t0,
+        max(1, workers),
+    )
     return DecodedCache(folder)
 
 
@@ -203,8 +208,11 @@ def open_decoded_cache(pt, info, out, keys: np.ndarray, shards: dict) -> tuple[D
     est = estimate_bytes(len(keys), pt.image_size)
     budget = pt.decoded_cache_max_gb * 1e9
     if pt.decoded_cache == "off" or (pt.decoded_cache == "auto" and est > budget):
-        why = ("pretrain.decoded_cache=off" if pt.decoded_cache == "off" else
-               f"estimate {est / 1e9:.1f} GB > decoded_cache_max_gb {pt.decoded_cache_max_gb:g}")
+        why = (
+            "pretrain.decoded_cache=off"
+            if pt.decoded_cache == "off"
+            else f"estimate {est / 1e9:.1f} GB > decoded_cache_max_gb {pt.decoded_cache_max_gb:g}"
+        )
         log.info("decoded cache: not used (%s); the loader decodes the shards every epoch", why)
         return None, {"mode": pt.decoded_cache, "enabled": False, "reason": why}
     from pipeline.train.distributed import barrier
@@ -217,7 +225,14 @@ def open_decoded_cache(pt, info, out, keys: np.ndarray, shards: dict) -> tuple[D
     barrier(info)
     cache = DecodedCache(folder)
     size = int(sum(int(h) * int(w) * 3 for h, w in zip(cache.heights, cache.widths)))
-    return cache, {"mode": pt.decoded_cache, "enabled": True, "images": len(cache), "bytes": size,
-                   "estimate_bytes": est, "seconds": round(time.perf_counter() - t, 2),
-                   "reason": "pretrain.decoded_cache=on" if pt.decoded_cache == "on" else
-                   f"estimate {est / 1e9:.2f} GB <= decoded_cache_max_gb {pt.decoded_cache_max_gb:g}"}
+    return cache, {
+        "mode": pt.decoded_cache,
+        "enabled": True,
+        "images": len(cache),
+        "bytes": size,
+        "estimate_bytes": est,
+        "seconds": round(time.perf_counter() - t, 2),
+        "reason": "pretrain.decoded_cache=on"
+        if pt.decoded_cache == "on"
+        else f"estimate {est / 1e9:.2f} GB <= decoded_cache_max_gb {pt.decoded_cache_max_gb:g}",
+    }

@@ -99,8 +99,10 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
             # torchrun (--max-restarts) restarts the workers against the same agent store: without a
             # per-attempt prefix the new ranks can read the dead ranks' addresses and fail to connect
             # (seen with torch 2.14 + gloo in 2 of 3 restarts; tests/test_crash_safety.py)
-            store = dist.PrefixStore(f"pipeline/attempt_{restart}", dist.TCPStore(
-                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout))
+            store = dist.PrefixStore(
+                f"pipeline/attempt_{restart}",
+                dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout),
+            )
             dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
         else:
             dist.init_process_group(backend=backend, timeout=timeout)

@@ -150,13 +150,21 @@ def available_cores(environ: dict | None = None, affinity: int | None = None, cg
 
 def detect_facts(device: torch.device) -> HardwareFacts:
     """The facts of this machine for ``device``."""
-    common = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_native(),
-              "cpu_model": _cpu_model(), "cores": available_cores()}
+    common = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_native": cpu_bf16_native(),
+        "cpu_model": _cpu_model(),
+        "cores": available_cores(),
+    }
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
-        return HardwareFacts("cuda", gpu_name=torch.cuda.get_device_name(idx),
-                             gpu_capability=tuple(torch.cuda.get_device_capability(idx)),  # type: ignore[arg-type]
-                             gpu_bf16=bool(torch.cuda.is_bf16_supported()), **common)
+        return HardwareFacts(
+            "cuda",
+            gpu_name=torch.cuda.get_device_name(idx),
+            gpu_capability=tuple(torch.cuda.get_device_capability(idx)),  # type: ignore[arg-type]
+            gpu_bf16=bool(torch.cuda.is_bf16_supported()),
+            **common,
+        )
     return HardwareFacts("cpu", **common)
 
 
@@ -282,7 +290,8 @@ def cache_file() -> Path:
     """The per-machine cache of trial verdicts: ``$PIPELINE_CACHE_DIR/precision_trials.json``
     (default ``$XDG_CACHE_HOME`` or ``~/.cache``, subfolder ``hashtag-pretrain``)."""
     root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "hashtag-pretrain")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "hashtag-pretrain"
+    )
     return Path(root) / "precision_trials.json"
 
 
@@ -325,9 +334,16 @@ def _interleaved(trial: TrialFn, cands: list[tuple[str, bool]], rounds: int) -> 
     return best
 
 
-def resolve_precision(requested: str, channels_last: bool | None, facts: HardwareFacts, *,
-                      trial: TrialFn | None = None, cache_key: dict | None = None,
-                      use_cache: bool = True, where: str = "precision") -> PrecisionChoice:
+def resolve_precision(
+    requested: str,
+    channels_last: bool | None,
+    facts: HardwareFacts,
+    *,
+    trial: TrialFn | None = None,
+    cache_key: dict | None = None,
+    use_cache: bool = True,
+    where: str = "precision",
+) -> PrecisionChoice:
     """Resolve ``precision`` (auto | fp32 | bf16 | fp16) and ``channels_last`` (None = auto) for ``facts``.
 
     Args:
@@ -363,30 +379,38 @@ def resolve_precision(requested: str, channels_last: bool | None, facts: Hardwar
             raise ConfigError(f"config error at {where}: fp16 is not supported on {facts.gpu_name} (sm {cap})")
         if requested == "auto":
             p = "bf16" if facts.gpu_bf16 else ("fp16" if cap >= (7, 0) else "fp32")
-            why = {"bf16": "GPU supports bf16", "fp16": "GPU has fp16 tensor cores but no bf16: fp16 + gradient scaler",
-                   "fp32": "GPU has neither bf16 nor fp16 tensor cores"}[p]
+            why = {
+                "bf16": "GPU supports bf16",
+                "fp16": "GPU has fp16 tensor cores but no bf16: fp16 + gradient scaler",
+                "fp32": "GPU has neither bf16 nor fp16 tensor cores",
+            }[p]
         else:
             p, why = requested, f"{requested} requested"
         return PrecisionChoice(p, cl, grad_scaler=p == "fp16", tf32=tf32, reason=why + ("; TF32 allowed" if tf32 else ""), **base)
 
     # CPU
     if requested == "fp16":
-        raise ConfigError(f"config error at {where}: fp16 autocast is not supported for training on the CPU; "
-                          "use auto, bf16 or fp32")
+        raise ConfigError(
+            f"config error at {where}: fp16 autocast is not supported for training on the CPU; use auto, bf16 or fp32"
+        )
     cands = _candidates(facts, requested, channels_last)
     if requested == "bf16" and not facts.cpu_bf16_native:
         # runs, but say how much slower it is than fp32 on this CPU
         timings = {}
         if trial is not None:
             cl = True if channels_last is None else channels_last
-            timings = {"bf16" + ("_cl" if cl else ""): round(trial("bf16", cl), 2),
-                       "fp32" + ("_cl" if cl else ""): round(trial("fp32", cl), 2)}
+            timings = {
+                "bf16" + ("_cl" if cl else ""): round(trial("bf16", cl), 2),
+                "fp32" + ("_cl" if cl else ""): round(trial("fp32", cl), 2),
+            }
             b, f = timings.values()
             ratio = f"{f / b:.1f}x slower than fp32 ({b:.0f} vs {f:.0f} img/s measured)" if b > 0 else "slower than fp32"
         else:
             ratio = "typically an order of magnitude slower than fp32 (13x measured on an AVX2 CPU)"
-        msg = (f"{where}=bf16 on a CPU without native bf16 ({facts.cpu_capability}): oneDNN emulates it, {ratio}; "
-               f"use {where}=auto or fp32 for speed")
+        msg = (
+            f"{where}=bf16 on a CPU without native bf16 ({facts.cpu_capability}): oneDNN emulates it, {ratio}; "
+            f"use {where}=auto or fp32 for speed"
+        )
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         log.warning(msg)
         return PrecisionChoice("bf16", True if channels_last is None else channels_last, reason=msg, trial=timings, **base)
@@ -400,8 +424,17 @@ def resolve_precision(requested: str, channels_last: bool | None, facts: Hardwar
             why = f"{requested} requested"
         return PrecisionChoice(p, cl, reason=why, **base)
 
-    key = json.dumps({"torch": torch.__version__, "cpu": facts.cpu_model, "capability": facts.cpu_capability,
-                      "bf16_native": facts.cpu_bf16_native, "candidates": cands, **(cache_key or {})}, sort_keys=True)
+    key = json.dumps(
+        {
+            "torch": torch.__version__,
+            "cpu": facts.cpu_model,
+            "capability": facts.cpu_capability,
+            "bf16_native": facts.cpu_bf16_native,
+            "candidates": cands,
+            **(cache_key or {}),
+        },
+        sort_keys=True,
+    )
     path = cache_file()
     cached = _read_cache(path).get(key) if use_cache else None
     if cached:
@@ -423,14 +456,23 @@ def resolve_precision(requested: str, channels_last: bool | None, facts: Hardwar
     return PrecisionChoice(best[0], best[1], reason=why, trial=timings, **base)
 
 
-def make_step_trial(build_model: Callable[[], torch.nn.Module], *, batch_size: int, image_size: int,
-                    num_classes: int, device: torch.device, steps: int = 3, warmup: int = 2) -> TrialFn:
+def make_step_trial(
+    build_model: Callable[[], torch.nn.Module],
+    *,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    device: torch.device,
+    steps: int = 3,
+    warmup: int = 2,
+) -> TrialFn:
     """A trial function: img/s of ``steps`` timed forward + backward + SGD steps of a fresh model.
 
     ``build_model()`` makes a new model each call (the run's own model is never touched);
     torch's RNG state is saved and restored around it, so a trial changes no result. Inputs
     are random (B, 3, S, S) float32 images and soft targets (B, C).
     """
+
     def run(precision: str, channels_last: bool) -> float:
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(0)
@@ -462,9 +504,17 @@ def make_step_trial(build_model: Callable[[], torch.nn.Module], *, batch_size: i
     return run
 
 
-def resolve_for_run(requested: str, channels_last: bool | None, device: torch.device, *,
-                    recorded: dict | None = None, trial: TrialFn | None = None, cache_key: dict | None = None,
-                    where: str = "precision", facts: HardwareFacts | None = None) -> PrecisionChoice:
+def resolve_for_run(
+    requested: str,
+    channels_last: bool | None,
+    device: torch.device,
+    *,
+    recorded: dict | None = None,
+    trial: TrialFn | None = None,
+    cache_key: dict | None = None,
+    where: str = "precision",
+    facts: HardwareFacts | None = None,
+) -> PrecisionChoice:
     """:func:`resolve_precision` for a stage that may be resuming.
 
     ``recorded`` is the choice stored by an earlier, unfinished run of the same stage (its
@@ -485,43 +535,94 @@ def resolve_for_run(requested: str, channels_last: bool | None, device: torch.de
         try:  # can this device run it? (warns where it is emulated)
             resolve_precision(prev.precision, prev.channels_last, facts, trial=None, where=where)
         except ConfigError as exc:
-            raise ConfigError(f"config error at {where}: this run started in {prev.precision} ({prev.facts}) and cannot "
-                              f"resume here: {exc}. Start over with run.force=[<stage>] or a new run_dir") from None
-        log.info("%s: the resumed run keeps its %s %s (chosen on %s: %s)", where, prev.precision,
-                 "channels_last" if prev.channels_last else "NCHW", prev.facts, prev.reason)
+            raise ConfigError(
+                f"config error at {where}: this run started in {prev.precision} ({prev.facts}) and cannot "
+                f"resume here: {exc}. Start over with run.force=[<stage>] or a new run_dir"
+            ) from None
+        log.info(
+            "%s: the resumed run keeps its %s %s (chosen on %s: %s)",
+            where,
+            prev.precision,
+            "channels_last" if prev.channels_last else "NCHW",
+            prev.facts,
+            prev.reason,
+        )
         return prev  # the record is unchanged, so a resumed run's outputs equal an uninterrupted run's
     return resolve_precision(requested, channels_last, facts, trial=trial, cache_key=cache_key, where=where)
 
 
-def resolve_for_model(requested: str, channels_last: bool | None, device: torch.device, *, model: str,
-                      num_classes: int, image_size: int, batch_size: int, threads: int,
-                      recorded: dict | None = None, where: str = "precision") -> PrecisionChoice:
+def resolve_for_model(
+    requested: str,
+    channels_last: bool | None,
+    device: torch.device,
+    *,
+    model: str,
+    num_classes: int,
+    image_size: int,
+    batch_size: int,
+    threads: int,
+    recorded: dict | None = None,
+    where: str = "precision",
+) -> PrecisionChoice:
     """:func:`resolve_for_run` with the timed trial of ``model``'s own training step (a fresh
     ``pipeline.train.models.create_model(model, num_classes)``, ``batch_size`` x 3 x ``image_size``^2),
     its verdict cached under (model, image size, batch, threads, classes)."""
     from pipeline.train.models import create_model
 
-    trial = make_step_trial(lambda: create_model(model, num_classes=num_classes), batch_size=batch_size,
-                            image_size=image_size, num_classes=num_classes, device=device)
-    return resolve_for_run(requested, channels_last, device, recorded=recorded, trial=trial, where=where,
-                           cache_key={"model": model, "image_size": image_size, "batch": batch_size,
-                                      "threads": threads, "classes": num_classes})
+    trial = make_step_trial(
+        lambda: create_model(model, num_classes=num_classes),
+        batch_size=batch_size,
+        image_size=image_size,
+        num_classes=num_classes,
+        device=device,
+    )
+    return resolve_for_run(
+        requested,
+        channels_last,
+        device,
+        recorded=recorded,
+        trial=trial,
+        where=where,
+        cache_key={"model": model, "image_size": image_size, "batch": batch_size, "threads": threads, "classes": num_classes},
+    )
 
 
 def hardware_record(prec: PrecisionChoice, plan: ThreadPlan, device: torch.device) -> dict:
     """The ``counts.hardware`` record of a stage's manifest (read by ``pipeline.run`` and the report)."""
-    return {"facts": prec.facts, "precision_choice": prec.to_dict(), "threads": plan.threads,
-            "workers": plan.workers, "cores": plan.cores, "thread_reason": plan.reason,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    return {
+        "facts": prec.facts,
+        "precision_choice": prec.to_dict(),
+        "threads": plan.threads,
+        "workers": plan.workers,
+        "cores": plan.cores,
+        "thread_reason": plan.reason,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
 
 
 def describe_choice(prec: PrecisionChoice, plan: ThreadPlan) -> str:
     """One log line: where a stage runs, in which numerics and why, with how many threads and workers."""
-    return (f"{prec.facts}: {prec.precision} {'channels_last' if prec.channels_last else 'NCHW'} ({prec.reason}); "
-            f"{plan.threads} threads, {plan.workers} loader workers ({plan.reason})")
+    return (
+        f"{prec.facts}: {prec.precision} {'channels_last' if prec.channels_last else 'NCHW'} ({prec.reason}); "
+        f"{plan.threads} threads, {plan.workers} loader workers ({plan.reason})"
+    )
 
 
-__all__ = ["HardwareFacts", "PrecisionChoice", "ThreadPlan", "available_cores", "cache_file", "cpu_bf16_native",
-           "describe_choice", "detect_facts", "hardware_record", "make_step_trial", "pick_device", "resolve_for_model",
-           "resolve_for_run", "resolve_precision", "thread_plan"]
+__all__ = [
+    "HardwareFacts",
+    "PrecisionChoice",
+    "ThreadPlan",
+    "available_cores",
+    "cache_file",
+    "cpu_bf16_native",
+    "describe_choice",
+    "detect_facts",
+    "hardware_record",
+    "make_step_trial",
+    "pick_device",
+    "resolve_for_model",
+    "resolve_for_run",
+    "resolve_precision",
+    "thread_plan",
+]

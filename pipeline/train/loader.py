@@ -107,9 +107,21 @@ class ShardStream(IterableDataset):
     a copy when the iterator starts, so use non-persistent workers).
     """
 
-    def __init__(self, shards: dict[int, str | Path], index: SampleIndex, *, seed: int, rank: int, world: int,
-                 batch_size: int, image_size: int, train: bool = True, shuffle_buffer: int = 1000,
-                 normalize_in_workers: bool = False, decoded=None) -> None:
+    def __init__(
+        self,
+        shards: dict[int, str | Path],
+        index: SampleIndex,
+        *,
+        seed: int,
+        rank: int,
+        world: int,
+        batch_size: int,
+        image_size: int,
+        train: bool = True,
+        shuffle_buffer: int = 1000,
+        normalize_in_workers: bool = False,
+        decoded=None,
+    ) -> None:
         super().__init__()
         self.decoded = decoded  # a pipeline.train.decoded_cache.DecodedCache holding every sample, or None: decode the shards
         self.shards = {int(k): str(v) for k, v in shards.items()}
@@ -132,8 +144,7 @@ class ShardStream(IterableDataset):
         Raises:
             RuntimeError: a planned sample is missing from its shard, or its shard from the run.
         """
-        self.plan = make_epoch_plan(self.index, seed=self.seed, epoch=epoch, world=self.world,
-                                    batch_size=self.batch_size)
+        self.plan = make_epoch_plan(self.index, seed=self.seed, epoch=epoch, world=self.world, batch_size=self.batch_size)
         self.skip_batches = skip_batches
         # look up positions in the main process (the shard index, read once per shard per process), so
         # the workers, started fresh every epoch, inherit them instead of scanning the tars again
@@ -163,8 +174,10 @@ class ShardStream(IterableDataset):
                 try:
                     self._row_offset[r], self._row_size[r] = members[keys[r]]
                 except KeyError:
-                    raise RuntimeError(f"rank {self.rank}: planned sample {keys[r]} not found in shard {self.shards[s]} "
-                                       "(were the shards changed after vocab?)") from None
+                    raise RuntimeError(
+                        f"rank {self.rank}: planned sample {keys[r]} not found in shard {self.shards[s]} "
+                        "(were the shards changed after vocab?)"
+                    ) from None
 
     def _order(self, n: int) -> np.ndarray:
         """Positions of the rank's items in the order batches take them (the seeded shuffle buffer)."""
@@ -206,11 +219,18 @@ class ShardStream(IterableDataset):
         cache = self.decoded
         with MemberReader(self.shards) as reader:
             for step in range(self.skip_batches + wid, self.plan.steps, nworkers):
-                pos = order[ends[step] - sizes[step]: ends[step]]
-                items = [(int(r), int(rep), str(keys[r]),
-                          cache.get(str(keys[r])) if cache is not None else
-                          reader.read(int(shard_of[r]), int(self._row_offset[r]), int(self._row_size[r])))
-                         for r, rep in zip(rows[pos], reps[pos])]
+                pos = order[ends[step] - sizes[step] : ends[step]]
+                items = [
+                    (
+                        int(r),
+                        int(rep),
+                        str(keys[r]),
+                        cache.get(str(keys[r]))
+                        if cache is not None
+                        else reader.read(int(shard_of[r]), int(self._row_offset[r]), int(self._row_size[r])),
+                    )
+                    for r, rep in zip(rows[pos], reps[pos])
+                ]
                 yield self._make_batch(step, items, self.plan.global_batch(step))
 
 
@@ -235,9 +255,16 @@ def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False,
     """
     generator = torch.Generator().manual_seed(item_seed("dataloader", stream.seed) >> 1)
     init = functools.partial(_lower_priority, worker_nice) if (worker_nice and num_workers) else None
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None, generator=generator,
-                      worker_init_fn=init)
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+        generator=generator,
+        worker_init_fn=init,
+    )
 
 
 def worker_nice(requested: int | None, device_type: str, decoded: bool) -> int:
@@ -254,19 +281,50 @@ def worker_nice(requested: int | None, device_type: str, decoded: bool) -> int:
     return 19 if (device_type == "cpu" and decoded) else 0
 
 
-def pretrain_streams(shards: dict[int, str | Path], train_idx: SampleIndex, held_idx: SampleIndex, *, pt, seed: int,
-                     rank: int, world: int, normalize_in_workers: bool,
-                     decoded=None) -> tuple[ShardStream, ShardStream | None]:
+def pretrain_streams(
+    shards: dict[int, str | Path],
+    train_idx: SampleIndex,
+    held_idx: SampleIndex,
+    *,
+    pt,
+    seed: int,
+    rank: int,
+    world: int,
+    normalize_in_workers: bool,
+    decoded=None,
+) -> tuple[ShardStream, ShardStream | None]:
     """The pretraining stage's two streams: this rank's training batches and rank 0's held-out batches.
 
     ``pt``: the pretrain config section (batch_size, image_size, shuffle_buffer). The held-out
     stream (eval transform, batches of ``2 x batch_size``, one rank) is None without held-out samples.
     """
-    stream = ShardStream(shards, train_idx, seed=seed, rank=rank, world=world, batch_size=pt.batch_size,
-                         image_size=pt.image_size, shuffle_buffer=pt.shuffle_buffer,
-                         normalize_in_workers=normalize_in_workers, decoded=decoded)
-    held = ShardStream(shards, held_idx, seed=seed, rank=0, world=1, batch_size=pt.batch_size * 2,
-                       image_size=pt.image_size, train=False, decoded=decoded) if len(held_idx.keys) else None
+    stream = ShardStream(
+        shards,
+        train_idx,
+        seed=seed,
+        rank=rank,
+        world=world,
+        batch_size=pt.batch_size,
+        image_size=pt.image_size,
+        shuffle_buffer=pt.shuffle_buffer,
+        normalize_in_workers=normalize_in_workers,
+        decoded=decoded,
+    )
+    held = (
+        ShardStream(
+            shards,
+            held_idx,
+            seed=seed,
+            rank=0,
+            world=1,
+            batch_size=pt.batch_size * 2,
+            image_size=pt.image_size,
+            train=False,
+            decoded=decoded,
+        )
+        if len(held_idx.keys)
+        else None
+    )
     return stream, held
 
 
@@ -274,6 +332,11 @@ def loader_niceness(requested: int | None, device_type: str, decoded: bool, work
     """:func:`worker_nice`, logged when the ``workers`` loader workers run at a raised niceness."""
     nice = worker_nice(requested, device_type, decoded)
     if nice and workers:
-        log.info("loader workers at niceness +%d (%s)", nice, "pretrain.worker_nice" if requested is not None
-                 else "auto: CPU training from the decoded cache; set pretrain.worker_nice=0 on a shared machine")
+        log.info(
+            "loader workers at niceness +%d (%s)",
+            nice,
+            "pretrain.worker_nice"
+            if requested is not None
+            else "auto: CPU training from the decoded cache; set pretrain.worker_nice=0 on a shared machine",
+        )
     return nice

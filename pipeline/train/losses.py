@@ -36,16 +36,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "make_loss", "microbatch_loss_scale", "multilabel_softmax_loss",
-           "normalize_targets", "sigmoid_bce_loss"]
+__all__ = ["LOSSES", "make_loss", "microbatch_loss_scale", "multilabel_softmax_loss", "normalize_targets", "sigmoid_bce_loss"]
 
 LossFn = Callable[..., torch.Tensor]
 
 
 def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
     if logits.ndim != 2 or logits.shape != target.shape:
-        raise ValueError(f"logits and target must both be (N, C); got {tuple(logits.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(f"logits and target must both be (N, C); got {tuple(logits.shape)} and {tuple(target.shape)}")
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -64,8 +62,7 @@ def normalize_targets(target: torch.Tensor) -> torch.Tensor:
     return target / target.sum(dim=1, keepdim=True).clamp_min(torch.finfo(target.dtype).tiny)
 
 
-def multilabel_softmax_loss(logits: torch.Tensor, target: torch.Tensor,
-                            reduction: str = "mean") -> torch.Tensor:
+def multilabel_softmax_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy between ``softmax(logits)`` and the normalized target (Mahajan et al. 2018).
 
     ``loss_i = -sum_c t_ic * log_softmax(logits_i)_c`` with ``t_i = target_i / sum(target_i)``;
@@ -89,8 +86,7 @@ def multilabel_softmax_loss(logits: torch.Tensor, target: torch.Tensor,
     return _reduce(-(t * logp).sum(dim=1), reduction)
 
 
-def sigmoid_bce_loss(logits: torch.Tensor, target: torch.Tensor,
-                     reduction: str = "mean") -> torch.Tensor:
+def sigmoid_bce_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Per-class sigmoid + binary cross-entropy, the paper's comparison loss (Mahajan et al. 2018).
 
     ``loss_i = sum_c BCE(sigmoid(logits_ic), y_ic)`` with ``y = (target > 0)``; the default
@@ -131,8 +127,9 @@ def make_loss(name: str) -> LossFn:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}") from None
 
 
-def microbatch_loss_scale(micro_batch_size: int, global_batch_size: int, world_size: int = 1,
-                          ranks_averaged: bool = True) -> float:
+def microbatch_loss_scale(
+    micro_batch_size: int, global_batch_size: int, world_size: int = 1, ranks_averaged: bool = True
+) -> float:
     """Factor to multiply a micro-batch's *mean* loss by before ``backward()``.
 
     After all micro-batches of a step are accumulated (and reduced across ranks), the

@@ -82,13 +82,17 @@ class ResNeXt(ResNet):
     ``forward`` returns ``(N, num_classes)`` logits, or ``(N, num_features)`` with a 0-class head.
     """
 
-    def __init__(self, spec: ResNeXtSpec, num_classes: int = 1000, zero_init_residual: bool = True,
-                 fc_std: float = 0.01) -> None:
+    def __init__(self, spec: ResNeXtSpec, num_classes: int = 1000, zero_init_residual: bool = True, fc_std: float = 0.01) -> None:
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        super().__init__(Bottleneck, list(spec.layers), num_classes=max(num_classes, 1),
-                         zero_init_residual=zero_init_residual, groups=spec.groups,
-                         width_per_group=spec.width_per_group)
+        super().__init__(
+            Bottleneck,
+            list(spec.layers),
+            num_classes=max(num_classes, 1),
+            zero_init_residual=zero_init_residual,
+            groups=spec.groups,
+            width_per_group=spec.width_per_group,
+        )
         self.spec = spec
         self.model_name: str | None = None  # set by create_model
         self.num_features = 512 * Bottleneck.expansion
@@ -183,8 +187,7 @@ def list_models() -> list[str]:
     return sorted(_MODEL_ENTRYPOINTS)
 
 
-def create_model(name: str, num_classes: int = 1000, zero_init_residual: bool = True,
-                 fc_std: float = 0.01) -> ResNeXt:
+def create_model(name: str, num_classes: int = 1000, zero_init_residual: bool = True, fc_std: float = 0.01) -> ResNeXt:
     """Build a registered model with fresh (Goyal et al. 2017) initialization.
 
     Build inside ``with torch.device("meta"):`` to count parameters without memory.
@@ -204,8 +207,9 @@ def create_model(name: str, num_classes: int = 1000, zero_init_residual: bool = 
 def torchvision_resnet(spec: ResNeXtSpec, num_classes: int = 1000) -> ResNet:
     """A plain torchvision ``ResNet`` with the same keys and shapes as ``ResNeXt(spec)``
     (for loading an exported trunk without this package)."""
-    return ResNet(Bottleneck, list(spec.layers), num_classes=num_classes, groups=spec.groups,
-                  width_per_group=spec.width_per_group)
+    return ResNet(
+        Bottleneck, list(spec.layers), num_classes=num_classes, groups=spec.groups, width_per_group=spec.width_per_group
+    )
 
 
 def _build(spec: ResNeXtSpec, **kwargs) -> ResNeXt:

@@ -28,8 +28,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["SCHEDULES", "lr_at", "make_optimizer", "make_schedule", "param_groups",
-           "resolve_milestones", "scaled_lr"]
+__all__ = ["SCHEDULES", "lr_at", "make_optimizer", "make_schedule", "param_groups", "resolve_milestones", "scaled_lr"]
 
 SCHEDULES = ("step", "cosine", "constant")
 
@@ -61,8 +60,10 @@ def param_groups(model: nn.Module, weight_decay: float = 1e-4) -> list[dict]:
                 no_decay.append(p)
             else:
                 decay.append(p)
-    return [{"name": "decay", "params": decay, "weight_decay": weight_decay},
-            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def scaled_lr(global_batch: int, base_lr: float = 0.1, reference_batch: int = 256) -> float:
@@ -79,13 +80,15 @@ def scaled_lr(global_batch: int, base_lr: float = 0.1, reference_batch: int = 25
     return base_lr * global_batch / reference_batch
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, nesterov: bool = True,
-                   weight_decay: float = 1e-4) -> torch.optim.SGD:
+def make_optimizer(
+    model: nn.Module, lr: float, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 1e-4
+) -> torch.optim.SGD:
     """SGD with Nesterov momentum 0.9 and weight decay on :func:`param_groups`' decay group
     (Goyal et al. 2017, sec. 5.1). ``lr`` is the peak rate (see :func:`scaled_lr`);
     :func:`make_schedule` scales it per step."""
-    return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum,
-                           nesterov=nesterov, weight_decay=weight_decay)
+    return torch.optim.SGD(
+        param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+    )
 
 
 def resolve_milestones(milestones: Sequence[int | float], total_steps: int) -> list[int]:
@@ -109,9 +112,18 @@ def resolve_milestones(milestones: Sequence[int | float], total_steps: int) -> l
     raise ValueError(f"milestones must be all ints (steps) or all floats (fractions), got {ms}")
 
 
-def lr_at(step: int, *, kind: str, total_steps: int, warmup_steps: int, warmup_start_lr: float,
-          peak_lr: float, milestones: Sequence[int | float] = (), gamma: float = 0.1,
-          final_lr_fraction: float = 0.0) -> float:
+def lr_at(
+    step: int,
+    *,
+    kind: str,
+    total_steps: int,
+    warmup_steps: int,
+    warmup_start_lr: float,
+    peak_lr: float,
+    milestones: Sequence[int | float] = (),
+    gamma: float = 0.1,
+    final_lr_fraction: float = 0.0,
+) -> float:
     """The learning rate during optimizer step ``step`` (0-based).
 
     - warmup, ``step < warmup_steps``: ``warmup_start_lr + (peak_lr - warmup_start_lr) *
@@ -133,8 +145,7 @@ def lr_at(step: int, *, kind: str, total_steps: int, warmup_steps: int, warmup_s
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need total_steps > 0 and 0 <= warmup_steps <= total_steps, "
-                         f"got {total_steps}, {warmup_steps}")
+        raise ValueError(f"need total_steps > 0 and 0 <= warmup_steps <= total_steps, got {total_steps}, {warmup_steps}")
     if step < warmup_steps:
         return warmup_start_lr + (peak_lr - warmup_start_lr) * step / warmup_steps
     if kind == "step":
@@ -148,9 +159,17 @@ def lr_at(step: int, *, kind: str, total_steps: int, warmup_steps: int, warmup_s
     return peak_lr
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int,
-                  warmup_start_lr: float, peak_lr: float, milestones: Sequence[int | float] = (),
-                  gamma: float = 0.1, final_lr_fraction: float = 0.0) -> LambdaLR:
+def make_schedule(
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    total_steps: int,
+    warmup_steps: int,
+    warmup_start_lr: float,
+    peak_lr: float,
+    milestones: Sequence[int | float] = (),
+    gamma: float = 0.1,
+    final_lr_fraction: float = 0.0,
+) -> LambdaLR:
     """A ``LambdaLR`` following :func:`lr_at` step by step (arguments as there).
 
     Build it right after the optimizer, whose ``lr`` must be ``peak_lr``: the lambda
@@ -164,16 +183,22 @@ def make_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
         ValueError: bad arguments (checked once here), or no group of the optimizer has
             ``lr == peak_lr`` (a common mix-up: optimizer built at 0.1, schedule at 3.2).
     """
-    args = dict(kind=kind, total_steps=total_steps, warmup_steps=warmup_steps,
-                warmup_start_lr=warmup_start_lr, peak_lr=peak_lr, milestones=tuple(milestones),
-                gamma=gamma, final_lr_fraction=final_lr_fraction)
+    args = dict(
+        kind=kind,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        warmup_start_lr=warmup_start_lr,
+        peak_lr=peak_lr,
+        milestones=tuple(milestones),
+        gamma=gamma,
+        final_lr_fraction=final_lr_fraction,
+    )
     if peak_lr <= 0:
         raise ValueError(f"peak_lr must be > 0, got {peak_lr}")
     lr_at(0, **args)  # validates kind, counts and milestones before training starts
     lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
     if not any(math.isclose(float(lr), peak_lr, rel_tol=1e-9) for lr in lrs):
-        raise ValueError(f"optimizer learning rates {lrs} do not include peak_lr={peak_lr}; "
-                         "build the optimizer with lr=peak_lr")
+        raise ValueError(f"optimizer learning rates {lrs} do not include peak_lr={peak_lr}; build the optimizer with lr=peak_lr")
 
     def multiplier(step: int) -> float:
         return lr_at(step, **args) / peak_lr

@@ -39,15 +39,25 @@ def choose_precision(pt, info: DistInfo, num_classes: int, threads: int, recorde
     """
     choice = None
     if info.is_main:
-        choice = resolve_for_model(pt.precision, pt.channels_last, info.device, model=pt.model, num_classes=num_classes,
-                                   image_size=pt.image_size, batch_size=pt.batch_size, threads=threads,
-                                   recorded=recorded, where="pretrain.precision").to_dict()
+        choice = resolve_for_model(
+            pt.precision,
+            pt.channels_last,
+            info.device,
+            model=pt.model,
+            num_classes=num_classes,
+            image_size=pt.image_size,
+            batch_size=pt.batch_size,
+            threads=threads,
+            recorded=recorded,
+            where="pretrain.precision",
+        ).to_dict()
     choice = broadcast_object(info, choice)
     return PrecisionChoice.from_dict(choice)
 
 
-def set_numerics(pt, info: DistInfo, model: torch.nn.Module, num_classes: int, threads: ThreadPlan,
-                 recorded: dict | None) -> tuple[torch.nn.Module, PrecisionChoice]:
+def set_numerics(
+    pt, info: DistInfo, model: torch.nn.Module, num_classes: int, threads: ThreadPlan, recorded: dict | None
+) -> tuple[torch.nn.Module, PrecisionChoice]:
     """Choose (:func:`choose_precision`) and apply the run's precision and layout: (model, choice).
 
     Call it after loading a checkpoint (a resumed run keeps its numerics, ``recorded``); the
@@ -81,12 +91,14 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, compile_model: bool) -> t
         wrapped = torch.compile(wrapped)
     if info.distributed:
         wrapped = torch.nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False)
+            wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False
+        )
     return wrapped
 
 
-def gather_results(info: DistInfo, model: torch.nn.Module, seen_keys: list[str] | None,
-                   decoded) -> tuple[list[float], list[list[str]] | None]:
+def gather_results(
+    info: DistInfo, model: torch.nn.Module, seen_keys: list[str] | None, decoded
+) -> tuple[list[float], list[list[str]] | None]:
     """After training, on every rank: average the BN statistics, gather each rank's weight checksum and (audit)
     its ``seen_keys``; rank 0 then removes the decoded cache (every rank is done reading it).
 

@@ -51,8 +51,10 @@ def accumulation(batch_size: int, global_batch: int | None, world: int) -> tuple
     per_step = batch_size * world
     global_batch = global_batch or per_step
     if global_batch % per_step:
-        raise ConfigError(f"config error at pretrain.global_batch: {global_batch} is not a multiple of "
-                          f"batch_size x world = {batch_size} x {world}")
+        raise ConfigError(
+            f"config error at pretrain.global_batch: {global_batch} is not a multiple of "
+            f"batch_size x world = {batch_size} x {world}"
+        )
     return global_batch, global_batch // per_step
 
 
@@ -78,8 +80,7 @@ def plan_steps(pt, train_idx: SampleIndex, *, seed: int, world: int) -> StepPlan
         pipeline.config.ConfigError: see :func:`accumulation`.
     """
     global_batch, accum = accumulation(pt.batch_size, pt.global_batch, world)
-    plans = [make_epoch_plan(train_idx, seed=seed, epoch=e, world=world, batch_size=pt.batch_size)
-             for e in range(pt.epochs)]
+    plans = [make_epoch_plan(train_idx, seed=seed, epoch=e, world=world, batch_size=pt.batch_size) for e in range(pt.epochs)]
     steps_per_epoch = [steps_in_epoch(p.steps, accum) for p in plans]
     total_steps = sum(steps_per_epoch)
     peak = scaled_lr(global_batch, pt.base_lr, pt.reference_batch)
@@ -98,9 +99,17 @@ def build_model(pt, plan: StepPlan, num_classes: int, device: torch.device, seed
     random.seed(seed)
     np.random.seed(seed)
     model = create_model(pt.model, num_classes=num_classes).to(device)
-    optimizer = make_optimizer(model, plan.peak_lr, momentum=pt.momentum, nesterov=pt.nesterov,
-                               weight_decay=pt.weight_decay)
+    optimizer = make_optimizer(model, plan.peak_lr, momentum=pt.momentum, nesterov=pt.nesterov, weight_decay=pt.weight_decay)
     warmup_start = min(pt.warmup_start_lr, plan.peak_lr)
-    scheduler = make_schedule(optimizer, pt.schedule, plan.total_steps, plan.warmup_steps, warmup_start, plan.peak_lr,
-                              milestones=list(pt.milestones), gamma=pt.gamma, final_lr_fraction=pt.final_lr_fraction)
+    scheduler = make_schedule(
+        optimizer,
+        pt.schedule,
+        plan.total_steps,
+        plan.warmup_steps,
+        warmup_start,
+        plan.peak_lr,
+        milestones=list(pt.milestones),
+        gamma=pt.gamma,
+        final_lr_fraction=pt.final_lr_fraction,
+    )
     return model, optimizer, scheduler

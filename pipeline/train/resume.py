@@ -51,8 +51,10 @@ def resume_point(out: Path, model, optimizer, scheduler, config: dict, is_main: 
         return ResumePoint()
     got = load_checkpoint(last, model, optimizer, scheduler, restore_rng=True)
     if resume_recipe(got["config"]) != resume_recipe(config):
-        raise ConfigError(f"config error at pretrain: {last} was written with another pretrain config; "
-                          f"use a new run_dir or delete {ckpt_dir} to start over")
+        raise ConfigError(
+            f"config error at pretrain: {last} was written with another pretrain config; "
+            f"use a new run_dir or delete {ckpt_dir} to start over"
+        )
     pos = got["data_position"]
     state = LoopState(step=got["step"], epoch=pos["epoch"], batches=pos["batches"])
     log.info("resuming from %s (step %d, epoch %d, batch %d)", last, state.step, state.epoch, state.batches)
@@ -68,8 +70,20 @@ def prepare_stage_dir(out: Path, step: int) -> None:
     truncate_metrics(out / EVAL_FILE, step)
 
 
-def checkpoint_saver(out: Path, *, model, optimizer, scheduler, config: dict, keep: int, is_main: bool,
-                     num_classes: int, model_name: str, precision, scaler) -> Callable[[LoopState], None]:
+def checkpoint_saver(
+    out: Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    config: dict,
+    keep: int,
+    is_main: bool,
+    num_classes: int,
+    model_name: str,
+    precision,
+    scaler,
+) -> Callable[[LoopState], None]:
     """``save(state)`` for :func:`pipeline.train.train_loop.train`: rank 0 writes ``checkpoints/step_NNNNNNNN.pt``
     (atomic; the data position, the resolved ``config``, the precision choice and the gradient scaler's
     state with it) and keeps the last ``keep``; other ranks do nothing."""
@@ -77,11 +91,22 @@ def checkpoint_saver(out: Path, *, model, optimizer, scheduler, config: dict, ke
 
     def save(st: LoopState) -> None:
         if is_main:
-            save_checkpoint(checkpoint_path(ckpt_dir, st.step), model=model, optimizer=optimizer, scheduler=scheduler,
-                            step=st.step, epoch=st.epoch, data_position={"epoch": st.epoch, "batches": st.batches},
-                            config=config, extra={"num_classes": num_classes, "model": model_name,
-                                                  "precision_choice": precision.to_dict(),
-                                                  "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None})
+            save_checkpoint(
+                checkpoint_path(ckpt_dir, st.step),
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                step=st.step,
+                epoch=st.epoch,
+                data_position={"epoch": st.epoch, "batches": st.batches},
+                config=config,
+                extra={
+                    "num_classes": num_classes,
+                    "model": model_name,
+                    "precision_choice": precision.to_dict(),
+                    "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                },
+            )
             prune_checkpoints(ckpt_dir, keep)
 
     return save

@@ -40,8 +40,12 @@ def build_indexes(run_dir, scheme: str, heldout_fraction: float) -> tuple[Sample
         FileNotFoundError: the vocab stage has not written its labels in ``run_dir``.
     """
     labels = load_labels(run_dir)
-    full = SampleIndex(np.asarray(labels.keys), labels.indptr.astype(np.int64), labels.indices.astype(np.int64),
-                       labels.weights(scheme).astype(np.float64))
+    full = SampleIndex(
+        np.asarray(labels.keys),
+        labels.indptr.astype(np.int64),
+        labels.indices.astype(np.int64),
+        labels.weights(scheme).astype(np.float64),
+    )
     held = heldout_mask(full.keys, heldout_fraction)
     train_idx = full.subset(~held)
     if len(train_idx.keys) == 0:

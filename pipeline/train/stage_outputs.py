@@ -29,8 +29,16 @@ def write_model_files(out: Path, model, *, model_name: str, num_classes: int, im
         OSError: from the file system.
     """
     pth, _ = export_trunk(model, out / Path(TRUNK_FILE).stem)
-    write_json(out / MODEL_FILE, {"model": model_name, "num_classes": num_classes, "image_size": image_size,
-                                  "trunk": [pth.name, TRUNK_FILE], "num_features": model.num_features})
+    write_json(
+        out / MODEL_FILE,
+        {
+            "model": model_name,
+            "num_classes": num_classes,
+            "image_size": image_size,
+            "trunk": [pth.name, TRUNK_FILE],
+            "num_features": model.num_features,
+        },
+    )
 
 
 def data_audit(seen: list[list[str]]) -> dict:
@@ -38,8 +46,12 @@ def data_audit(seen: list[list[str]]) -> dict:
     the overlap between ranks (0 when their samples are disjoint) and the union."""
     sets = [set(x) for x in seen]
     overlap = set.intersection(*sets) if len(sets) > 1 else set()
-    return {"per_rank": [len(x) for x in seen], "distinct_per_rank": [len(x) for x in sets],
-            "overlap_between_ranks": len(overlap), "union": len(set().union(*sets))}
+    return {
+        "per_rank": [len(x) for x in seen],
+        "distinct_per_rank": [len(x) for x in sets],
+        "overlap_between_ranks": len(overlap),
+        "union": len(set().union(*sets)),
+    }
 
 
 def logged_rows(path: Path) -> list[dict]:
@@ -47,8 +59,22 @@ def logged_rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def pretrain_counts(out: Path, stats: dict, *, pt, plan, info, labels, train_idx, held_idx, precision, threads,
-                    nice: int, decoded_info: dict, checksums: list[float]) -> dict:
+def pretrain_counts(
+    out: Path,
+    stats: dict,
+    *,
+    pt,
+    plan,
+    info,
+    labels,
+    train_idx,
+    held_idx,
+    precision,
+    threads,
+    nice: int,
+    decoded_info: dict,
+    checksums: list[float],
+) -> dict:
     """The ``counts`` of the pretrain manifest.
 
     ``stats``: :func:`pipeline.train.train_loop.train`'s (its ``final_loss`` replaced by the last
@@ -61,20 +87,37 @@ def pretrain_counts(out: Path, stats: dict, *, pt, plan, info, labels, train_idx
     if steps_logged:
         stats["final_loss"] = steps_logged[-1]["loss"]
     num_classes = labels.num_classes
-    chance = prior_baseline(labels.class_counts / max(1, labels.class_counts.sum()),
-                            heldout_targets(held_idx, num_classes)) if len(held_idx.keys) else {}
+    chance = (
+        prior_baseline(labels.class_counts / max(1, labels.class_counts.sum()), heldout_targets(held_idx, num_classes))
+        if len(held_idx.keys)
+        else {}
+    )
     final = all_evals[-1] if all_evals else {}
     step0 = next((e for e in all_evals if e["step"] == 0), {})
     return {
-        **stats, "epochs": pt.epochs, "total_steps": plan.total_steps, "global_batch": plan.global_batch,
-        "accum": plan.accum, "world": info.world, "peak_lr": plan.peak_lr, "warmup_steps": plan.warmup_steps,
-        "num_classes": num_classes, "train_samples": int(len(train_idx.keys)), "heldout_samples": int(len(held_idx.keys)),
+        **stats,
+        "epochs": pt.epochs,
+        "total_steps": plan.total_steps,
+        "global_batch": plan.global_batch,
+        "accum": plan.accum,
+        "world": info.world,
+        "peak_lr": plan.peak_lr,
+        "warmup_steps": plan.warmup_steps,
+        "num_classes": num_classes,
+        "train_samples": int(len(train_idx.keys)),
+        "heldout_samples": int(len(held_idx.keys)),
         "epoch_items": [p.num_items for p in plan.epoch_plans],
-        "heldout_precision_at_1": final.get("precision_at_1"), "heldout_mAP": final.get("mAP"),
-        "scratch_precision_at_1": step0.get("precision_at_1"), "scratch_mAP": step0.get("mAP"),
-        "prior_precision_at_1": chance.get("precision_at_1"), "prior_mAP": chance.get("mAP"),
-        "precision": precision.precision, "channels_last": precision.channels_last, "device": str(info.device),
+        "heldout_precision_at_1": final.get("precision_at_1"),
+        "heldout_mAP": final.get("mAP"),
+        "scratch_precision_at_1": step0.get("precision_at_1"),
+        "scratch_mAP": step0.get("mAP"),
+        "prior_precision_at_1": chance.get("precision_at_1"),
+        "prior_mAP": chance.get("mAP"),
+        "precision": precision.precision,
+        "channels_last": precision.channels_last,
+        "device": str(info.device),
         "hardware": {**hardware_record(precision, threads, info.device), "worker_nice": nice, "compile": bool(pt.compile)},
         "decoded_cache": decoded_info,
-        "rank_weight_checksums": checksums, "ranks_weights_identical": len(set(checksums)) == 1,
+        "rank_weight_checksums": checksums,
+        "ranks_weights_identical": len(set(checksums)) == 1,
     }

@@ -31,10 +31,10 @@ import torch
 
 from pipeline.evaluation.metrics import mean_average_precision, precision_at_1
 from pipeline.progress import progress_bar
-from pipeline.train.targets import batch_multi_hot, batch_soft_targets
 from pipeline.train.distributed import DistInfo, barrier
 from pipeline.train.loader import ShardStream, make_loader
 from pipeline.train.losses import microbatch_loss_scale
+from pipeline.train.targets import batch_multi_hot, batch_soft_targets
 from pipeline.vision.transforms import normalize
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,10 @@ def cost_estimate(images: int, seconds: float, steps_done: int, steps_left: int,
     """
     ips = images / seconds if seconds > 0 else float("nan")
     left_s = steps_left * images_per_step / ips if ips and ips > 0 else float("nan")
-    return (f"pretrain: {ips:.0f} img/s measured over the first {steps_done} steps; {steps_left} steps "
-            f"(~{steps_left * images_per_step:,.0f} images) left: about {left_s / 60:.1f} min")
+    return (
+        f"pretrain: {ips:.0f} img/s measured over the first {steps_done} steps; {steps_left} steps "
+        f"(~{steps_left * images_per_step:,.0f} images) left: about {left_s / 60:.1f} min"
+    )
 
 
 def steps_in_epoch(micro_batches: int, accum: int) -> int:
@@ -113,8 +115,16 @@ def targets_for(loss_name: str, labels: torch.Tensor, num_classes: int) -> torch
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, stream: ShardStream, *, device: torch.device, num_classes: int,
-             autocast_dtype: torch.dtype | None, channels_last: bool, workers: int = 0) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    stream: ShardStream,
+    *,
+    device: torch.device,
+    num_classes: int,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+    workers: int = 0,
+) -> dict:
     """Held-out precision@1 and mAP of ``model`` over ``stream`` (eval transform, rank 0 only)."""
     was_training = model.training
     model.eval()
@@ -151,8 +161,11 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     """Drop metric rows of steps > ``after_step`` (a resumed run rewrites them), and partial lines."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
-            if line.strip() and (step := _step_of(line)) is not None and step <= after_step]
+    keep = [
+        line
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+        if line.strip() and (step := _step_of(line)) is not None and step <= after_step
+    ]
     from pipeline.io.atomic import write_text
 
     write_text(path, "".join(line + "\n" for line in keep))
@@ -193,8 +206,9 @@ def train(
     seen_keys: list[str] = []
     last_loss = float("nan")
     stop_at = min(s.total_steps, max_steps) if max_steps else s.total_steps
-    bar = progress_bar(total=stop_at, initial=state.step, unit="step", desc="pretrain",
-                       disable=not (s.pt.progress and info.is_main))
+    bar = progress_bar(
+        total=stop_at, initial=state.step, unit="step", desc="pretrain", disable=not (s.pt.progress and info.is_main)
+    )
     estimated = False
     run_start_step = state.step
     ddp_model.train()
@@ -219,7 +233,7 @@ def train(
             first_of_step = (b // s.accum) * s.accum
             step_batches = range(first_of_step, min(first_of_step + s.accum, plan.steps))
             n_step_total = sum(plan.global_batch(j) for j in step_batches)
-            last_micro = (b == step_batches[-1])
+            last_micro = b == step_batches[-1]
             x = normalize(batch["images"].to(dev, non_blocking=True))
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -251,19 +265,30 @@ def train(
             t_wait += t_wait_step
             last_loss = window_loss / max(1, window_n)
             if info.is_main:
-                row = {"step": state.step, "epoch": state.epoch, "loss": round(last_loss, 6),
-                       "lr": optimizer.param_groups[0]["lr"], "images": n_step_total,
-                       "images_per_second": round(n_step_total / dt, 2) if dt > 0 else None,
-                       "data_wait_fraction": round(t_wait_step / dt, 4) if dt > 0 else None}
+                row = {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "loss": round(last_loss, 6),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "images": n_step_total,
+                    "images_per_second": round(n_step_total / dt, 2) if dt > 0 else None,
+                    "data_wait_fraction": round(t_wait_step / dt, 4) if dt > 0 else None,
+                }
                 _append_jsonl(s.metrics_file, row)
-                bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{images_seen / max(t_total, 1e-9):.0f}",
-                                wait=f"{t_wait / max(t_total, 1e-9):.0%}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{last_loss:.3f}",
+                    img_s=f"{images_seen / max(t_total, 1e-9):.0f}",
+                    wait=f"{t_wait / max(t_total, 1e-9):.0%}",
+                    refresh=False,
+                )
                 bar.update(1)
                 done_here = state.step - run_start_step
                 if not estimated and (done_here >= ESTIMATE_AFTER_STEPS or t_total >= ESTIMATE_AFTER_SECONDS):
                     estimated = True
-                    log.info("%s", cost_estimate(images_seen, t_total, done_here, stop_at - state.step,
-                                                 images_seen / max(1, done_here)))
+                    log.info(
+                        "%s",
+                        cost_estimate(images_seen, t_total, done_here, stop_at - state.step, images_seen / max(1, done_here)),
+                    )
             window_loss, window_n = 0.0, 0
             if eval_every and state.step % eval_every == 0:
                 run_eval(state.step)  # before the checkpoint: a run resumed from it must not miss this eval
@@ -288,8 +313,11 @@ def train(
     save(state)
     barrier(info)
     return {
-        "steps": state.step, "images_seen_this_run": images_seen, "train_seconds_this_run": round(t_total, 3),
+        "steps": state.step,
+        "images_seen_this_run": images_seen,
+        "train_seconds_this_run": round(t_total, 3),
         "images_per_second": round(images_seen / t_total, 2) if t_total else None,
-        "data_wait_fraction": round(t_wait / t_total, 4) if t_total else None, "final_loss": last_loss,
+        "data_wait_fraction": round(t_wait / t_total, 4) if t_total else None,
+        "final_loss": last_loss,
         "seen_keys": seen_keys,
     }

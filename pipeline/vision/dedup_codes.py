@@ -47,8 +47,13 @@ def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
             ids.append(meta["id"])
             shas.append(meta["sha256"])
             rows.append(row_of[key])
-    return {"keys": keys, "ids": ids, "sha256": shas, "withdrawn": wd,
-            "codes": all_codes[rows] if rows else np.zeros((0, hash_size * hash_size // 8), np.uint8)}
+    return {
+        "keys": keys,
+        "ids": ids,
+        "sha256": shas,
+        "withdrawn": wd,
+        "codes": all_codes[rows] if rows else np.zeros((0, hash_size * hash_size // 8), np.uint8),
+    }
 
 
 def hash_eval_unit(args: tuple) -> list[tuple[str, str, np.ndarray]]:
@@ -70,8 +75,9 @@ def hash_eval_unit(args: tuple) -> list[tuple[str, str, np.ndarray]]:
         if not isinstance(item, RawSample):
             continue
         try:
-            canon = decode_image(item.data, max_pixels=ing["max_pixels"], max_side=ing["max_side"],
-                                 min_side=1, rasterize_svg=ing["rasterize_svg"])
+            canon = decode_image(
+                item.data, max_pixels=ing["max_pixels"], max_side=ing["max_side"], min_side=1, rasterize_svg=ing["rasterize_svg"]
+            )
         except Rejected:
             continue
         # the same function on the same canonical pixels as ingest's stored codes
@@ -97,8 +103,12 @@ def pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
     return results
 
 
-def hash_eval_units(units: list[WorkUnit], ing: dict, hash_size: int, workers: int,
-                    progress: bool) -> list[tuple[str, str, np.ndarray]]:
+def hash_eval_units(
+    units: list[WorkUnit], ing: dict, hash_size: int, workers: int, progress: bool
+) -> list[tuple[str, str, np.ndarray]]:
     """:func:`hash_eval_unit` over every eval unit (a pool of ``workers``), rows concatenated in unit order."""
-    return [r for rows in pool_map(hash_eval_unit, [(u, ing, hash_size) for u in units], workers, "dedup eval",
-                                   progress) for r in rows]
+    return [
+        r
+        for rows in pool_map(hash_eval_unit, [(u, ing, hash_size) for u in units], workers, "dedup eval", progress)
+        for r in rows
+    ]

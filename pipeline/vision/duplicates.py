@@ -40,8 +40,9 @@ class Candidates:
     def remove(self, r: int, reason: str, duplicate_of: str | None, distance: int | None) -> None:
         """Mark sample ``r`` removed for ``reason`` (a duplicate of ``duplicate_of`` at Hamming ``distance``)."""
         self.alive[r] = False
-        self.removed.append({"key": self.keys[r], "id": self.ids[r], "reason": reason, "duplicate_of": duplicate_of,
-                             "distance": distance})
+        self.removed.append(
+            {"key": self.keys[r], "id": self.ids[r], "reason": reason, "duplicate_of": duplicate_of, "distance": distance}
+        )
 
     def remove_duplicate_ids(self) -> None:
         """The same id in two units (e.g. one key in two input tars): keep the first by key."""
@@ -68,14 +69,22 @@ def candidates(hashed: list[dict], hash_size: int) -> Candidates:
     nbytes = hash_size**2 // 8
     keys = [k for h in hashed for k in h["keys"]]
     codes = np.concatenate([h["codes"] for h in hashed]) if hashed else np.zeros((0, nbytes), np.uint8)
-    removed = [{"key": k, "id": i, "reason": "withdrawn", "duplicate_of": None, "distance": None}
-               for h in hashed for k, i in h["withdrawn"]]
-    return Candidates(keys=keys, ids=[i for h in hashed for i in h["ids"]], shas=[s for h in hashed for s in h["sha256"]],
-                      codes=codes, alive=np.ones(len(keys), dtype=bool), removed=removed)
+    removed = [
+        {"key": k, "id": i, "reason": "withdrawn", "duplicate_of": None, "distance": None}
+        for h in hashed
+        for k, i in h["withdrawn"]
+    ]
+    return Candidates(
+        keys=keys,
+        ids=[i for h in hashed for i in h["ids"]],
+        shas=[s for h in hashed for s in h["sha256"]],
+        codes=codes,
+        alive=np.ones(len(keys), dtype=bool),
+        removed=removed,
+    )
 
 
-def remove_eval_contamination(cand: Candidates, ev: list[tuple[str, str, np.ndarray]], sources: list[str],
-                              radius: int) -> dict:
+def remove_eval_contamination(cand: Candidates, ev: list[tuple[str, str, np.ndarray]], sources: list[str], radius: int) -> dict:
     """Remove every surviving pretraining sample within ``radius`` of an eval image, or with its pixels.
 
     Args:
@@ -144,10 +153,14 @@ def remove_near(cand: Candidates, radius: int, near: bool):
 
 def removal_counts(cand: Candidates, eval_report: dict) -> dict:
     """The manifest's decision counts: samples, removed, kept, per reason, eval images and contaminated."""
-    by_reason = {r: sum(1 for x in cand.removed if x["reason"] == r)
-                 for r in ("withdrawn", "duplicate_id", "eval-contamination", "exact", "near")}
+    by_reason = {
+        r: sum(1 for x in cand.removed if x["reason"] == r)
+        for r in ("withdrawn", "duplicate_id", "eval-contamination", "exact", "near")
+    }
     return {
-        "samples": len(cand.keys) + by_reason["withdrawn"], "removed": len(cand.removed), "kept": int(cand.alive.sum()),
+        "samples": len(cand.keys) + by_reason["withdrawn"],
+        "removed": len(cand.removed),
+        "kept": int(cand.alive.sum()),
         **{k.replace("-", "_"): v for k, v in by_reason.items()},
         "eval_images": sum(r["images"] for r in eval_report.values()),
         "eval_contaminated": sum(r["contaminated"] for r in eval_report.values()),

@@ -21,12 +21,10 @@ buckets, 22 probes per table; benchmarks/RESULTS.md, near_search, measured the g
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image, ImageChops
-
 import faiss
 import imagehash
-
+import numpy as np
+from PIL import Image, ImageChops
 
 HASH_SIZES = (8, 16)  # the pHash grids ingest stores per sample: 64- and 256-bit codes (dedup.hash_size picks one)
 BORDER_TOLERANCE = 24  # max per-channel difference (0-255) from the corner colour still counted as border

@@ -84,8 +84,7 @@ def decode(blob: bytes, size: int) -> Image.Image:
     return img
 
 
-def train_transform(img: Image.Image, size: int, rng: random.Random,
-                    scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
+def train_transform(img: Image.Image, size: int, rng: random.Random, scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
     """Random-resized crop (area fraction in ``scale``, aspect 3/4-4/3; torchvision's algorithm,
     :func:`rrc_box`) to ``size`` px + horizontal flip: uint8 tensor (3, size, size).
 

@@ -121,19 +121,23 @@ def gif_claiming_size(w: int, h: int) -> bytes:
     data = bytearray(encode(Image.new("P", (1, 1)), "GIF"))
     data[6:10] = struct.pack("<HH", w, h)
     i = data.index(b",")  # image descriptor
-    data[i + 5: i + 9] = struct.pack("<HH", w, h)
+    data[i + 5 : i + 9] = struct.pack("<HH", w, h)
     return bytes(data)
 
 
 BROKEN_SVG = b"<svg xmlns='http://www.w3.org/2000/svg'><g><rect width="
-BILLION_LAUGHS_SVG = (b'<?xml version="1.0"?>\n<!DOCTYPE svg [\n <!ENTITY a "aaaaaaaaaaaaaaaaaaaaaaaa">\n'
-                      + b"".join(f' <!ENTITY {c} "{("&" + p + ";") * 20}">\n'.encode()
-                                 for p, c in zip("abcdef", "bcdefg"))
-                      + b']>\n<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><text>&g;</text></svg>')
-XXE_SVG = (b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-           b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><text y="20">&x;</text></svg>')
-ASPECT_BOMB_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1000000">'
-                   b'<rect width="1" height="1000000" fill="red"/></svg>')
+BILLION_LAUGHS_SVG = (
+    b'<?xml version="1.0"?>\n<!DOCTYPE svg [\n <!ENTITY a "aaaaaaaaaaaaaaaaaaaaaaaa">\n'
+    + b"".join(f' <!ENTITY {c} "{("&" + p + ";") * 20}">\n'.encode() for p, c in zip("abcdef", "bcdefg"))
+    + b']>\n<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><text>&g;</text></svg>'
+)
+XXE_SVG = (
+    b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><text y="20">&x;</text></svg>'
+)
+ASPECT_BOMB_SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1000000"><rect width="1" height="1000000" fill="red"/></svg>'
+)
 
 
 # --------------------------------------------------------------------------- unusual but valid images
@@ -173,7 +177,7 @@ def palette_transparent_png() -> tuple[bytes, np.ndarray]:
     idx[alpha < 128] = 255
     pal = p.getpalette()[: 256 * 3]
     pal += [0] * (768 - len(pal))
-    pal[255 * 3: 255 * 3 + 3] = [255, 0, 255]
+    pal[255 * 3 : 255 * 3 + 3] = [255, 0, 255]
     out = Image.fromarray(idx.astype(np.uint8), "P")
     out.putpalette(pal)
     return encode(out, "PNG", transparency=255), alpha < 128
@@ -215,6 +219,7 @@ def _close(expected: Image.Image | np.ndarray, tol: float) -> Callable[[dict, np
         assert px.shape == exp.shape, (px.shape, exp.shape)
         err = float(np.abs(px.astype(np.int16) - exp).mean())
         assert err <= tol, f"mean abs pixel error {err:.2f} > {tol}"
+
     return check
 
 
@@ -306,9 +311,12 @@ def build_folder_source(root: Path) -> tuple[dict, dict[str, Case]]:
     os.symlink(outside, imgs / "link_out.png")
     os.symlink("baseline.png", imgs / "link_in.png")
     paths = {
-        "fifo": ("fifo.png", "missing_file"), "directory": ("dir.png", "missing_file"),
-        "symlink_outside": ("link_out.png", "path_outside_root"), "symlink_inside": ("link_in.png", WRITTEN),
-        "dotdot_path": ("../outside.png", "path_outside_root"), "absolute_path": (str(outside), "path_outside_root"),
+        "fifo": ("fifo.png", "missing_file"),
+        "directory": ("dir.png", "missing_file"),
+        "symlink_outside": ("link_out.png", "path_outside_root"),
+        "symlink_inside": ("link_in.png", WRITTEN),
+        "dotdot_path": ("../outside.png", "path_outside_root"),
+        "absolute_path": (str(outside), "path_outside_root"),
         "nul_in_path": ("base\x00line.png", "invalid_metadata"),
     }
     for sid, (p, expect) in paths.items():
@@ -324,8 +332,10 @@ def build_folder_source(root: Path) -> tuple[dict, dict[str, Case]]:
         "tags_whitespace": (["  ", "#", "\t\n"], Case("no_hashtags")),
         "tags_long": (["x" * 5000], Case("no_hashtags")),  # longer than ingest.max_hashtag_chars: dropped, not cut
         "tags_long_and_short": (["x" * 5000, "dog"], Case(WRITTEN, tags=["dog"])),
-        "tags_unicode": (["Ｃａｆé", "Straße", "猫", "שָׁלוֹם", "e\u0301"],
-                         Case(WRITTEN, tags=["café", "strasse", "猫", "שָׁלוֹם", "é"])),
+        "tags_unicode": (
+            ["Ｃａｆé", "Straße", "猫", "שָׁלוֹם", "e\u0301"],
+            Case(WRITTEN, tags=["café", "strasse", "猫", "שָׁלוֹם", "é"]),
+        ),
         "tags_newline": (["hello\nworld"], Case(WRITTEN, tags=["hello_world"])),
     }
     for sid, (tags, case) in tag_rows.items():
@@ -334,10 +344,12 @@ def build_folder_source(root: Path) -> tuple[dict, dict[str, Case]]:
     lines.append(_jsonl({"id": "tags_absent", "path": good}))
     expected["tags_absent"] = Case("no_hashtags")
     # lone surrogates, valid JSON escapes that no UTF-8 encoder accepts
-    for sid, raw in {"surrogate_tag": b'{"id": "surrogate_tag", "path": "baseline.png", "tags": ["\\ud83d"]}',
-                     "surrogate_caption": b'{"id": "surrogate_caption", "path": "baseline.png", "tags": ["x"], "caption": "#a \\udcff"}',
-                     "surrogate_meta": b'{"id": "surrogate_meta", "path": "baseline.png", "tags": ["x"], "meta": {"k": "\\udfff"}}',
-                     "surrogate_path": b'{"id": "surrogate_path", "path": "base\\ud800.png", "tags": ["x"]}'}.items():
+    for sid, raw in {
+        "surrogate_tag": b'{"id": "surrogate_tag", "path": "baseline.png", "tags": ["\\ud83d"]}',
+        "surrogate_caption": b'{"id": "surrogate_caption", "path": "baseline.png", "tags": ["x"], "caption": "#a \\udcff"}',
+        "surrogate_meta": b'{"id": "surrogate_meta", "path": "baseline.png", "tags": ["x"], "meta": {"k": "\\udfff"}}',
+        "surrogate_path": b'{"id": "surrogate_path", "path": "base\\ud800.png", "tags": ["x"]}',
+    }.items():
         lines.append(raw + b"\n")
         expected[sid] = Case("invalid_utf8")
     lines.append(b'{"id": "sur\\ud800id", "path": "baseline.png", "tags": ["x"]}\n')
@@ -365,19 +377,28 @@ def build_csv_source(root: Path) -> tuple[dict, dict[str, Case]]:
     imgs = root / "imgs"
     imgs.mkdir(parents=True)
     (imgs / "a.png").write_bytes(emoji_png("1f436"))
-    rows = [b"path,tags,id", b"a.png,dog|#Puppy,good", b"a.png,caf\xe9|x,latin1", b"a.png,d\x00og|\x07cat,nul",
-            b"a.png,,empty", b"nope.png,x,missing"]
+    rows = [
+        b"path,tags,id",
+        b"a.png,dog|#Puppy,good",
+        b"a.png,caf\xe9|x,latin1",
+        b"a.png,d\x00og|\x07cat,nul",
+        b"a.png,,empty",
+        b"nope.png,x,missing",
+    ]
     index = root / "index.csv"
     index.write_bytes(b"\n".join(rows) + b"\n")
     src = {"name": "fzcsv", "format": "folder", "root": str(imgs), "index": str(index), "encoding": "png"}
-    return src, {"fzcsv:good": Case(WRITTEN, tags=["dog", "puppy"]), "fzcsv:latin1": Case("invalid_utf8"),
-                 "fzcsv:nul": Case(WRITTEN, tags=["dog", "cat"]), "fzcsv:empty": Case("no_hashtags"),
-                 "fzcsv:missing": Case("missing_file")}
+    return src, {
+        "fzcsv:good": Case(WRITTEN, tags=["dog", "puppy"]),
+        "fzcsv:latin1": Case("invalid_utf8"),
+        "fzcsv:nul": Case(WRITTEN, tags=["dog", "cat"]),
+        "fzcsv:empty": Case("no_hashtags"),
+        "fzcsv:missing": Case("missing_file"),
+    }
 
 
 # --------------------------------------------------------------------------- tars
-def add_member(tf: tarfile.TarFile, name: str | bytes, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
-               link: str = "") -> None:
+def add_member(tf: tarfile.TarFile, name: str | bytes, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
     """Append one member of any type (names may be raw bytes: tarfile keeps them as surrogate escapes)."""
     if isinstance(name, bytes):
         name = name.decode("utf-8", "surrogateescape")
@@ -393,8 +414,14 @@ def _meta(key: str, **kw) -> bytes:
     return json.dumps({"key": key, "status": "success", **kw}).encode()
 
 
-def add_sample(tf: tarfile.TarFile, key: str, image: bytes | None, caption: str | None = "#fuzz #tar",
-               meta: bytes | None = b"auto", ext: str = "jpg") -> None:
+def add_sample(
+    tf: tarfile.TarFile,
+    key: str,
+    image: bytes | None,
+    caption: str | None = "#fuzz #tar",
+    meta: bytes | None = b"auto",
+    ext: str = "jpg",
+) -> None:
     if image is not None:
         add_member(tf, f"{key}.{ext}", image)
     if caption is not None:

@@ -65,8 +65,9 @@ def _child(stage: str, overrides: list[str], log_file: str) -> None:
     getattr(importlib.import_module(f"pipeline.{stage}"), f"run_{stage}")(cfg)
 
 
-def run_stage(stage: str, overrides: list[str], log_file: Path, kill_after: float | None = None,
-              timeout: float = 600.0) -> tuple[int, float]:
+def run_stage(
+    stage: str, overrides: list[str], log_file: Path, kill_after: float | None = None, timeout: float = 600.0
+) -> tuple[int, float]:
     """Run ``pipeline.<stage>.run_<stage>(cfg)`` in a child; SIGKILL it after ``kill_after`` s.
 
     Returns:
@@ -88,8 +89,7 @@ def run_stage(stage: str, overrides: list[str], log_file: Path, kill_after: floa
 def _strip(obj: Any, drop: tuple[str, ...] = ()) -> Any:
     """``obj`` without keys that measure time (:data:`VOLATILE`) or are in ``drop``."""
     if isinstance(obj, dict):
-        return {k: _strip(v, drop) for k, v in obj.items()
-                if k not in drop and not any(m in k for m in VOLATILE)}
+        return {k: _strip(v, drop) for k, v in obj.items() if k not in drop and not any(m in k for m in VOLATILE)}
     if isinstance(obj, list):
         return [_strip(v, drop) for v in obj]
     return obj

@@ -61,17 +61,18 @@ class ReportedFailure(RuntimeError):
         return type(self), (str(self), self.exit_code)
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def _chain(exc: BaseException):
     """``exc`` and the exceptions it was raised from or during (``__cause__``/``__context__``)."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def _checkpoint_error_class():

@@ -704,12 +704,13 @@ def _schema_of(tp: Any) -> tuple[str, type | None]:
     if origin is typing.Union:
         inner = [a for a in args if a is not type(None)]
         return _schema_of(inner[0]) if len(inner) == 1 else ("leaf", None)
+    # is_dataclass() narrows to "instance or class"; a type hint is a class
     if is_dataclass(tp):
-        return "one", tp  # type: ignore[return-value]
+        return "one", typing.cast(type, tp)
     if origin in (list, List) and args and is_dataclass(args[0]):
-        return "list", args[0]
+        return "list", typing.cast(type, args[0])
     if origin in (dict, Dict) and len(args) == 2 and is_dataclass(args[1]):
-        return "dict", args[1]
+        return "dict", typing.cast(type, args[1])
     return "leaf", None
 
 
@@ -726,7 +727,9 @@ def _drop(data: Any, cls: type, drop: Any) -> Any:
         if drop(f):
             continue
         kind, sub = _schema_of(tp)
-        if kind == "one":
+        if sub is None:  # a "leaf": kept as it is
+            pass
+        elif kind == "one":
             v = _drop(v, sub, drop)
         elif kind == "list" and isinstance(v, list):
             v = [_drop(x, sub, drop) for x in v]
@@ -736,7 +739,7 @@ def _drop(data: Any, cls: type, drop: Any) -> Any:
     return out
 
 
-def result_view(data: dict, schema: type = None) -> dict:  # type: ignore[assignment]
+def result_view(data: dict, schema: type | None = None) -> dict:
     """``data`` (plain resolved config, or a part of it with its ``schema`` dataclass) without the
     :func:`runtime` fields, at every depth: what a stage key hashes.
 
@@ -753,7 +756,7 @@ def results_config(cfg: Any, *names: str) -> dict:
     for name in names:
         value = to_container(cfg[name] if isinstance(cfg, dict) else getattr(cfg, name))
         kind, sub = _schema_of(types[name])
-        out[name] = _drop(value, sub, lambda f: f.metadata.get(RESULTS) is False) if kind == "one" else value
+        out[name] = _drop(value, sub, lambda f: f.metadata.get(RESULTS) is False) if kind == "one" and sub is not None else value
     return out
 
 

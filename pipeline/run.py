@@ -105,7 +105,7 @@ def run_pipeline(cfg) -> dict:
     energy_file = stage_dir(run_dir, RUN) / ENERGY_FILE
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     energy = json.loads(energy_file.read_text()) if energy_file.exists() else {}
-    forced = set()
+    forced: set[str] = set()
     for s in cfg.run.force:  # a forced stage forces everything after it
         forced.update(STAGES[STAGES.index(s) :])
     for s in STAGES:

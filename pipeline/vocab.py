@@ -79,6 +79,7 @@ def run_vocab(cfg) -> dict | None:
     # plan: the shards, dedup's removals, the class table
     ingest_man = read_manifest(stage_dir(run_dir, INGEST))
     paths = shard_paths(run_dir)  # FileNotFoundError if ingest has not finished
+    assert ingest_man is not None  # it has finished: shard_paths read its manifest
     removed, dedup_man, by_reason = load_removals(run_dir, vc.require_dedup)
     inputs = {
         "ingest": ingest_man["config_hash"],

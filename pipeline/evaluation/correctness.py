@@ -41,7 +41,7 @@ def save_correctness(file: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
         else:
             out[k] = v
     buf = io.BytesIO()
-    np.savez_compressed(buf, **out)
+    np.savez_compressed(buf, **out)  # type: ignore[arg-type]  # numpy stubs: **kwds may hit allow_pickle: bool
     write_bytes(Path(file), buf.getvalue())
 
 

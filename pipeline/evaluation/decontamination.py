@@ -128,12 +128,12 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
     m = len(bank["features"])
     non_copies = {}
     if m:
-        k = int(tc.nn_non_copies)
-        vi, bi = rng.integers(0, n, size=k), rng.integers(0, m, size=k)
+        n_non = int(tc.nn_non_copies)
+        vi, bi = rng.integers(0, n, size=n_non), rng.integers(0, m, size=n_non)
         rs = (vx[vi] * bank["features"][bi]).sum(axis=1)
         non_copies["random"] = {
             "kind": "random pretraining images",
-            "n": k,
+            "n": n_non,
             "share_above": nd.share_above(rs, threshold),
             **nd.quantiles(rs),
         }

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ from pipeline.evaluation.target_data import TransformedSubset
 from pipeline.progress import progress_bar
 from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
 from pipeline.vision.transforms import item_seed, normalize
+
+if TYPE_CHECKING:
+    from pipeline.train.models import ResNeXt
 
 __all__ = ["FinetuneSettings", "settings_from_recipe", "epoch_batches", "planned_images", "evaluate", "finetune"]
 
@@ -220,7 +223,7 @@ def evaluate(
 
 
 def finetune(
-    model: torch.nn.Module,
+    model: ResNeXt,
     train: TransformedSubset,
     val: Iterable,
     *,
@@ -262,7 +265,8 @@ def finetune(
     rows: list[dict] = []
     final: dict = {}
     step = 0
-    eval_seconds = train_images = 0
+    eval_seconds: float = 0
+    train_images = 0
     for epoch, plan in enumerate(plans):
         te = time.perf_counter()
         model.train()

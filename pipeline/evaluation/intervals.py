@@ -33,7 +33,7 @@ vectorized numpy and deterministic given ``seed`` (a ``numpy.random.default_rng`
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -350,7 +350,12 @@ def difference_interval(pretrained: np.ndarray, scratch: np.ndarray, *, n_boot: 
         raise ValueError(f"pretrained and scratch correctness differ in shape: {b.shape} vs {a.shape}")
     if a.shape[0] == 1:
         ci = paired_bootstrap_diff(a[0], b[0], n_boot=n_boot, seed=seed, level=level)
-        out = {"diff": round6(ci.mean), "lo": round6(ci.lo), "hi": round6(ci.hi), "ci_method": "paired val bootstrap"}
+        out: dict[str, Any] = {
+            "diff": round6(ci.mean),
+            "lo": round6(ci.lo),
+            "hi": round6(ci.hi),
+            "ci_method": "paired val bootstrap",
+        }
     else:
         s = seed_and_val_ci(b - a, n_boot=n_boot, seed=seed, level=level)
         # a difference of two accuracies lies in [-1, 1]: the t interval (few seeds) is clipped to it

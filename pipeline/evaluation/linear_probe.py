@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,12 +42,15 @@ from pipeline.evaluation.target_data import stratified_holdout
 from pipeline.progress import progress_bar
 from pipeline.vision.transforms import normalize
 
+if TYPE_CHECKING:
+    from pipeline.train.models import ResNeXt
+
 __all__ = ["ProbeResult", "extract_features", "fit_probe", "topk_correct"]
 
 
 @torch.no_grad()
 def extract_features(
-    model: torch.nn.Module,
+    model: ResNeXt,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     device: torch.device,

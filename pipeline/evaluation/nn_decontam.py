@@ -187,7 +187,7 @@ class KnownCopies(Dataset):
         self,
         samples: Sequence[tuple[str, int]],
         loader: Callable[[str], Image.Image],
-        positions: Sequence[int],
+        positions: np.ndarray | Sequence[int],
         size: int,
         seed: int,
     ) -> None:

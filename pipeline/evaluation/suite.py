@@ -86,7 +86,14 @@ from pipeline.evaluation.finetune import finetune, planned_images
 from pipeline.evaluation.linear_probe import fit_probe, topk_correct
 from pipeline.evaluation.results import find_row, gain_entry, new_target_section, result_row
 from pipeline.evaluation.suite_context import SuiteContext
-from pipeline.evaluation.target_data import TransformedSubset, eval_batches, per_class_order, relative_paths, take_per_class
+from pipeline.evaluation.target_data import (
+    EvalImages,
+    TransformedSubset,
+    eval_batches,
+    per_class_order,
+    relative_paths,
+    take_per_class,
+)
 from pipeline.evaluation.targets import Target, setting_label, val_subset
 from pipeline.io.atomic import write_jsonl
 from pipeline.io.run_folder import EPOCHS_FILE
@@ -146,7 +153,7 @@ class TargetRun:
         self.correct: dict[tuple, dict[str, np.ndarray]] = {}  # (method, init, k) -> {"top1": (S, N), "top5": (S, N)}
         self.meta: dict[tuple, dict] = {}
         self.ft_lr = float(r["base_lr"])
-        self.val_images = None
+        self.val_images: EvalImages | None = None  # decode_val()
         self.val_feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def subset(self, k: int | None, s: int) -> np.ndarray:
@@ -333,6 +340,7 @@ class TargetRun:
                     row["seconds"],
                 )
 
+            assert self.val_images is not None  # decode_val() ran first
             out = finetune(
                 st.trunk(init, seed0 + s),
                 train_ds,

@@ -35,7 +35,7 @@ from pipeline.io.run_folder import (
     stage_dir,
 )
 from pipeline.train.hardware import PrecisionChoice, available_cores, pick_device, resolve_for_model, thread_plan
-from pipeline.train.models import create_model, list_models, load_trunk
+from pipeline.train.models import ResNeXt, create_model, list_models, load_trunk
 from pipeline.vision.transforms import item_seed
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def read_pretrained(run_dir) -> tuple[Path, dict, dict]:
             f"run `python -m pipeline.pretrain run_dir={run_dir}` first"
         )
     info = read_model_info(run_dir)
+    assert man is not None and info is not None  # both files exist (checked above)
     if info.get("model") not in list_models():
         raise ConfigError(f"config error at pretrain: {info_file} names an unknown model {info.get('model')!r}")
     return trunk, info, man
@@ -86,7 +87,7 @@ class SuiteContext:
         self.epoch_rows: list[dict] = []
         self.nn_skip: str | None = None  # why there is no feature-space decontamination (None: there is)
 
-    def trunk(self, init: str, seed: int) -> torch.nn.Module:
+    def trunk(self, init: str, seed: int) -> ResNeXt:
         """The pretrained trunk, or (``scratch``) the random init of ``seed`` (scratch probe features = scratch
         fine-tune start), on the device in the resolved memory layout; no classifier."""
         if init == "pretrained":

@@ -99,16 +99,16 @@ def fingerprint(ds: ImageFolder) -> dict:
     return {"images": len(ds.samples), "classes": len(ds.classes), "listing": h.hexdigest()[:16]}
 
 
-def per_class_order(labels: Sequence[int], seed: int, salt: str = "subset") -> list[np.ndarray]:
+def per_class_order(labels: np.ndarray | Sequence[int], seed: int, salt: str = "subset") -> list[np.ndarray]:
     """For each class, its sample indices in a seeded random order (stable across machines).
 
     Taking the first k of each list gives nested stratified subsets: the first 10 are
     among the first 100.
     """
-    labels = np.asarray(labels)
+    lab = np.asarray(labels)
     out = []
-    for c in range(int(labels.max()) + 1 if len(labels) else 0):
-        idx = np.flatnonzero(labels == c)
+    for c in range(int(lab.max()) + 1 if len(lab) else 0):
+        idx = np.flatnonzero(lab == c)
         rng = np.random.default_rng(item_seed(salt, seed, c))
         out.append(idx[rng.permutation(len(idx))])
     return out
@@ -121,7 +121,7 @@ def take_per_class(order: list[np.ndarray], k: int | None) -> np.ndarray:
 
 
 def stratified_holdout(
-    labels: Sequence[int], fraction: float, seed: int, salt: str = "probe-holdout"
+    labels: np.ndarray | Sequence[int], fraction: float, seed: int, salt: str = "probe-holdout"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split positions ``0..N-1`` into (fit, holdout), about ``fraction`` of each class held out.
 
@@ -132,10 +132,10 @@ def stratified_holdout(
     Returns:
         (fit positions, holdout positions), both sorted int64 arrays.
     """
-    labels = np.asarray(labels)
+    lab = np.asarray(labels)
     held: list[np.ndarray] = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
+    for c in np.unique(lab):
+        idx = np.flatnonzero(lab == c)
         if len(idx) < 2:
             continue
         rng = np.random.default_rng(item_seed(salt, seed, int(c)))
@@ -143,7 +143,7 @@ def stratified_holdout(
         k = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
         held.append(idx[:k])
     hold = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
-    mask = np.ones(len(labels), dtype=bool)
+    mask = np.ones(len(lab), dtype=bool)
     mask[hold] = False
     return np.flatnonzero(mask), hold
 
@@ -158,7 +158,12 @@ class TransformedSubset(Dataset):
     """
 
     def __init__(
-        self, base: ImageFolder, indices: Sequence[int], size: int, train: bool = False, scale: tuple[float, float] = (0.08, 1.0)
+        self,
+        base: ImageFolder,
+        indices: np.ndarray | Sequence[int],
+        size: int,
+        train: bool = False,
+        scale: tuple[float, float] = (0.08, 1.0),
     ) -> None:
         self.base = base
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -229,8 +234,10 @@ class EvalImages:
             return
         if self.images is None:
             self._fill()
+        images = self.images
+        assert images is not None  # _fill() sets it
         for s in range(0, len(self.ds), self.batch_size):
-            yield self.images[s : s + self.batch_size], self.labels[s : s + self.batch_size]
+            yield images[s : s + self.batch_size], self.labels[s : s + self.batch_size]
 
 
 def eval_batches(

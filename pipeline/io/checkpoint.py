@@ -28,7 +28,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 import torch
@@ -136,7 +136,8 @@ def _config_json(config: Any) -> str:
 
 
 def _rng_state() -> dict:
-    np_state = np.random.get_state()
+    # numpy's stubs type get_state() as legacy=False (a dict); its default legacy=True gives the MT19937 tuple
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

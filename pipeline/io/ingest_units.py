@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.config import IngestConfig, to_container
 from pipeline.io.atomic import write_json
@@ -106,7 +107,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
     ids: list[list[str]] = []
     seen: set[str] = set()
     n_in = 0
-    dropped = Counter()  # hashtags dropped by the caps: too_long, over_count (tags), images (with any drop)
+    dropped: Counter[str] = Counter()  # hashtags dropped by the caps: too_long, over_count (tags), images (with any drop)
     writer = AtomicShardWriter(out_dir / shard_rel)
     try:
         for item in iter_unit(unit, ing.max_file_bytes):
@@ -247,6 +248,7 @@ def run_units(todo: list[WorkUnit], settings: IngestSettings, out_dir: Path, wor
     t_work = time.perf_counter()
     n_done = 0
     jobs = [(u, settings, out_dir) for u in todo]
+    results: Iterator[dict]
     if workers == 1:
         results = map(_worker, jobs)
         pool = None

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.io.atomic import atomic_path
 from pipeline.io.manifest import read_manifest, stage_dir
-from pipeline.io.run_folder import LABELS_FILE, VOCAB, read_vocab
+from pipeline.io.run_folder import LABELS_FILE, VOCAB, VOCAB_FILE, read_vocab
 from pipeline.text.resampling import SCHEMES
 
 __all__ = ["Labels", "load_labels", "load_vocab", "write_labels"]
@@ -98,7 +98,7 @@ def write_labels(
         **{f"weights_{k}": v for k, v in weights.items()},
     }
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]  # numpy stubs: **kwds may hit allow_pickle: bool
 
 
 def load_labels(run_dir: str | Path) -> Labels:
@@ -124,8 +124,15 @@ def load_labels(run_dir: str | Path) -> Labels:
 
 
 def load_vocab(run_dir: str | Path) -> dict:
-    """The content of ``<run_dir>/vocab/vocab.json`` (FileNotFoundError if the stage has not finished)."""
+    """The content of ``<run_dir>/vocab/vocab.json``.
+
+    Raises:
+        FileNotFoundError: if the vocab stage has not finished, or its ``vocab.json`` is missing.
+    """
     d = stage_dir(run_dir, VOCAB)
     if read_manifest(d) is None:
         raise FileNotFoundError(f"no finished vocab stage in {run_dir} (missing {d}/manifest.json)")
-    return read_vocab(run_dir)
+    doc = read_vocab(run_dir)
+    if doc is None:
+        raise FileNotFoundError(f"{d / VOCAB_FILE} is missing although the vocab stage finished")
+    return doc

@@ -230,6 +230,7 @@ def _tags_field(value) -> list[str]:
 
 def _folder_records(unit: WorkUnit) -> Iterator[tuple[int, dict | Rejection]]:
     """(line or row number, record dict or Rejection) for a folder unit."""
+    assert unit.index is not None  # plan_units gives every folder unit its index
     index = Path(unit.index)
     if index.suffix.lower() == ".csv":
         with open(index, newline="", encoding="utf-8", errors="surrogateescape") as fh:
@@ -328,6 +329,7 @@ def _decode_utf8(b: bytes, what: str) -> str:
 
 
 def _iter_img2dataset(unit: WorkUnit, max_bytes: int) -> Iterator[Item]:
+    assert unit.tar is not None  # plan_units gives every img2dataset unit its tar
     tar_path = Path(unit.tar)
     tname = tar_path.name
     try:

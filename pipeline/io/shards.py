@@ -186,7 +186,7 @@ class ShardReader:
         ip = index_path(self.path)
         self._meta: dict[str, dict] = {}
         self._phash: dict[str, dict[str, str]] = {}
-        self._fh = None
+        self._fh: io.BufferedReader | None = None
         if ip.is_file():
             idx = json.loads(ip.read_text(encoding="utf-8"))
             if idx.get("format") != INDEX_FORMAT:
@@ -230,10 +230,11 @@ class ShardReader:
         Raises:
             RuntimeError: fewer bytes are left (a truncated shard).
         """
-        if self._fh is None:
-            self._fh = open(self.path, "rb")
-        self._fh.seek(offset)
-        blob = self._fh.read(size)
+        fh = self._fh
+        if fh is None:
+            fh = self._fh = open(self.path, "rb")
+        fh.seek(offset)
+        blob = fh.read(size)
         if len(blob) != size:
             raise RuntimeError(f"shard {self.path} is truncated at byte {offset}")
         return blob

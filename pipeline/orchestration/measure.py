@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 __all__ = ["stage_measurement", "as_record"]
 
@@ -19,7 +20,7 @@ def stage_measurement(name: str, cfg, gpus: int | None = None):
 
 @contextlib.contextmanager
 def _timer(name: str):
-    rec = {"stage": name}
+    rec: dict[str, Any] = {"stage": name}
     t0 = time.perf_counter()
     yield rec
     rec["wall_seconds"] = round(time.perf_counter() - t0, 3)

@@ -45,7 +45,8 @@ def tell_followers(stage: str | None, run_dir) -> None:
 
 def follow(cfg, rank: int, stage_fn: Callable[[str], Callable]) -> dict:
     """Ranks > 0 of a multi-task job: run the stages rank 0 names (ingest, pretrain) until it is done."""
-    path, token, seq, ran = stage_dir(cfg.run_dir, RUN) / RANKS_FILE, job_token(), 0, {}
+    path, token, seq = stage_dir(cfg.run_dir, RUN) / RANKS_FILE, job_token(), 0
+    ran: dict[str, str] = {}
     while True:
         try:
             msg = json.loads(path.read_text())

@@ -36,7 +36,7 @@ def section_energy(run: Run, records: dict, ec: Any, plot_dir: Path, made: set[s
         r = records.get(s)
         est = (r or {}).get("estimate")
         cc = (r or {}).get("codecarbon")
-        if est:
+        if est and r is not None:  # est is only set with a record r
             wall = r.get("wall_seconds")
             procs = f"{fmt_num(r.get('busy_cores'))} cores" if not r.get("gpus") else f"{r['gpus']} GPU(s)"
             e_wh, e_g = 1000 * est["kwh"], 1000 * est["kg_co2e"]
@@ -148,8 +148,8 @@ def section_energy(run: Run, records: dict, ec: Any, plot_dir: Path, made: set[s
             f"`python -m pipeline.run`): the estimate takes the manifest's wall time and assumes all {cores} "
             "cores of the machine that wrote this report were busy; codecarbon did not run."
         )
-    for e in sorted(errors):
-        out.append(f"- codecarbon unavailable for {e}; the estimate stands alone.")
+    for err in sorted(errors):
+        out.append(f"- codecarbon unavailable for {err}; the estimate stands alone.")
     out.append("")
     if names:
         energy_plot(names, est_wh, cc_wh, plot_dir / "energy.png", title="energy per stage (PUE included)", assumed=assumed)

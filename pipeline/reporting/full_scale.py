@@ -11,6 +11,7 @@ follows Goyal et al. 2017 (:func:`goyal_scaling_efficiency`).
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 from pipeline.reporting.energy import (
     DEFAULTS,
@@ -28,8 +29,19 @@ MULT_ADDS_224 = {
     "resnext101_32x32d": 87e9,
     "resnext101_32x48d": 153e9,
 }
+
+
+class _Anchor(TypedDict):
+    model: str
+    images_per_second: float
+    image_size: int
+    device: str
+    precision: str
+    source: str
+
+
 # timm's published inference/training benchmark tables (huggingface/pytorch-image-models, results/)
-ANCHOR_THROUGHPUT = {
+ANCHOR_THROUGHPUT: _Anchor = {
     "model": "resnext101_32x8d",
     "images_per_second": 276.0,
     "image_size": 224,

@@ -203,7 +203,10 @@ def transfer_plot(rows: list[dict] | dict[str, list[dict]], path: str | os.PathL
         series = sorted({(r["method"], r["init"]) for r in prow})
         width = 0.8 / max(1, len(series))
         for j, (method, init) in enumerate(series):
-            xs, ys, errs, lbs = [], [], [[], []], []
+            xs: list[float] = []
+            ys: list[float] = []
+            errs: list[list[float]] = [[], []]
+            lbs: list[float | None] = []
             for i, size in enumerate(sizes):
                 match = [r for r in prow if r["method"] == method and r["init"] == init and r.get("train_per_class") == size]
                 if not match:
@@ -215,7 +218,7 @@ def transfer_plot(rows: list[dict] | dict[str, list[dict]], path: str | os.PathL
                 ci = m.get("top1_ci") or [m["top1"], m["top1"]]
                 errs[0].append(max(0.0, y - 100 * float(ci[0])))
                 errs[1].append(max(0.0, 100 * float(ci[1]) - y))
-                cands = [m.get(k) for k in ("lower_bound_top1_nn", "lower_bound_top1") if m.get(k) is not None]
+                cands = [m[k] for k in ("lower_bound_top1_nn", "lower_bound_top1") if m.get(k) is not None]
                 lbs.append(100 * float(min(cands)) if cands else None)
             ax.bar(
                 xs,

@@ -36,7 +36,8 @@ def section_overview(run: Run) -> list[str]:
 
 def section_ingest(run: Run) -> list[str]:
     """Ingest counts (input = written + quarantined), per source, and the quarantine reasons."""
-    if not run.manifests.get("ingest"):
+    manifest = run.manifests.get("ingest")
+    if not manifest:
         return not_run_lines(run, "ingest")
     c = run.counts("ingest")
     out = [
@@ -44,7 +45,7 @@ def section_ingest(run: Run) -> list[str]:
         f"quarantined **{fmt_int(c.get('quarantined'))}**; {fmt_int(c.get('shards'))} shards, "
         f"{fmt_bytes(c.get('shard_bytes'))}; {fmt_num(c.get('images_per_second_this_run'))} images/s "
         f"({fmt_int(c.get('processed_this_run'))} processed in this run), stage time "
-        f"{fmt_seconds(run.manifests['ingest'].get('seconds'))}.",
+        f"{fmt_seconds(manifest.get('seconds'))}.",
         "",
     ]
     by_source = c.get("by_source") or {}
@@ -66,7 +67,8 @@ def section_ingest(run: Run) -> list[str]:
 
 def section_dedup(run: Run) -> list[str]:
     """Dedup removals (exact, near, eval-contaminated, withdrawn) and the eval sets' contamination."""
-    if not run.manifests.get("dedup"):
+    manifest = run.manifests.get("dedup")
+    if not manifest:
         return not_run_lines(run, "dedup")
     c = run.counts("dedup")
     cfg = run.config("dedup").get("dedup", {})
@@ -91,7 +93,7 @@ def section_dedup(run: Run) -> list[str]:
         f"pHash {bits}-bit (of the canonical pixels, uniform borders trimmed; computed at ingest), "
         f"near radius {cfg.get('near_radius', '-')}, eval radius {cfg.get('eval_radius', '-')}; stored codes read at "
         f"{fmt_num(c.get('codes_images_per_second'))} images/s; withdrawn ids requested "
-        f"{fmt_int(c.get('withdrawn_requested'))}; stage time {fmt_seconds(run.manifests['dedup'].get('seconds'))}.",
+        f"{fmt_int(c.get('withdrawn_requested'))}; stage time {fmt_seconds(manifest.get('seconds'))}.",
         "",
     ]
     ec = rf.read_eval_contamination(run.dir) or {}

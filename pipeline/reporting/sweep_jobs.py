@@ -163,7 +163,7 @@ def read_job(path: Path) -> Job:
                 g.get("diff"), g.get("lo"), g.get("hi")
             )
     energy = read_or_none(lambda: rf.read_energy_records(path)) or {}
-    secs = [float(e.get("wall_seconds")) for e in energy.values() if isinstance(e, dict) and e.get("wall_seconds") is not None]
+    secs = [float(e["wall_seconds"]) for e in energy.values() if isinstance(e, dict) and e.get("wall_seconds") is not None]
     job.results["seconds"] = round(sum(secs), 1) if secs else None
 
     err = rf.read_error(path)

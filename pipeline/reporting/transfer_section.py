@@ -26,11 +26,12 @@ def _verdict(g: dict) -> str:
     v = g.get("verdict")
     if v is None and not is_missing(g.get("lo")):
         v = "gain" if g["lo"] > 0 else "loss" if g["hi"] < 0 else "no measurable gain"
-    return {"gain": "gain", "loss": "loss (scratch better)"}.get(v, v or "-")
+    labels: dict[str | None, str] = {"gain": "gain", "loss": "loss (scratch better)"}
+    return labels.get(v, v or "-")
 
 
 def _row_order(rows: list[dict]) -> list[dict]:
-    order = {"linear_probe": 0, "finetune": 1}
+    order: dict[str | None, int] = {"linear_probe": 0, "finetune": 1}
     return sorted(
         rows,
         key=lambda r: (

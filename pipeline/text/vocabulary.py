@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -35,6 +35,10 @@ from pipeline.io.manifest import file_sha256
 from pipeline.text.wordnet_canon import HashtagMapper, read_imagenet1k_wnids, wordnet_nouns
 
 __all__ = ["RawMapper", "Vocabulary", "class_mapper", "build_vocabulary", "warm_map_seconds", "sort_by_keys"]
+
+
+class _TagMapper(Protocol):
+    def map_many(self, tags: list[str]) -> Sequence[str | None]: ...
 
 
 class RawMapper:
@@ -51,7 +55,9 @@ def _raw_info(c: str) -> dict:
     return {"synset": None, "wnid": None, "lemma": c, "definition": None}
 
 
-def class_mapper(kind: VocabKind | str, wordnet_dir: str, imagenet_info_dir: str) -> tuple[Callable, Callable, dict]:
+def class_mapper(
+    kind: VocabKind | str, wordnet_dir: str, imagenet_info_dir: str
+) -> tuple[RawMapper | HashtagMapper, Callable, dict]:
     """The hashtag -> class mapper of vocabulary ``kind``, its class-info function and the tables it read.
 
     Returns:
@@ -95,7 +101,7 @@ class Vocabulary:
 
 
 def build_vocabulary(
-    tag_lists: list[list[str]], mapper: Callable, kind: VocabKind | str, min_count: int, top_k: int
+    tag_lists: list[list[str]], mapper: _TagMapper, kind: VocabKind | str, min_count: int, top_k: int
 ) -> Vocabulary:
     """Choose the classes and label each sample (pure function, no I/O).
 
@@ -155,7 +161,7 @@ def build_vocabulary(
     )
 
 
-def warm_map_seconds(mapper: Callable, tag_lists: list[list[str]]) -> float:
+def warm_map_seconds(mapper: _TagMapper, tag_lists: list[list[str]]) -> float:
     """Seconds to map every sample's hashtags again, with the mapper's cache warm (the rate the manifest reports)."""
     t0 = time.perf_counter()
     for tags in tag_lists:

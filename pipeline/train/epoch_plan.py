@@ -55,7 +55,7 @@ class SampleIndex:
             raise ValueError("keys must be sorted")
         self.shard_of = shard_of_keys(self.keys)
 
-    def classes(self, i: int) -> np.ndarray:
+    def classes(self, i: int | np.integer) -> np.ndarray:
         """Class ids (int64) of sample ``i``."""
         return self.indices[self.indptr[i] : self.indptr[i + 1]]
 

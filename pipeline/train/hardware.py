@@ -44,7 +44,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypedDict
 
 import torch
 
@@ -148,9 +148,18 @@ def available_cores(environ: dict | None = None, affinity: int | None = None, cg
     return max(1, int(n))
 
 
+class _CommonFacts(TypedDict):
+    """The :class:`HardwareFacts` fields that :func:`detect_facts` reads the same way on every device."""
+
+    cpu_capability: str
+    cpu_bf16_native: bool
+    cpu_model: str
+    cores: int
+
+
 def detect_facts(device: torch.device) -> HardwareFacts:
     """The facts of this machine for ``device``."""
-    common = {
+    common: _CommonFacts = {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16_native": cpu_bf16_native(),
         "cpu_model": _cpu_model(),
@@ -334,6 +343,13 @@ def _interleaved(trial: TrialFn, cands: list[tuple[str, bool]], rounds: int) -> 
     return best
 
 
+class _ChoiceWhere(TypedDict):
+    """The :class:`PrecisionChoice` fields naming the device and its facts."""
+
+    device: str
+    facts: str
+
+
 def resolve_precision(
     requested: str,
     channels_last: bool | None,
@@ -368,7 +384,7 @@ def resolve_precision(
     if requested not in PRECISIONS:
         raise ConfigError(f"config error at {where}: must be one of {list(PRECISIONS)}, got {requested!r}")
     dev = "cuda" if facts.device_type == "cuda" else "cpu"
-    base = {"device": dev, "facts": facts.describe()}
+    base: _ChoiceWhere = {"device": dev, "facts": facts.describe()}
     if facts.device_type == "cuda":
         cap = facts.gpu_capability or (0, 0)
         tf32 = cap >= (8, 0)

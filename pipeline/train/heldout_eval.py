@@ -44,6 +44,7 @@ class HeldoutEval:
     def __call__(self, step: int) -> dict | None:
         if not self.enabled:
             return None
+        assert self.stream is not None  # enabled: there is a held-out stream
         r = evaluate(
             self.model,
             self.stream,

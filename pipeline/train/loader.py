@@ -34,7 +34,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -109,7 +109,7 @@ class ShardStream(IterableDataset):
 
     def __init__(
         self,
-        shards: dict[int, str | Path],
+        shards: Mapping[int, str | Path],
         index: SampleIndex,
         *,
         seed: int,
@@ -183,10 +183,12 @@ class ShardStream(IterableDataset):
         """Positions of the rank's items in the order batches take them (the seeded shuffle buffer)."""
         if not self.train:
             return np.arange(n, dtype=np.int64)
+        assert self.plan is not None  # set_epoch() made it (__iter__ checks)
         rng = random.Random(item_seed("buffer", self.seed, self.plan.epoch, self.rank))
         return shuffle_order(n, rng, self.shuffle_buffer)
 
     def _make_batch(self, step: int, items: list, global_batch: int) -> dict:
+        assert self.plan is not None  # set_epoch() made it (__iter__ checks)
         images, labels, keys = [], [], []
         for row, rep, key, src in items:
             img = Image.fromarray(src) if isinstance(src, np.ndarray) else decode(src, self.image_size)
@@ -282,7 +284,7 @@ def worker_nice(requested: int | None, device_type: str, decoded: bool) -> int:
 
 
 def pretrain_streams(
-    shards: dict[int, str | Path],
+    shards: Mapping[int, str | Path],
     train_idx: SampleIndex,
     held_idx: SampleIndex,
     *,

@@ -110,12 +110,13 @@ class ResNeXt(ResNet):
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         if num_classes == 0:
-            self.fc = nn.Identity()
+            self.fc: nn.Module = nn.Identity()  # or an nn.Linear (below)
             return
         ref = self.conv1.weight  # the new head follows the trunk's device and dtype
-        self.fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-        nn.init.normal_(self.fc.weight, mean=0.0, std=self.fc_std)
-        nn.init.zeros_(self.fc.bias)
+        fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+        self.fc = fc
+        nn.init.normal_(fc.weight, mean=0.0, std=self.fc_std)
+        nn.init.zeros_(fc.bias)
 
     def get_classifier(self) -> nn.Module:
         """The head module (``nn.Linear`` or ``nn.Identity``)."""

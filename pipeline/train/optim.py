@@ -22,7 +22,7 @@ continues on the same curve.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, TypedDict
 
 import torch
 from torch import nn
@@ -101,10 +101,11 @@ def resolve_milestones(milestones: Sequence[int | float], total_steps: int) -> l
         ValueError: mixed kinds, fractions outside (0, 1], or negative steps.
     """
     ms = list(milestones)
-    if all(isinstance(m, int) and not isinstance(m, bool) for m in ms):
-        if any(m < 0 for m in ms):
+    steps = [m for m in ms if isinstance(m, int) and not isinstance(m, bool)]
+    if len(steps) == len(ms):
+        if any(m < 0 for m in steps):
             raise ValueError(f"milestone steps must be >= 0, got {ms}")
-        return sorted(ms)
+        return sorted(steps)
     if all(isinstance(m, float) for m in ms):
         if any(not 0.0 < m <= 1.0 for m in ms):
             raise ValueError(f"fractional milestones must be in (0, 1], got {ms}")
@@ -159,6 +160,19 @@ def lr_at(
     return peak_lr
 
 
+class _ScheduleArgs(TypedDict):
+    """The keyword arguments of :func:`lr_at` that :func:`make_schedule` fixes."""
+
+    kind: str
+    total_steps: int
+    warmup_steps: int
+    warmup_start_lr: float
+    peak_lr: float
+    milestones: Sequence[int | float]
+    gamma: float
+    final_lr_fraction: float
+
+
 def make_schedule(
     optimizer: torch.optim.Optimizer,
     kind: str,
@@ -183,16 +197,16 @@ def make_schedule(
         ValueError: bad arguments (checked once here), or no group of the optimizer has
             ``lr == peak_lr`` (a common mix-up: optimizer built at 0.1, schedule at 3.2).
     """
-    args = dict(
-        kind=kind,
-        total_steps=total_steps,
-        warmup_steps=warmup_steps,
-        warmup_start_lr=warmup_start_lr,
-        peak_lr=peak_lr,
-        milestones=tuple(milestones),
-        gamma=gamma,
-        final_lr_fraction=final_lr_fraction,
-    )
+    args: _ScheduleArgs = {
+        "kind": kind,
+        "total_steps": total_steps,
+        "warmup_steps": warmup_steps,
+        "warmup_start_lr": warmup_start_lr,
+        "peak_lr": peak_lr,
+        "milestones": tuple(milestones),
+        "gamma": gamma,
+        "final_lr_fraction": final_lr_fraction,
+    }
     if peak_lr <= 0:
         raise ValueError(f"peak_lr must be > 0, got {peak_lr}")
     lr_at(0, **args)  # validates kind, counts and milestones before training starts

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -29,17 +29,17 @@ class Partition:
         return self.rank == 0
 
 
-def current_partition(env: dict | None = None) -> Partition:
+def current_partition(env: Mapping[str, str] | None = None) -> Partition:
     """Read the partition from the environment (torchrun first, then SLURM).
 
     Raises:
         ValueError: if the variables are not integers or rank is outside [0, world).
     """
-    env = os.environ if env is None else env
-    if "WORLD_SIZE" in env:
-        rank, world = env.get("RANK", "0"), env["WORLD_SIZE"]
-    elif "SLURM_NTASKS" in env:
-        rank, world = env.get("SLURM_PROCID", "0"), env["SLURM_NTASKS"]
+    environ: Mapping[str, str] = os.environ if env is None else env
+    if "WORLD_SIZE" in environ:
+        rank, world = environ.get("RANK", "0"), environ["WORLD_SIZE"]
+    elif "SLURM_NTASKS" in environ:
+        rank, world = environ.get("SLURM_PROCID", "0"), environ["SLURM_NTASKS"]
     else:
         return Partition()
     try:

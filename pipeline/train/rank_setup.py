@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from typing import cast
 
 import torch
 
@@ -88,7 +89,8 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, compile_model: bool) -> t
     """
     wrapped = model
     if compile_model:
-        wrapped = torch.compile(wrapped)
+        # torch's stubs type torch.compile as returning a Callable; for a Module it is a Module (OptimizedModule)
+        wrapped = cast(torch.nn.Module, torch.compile(wrapped))
     if info.distributed:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False

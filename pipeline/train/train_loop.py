@@ -24,7 +24,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -212,6 +212,8 @@ def train(
     estimated = False
     run_start_step = state.step
     ddp_model.train()
+    # on a distributed job (the only one calling no_sync) wrap_model has wrapped the model in DistributedDataParallel
+    ddp = cast("torch.nn.parallel.DistributedDataParallel", ddp_model)
     done = state.step >= stop_at
     kill_spec = os.environ.get(TEST_KILL_ENV)
     while state.epoch < s.pt.epochs and not done:
@@ -238,7 +240,7 @@ def train(
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = targets_for(loss_name, batch["labels"].to(dev, non_blocking=True), s.num_classes)
-            sync = contextlib.nullcontext() if (last_micro or not info.distributed) else ddp_model.no_sync()
+            sync = contextlib.nullcontext() if (last_micro or not info.distributed) else ddp.no_sync()
             with sync:
                 with torch.autocast(dev.type, dtype=s.autocast_dtype or torch.float32, enabled=s.autocast_dtype is not None):
                     logits = ddp_model(x)

@@ -21,6 +21,8 @@ buckets, 22 probes per table; benchmarks/RESULTS.md, near_search, measured the g
 
 from __future__ import annotations
 
+from typing import cast
+
 import faiss
 import imagehash
 import numpy as np
@@ -58,7 +60,8 @@ def trim_uniform_border(img: Image.Image, tolerance: int = BORDER_TOLERANCE, min
     """
     rgb = img if img.mode == "RGB" else img.convert("RGB")
     w, h = rgb.size
-    corners = [rgb.getpixel(p) for p in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))]
+    # PIL's stubs type getpixel for every mode; an RGB pixel is a tuple
+    corners = [cast("tuple[int, ...]", rgb.getpixel(p)) for p in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))]
     if max(abs(c[i] - corners[0][i]) for c in corners for i in range(3)) > tolerance:
         return img
     r, g, b = ImageChops.difference(rgb, Image.new("RGB", rgb.size, corners[0])).split()
@@ -119,9 +122,11 @@ def build_index(codes: np.ndarray, radius: int) -> faiss.IndexBinary:
     if nbits // nhash < 16 and radius >= 2:  # few buckets per table: fewer, longer substrings, 1 flipped bit
         nhash, nflip = (radius + 2) // 2, 1  # radius < 2 * nhash: some substring differs in <= 1 bit
     b = min(24, nbits // nhash)
+    index: faiss.IndexBinary
     if b >= 4:
-        index = faiss.IndexBinaryMultiHash(nbits, nhash, b)
-        index.nflip = nflip
+        multi = faiss.IndexBinaryMultiHash(nbits, nhash, b)
+        multi.nflip = nflip
+        index = multi
     else:  # radius too large for useful substrings: exact brute force
         index = faiss.IndexBinaryFlat(nbits)
     if len(codes):

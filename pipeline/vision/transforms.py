@@ -72,7 +72,7 @@ def decode(blob: bytes, size: int) -> Image.Image:
     (side 0.28 of the image), and the result is small enough to keep decoded
     (:mod:`pipeline.train.decoded_cache`). Images are never enlarged.
     """
-    img = Image.open(io.BytesIO(blob))
+    img: Image.Image = Image.open(io.BytesIO(blob))
     if img.format == "JPEG":
         img.draft("RGB", (2 * size, 2 * size))
     img = img.convert("RGB")

@@ -120,22 +120,24 @@ def copy_run(src, dst, stages=("ingest", "dedup", "vocab")):
     return dst
 
 
-PIPELINE_RUN = (  # every stage in ~30 s on the fixture corpus (raw-hashtag vocabulary, 6 optimizer steps)
-    "vocab=raw",
-    "vocab.min_count=2",
-    "vocab.plot=false",
-    "pretrain.model=resnext_mini",
-    "pretrain.image_size=32",
-    "pretrain.batch_size=8",
-    "pretrain.epochs=1",
-    "pretrain.max_steps=6",
-    "pretrain.workers=0",
-    "pretrain.progress=false",
-    "pretrain.heldout_fraction=0.1",
-    "pretrain.threads=1",
-    "pretrain.checkpoint_every_steps=100",
-    "pretrain.precision=fp32",
-    "pretrain.channels_last=false",
+TINY_PRETRAIN = {
+    "model": "resnext_mini",
+    "image_size": 32,
+    "batch_size": 8,
+    "epochs": 1,
+    "workers": 0,
+    "progress": False,
+    "threads": 1,
+}  # a pretraining of seconds on the fixture corpus
+
+
+def pretrain_overrides(**extra) -> list[str]:
+    """Hydra overrides ``pretrain.<key>=<value>`` of :data:`TINY_PRETRAIN` with ``extra`` on top (bools as true/false)."""
+    merged = {**TINY_PRETRAIN, **extra}
+    return [f"pretrain.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in merged.items()]
+
+
+TINY_TRANSFER = (  # the transfer suite in seconds on the fixture targets
     "transfer.low_data_per_class=[2]",
     "transfer.targets.fluent_emoji_subgroup.low_data_per_class=[2]",
     "transfer.finetune_epochs=2",
@@ -149,6 +151,14 @@ PIPELINE_RUN = (  # every stage in ~30 s on the fixture corpus (raw-hashtag voca
     "transfer.nn_known_copies=10",
     "transfer.nn_non_copies=50",
     "transfer.n_boot=200",
+)
+
+PIPELINE_RUN = (  # every stage in ~30 s on the fixture corpus (raw-hashtag vocabulary, 6 optimizer steps)
+    "vocab=raw",
+    "vocab.min_count=2",
+    "vocab.plot=false",
+    *pretrain_overrides(max_steps=6, heldout_fraction=0.1, checkpoint_every_steps=100, precision="fp32", channels_last=False),
+    *TINY_TRANSFER,
     "transfer.probe_seeds=2",
     "transfer.finetune_seeds=1",
     "transfer.precision=fp32",

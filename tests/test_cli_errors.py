@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURE, IMAGENET_INFO, REPO, WORDNET, copy_run
+from conftest import FIXTURE, IMAGENET_INFO, REPO, WORDNET, copy_run, pretrain_overrides
 
 from pipeline.cli import EXIT_EXPECTED, ReportedFailure, describe_failure, exit_status, failure_line
 from pipeline.config import ConfigError
@@ -31,15 +31,7 @@ BASE = [
     "vocab.progress=false",
 ]
 PRETRAIN = [
-    "pretrain.model=resnext_mini",
-    "pretrain.image_size=32",
-    "pretrain.batch_size=8",
-    "pretrain.epochs=1",
-    "pretrain.max_steps=2",
-    "pretrain.workers=0",
-    "pretrain.progress=false",
-    "pretrain.threads=1",
-    "pretrain.device=cpu",
+    *pretrain_overrides(max_steps=2, device="cpu"),
     "vocab.kind=raw",
     "vocab.min_count=2",
 ]

@@ -147,7 +147,7 @@ def test_step_trial_measures_a_real_model_and_leaves_the_rng_alone():
 
 
 def test_pretrain_manifest_and_checkpoint_record_the_choice(prepared_fixture, tmp_path):
-    from conftest import REPO, copy_run
+    from conftest import REPO, copy_run, pretrain_overrides
 
     run = copy_run(prepared_fixture, tmp_path / "run")
     cmd = [
@@ -156,15 +156,7 @@ def test_pretrain_manifest_and_checkpoint_record_the_choice(prepared_fixture, tm
         "pipeline.pretrain",
         f"run_dir={run}",
         "data=fixture",
-        "pretrain.model=resnext_mini",
-        "pretrain.image_size=32",
-        "pretrain.batch_size=8",
-        "pretrain.epochs=1",
-        "pretrain.max_steps=2",
-        "pretrain.workers=0",
-        "pretrain.progress=false",
-        "pretrain.heldout_fraction=0.1",
-        "pretrain.threads=1",
+        *pretrain_overrides(max_steps=2, heldout_fraction=0.1),
     ]
     env = {**__import__("os").environ, "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)

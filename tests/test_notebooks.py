@@ -6,22 +6,14 @@ import shutil
 
 import nbformat
 import pytest
-from conftest import REPO, WORDNET, stage_cfg
+from conftest import REPO, WORDNET, pretrain_overrides, stage_cfg
 from nbclient import NotebookClient
 
 from pipeline.run import run_pipeline
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 TINY_RUN = (
-    "pretrain.model=resnext_mini",
-    "pretrain.image_size=32",
-    "pretrain.batch_size=8",
-    "pretrain.epochs=1",
-    "pretrain.max_steps=4",
-    "pretrain.workers=0",
-    "pretrain.threads=1",
-    "pretrain.progress=false",
-    "pretrain.heldout_fraction=0.1",
+    *pretrain_overrides(max_steps=4, heldout_fraction=0.1),
     "transfer.methods=[linear_probe,finetune]",
     "transfer.inits=[pretrained]",
     "transfer.low_data_per_class=[2]",

@@ -20,24 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, copy_run, stage_cfg
+from conftest import REPO, copy_run, pretrain_overrides, stage_cfg
 from fuzz.stages import partial_files, temp_files
 
 from pipeline.io.checkpoint import CheckpointError
 from pipeline.io.run_folder import STAGES
 
 PRETRAIN = [
-    "pretrain.model=resnext_mini",
-    "pretrain.image_size=32",
-    "pretrain.batch_size=8",
-    "pretrain.epochs=1",
-    "pretrain.max_steps=2",
-    "pretrain.workers=0",
-    "pretrain.progress=false",
-    "pretrain.heldout_fraction=0.1",
-    "pretrain.threads=1",
-    "pretrain.checkpoint_every_steps=1",
-    "pretrain.device=cpu",
+    *pretrain_overrides(max_steps=2, heldout_fraction=0.1, checkpoint_every_steps=1, device="cpu"),
 ]
 TRANSFER = [
     "transfer.low_data_per_class=[2]",

@@ -10,38 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE, copy_run, make_cfg, stage_cfg
+from conftest import FIXTURE, TINY_TRANSFER, copy_run, make_cfg, pretrain_overrides, stage_cfg
 
 FASHION = FIXTURE / "fashion_mnist"
 FLUENT = FIXTURE / "fluent_emoji" / "subgroup"
 TARGETS = ("fluent_emoji_subgroup", "fashion_mnist")
 PRETRAIN = [
-    "pretrain.model=resnext_mini",
-    "pretrain.image_size=32",
-    "pretrain.batch_size=8",
-    "pretrain.epochs=1",
-    "pretrain.max_steps=4",
-    "pretrain.workers=0",
-    "pretrain.progress=false",
-    "pretrain.heldout_fraction=0",
-    "pretrain.threads=1",
-    "pretrain.checkpoint_every_steps=100",
+    *pretrain_overrides(max_steps=4, heldout_fraction=0, checkpoint_every_steps=100),
 ]
-TINY = [
-    "transfer.low_data_per_class=[2]",
-    "transfer.targets.fluent_emoji_subgroup.low_data_per_class=[2]",
-    "transfer.finetune_epochs=2",
-    "transfer.min_epoch_images=40",
-    "transfer.batch_size=16",
-    "transfer.workers=0",
-    "transfer.progress=false",
-    "transfer.threads=1",
-    "transfer.probe_Cs=[0.01,1.0]",
-    "transfer.lr_select_max_images=32",
-    "transfer.nn_known_copies=10",
-    "transfer.nn_non_copies=50",
-    "transfer.n_boot=200",
-]
+TINY = list(TINY_TRANSFER)
 SEEDS = {"linear_probe": 3, "finetune": 2}  # low-data seeds in the suite run (probe_seeds=3, finetune_seeds=2)
 N_VAL = {"fluent_emoji_subgroup": 18, "fashion_mnist": 30}
 N_TRAIN = {

@@ -28,6 +28,7 @@ from omegaconf import MISSING, OmegaConf
 
 RESULTS = "results"  # field metadata: False = the value never changes a stage's results
 RESUMABLE = "resumable"  # field metadata: True = a resumed run may change the value
+NEUTRAL = "neutral"  # field metadata: the value at which a field added later leaves stage keys as they were
 
 
 def runtime(default: Any = None) -> Any:
@@ -36,6 +37,13 @@ def runtime(default: Any = None) -> Any:
     A resumed run may change it too. Use for immutable defaults only.
     """
     return field(default=default, metadata={RESULTS: False})
+
+
+def added(default: Any) -> Any:
+    """A field that changes results, added after run folders exist: at ``default`` (which must reproduce
+    what the code did before the field existed) it is left out of stage keys and resume recipes, so
+    those folders stay up to date; any other value is part of the key like every results field."""
+    return field(default=default, metadata={NEUTRAL: default})
 
 
 def resumable(default: Any = None) -> Any:
@@ -167,6 +175,9 @@ class VocabConfig:
     imagenet_info_dir: str = "${data.cache}/imagenet_info"  # timm's synset lists (fetch_demo)
     plot: bool = True  # class frequency by rank, before/after resampling (PNG)
     require_dedup: bool = True  # fail if <run_dir>/dedup/ has not finished; false = count every ingested sample
+    # probability per hashtag occurrence of being replaced by a random other hashtag of the corpus, before the
+    # vocabulary is built, seeded by sample key (pipeline.text.label_noise; the label_noise experiment)
+    label_noise: float = added(0.0)
     progress: bool = runtime(True)  # tqdm progress bar over samples on stderr
 
 
@@ -174,6 +185,7 @@ def validate_vocab(vc: Any) -> None:
     """Range checks of ``vocab.*`` (ConfigError naming the key)."""
     _check(vc.min_count >= 1, "vocab.min_count", f"must be >= 1 sample, got {vc.min_count}")
     _check(vc.top_k >= 1, "vocab.top_k", f"must be >= 1 class, got {vc.top_k}")
+    _check(0.0 <= vc.label_noise <= 1.0, "vocab.label_noise", f"must be a probability in [0, 1], got {vc.label_noise}")
     _check(VocabKind(vc.kind) is VocabKind.raw or bool(vc.wordnet_dir), "vocab.wordnet_dir", "must be set for WordNet kinds")
 
 
@@ -290,6 +302,9 @@ class PretrainConfig:
     decoded_cache_max_gb: float = runtime(4.0)
     shuffle_buffer: int = 1000  # samples in each rank's shuffle buffer
     heldout_fraction: float = 0.05  # samples held out (by key hash) for precision@1 and mAP
+    # train on this share of the non-held-out samples, chosen by key hash (nested: every sample of 0.25 is in
+    # 0.5; the held-out set is the same for every fraction); the data_scale experiment
+    data_fraction: float = added(1.0)
     eval_every_steps: int = runtime(0)  # 0 = at the end of each epoch
     checkpoint_every_steps: int = runtime(50)
     keep_checkpoints: int = runtime(3)
@@ -308,6 +323,7 @@ def validate_pretrain(pt: Any) -> None:
     _check(pt.epochs >= 1, "pretrain.epochs", "must be >= 1")
     _check(pt.max_steps is None or pt.max_steps >= 1, "pretrain.max_steps", "must be >= 1")
     _check(0 <= pt.heldout_fraction < 0.5, "pretrain.heldout_fraction", "must be in [0, 0.5)")
+    _check(0 < pt.data_fraction <= 1, "pretrain.data_fraction", f"must be in (0, 1], got {pt.data_fraction}")
     _check(pt.worker_nice is None or 0 <= pt.worker_nice <= 19, "pretrain.worker_nice", "must be null or in 0..19")
     _check(pt.decoded_cache_max_gb >= 0, "pretrain.decoded_cache_max_gb", "must be >= 0")
     _check(
@@ -714,7 +730,12 @@ def _schema_of(tp: Any) -> tuple[str, type | None]:
     return "leaf", None
 
 
-def _drop(data: Any, cls: type, drop: Any) -> Any:
+def _at_neutral(f: Any, v: Any) -> bool:
+    """Whether field ``f`` was declared with :func:`added` and ``v`` is its neutral (old-behaviour) value."""
+    return NEUTRAL in f.metadata and v == f.metadata[NEUTRAL]
+
+
+def _drop(data: Any, cls: type, drop: Any, neutral: bool = False) -> Any:
     if not isinstance(data, dict):
         return data
     known = _field_types(cls)
@@ -724,28 +745,29 @@ def _drop(data: Any, cls: type, drop: Any) -> Any:
             out[k] = v
             continue
         f, tp = known[k]
-        if drop(f):
+        if drop(f) or (neutral and _at_neutral(f, v)):
             continue
         kind, sub = _schema_of(tp)
         if sub is None:  # a "leaf": kept as it is
             pass
         elif kind == "one":
-            v = _drop(v, sub, drop)
+            v = _drop(v, sub, drop, neutral)
         elif kind == "list" and isinstance(v, list):
-            v = [_drop(x, sub, drop) for x in v]
+            v = [_drop(x, sub, drop, neutral) for x in v]
         elif kind == "dict" and isinstance(v, dict):
-            v = {name: _drop(x, sub, drop) for name, x in v.items()}
+            v = {name: _drop(x, sub, drop, neutral) for name, x in v.items()}
         out[k] = v
     return out
 
 
 def result_view(data: dict, schema: type | None = None) -> dict:
     """``data`` (plain resolved config, or a part of it with its ``schema`` dataclass) without the
-    :func:`runtime` fields, at every depth: what a stage key hashes.
+    :func:`runtime` fields and the :func:`added` fields at their neutral value, at every depth: what a
+    stage key hashes.
 
     Keys the schema does not know (e.g. a recorded ``tf32``) are kept.
     """
-    return _drop(data, schema or PipelineConfig, lambda f: f.metadata.get(RESULTS) is False)
+    return _drop(data, schema or PipelineConfig, lambda f: f.metadata.get(RESULTS) is False, neutral=True)
 
 
 def results_config(cfg: Any, *names: str) -> dict:
@@ -762,11 +784,13 @@ def results_config(cfg: Any, *names: str) -> dict:
 
 def resume_recipe(resolved: dict) -> dict:
     """The part of a resolved pretraining config a resumed run must share with its checkpoint: ``seed`` and
-    ``pretrain`` without the :func:`runtime` and :func:`resumable` fields."""
+    ``pretrain`` without the :func:`runtime` and :func:`resumable` fields (and :func:`added` ones at their
+    neutral value, so checkpoints written before such a field existed still resume)."""
     pt = _drop(
         resolved.get("pretrain") or {},
         PretrainConfig,
         lambda f: f.metadata.get(RESULTS) is False or f.metadata.get(RESUMABLE) is True,
+        neutral=True,
     )
     return {"seed": resolved.get("seed"), "pretrain": pt}
 

@@ -70,7 +70,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     threads = set_threads(pt, info)
     out = stage_dir(cfg.run_dir, STAGE)
     accumulation(pt.batch_size, pt.global_batch, info.world)  # a bad global batch fails before any file is read
-    train_idx, held_idx, labels = build_indexes(cfg.run_dir, str(pt.resampling), pt.heldout_fraction)
+    train_idx, held_idx, labels = build_indexes(cfg.run_dir, str(pt.resampling), pt.heldout_fraction, pt.data_fraction)
     num_classes = labels.num_classes
     shards = {int(p.stem): p for p in shard_paths(cfg.run_dir)}
     plan = plan_steps(pt, train_idx, seed=cfg.seed, world=info.world)

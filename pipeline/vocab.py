@@ -47,6 +47,7 @@ from pipeline.io.run_folder import (
 )
 from pipeline.io.sample_tags import read_sample_tags
 from pipeline.io.shards import shard_paths
+from pipeline.text.label_noise import replace_hashtags
 from pipeline.text.resampling import all_weights
 from pipeline.text.vocab_document import frequency_curves, unmapped_table, vocab_counts, vocab_document, vocab_totals
 from pipeline.text.vocabulary import build_vocabulary, class_mapper, sort_by_keys, warm_map_seconds
@@ -98,6 +99,9 @@ def run_vocab(cfg) -> dict | None:
 
     # blocks: read the tags, build the vocabulary, sort by key, weigh
     samples = read_sample_tags(paths, removed, vc.progress, ingest_man["counts"].get("written"))
+    noise = None
+    if vc.label_noise > 0:
+        samples.tags, noise = replace_hashtags(samples.keys, samples.tags, vc.label_noise)
     vocab = build_vocabulary(samples.tags, mapper, kind, vc.min_count, vc.top_k)
     if not vocab.classes:
         raise ConfigError(
@@ -135,7 +139,10 @@ def run_vocab(cfg) -> dict | None:
         stage=STAGE,
         config=results_config(cfg, "vocab"),
         inputs=inputs,
-        counts=vocab_counts(vocab, totals, table_seconds, warm_seconds),
+        counts={
+            **vocab_counts(vocab, totals, table_seconds, warm_seconds),
+            **({"label_noise": noise.to_dict()} if noise else {}),
+        },
         seconds=time.perf_counter() - t0,
         outputs=outputs,
     )

@@ -14,7 +14,7 @@ from pipeline.io.labels import Labels, load_labels
 from pipeline.train.epoch_plan import SampleIndex
 from pipeline.vision.transforms import item_seed
 
-__all__ = ["build_indexes", "heldout_mask", "heldout_targets"]
+__all__ = ["build_indexes", "fraction_mask", "heldout_mask", "heldout_targets"]
 
 
 def heldout_mask(keys: np.ndarray, fraction: float) -> np.ndarray:
@@ -29,14 +29,26 @@ def heldout_mask(keys: np.ndarray, fraction: float) -> np.ndarray:
     return np.array([item_seed("heldout", k) % 10_000 < cut for k in keys], dtype=bool)
 
 
-def build_indexes(run_dir, scheme: str, heldout_fraction: float) -> tuple[SampleIndex, SampleIndex, Labels]:
+def fraction_mask(keys: np.ndarray, fraction: float) -> np.ndarray:
+    """Deterministic nested subset by key hash: bool (N,), about ``fraction`` True; every key kept at a
+    fraction is kept at every larger one (the threshold on the same hash only grows)."""
+    if fraction >= 1:
+        return np.ones(len(keys), dtype=bool)
+    cut = int(round(fraction * 1_000_000))
+    return np.array([item_seed("data_fraction", k) % 1_000_000 < cut for k in keys], dtype=bool)
+
+
+def build_indexes(
+    run_dir, scheme: str, heldout_fraction: float, data_fraction: float = 1.0
+) -> tuple[SampleIndex, SampleIndex, Labels]:
     """Training and held-out :class:`SampleIndex` from the vocab stage's labels.
 
-    Held-out samples (by key hash) are excluded from training; training weights are
-    renormalized to mean 1; held-out samples get weight 1 (each seen once).
+    Held-out samples (by key hash) are excluded from training; of the rest, ``data_fraction`` is
+    kept (:func:`fraction_mask`: nested, the same held-out set for every fraction); training weights
+    are renormalized to mean 1; held-out samples get weight 1 (each seen once).
 
     Raises:
-        pipeline.config.ConfigError: ``heldout_fraction`` leaves no training sample.
+        pipeline.config.ConfigError: ``heldout_fraction`` or ``data_fraction`` leaves no training sample.
         FileNotFoundError: the vocab stage has not written its labels in ``run_dir``.
     """
     labels = load_labels(run_dir)
@@ -50,6 +62,10 @@ def build_indexes(run_dir, scheme: str, heldout_fraction: float) -> tuple[Sample
     train_idx = full.subset(~held)
     if len(train_idx.keys) == 0:
         raise ConfigError("config error at pretrain.heldout_fraction: no training samples left")
+    if data_fraction < 1:
+        train_idx = train_idx.subset(fraction_mask(train_idx.keys, data_fraction))
+        if len(train_idx.keys) == 0:
+            raise ConfigError(f"config error at pretrain.data_fraction: {data_fraction} leaves no training sample")
     train_idx.weights = train_idx.weights / train_idx.weights.mean()
     held_idx = full.subset(held)
     held_idx.weights = np.ones(len(held_idx.keys))

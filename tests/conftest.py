@@ -137,6 +137,20 @@ def pretrain_overrides(**extra) -> list[str]:
     return [f"pretrain.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in merged.items()]
 
 
+PROBE_ONLY_TRANSFER = (  # one low-data linear probe, pretrained init only: the transfer stage in seconds
+    "transfer.low_data_per_class=[2]",
+    "transfer.full=false",
+    "transfer.finetune_epochs=1",
+    "transfer.min_epoch_images=20",
+    "transfer.batch_size=10",
+    "transfer.workers=0",
+    "transfer.progress=false",
+    "transfer.threads=1",
+    "transfer.probe_Cs=[1.0]",
+    "transfer.max_val_images=20",
+    "transfer.inits=[pretrained]",
+)
+
 TINY_TRANSFER = (  # the transfer suite in seconds on the fixture targets
     "transfer.low_data_per_class=[2]",
     "transfer.targets.fluent_emoji_subgroup.low_data_per_class=[2]",

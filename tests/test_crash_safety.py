@@ -24,7 +24,7 @@ import sys
 import time
 
 import pytest
-from conftest import FIXTURE
+from conftest import FIXTURE, PROBE_ONLY_TRANSFER
 from fuzz.stages import _child, compare_stage, context, partial_files, run_stage, temp_files, warm_up
 
 from pipeline.io.run_folder import STAGES
@@ -65,17 +65,7 @@ TINY = [
     "pretrain.threads=1",
     "pretrain.checkpoint_every_steps=2",
     "pretrain.keep_checkpoints=3",
-    "transfer.low_data_per_class=[2]",
-    "transfer.full=false",
-    "transfer.finetune_epochs=1",
-    "transfer.min_epoch_images=20",
-    "transfer.batch_size=10",
-    "transfer.workers=0",
-    "transfer.progress=false",
-    "transfer.threads=1",
-    "transfer.probe_Cs=[1.0]",
-    "transfer.max_val_images=20",
-    "transfer.inits=[pretrained]",
+    *PROBE_ONLY_TRANSFER,
 ]
 SEED = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))
 

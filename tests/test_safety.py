@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, copy_run, pretrain_overrides, stage_cfg
+from conftest import PROBE_ONLY_TRANSFER, REPO, copy_run, pretrain_overrides, stage_cfg
 from fuzz.stages import partial_files, temp_files
 
 from pipeline.io.checkpoint import CheckpointError
@@ -29,19 +29,7 @@ from pipeline.io.run_folder import STAGES
 PRETRAIN = [
     *pretrain_overrides(max_steps=2, heldout_fraction=0.1, checkpoint_every_steps=1, device="cpu"),
 ]
-TRANSFER = [
-    "transfer.low_data_per_class=[2]",
-    "transfer.full=false",
-    "transfer.finetune_epochs=1",
-    "transfer.min_epoch_images=20",
-    "transfer.batch_size=10",
-    "transfer.workers=0",
-    "transfer.progress=false",
-    "transfer.threads=1",
-    "transfer.probe_Cs=[1.0]",
-    "transfer.max_val_images=20",
-    "transfer.inits=[pretrained]",
-]
+TRANSFER = list(PROBE_ONLY_TRANSFER)
 LATER = ["vocab.kind=raw", "vocab.min_count=2", "vocab.plot=false", *PRETRAIN, *TRANSFER]
 
 

@@ -162,6 +162,8 @@ class VocabKind(StrEnum):
     wordnet_nouns = "wordnet_nouns"  # any WordNet noun synset with >= min_count samples (the "17k" set)
     topk = "topk"  # the top_k most frequent WordNet noun synsets (the "8.5k" set)
     raw = "raw"  # normalized hashtags as they are, no WordNet (for comparison)
+    target_aligned = "target_aligned"  # synsets under the target's class names (vocab.align_classes; pipeline.text.aligned)
+    visual_nouns = "visual_nouns"  # physical-entity synsets, senses chosen from co-occurring hashtags (text.sense_choice)
 
 
 @dataclass
@@ -178,6 +180,8 @@ class VocabConfig:
     # probability per hashtag occurrence of being replaced by a random other hashtag of the corpus, before the
     # vocabulary is built, seeded by sample key (pipeline.text.label_noise; the label_noise experiment)
     label_noise: float = added(0.0)
+    # kind=target_aligned: a folder whose sub-folders are the target's classes (an ImageFolder split)
+    align_classes: str = added("")
     progress: bool = runtime(True)  # tqdm progress bar over samples on stderr
 
 
@@ -187,6 +191,11 @@ def validate_vocab(vc: Any) -> None:
     _check(vc.top_k >= 1, "vocab.top_k", f"must be >= 1 class, got {vc.top_k}")
     _check(0.0 <= vc.label_noise <= 1.0, "vocab.label_noise", f"must be a probability in [0, 1], got {vc.label_noise}")
     _check(VocabKind(vc.kind) is VocabKind.raw or bool(vc.wordnet_dir), "vocab.wordnet_dir", "must be set for WordNet kinds")
+    _check(
+        VocabKind(vc.kind) is not VocabKind.target_aligned or bool(vc.align_classes),
+        "vocab.align_classes",
+        "must name the target's class folders for kind=target_aligned (e.g. ${data.cache}/fluent_emoji/subgroup/train)",
+    )
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Vocabulary stage: hashtags -> canonical classes, per-sample labels and resampling weights.
 
-``python -m pipeline.vocab run_dir=runs/demo [vocab=imagenet1k|wordnet_nouns|topk|raw] [vocab.min_count=5] ...``
+``python -m pipeline.vocab run_dir=runs/demo [vocab=wordnet_nouns|imagenet1k|topk|raw|visual_nouns|fluent_aligned] ...``
 
 (``vocab=<kind>`` picks ``conf/vocab/<kind>.yaml``; the default is ``wordnet_nouns``.)
 
@@ -19,6 +19,8 @@ stage removed (``<run_dir>/dedup/removed.jsonl``; a missing dedup stage is an er
   every scheme of :data:`pipeline.text.resampling.SCHEMES`, so one vocabulary serves every
   resampling sweep; read it with :func:`pipeline.io.labels.load_labels`;
 * ``class_frequency.png``: class frequency by rank before/after each resampling scheme;
+* ``senses.json`` (``visual_nouns`` only): per ambiguous hashtag, its candidate senses with
+  their context scores, the chosen class and why (:mod:`pipeline.text.sense_choice`);
 * ``manifest.json`` last.
 
 Vocabulary kinds and how classes are chosen and samples labelled: :mod:`pipeline.text.vocabulary`.
@@ -41,6 +43,7 @@ from pipeline.io.run_folder import (
     INGEST,
     LABELS_FILE,
     REMOVED_FILE,
+    SENSES_FILE,
     UNMAPPED_FILE,
     VOCAB,
     VOCAB_FILE,
@@ -49,6 +52,7 @@ from pipeline.io.sample_tags import read_sample_tags
 from pipeline.io.shards import shard_paths
 from pipeline.text.label_noise import replace_hashtags
 from pipeline.text.resampling import all_weights
+from pipeline.text.sense_choice import VisualNounMapper, sense_summary
 from pipeline.text.vocab_document import frequency_curves, unmapped_table, vocab_counts, vocab_document, vocab_totals
 from pipeline.text.vocabulary import build_vocabulary, class_mapper, sort_by_keys, warm_map_seconds
 from pipeline.train.partition import current_partition
@@ -89,7 +93,7 @@ def run_vocab(cfg) -> dict | None:
         "dedup_removed": file_sha256(stage_dir(run_dir, DEDUP) / REMOVED_FILE) if dedup_man else None,
     }
     t_table = time.perf_counter()
-    mapper, info, table_inputs = class_mapper(kind, vc.wordnet_dir, vc.imagenet_info_dir)
+    mapper, info, table_inputs, choice = class_mapper(kind, vc.wordnet_dir, vc.imagenet_info_dir, vc.align_classes)
     inputs.update(table_inputs)
     table_seconds = time.perf_counter() - t_table
     out_dir = stage_dir(run_dir, STAGE)
@@ -102,6 +106,10 @@ def run_vocab(cfg) -> dict | None:
     noise = None
     if vc.label_noise > 0:
         samples.tags, noise = replace_hashtags(samples.keys, samples.tags, vc.label_noise)
+    senses = None
+    if isinstance(mapper, VisualNounMapper):
+        senses = [c.to_dict() for c in mapper.fit(samples.tags).values()]
+        choice = sense_summary(senses)
     vocab = build_vocabulary(samples.tags, mapper, kind, vc.min_count, vc.top_k)
     if not vocab.classes:
         raise ConfigError(
@@ -116,7 +124,11 @@ def run_vocab(cfg) -> dict | None:
     # write: labels, unmapped, vocab.json, the plot, then the manifest
     write_labels(out_dir / LABELS_FILE, keys, ids, vocab.indptr, vocab.indices, vocab.counts, weights)
     write_text(out_dir / UNMAPPED_FILE, json.dumps(unmapped_table(vocab), indent=1, ensure_ascii=False) + "\n")
-    write_json(out_dir / VOCAB_FILE, vocab_document(kind, vc.min_count, vc.top_k, vocab, totals, info))
+    if senses is not None:
+        write_text(out_dir / SENSES_FILE, json.dumps(senses, indent=1, ensure_ascii=False) + "\n")
+    else:
+        (out_dir / SENSES_FILE).unlink(missing_ok=True)
+    write_json(out_dir / VOCAB_FILE, vocab_document(kind, vc.min_count, vc.top_k, vocab, totals, info, choice))
     plot = out_dir / CLASS_FREQUENCY_PLOT
     if vc.plot:
         from pipeline.reporting.plots import class_frequency_plot
@@ -131,6 +143,7 @@ def run_vocab(cfg) -> dict | None:
         "vocab": VOCAB_FILE,
         "labels": LABELS_FILE,
         "unmapped": UNMAPPED_FILE,
+        "senses": SENSES_FILE if senses is not None else None,
         "plot": CLASS_FREQUENCY_PLOT if vc.plot else None,
         "sha256": {n: file_sha256(out_dir / n) for n in (VOCAB_FILE, LABELS_FILE)},
     }

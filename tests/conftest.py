@@ -193,3 +193,29 @@ def pipeline_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("pipeline_run") / "run"
     run_pipeline(stage_cfg(run, *PIPELINE_RUN))
     return run
+
+
+def run_sweep(sweep_dir, *overrides: str, experiment: str = "smoke", timeout: float = 300):
+    """``python -m pipeline.run -m experiment=EXPERIMENT hydra.sweep.dir=SWEEP_DIR OVERRIDES`` in a subprocess
+    (no distributed or SLURM variables of the calling shell); returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        and not k.startswith(("SLURM_", "SUBMITIT_"))
+    }
+    cmd = [sys.executable, "-m", "pipeline.run", "-m", f"experiment={experiment}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def seed_sweep(tmp_path_factory):
+    """The smoke sweep (2 losses) with 2 pretraining seeds over the fixture corpus: 4 jobs, in ``<tmp>/sweeps/smoke``."""
+    sweep = tmp_path_factory.mktemp("sweeps") / "smoke"
+    proc = run_sweep(sweep, "seed=0,1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep

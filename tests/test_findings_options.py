@@ -92,7 +92,9 @@ def test_new_options_at_their_defaults_leave_stage_keys_unchanged(tmp_path):
     cfg = to_container(make_cfg(f"run_dir={tmp_path}"))
     keys = stage_keys(cfg)
     assert "data_fraction" not in str(keys) and stage_keys(cfg) == keys
-    with_defaults = to_container(make_cfg(f"run_dir={tmp_path}", "pretrain.data_fraction=1.0", "vocab.label_noise=0.0"))
+    with_defaults = to_container(
+        make_cfg(f"run_dir={tmp_path}", "pretrain.data_fraction=1.0", "vocab.label_noise=0.0", "vocab.align_classes=")
+    )
     assert stage_keys(with_defaults) == keys
     changed = stage_keys(to_container(make_cfg(f"run_dir={tmp_path}", "pretrain.data_fraction=0.5")))
     assert changed["pretrain"] != keys["pretrain"] and changed["vocab"] == keys["vocab"]

@@ -42,7 +42,7 @@ def tiny_run(prepared_fixture, tmp_path_factory):
 
 
 def test_notebooks_are_committed_without_outputs():
-    assert len(NOTEBOOKS) >= 3
+    assert len(NOTEBOOKS) >= 4
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
@@ -53,8 +53,9 @@ def test_notebooks_are_committed_without_outputs():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_on_a_tiny_run(path, tiny_run, monkeypatch):
+def test_notebook_runs_on_a_tiny_run(path, tiny_run, seed_sweep, monkeypatch):
     monkeypatch.setenv("PIPELINE_RUN_DIR", str(tiny_run))
+    monkeypatch.setenv("PIPELINE_SWEEPS_DIR", str(seed_sweep.parent))  # 04_findings: a sweep with 2 seeds
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel then draws inline (matplotlib-inline)
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()

@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import shutil
 import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import run_sweep
 
 from pipeline.summarize import write_summary
 
 
 def _sweep(sweep_dir, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-        and not k.startswith(("SLURM_", "SUBMITIT_"))
-    }
-    cmd = [sys.executable, "-m", "pipeline.run", "-m", "experiment=smoke", f"hydra.sweep.dir={sweep_dir}", *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_sweep(sweep_dir, *overrides, timeout=timeout)
 
 
 def _jobs(sweep_dir):
@@ -128,3 +120,47 @@ def test_submitit_local_sweep_two_ranks_per_job(tmp_path):
     assert len(logs) == 2 and all('"pretrain": "ran"' in p.read_text() for p in logs)
     out = write_summary(sweep)
     assert [r[out["header"].index("status")] for r in out["rows"]] == ["ok", "ok"]
+
+
+def test_seed_groups_intervals_paired_differences_and_plot(seed_sweep, tmp_path):
+    sweep = tmp_path / "smoke"
+    shutil.copytree(seed_sweep, sweep, symlinks=True)
+    out = write_summary(sweep)
+    header, rows = out["seed_header"], out["seed_rows"]
+    col = {h: i for i, h in enumerate(header)}
+    top1 = "top1 fashion_mnist linear_probe pretrained 2"
+    assert header[:2] == ["pretrain.loss", "seeds"] and top1 in header and f"diff {top1[5:]}" in header
+    assert sorted(r[0] for r in rows) == ["sigmoid", "softmax"] and all(r[col["seeds"]] in ("0,1", "1,0") for r in rows)
+    # the mean over seeds is the mean of the jobs' own top-1 (probe seeds averaged in each job)
+    for r in rows:
+        per_job = [j for j in out["rows"] if j[out["header"].index("pretrain.loss")] == r[0]]
+        mean_of_jobs = sum(j[out["header"].index(top1)].mean for j in per_job) / len(per_job)
+        cell = r[col[top1]]
+        assert abs(cell.mean - mean_of_jobs) < 1e-6 and cell.lo <= cell.mean <= cell.hi  # results.json: 6 digits
+    base, other = rows[0], rows[1]
+    assert base[col[f"diff {top1[5:]}"]] is None  # the first group is the baseline
+    diff = other[col[f"diff {top1[5:]}"]]
+    assert abs(diff.mean - (other[col[top1]].mean - base[col[top1]].mean)) < 1e-9 and diff.lo <= diff.mean <= diff.hi
+    assert out["plot"] is not None and out["plot"].stat().st_size > 1000
+    assert "## Mean over pretraining seeds" in out["markdown"].read_text() and out["seeds_csv"].exists()
+
+    # another baseline, by value; one that names no group is an error
+    again = write_summary(sweep, baseline=f"pretrain.loss={other[0]}")
+    assert again["seed_rows"][1][col[f"diff {top1[5:]}"]] is None
+    try:
+        write_summary(sweep, baseline="pretrain.loss=no_such_loss")
+        raise AssertionError("expected ValueError")
+    except ValueError as exc:
+        assert "no group" in str(exc)
+
+    # jobs of another sweep join through include.txt, their values read from their saved configs
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    moved = [p for p in sweep.iterdir() if p.name.startswith("pretrain.loss=sigmoid")]
+    (alone / "multirun.yaml").write_text("{}")
+    for p in sweep.iterdir():
+        if p.name.startswith("pretrain.loss=softmax") or p.name == "shared":
+            shutil.copytree(p, alone / p.name, symlinks=True)
+    (alone / "include.txt").write_text("".join(f"../smoke/{p.name}\n" for p in moved) + "# a comment\n")
+    joined = write_summary(alone)
+    assert len(joined["jobs"]) == 4 and {r[0] for r in joined["seed_rows"]} == {"softmax", "sigmoid"}

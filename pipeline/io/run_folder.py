@@ -51,6 +51,7 @@ __all__ = [
     "VOCAB_FILE",
     "LABELS_FILE",
     "UNMAPPED_FILE",
+    "SENSES_FILE",
     "CLASS_FREQUENCY_PLOT",
     "TRUNK_FILE",
     "MODEL_FILE",
@@ -112,6 +113,7 @@ INDEX_KEYS_FILE = "index_keys.txt"  # the shard key of each row of phash.index, 
 VOCAB_FILE = "vocab.json"  # classes (synset, lemma, hashtags, samples), resampling, counts
 LABELS_FILE = "labels.npz"  # per-sample labels, CSR (pipeline.io.labels.Labels)
 UNMAPPED_FILE = "unmapped.json"  # hashtags no class took, with counts
+SENSES_FILE = "senses.json"  # kind=visual_nouns: each ambiguous hashtag's sense choice (pipeline.text.sense_choice)
 CLASS_FREQUENCY_PLOT = "class_frequency.png"
 # pretrain/
 TRUNK_FILE = "trunk.safetensors"  # the trained trunk's weights (no head)

@@ -67,7 +67,7 @@ def class_frequency_plot(
 # --------------------------------------------------------------------------------------
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
@@ -77,9 +77,9 @@ def _pyplot():
     return plt
 
 
-def _save_png(fig, path: str | os.PathLike) -> None:
+def save_png(fig, path: str | os.PathLike) -> None:
     """Write ``fig`` to ``path`` atomically and close it."""
-    plt = _pyplot()
+    plt = pyplot()
     try:
         fig.tight_layout()
         with atomic_path(path) as tmp:
@@ -107,7 +107,7 @@ def training_curves_plot(metrics: list[dict], path: str | os.PathLike, title: st
         path: the PNG to write (atomically).
         title: figure title.
     """
-    plt = _pyplot()
+    plt = pyplot()
 
     def col(key: str) -> tuple[np.ndarray, np.ndarray]:
         pts = [(r["step"], r[key]) for r in metrics if r.get(key) is not None and r.get("step") is not None]
@@ -141,7 +141,7 @@ def training_curves_plot(metrics: list[dict], path: str | os.PathLike, title: st
     for ax in axes:
         ax.grid(True, alpha=0.3)
     fig.suptitle(title or "pretraining curves")
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def heldout_eval_plot(evals: list[dict], path: str | os.PathLike, prior: dict | None = None, title: str = "") -> None:
@@ -153,7 +153,7 @@ def heldout_eval_plot(evals: list[dict], path: str | os.PathLike, prior: dict | 
         prior: ``{"precision_at_1", "mAP"}`` of the class-prior baseline, drawn dashed.
         title: figure title.
     """
-    plt = _pyplot()
+    plt = pyplot()
     rows = sorted((e for e in evals if e.get("step") is not None), key=lambda e: e["step"])
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.8), dpi=100)
     for ax, key, label in ((axes[0], "precision_at_1", "precision@1"), (axes[1], "mAP", "mAP")):
@@ -177,7 +177,7 @@ def heldout_eval_plot(evals: list[dict], path: str | os.PathLike, prior: dict | 
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(title or "held-out evaluation")
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def transfer_plot(rows: list[dict] | dict[str, list[dict]], path: str | os.PathLike, title: str = "") -> None:
@@ -191,7 +191,7 @@ def transfer_plot(rows: list[dict] | dict[str, list[dict]], path: str | os.PathL
         path: the PNG to write (atomically).
         title: figure title.
     """
-    plt = _pyplot()
+    plt = pyplot()
     panels = rows if isinstance(rows, dict) else {"": rows}
     panels = {k: v for k, v in panels.items() if v} or {"": []}
     widths = [max(4.0, 1.5 * len({r.get("train_per_class") for r in v}) + 2.2) for v in panels.values()]
@@ -245,7 +245,7 @@ def transfer_plot(rows: list[dict] | dict[str, list[dict]], path: str | os.PathL
         if name:
             ax.set_title(name, fontsize=9)
     fig.suptitle(title or "transfer top-1 with 95% intervals (black tick: lower-bound top-1)", fontsize=9)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str = "") -> bool:
@@ -281,7 +281,7 @@ def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str =
     )
     if not rows or metric is None:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     groups: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         if r.get(metric) is None:
@@ -300,7 +300,7 @@ def finetune_curves_plot(rows: list[dict], path: str | os.PathLike, title: str =
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, ncol=2 if len(groups) > 8 else 1)
     ax.set_title(title or ("fine-tuning by epoch" + (" (training loss)" if "loss" in metric else "")))
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 
@@ -322,7 +322,7 @@ def energy_plot(
         assumed: per stage, True if its estimate rests on assumed busy cores (no energy
             record); those bars are hatched.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.8, 0.55 * len(stages) + 1.6), dpi=100)
     y = np.arange(len(stages))
     h = 0.38
@@ -362,4 +362,4 @@ def energy_plot(
     ax.grid(True, axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title or "energy by stage")
-    _save_png(fig, path)
+    save_png(fig, path)

@@ -43,7 +43,8 @@ class Job:
     results: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_yaml(path: Path) -> Any:
+def load_yaml(path: Path) -> Any:
+    """A YAML file as plain containers (interpolations unresolved), or None when missing, torn or foreign."""
     if not path.exists():
         return None
     from omegaconf import OmegaConf
@@ -118,7 +119,7 @@ def _finished(job: Path, stage: str) -> bool:
 
 
 def _wanted_stages(job: Path) -> list[str]:
-    cfg = _load_yaml(job / ".hydra" / "config.yaml") or {}
+    cfg = load_yaml(job / ".hydra" / "config.yaml") or {}
     stages = ((cfg.get("run") or {}).get("stages")) if isinstance(cfg, dict) else None
     if isinstance(stages, list) and stages:
         return [str(s) for s in stages]
@@ -135,10 +136,10 @@ def tpc_label(train_per_class: Any) -> str:
 def read_job(path: Path) -> Job:
     """Overrides, status, error and results of one job folder."""
     job = Job(name=path.name, path=path)
-    hydra_cfg = _load_yaml(path / ".hydra" / "hydra.yaml") or {}
+    hydra_cfg = load_yaml(path / ".hydra" / "hydra.yaml") or {}
     num = ((hydra_cfg.get("hydra") or {}).get("job") or {}).get("num") if isinstance(hydra_cfg, dict) else None
     job.num = num if isinstance(num, int) else None
-    for text in _load_yaml(path / ".hydra" / "overrides.yaml") or []:
+    for text in load_yaml(path / ".hydra" / "overrides.yaml") or []:
         kv = parse_override(str(text))
         if kv and kv[0] not in NOT_SWEPT and not kv[0].startswith("run."):
             job.overrides[kv[0]] = kv[1]

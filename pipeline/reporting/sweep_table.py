@@ -85,7 +85,7 @@ def table(jobs: list[Job]) -> tuple[list[str], list[list[Any]]]:
 
 def _fmt(x: Any, column: str = "") -> str:
     if isinstance(x, Interval):
-        sign = "+" if column.startswith("gain ") else ""
+        sign = "+" if column.startswith(("gain ", "diff ")) else ""
         if x.mean is None:
             return "-"
         if x.lo is None or x.hi is None:

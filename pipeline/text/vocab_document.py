@@ -50,10 +50,17 @@ def vocab_totals(samples: SampleTags, vocab: Vocabulary, by_reason: Counter, kep
 
 
 def vocab_document(
-    kind: VocabKind, min_count: int, top_k: int, vocab: Vocabulary, totals: dict, info: Callable[[str], dict]
+    kind: VocabKind,
+    min_count: int,
+    top_k: int,
+    vocab: Vocabulary,
+    totals: dict,
+    info: Callable[[str], dict],
+    choice: dict | None = None,
 ) -> dict:
     """The content of ``vocab.json``: kind, min_count, top_k (``topk`` only), num_classes, totals, classes
-    (:func:`class_records`) and the resampling schemes with their formula."""
+    (:func:`class_records`), the resampling schemes with their formula and (``target_aligned``,
+    ``visual_nouns``) ``choice``: how the kind chose its synsets."""
     return {
         "kind": kind.value,
         "min_count": min_count,
@@ -65,6 +72,7 @@ def vocab_document(
             "schemes": SCHEMES,
             "formula": "w_i = Z * mean_{c in C_i} n_c^(alpha-1), mean(w) = 1; class mass ~ n_c^alpha (pipeline.text.resampling)",
         },
+        **({"choice": choice} if choice else {}),
     }
 
 

@@ -9,6 +9,10 @@ Vocabulary kinds (Mahajan et al. 2018, section 2.1, "hashtag sets"; :class:`pipe
   >= ``min_count`` samples.
 * ``topk``: the ``top_k`` most frequent of those (the ~8.5k set), ties by synset name.
 * ``raw``: normalized hashtags as classes, no WordNet (a baseline).
+* ``target_aligned``: synsets under a transfer target's class names and their hyponyms
+  (:mod:`pipeline.text.aligned`; the paper's "match the target" finding for any named target).
+* ``visual_nouns``: synsets under ``physical_entity.n.01`` only, each ambiguous hashtag's
+  sense chosen from the hashtags it co-occurs with (:mod:`pipeline.text.sense_choice`).
 
 Class frequency ``n_c`` counts samples (a class once per sample, however many of its
 synonyms the sample carries). Class indices follow decreasing ``n_c``, ties by id. A sample
@@ -32,6 +36,7 @@ import numpy as np
 
 from pipeline.config import VocabKind
 from pipeline.io.manifest import file_sha256
+from pipeline.text.sense_choice import VisualNounMapper
 from pipeline.text.wordnet_canon import HashtagMapper, read_imagenet1k_wnids, wordnet_nouns
 
 __all__ = ["RawMapper", "Vocabulary", "class_mapper", "build_vocabulary", "warm_map_seconds", "sort_by_keys"]
@@ -56,28 +61,47 @@ def _raw_info(c: str) -> dict:
 
 
 def class_mapper(
-    kind: VocabKind | str, wordnet_dir: str, imagenet_info_dir: str
-) -> tuple[RawMapper | HashtagMapper, Callable, dict]:
+    kind: VocabKind | str, wordnet_dir: str, imagenet_info_dir: str, align_classes: str = ""
+) -> tuple[RawMapper | HashtagMapper | VisualNounMapper, Callable, dict, dict]:
     """The hashtag -> class mapper of vocabulary ``kind``, its class-info function and the tables it read.
 
+    Args:
+        align_classes: ``target_aligned`` only: the folder whose sub-folders are the target's classes.
+
     Returns:
-        ``(mapper, info, inputs)``: a :class:`RawMapper` or :class:`pipeline.text.wordnet_canon.HashtagMapper`;
+        ``(mapper, info, inputs, details)``: a :class:`RawMapper`, :class:`pipeline.text.wordnet_canon.HashtagMapper`
+        or (``visual_nouns``; call its ``fit`` first) :class:`pipeline.text.sense_choice.VisualNounMapper`;
         ``info(class id) -> {synset, wnid, lemma, definition}``; ``inputs``: file name -> SHA-256 of the
-        WordNet ``index.noun`` and (``imagenet1k``) ``imagenet_synsets.txt`` read (empty for ``raw``).
+        WordNet ``index.noun`` and (``imagenet1k``) ``imagenet_synsets.txt`` read, (``target_aligned``) the
+        hash of the class names (empty for ``raw``); ``details``: what ``vocab.json`` records of the
+        choice (``target_aligned``: class name -> root synsets, the roots too general to use).
 
     Raises:
-        FileNotFoundError: WordNet or the ImageNet synset list missing.
+        FileNotFoundError: WordNet, the ImageNet synset list or the target's class folders missing.
     """
     kind = VocabKind(kind)
     if kind is VocabKind.raw:
-        return RawMapper(), _raw_info, {}
+        return RawMapper(), _raw_info, {}, {}
     nouns = wordnet_nouns(str(wordnet_dir))
     inputs = {"wordnet_index_noun": file_sha256(Path(wordnet_dir) / "index.noun")}
+    if kind is VocabKind.visual_nouns:
+        return VisualNounMapper(nouns), nouns.info, inputs, {}
     allowed = None
+    details: dict = {}
     if kind is VocabKind.imagenet1k:
         allowed = [nouns.from_wnid(w) for w in read_imagenet1k_wnids(imagenet_info_dir)]
         inputs["imagenet1k_synsets"] = file_sha256(Path(imagenet_info_dir) / "imagenet_synsets.txt")
-    return HashtagMapper(nouns, allowed), nouns.info, inputs
+    elif kind is VocabKind.target_aligned:
+        from pipeline.io.manifest import canonical_hash
+        from pipeline.text.aligned import aligned_roots, aligned_synsets, read_class_names
+
+        names = read_class_names(align_classes)
+        roots = aligned_roots(names, nouns)
+        allowed_set, too_general = aligned_synsets(roots, nouns)
+        allowed = list(allowed_set)
+        inputs["target_class_names"] = canonical_hash(names)
+        details = {"aligned_roots": roots, "too_general": too_general, "allowed_synsets": len(allowed_set)}
+    return HashtagMapper(nouns, allowed), nouns.info, inputs, details
 
 
 @dataclass

@@ -146,6 +146,22 @@ class WordNetNouns:
                     self._lemma_senses(lemma, out)
         return tuple(out)
 
+    def mostly_adjective(self, word: str) -> bool:
+        """True when ``word`` is used more as an adjective than as a noun (``white``, ``japanese``, ``sweet``).
+
+        A modifier rather than a thing: ``#white`` on a flag is not ``white.n.01`` (a person). Compares
+        the tagged-corpus counts of the word's adjective and noun lemmas (WordNet's ``cntlist.rev``,
+        from SemCor), and the numbers of senses when the word has no counts.
+        """
+        adj = [lemma for pos in ("a", "s") for lemma in self.wn.lemmas(word, pos=pos)]
+        if not adj:
+            return False
+        noun = self.wn.lemmas(word, pos="n")
+        adj_count, noun_count = sum(lemma.count() for lemma in adj), sum(lemma.count() for lemma in noun)
+        if adj_count or noun_count:
+            return adj_count > noun_count
+        return len(adj) > len(noun)
+
     def synset(self, name: str):
         """The NLTK ``Synset`` for a name such as ``"brown_bear.n.01"`` (ValueError/WordNetError if unknown)."""
         s = self._synsets.get(name)

@@ -116,3 +116,9 @@ def test_target_aligned_config_errors(tmp_path):
         run_vocab(stage_cfg(tmp_path, "vocab.kind=target_aligned"))
     with pytest.raises(FileNotFoundError, match="vocab.align_classes"):
         read_class_names(tmp_path / "missing")
+
+
+def test_context_ties_are_broken_by_tag_not_by_hash_order(nouns):
+    # flower and tree co-occur with plant equally often: the recorded context is sorted, whatever PYTHONHASHSEED is
+    choice = choose_senses([["plant", "tree", "flower"]] * 5, nouns)["plant"]
+    assert choice.context == ["flower", "tree"]

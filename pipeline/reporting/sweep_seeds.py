@@ -198,6 +198,7 @@ def seed_plot(
             if isinstance(r[ci], Interval):
                 series.setdefault(", ".join(f"{header[i]}={r[i]}" for i in others), []).append((r[xi], r[ci]))
         xs_all = _numeric([x for pts in series.values() for x, _ in pts])
+        categories = list(dict.fromkeys(x for pts in series.values() for x, _ in pts))
         for n, (name, pts) in enumerate(series.items()):
             pts = sorted(pts, key=lambda p: float(p[0])) if xs_all else pts
             y = np.array([p[1].mean for p in pts]) * 100
@@ -207,9 +208,9 @@ def seed_plot(
                 ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name or None)
             else:
                 width = 0.8 / max(1, len(series))
-                pos = np.arange(len(pts)) + n * width
+                pos = np.array([categories.index(p[0]) for p in pts]) + n * width
                 ax.bar(pos, y, width, yerr=err, capsize=3, label=name or None)
-                ax.set_xticks(np.arange(len(pts)) + 0.4 - width / 2, [p[0] for p in pts], rotation=30, ha="right")
+                ax.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories, rotation=30, ha="right")
         if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 4:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(x_key)

@@ -171,7 +171,7 @@ def choose_senses(
     out: dict[str, SenseChoice] = {}
     for t in sorted(ambiguous, key=lambda t: (-n[t], t)):
         candidates = list(nouns.senses(t))
-        top = co[t].most_common(st.context)
+        top = sorted(co[t].items(), key=lambda kv: (-kv[1], kv[0]))[: st.context]  # ties by tag: no hash order
         context = [(list(nouns.senses(h)[: st.context_senses]), k * math.log(total / n[h])) for h, k in top]
         scores = [_score(c, context, tax, st) for c in candidates]
         default = candidates[0]

@@ -37,9 +37,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from pipeline.text.wordnet_canon import WordNetNouns
+from pipeline.text.wordnet_canon import HashtagMapper, WordNetNouns
 
 __all__ = [
     "PHYSICAL_ROOT",
@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 PHYSICAL_ROOT = "physical_entity.n.01"
-_MISS = object()
 
 
 @dataclass(frozen=True)
@@ -199,20 +198,20 @@ def sense_summary(records: list[dict]) -> dict:
     }
 
 
-class VisualNounMapper:
+class VisualNounMapper(HashtagMapper):
     """Hashtag -> physical-entity synset in context (the ``visual_nouns`` kind), cached per hashtag.
 
-    Same interface as :class:`pipeline.text.wordnet_canon.HashtagMapper` (``map_many``); call
-    :meth:`fit` with the corpus's hashtags first, which chooses the ambiguous hashtags' senses.
-    Until then (and for hashtags :meth:`fit` did not see), a hashtag takes WordNet's first sense if it is physical.
+    A :class:`pipeline.text.wordnet_canon.HashtagMapper` (same cache and ``map_many``) whose
+    :meth:`resolve` applies this kind's rules; call :meth:`fit` with the corpus's hashtags first,
+    which chooses the ambiguous hashtags' senses. Until then (and for hashtags :meth:`fit` did not
+    see), a hashtag takes WordNet's first sense if it is physical and not mostly an adjective.
     """
 
     def __init__(self, nouns: WordNetNouns, settings: SenseSettings = SenseSettings()) -> None:
-        self.nouns = nouns
+        super().__init__(nouns)
         self.settings = settings
         self.choices: dict[str, SenseChoice] = {}
         self._tax = _Taxonomy(nouns)
-        self.cache: dict[str, str | None] = {}
 
     def fit(self, tag_lists: Sequence[Sequence[str]]) -> dict[str, SenseChoice]:
         """Choose senses from ``tag_lists`` (:func:`choose_senses`); returns the records."""
@@ -220,16 +219,11 @@ class VisualNounMapper:
         self.cache = {t: c.chosen for t, c in self.choices.items()}
         return self.choices
 
-    def __call__(self, tag: str) -> str | None:
-        answer = self.cache.get(tag, _MISS)
-        if answer is _MISS:
-            senses = self.nouns.senses(tag)
-            answer = senses[0] if senses and self._tax.under(senses[0], self.settings.root) else None
-            if answer is not None and self.settings.skip_adjectives and self.nouns.mostly_adjective(tag):
-                answer = None
-            self.cache[tag] = answer
-        return answer  # type: ignore[return-value]
-
-    def map_many(self, tags: Iterable[str]) -> list[str | None]:
-        """The class (or None) of each tag, in order."""
-        return [self(t) for t in tags]
+    def resolve(self, tag: str) -> str | None:
+        """Uncached lookup of a tag :meth:`fit` did not choose for; stores the answer in :attr:`cache`."""
+        senses = self.nouns.senses(tag)
+        answer = senses[0] if senses and self._tax.under(senses[0], self.settings.root) else None
+        if answer is not None and self.settings.skip_adjectives and self.nouns.mostly_adjective(tag):
+            answer = None
+        self.cache[tag] = answer
+        return answer

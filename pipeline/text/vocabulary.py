@@ -62,7 +62,7 @@ def _raw_info(c: str) -> dict:
 
 def class_mapper(
     kind: VocabKind | str, wordnet_dir: str, imagenet_info_dir: str, align_classes: str = ""
-) -> tuple[RawMapper | HashtagMapper | VisualNounMapper, Callable, dict, dict]:
+) -> tuple[RawMapper | HashtagMapper, Callable, dict, dict]:
     """The hashtag -> class mapper of vocabulary ``kind``, its class-info function and the tables it read.
 
     Args:

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 RUN_DIR ?= runs/demo
 CACHE ?= data/raw
 
-.PHONY: install lint demo test fetch fetch-test-data ingest clean-run bench
+.PHONY: install lint demo test test-fast fetch fetch-test-data ingest clean-run bench
 
 $(PYBIN):
 	$(PY) -m venv $(VENV)
@@ -35,14 +35,21 @@ ingest: install
 demo: fetch
 	$(PYBIN) -m pipeline.run run_dir=$(RUN_DIR) data.cache=$(CACHE)
 
-# Lint (ruff), format check (ruff format) and type check (mypy over pipeline/, which ships py.typed).
+# Lint (ruff), format check (ruff format), type check (mypy over pipeline/, which ships py.typed)
+# and the layer order of docs/architecture.md (import-linter contracts in pyproject.toml).
 lint: install
 	$(PYBIN) -m ruff check pipeline data_tools benchmarks tests
 	$(PYBIN) -m ruff format --check pipeline data_tools benchmarks tests
 	$(PYBIN) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
 
+# Everything (CI): lint, then every test, the slow ones included.
 test: install fetch-test-data lint
 	$(PYBIN) -m pytest -q
+
+# The loop while developing: every test not marked slow (whole stages, subprocesses, notebooks), no lint.
+test-fast: install fetch-test-data
+	$(PYBIN) -m pytest -q -m "not slow"
 
 # Benchmarks against the anchors (benchmarks/RESULTS.md, benchmarks/results.json); needs a
 # finished demo run (make demo). Extra flags: make bench BENCH_ARGS="--quick --only loader".

@@ -13,7 +13,7 @@ other work on a shared machine hits both alike, and reports medians and their ra
 | module | ours | anchor |
 |---|---|---|
 | :mod:`benchmarks.loader` | ShardStream + make_loader (2 workers, batch 64, 64 px) + normalize | (a) one-process PIL decode + augment loop x workers, (b) torchvision ImageFolder + DataLoader |
-| :mod:`benchmarks.train_step` | ``pipeline.pretrain.run_pretrain`` (resnext_mini, the precision and layout pipeline.train.hardware picks) | a bare PyTorch loop on synthetic tensors |
+| :mod:`benchmarks.train_step` | ``pipeline.pretrain.run_pretrain`` (resnext_mini, the precision and layout pipeline.train.precision picks) | a bare PyTorch loop on synthetic tensors |
 | :mod:`benchmarks.dedup_hash` | decode + ``pipeline.vision.near_index.perceptual_hash`` (one process; ingest pays the hash, dedup reads the codes) | imagededup ``PHash.encode_images`` (one worker) |
 | :mod:`benchmarks.near_search` | ``build_index`` + ``range_pairs`` at N and 4N | imagededup ``find_duplicates`` at N and 4N |
 | :mod:`benchmarks.dedup_scale` | the same search on 2^16-2^20 synthetic codes made from the demo's, projected to 10^8 and 10^9 | (reported) |

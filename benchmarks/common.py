@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from pipeline.io import run_folder as rf
+from pipeline.system import available_cores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -397,7 +398,8 @@ def machine_info() -> dict:
         pass
     flags = cpu_flags()
     return {
-        "cores": os.cpu_count(),
+        "cores": available_cores(),
+        "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
         "memory_gib": mem,
         "cpu_features": sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),
@@ -427,7 +429,7 @@ def _torch_capability() -> dict:
     """torch's view of the CPU: its kernel level and whether oneDNN runs bf16 natively."""
     import torch
 
-    from pipeline.train.hardware import cpu_bf16_native
+    from pipeline.system import cpu_bf16_native
 
     return {"torch": torch.backends.cpu.get_cpu_capability(), "bf16_native": cpu_bf16_native()}
 

@@ -37,9 +37,8 @@ def synthetic_codes(real, n: int, seed: int = 0):
 
 
 def run(ctx: Context) -> list[dict]:
-    import faiss
-
     from benchmarks.near_search import load_codes
+    from pipeline.faiss_import import faiss
     from pipeline.vision.near_index import build_index, range_pairs
 
     real = load_codes(ctx.run_dir)

@@ -55,7 +55,7 @@ def run_ours(ctx: Context, rep: int, per_source: int) -> dict:
 
 def work_list(ctx: Context, per_source: int) -> list[tuple[str, str, str]]:
     """``(path, encoding, source)`` of the inputs the stage reads, in its order."""
-    from pipeline.io.raw_sources import RawSample, iter_unit, plan_units
+    from pipeline.io.readers import RawSample, iter_unit, plan_units
 
     cfg = _cfg(ctx, ctx.work_dir / "unused", per_source)
     units, _ = plan_units(cfg.data.sources, str(cfg.ingest.encoding), cfg.ingest.shard_size)

@@ -40,11 +40,12 @@ def load_codes(run_dir: Path):
     import numpy as np
 
     from pipeline.io.shards import ShardReader, shard_paths
+    from pipeline.vision.dedup_codes import shard_codes
 
     parts = []
     for p in shard_paths(run_dir):
         with ShardReader(p) as reader:
-            parts.append(reader.codes(8))
+            parts.append(shard_codes(reader, 8))
     if not parts:
         raise FileNotFoundError(f"no shards in {run_dir}/ingest (run the ingest stage)")
     return np.concatenate(parts)
@@ -70,8 +71,7 @@ def child(method: str, run_dir: str, n: int, reps: int) -> dict:
             qi, di, _ = range_pairs(build_index(codes, RADIUS), codes, RADIUS)
             return int((qi != di).sum())
     elif method == "ours_3x21_flip1":
-        import faiss
-
+        from pipeline.faiss_import import faiss
         from pipeline.vision.near_index import range_pairs
 
         def go():
@@ -102,8 +102,7 @@ def child(method: str, run_dir: str, n: int, reps: int) -> dict:
     first = time.perf_counter() - t0
     peak = peak_rss_mib()
     if method == "ours":
-        import faiss
-
+        from pipeline.faiss_import import faiss
         from pipeline.vision.near_index import build_index
 
         extra["index_bytes"] = int(faiss.serialize_index_binary(build_index(codes, RADIUS)).size)

@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.common import REPO, log
+from pipeline.reporting.format import md_table
 
 RATE = 100  # samples per second per thread
 # Leaf functions that are waits py-spy cannot always tell from work (lock and socket
@@ -183,13 +184,13 @@ def markdown(name: str, s: dict) -> str:
         "",
         "Share by process: " + ", ".join(f"{p['process']} {p['percent']}%" for p in s["processes"][:6]),
         "",
-        "| top of stack (self) | % of samples |",
-        "|---|---|",
     ]
-    lines += [f"| `{r['function']}` | {r['percent']} |" for r in s["top_self"]]
+    lines += md_table(
+        ["top of stack (self)", "% of samples"], [[f"`{r['function']}`", r["percent"]] for r in s["top_self"]], "--"
+    )
     if s["top_pipeline_inclusive"]:
-        lines += ["", "| pipeline function (inclusive) | % of samples |", "|---|---|"]
-        lines += [f"| `{r['function']}` | {r['percent']} |" for r in s["top_pipeline_inclusive"]]
+        rows = [[f"`{r['function']}`", r["percent"]] for r in s["top_pipeline_inclusive"]]
+        lines += [""] + md_table(["pipeline function (inclusive)", "% of samples"], rows, "--")
     return "\n".join(lines) + "\n"
 
 

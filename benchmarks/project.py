@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from pipeline.reporting.energy import (
     patterson_kwh,
     patterson_tco2e,
 )
+from pipeline.reporting.format import md_table
 from pipeline.reporting.full_scale import (
     FULL_SCALE_IMAGES,
     anchor_gpu_throughput,
@@ -45,6 +45,7 @@ from pipeline.reporting.full_scale import (
     project_full_run,
     scale_throughput,
 )
+from pipeline.system import available_cores
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ("resnext101_32x8d", "resnext101_32x16d", "resnext101_32x48d")
@@ -176,20 +177,37 @@ def project(
 
 def table(res: dict, gpus_shown=None) -> str:
     """Markdown table of the projection rows (optionally only some GPU counts)."""
-    lines = [
-        "| model | throughput from | img/s per device | devices | eff. | days | device-hours | loader cores / device "
-        "| kWh devices | kWh loader CPUs | tCO2e |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "model",
+        "throughput from",
+        "img/s per device",
+        "devices",
+        "eff.",
+        "days",
+        "device-hours",
+        "loader cores / device",
+        "kWh devices",
+        "kWh loader CPUs",
+        "tCO2e",
     ]
-    for r in res["rows"]:
-        if gpus_shown and r["devices"] not in gpus_shown:
-            continue
-        lines.append(
-            f"| {r['model']} | {r['throughput_from']} ({r['device']}) | {r['images_per_second_per_device']:,.2f} "
-            f"| {r['devices']} | {r['scaling_efficiency']:.2f} | {r['days']:,.1f} | {r['device_hours']:,.0f} "
-            f"| {r['loader_cores_per_device']:.3g} | {r['kwh_devices']:,.0f} | {r['kwh_loader_cpus']:,.0f} "
-            f"| {r['tco2e']:,.1f} |"
-        )
+    rows = [
+        [
+            r["model"],
+            f"{r['throughput_from']} ({r['device']})",
+            f"{r['images_per_second_per_device']:,.2f}",
+            r["devices"],
+            f"{r['scaling_efficiency']:.2f}",
+            f"{r['days']:,.1f}",
+            f"{r['device_hours']:,.0f}",
+            f"{r['loader_cores_per_device']:.3g}",
+            f"{r['kwh_devices']:,.0f}",
+            f"{r['kwh_loader_cpus']:,.0f}",
+            f"{r['tco2e']:,.1f}",
+        ]
+        for r in res["rows"]
+        if not gpus_shown or r["devices"] in gpus_shown
+    ]
+    lines = md_table(header, rows, align="-" * len(header))
     return "\n".join(lines)
 
 
@@ -242,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = a.measured_model or d.get("measured_model", "resnext_mini")
         size = a.measured_image_size or d.get("measured_image_size", 64)
-        cores = os.cpu_count() or 1
+        cores = available_cores()
         device, src = f"{cores}-core CPU", d.get("train_source", "results.json")
         watts = a.device_watts or cores * CPU_WATTS_PER_CORE
     res = project(

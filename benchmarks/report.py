@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 from benchmarks.profile import markdown as profile_markdown
+from pipeline.reporting.format import md_table
+from pipeline.system import available_cores
 
 _LOADER = """Where our loader's CPU goes (quick runs on a busy 2-core machine, CPU ms per image, which depends far less
 on other load than images/s; `details.cpu_ms_per_image` has this run's figures). With every stage in one process
@@ -109,6 +111,11 @@ def fmt(x, unit: str = "") -> str:
     return f"{x:.3g}"
 
 
+def _when(measured: dict, started: str) -> str:
+    """The ``measured`` cell: ``this run``, or the time and mode of the earlier run that measured the row."""
+    return "this run" if measured.get("at") == started else f"{measured.get('at', '?')} ({measured.get('mode', '?')})"
+
+
 def _met(m) -> str:
     return {True: "**met**", False: "**not met**", None: "–"}[m]
 
@@ -162,14 +169,23 @@ def write_report(
         "Rows measured by an earlier run (`--only`) say so in the last column.",
         "",
     ]
-    L += ["| what | ours | anchor | unit | ratio | goal | met | measured |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        m = r.get("measured", {})
-        when = "this run" if m.get("at") == started else f"{m.get('at', '?')} ({m.get('mode', '?')})"
-        L.append(
-            f"| {r['name']} | {fmt(r['ours'], r['unit'])} | {fmt(r['anchor'], r['unit'])} | {r['unit']} | "
-            f"{fmt(r['ratio'])} | {r['goal']} | {_met(r.get('met'))} | {when} |"
-        )
+    L += md_table(
+        ["what", "ours", "anchor", "unit", "ratio", "goal", "met", "measured"],
+        [
+            [
+                r["name"],
+                fmt(r["ours"], r["unit"]),
+                fmt(r["anchor"], r["unit"]),
+                r["unit"],
+                fmt(r["ratio"]),
+                r["goal"],
+                _met(r.get("met")),
+                _when(r.get("measured", {}), started),
+            ]
+            for r in rows
+        ],
+        "lrrlrlll",
+    )
     L += ["", "## Machine", ""]
     v = machine.get("versions", {})
     cap = machine.get("cpu_capability") or {}
@@ -221,11 +237,9 @@ def write_report(
 
         d = _defaults(rows, defaults_from_results)
         if d.get("images_per_second") and d.get("loader_per_core"):
-            import os
-
             from pipeline.reporting.energy import CPU_WATTS_PER_CORE
 
-            cores = os.cpu_count() or 1
+            cores = available_cores()
             res = project(
                 images_per_second=d["images_per_second"],
                 measured_model=d["measured_model"],

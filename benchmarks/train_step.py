@@ -3,7 +3,7 @@
 * **ours**: the pretraining stage itself, :func:`pipeline.pretrain.run_pretrain` with
   ``pretrain.max_steps`` on a fresh copy of the prepared run (the demo's shards and
   vocabulary; ``resnext_mini``, 64 px, batch 64, and the precision, memory format,
-  threads and loader workers that :mod:`pipeline.train.hardware` picks on this machine). The figures
+  threads and loader workers that :mod:`pipeline.train.precision` picks on this machine). The figures
   come from its own ``metrics.jsonl`` (one row per optimizer step: images/s and
   data-wait fraction): the steady state after ``warmup`` steps (the first step pays for
   starting the loader workers), and the manifest's whole-run figures beside them.
@@ -106,8 +106,9 @@ def run_bare(
     with the stage's resolved ``precision`` / ``channels_last`` and ``threads`` (None: the policy's)."""
     import torch
 
-    from pipeline.train.hardware import PrecisionChoice, available_cores, thread_plan
+    from pipeline.system import available_cores, thread_plan
     from pipeline.train.models import create_model
+    from pipeline.train.precision import PrecisionChoice
 
     torch.set_num_threads(threads or thread_plan("cpu", available_cores()).threads)
     prec = PrecisionChoice(precision, channels_last)
@@ -163,7 +164,7 @@ def _pair(ctx: Context, prepared, steps: int, warmup: int, extra: tuple[str, ...
 def run(ctx: Context) -> list[dict]:
     import logging
 
-    from pipeline.train.hardware import cpu_bf16_native
+    from pipeline.system import cpu_bf16_native
 
     logging.basicConfig(level=logging.WARNING)
     steps, warmup = _steps(ctx)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io.shards import ShardReader, shard_paths
+from pipeline.vision.dedup_codes import shard_codes
 from pipeline.vision.near_index import build_index, range_pairs
 
 _DROP = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF", "2640", "2642", "FE0F", "200D"}
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in shard_paths(run):
         with ShardReader(p) as reader:
             keys += reader.keys
-            codes.append(reader.codes(8))
+            codes.append(shard_codes(reader, 8))
             metas.update(reader.iter_metadata())
     codes = np.concatenate(codes)
     shas = [metas[k]["sha256"] for k in keys]

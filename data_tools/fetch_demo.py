@@ -47,11 +47,12 @@ from .convert_fashion_mnist import convert_fashion_mnist
 from .convert_openclipart import convert_openclipart
 from .convert_tuxpaint import convert_tuxpaint
 from .fetch_debian import fetch_fashion_mnist_deb, fetch_openclipart, fetch_tuxpaint
-from .fetch_fluent_emoji import PACKAGE_DIR as FLUENT_DIR
-from .fetch_fluent_emoji import convert_fluent_emoji, fetch_fluent_emoji
 from .fetch_imagenet_info import fetch_imagenet_info
 from .fetch_npm import fetch_npm
 from .fetch_wordnet import DEB_DIR, fetch_wordnet
+from .fluent_convert import convert_fluent_emoji
+from .fluent_fetch import PACKAGE_DIR as FLUENT_DIR
+from .fluent_fetch import fetch_fluent_emoji
 from .index_io import is_converted
 
 # source name -> (fetch function, folder holding its marker)

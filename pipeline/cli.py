@@ -6,15 +6,15 @@ Every stage module ends with ``hydra_entry(run_<stage>)``. How a command ends:
 * exit status 2 (:data:`EXIT_EXPECTED`), one line on stderr, ``error: <what>; hint: <what to do>``
   (no traceback): an *expected* failure (:func:`describe_failure`):
 
-  - a config error (:class:`pipeline.config.ConfigError`: out-of-range or inconsistent values),
+  - a config error (:class:`pipeline.errors.ConfigError`: out-of-range or inconsistent values),
   - a missing input or a missing upstream stage (``FileNotFoundError``: no raw data, no
     finished ``dedup`` stage, ...),
-  - a refused or unreadable checkpoint (:class:`pipeline.io.checkpoint.CheckpointError`, e.g. a
+  - a refused or unreadable checkpoint (:class:`pipeline.errors.CheckpointError`, e.g. a
     pickle that could run code: ``error: refusing to load <path>: ...``),
   - a full disk or a file system that refuses writes (``OSError`` with ``ENOSPC``, ``EDQUOT``,
     ``EROFS``, ``EACCES`` or ``EPERM``, also when it is the cause of another exception).
 
-* exit status ``exc.exit_code`` (default 1), one line: a :class:`ReportedFailure`, a failure
+* exit status ``exc.exit_code`` (default 1), one line: a :class:`pipeline.errors.ReportedFailure`, a failure
   whose cause was already printed (e.g. a child torchrun process's own ``error:`` line).
 * anything else is a bug: Python's traceback (Hydra's, exit status 1).
 
@@ -38,7 +38,7 @@ import hydra
 from omegaconf import DictConfig
 
 import pipeline.config  # noqa: F401  (registers the schema in the ConfigStore)
-from pipeline.config import ConfigError
+from pipeline.errors import CheckpointError, ConfigError, ReportedFailure
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger("pipeline")
@@ -47,18 +47,6 @@ EXIT_EXPECTED = 2  # exit status of an expected failure (config, missing input/s
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 WRITE_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
 _NOT_FINISHED_RE = re.compile(r"no finished (\w+) stage in (\S+)")
-
-
-class ReportedFailure(RuntimeError):
-    """A failure whose cause was already reported (by a child process); the CLI prints this one
-    line, no traceback, and exits with ``exit_code``."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = int(exit_code)
-
-    def __reduce__(self):
-        return type(self), (str(self), self.exit_code)
 
 
 def _one_line(text: object) -> str:
@@ -75,11 +63,6 @@ def _chain(exc: BaseException):
         e = e.__cause__ or e.__context__
 
 
-def _checkpoint_error_class():
-    mod = sys.modules.get("pipeline.io.checkpoint")  # not imported: no checkpoint was read (and no torch)
-    return getattr(mod, "CheckpointError", None)
-
-
 def describe_failure(exc: BaseException) -> tuple[str, str] | None:
     """The ``(message, hint)`` of an expected failure, or None for any other exception (a bug).
 
@@ -93,8 +76,7 @@ def describe_failure(exc: BaseException) -> tuple[str, str] | None:
         return _one_line(exc), ""
     if isinstance(exc, ConfigError):
         return _one_line(exc), ""
-    ck = _checkpoint_error_class()
-    if ck is not None and isinstance(exc, ck):
+    if isinstance(exc, CheckpointError):
         path = getattr(exc, "path", None)
         reason = getattr(exc, "reason", None)
         msg = f"refusing to load {path}: {reason}" if path is not None and reason else _one_line(exc)

@@ -34,13 +34,17 @@ import logging
 import shutil
 import time
 
-from pipeline.config import default_workers, results_config, to_container, validate
+from pipeline.cli import hydra_entry
+from pipeline.config import to_container, validate
+from pipeline.config_views import results_config
+from pipeline.faiss_import import faiss  # the index the near search used, for reuse (e.g. querying new eval sets)
 from pipeline.io.atomic import atomic_path, remove_stale_temps, write_json, write_jsonl, write_text
 from pipeline.io.manifest import MANIFEST, canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
-from pipeline.io.raw_sources import plan_units
+from pipeline.io.readers import plan_units
 from pipeline.io.removal import read_withdrawn
 from pipeline.io.run_folder import DEDUP, EVAL_CONTAMINATION_FILE, INDEX_KEYS_FILE, INGEST, PHASH_INDEX_FILE, REMOVED_FILE
 from pipeline.progress import progress_bar
+from pipeline.system import default_workers
 from pipeline.vision.dedup_codes import hash_eval_units, hash_shard
 from pipeline.vision.duplicates import candidates, removal_counts, remove_eval_contamination, remove_near
 
@@ -52,7 +56,7 @@ def run_dedup(cfg) -> dict:
     """Run the dedup stage for ``cfg``; return its manifest.
 
     Raises:
-        pipeline.config.ConfigError, FileNotFoundError: bad config, ingest not finished,
+        pipeline.errors.ConfigError, FileNotFoundError: bad config, ingest not finished,
             or a missing withdrawn/eval file, before any work.
     """
     validate(cfg)
@@ -96,8 +100,6 @@ def run_dedup(cfg) -> dict:
     cand.removed.sort(key=lambda row: row["key"])
     write_jsonl(out / REMOVED_FILE, cand.removed)
     write_json(out / EVAL_CONTAMINATION_FILE, eval_report)
-    import faiss  # the index the near search used, for reuse (e.g. querying new eval sets)
-
     with atomic_path(out / PHASH_INDEX_FILE) as tmp:
         faiss.write_index_binary(index, str(tmp))
     write_text(out / INDEX_KEYS_FILE, "".join(cand.keys[r] + "\n" for r in rows))
@@ -149,8 +151,6 @@ def run_dedup(cfg) -> dict:
 
 def main() -> None:
     """Hydra entry point: ``python -m pipeline.dedup [overrides]``."""
-    from pipeline.cli import hydra_entry
-
     hydra_entry(run_dedup, STAGE)
 
 

@@ -16,11 +16,11 @@ Hashtags are normalized and capped per image (:mod:`pipeline.text.hashtags`): at
 dropped are counted in ``counts.hashtags_dropped`` of the manifest (``too_long``,
 ``over_count``, ``images``), and a sample left with no tag is quarantined (``no_hashtags``).
 
-Every unit is independent and atomic (:mod:`pipeline.io.ingest_units`): its shard and part
+Every unit is independent and atomic (:mod:`pipeline.ingestion.worker`): its shard and part
 file are renamed into place when complete, so a killed run resumes by redoing only the units
 without a part file, and the result is byte-identical to an uninterrupted run. Units are split
 across torchrun/SLURM ranks round-robin and, within a rank, across a process pool; rank 0
-merges the parts into ``quarantine.jsonl`` and ``manifest.json`` (:mod:`pipeline.io.ingest_merge`).
+merges the parts into ``quarantine.jsonl`` and ``manifest.json`` (:mod:`pipeline.ingestion.merge`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,17 @@ import logging
 import time
 from dataclasses import asdict
 
-from pipeline.config import default_workers, results_config, validate
-from pipeline.io.ingest_merge import merge_parts, prepare_folder
-from pipeline.io.ingest_units import ingest_settings, part_done, run_units
+from pipeline.cli import hydra_entry
+from pipeline.config import validate
+from pipeline.config_views import results_config
+from pipeline.ingestion.merge import merge_parts, prepare_folder
+from pipeline.ingestion.worker import ingest_settings, part_done, run_units
 from pipeline.io.manifest import canonical_hash, stage_dir, write_manifest
-from pipeline.io.raw_sources import plan_units
+from pipeline.io.readers import plan_units
 from pipeline.io.removal import read_withdrawn
 from pipeline.io.run_folder import INGEST
 from pipeline.progress import progress_bar
-from pipeline.train.partition import assign, current_partition
+from pipeline.system import assign, current_partition, default_workers
 
 log = logging.getLogger(__name__)
 STAGE = INGEST
@@ -50,7 +52,7 @@ def run_ingest(cfg) -> dict | None:
         The manifest (rank 0), or None on other ranks.
 
     Raises:
-        pipeline.config.ConfigError, FileNotFoundError: bad config or missing inputs,
+        pipeline.errors.ConfigError, FileNotFoundError: bad config or missing inputs,
             before any work.
         TimeoutError: rank 0 waited ``ingest.merge_timeout_s`` for other ranks' parts.
     """
@@ -117,8 +119,6 @@ def run_ingest(cfg) -> dict | None:
 
 def main() -> None:
     """Hydra entry point: ``python -m pipeline.ingest [overrides]``."""
-    from pipeline.cli import hydra_entry
-
     hydra_entry(run_ingest, STAGE)
 
 

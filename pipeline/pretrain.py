@@ -26,7 +26,9 @@ import time
 
 import numpy as np
 
-from pipeline.config import results_config, to_container, validate
+from pipeline.cli import hydra_entry
+from pipeline.config import to_container, validate
+from pipeline.config_views import results_config
 from pipeline.io.atomic import write_json
 from pipeline.io.manifest import read_manifest, stage_dir, write_manifest
 from pipeline.io.run_folder import CHECKPOINT_DIR, DATA_AUDIT_FILE, DEDUP, EVAL_FILE, INGEST, METRICS_FILE, TRUNK_FILE, VOCAB
@@ -51,7 +53,7 @@ def run_pretrain(cfg) -> dict | None:
     """Run (or resume) pretraining; return the manifest on rank 0, None elsewhere.
 
     Raises:
-        pipeline.config.ConfigError: bad values (e.g. a global batch that is not a multiple
+        pipeline.errors.ConfigError: bad values (e.g. a global batch that is not a multiple
             of batch_size x world), before any work.
         FileNotFoundError: ingest or vocab has not finished in ``run_dir``.
     """
@@ -174,8 +176,6 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
 
 def main() -> None:
     """Hydra entry point: ``python -m pipeline.pretrain [overrides]`` (also under torchrun)."""
-    from pipeline.cli import hydra_entry
-
     hydra_entry(run_pretrain, STAGE)
 
 

@@ -7,7 +7,7 @@ a stage's ``manifest.json`` and side files (``ingest`` counts and quarantine rea
 ``dedup/eval_contamination.json``, ``vocab/vocab.json``, ``pretrain/metrics.jsonl`` and
 ``eval.jsonl``, ``transfer/results.json`` and ``finetune_epochs.jsonl``) and from the energy
 records ``<run_dir>/run/energy.json`` (``{stage: record}``, see
-:func:`pipeline.reporting.energy.measure_energy`). A stage that has not run is shown as "not
+:func:`pipeline.orchestration.energy.measure_energy`). A stage that has not run is shown as "not
 run"; one whose folder exists without a manifest as "running or interrupted"; a section whose
 files cannot be read says so instead of failing the report.
 
@@ -18,7 +18,9 @@ vocab stage, or drawn from ``labels.npz`` when the stage ran with ``vocab.plot=f
 and plots are linked relative to ``report.md``.
 
 The sections live in :mod:`pipeline.reporting` (``stage_sections``, ``pretrain_section``,
-``transfer_section``, ``energy_section``, ``projection``; formatting in ``format``). The
+``transfer_section``, ``energy_section``, ``projection``; formatting in ``format``, every table by
+:func:`pipeline.reporting.format.md_table`); each of the first four reads what its stages wrote into a small
+dataclass, turns it into table rows with pure functions (``*_rows``) and adds the prose. The
 full-scale projection (:func:`pipeline.reporting.full_scale.project_full_run`) is printed with every
 assumption, for two per-device throughput sources: the timm anchor (ResNeXt-101 32x8d,
 276 img/s on one RTX 3090 with AMP) and the throughput measured by this run's pretrain
@@ -85,7 +87,7 @@ def write_report(run_dir: str | os.PathLike, energy_records: dict | None = None,
 
     Args:
         run_dir: the run folder.
-        energy_records: ``{stage: record}`` from :func:`pipeline.reporting.energy.measure_energy`;
+        energy_records: ``{stage: record}`` from :func:`pipeline.orchestration.energy.measure_energy`;
             None = read ``<run_dir>/run/energy.json`` if present.
         energy_cfg: an ``EnergyConfig`` (or dict) for the assumptions of the fallback
             estimates and the projection; None = its defaults.

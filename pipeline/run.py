@@ -31,14 +31,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, to_container, validate
-from pipeline.io.atomic import write_json
+from pipeline.cli import failure_line, hydra_entry
+from pipeline.config import to_container, validate
+from pipeline.errors import ConfigError, ReportedFailure
+from pipeline.io.atomic import write_json, write_text
 from pipeline.io.manifest import code_version, read_manifest, stage_dir
 from pipeline.io.run_folder import DIST_STAGES, ENERGY_FILE, ERROR_FILE, RUN, STAGE_STATE_FILE, STAGES, UPSTREAM
 from pipeline.orchestration.keys import manifest_hash, stage_keys
 from pipeline.orchestration.measure import as_record, stage_measurement
 from pipeline.orchestration.shared import run_shared
 from pipeline.orchestration.tasks import follow, lead, stop_leading, tell_followers
+from pipeline.report import write_report
+from pipeline.system import current_partition
+from pipeline.train.distributed import export_rank_env
 
 __all__ = ["run_pipeline", "stage_keys", "main"]
 
@@ -71,8 +76,6 @@ def _launch_torchrun(stage: str, nproc: int, run_dir: str) -> None:
     log.info("launching %s", " ".join(cmd))
     rc = subprocess.run(cmd).returncode
     if rc != 0:
-        from pipeline.cli import ReportedFailure
-
         # the ranks printed their own error (one line for an expected failure) and torchrun its summary
         raise ReportedFailure(f"stage {stage} failed under torchrun (exit status {rc}); its error is printed above", rc)
 
@@ -84,7 +87,7 @@ def run_pipeline(cfg) -> dict:
         ``{"stages": {stage: "ran" | "skipped"}, "report": path or None}``.
 
     Raises:
-        pipeline.config.ConfigError: unknown stage names, or any stage's config error,
+        pipeline.errors.ConfigError: unknown stage names, or any stage's config error,
             before any stage runs.
     """
     validate(cfg)
@@ -160,8 +163,6 @@ def run_pipeline(cfg) -> dict:
         outcome[s] = "ran"
     report = None
     if cfg.run.report:
-        from pipeline.report import write_report
-
         report = str(write_report(run_dir, energy, energy_cfg=cfg.energy))
         log.info("report: %s", report)
     return {"stages": outcome, "report": report}
@@ -172,12 +173,7 @@ def _run_job(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from pipeline.io.atomic import write_text
-    from pipeline.train.partition import current_partition
-
     if os.environ.get("SUBMITIT_EXECUTOR"):  # hydra-submitit-launcher: RANK, WORLD_SIZE, MASTER_ADDR/PORT from submitit
-        from pipeline.train.distributed import export_rank_env
-
         export_rank_env()
     part = current_partition()
     if not part.is_main:
@@ -189,8 +185,6 @@ def _run_job(cfg) -> dict:
         return run_pipeline(cfg)
     except Exception as exc:
         import traceback
-
-        from pipeline.cli import failure_line
 
         write_text(err, traceback.format_exc())
         line = failure_line(exc)
@@ -205,7 +199,6 @@ def _run_job(cfg) -> dict:
 
 def main() -> None:
     """Hydra entry point: ``python -m pipeline.run [overrides]`` (also ``-m`` multirun sweeps)."""
-    from pipeline.cli import hydra_entry
 
     def _run(cfg):
         out = _run_job(cfg)

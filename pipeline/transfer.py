@@ -44,7 +44,9 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.config import results_config, validate
+from pipeline.cli import hydra_entry
+from pipeline.config import validate
+from pipeline.config_views import results_config
 from pipeline.evaluation.decontamination import feature_check_skip
 from pipeline.evaluation.results import new_results, stage_counts
 from pipeline.evaluation.suite import run_target
@@ -53,7 +55,7 @@ from pipeline.evaluation.targets import open_targets
 from pipeline.io.atomic import remove_stale_temps, write_json, write_jsonl
 from pipeline.io.manifest import write_manifest
 from pipeline.io.run_folder import CORRECT_FILE, EPOCHS_FILE, MANIFEST, RESULTS_FILE, TRANSFER, stage_dir
-from pipeline.train.hardware import describe_choice, hardware_record
+from pipeline.train.precision import describe_choice, hardware_record
 
 log = logging.getLogger(__name__)
 STAGE = TRANSFER
@@ -66,7 +68,7 @@ def run_transfer(cfg) -> dict:
     ``correct.npz`` (:mod:`pipeline.evaluation.correctness`), ``finetune_epochs.jsonl`` and ``manifest.json`` last.
 
     Raises:
-        pipeline.config.ConfigError: bad ``transfer.*`` values, train/val classes that differ.
+        pipeline.errors.ConfigError: bad ``transfer.*`` values, train/val classes that differ.
         FileNotFoundError: pretrain not finished, or a target folder missing; all before any work. (Without
             finished ingest and dedup stages in the run folder the feature-space check is skipped, with the
             reason in ``contamination.features.reason`` and a warning.)
@@ -128,8 +130,6 @@ def run_transfer(cfg) -> dict:
 
 def main() -> None:
     """Hydra entry point: ``python -m pipeline.transfer [overrides]``."""
-    from pipeline.cli import hydra_entry
-
     hydra_entry(run_transfer, STAGE)
 
 

@@ -32,7 +32,10 @@ import json
 import logging
 import time
 
-from pipeline.config import ConfigError, VocabKind, results_config, validate
+from pipeline.cli import hydra_entry
+from pipeline.config import VocabKind, validate
+from pipeline.config_views import results_config
+from pipeline.errors import ConfigError
 from pipeline.io.atomic import remove_stale_temps, write_json, write_text
 from pipeline.io.labels import write_labels
 from pipeline.io.manifest import MANIFEST, canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
@@ -50,12 +53,13 @@ from pipeline.io.run_folder import (
 )
 from pipeline.io.sample_tags import read_sample_tags
 from pipeline.io.shards import shard_paths
+from pipeline.reporting.plots import class_frequency_plot
+from pipeline.system import current_partition
 from pipeline.text.label_noise import replace_hashtags
 from pipeline.text.resampling import all_weights
 from pipeline.text.sense_choice import VisualNounMapper, sense_summary
 from pipeline.text.vocab_document import frequency_curves, unmapped_table, vocab_counts, vocab_document, vocab_totals
 from pipeline.text.vocabulary import build_vocabulary, class_mapper, sort_by_keys, warm_map_seconds
-from pipeline.train.partition import current_partition
 
 log = logging.getLogger(__name__)
 STAGE = VOCAB
@@ -71,7 +75,7 @@ def run_vocab(cfg) -> dict | None:
         The manifest (rank 0), or None on other ranks.
 
     Raises:
-        pipeline.config.ConfigError: bad ``vocab.*`` values, or no class reaches ``min_count``.
+        pipeline.errors.ConfigError: bad ``vocab.*`` values, or no class reaches ``min_count``.
         FileNotFoundError: ingest (or, if required, dedup) not finished; WordNet or the
             ImageNet synset list missing. All before any output is written.
     """
@@ -131,8 +135,6 @@ def run_vocab(cfg) -> dict | None:
     write_json(out_dir / VOCAB_FILE, vocab_document(kind, vc.min_count, vc.top_k, vocab, totals, info, choice))
     plot = out_dir / CLASS_FREQUENCY_PLOT
     if vc.plot:
-        from pipeline.reporting.plots import class_frequency_plot
-
         masses, targets = frequency_curves(vocab, weights)
         class_frequency_plot(
             masses, plot, title=f"{kind.value}: {len(vocab.classes)} classes, {keys.size} samples", targets=targets
@@ -173,8 +175,6 @@ def run_vocab(cfg) -> dict | None:
 
 def main() -> None:
     """Hydra entry point: ``python -m pipeline.vocab [overrides]``."""
-    from pipeline.cli import hydra_entry
-
     hydra_entry(run_vocab, STAGE)
 
 

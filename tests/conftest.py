@@ -12,10 +12,21 @@ from pipeline.cli import CONF_DIR
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "corpus"
 
+# Session fixtures that run whole stages (tens of seconds each): a test that uses one is in the
+# slow lane whatever its own marks say, so `make test-fast` never pays for them.
+SLOW_FIXTURES = {"pipeline_run", "seed_sweep", "tiny_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that uses a fixture of :data:`SLOW_FIXTURES`."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _precision_trial_cache(tmp_path_factory):
-    """Precision-trial verdicts (pipeline.train.hardware) go to a temp folder, not the user's cache."""
+    """Precision-trial verdicts (pipeline.train.precision) go to a temp folder, not the user's cache."""
     import os
 
     old = os.environ.get("PIPELINE_CACHE_DIR")

@@ -14,14 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.io.checkpoint import (
-    CheckpointError,
-    checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
+from pipeline.errors import CheckpointError
+from pipeline.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from pipeline.train.losses import multilabel_softmax_loss
 from pipeline.train.models import create_model
 from pipeline.train.optim import make_optimizer, make_schedule
@@ -52,6 +46,7 @@ def _draws():
     return torch.rand(3), np.random.rand(3), random.random()
 
 
+@pytest.mark.slow
 def test_round_trip_restores_everything_exactly(tmp_path):
     model, opt, sched = _setup(0)
     _train(model, opt, sched, 3)

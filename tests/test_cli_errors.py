@@ -17,9 +17,8 @@ import pytest
 import torch
 from conftest import FIXTURE, IMAGENET_INFO, REPO, WORDNET, copy_run, pretrain_overrides
 
-from pipeline.cli import EXIT_EXPECTED, ReportedFailure, describe_failure, exit_status, failure_line
-from pipeline.config import ConfigError
-from pipeline.io.checkpoint import CheckpointError, CheckpointRefused
+from pipeline.cli import EXIT_EXPECTED, describe_failure, exit_status, failure_line
+from pipeline.errors import CheckpointError, CheckpointRefused, ConfigError, ReportedFailure
 
 BASE = [
     "data=fixture",
@@ -72,6 +71,7 @@ def _one_error_line(p: subprocess.CompletedProcess) -> str:
 
 
 # --------------------------------------------------------------------------- real commands
+@pytest.mark.slow
 def test_refused_checkpoint_is_one_line_with_exit_status_2(prepared_fixture, tmp_path):
     run = copy_run(prepared_fixture, tmp_path / "run")
     marker = tmp_path / "pwned"
@@ -87,6 +87,7 @@ def test_refused_checkpoint_is_one_line_with_exit_status_2(prepared_fixture, tmp
     assert evil.exists()  # nothing is deleted for the user
 
 
+@pytest.mark.slow
 def test_missing_upstream_stage_is_one_line_with_exit_status_2(ingested_fixture, tmp_path):
     empty = tmp_path / "empty"
     line = _one_error_line(_run("pipeline.dedup", empty))
@@ -97,6 +98,7 @@ def test_missing_upstream_stage_is_one_line_with_exit_status_2(ingested_fixture,
     assert line.startswith(f"error: no finished dedup stage in {run}") and "python -m pipeline.dedup" in line, line
 
 
+@pytest.mark.slow
 def test_missing_upstream_through_the_main_job(tmp_path):
     empty = tmp_path / "empty"
     p = _run("pipeline.run", empty, *PRETRAIN, "run.stages=[pretrain]", "energy.enabled=false", "run.report=false")
@@ -105,6 +107,7 @@ def test_missing_upstream_through_the_main_job(tmp_path):
     assert "FileNotFoundError" in (empty / "run" / "error.txt").read_text()  # the traceback is kept for the record
 
 
+@pytest.mark.slow
 def test_missing_inputs_are_one_line(tmp_path):
     line = _one_error_line(_run("pipeline.ingest", tmp_path / "run", f"data.cache={tmp_path / 'nowhere'}"))
     assert "does not exist" in line and str(tmp_path / "nowhere") in line, line

@@ -93,6 +93,7 @@ def references(tmp_path_factory):
 
 
 @pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_equals_uninterrupted(stage, references, tmp_path):
     ref, seconds = references
     run = tmp_path / "run"
@@ -123,6 +124,7 @@ def test_sigkill_at_random_points_then_rerun_equals_uninterrupted(stage, referen
     assert not diffs, f"{msg}: outputs differ from an uninterrupted run:\n" + "\n".join(diffs[:20])
 
 
+@pytest.mark.slow
 def test_pretrain_killed_right_after_an_epoch_end_eval(references, tmp_path):
     """The window between the held-out eval at an epoch's end and the next checkpoint: the
     rerun resumes from the checkpoint of that step and must not log the eval twice."""
@@ -153,6 +155,7 @@ def test_pretrain_killed_right_after_an_epoch_end_eval(references, tmp_path):
     assert not diffs, "\n".join(diffs)
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_the_job_when_a_rank_is_killed(references, tmp_path):
     """2 gloo ranks under ``torchrun --max-restarts=1``; rank 1 SIGKILLs itself after step 5
     (the test hook of :mod:`pipeline.train.train_loop`): torchrun restarts both ranks, which resume

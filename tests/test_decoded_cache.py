@@ -30,6 +30,7 @@ def _batches(stream, workers, epoch=0):
 
 
 @pytest.mark.parametrize("train", [True, False])
+@pytest.mark.slow
 def test_batches_from_the_cache_equal_batches_from_the_shards(ingested_fixture, tmp_path, train):
     index, shards = _index(ingested_fixture)
     cache = build_decoded_cache(tmp_path / "cache", index.keys, shards, image_size=32, workers=2, progress=False)

@@ -48,7 +48,7 @@ def test_real_duplicates_found_and_unrelated_kept(dedup_run):
         waving = [f"{vendor}:1f44b-1f3f{c}" for c in "bcdef"]
         removed = [w for w in waving if w in rows and rows[w]["reason"] == "near"]
         assert len(removed) >= 3, (vendor, removed)
-    # no near removal joins two images that show different things (flags excepted: see README)
+    # no near removal joins two images that show different things (flags excepted: see docs/stages/dedup.md)
     # the img2dataset fixture tars hold JPEG re-encodings of fixture images, padded to a
     # square (img2dataset's "border" mode): copies of square originals are caught; of the
     # padded ones, border trimming before pHash brings 5 of 10 within the radius (0 without)

@@ -10,15 +10,16 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from conftest import REPO
 
-from pipeline.reporting import energy as E
+from pipeline.orchestration import energy as EM
 
 _TWO_STAGES = textwrap.dedent("""
     import json, logging, sys, time
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
     from pipeline.config import EnergyConfig
-    from pipeline.reporting.energy import measure_energy
+    from pipeline.orchestration.energy import measure_energy
     recs = {}
     for stage in ("ingest", "dedup", "vocab"):
         with measure_energy(stage, EnergyConfig(measure_power_secs=0.5)) as rec:
@@ -28,6 +29,7 @@ _TWO_STAGES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_one_basis_line_per_run_and_no_codecarbon_warnings(tmp_path):
     p = subprocess.run(
         [sys.executable, "-c", _TWO_STAGES],
@@ -71,19 +73,19 @@ def test_the_filter_collects_detection_warnings_and_lets_errors_through():
 
     h = Catch(level=logging.DEBUG)
     old_level, old_prop = lg.level, lg.propagate
-    E._quiet_codecarbon("warning")
+    EM._quiet_codecarbon("warning")
     lg.addHandler(h)
     try:
         notes: list[str] = []
-        E._FILTER.notes = notes
+        EM._FILTER.notes = notes
         lg.warning("We saw that you have a Foo CPU but we don't know it.")
         lg.warning("No CPU tracking mode found.\n Please ensure RAPL files exist")
         lg.error("real trouble")
-        E._FILTER.notes = None
+        EM._FILTER.notes = None
         lg.warning("a warning while measuring")
         lg.warning("Multiple instances of codecarbon are allowed to run at the same time.")
     finally:
-        E._FILTER.notes = None
+        EM._FILTER.notes = None
         lg.removeHandler(h)
         lg.setLevel(old_level)
         lg.propagate = old_prop
@@ -96,11 +98,11 @@ def test_the_filter_collects_detection_warnings_and_lets_errors_through():
 
 def test_basis_line_wording():
     modelled = {"cpu": "modelled", "cpu_mode": "cpu_load", "ram": "modelled", "gpu": None, "gpu_model": None}
-    assert E.basis_line(modelled, ["a", "b"]) == (
+    assert EM.basis_line(modelled, ["a", "b"]) == (
         "energy: codecarbon basis: CPU modelled (cpu_load mode: load x TDP, no readable energy counters such as RAPL), "
         "RAM modelled from its size, no GPU; codecarbon's 2 hardware warning(s) are in energy.json (codecarbon.notes)"
     )
     rapl = {"cpu": "RAPL", "cpu_mode": "intel_rapl", "ram": "modelled", "gpu": "NVML", "gpu_model": "1 x NVIDIA H200"}
-    assert E.basis_line(rapl) == (
+    assert EM.basis_line(rapl) == (
         "energy: codecarbon basis: CPU measured by RAPL, RAM modelled from its size, GPU measured by NVML (1 x NVIDIA H200)"
     )

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import make_cfg, stage_cfg
 
-from pipeline.config import ConfigError, to_container, validate
+from pipeline.config import to_container, validate
+from pipeline.errors import ConfigError
 from pipeline.io.shards import iter_metadata, shard_paths
 from pipeline.orchestration.keys import stage_keys
 from pipeline.text.label_noise import replace_hashtags
@@ -88,6 +89,7 @@ def test_the_vocab_stage_applies_label_noise_and_records_it(prepared_fixture, tm
     assert noisy.num_classes != clean.num_classes or not np.array_equal(noisy.indices, clean.indices)
 
 
+@pytest.mark.slow
 def test_new_options_at_their_defaults_leave_stage_keys_unchanged(tmp_path):
     cfg = to_container(make_cfg(f"run_dir={tmp_path}"))
     keys = stage_keys(cfg)

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.config import IngestConfig
+from pipeline.errors import REASONS, Rejected
 from pipeline.ingest import run_ingest
-from pipeline.io.ingest_units import IngestSettings, process_unit
-from pipeline.io.quarantine import REASONS, Rejected
-from pipeline.io.raw_sources import RawSample, Rejection, WorkUnit, iter_unit
+from pipeline.ingestion.worker import IngestSettings, process_unit
+from pipeline.io.readers import RawSample, Rejection, WorkUnit, iter_unit
 from pipeline.vision.images import CanonicalImage, decode_image, encode_image
 
 # a small budget keeps `make test` fast; FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_ingest.py fuzzes longer

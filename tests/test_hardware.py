@@ -9,16 +9,10 @@ import sys
 import pytest
 import torch
 
-from pipeline.config import ConfigError
-from pipeline.train.hardware import (
-    HardwareFacts,
-    PrecisionChoice,
-    available_cores,
-    make_step_trial,
-    resolve_for_run,
-    resolve_precision,
-    thread_plan,
-)
+from pipeline.errors import ConfigError
+from pipeline.system import HardwareFacts, available_cores, thread_plan
+from pipeline.train.precision import PrecisionChoice, resolve_for_run, resolve_precision
+from pipeline.train.precision_trial import make_step_trial
 
 AVX2 = HardwareFacts("cpu", "AVX2", False, cpu_model="mock AVX2 CPU", cores=2)
 AMX = HardwareFacts("cpu", "AVX512", True, cpu_model="mock AMX CPU", cores=2)
@@ -127,6 +121,7 @@ def test_thread_plan_splits_cores_by_device_and_local_ranks():
     assert (o.threads, o.workers) == (1, 0) and "set" in o.reason
 
 
+@pytest.mark.slow
 def test_step_trial_measures_a_real_model_and_leaves_the_rng_alone():
     from pipeline.train.models import create_model
 
@@ -146,6 +141,7 @@ def test_step_trial_measures_a_real_model_and_leaves_the_rng_alone():
     assert ips > 0 and torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.slow
 def test_pretrain_manifest_and_checkpoint_record_the_choice(prepared_fixture, tmp_path):
     from conftest import REPO, copy_run, pretrain_overrides
 
@@ -169,7 +165,7 @@ def test_pretrain_manifest_and_checkpoint_record_the_choice(prepared_fixture, tm
     if not hw["precision_choice"]["trial"]:
         pytest.fail("precision=auto with channels_last=auto must have run a timed trial on the CPU")
     assert (tmp_path / "cache" / "precision_trials.json").exists()
-    from pipeline.io.checkpoint import latest_checkpoint, load_checkpoint
+    from pipeline.train.checkpoint import latest_checkpoint, load_checkpoint
     from pipeline.train.models import create_model
 
     ck = load_checkpoint(
@@ -194,6 +190,7 @@ def test_stage_key_pins_what_auto_resolved_to(tmp_path):
     assert _pin_numerics({"precision": "fp32", "channels_last": None}, got)["precision"] == "fp32"  # explicit: redo
 
 
+@pytest.mark.slow
 def test_compile_true_trains_on_cpu_with_inductor(prepared_fixture, tmp_path):
     """``pretrain.compile=true`` (torch.compile, inductor + gcc on the CPU) trains, checkpoints the unwrapped
     model and exports a trunk that loads into the eager model."""

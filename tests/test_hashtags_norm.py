@@ -191,7 +191,8 @@ def test_ingest_applies_the_caps_and_counts_them(tmp_path):
     assert c2["written"] == 3  # tag0..tag9 fit in 4 characters
     metas = {m["id"]: m for _, _, m in iter_metadata(shard_paths(cfg2.run_dir))}
     assert metas["caps:many"]["hashtags"] == ["tag0", "tag1"] and metas["caps:mixed"]["hashtags"] == ["dog", "cat"]
-    from pipeline.config import ConfigError, validate
+    from pipeline.config import validate
+    from pipeline.errors import ConfigError
 
     for bad in ("ingest.max_hashtags=0", "ingest.max_hashtag_chars=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):

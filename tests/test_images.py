@@ -11,7 +11,7 @@ import pytest
 from conftest import FIXTURE
 from PIL import Image
 
-from pipeline.io.quarantine import Rejected
+from pipeline.errors import Rejected
 from pipeline.vision.images import decode_image, encode_image, looks_like_svg
 
 KW = dict(max_pixels=50_000_000, max_side=512)

@@ -92,6 +92,7 @@ def test_resume_after_lost_unit_is_byte_identical(fixture_cfg):
     assert (out / "quarantine.jsonl").read_bytes() == q_before
 
 
+@pytest.mark.slow
 def test_config_change_redoes_stage(fixture_cfg):
     run_ingest(fixture_cfg("ingest.shard_size=16"))
     cfg = fixture_cfg("ingest.shard_size=16", "ingest.max_side=32")
@@ -101,6 +102,7 @@ def test_config_change_redoes_stage(fixture_cfg):
     assert max(max(m["width"], m["height"]) for m in metas) == 32
 
 
+@pytest.mark.slow
 def test_two_ranks_match_single_run(fixture_cfg, monkeypatch, tmp_path):
     single = fixture_cfg("ingest.shard_size=16")
     run_ingest(single)
@@ -119,6 +121,7 @@ def test_two_ranks_match_single_run(fixture_cfg, monkeypatch, tmp_path):
     assert _tree_bytes(Path(cfg.run_dir) / "ingest" / "shards") == ref
 
 
+@pytest.mark.slow
 def test_cli_config_errors_fail_before_work(tmp_path):
     run_dir = tmp_path / "run"
     for override, needle in [

@@ -1,4 +1,8 @@
-"""Tests of pipeline.evaluation.intervals: bootstrap, paired, seed and combined intervals against known cases."""
+"""Tests of pipeline.evaluation.intervals: bootstrap, paired, seed and combined intervals against known cases.
+
+The bootstraps are ``scipy.stats.bootstrap``; :func:`test_scipy_bootstrap_draws_the_hand_written_resamples` pins
+that they resample exactly like the module's earlier hand-written percentile bootstrap (same seed, same intervals).
+"""
 
 from __future__ import annotations
 
@@ -79,6 +83,80 @@ def test_bootstrap_deterministic_given_seed_and_shapes():
         bootstrap_ci(c, level=1.5)
 
 
+def _hand_percentile_bootstrap(columns: list[np.ndarray], stat, n_boot: int, seed: int, level: float = 0.95):
+    """The earlier hand-written percentile bootstrap: ``rng.integers(0, N, (n_boot, N))``, the same rows for every column."""
+    n = columns[0].shape[0]
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boot = stat(*(c.astype(np.float64)[idx].mean(axis=1) for c in columns))
+    return np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]), boot
+
+
+def test_scipy_bootstrap_draws_the_hand_written_resamples():
+    """Same seed, same resampled indices, same percentile bounds as a hand-written bootstrap (to rounding)."""
+    rng = np.random.default_rng(11)
+    for n, p in ((400, 0.1), (1000, 0.7)):
+        u = rng.random(n)
+        a, b = u < p, (u + 0.1 * rng.standard_normal(n)) < p + 0.05  # correlated pair
+        for seed in (0, 5):
+            (lo, hi), boot = _hand_percentile_bootstrap([a], lambda m: m, 1000, seed)
+            ci = bootstrap_ci(a, n_boot=1000, seed=seed)
+            assert ci.lo == pytest.approx(lo, abs=1e-12) and ci.hi == pytest.approx(hi, abs=1e-12)
+            assert np.allclose(bootstrap_means(a, 1000, seed), boot, atol=1e-12, rtol=0)
+            (lo, hi), _ = _hand_percentile_bootstrap([a, b], lambda ma, mb: mb - ma, 1000, seed)
+            d = paired_bootstrap_diff(a, b, n_boot=1000, seed=seed)
+            assert d.lo == pytest.approx(lo, abs=1e-12) and d.hi == pytest.approx(hi, abs=1e-12)
+
+
+def test_same_seed_same_interval_for_every_bootstrap():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(600) < 0.4, rng.random(600) < 0.5
+    c = rng.random((3, 600)) < 0.45
+    for f, args in ((bootstrap_ci, (a,)), (paired_bootstrap_diff, (a, b)), (seed_and_val_ci, (c,))):
+        first, again, other = f(*args, n_boot=500, seed=9), f(*args, n_boot=500, seed=9), f(*args, n_boot=500, seed=10)
+        assert first == again, f.__name__
+        assert first != other and first[0] == other[0], f.__name__  # the estimate is not resampled; the bounds are
+    assert np.array_equal(bootstrap_means(a, 50, seed=2), bootstrap_means(a, 50, seed=2))
+
+
+def test_paired_interval_narrower_than_unpaired_when_correlated():
+    """Correlated models (shared image difficulty): the paired interval is much narrower than the unpaired one
+    (a and b resampled independently), about sqrt(1 - rho) times; for independent models both are alike."""
+    rng = np.random.default_rng(21)
+    n = 1000
+    u = rng.random(n)
+    a = (u + 0.05 * rng.standard_normal(n)) < 0.6
+    b = (u + 0.05 * rng.standard_normal(n)) < 0.63
+    rho = np.corrcoef(a, b)[0, 1]
+    assert rho > 0.8
+
+    def unpaired_width(x, y):
+        diffs = bootstrap_means(y, 2000, seed=1) - bootstrap_means(x, 2000, seed=2)
+        lo, hi = np.quantile(diffs, [0.025, 0.975])
+        return hi - lo
+
+    paired = paired_bootstrap_diff(a, b, n_boot=2000)
+    assert paired.hi - paired.lo < 0.6 * unpaired_width(a, b)
+    assert (paired.hi - paired.lo) == pytest.approx(unpaired_width(a, b) * math.sqrt(1 - rho), rel=0.25)
+    ia, ib = rng.random(n) < 0.6, rng.random(n) < 0.63  # independent: pairing changes little
+    ind = paired_bootstrap_diff(ia, ib, n_boot=2000)
+    assert (ind.hi - ind.lo) == pytest.approx(unpaired_width(ia, ib), rel=0.15)
+
+
+@pytest.mark.slow
+def test_paired_diff_coverage_is_nominal():
+    """300 simulated val sets of 300 images, two correlated models with a true gain of 4 points: the 95% paired
+    interval covers it 92-98% of the time."""
+    rng = np.random.default_rng(99)
+    reps, covered = 300, 0
+    for r in range(reps):
+        u = rng.random(300)  # image difficulty, shared by both models
+        a = u < 0.50
+        b = (u + 0.05 * rng.standard_normal(300)) < 0.54  # P(b) = 0.54 exactly (0.54 is 9 sd from 0 and 1)
+        ci = paired_bootstrap_diff(a, b, n_boot=1000, seed=r)
+        covered += ci.lo <= 0.04 <= ci.hi
+    assert 0.92 <= covered / reps <= 0.98, covered / reps
+
+
 def test_paired_diff_excludes_zero_when_b_fixes_5_percent():
     a = _exactly(1000, 700)
     b = a.copy()
@@ -152,6 +230,7 @@ def _logistic(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+@pytest.mark.slow
 def test_seed_and_val_coverage_under_random_effects():
     """c_si ~ Bernoulli(sigmoid(0.8 + a_s + b_i)): seed effects a_s, image difficulties b_i.
 

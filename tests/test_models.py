@@ -119,6 +119,7 @@ def test_reset_classifier():
         m.reset_classifier(-1)
 
 
+@pytest.mark.slow
 def test_export_trunk_loads_into_torchvision_resnext50(tmp_path):
     torch.manual_seed(0)
     m = create_model("resnext50_32x4d", num_classes=11)

@@ -53,6 +53,7 @@ def test_notebooks_are_committed_without_outputs():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.slow
 def test_notebook_runs_on_a_tiny_run(path, tiny_run, seed_sweep, monkeypatch):
     monkeypatch.setenv("PIPELINE_RUN_DIR", str(tiny_run))
     monkeypatch.setenv("PIPELINE_SWEEPS_DIR", str(seed_sweep.parent))  # 04_findings: a sweep with 2 seeds

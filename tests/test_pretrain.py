@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import FIXTURE, REPO, copy_run
 from safetensors.torch import load_file
@@ -37,6 +38,7 @@ def _weights(run_dir):
     return load_file(str(Path(run_dir) / "pretrain" / "trunk.safetensors"))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_exact(prepared_fixture, tmp_path):
     full = copy_run(prepared_fixture, tmp_path / "full")
     subprocess.run(_cmd(full), cwd=REPO, check=True, capture_output=True)
@@ -72,6 +74,7 @@ def test_resume_after_sigkill_is_bitwise_exact(prepared_fixture, tmp_path):
     assert not json.loads((plain / "pretrain" / "manifest.json").read_text())["counts"]["decoded_cache"]["enabled"]
 
 
+@pytest.mark.slow
 def test_two_rank_ddp_disjoint_data_identical_weights(prepared_fixture, tmp_path):
     run = copy_run(prepared_fixture, tmp_path / "run")
     cmd = [

@@ -16,8 +16,8 @@ from conftest import FIXTURE
 from PIL import Image
 from test_images import _png_claiming_size
 
+from pipeline.errors import REASONS
 from pipeline.ingest import run_ingest
-from pipeline.io.quarantine import REASONS
 from pipeline.io.shards import iter_metadata, shard_paths
 
 

@@ -17,8 +17,26 @@ from conftest import copy_run
 from pipeline.io import run_folder as rf
 from pipeline.report import PLOTS, write_report
 from pipeline.report import main as report_main
+from pipeline.reporting.energy_section import EnergyInputs, energy_inputs, energy_rows, stage_energy
 from pipeline.reporting.format import fmt_ci_pct, fmt_diff_points, fmt_int, fmt_num, fmt_pct, fmt_seconds, md_table
-from pipeline.reporting.transfer_section import target_section
+from pipeline.reporting.pretrain_section import PretrainFacts, heldout_rows, pretrain_facts, pretrain_rows
+from pipeline.reporting.run_view import Run
+from pipeline.reporting.stage_sections import (
+    DedupFacts,
+    IngestFacts,
+    StageState,
+    VocabFacts,
+    contamination_rows,
+    dedup_rows,
+    ingest_facts,
+    ingest_source_rows,
+    overview_rows,
+    quarantine_rows,
+    stage_states,
+    top_class_rows,
+    vocab_facts,
+)
+from pipeline.reporting.transfer_section import gain_rows, result_rows, target_section, transfer_facts
 from pipeline.summarize import write_summary
 
 SECTIONS = ("Stages", "Ingest", "Dedup", "Vocabulary", "Pretraining", "Transfer", "Energy and emissions", "Full-scale projection")
@@ -40,6 +58,7 @@ def report(pipeline_run):
     return pipeline_run, path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_every_section_is_built_from_finished_stages(report):
     run, text = report
     assert text.startswith(f"# Run report: {run.name}\n")
@@ -131,6 +150,7 @@ def test_plots_exist_and_are_linked(report):
         assert f"]({rf.PLOT_DIR}/{name})" in text, name
 
 
+@pytest.mark.slow
 def test_report_cli_regenerates_the_same_report(pipeline_run, tmp_path, capsys):
     run = tmp_path / "copy"
     shutil.copytree(pipeline_run, run)
@@ -175,6 +195,28 @@ def test_report_shows_missing_stages_as_not_run(prepared_fixture, tmp_path):
     assert "| ingest | done |" in text and "| dedup | not run |" in text
     assert "| pretrain | running or interrupted |" in text
     assert not (partial / "report" / "training_curves.png").exists()
+
+
+def test_section_readers_return_what_the_stages_wrote(pipeline_run):
+    run = Run(pipeline_run)
+    assert [(st.stage, st.status) for st in stage_states(run)] == [(s, "done") for s in rf.STAGES]
+    ing = ingest_facts(run)
+    manifest = rf.read_manifest(rf.stage_dir(pipeline_run, rf.INGEST))
+    assert ing is not None and ing.counts == manifest["counts"] and ing.seconds == manifest["seconds"]
+    voc = vocab_facts(run)
+    assert voc is not None and voc.vocab == rf.read_vocab(pipeline_run)
+    pt = pretrain_facts(run)
+    evals = rf.read_evals(pipeline_run)
+    assert pt.finished and pt.evals == evals and pt.final_eval == max(evals, key=lambda e: e["step"])
+    tr = transfer_facts(run)
+    res = rf.read_transfer_results(pipeline_run)
+    assert tr is not None and tr.finished and list(tr.targets) == res["target_order"]
+    assert tr.finetune_epochs == rf.read_finetune_epochs(pipeline_run) != []
+    records = rf.read_energy_records(pipeline_run)
+    stages = stage_energy(energy_inputs(run, records, None))
+    assert [st.stage for st in stages] == list(rf.STAGES) and not any(st.assumed for st in stages)
+    for st in stages:
+        assert st.estimate_wh == 1000 * records[st.stage]["estimate"]["kwh"] and st.codecarbon is None
 
 
 # ----------------------------------------------------------------------------- pure formatting
@@ -235,6 +277,172 @@ def test_target_section_formats_a_hand_made_target():
     assert "| linear probe | 2 | 41.2% | 20.0% | +21.2 [+15.0, +27.0] | gain |" in text
     assert "3 of 200 val images have a near duplicate" in text
     assert "features: not checked (transfer.nn_decontam=false)" in text
+
+
+def test_overview_rows():
+    states = [StageState("ingest", "done", 92.951, "2026-01-02T03:04:05+00:00", "abc1234"), StageState("dedup", "not run")]
+    assert overview_rows(states) == [
+        ["ingest", "done", "93.0 s", "2026-01-02T03:04:05+00:00", "abc1234"],
+        ["dedup", "not run", "-", "-", "-"],
+    ]
+
+
+def test_ingest_rows_per_source_with_total_and_reasons_by_count():
+    facts = IngestFacts(
+        counts={
+            "input": 1200,
+            "written": 1100,
+            "quarantined": 100,
+            "by_source": {
+                "b_clipart": {"input": 200, "written": 150, "quarantined": 50},
+                "a_emoji": {"input": 1000, "written": 950, "quarantined": 50},
+            },
+            "by_reason": {"too_small": 30, "decode_error": 70},
+        }
+    )
+    assert ingest_source_rows(facts) == [
+        ["a_emoji", "1,000", "950", "50"],
+        ["b_clipart", "200", "150", "50"],
+        ["**total**", "1,200", "1,100", "100"],
+    ]
+    assert quarantine_rows(facts) == [["decode_error", "70"], ["too_small", "30"]]
+    assert ingest_source_rows(IngestFacts({"input": 3})) == [] and quarantine_rows(IngestFacts({})) == []
+
+
+def test_dedup_rows_and_contamination_rows():
+    facts = DedupFacts(
+        counts={"samples": 1000, "exact": 10, "near": 20, "eval_contamination": 3, "withdrawn": 1, "removed": 34, "kept": 966},
+        eval_contamination={
+            "val_b": {"images": 50, "contaminated": 0, "contaminated_fraction": 0.0},
+            "val_a": {"images": 2000, "contaminated": 3, "contaminated_fraction": 0.0015},
+        },
+    )
+    assert dedup_rows(facts) == [["1,000", "10", "20", "3", "1", "34", "966"]]  # the older key eval_contamination
+    assert contamination_rows(facts) == [["val_a", "2,000", "3", "0.15%"], ["val_b", "50", "0", "0.00%"]]
+
+
+def test_top_class_rows_most_samples_first_with_four_hashtags():
+    dog = {"id": "n02084071", "lemma": "dog", "samples": 5, "hashtags": {"dog": 3, "puppy": 4, "doggo": 1, "hound": 2, "pup": 1}}
+    cat = {"id": "n02121620", "lemma": None, "samples": 1200, "hashtags": {"cat": 1200}}
+    facts = VocabFacts(vocab={"classes": [dog, cat]})
+    assert top_class_rows(facts) == [
+        ["n02121620", "n02121620", "1,200", "#cat (1,200)"],
+        ["dog", "n02084071", "5", "#puppy (4), #dog (3), #hound (2), #doggo (1) ..."],
+    ]
+    assert top_class_rows(facts, n=1) == top_class_rows(facts)[:1]
+
+
+def test_pretrain_rows_and_heldout_rows_from_the_final_eval():
+    counts = {
+        "steps": 6,
+        "total_steps": 40,
+        "epochs": 1,
+        "global_batch": 64,
+        "accum": 2,
+        "peak_lr": 0.1,
+        "warmup_steps": 5,
+        "train_samples": 900,
+        "heldout_samples": 100,
+        "images_per_second": 123.456,
+        "data_wait_fraction": 0.034,
+        "train_seconds_this_run": 92.951,
+        "final_loss": 4.56789,
+        "scratch_precision_at_1": 0.01,
+        "scratch_mAP": 0.02,
+        "prior_precision_at_1": 0.05,
+        "prior_mAP": 0.03,
+    }
+    evals = [{"step": 6, "precision_at_1": 0.125, "mAP": 0.0625}, {"step": 0, "precision_at_1": 0.01, "mAP": 0.02}]
+    facts = PretrainFacts(finished=True, counts=counts, config={"max_steps": 6}, evals=evals)
+    assert pretrain_rows(facts) == [
+        ["optimizer steps (done / planned)", "6 / 40 (stopped by max_steps=6)"],
+        ["epochs", "1"],
+        ["global batch (accumulation)", "64 (2)"],
+        ["peak lr (warmup steps)", "0.100 (5)"],
+        ["training / held-out samples", "900 / 100"],
+        ["images/s (training)", "123"],
+        ["data-wait fraction", "3.4%"],
+        ["training time this run", "93.0 s"],
+        ["final loss", "4.568"],
+    ]
+    assert pretrain_rows(PretrainFacts(counts=counts))[0] == ["optimizer steps (done / planned)", "6 / 40"]
+    assert heldout_rows(facts) == [
+        ["trained (final eval, step 6)", "0.1250", "0.0625"],  # the manifest has no heldout_*: the step-6 eval
+        ["scratch: random init (step 0)", "0.0100", "0.0200"],
+        ["class-prior baseline (predict by class frequency)", "0.0500", "0.0300"],
+    ]
+    with_manifest = PretrainFacts(counts={**counts, "heldout_precision_at_1": 0.25, "heldout_mAP": 0.5}, evals=evals)
+    assert heldout_rows(with_manifest)[0] == ["trained (final eval, step 6)", "0.2500", "0.5000"]
+
+
+def test_energy_rows_recorded_assumed_gpu_and_codecarbon_stages():
+    inputs = EnergyInputs(
+        stages=["ingest", "dedup", "vocab", "extra"],
+        records={
+            "ingest": {
+                "wall_seconds": 10.0,
+                "cpu_seconds": 15.0,
+                "busy_cores": 1.5,
+                "gpus": 0,
+                "estimate": {"kwh": 0.002, "kg_co2e": 0.001},
+                "codecarbon": {"kwh": 0.003, "kg_co2e": 0.0012, "measured": True, "basis": "RAPL"},
+            },
+            "dedup": {
+                "wall_seconds": 5.0,
+                "cpu_seconds": 2.0,
+                "gpus": 2,
+                "estimate": {"kwh": 0.004, "kg_co2e": 0.002},
+                "codecarbon": None,
+                "codecarbon_error": "no counters",
+            },
+            "extra": {},  # no wall time anywhere: left out
+        },
+        manifest_seconds={"ingest": 10.0, "dedup": 5.0, "vocab": 3600.0, "extra": None},
+        cores=4,
+        pue=1.5,
+        grid_kg_per_kwh=0.5,
+        cpu_watts_per_core=4.0,
+        gpu_watts=300.0,
+    )
+    stages = stage_energy(inputs)
+    assert [(st.stage, st.assumed) for st in stages] == [("ingest", False), ("dedup", False), ("vocab", True)]
+    # vocab without a record: 1 h x 4 cores x 4 W x PUE 1.5 = 24 Wh; x 0.5 kg/kWh = 12 g
+    assert stages[2].estimate_wh == pytest.approx(24.0) and stages[2].estimate_g == pytest.approx(12.0)
+    assert stages[1].codecarbon_error == "no counters" and stages[1].codecarbon_wh is None
+    assert energy_rows(stages) == [
+        ["ingest", "10.0 s", "15.0", "1.50 cores", "2.00", "1.00", "3.00", "1.20", "measured"],
+        ["dedup", "5.0 s", "2.00", "2 GPU(s)", "4.00", "2.00", "-", "-", "not measured"],
+        ["vocab *", "60.0 min", "-", "4 cores (assumed)", "24.0 *", "12.0 *", "-", "-", "not measured"],
+        ["**total**", "", "", "", "30.0 *", "15.0 *", "3.00", "1.20", "1 of 3 stages"],
+    ]
+
+
+def test_transfer_rows_order_and_pre_suite_gains():
+    def row(method, init, tpc, top1, **kw):
+        return {"method": method, "init": init, "train_per_class": tpc, "train_images": 10 * (tpc or 50), "top1": top1, **kw}
+
+    sec = {
+        "rows": [
+            row("finetune", "scratch", None, 0.4, base_lr=0.1, epochs=3),
+            row("finetune", "pretrained", None, 0.5, base_lr=0.1, epochs=3),
+            row("linear_probe", "pretrained", 4, 0.35, best_C=0.01),
+            row("linear_probe", "scratch", 2, 0.25, best_C=1.0),
+            row("linear_probe", "pretrained", 2, 0.3, best_C=0.01, seeds=[0, 1]),
+        ]
+    }
+    assert [r[:5] + r[9:11] for r in result_rows(sec)] == [
+        ["linear probe", "pretrained", "2", "20", "2", "-", "C 0.0100"],
+        ["linear probe", "scratch", "2", "20", "1", "-", "C 1.00"],
+        ["linear probe", "pretrained", "4", "40", "1", "-", "C 0.0100"],
+        ["finetune", "pretrained", "full", "500", "1", "3", "lr 0.1"],
+        ["finetune", "scratch", "full", "500", "1", "3", "lr 0.1"],
+    ]
+    # no "gains" (a results file from before the suite): differences where both inits ran, without intervals
+    assert gain_rows(sec) == [
+        ["linear probe", "2", "30.0%", "25.0%", "+5.0", "-"],
+        ["finetune", "full", "50.0%", "40.0%", "+10.0", "-"],
+    ]
+    assert gain_rows({**sec, "gains": []}) == []
 
 
 # ----------------------------------------------------------------------------- benchmarks: demo row, stale rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import stage_cfg
 
 from pipeline.config import to_container
@@ -24,6 +25,7 @@ TINY = (
 )
 
 
+@pytest.mark.slow
 def test_skip_and_redo(prepared_fixture, tmp_path):
     run = tmp_path / "run"
     stages = "run.stages=[ingest,dedup,vocab,pretrain]"
@@ -50,6 +52,7 @@ def test_skip_and_redo(prepared_fixture, tmp_path):
     assert set(energy) == {"ingest", "dedup", "vocab", "pretrain"} and all(e["wall_seconds"] > 0 for e in energy.values())
 
 
+@pytest.mark.slow
 def test_sweep_jobs_share_upstream_stages(tmp_path):
     shared = tmp_path / "shared"
     outs = []

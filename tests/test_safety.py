@@ -23,7 +23,7 @@ import torch
 from conftest import PROBE_ONLY_TRANSFER, REPO, copy_run, pretrain_overrides, stage_cfg
 from fuzz.stages import partial_files, temp_files
 
-from pipeline.io.checkpoint import CheckpointError
+from pipeline.errors import CheckpointError
 from pipeline.io.run_folder import STAGES
 
 PRETRAIN = [
@@ -89,6 +89,7 @@ def test_a_tampered_shard_index_is_refused_naming_it(prepared_fixture, tmp_path)
         run_dedup(stage_cfg(run))
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_in_a_run_is_refused_on_resume(pretrained, tmp_path):
     from pipeline.pretrain import run_pretrain
 
@@ -144,6 +145,7 @@ _CHECK_ALL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_config_errors_fail_before_any_work_at_every_entry_point(tmp_path):
     """Every stage's real ``main()`` (one Python process for all, to pay the imports once)."""
     p = subprocess.run(
@@ -187,6 +189,7 @@ def _audit(run, ids, tmp_path) -> tuple[int, str]:
     return code, buf.getvalue()
 
 
+@pytest.mark.slow
 def test_withdrawn_ids_never_reach_any_artifact(tmp_path):
     from pipeline.dedup import run_dedup
     from pipeline.ingest import run_ingest
@@ -427,6 +430,7 @@ def test_read_only_folder_keeps_a_finished_stage_intact(pretrained, tmp_path, mo
 
 
 @pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.slow
 def test_disk_full_fails_naming_the_path_and_leaves_nothing_half_written(stage, pretrained, tmp_path, monkeypatch):
     run = _copy_upstream(pretrained, tmp_path / "run", stage)
     cfg = stage_cfg(run, *LATER)
@@ -449,6 +453,7 @@ def test_disk_full_fails_naming_the_path_and_leaves_nothing_half_written(stage, 
     [("ingest", 40_000), ("pretrain", 150), ("pretrain", 300)],
     ids=["ingest-shard", "pretrain-metrics-line", "pretrain-checkpoint"],
 )
+@pytest.mark.slow
 def test_disk_full_in_the_middle_of_a_write(stage, budget, pretrained, tmp_path, monkeypatch):
     """ENOSPC from write() after ``budget`` bytes: an atomic write (a shard, a checkpoint) leaves
     only its temp file, deleted on the error; an append-only log (pretrain's metrics.jsonl) keeps

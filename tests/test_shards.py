@@ -15,6 +15,7 @@ from conftest import FIXTURE
 from PIL import Image
 
 from pipeline.io.shards import ShardReader, index_path, iter_samples, parse_key, shard_key, shard_paths
+from pipeline.vision.dedup_codes import shard_codes
 from pipeline.vision.images import decode_image
 from pipeline.vision.near_index import hamming, perceptual_hash, phash_bytes, trim_uniform_border
 
@@ -68,7 +69,7 @@ def test_stored_codes_are_the_perceptual_hash_of_the_canonical_pixels(ingested_f
     n_lossless = n_jpeg = 0
     for p in shard_paths(ingested_fixture):
         r = ShardReader(p)
-        codes8, codes16 = r.codes(8), r.codes(16)
+        codes8, codes16 = shard_codes(r, 8), shard_codes(r, 16)
         for i, k in enumerate(r.keys):
             meta = r.metadata(k)
             ext, off, size = r.image_member(k)
@@ -87,7 +88,7 @@ def test_stored_codes_are_the_perceptual_hash_of_the_canonical_pixels(ingested_f
 def test_a_jpeg_shard_and_its_eval_copy_get_the_same_code(ingested_fixture, tmp_path):
     """An eval image identical to a pretraining input, the pretraining copy stored as JPEG: the stored
     code and the eval code agree exactly (before, dedup hashed the decoded JPEG: a few bits off)."""
-    from pipeline.io.raw_sources import plan_units
+    from pipeline.io.readers import plan_units
     from pipeline.vision.dedup_codes import hash_eval_unit
 
     blobs = {k: d["jpg"] for k, d in _img2dataset_samples().items()}
@@ -110,7 +111,7 @@ def test_a_jpeg_shard_and_its_eval_copy_get_the_same_code(ingested_fixture, tmp_
     old_way_differs = 0
     for p in shard_paths(ingested_fixture):
         r = ShardReader(p)
-        codes = r.codes(8)
+        codes = shard_codes(r, 8)
         for i, k in enumerate(r.keys):
             meta = r.metadata(k)
             if meta["source"] != "img2dataset":

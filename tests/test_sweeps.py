@@ -29,6 +29,7 @@ def _count_in_logs(jobs, text: str) -> int:
     return sum((j / "run.log").read_text().count(text) for j in jobs if (j / "run.log").exists())
 
 
+@pytest.mark.slow
 def test_smoke_sweep_shares_upstream_stages_and_summarizes(tmp_path):
     sweep = tmp_path / "sweep"
     # 2 losses x 2 models = 4 jobs; the unknown model makes the pretrain stage of 2 jobs raise
@@ -100,6 +101,7 @@ def test_smoke_sweep_shares_upstream_stages_and_summarizes(tmp_path):
     assert again.stdout.count('"vocab": "skipped", "pretrain": "skipped", "transfer": "skipped"') == 2
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_two_ranks_per_job(tmp_path):
     """hydra-submitit-launcher's local executor: 2 jobs in parallel, each of 2 tasks (the SLURM layout:
     one task per device), ranks from submitit, pretraining as 2-rank DDP (gloo on CPU)."""
@@ -122,6 +124,7 @@ def test_submitit_local_sweep_two_ranks_per_job(tmp_path):
     assert [r[out["header"].index("status")] for r in out["rows"]] == ["ok", "ok"]
 
 
+@pytest.mark.slow
 def test_seed_groups_intervals_paired_differences_and_plot(seed_sweep, tmp_path):
     sweep = tmp_path / "smoke"
     shutil.copytree(seed_sweep, sweep, symlinks=True)

@@ -83,6 +83,7 @@ def _inside(path: str, folder: Path) -> bool:
     return Path(path).resolve().is_relative_to(folder.resolve())
 
 
+@pytest.mark.slow
 def test_suite_runs_every_target_method_init_setting_and_seed(transfer_run):
     run, man, _ = transfer_run
     res = _results(run)
@@ -253,6 +254,7 @@ def test_per_epoch_rows_and_manifest(transfer_run):
     ]
 
 
+@pytest.mark.slow
 def test_report_shows_one_table_per_target_from_the_stage_output(transfer_run):
     from pipeline.report import write_report
     from pipeline.reporting.format import fmt_ci_pct, fmt_diff_points
@@ -314,10 +316,11 @@ def test_target_selection_and_overrides_compose():
     assert (f["max_val_images"], f["low_data_per_class"], f["crop_min_scale"]) == (None, [5], 0.5)
 
 
+@pytest.mark.slow
 def test_missing_inputs_and_bad_config_fail_before_work(prepared_fixture, pretrained_run, tmp_path):
     from hydra.errors import ConfigCompositionException
 
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
     from pipeline.transfer import run_transfer
 
     run = copy_run(prepared_fixture, tmp_path / "run")
@@ -346,6 +349,7 @@ def test_missing_inputs_and_bad_config_fail_before_work(prepared_fixture, pretra
     assert not (run / "transfer").exists()
 
 
+@pytest.mark.slow
 def test_without_the_shards_the_feature_check_is_skipped_and_said_so(pretrained_run, tmp_path):
     from pipeline.transfer import run_transfer
 

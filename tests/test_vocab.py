@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import FIXTURE, REPO, make_cfg
 
-from pipeline.config import ConfigError, VocabKind
+from pipeline.config import VocabKind
+from pipeline.errors import ConfigError
 from pipeline.io.atomic import write_jsonl
 from pipeline.io.labels import load_labels, load_vocab
 from pipeline.io.manifest import stage_dir, write_manifest
@@ -157,6 +158,7 @@ def test_cached_mapping_throughput(nouns):
 # ---- the stage ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stage_on_fixture_corpus(vocab_run):
     cfg = vocab_run("vocab.require_dedup=false", "vocab.min_count=2")
     man = run_vocab(cfg)
@@ -264,6 +266,7 @@ def test_config_errors(vocab_run):
         run_vocab(vocab_run("vocab.wordnet_dir=/nonexistent/wordnet", "vocab.require_dedup=false"))
 
 
+@pytest.mark.slow
 def test_cli_reports_missing_ingest(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "pipeline.vocab", f"run_dir={tmp_path / 'none'}"],

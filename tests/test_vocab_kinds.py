@@ -9,7 +9,8 @@ import json
 import pytest
 from conftest import FIXTURE, WORDNET, stage_cfg
 
-from pipeline.config import ConfigError, VocabKind
+from pipeline.config import VocabKind
+from pipeline.errors import ConfigError
 from pipeline.io.labels import load_vocab
 from pipeline.io.run_folder import SENSES_FILE, VOCAB
 from pipeline.text.aligned import aligned_roots, aligned_synsets, class_name_words, read_class_names
@@ -80,6 +81,7 @@ def test_visual_nouns_stage_on_the_fixture_corpus(prepared_fixture, tmp_path, no
     assert all(members.get(r["hashtag"], r["chosen"]) == r["chosen"] for r in records)
 
 
+@pytest.mark.slow
 def test_aligned_roots_from_class_names(nouns):
     assert class_name_words("musical-instrument", nouns) == ["musical_instrument"]
     assert class_name_words("animal-marine", nouns) == ["animal"]  # a modifier is not a root
@@ -91,6 +93,7 @@ def test_aligned_roots_from_class_names(nouns):
     assert {"puppy.n.01", "rose.n.01", "plant.n.02"} <= allowed and "plant.n.01" not in allowed
 
 
+@pytest.mark.slow
 def test_target_aligned_stage_on_the_fixture_corpus(prepared_fixture, tmp_path, nouns):
     run = tmp_path / "run"
     for s in ("ingest", "dedup"):

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.evaluation import nn_decontam as nd
 from pipeline.evaluation.suite_context import SuiteContext
 from pipeline.evaluation.targets import Target
+from pipeline.io.removal import removed_rows
 from pipeline.io.run_folder import read_eval_contamination
-from pipeline.vision.transforms import item_seed
+from pipeline.io.shards import shard_paths
+from pipeline.seeding import item_seed
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +40,6 @@ def feature_check_skip(run_dir, enabled: bool) -> str | None:
     """
     if not enabled:
         return "transfer.nn_decontam=false"
-    from pipeline.io.removal import removed_rows
-    from pipeline.io.shards import shard_paths
-
     try:
         shard_paths(run_dir)
         removed_rows(run_dir)
@@ -89,8 +89,6 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
         the ``contamination.features`` section of the target's results, with ``flagged`` (N,) bool
         and ``similarity`` (N,) float32 under the keys ``_flagged`` / ``_similarity`` (popped by the caller).
     """
-    from pipeline.evaluation import nn_decontam as nd
-
     tc, r = st.tc, t.recipe
     t0 = time.perf_counter()
     bank = st.pretraining_bank(model)

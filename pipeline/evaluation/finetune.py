@@ -24,7 +24,7 @@ random initialization the same way):
 - random-resized crop + horizontal flip on the training images (the crop's minimum area
   ``transfer.crop_min_scale``: 0.35 on the demo, whose 28 px clothes fill the frame;
   ImageNet's 0.08 left the training loss far above the eval one there); eval
-  preprocessing on val; cross-entropy loss; the precision and layout of :mod:`pipeline.train.hardware` (fp16 with
+  preprocessing on val; cross-entropy loss; the precision and layout of :mod:`pipeline.train.precision` (fp16 with
   loss scaling on GPUs without bf16).
 
 Mahajan et al. 2018 fine-tune the whole network on ImageNet-1k after hashtag
@@ -54,8 +54,9 @@ from torch.utils.data import DataLoader
 from pipeline.evaluation.linear_probe import topk_correct
 from pipeline.evaluation.target_data import TransformedSubset
 from pipeline.progress import progress_bar
+from pipeline.seeding import item_seed
 from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
-from pipeline.vision.transforms import item_seed, normalize
+from pipeline.vision.transforms import normalize
 
 if TYPE_CHECKING:
     from pipeline.train.models import ResNeXt
@@ -88,7 +89,7 @@ class FinetuneSettings:
     eval_every_epoch: bool  # score ``val`` after every epoch (False: after the last one only)
     seed: int  # seeds the head, the epoch order and the augmentation
     autocast_dtype: torch.dtype | None  # the resolved precision (None = fp32)
-    grad_scaler: bool  # fp16 loss scaling (pipeline.train.hardware.PrecisionChoice.grad_scaler)
+    grad_scaler: bool  # fp16 loss scaling (pipeline.train.precision.PrecisionChoice.grad_scaler)
     channels_last: bool  # the resolved memory layout
     workers: int  # DataLoader worker processes
     progress: bool  # tqdm progress bars
@@ -119,7 +120,7 @@ def settings_from_recipe(
         epochs, base_lr, seed, eval_every_epoch, max_epoch_images: this run's values (the caller derives them:
             ``finetune_epochs`` or ``lr_select_epochs``, the chosen or tried lr, ...).
         autocast_dtype, grad_scaler, channels_last, workers, progress: the resolved runtime
-            (:class:`pipeline.train.hardware.PrecisionChoice`, the thread plan).
+            (:class:`pipeline.train.precision.PrecisionChoice`, the thread plan).
     Raises:
         KeyError: a recipe key is missing.
     """

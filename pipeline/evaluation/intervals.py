@@ -2,8 +2,11 @@
 
 Everything takes per-image correctness (``bool`` or 0/1 arrays, one entry per val image)
 rather than accuracies, so the val set's sampling noise can be resampled, and returns
-``CI(mean, lo, hi)`` (a named tuple: ``mean, lo, hi = ...`` works). All functions are
-vectorized numpy and deterministic given ``seed`` (a ``numpy.random.default_rng``).
+``CI(mean, lo, hi)`` (a named tuple: ``mean, lo, hi = ...`` works). The bootstraps are
+``scipy.stats.bootstrap`` (``method='percentile'``, ``vectorized=True``, ``paired=True`` for
+paired differences) with ``rng=numpy.random.default_rng(seed)``: deterministic given ``seed``.
+The resamples are drawn in batches of at most ``_MAX_DRAWS // N``, so the resampled indices, and
+the intervals, are the same as those of this module's earlier hand-written bootstrap.
 
 - :func:`bootstrap_ci`: percentile bootstrap over val images (Efron & Tibshirani 1993,
   *An Introduction to the Bootstrap*, ch. 13): resample the N images with replacement
@@ -33,9 +36,11 @@ vectorized numpy and deterministic given ``seed`` (a ``numpy.random.default_rng`
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+from scipy import stats
 
 __all__ = [
     "CI",
@@ -89,6 +94,11 @@ def _check_level(level: float) -> None:
         raise ValueError(f"level must be in (0, 1), got {level}")
 
 
+def _check_n_boot(n_boot: int) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+
+
 def _as_values(x, name: str, ndim: int = 1) -> np.ndarray:
     arr = np.asarray(x)
     if arr.ndim != ndim:
@@ -101,8 +111,46 @@ def _as_values(x, name: str, ndim: int = 1) -> np.ndarray:
     return arr
 
 
+def _batch(n: int) -> int:
+    """Resamples per batch: at most ``_MAX_DRAWS`` resampled indices in memory at once."""
+    return max(1, _MAX_DRAWS // n)
+
+
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return x.mean(axis=axis)
+
+
+def _mean_diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return b.mean(axis=axis) - a.mean(axis=axis)
+
+
+def _percentile_bootstrap(data: tuple[np.ndarray, ...], statistic, *, n_boot: int, seed: int, level: float, paired: bool):
+    """``scipy.stats.bootstrap`` over axis 0 (the val images) with this module's settings.
+
+    Returns:
+        ``scipy.stats._resampling.BootstrapResult``; its ``bootstrap_distribution`` has the resamples on the last axis.
+    """
+    with warnings.catch_warnings():  # n_boot = 1: scipy's standard error (ddof 1) of one resample warns; unused then
+        warnings.filterwarnings("ignore", "Degrees of freedom <= 0", RuntimeWarning)
+        warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+        return stats.bootstrap(
+            data,
+            statistic,
+            n_resamples=n_boot,
+            batch=_batch(data[0].shape[0]),
+            vectorized=True,
+            paired=paired,
+            axis=0,
+            confidence_level=level,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+
+
 def bootstrap_means(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """Means of ``n_boot`` resamples (with replacement) of the rows of ``values``.
+
+    ``scipy.stats.bootstrap``'s bootstrap distribution of the mean (rows resampled along axis 0).
 
     Args:
         values: float or bool, shape (N,) or (N, K): one row per val image; with K
@@ -112,26 +160,20 @@ def bootstrap_means(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np
 
     Returns:
         float64, shape (n_boot,) or (n_boot, K).
+
+    Raises:
+        ValueError: ``values`` not of shape (N,) or (N, K) with N > 0, or ``n_boot < 1``.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim not in (1, 2) or values.shape[0] == 0:
         raise ValueError(f"values must have shape (N,) or (N, K) with N > 0, got {values.shape}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    n = values.shape[0]
-    out = np.empty((n_boot,) + values.shape[1:], dtype=np.float64)
-    step = max(1, _MAX_DRAWS // n)
-    for start in range(0, n_boot, step):
-        stop = min(n_boot, start + step)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        out[start:stop] = values[idx].mean(axis=1)
-    return out
-
-
-def _percentiles(stats: np.ndarray, level: float) -> tuple[float, float]:
-    lo, hi = np.quantile(stats, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    return float(lo), float(hi)
+    if values.shape[0] == 1:  # one image: every resample is that image (scipy needs N >= 2)
+        return np.repeat(values, n_boot, axis=0)
+    # one sample of shape (N, K): scipy resamples axis 0 with the same indices for every column
+    res = _percentile_bootstrap((values,), _mean, n_boot=n_boot, seed=seed, level=0.95, paired=False)
+    return np.moveaxis(np.asarray(res.bootstrap_distribution, dtype=np.float64), -1, 0)
 
 
 def bootstrap_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> CI:
@@ -145,11 +187,18 @@ def bootstrap_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: 
 
     Returns:
         ``CI(mean, lo, hi)``: mean = the observed accuracy (not the bootstrap mean).
+
+    Raises:
+        ValueError: ``correct`` empty, not 1-D or not finite; ``n_boot < 1``; ``level`` outside (0, 1).
     """
     _check_level(level)
     values = _as_values(correct, "correct")
-    lo, hi = _percentiles(bootstrap_means(values, n_boot, seed), level)
-    return CI(float(values.mean()), lo, hi)
+    _check_n_boot(n_boot)
+    mean = float(values.mean())
+    if values.size == 1:  # one image: a degenerate bootstrap (scipy needs N >= 2)
+        return CI(mean, mean, mean)
+    ci = _percentile_bootstrap((values,), _mean, n_boot=n_boot, seed=seed, level=level, paired=False).confidence_interval
+    return CI(mean, float(ci.low), float(ci.high))
 
 
 def paired_bootstrap_diff(
@@ -161,25 +210,32 @@ def paired_bootstrap_diff(
     images on which the two models disagree. It excludes 0 when b is reliably better
     (``lo > 0``) or worse (``hi < 0``).
 
+    ``scipy.stats.bootstrap`` with ``paired=True``: one set of resampled image indices per resample, used for both.
+
     Args:
         correct_a, correct_b: bool or 0/1, shape (N,), entry i for the same val image i.
+        n_boot, seed, level: as in :func:`bootstrap_ci`.
 
     Returns:
         ``CI(diff, lo, hi)``.
+
+    Raises:
+        ValueError: the vectors differ in shape, are empty or not finite; ``n_boot < 1``; ``level`` outside (0, 1).
     """
     _check_level(level)
     a = _as_values(correct_a, "correct_a")
     b = _as_values(correct_b, "correct_b")
     if a.shape != b.shape:
         raise ValueError(f"correct_a and correct_b must have the same shape, got {a.shape} and {b.shape}")
-    means = bootstrap_means(np.stack([a, b], axis=1), n_boot, seed)
-    lo, hi = _percentiles(means[:, 1] - means[:, 0], level)
-    return CI(float(b.mean() - a.mean()), lo, hi)
+    _check_n_boot(n_boot)
+    diff = float(b.mean() - a.mean())
+    if a.size == 1:  # one image: a degenerate bootstrap (scipy needs N >= 2)
+        return CI(diff, diff, diff)
+    ci = _percentile_bootstrap((a, b), _mean_diff, n_boot=n_boot, seed=seed, level=level, paired=True).confidence_interval
+    return CI(diff, float(ci.low), float(ci.high))
 
 
 def _t_quantile(level: float, df: float) -> float:
-    from scipy import stats  # scipy is a dependency of scikit-learn
-
     q = (1.0 + level) / 2.0
     return float(stats.t.ppf(q, df)) if math.isfinite(df) else float(stats.norm.ppf(q))
 
@@ -251,8 +307,11 @@ def seed_and_val_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0, leve
     c = _as_values(correct, "correct", ndim=2)
     s_count, n = c.shape
     mean = float(c.mean())
-    boot = bootstrap_means(c.mean(axis=0), n_boot, seed)
-    var_val = float(boot.var(ddof=1)) if n_boot > 1 else 0.0
+    _check_n_boot(n_boot)
+    var_val = 0.0  # one image or one resample: no val spread can be estimated
+    if n > 1 and n_boot > 1:
+        boot = _percentile_bootstrap((c.mean(axis=0),), _mean, n_boot=n_boot, seed=seed, level=level, paired=False)
+        var_val = float(boot.standard_error) ** 2  # std (ddof 1) of the bootstrap distribution
     if s_count == 1:
         half = _t_quantile(level, math.inf) * math.sqrt(var_val)
         return SeedValCI(mean, mean - half, mean + half, math.nan, math.sqrt(var_val), math.inf, 1, n)
@@ -287,8 +346,6 @@ def clopper_pearson_ci(k: int, n: int, level: float = 0.95) -> CI:
     Returns:
         ``CI(k / n, lo, hi)``; ``lo`` is 0 when k = 0 and ``hi`` 1 when k = n.
     """
-    from scipy import stats
-
     _check_level(level)
     if n <= 0 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")

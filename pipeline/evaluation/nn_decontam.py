@@ -46,9 +46,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.faiss_import import faiss
 from pipeline.io.removal import removed_keys
 from pipeline.io.shards import iter_metadata, member_offsets, shard_paths
-from pipeline.vision.transforms import decode, eval_transform, item_seed
+from pipeline.seeding import item_seed
+from pipeline.vision.transforms import decode, eval_transform
 
 __all__ = [
     "COPY_KINDS",
@@ -145,8 +147,6 @@ def nearest(queries: np.ndarray, bank: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
     Exact inner-product search (faiss ``IndexFlatIP``). An empty bank gives similarity -1, index -1.
     """
-    import faiss
-
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if len(bank) == 0 or len(q) == 0:
         return np.full(len(q), -1.0, np.float32), np.full(len(q), -1, np.int64)
@@ -205,7 +205,7 @@ class KnownCopies(Dataset):
 
 def emoji_hexcodes(index_file, val_rel: Sequence[str]) -> list[str | None]:
     """The normalized hexcode of each val image ``<class>/<stem>.<style>.<ext>`` from an ``emoji.jsonl``
-    (rows with ``hexcode`` and ``files`` as ``<style>/<stem>``; data_tools.fetch_fluent_emoji); None if unlisted."""
+    (rows with ``hexcode`` and ``files`` as ``<style>/<stem>``; data_tools.fluent_target.emoji_rows); None if unlisted."""
     by_file: dict[str, str] = {}
     with open(index_file, encoding="utf-8") as fh:
         for line in fh:

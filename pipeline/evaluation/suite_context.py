@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.evaluation.correctness import save_correctness
 from pipeline.evaluation.finetune import FinetuneSettings, settings_from_recipe
 from pipeline.evaluation.linear_probe import extract_features
+from pipeline.evaluation.nn_decontam import ShardImages, l2_normalize, pooled_features, pretraining_samples
 from pipeline.evaluation.target_data import fingerprint
 from pipeline.io.manifest import file_sha256
 from pipeline.io.run_folder import (
@@ -34,9 +35,10 @@ from pipeline.io.run_folder import (
     read_model_info,
     stage_dir,
 )
-from pipeline.train.hardware import PrecisionChoice, available_cores, pick_device, resolve_for_model, thread_plan
+from pipeline.seeding import item_seed
+from pipeline.system import available_cores, pick_device, thread_plan
 from pipeline.train.models import ResNeXt, create_model, list_models, load_trunk
-from pipeline.vision.transforms import item_seed
+from pipeline.train.precision import PrecisionChoice, resolve_for_model
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def read_pretrained(run_dir) -> tuple[Path, dict, dict]:
 
     Raises:
         FileNotFoundError: the pretrain stage has not finished in ``run_dir``.
-        pipeline.config.ConfigError: ``model.json`` names a model :func:`pipeline.train.models.list_models` lacks.
+        pipeline.errors.ConfigError: ``model.json`` names a model :func:`pipeline.train.models.list_models` lacks.
     """
     pre = stage_dir(run_dir, PRETRAIN)
     trunk, info_file = path(run_dir, PRETRAIN, TRUNK_FILE), path(run_dir, PRETRAIN, MODEL_FILE)
@@ -138,8 +140,6 @@ class SuiteContext:
             ``{"samples": [PretrainSample], "features": (M, D) float32, "mean": (D,) | None, "seconds"}``.
         """
         if self.bank is None:
-            from pipeline.evaluation.nn_decontam import ShardImages, l2_normalize, pooled_features, pretraining_samples
-
             t = time.perf_counter()
             samples = pretraining_samples(self.cfg.run_dir)
             ds = ShardImages(self.cfg.run_dir, samples, self.size)
@@ -168,13 +168,13 @@ def resolve_runtime(tc, model_name: str, num_classes: int, size: int):
     """The device, thread plan and precision of the stage, applied globally (torch threads, matmul precision).
 
     A timed trial of the fine-tuning step picks the precision on the CPU (``transfer.precision=auto``;
-    cached per machine, :func:`pipeline.train.hardware.resolve_for_model`).
+    cached per machine, :func:`pipeline.train.precision.resolve_for_model`).
 
     Returns:
-        ``(device, plan, prec)``: ``torch.device``, :class:`pipeline.train.hardware.ThreadPlan` (``threads``,
-        ``workers``) and :class:`pipeline.train.hardware.PrecisionChoice`.
+        ``(device, plan, prec)``: ``torch.device``, :class:`pipeline.system.ThreadPlan` (``threads``,
+        ``workers``) and :class:`pipeline.train.precision.PrecisionChoice`.
     Raises:
-        pipeline.config.ConfigError: a precision the device cannot run (``transfer.precision``).
+        pipeline.errors.ConfigError: a precision the device cannot run (``transfer.precision``).
     """
     device = pick_device(tc.device)
     plan = thread_plan(device.type, available_cores(), 1, threads=tc.threads, workers=tc.workers)

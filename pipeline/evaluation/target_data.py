@@ -39,7 +39,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
-from pipeline.vision.transforms import eval_transform, item_seed, train_transform
+from pipeline.progress import progress_bar
+from pipeline.seeding import item_seed
+from pipeline.vision.transforms import eval_transform, train_transform
 
 __all__ = [
     "EvalImages",
@@ -217,8 +219,6 @@ class EvalImages:
         return len(self.ds)
 
     def _fill(self) -> None:
-        from pipeline.progress import progress_bar
-
         imgs = torch.empty((len(self.ds), 3, self.ds.size, self.ds.size), dtype=torch.uint8)
         pos = 0
         with progress_bar(total=len(self.ds), desc=self.desc, unit="img", disable=not self.progress, leave=False) as bar:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import ConfigError, transfer_recipe
+from pipeline.config import transfer_recipe
+from pipeline.errors import ConfigError
 from pipeline.evaluation.target_data import open_split, per_class_order
 
 __all__ = ["Target", "open_targets", "val_subset", "setting_label"]
@@ -40,7 +41,7 @@ def open_targets(tc) -> list[Target]:
 
     Raises:
         FileNotFoundError: a split folder or an ``emoji_index`` file is missing.
-        pipeline.config.ConfigError: train and val classes differ, or fewer than 2 classes.
+        pipeline.errors.ConfigError: train and val classes differ, or fewer than 2 classes.
     """
     out = []
     for name in tc.targets:

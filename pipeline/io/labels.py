@@ -16,7 +16,6 @@ import numpy as np
 from pipeline.io.atomic import atomic_path
 from pipeline.io.manifest import read_manifest, stage_dir
 from pipeline.io.run_folder import LABELS_FILE, VOCAB, VOCAB_FILE, read_vocab
-from pipeline.text.resampling import SCHEMES
 
 __all__ = ["Labels", "load_labels", "load_vocab", "write_labels"]
 
@@ -36,7 +35,8 @@ class Labels:
         self.keys, self.ids = arrays["keys"], arrays["ids"]
         self.indptr, self.indices, self.class_counts = arrays["indptr"], arrays["indices"], arrays["class_counts"]
         self.num_classes = int(self.class_counts.size)
-        self._weights = {s: arrays[f"weights_{s}"] for s in SCHEMES}
+        # every ``weights_<scheme>`` array the vocab stage wrote (pipeline.text.resampling.SCHEMES)
+        self._weights = {k.removeprefix("weights_"): arrays[k] for k in arrays if k.startswith("weights_")}
 
     def __len__(self) -> int:
         return int(self.keys.size)

@@ -288,35 +288,25 @@ class ShardReader:
             if k in self._meta or "json" in self.members[k]:
                 yield k, self.metadata(k)
 
-    def codes(self, hash_size: int) -> np.ndarray:
-        """uint8 ``(len(keys), hash_size**2 // 8)``: the perceptual hash of every sample, in ``keys`` order.
+    def index_codes(self, hash_size: int) -> tuple[np.ndarray, list[int]]:
+        """The perceptual hashes the index holds (computed by ingest on the canonical pixels).
 
-        From the index (computed by ingest on the canonical pixels); for a shard without
-        one, computed here from the decoded stored image (with a warning).
+        Returns:
+            ``(codes, missing)``: uint8 ``(len(keys), hash_size**2 // 8)`` in ``keys`` order, and
+            the rows whose sample has no code of this size in the index (zeros there; a shard
+            written without an index). :func:`pipeline.vision.dedup_codes.shard_codes` fills them
+            from the decoded stored images.
         """
-        from pipeline.vision.near_index import perceptual_hash
-
         nbytes = hash_size * hash_size // 8
         out = np.zeros((len(self.keys), nbytes), np.uint8)
-        missing = [i for i, k in enumerate(self.keys) if str(hash_size) not in self._phash.get(k, {})]
+        missing = []
         for i, k in enumerate(self.keys):
             code = self._phash.get(k, {}).get(str(hash_size))
-            if code is not None:
+            if code is None:
+                missing.append(i)
+            else:
                 out[i] = np.frombuffer(bytes.fromhex(code), np.uint8)
-        if missing:
-            from PIL import Image
-
-            log.warning(
-                "%s: no %d-bit perceptual hashes in its index for %d sample(s): decoding them",
-                self.path,
-                hash_size * hash_size,
-                len(missing),
-            )
-            for i in missing:
-                e, off, size = self.image_member(self.keys[i])
-                with Image.open(io.BytesIO(self.read_range(off, size))) as img:
-                    out[i] = perceptual_hash(img.convert("RGB"), hash_size)
-        return out
+        return out, missing
 
     def close(self) -> None:
         """Close the tar file (reopened on the next read)."""

@@ -12,7 +12,8 @@ from dataclasses import make_dataclass
 from pathlib import Path
 from typing import List
 
-from pipeline.config import DedupConfig, IngestConfig, PretrainConfig, SourceConfig, TransferConfig, VocabConfig, result_view
+from pipeline.config import DedupConfig, IngestConfig, PretrainConfig, SourceConfig, TransferConfig, VocabConfig
+from pipeline.config_views import result_view
 from pipeline.io.manifest import canonical_hash, file_sha256, read_manifest, stage_dir
 from pipeline.io.run_folder import STAGES, UPSTREAM
 

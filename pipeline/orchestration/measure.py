@@ -6,6 +6,8 @@ import contextlib
 import time
 from typing import Any
 
+from pipeline.orchestration.energy import measure_energy
+
 __all__ = ["stage_measurement", "as_record"]
 
 
@@ -13,8 +15,6 @@ def stage_measurement(name: str, cfg, gpus: int | None = None):
     """Measure a stage's time and energy (pipeline.reporting.energy), or only its time if disabled."""
     if not cfg.energy.enabled:
         return _timer(name)
-    from pipeline.reporting.energy import measure_energy
-
     return measure_energy(name, cfg.energy, gpus=gpus)
 
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 
 __all__ = ["run_shared"]
 

@@ -7,7 +7,8 @@ returns a string; a missing value (None or NaN) prints as ``-``.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+import re
+from typing import Any, Iterable, Sequence
 
 __all__ = [
     "is_missing",
@@ -103,18 +104,50 @@ def fmt_bytes(n: Any) -> str:
     return "-"
 
 
-def _cell(x: Any) -> str:
-    """Markdown-safe table cell."""
-    return str(x).replace("|", "\\|").replace("\n", " ")
+_ALIGN = {"l": ":---", "r": "---:", "c": ":---:", "-": "---"}
+_NEWLINES = re.compile(r"\r\n|\r|\n")
 
 
-def md_table(headers: list[str], rows: Iterable[Iterable[Any]], align: str | None = None) -> list[str]:
-    """A GitHub-flavoured markdown table; ``align`` is one char per column (l, r, c)."""
-    align = align or "l" + "r" * (len(headers) - 1)
-    sep = {"l": ":---", "r": "---:", "c": ":---:"}
-    out = ["| " + " | ".join(_cell(h) for h in headers) + " |", "| " + " | ".join(sep.get(a, "---") for a in align) + " |"]
-    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return out
+def _cell(x: object) -> str:
+    """One markdown table cell: ``str(x)`` with ``|`` escaped as ``\\|`` and each line break replaced by a space.
+
+    No other formatting: callers format numbers first (``fmt_*``); None prints as ``None``.
+    """
+    return _NEWLINES.sub(" ", str(x).replace("|", "\\|"))
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: Sequence[str] | None = None) -> list[str]:
+    """A GitHub-flavoured markdown table, as its lines (no trailing newline): the project's one table writer.
+
+    Cells are written unpadded (``| a | b |``) by ``str``, with ``|`` escaped as ``\\|`` and line
+    breaks replaced by a space (here only). Join the lines with ``"\\n"`` for the text.
+
+    Args:
+        header: the column names (at least one).
+        rows: the rows, each with exactly ``len(header)`` cells of any type (written by ``str``).
+        align: one letter per column, a string such as ``"llr"`` or a list: ``l`` left (``:---``),
+            ``r`` right (``---:``), ``c`` centred (``:---:``), ``-`` unspecified (``---``);
+            None = the first column left, the others right.
+
+    Returns:
+        ``[header line, separator line, one line per row]``.
+
+    Raises:
+        ValueError: an empty header, an ``align`` of another length or with another letter, or a
+            row whose length is not the header's.
+    """
+    n = len(header)
+    if n == 0:
+        raise ValueError("md_table: empty header")
+    cols = list(align) if align is not None else ["l"] + ["r"] * (n - 1)
+    if len(cols) != n or any(a not in _ALIGN for a in cols):
+        raise ValueError(f"md_table: align {align!r} needs one of {''.join(_ALIGN)} for each of the {n} columns")
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(_ALIGN[a] for a in cols) + " |"]
+    for i, row in enumerate(rows):
+        if len(row) != n:
+            raise ValueError(f"md_table: row {i} has {len(row)} cells, the header {n}: {row!r}")
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    return lines
 
 
 def fmt_ci_pct(x: Any, ci: Any, digits: int = 1) -> str:

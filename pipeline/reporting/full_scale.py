@@ -3,7 +3,8 @@
 :func:`project_full_run` turns a per-device training throughput into hours, GPU-hours, kWh and
 tCO2e, with every assumption returned beside the numbers; energy by the Patterson et al. 2021
 formula (:mod:`pipeline.reporting.energy`). A throughput measured on one model is carried to
-another by the mult-adds ratio (:func:`scale_throughput`, a rough scaling); the anchor is timm's
+another by the mult-adds ratio (:func:`scale_throughput`, a rough scaling; mult-adds from the papers or counted by
+``torch.utils.flop_counter.FlopCounterMode``, :func:`count_mult_adds`); the anchor is timm's
 published figure for ResNeXt-101 32x8d (:func:`anchor_gpu_throughput`); multi-GPU scaling
 follows Goyal et al. 2017 (:func:`goyal_scaling_efficiency`).
 """
@@ -55,51 +56,56 @@ FULL_SCALE_IMAGES = DEFAULTS.projection_images  # Mahajan et al. 2018: up to 3.5
 
 
 def count_mult_adds(model, image_size: int) -> int:
-    """Mult-adds of one forward pass of ``model`` on a ``(1, 3, S, S)`` image (conv + linear layers).
+    """Mult-adds of one forward pass of ``model`` on a ``(1, 3, S, S)`` image (S = ``image_size`` px).
 
-    A grouped convolution counts ``out_elements x (in_channels / groups) x kh x kw``.
-    BatchNorm, activations and pooling are not counted (as in the papers' figures).
+    Counted by ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per
+    multiply-accumulate of the matrix products and convolutions (a grouped convolution:
+    ``2 x out_elements x (in_channels / groups) x kh x kw``; biases are not counted), so
+    mult-adds = FLOPs / 2. BatchNorm, activations and pooling are not counted, as in the
+    published figures (Mahajan et al. 2018, Table 1; torchvision's ``GFLOPS``, which are mult-adds).
+
+    The forward pass runs in eval mode without gradients on the device of ``model``'s
+    parameters: a model built under ``with torch.device("meta"):`` is counted from shapes
+    alone, without memory or compute (:func:`model_mult_adds` does this).
+
+    Returns:
+        The count, an int (e.g. 16,414,015,488 for ResNeXt-101 32x8d at 224 px).
     """
-    import torch
-    from torch import nn
+    import torch  # torch is imported on first use: the projection arithmetic of this module does not need it
+    from torch.utils.flop_counter import FlopCounterMode
 
-    total = 0
-
-    def conv_hook(m: nn.Conv2d, _inp, out):
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += out.numel() * (m.in_channels // m.groups) * kh * kw
-
-    def linear_hook(m: nn.Linear, _inp, out):
-        nonlocal total
-        total += out.numel() * m.in_features
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    counter = FlopCounterMode(display=False)
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    return int(total)
+    return int(counter.get_total_flops()) // 2
 
 
 def model_mult_adds(model_name: str, image_size: int = 224, num_classes: int = 1000) -> float:
-    """Mult-adds of a model at ``image_size``: the papers' figures (scaled by pixel count)
-    for the ResNeXt-101 32xCd models, else counted on the registered model."""
+    """Mult-adds of a model at ``image_size`` px.
+
+    The papers' figures (Mahajan et al. 2018, Table 1, scaled by pixel count ``(image_size / 224) ** 2``)
+    for the ResNeXt-101 32xCd models of :data:`MULT_ADDS_224`; else :func:`count_mult_adds` on the
+    registered model built on the meta device (shapes only: no weights allocated, no compute).
+
+    Raises:
+        ValueError: ``model_name`` is not a registered model (:func:`pipeline.train.models.create_model`).
+    """
     if model_name in MULT_ADDS_224:
         return MULT_ADDS_224[model_name] * (image_size / 224.0) ** 2
+    import torch  # see count_mult_adds
+
     from pipeline.train.models import create_model
 
-    return float(count_mult_adds(create_model(model_name, num_classes=num_classes), image_size))
+    with torch.device("meta"):
+        model = create_model(model_name, num_classes=num_classes)
+    return float(count_mult_adds(model, image_size))
 
 
 def scale_throughput(

@@ -8,13 +8,13 @@ measured, both scaled to the projected model by the mult-adds ratio (a rough sca
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from pipeline.reporting import full_scale as FS
 from pipeline.reporting.energy import energy_setting
 from pipeline.reporting.format import fmt_int, fmt_num, fmt_pct, fmt_seconds, md_table
 from pipeline.reporting.run_view import Run
+from pipeline.system import available_cores
 
 log = logging.getLogger("pipeline.report")
 
@@ -38,7 +38,7 @@ def _measured_throughput(run: Run, to_model: str) -> dict | None:
     )
     s = FS.scale_throughput(per_device, from_mult_adds=madds, to_model=to_model, from_label=label)
     s["device"] = "GPU" if dev.startswith("cuda") else "CPU machine"
-    s["cores"] = os.cpu_count() or 1
+    s["cores"] = available_cores()
     return s
 
 

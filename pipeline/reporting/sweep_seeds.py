@@ -34,6 +34,7 @@ import numpy as np
 
 from pipeline.evaluation.correctness import correctness_key, load_correctness
 from pipeline.evaluation.intervals import seed_and_val_ci, seed_spread_ci
+from pipeline.reporting.plots import pyplot, save_png
 from pipeline.reporting.sweep_jobs import Interval, Job, load_yaml, read_or_none
 
 __all__ = ["SEED_KEY", "Group", "job_value", "group_jobs", "seed_table", "parse_baseline", "seed_plot"]
@@ -180,8 +181,6 @@ def seed_plot(
     Returns:
         False (nothing written) when ``x_key`` is not a column or no column has a value.
     """
-    from pipeline.reporting.plots import pyplot, save_png
-
     if x_key not in header:
         return False
     xi = header.index(x_key)

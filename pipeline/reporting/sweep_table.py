@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io import run_folder as rf
+from pipeline.reporting.format import md_table
 from pipeline.reporting.sweep_jobs import SHARED, Interval, Job, read_or_none
 
 
@@ -98,10 +99,6 @@ def _fmt(x: Any, column: str = "") -> str:
     return str(x)
 
 
-def _md_cell(x: Any, column: str = "") -> str:
-    return _fmt(x, column).replace("|", "\\|").replace("\n", " ")
-
-
 def to_markdown(sweep_dir: Path, jobs: list[Job], header: list[str], rows: list[list[Any]]) -> str:
     """``summary.md``: the sweep's name, job counts by status, the shared stages, a legend and the table."""
     n_ok = sum(j.status == "ok" for j in jobs)
@@ -126,13 +123,14 @@ def to_markdown(sweep_dir: Path, jobs: list[Job], header: list[str], rows: list[
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    """The lines of the markdown table of :func:`table`'s header and rows (metrics with 4 decimals)."""
+    """The lines of the markdown table of :func:`table`'s header and rows (:func:`pipeline.reporting.format.md_table`).
+
+    Metrics with 4 decimals, seconds with 1, intervals as ``mean [lo, hi]`` (signed in ``gain``/``diff``
+    columns), missing values as ``-``; the columns after ``status`` but the last (``error``) right-aligned.
+    """
     first_result = header.index("status") + 1 if "status" in header else len(header)
-    lines = [
-        "| " + " | ".join(_md_cell(h) for h in header) + " |",
-        "| " + " | ".join("---:" if first_result <= i < len(header) - 1 else ":---" for i in range(len(header))) + " |",
-    ]
-    return lines + ["| " + " | ".join(_md_cell(c, h) for c, h in zip(r, header)) + " |" for r in rows]
+    align = ["r" if first_result <= i < len(header) - 1 else "l" for i in range(len(header))]
+    return md_table(header, [[_fmt(c, h) for c, h in zip(r, header, strict=True)] for r in rows], align)
 
 
 def to_csv(header: list[str], rows: list[list[Any]]) -> str:

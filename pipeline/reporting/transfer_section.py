@@ -1,8 +1,16 @@
-"""The report's transfer section: per target, decontamination, accuracies with intervals, and the gains."""
+"""The report's transfer section: per target, decontamination, accuracies with intervals, and the gains.
+
+Built as data -> rows -> table: :func:`transfer_facts` reads what the stage wrote into a
+:class:`TransferFacts`; per target (a dict of ``results.json``'s ``targets``), :func:`result_rows`
+and :func:`gain_rows` (pure) turn its rows and gains into table rows; :func:`target_section` and
+:func:`section_transfer` add the prose, the tables and the plots.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.evaluation.results import transfer_targets
 from pipeline.io import run_folder as rf
@@ -18,8 +26,26 @@ from pipeline.reporting.format import (
     is_missing,
     md_table,
 )
+from pipeline.reporting.plots import finetune_curves_plot, transfer_plot
 from pipeline.reporting.pretrain_section import hardware_lines
 from pipeline.reporting.run_view import Run, not_run_lines
+
+RESULT_HEADER = [
+    "method",
+    "init",
+    "train / class",
+    "train images",
+    "seeds",
+    "top-1 [95% CI]",
+    "top-5 [95% CI]",
+    "lower-bound top-1 (pHash)",
+    "lower-bound top-1 (features)",
+    "epochs",
+    "lr / C",
+    "time",
+]
+GAIN_HEADER = ["method", "train / class", "pretrained", "scratch", "difference (points) [95% CI]", "verdict"]
+_METHOD_ORDER: dict[str | None, int] = {"linear_probe": 0, "finetune": 1}
 
 
 def _verdict(g: dict) -> str:
@@ -31,11 +57,10 @@ def _verdict(g: dict) -> str:
 
 
 def _row_order(rows: list[dict]) -> list[dict]:
-    order: dict[str | None, int] = {"linear_probe": 0, "finetune": 1}
     return sorted(
         rows,
         key=lambda r: (
-            order.get(r.get("method"), 9),
+            _METHOD_ORDER.get(r.get("method"), 9),
             r.get("train_per_class") is None,
             r.get("train_per_class") or 0,
             r.get("init") != "pretrained",
@@ -111,33 +136,40 @@ def _lr_line(sec: dict) -> list[str]:
     ]
 
 
-def target_section(name: str, sec: dict) -> list[str]:
-    """The report's part for one target: facts, decontamination, the accuracy table, the gains table."""
-    rows = _row_order(list(sec.get("rows") or []))
-    n_val, avail = sec.get("val_images"), sec.get("val_images_available")
-    out = [
-        f"### Target `{name}`",
-        "",
-        f"{fmt_int(sec.get('num_classes'))} classes, {sec.get('image_size', '?')} px; {fmt_int(n_val)} val images scored"
-        + (f" (of {fmt_int(avail)})" if avail and avail != n_val else "")
-        + (
-            f", {fmt_int(sec.get('train_images_available'))} training images available"
-            if sec.get("train_images_available")
-            else ""
-        )
-        + ". Every run is scored on the same val images; intervals are 95% (val bootstrap; with several seeds, "
-        "the seed spread too)."
-        + (
-            f" Linear-probe features: the pooled outputs of {', '.join(sec['probe_stages'])}, concatenated."
-            if sec.get("probe_stages")
-            else ""
-        ),
-        "",
-    ]
-    out += _lr_line(sec) + ([""] if sec.get("lr_selection") else [])
-    out += ["Decontamination (lower-bound accuracies count flagged val images as wrong):", ""] + _decontam_lines(sec) + [""]
+@dataclass(frozen=True)
+class TransferFacts:
+    """What transfer wrote: ``transfer/results.json`` and its targets (:func:`pipeline.evaluation.results.transfer_targets`:
+    ``{name: {num_classes, image_size, val_images, rows, gains, contamination, lr_selection, ...}}``), whether the
+    stage finished (has a manifest), the manifest's ``counts.hardware`` (None if unfinished) and
+    ``transfer/finetune_epochs.jsonl``."""
+
+    results: dict[str, Any]
+    targets: dict[str, dict] = field(default_factory=dict)
+    finished: bool = False
+    hardware: dict | None = None
+    finetune_epochs: list[dict] = field(default_factory=list)
+
+
+def transfer_facts(run: Run) -> TransferFacts | None:
+    """The transfer stage's facts; None without ``results.json`` (results without a manifest: a partial run)."""
+    res = rf.read_transfer_results(run.dir)
+    if res is None:
+        return None
+    finished = bool(run.manifests.get("transfer"))
+    return TransferFacts(
+        results=res,
+        targets=transfer_targets(res),
+        finished=finished,
+        hardware=run.counts("transfer").get("hardware") if finished else None,
+        finetune_epochs=rf.read_finetune_epochs(run.dir),
+    )
+
+
+def result_rows(sec: dict) -> list[list[str]]:
+    """Rows of :data:`RESULT_HEADER` for one target's ``rows``: linear probe before fine-tuning, by training-set
+    size (``full`` last), pretrained before scratch; accuracies as percentages with their 95% intervals."""
     table = []
-    for r in rows:
+    for r in _row_order(list(sec.get("rows") or [])):
         lr_c = (
             f"C {fmt_num(r['best_C'])}"
             if r.get("best_C") is not None
@@ -161,31 +193,22 @@ def target_section(name: str, sec: dict) -> list[str]:
                 fmt_seconds(r.get("seconds")),
             ]
         )
-    out += md_table(
-        [
-            "method",
-            "init",
-            "train / class",
-            "train images",
-            "seeds",
-            "top-1 [95% CI]",
-            "top-5 [95% CI]",
-            "lower-bound top-1 (pHash)",
-            "lower-bound top-1 (features)",
-            "epochs",
-            "lr / C",
-            "time",
-        ],
-        table,
-        "lllrrrrrrrrr",
-    ) + [""]
+    return table
+
+
+def target_gains(sec: dict) -> list[dict]:
+    """One target's pretrained-minus-scratch gains, by method and training-set size (``full`` last).
+
+    ``sec["gains"]`` as written; for a results file from before the transfer suite (no ``gains``), the
+    top-1 differences of each method and size with both inits, without intervals (``lo`` None).
+    """
     gains = sec.get("gains")
-    if gains is None:  # a pre-suite results file: differences without intervals
+    if gains is None:
+        rows = list(sec.get("rows") or [])
         gains = []
         for method in ("linear_probe", "finetune"):
-            for size in sorted(
-                {r.get("train_per_class") for r in rows if r.get("method") == method}, key=lambda v: (v is None, v or 0)
-            ):
+            sizes = {r.get("train_per_class") for r in rows if r.get("method") == method}
+            for size in sorted(sizes, key=lambda v: (v is None, v or 0)):
                 pick = {r.get("init"): r for r in rows if r.get("method") == method and r.get("train_per_class") == size}
                 a, b = pick.get("pretrained"), pick.get("scratch")
                 if a and b:
@@ -199,30 +222,61 @@ def target_section(name: str, sec: dict) -> list[str]:
                             "lo": None,
                         }
                     )
-    if gains:
-        order = {"linear_probe": 0, "finetune": 1}
-        gains = sorted(
-            gains, key=lambda g: (order.get(g.get("method"), 9), g.get("train_per_class") is None, g.get("train_per_class") or 0)
-        )
-        grows = [
-            [
-                g.get("method", "?").replace("_", " "),
-                fmt_per_class(g.get("train_per_class")),
-                fmt_pct(g.get("pretrained")),
-                fmt_pct(g.get("scratch")),
-                fmt_diff_points(g) if not is_missing(g.get("lo")) else f"{100 * float(g['diff']):+.1f}",
-                _verdict(g),
-            ]
-            for g in gains
+    return sorted(
+        gains,
+        key=lambda g: (_METHOD_ORDER.get(g.get("method"), 9), g.get("train_per_class") is None, g.get("train_per_class") or 0),
+    )
+
+
+def gain_rows(sec: dict) -> list[list[str]]:
+    """Rows of :data:`GAIN_HEADER` for :func:`target_gains`: top-1 of both inits, the difference in points with
+    its 95% interval (without one: the difference alone) and the verdict."""
+    return [
+        [
+            g.get("method", "?").replace("_", " "),
+            fmt_per_class(g.get("train_per_class")),
+            fmt_pct(g.get("pretrained")),
+            fmt_pct(g.get("scratch")),
+            fmt_diff_points(g) if not is_missing(g.get("lo")) else f"{100 * float(g['diff']):+.1f}",
+            _verdict(g),
         ]
+        for g in target_gains(sec)
+    ]
+
+
+def target_section(name: str, sec: dict) -> list[str]:
+    """The report's part for one target: facts, decontamination, the accuracy table, the gains table."""
+    n_val, avail = sec.get("val_images"), sec.get("val_images_available")
+    out = [
+        f"### Target `{name}`",
+        "",
+        f"{fmt_int(sec.get('num_classes'))} classes, {sec.get('image_size', '?')} px; {fmt_int(n_val)} val images scored"
+        + (f" (of {fmt_int(avail)})" if avail and avail != n_val else "")
+        + (
+            f", {fmt_int(sec.get('train_images_available'))} training images available"
+            if sec.get("train_images_available")
+            else ""
+        )
+        + ". Every run is scored on the same val images; intervals are 95% (val bootstrap; with several seeds, "
+        "the seed spread too)."
+        + (
+            f" Linear-probe features: the pooled outputs of {', '.join(sec['probe_stages'])}, concatenated."
+            if sec.get("probe_stages")
+            else ""
+        ),
+        "",
+    ]
+    out += _lr_line(sec) + ([""] if sec.get("lr_selection") else [])
+    out += ["Decontamination (lower-bound accuracies count flagged val images as wrong):", ""] + _decontam_lines(sec) + [""]
+    out += md_table(RESULT_HEADER, result_rows(sec), "lllrrrrrrrrr") + [""]
+    grows = gain_rows(sec)
+    if grows:
         out += [
             'Pretrained minus scratch (same architecture, random init, same val images), top-1; "no measurable '
             'gain" where the 95% interval of the difference covers 0:',
             "",
         ]
-        out += md_table(
-            ["method", "train / class", "pretrained", "scratch", "difference (points) [95% CI]", "verdict"], grows, "llrrrl"
-        ) + [""]
+        out += md_table(GAIN_HEADER, grows, "llrrrl") + [""]
     return out
 
 
@@ -231,25 +285,24 @@ def section_transfer(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
 
     Results without a manifest (the stage still running or killed) are shown as partial.
     """
-    res = rf.read_transfer_results(run.dir)
-    if res is None:
+    facts = transfer_facts(run)
+    if facts is None:
         return not_run_lines(run, "transfer")
-    from pipeline.reporting.plots import finetune_curves_plot, transfer_plot
-
-    targets = transfer_targets(res)
+    res, targets = facts.results, facts.targets
     out = []
-    if not run.manifests.get("transfer"):
+    if not facts.finished:
         out += ["_The transfer stage has not finished (no manifest): partial results._", ""]
     model = res.get("model") or next((s.get("model") for s in targets.values() if s.get("model")), None)
+    total = (res.get("seconds") or {}).get("total")
     out += [
         f"Transfer suite of {len(targets)} target{'s' if len(targets) != 1 else ''}: "
         + ", ".join(f"**{n}**" for n in targets)
         + (f"; trunk {model}" if model else "")
-        + (f"; total {fmt_seconds((res.get('seconds') or {}).get('total'))}" if (res.get("seconds") or {}).get("total") else "")
+        + (f"; total {fmt_seconds(total)}" if total else "")
         + ".",
         "",
     ]
-    out += hardware_lines(run.counts("transfer").get("hardware") if run.manifests.get("transfer") else None)
+    out += hardware_lines(facts.hardware)
     for name, sec in targets.items():
         out += target_section(name, sec)
     panels = {n: list(s.get("rows") or []) for n, s in targets.items() if s.get("rows")}
@@ -261,8 +314,7 @@ def section_transfer(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
         )
         made.add("transfer.png")
         out += [f"![transfer]({rf.PLOT_DIR}/transfer.png)", ""]
-    epochs = rf.read_finetune_epochs(run.dir)
-    if epochs and finetune_curves_plot(epochs, plot_dir / "finetune_epochs.png"):
+    if facts.finetune_epochs and finetune_curves_plot(facts.finetune_epochs, plot_dir / "finetune_epochs.png"):
         made.add("finetune_epochs.png")
         out += [f"![fine-tuning by epoch]({rf.PLOT_DIR}/finetune_epochs.png)"]
     return out

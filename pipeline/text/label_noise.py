@@ -6,7 +6,7 @@ about 2 at 25%; the exact sampling of the replacements is not restated here). ``
 does this before the vocabulary is built: each hashtag occurrence is replaced with
 probability ``rate`` by a hashtag drawn from the occurrence-weighted marginal of the kept samples,
 never by itself (a draw equal to the replaced hashtag is drawn again). The draws depend on the
-sample key and the rate only (:func:`pipeline.vision.transforms.item_seed`), so the noise of a
+sample key and the rate only (:func:`pipeline.seeding.item_seed`), so the noise of a
 sample does not depend on shard order, on other samples or on the run seed, and a run folder
 reproduces it exactly.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.vision.transforms import item_seed
+from pipeline.seeding import item_seed
 
 __all__ = ["NoiseCounts", "replace_hashtags"]
 

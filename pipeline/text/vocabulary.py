@@ -35,7 +35,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from pipeline.config import VocabKind
-from pipeline.io.manifest import file_sha256
+from pipeline.io.manifest import canonical_hash, file_sha256
+from pipeline.text.aligned import aligned_roots, aligned_synsets, read_class_names
 from pipeline.text.sense_choice import VisualNounMapper
 from pipeline.text.wordnet_canon import HashtagMapper, read_imagenet1k_wnids, wordnet_nouns
 
@@ -92,9 +93,6 @@ def class_mapper(
         allowed = [nouns.from_wnid(w) for w in read_imagenet1k_wnids(imagenet_info_dir)]
         inputs["imagenet1k_synsets"] = file_sha256(Path(imagenet_info_dir) / "imagenet_synsets.txt")
     elif kind is VocabKind.target_aligned:
-        from pipeline.io.manifest import canonical_hash
-        from pipeline.text.aligned import aligned_roots, aligned_synsets, read_class_names
-
         names = read_class_names(align_classes)
         roots = aligned_roots(names, nouns)
         allowed_set, too_general = aligned_synsets(roots, nouns)

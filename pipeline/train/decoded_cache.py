@@ -34,6 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io.atomic import atomic_path, write_json
+from pipeline.io.shards import ShardReader, member_offsets, shard_of_keys
+from pipeline.progress import progress_bar
+from pipeline.system import available_cores
+from pipeline.train.distributed import barrier
+from pipeline.vision.transforms import decode
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +59,6 @@ def _keys_digest(keys: np.ndarray) -> str:
 
 def _decode_shard(task: tuple[str, list[str], list[int], list[int], int]) -> list[np.ndarray]:
     """Pool task: decode the given members of one shard; HWC uint8 arrays in the same order."""
-    from pipeline.io.shards import ShardReader
-    from pipeline.vision.transforms import decode
-
     path, keys, offsets, sizes, image_size = task
     with ShardReader(path) as reader:  # the one reader: raises RuntimeError on a truncated shard
         return [np.asarray(decode(reader.read_range(off, size), image_size), dtype=np.uint8) for off, size in zip(offsets, sizes)]
@@ -126,9 +128,6 @@ def build_decoded_cache(
         RuntimeError, KeyError: a sample is missing from its shard or a shard is truncated;
             nothing is left behind (the half-built folder is removed).
     """
-    from pipeline.io.shards import member_offsets, shard_of_keys
-    from pipeline.progress import progress_bar
-
     folder = Path(folder)
     keys = np.asarray(sorted(str(k) for k in keys))
     want = {"format": FORMAT, "image_size": int(image_size), "images": len(keys), "keys_digest": _keys_digest(keys)}
@@ -215,9 +214,6 @@ def open_decoded_cache(pt, info, out, keys: np.ndarray, shards: dict) -> tuple[D
         )
         log.info("decoded cache: not used (%s); the loader decodes the shards every epoch", why)
         return None, {"mode": pt.decoded_cache, "enabled": False, "reason": why}
-    from pipeline.train.distributed import barrier
-    from pipeline.train.hardware import available_cores
-
     t = time.perf_counter()
     folder = out / "decoded_cache"
     if info.is_main:

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pipeline.train.hardware import pick_device
-from pipeline.train.partition import current_partition
+from pipeline.system import current_partition, pick_device
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def export_rank_env() -> None:
 
 def _from_slurm() -> None:
     """Export RANK/WORLD_SIZE/LOCAL_RANK for a multi-task SLURM job without them (torch's env:// rendezvous
-    reads them); the rank and world come from :func:`pipeline.train.partition.current_partition`."""
+    reads them); the rank and world come from :func:`pipeline.system.current_partition`."""
     _from_submitit()
     if "WORLD_SIZE" not in os.environ and "SLURM_NTASKS" in os.environ:
         part = current_partition()
@@ -77,7 +76,7 @@ def _from_slurm() -> None:
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group if this is a multi-process job; return where we are.
 
-    Rank and world size: :func:`pipeline.train.partition.current_partition` (torchrun, then SLURM).
+    Rank and world size: :func:`pipeline.system.current_partition` (torchrun, then SLURM).
 
     Raises:
         ValueError: the rank variables are not integers, or the rank is outside the world size.

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from pipeline.train.distributed import DistInfo
-from pipeline.train.hardware import PrecisionChoice
 from pipeline.train.loader import ShardStream
+from pipeline.train.precision import PrecisionChoice
 from pipeline.train.train_loop import evaluate, truncate_metrics
 
 __all__ = ["HeldoutEval"]

@@ -42,8 +42,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.io.shards import ShardReader, member_offsets
+from pipeline.seeding import item_seed
 from pipeline.train.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
-from pipeline.vision.transforms import decode, eval_transform, item_seed, normalize, train_transform
+from pipeline.vision.transforms import decode, eval_transform, normalize, train_transform
 
 log = logging.getLogger(__name__)
 

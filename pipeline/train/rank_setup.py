@@ -10,8 +10,9 @@ from typing import cast
 
 import torch
 
+from pipeline.system import ThreadPlan, available_cores, thread_plan
 from pipeline.train.distributed import DistInfo, average_buffers, broadcast_object, gather_objects, weights_checksum
-from pipeline.train.hardware import PrecisionChoice, ThreadPlan, available_cores, describe_choice, resolve_for_model, thread_plan
+from pipeline.train.precision import PrecisionChoice, describe_choice, resolve_for_model
 
 __all__ = ["choose_precision", "gather_results", "grad_scaler", "set_numerics", "set_threads", "wrap_model"]
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def set_threads(pt, info: DistInfo) -> ThreadPlan:
-    """This rank's torch threads and loader workers (:func:`pipeline.train.hardware.thread_plan`), applied.
+    """This rank's torch threads and loader workers (:func:`pipeline.system.thread_plan`), applied.
 
     The cores are shared by the ``LOCAL_WORLD_SIZE`` ranks of the node; ranks other than 0 log
     warnings only.
@@ -33,7 +34,7 @@ def set_threads(pt, info: DistInfo) -> ThreadPlan:
 
 
 def choose_precision(pt, info: DistInfo, num_classes: int, threads: int, recorded: dict | None) -> PrecisionChoice:
-    """The run's precision and layout (:mod:`pipeline.train.hardware`), the same on every rank.
+    """The run's precision and layout (:mod:`pipeline.train.precision`), the same on every rank.
 
     Rank 0 resolves (with a timed trial of this model's step on the CPU, cached per machine)
     and broadcasts its choice; ``recorded`` (from a checkpoint) is kept by a resumed run.

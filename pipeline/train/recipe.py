@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.train.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
 from pipeline.train.models import create_model, list_models
 from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
@@ -29,7 +29,7 @@ def check_recipe(pt) -> None:
     :func:`pipeline.train.models.list_models`, and ``pretrain.tensorboard`` has its package.
 
     Raises:
-        pipeline.config.ConfigError: naming the key.
+        pipeline.errors.ConfigError: naming the key.
     """
     if pt.model not in list_models():
         raise ConfigError(f"config error at pretrain.model: unknown model {pt.model!r}; known: {list_models()}")
@@ -46,7 +46,7 @@ def accumulation(batch_size: int, global_batch: int | None, world: int) -> tuple
     ``global_batch`` None means ``batch_size x world`` (no accumulation).
 
     Raises:
-        pipeline.config.ConfigError: ``global_batch`` is not a multiple of ``batch_size x world``.
+        pipeline.errors.ConfigError: ``global_batch`` is not a multiple of ``batch_size x world``.
     """
     per_step = batch_size * world
     global_batch = global_batch or per_step
@@ -77,7 +77,7 @@ def plan_steps(pt, train_idx: SampleIndex, *, seed: int, world: int) -> StepPlan
     Warmup lasts ``pt.warmup_epochs`` of the first epoch's steps, at most all steps but one.
 
     Raises:
-        pipeline.config.ConfigError: see :func:`accumulation`.
+        pipeline.errors.ConfigError: see :func:`accumulation`.
     """
     global_batch, accum = accumulation(pt.batch_size, pt.global_batch, world)
     plans = [make_epoch_plan(train_idx, seed=seed, epoch=e, world=world, batch_size=pt.batch_size) for e in range(pt.epochs)]

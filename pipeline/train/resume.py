@@ -3,7 +3,7 @@
 A killed run restarts from ``<stage>/checkpoints/``'s last checkpoint (model, optimizer,
 scheduler, RNG states, data position, precision choice, gradient scaler) and ends with the same
 weights as an uninterrupted one (bitwise on CPU). A checkpoint of another pretrain recipe
-(:func:`pipeline.config.resume_recipe`) is refused, never silently continued.
+(:func:`pipeline.config_views.resume_recipe`) is refused, never silently continued.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import ConfigError, resume_recipe
+from pipeline.config_views import resume_recipe
+from pipeline.errors import ConfigError
 from pipeline.io.atomic import remove_stale_temps
-from pipeline.io.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from pipeline.io.run_folder import CHECKPOINT_DIR, EVAL_FILE, MANIFEST, METRICS_FILE
+from pipeline.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from pipeline.train.train_loop import LoopState, truncate_metrics
 
 __all__ = ["ResumePoint", "checkpoint_saver", "prepare_stage_dir", "resume_point"]
@@ -29,7 +30,7 @@ class ResumePoint:
     """Where a run starts: the loop counters, and what a resumed run keeps from its checkpoint."""
 
     state: LoopState = field(default_factory=LoopState)
-    precision_choice: dict | None = None  # pipeline.train.hardware.PrecisionChoice.to_dict() of the checkpoint
+    precision_choice: dict | None = None  # pipeline.train.precision.PrecisionChoice.to_dict() of the checkpoint
     grad_scaler: dict | None = None  # the fp16 gradient scaler's state_dict, or None
 
 
@@ -39,7 +40,7 @@ def resume_point(out: Path, model, optimizer, scheduler, config: dict, is_main: 
     Without one, rank 0 creates ``out`` and removes a stale ``manifest.json`` (the stage is redone).
 
     Raises:
-        pipeline.config.ConfigError: the checkpoint was written with another pretrain recipe than
+        pipeline.errors.ConfigError: the checkpoint was written with another pretrain recipe than
             ``config`` (the resolved run config).
     """
     ckpt_dir = out / CHECKPOINT_DIR

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.io.labels import Labels, load_labels
+from pipeline.seeding import item_seed
 from pipeline.train.epoch_plan import SampleIndex
-from pipeline.vision.transforms import item_seed
 
 __all__ = ["build_indexes", "fraction_mask", "heldout_mask", "heldout_targets"]
 
@@ -48,7 +48,7 @@ def build_indexes(
     are renormalized to mean 1; held-out samples get weight 1 (each seen once).
 
     Raises:
-        pipeline.config.ConfigError: ``heldout_fraction`` or ``data_fraction`` leaves no training sample.
+        pipeline.errors.ConfigError: ``heldout_fraction`` or ``data_fraction`` leaves no training sample.
         FileNotFoundError: the vocab stage has not written its labels in ``run_dir``.
     """
     labels = load_labels(run_dir)

@@ -2,7 +2,7 @@
 
 The counts hold the step plan, the held-out levels, the numerics and the ranks. Held-out
 levels: the last evaluation (``heldout_*``), the step-0 one of the random init (``scratch_*``)
-and the class-prior baseline (``prior_*``, :func:`pipeline.evaluation.metrics.prior_baseline`),
+and the class-prior baseline (``prior_*``, :func:`pipeline.train.metrics.prior_baseline`),
 so a manifest shows whether training beat chance and the untrained model.
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.evaluation.metrics import prior_baseline
 from pipeline.io.atomic import write_json
 from pipeline.io.run_folder import EVAL_FILE, METRICS_FILE, MODEL_FILE, TRUNK_FILE
-from pipeline.train.hardware import hardware_record
+from pipeline.train.metrics import prior_baseline
 from pipeline.train.models import export_trunk
+from pipeline.train.precision import hardware_record
 from pipeline.train.sample_split import heldout_targets
 
 __all__ = ["data_audit", "logged_rows", "pretrain_counts", "write_model_files"]

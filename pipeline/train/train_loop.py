@@ -29,11 +29,12 @@ from typing import Any, Callable, cast
 import numpy as np
 import torch
 
-from pipeline.evaluation.metrics import mean_average_precision, precision_at_1
+from pipeline.io.atomic import write_text
 from pipeline.progress import progress_bar
 from pipeline.train.distributed import DistInfo, barrier
 from pipeline.train.loader import ShardStream, make_loader
 from pipeline.train.losses import microbatch_loss_scale
+from pipeline.train.metrics import mean_average_precision, precision_at_1
 from pipeline.train.targets import batch_multi_hot, batch_soft_targets
 from pipeline.vision.transforms import normalize
 
@@ -63,9 +64,9 @@ class LoopSettings:
     accum: int  # micro-batches per optimizer step (pipeline.train.recipe.accumulation)
     total_steps: int  # optimizer steps of the whole run (pipeline.train.recipe.StepPlan)
     num_classes: int  # from the vocab stage's labels
-    autocast_dtype: torch.dtype | None  # the resolved precision (pipeline.train.hardware.PrecisionChoice)
+    autocast_dtype: torch.dtype | None  # the resolved precision (pipeline.train.precision.PrecisionChoice)
     channels_last: bool  # the resolved memory layout
-    workers: int  # loader workers per rank (pipeline.train.hardware.thread_plan)
+    workers: int  # loader workers per rank (pipeline.system.thread_plan)
     metrics_file: Path  # where rank 0 appends one row per optimizer step
     pin_memory: bool = False
     worker_nice: int = 0  # niceness added to the loader workers (pipeline.train.loader.worker_nice)
@@ -166,8 +167,6 @@ def truncate_metrics(path: Path, after_step: int) -> None:
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
         if line.strip() and (step := _step_of(line)) is not None and step <= after_step
     ]
-    from pipeline.io.atomic import write_text
-
     write_text(path, "".join(line + "\n" for line in keep))
 
 

@@ -8,19 +8,46 @@ by the same function (:func:`hash_eval_unit`, over a process pool in :func:`hash
 
 from __future__ import annotations
 
+import io
+import logging
 import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from pipeline.io.quarantine import Rejected
-from pipeline.io.raw_sources import RawSample, WorkUnit, iter_unit
+from pipeline.errors import Rejected
+from pipeline.io.readers import RawSample, WorkUnit, iter_unit
 from pipeline.io.shards import ShardReader
 from pipeline.progress import progress_bar
 from pipeline.vision.images import decode_image, set_pixel_cap
 from pipeline.vision.near_index import perceptual_hash
 
-__all__ = ["hash_shard", "hash_eval_unit", "hash_eval_units", "pool_map"]
+__all__ = ["hash_shard", "hash_eval_unit", "hash_eval_units", "pool_map", "shard_codes"]
+
+log = logging.getLogger(__name__)
+
+
+def shard_codes(reader: ShardReader, hash_size: int) -> np.ndarray:
+    """uint8 ``(len(reader.keys), hash_size**2 // 8)``: the perceptual hash of every sample of a shard, in ``keys`` order.
+
+    From the index (:meth:`pipeline.io.shards.ShardReader.index_codes`, computed by ingest on the
+    canonical pixels); for samples the index has no code for, computed here from the decoded
+    stored image (with a warning).
+    """
+    out, missing = reader.index_codes(hash_size)
+    if missing:
+        log.warning(
+            "%s: no %d-bit perceptual hashes in its index for %d sample(s): decoding them",
+            reader.path,
+            hash_size * hash_size,
+            len(missing),
+        )
+        for i in missing:
+            _, off, size = reader.image_member(reader.keys[i])
+            with Image.open(io.BytesIO(reader.read_range(off, size))) as img:
+                out[i] = perceptual_hash(img.convert("RGB"), hash_size)
+    return out
 
 
 def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
@@ -35,7 +62,7 @@ def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
         (uint8 array (N, hash_size**2 / 8)) and ``withdrawn`` (list of [key, id]).
     """
     with ShardReader(shard) as reader:
-        all_codes = reader.codes(hash_size)
+        all_codes = shard_codes(reader, hash_size)
         row_of = {k: i for i, k in enumerate(reader.keys)}
         keys, ids, shas, rows, wd = [], [], [], [], []
         for key in sorted(reader.keys):
@@ -60,7 +87,7 @@ def hash_eval_unit(args: tuple) -> list[tuple[str, str, np.ndarray]]:
     """(eval id, pixel sha256, pHash) for each decodable image of an eval work unit.
 
     Args:
-        args: ``(unit, ing, hash_size)``: a :class:`pipeline.io.raw_sources.WorkUnit`, the resolved
+        args: ``(unit, ing, hash_size)``: a :class:`pipeline.io.readers.WorkUnit`, the resolved
             ``ingest`` section as a dict (``max_pixels``, ``max_file_bytes``, ``max_side``,
             ``rasterize_svg``: the canonical form of ingest) and the pHash grid size.
 

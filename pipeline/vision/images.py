@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.io.quarantine import Rejected
+from pipeline.errors import Rejected
 
 ENCODINGS = {"jpeg": "jpg", "webp": "webp", "png": "png"}
 """Encoder name -> tar member extension."""

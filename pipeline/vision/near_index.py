@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from typing import cast
 
-import faiss
 import imagehash
 import numpy as np
 from PIL import Image, ImageChops
+
+from pipeline.faiss_import import faiss
 
 HASH_SIZES = (8, 16)  # the pHash grids ingest stores per sample: 64- and 256-bit codes (dedup.hash_size picks one)
 BORDER_TOLERANCE = 24  # max per-channel difference (0-255) from the corner colour still counted as border

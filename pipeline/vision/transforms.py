@@ -15,7 +15,6 @@ Every transform returns a uint8 tensor (3, size, size) in CHW order.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import random
@@ -24,15 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["MEAN", "STD", "decode", "eval_transform", "item_seed", "normalize", "rrc_box", "train_transform"]
+__all__ = ["MEAN", "STD", "decode", "eval_transform", "normalize", "rrc_box", "train_transform"]
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-
-
-def item_seed(*parts) -> int:
-    """A 64-bit seed from any parts (stable across processes and Python runs)."""
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
 
 
 def rrc_box(width: int, height: int, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:

@@ -1,4 +1,4 @@
-"""Device, precision, memory layout and thread policy: one place for every stage and the benchmarks.
+"""Precision and memory-layout policy: one place for every stage and the benchmarks.
 
 The fastest numerically sound setting depends on the hardware, and machines differ: on a
 CPU with native bf16 (AVX512-BF16 or AMX) bf16 autocast ran ResNeXt about 1.65x faster than
@@ -17,217 +17,57 @@ the CPU, from a short timed trial of the actual training step:
   candidates when ``channels_last`` is left to ``auto``. Each candidate runs a few
   forward + backward + SGD steps of a fresh copy of the model on random data (like
   ``cudnn.benchmark``); the fastest wins. The verdict is cached per machine, torch
-  version, model, image size, batch and thread count (:func:`cache_file`), so the trial
+  version, model, image size, batch and thread count (:func:`pipeline.train.precision_trial.cache_file`), so the trial
   (a few seconds) is paid once.
 
 An explicit ``precision=bf16`` on a CPU that only emulates it still runs, with a warning
 that gives the measured slowdown. An explicit choice the device cannot run at all (bf16
-or fp16 on a GPU without it) is a :class:`pipeline.config.ConfigError`.
+or fp16 on a GPU without it) is a :class:`pipeline.errors.ConfigError`.
 
 The choice changes results (bf16 and fp32 runs of the same seed differ), so it is
 recorded (:meth:`PrecisionChoice.to_dict`) in every manifest and checkpoint, it is part of
 the stage key (``pipeline.run``), and a run resumed from a checkpoint keeps the precision
 it started with (:func:`resolve_for_run`).
 
-Threads and loader workers come from the cores this process may actually use
-(:func:`available_cores`: CPU affinity, cgroup quota, ``SLURM_CPUS_PER_TASK``), split
-between local ranks (:func:`thread_plan`).
+The machine facts it decides from (:class:`pipeline.system.HardwareFacts`), the device and the
+split of cores into threads and loader workers (:func:`pipeline.system.thread_plan`) are
+:mod:`pipeline.system`'s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, TypedDict
+from typing import TypedDict
 
 import torch
+
+from pipeline.errors import ConfigError
+from pipeline.system import HardwareFacts, ThreadPlan, detect_facts
+from pipeline.train.models import create_model
+from pipeline.train.precision_trial import (
+    AUTOCAST_DTYPES,
+    TRIAL_ROUNDS,
+    TrialFn,
+    cache_file,
+    interleaved_trials,
+    make_step_trial,
+    read_cache,
+    write_cache,
+)
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-CACHE_ENV = "PIPELINE_CACHE_DIR"  # where trial verdicts are cached (default ~/.cache/hashtag-pretrain)
 
 
 # --------------------------------------------------------------------------- facts
 
 
-@dataclass(frozen=True)
-class HardwareFacts:
-    """What the policy decides from. Tests build these by hand to mock a machine.
-
-    Attributes:
-        device_type: ``"cpu"`` or ``"cuda"``.
-        cpu_capability: ``torch.backends.cpu.get_cpu_capability()`` (``"AVX2"``, ``"AVX512"``, ...).
-        cpu_bf16_native: oneDNN executes bf16 natively (AVX512-BF16 or AMX).
-        cpu_model: the CPU's model name (``/proc/cpuinfo``), for the cache key and reports.
-        gpu_name: ``torch.cuda.get_device_name`` (None on CPU).
-        gpu_capability: CUDA compute capability, e.g. ``(9, 0)`` (None on CPU).
-        gpu_bf16: ``torch.cuda.is_bf16_supported()`` (False on CPU).
-        cores: cores this process may use (:func:`available_cores`).
-    """
-
-    device_type: str
-    cpu_capability: str
-    cpu_bf16_native: bool
-    cpu_model: str = ""
-    gpu_name: str | None = None
-    gpu_capability: tuple[int, int] | None = None
-    gpu_bf16: bool = False
-    cores: int = 1
-
-    def describe(self) -> str:
-        """One line for logs: ``cpu AVX2 (no native bf16), 2 cores`` or ``cuda NVIDIA H200 (sm 9.0, bf16)``."""
-        if self.device_type == "cuda":
-            cap = ".".join(map(str, self.gpu_capability or ()))
-            return f"cuda {self.gpu_name} (sm {cap}, {'bf16' if self.gpu_bf16 else 'no bf16'}), {self.cores} CPU cores"
-        bf = "native bf16" if self.cpu_bf16_native else "no native bf16"
-        return f"cpu {self.cpu_capability} ({bf}), {self.cores} cores"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def cpu_bf16_native() -> bool:
-    """True where oneDNN runs bf16 natively on this CPU (AVX512-BF16 / AMX); False where it emulates it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _cgroup_cpu_limit() -> float | None:
-    """CPUs allowed by the cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), None if unlimited."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        if q > 0 and p > 0:
-            return q / p
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def available_cores(environ: dict | None = None, affinity: int | None = None, cgroup: float | None | str = "read") -> int:
-    """Cores this process may use: the smallest of its CPU affinity, the cgroup quota (rounded
-    up) and ``SLURM_CPUS_PER_TASK``; at least 1. Arguments override the readings (tests)."""
-    env = os.environ if environ is None else environ
-    if affinity is None:
-        try:
-            affinity = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            affinity = os.cpu_count() or 1
-    n = affinity
-    quota = _cgroup_cpu_limit() if cgroup == "read" else cgroup
-    if isinstance(quota, (int, float)) and quota > 0:
-        n = min(n, max(1, math.ceil(quota - 1e-9)))
-    slurm = env.get("SLURM_CPUS_PER_TASK")
-    if slurm and slurm.isdigit() and int(slurm) > 0:
-        n = min(n, int(slurm))
-    return max(1, int(n))
-
-
-class _CommonFacts(TypedDict):
-    """The :class:`HardwareFacts` fields that :func:`detect_facts` reads the same way on every device."""
-
-    cpu_capability: str
-    cpu_bf16_native: bool
-    cpu_model: str
-    cores: int
-
-
-def detect_facts(device: torch.device) -> HardwareFacts:
-    """The facts of this machine for ``device``."""
-    common: _CommonFacts = {
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16_native": cpu_bf16_native(),
-        "cpu_model": _cpu_model(),
-        "cores": available_cores(),
-    }
-    if device.type == "cuda":
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        return HardwareFacts(
-            "cuda",
-            gpu_name=torch.cuda.get_device_name(idx),
-            gpu_capability=tuple(torch.cuda.get_device_capability(idx)),  # type: ignore[arg-type]
-            gpu_bf16=bool(torch.cuda.is_bf16_supported()),
-            **common,
-        )
-    return HardwareFacts("cpu", **common)
-
-
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` if CUDA is available, else ``cpu``; ``cuda``/``cpu`` as asked.
-
-    Raises:
-        pipeline.config.ConfigError: ``cuda`` requested where CUDA is not available.
-    """
-    from pipeline.config import ConfigError
-
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("config error at device: cuda requested but CUDA is not available on this machine")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 # --------------------------------------------------------------------------- threads
-
-
-@dataclass(frozen=True)
-class ThreadPlan:
-    """Intra-op threads of the training process and DataLoader workers, per rank."""
-
-    threads: int
-    workers: int
-    cores: int  # cores available to this rank
-    reason: str
-
-
-def thread_plan(device_type: str, cores: int, local_world: int = 1, threads: int = 0, workers: int | None = None) -> ThreadPlan:
-    """Split this machine's cores between training threads and decoding workers, per local rank.
-
-    On a CPU device the training step is the bottleneck (decoding a 64 px image costs
-    ~0.1-1.5 ms of a core against ~7 ms per image of training at ~140 img/s), so every core
-    trains and ``cores // 4`` workers (1 to 8) decode in the gaps. On a GPU the data path
-    is the bottleneck (Zhao et al. 2022: data stalls up to 56% of trainer time), so all but
-    two cores of the rank decode (1 to 16 workers) and the main process keeps 2 threads.
-    ``threads`` > 0 and ``workers`` not None override the plan.
-    """
-    per_rank = max(1, cores // max(1, local_world))
-    if device_type == "cuda":
-        t, w = min(2, per_rank), max(1, min(16, per_rank - 2))
-        why = f"cuda: {per_rank} cores per rank, {w} decoding workers, {t} main threads"
-    else:
-        t, w = per_rank, max(1, min(8, per_rank // 4))
-        why = f"cpu: {per_rank} cores per rank, all train; {w} decoding worker(s)"
-    if threads:
-        t, why = threads, why + f"; threads={threads} set"
-    if workers is not None:
-        w, why = workers, why + f"; workers={workers} set"
-    return ThreadPlan(threads=t, workers=w, cores=per_rank, reason=why)
 
 
 # --------------------------------------------------------------------------- precision
@@ -259,7 +99,7 @@ class PrecisionChoice:
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         """``torch.bfloat16`` / ``torch.float16`` for autocast, None for fp32."""
-        return _DTYPES[self.precision]
+        return AUTOCAST_DTYPES[self.precision]
 
     def autocast(self, device_type: str):
         """The autocast context of this choice (a no-op for fp32)."""
@@ -292,55 +132,10 @@ class PrecisionChoice:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-TrialFn = Callable[[str, bool], float]  # (precision, channels_last) -> img/s
-
-
-def cache_file() -> Path:
-    """The per-machine cache of trial verdicts: ``$PIPELINE_CACHE_DIR/precision_trials.json``
-    (default ``$XDG_CACHE_HOME`` or ``~/.cache``, subfolder ``hashtag-pretrain``)."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "hashtag-pretrain"
-    )
-    return Path(root) / "precision_trials.json"
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_cache(path: Path, key: str, value: dict) -> None:
-    from pipeline.io.atomic import write_json
-
-    data = _read_cache(path)
-    data[key] = value
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, data)
-    except OSError as exc:  # a read-only home must not stop training
-        log.warning("could not cache the precision trial in %s: %s", path, exc)
-
-
 def _candidates(facts: HardwareFacts, precision: str, channels_last: bool | None) -> list[tuple[str, bool]]:
     precs = [precision] if precision != "auto" else (["fp32", "bf16"] if facts.cpu_bf16_native else ["fp32"])
     layouts = [channels_last] if channels_last is not None else [True, False]
     return [(p, c) for p in precs for c in layouts]
-
-
-TRIAL_ROUNDS = 2  # rounds over the candidates; each candidate's best round counts
-
-
-def _interleaved(trial: TrialFn, cands: list[tuple[str, bool]], rounds: int) -> dict:
-    """img/s per candidate: the best of ``rounds`` interleaved rounds (the first candidate of the
-    first round also pays the process's one-time costs, and a busy machine slows some rounds)."""
-    best: dict[str, float] = {}
-    for _ in range(max(1, rounds)):
-        for p, cl in cands:
-            k = f"{p}{'_cl' if cl else ''}"
-            best[k] = max(best.get(k, 0.0), round(trial(p, cl), 2))
-    return best
 
 
 class _ChoiceWhere(TypedDict):
@@ -376,11 +171,9 @@ def resolve_precision(
         the :class:`PrecisionChoice`.
 
     Raises:
-        pipeline.config.ConfigError: an unknown precision, or one the device cannot run
+        pipeline.errors.ConfigError: an unknown precision, or one the device cannot run
             (bf16 on a GPU without bf16, fp16 on a CPU).
     """
-    from pipeline.config import ConfigError
-
     if requested not in PRECISIONS:
         raise ConfigError(f"config error at {where}: must be one of {list(PRECISIONS)}, got {requested!r}")
     dev = "cuda" if facts.device_type == "cuda" else "cpu"
@@ -452,16 +245,16 @@ def resolve_precision(
         sort_keys=True,
     )
     path = cache_file()
-    cached = _read_cache(path).get(key) if use_cache else None
+    cached = read_cache(path).get(key) if use_cache else None
     if cached:
         timings = cached["timings"]
         src = "cached"
     else:
         t0 = time.perf_counter()
-        timings = _interleaved(trial, cands, TRIAL_ROUNDS)
+        timings = interleaved_trials(trial, cands, TRIAL_ROUNDS)
         src = f"measured in {time.perf_counter() - t0:.1f} s"
         if use_cache:
-            _write_cache(path, key, {"timings": timings, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+            write_cache(path, key, {"timings": timings, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     best = max(cands, key=lambda c: timings[f"{c[0]}{'_cl' if c[1] else ''}"])
     names = [f"{p}{'_cl' if cl else ''}" for p, cl in cands]  # candidate order, also when read from the cache
     timings = {k: timings[k] for k in names}
@@ -470,54 +263,6 @@ def resolve_precision(
     why = f"CPU {facts.cpu_capability} ({native}); trial img/s: {shown} -> {best[0]}{' channels_last' if best[1] else ''}"
     log.info("%s precision trial (%s, cache %s): %s", where, src, path, why)
     return PrecisionChoice(best[0], best[1], reason=why, trial=timings, **base)
-
-
-def make_step_trial(
-    build_model: Callable[[], torch.nn.Module],
-    *,
-    batch_size: int,
-    image_size: int,
-    num_classes: int,
-    device: torch.device,
-    steps: int = 3,
-    warmup: int = 2,
-) -> TrialFn:
-    """A trial function: img/s of ``steps`` timed forward + backward + SGD steps of a fresh model.
-
-    ``build_model()`` makes a new model each call (the run's own model is never touched);
-    torch's RNG state is saved and restored around it, so a trial changes no result. Inputs
-    are random (B, 3, S, S) float32 images and soft targets (B, C).
-    """
-
-    def run(precision: str, channels_last: bool) -> float:
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(0)
-            model = build_model().to(device)
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            model = model.to(memory_format=fmt)
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-            x = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
-            y = torch.softmax(torch.randn(batch_size, max(1, num_classes), device=device), dim=1)
-            dt = _DTYPES[precision]
-            t0 = 0.0
-            for i in range(warmup + steps):
-                if i == warmup:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    t0 = time.perf_counter()
-                with torch.autocast(device.type, dtype=dt or torch.float32, enabled=dt is not None):
-                    out = model(x)
-                loss = -(y * torch.log_softmax(out.float(), dim=1)).sum(1).mean()
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            dt_s = time.perf_counter() - t0
-            del model, opt
-        return batch_size * steps / dt_s if dt_s > 0 else 0.0
-
-    return run
 
 
 def resolve_for_run(
@@ -539,12 +284,10 @@ def resolve_for_run(
     numerics it started with. An explicit request equal to the recorded one is kept too.
 
     Raises:
-        pipeline.config.ConfigError: the recorded precision cannot run on this device (e.g. a
+        pipeline.errors.ConfigError: the recorded precision cannot run on this device (e.g. a
             run started in bf16 on a GPU resumed on a GPU without bf16); the message says to
             start over in a new run folder or with ``run.force``.
     """
-    from pipeline.config import ConfigError
-
     facts = facts or detect_facts(device)
     if recorded and requested in ("auto", recorded.get("precision")):
         prev = PrecisionChoice.from_dict(recorded)
@@ -583,8 +326,6 @@ def resolve_for_model(
     """:func:`resolve_for_run` with the timed trial of ``model``'s own training step (a fresh
     ``pipeline.train.models.create_model(model, num_classes)``, ``batch_size`` x 3 x ``image_size``^2),
     its verdict cached under (model, image size, batch, threads, classes)."""
-    from pipeline.train.models import create_model
-
     trial = make_step_trial(
         lambda: create_model(model, num_classes=num_classes),
         batch_size=batch_size,
@@ -626,19 +367,10 @@ def describe_choice(prec: PrecisionChoice, plan: ThreadPlan) -> str:
 
 
 __all__ = [
-    "HardwareFacts",
     "PrecisionChoice",
-    "ThreadPlan",
-    "available_cores",
-    "cache_file",
-    "cpu_bf16_native",
     "describe_choice",
-    "detect_facts",
     "hardware_record",
-    "make_step_trial",
-    "pick_device",
     "resolve_for_model",
     "resolve_for_run",
     "resolve_precision",
-    "thread_plan",
 ]

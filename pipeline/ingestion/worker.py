@@ -1,6 +1,6 @@
 """Ingest work units: one unit of raw input -> one shard, one part file (the resume record).
 
-A unit (:class:`pipeline.io.raw_sources.WorkUnit`: a slice of an index or listing, or one
+A unit (:class:`pipeline.io.readers.WorkUnit`: a slice of an index or listing, or one
 input tar) is processed by :func:`process_unit` in one process: every sample is checked,
 its hashtags normalized and capped (:mod:`pipeline.text.hashtags`), its image decoded to
 the canonical form and re-encoded (:mod:`pipeline.vision.images`), its perceptual hashes
@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.config import IngestConfig, to_container
+from pipeline.errors import Rejected
 from pipeline.io.atomic import write_json
 from pipeline.io.manifest import file_sha256
-from pipeline.io.quarantine import Rejected
-from pipeline.io.raw_sources import RawSample, Rejection, WorkUnit, iter_unit
+from pipeline.io.readers import RawSample, Rejection, WorkUnit, iter_unit
 from pipeline.io.run_folder import PART_DIR, SHARD_DIR
 from pipeline.io.shards import AtomicShardWriter, index_path, shard_key
-from pipeline.text.hashtags import cap_hashtags, normalize_hashtags
+from pipeline.text.hashtags import cap_hashtags, extract_hashtags, normalize_hashtags
 from pipeline.vision.images import ENCODINGS, decode_image, encode_image, set_pixel_cap
 from pipeline.vision.near_index import HASH_SIZES, perceptual_hashes
 
@@ -119,7 +119,8 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
             try:
                 if f"{unit.source}:{item.id}" in settings.withdrawn:
                     raise Rejected("withdrawn", "listed in ingest.withdrawn")
-                if _not_utf8(item.id, item.tags, item.caption, item.meta):
+                raw_tags = item.tags + extract_hashtags(item.caption or "")  # tags fields, then the caption's #words
+                if _not_utf8(item.id, raw_tags, item.caption, item.meta):
                     raise Rejected(
                         "invalid_utf8",
                         "lone surrogate (undecodable bytes or a \\uD800-\\uDFFF escape) in id, tags, caption or metadata",
@@ -127,9 +128,9 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
                 if item.id in seen:
                     raise Rejected("duplicate_id", "id already seen in this unit")
                 seen.add(item.id)
-                normalized = normalize_hashtags(item.tags)
+                normalized = normalize_hashtags(raw_tags)
                 if not normalized:
-                    raise Rejected("no_hashtags", f"raw tags: {item.tags!r}"[:200])
+                    raise Rejected("no_hashtags", f"raw tags: {raw_tags!r}"[:200])
                 hashtags, too_long, over = cap_hashtags(normalized, ing.max_hashtags, ing.max_hashtag_chars)
                 if not hashtags:
                     raise Rejected(

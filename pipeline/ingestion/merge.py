@@ -2,7 +2,7 @@
 
 :func:`prepare_folder` makes ``<run_dir>/ingest/`` match a plan (rank 0 clears a folder of
 another plan and writes ``plan.json``; other ranks wait for it). :func:`merge_parts` (rank 0)
-waits for the part of every unit (:func:`pipeline.io.ingest_units.part_done`) and turns them
+waits for the part of every unit (:func:`pipeline.ingestion.worker.part_done`) and turns them
 into ``quarantine.jsonl``, the manifest's counts and its outputs.
 """
 
@@ -16,15 +16,15 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.ingestion.worker import DROP_KEYS, part_done
 from pipeline.io.atomic import remove_stale_temps, write_json, write_jsonl
-from pipeline.io.ingest_units import DROP_KEYS, part_done
 from pipeline.io.manifest import MANIFEST
-from pipeline.io.raw_sources import WorkUnit
+from pipeline.io.readers import WorkUnit
 from pipeline.io.run_folder import PLAN_FILE, QUARANTINE_FILE
 from pipeline.io.shards import index_path
 
 if TYPE_CHECKING:
-    from pipeline.train.partition import Partition
+    from pipeline.system import Partition
 
 __all__ = ["prepare_folder", "wait_for_parts", "merged_counts", "merged_outputs", "merge_parts"]
 

@@ -34,12 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.errors import CheckpointError, CheckpointRefused
 from pipeline.io.atomic import atomic_path
 from pipeline.train.models import unwrap_model as _unwrap
 
 __all__ = [
-    "CheckpointError",
-    "CheckpointRefused",
     "checkpoint_path",
     "latest_checkpoint",
     "load_checkpoint",
@@ -50,34 +49,6 @@ __all__ = [
 FORMAT = "hashtag-pretrain-checkpoint"
 VERSION = 1
 _NAME_RE = re.compile(r"^step_(\d{8,})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, unsafe, or does not fit the model; names the file.
-
-    ``path`` is the file (a :class:`~pathlib.Path`, or None where not known).
-    """
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
-        super().__init__(message)
-        self.path = Path(path) if path is not None else None
-
-    def __reduce__(self):  # picklable across processes with its path
-        return type(self), (str(self), self.path)
-
-
-class CheckpointRefused(CheckpointError):
-    """A checkpoint holds objects other than tensors and plain data (a pickle that could run code
-    when loaded) and was refused unread. ``path`` is the file, ``reason`` why (one sentence, without
-    the path), ``detail`` torch's own first line."""
-
-    def __init__(self, path: str | os.PathLike, reason: str, detail: str = "") -> None:
-        super().__init__(f"refusing to load {path}: {reason}" + (f". Detail: {detail}" if detail else ""), path)
-        self.reason = reason
-        self.detail = detail
-
-    def __reduce__(self):
-        return type(self), (self.path, self.reason, self.detail)
 
 
 def _strip_prefix(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -243,7 +214,7 @@ def _read(path: Path) -> dict:
             path,
         ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} file (written by pipeline.io.checkpoint)", path)
+        raise CheckpointError(f"{path} is not a {FORMAT} file (written by pipeline.train.checkpoint)", path)
     if obj.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, expected {VERSION}", path)
     return obj

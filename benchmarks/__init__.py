@@ -19,10 +19,11 @@ other work on a shared machine hits both alike, and reports medians and their ra
 | :mod:`benchmarks.dedup_scale` | the same search on 2^16-2^20 synthetic codes made from the demo's, projected to 10^8 and 10^9 | (reported) |
 | :mod:`benchmarks.ingest` | the ingest stage, one worker | a tight decode / convert / re-encode loop |
 | :mod:`benchmarks.canonicalize` | the vocab stage's hashtag mapper | (goal only) |
+| :mod:`benchmarks.probe_solver` | the transfer probe's torch L-BFGS and minibatch Adam (pipeline.evaluation.probe_solver) on structured features of realistic shape | scikit-learn ``LogisticRegression`` (L-BFGS, one BLAS thread) |
 | :mod:`benchmarks.demo` | ``make demo`` wall time | (goal only) |
 
 ``python -m benchmarks.project`` turns the measured throughputs into a projection for the
 paper's setting (see that module). Benchmarks are not tests: nothing here asserts a time.
 """
 
-MODULES = ("loader", "train_step", "dedup_hash", "near_search", "dedup_scale", "ingest", "canonicalize", "demo")
+MODULES = ("loader", "train_step", "dedup_hash", "near_search", "dedup_scale", "ingest", "canonicalize", "probe_solver", "demo")

@@ -80,6 +80,8 @@ def describe_failure(exc: BaseException) -> tuple[str, str] | None:
         path = getattr(exc, "path", None)
         reason = getattr(exc, "reason", None)
         msg = f"refusing to load {path}: {reason}" if path is not None and reason else _one_line(exc)
+        if exc.hint:
+            return msg, exc.hint
         where = f"move {path} out of {path.parent}" if path is not None else "move the checkpoint away"
         run_dir = ""
         if path is not None and path.parent.name == "checkpoints" and path.parent.parent.name == "pretrain":

@@ -77,15 +77,17 @@ class Rejected(Exception):
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, unsafe, or does not fit the model; names the file.
 
-    ``path`` is the file (a :class:`~pathlib.Path`, or None where not known).
+    ``path`` is the file (a :class:`~pathlib.Path`, or None where not known); ``hint`` what to do, one line
+    (None: the CLI's hint for a pretraining checkpoint).
     """
 
-    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, message: str, path: str | os.PathLike | None = None, hint: str | None = None) -> None:
         super().__init__(message)
         self.path = Path(path) if path is not None else None
+        self.hint = hint
 
-    def __reduce__(self):  # picklable across processes with its path
-        return type(self), (str(self), self.path)
+    def __reduce__(self):  # picklable across processes with its path and hint
+        return type(self), (str(self), self.path, self.hint)
 
 
 class CheckpointRefused(CheckpointError):

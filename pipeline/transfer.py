@@ -36,7 +36,14 @@ Reads ``<run_dir>/pretrain/{trunk.safetensors, model.json, manifest.json}``,
 ``<run_dir>/dedup/{eval_contamination.json, removed.jsonl}``, the ingest shards (feature
 decontamination) and the target folders. Writes only ``<run_dir>/transfer/``:
 ``results.json`` (schema in :mod:`pipeline.evaluation.results`), ``correct.npz``, ``finetune_epochs.jsonl``
-(one row per epoch per fine-tuning run), ``manifest.json`` last.
+(one row per epoch per fine-tuning run), ``runs/`` (the resume state), ``manifest.json`` last.
+
+**Resuming.** Every finished part of a target (lr selection, decontamination, each linear probe and
+each fine-tuning run) is recorded under ``runs/`` as it finishes, and a fine-tuning run writes a
+checkpoint at each epoch end but the last and every ``transfer.checkpoint_every_steps`` optimizer steps; a rerun
+with the same key (config without its runtime keys, inputs, precision) keeps the finished parts and
+continues the interrupted run from its checkpoint, with the results of an uninterrupted run; another
+key starts over (:mod:`pipeline.evaluation.resume`).
 """
 
 from __future__ import annotations
@@ -49,12 +56,13 @@ from pipeline.config import validate
 from pipeline.config_views import results_config
 from pipeline.evaluation.decontamination import feature_check_skip
 from pipeline.evaluation.results import new_results, stage_counts
+from pipeline.evaluation.resume import RunRecords, config_key, saved_state, stage_key
 from pipeline.evaluation.suite import run_target
 from pipeline.evaluation.suite_context import SuiteContext, read_pretrained, resolve_runtime, stage_inputs
 from pipeline.evaluation.targets import open_targets
 from pipeline.io.atomic import remove_stale_temps, write_json, write_jsonl
 from pipeline.io.manifest import write_manifest
-from pipeline.io.run_folder import CORRECT_FILE, EPOCHS_FILE, MANIFEST, RESULTS_FILE, TRANSFER, stage_dir
+from pipeline.io.run_folder import CORRECT_FILE, EPOCHS_FILE, MANIFEST, RESULTS_FILE, RUNS_DIR, TRANSFER, stage_dir
 from pipeline.train.precision import describe_choice, hardware_record
 
 log = logging.getLogger(__name__)
@@ -64,14 +72,18 @@ STAGE = TRANSFER
 def run_transfer(cfg) -> dict:
     """Run the transfer suite for ``cfg``; return the stage's manifest.
 
-    Writes ``results.json`` (schema in :mod:`pipeline.evaluation.results`; after every part of every target),
-    ``correct.npz`` (:mod:`pipeline.evaluation.correctness`), ``finetune_epochs.jsonl`` and ``manifest.json`` last.
+    Writes ``results.json`` (schema in :mod:`pipeline.evaluation.results`; atomically, after every part of every
+    target), ``correct.npz`` (:mod:`pipeline.evaluation.correctness`), ``finetune_epochs.jsonl``, ``runs/`` (each
+    finished part's record, the running fine-tuning run's checkpoint: :mod:`pipeline.evaluation.resume`) and
+    ``manifest.json`` last. Parts an earlier run with the same key finished are read back, not redone.
 
     Raises:
         pipeline.errors.ConfigError: bad ``transfer.*`` values, train/val classes that differ.
         FileNotFoundError: pretrain not finished, or a target folder missing; all before any work. (Without
             finished ingest and dedup stages in the run folder the feature-space check is skipped, with the
             reason in ``contamination.features.reason`` and a warning.)
+        pipeline.errors.CheckpointError: a fine-tuning checkpoint left by a killed run is unreadable or was written
+            by another run or recipe (one line naming it).
     """
     # plan: every input checked before any work
     validate(cfg)
@@ -82,7 +94,11 @@ def run_transfer(cfg) -> dict:
     size = int(tc.image_size or info["image_size"])
     targets = open_targets(tc)
     nn_skip = feature_check_skip(cfg.run_dir, bool(tc.nn_decontam))
-    device, plan, prec = resolve_runtime(tc, model_name, targets[0].num_classes, size)
+    inputs = stage_inputs(cfg.run_dir, pre_man, trunk_path, targets)
+    saved, ckey = saved_state(cfg.run_dir), config_key(cfg, inputs)
+    # an earlier run with this config and these inputs keeps its precision choice (auto may resolve otherwise here)
+    recorded = saved.get("precision_choice") if saved and saved.get("config_key") == ckey else None
+    device, plan, prec = resolve_runtime(tc, model_name, targets[0].num_classes, size, recorded)
     log.info("transfer on %s; targets %s", describe_choice(prec, plan), [t.name for t in targets])
 
     out = stage_dir(cfg.run_dir, STAGE)
@@ -93,12 +109,15 @@ def run_transfer(cfg) -> dict:
     write_jsonl(out / EPOCHS_FILE, [])
     st = SuiteContext(cfg, trunk_path, model_name, size, device, prec, plan.workers, out)
     st.nn_skip = nn_skip
+    st.records = RunRecords.open(
+        cfg.run_dir, stage_key(cfg, inputs, prec.key()), ckey, prec.to_dict(), int(tc.checkpoint_every_steps)
+    )
     results = new_results(tc, [t.name for t in targets], model_name, size, int(cfg.seed))
 
     def write(section: dict) -> None:
         results["targets"][section["target"]] = section
-        if st.bank is not None:
-            results["pretraining_bank"] = {"images": len(st.bank["samples"]), "seconds": st.bank["seconds"]}
+        if st.bank_info is not None:
+            results["pretraining_bank"] = dict(st.bank_info)
         write_json(out / RESULTS_FILE, results)
 
     # the blocks: one suite run per target
@@ -121,10 +140,10 @@ def run_transfer(cfg) -> dict:
         out,
         stage=STAGE,
         config=results_config(cfg, "seed", "transfer"),
-        inputs=stage_inputs(cfg.run_dir, pre_man, trunk_path, targets),
+        inputs=inputs,
         counts=counts,
         seconds=time.perf_counter() - t0,
-        outputs={"results": RESULTS_FILE, "correct": CORRECT_FILE, "finetune_epochs": EPOCHS_FILE},
+        outputs={"results": RESULTS_FILE, "correct": CORRECT_FILE, "finetune_epochs": EPOCHS_FILE, "runs": RUNS_DIR + "/"},
     )
 
 

@@ -251,7 +251,9 @@ def test_per_epoch_rows_and_manifest(transfer_run):
         "finetune_epochs.jsonl",
         "manifest.json",
         "results.json",
+        "runs",  # the resume state: each finished part's record (tests/test_transfer_resume.py)
     ]
+    assert not list((run / "transfer").rglob("step_*.pt"))  # a run's checkpoints go once it is recorded
 
 
 @pytest.mark.slow

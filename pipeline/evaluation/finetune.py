@@ -37,6 +37,11 @@ Low-data settings: an "epoch" is at least ``min_epoch_images`` training images, 
 train for many more passes than full-data ones). Each pass is a fresh seeded shuffle,
 and each image's augmentation is seeded by (seed, epoch, pass, image), independent of
 the DataLoader workers, so a run is reproducible.
+
+A run given its :class:`pipeline.evaluation.resume.FinetuneCheckpoints` writes a checkpoint at every
+epoch end but the last and every ``every_steps`` optimizer steps, and starts from the last one
+if there is one: the epoch plan is rebuilt and continued at the checkpoint's batch, so a resumed
+run ends with the same weights, rows and correctness as an uninterrupted one (bitwise on the CPU).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pipeline.evaluation.linear_probe import topk_correct
+from pipeline.evaluation.resume import FinetuneCheckpoints, FinetunePosition
 from pipeline.evaluation.target_data import TransformedSubset
 from pipeline.progress import progress_bar
 from pipeline.seeding import item_seed
@@ -233,6 +239,7 @@ def finetune(
     device: torch.device,
     desc: str = "finetune",
     on_epoch: Callable[[dict], None] | None = None,
+    checkpoints: FinetuneCheckpoints | None = None,
 ) -> dict:
     """Replace the head of ``model`` and train all its layers on ``train``; evaluate on ``val`` after each
     epoch (``settings.eval_every_epoch``) or after the last one.
@@ -242,10 +249,16 @@ def finetune(
         train: the training images (``train=True`` augmentation).
         val: a re-iterable of ``(uint8 images, labels)`` batches (e.g. :class:`pipeline.evaluation.target_data.EvalImages`).
         on_epoch: called with each epoch's row (``epoch, loss, lr, top1, top5, val_loss, seconds, images, passes,
-            steps``; the val fields None for an epoch not scored).
+            steps``; the val fields None for an epoch not scored), in order; a resumed run calls it first with the
+            rows of the epochs its checkpoint had finished.
+        checkpoints: where the run's checkpoints go and what they must match (None: no checkpoints). With a
+            checkpoint there the run continues from it.
     Returns:
         ``{"epochs": [rows], "final": evaluate(...) of the last epoch, "seconds", "steps", "train_seconds",
-        "eval_seconds", "train_images"}``.
+        "eval_seconds", "train_images"}`` (a resumed run's seconds include those before the checkpoint).
+    Raises:
+        pipeline.errors.CheckpointError: the run's checkpoint is unreadable, does not fit, or was written by
+            another run or recipe.
     """
     st = settings
     t0 = time.perf_counter()
@@ -263,21 +276,39 @@ def finetune(
     optimizer = make_optimizer(model, peak, momentum=st.momentum, nesterov=st.nesterov, weight_decay=st.weight_decay)
     scheduler = make_schedule(optimizer, "cosine", total_steps, warmup, st.warmup_start_fraction * peak, peak)
     scaler = torch.amp.GradScaler(device.type, enabled=st.grad_scaler)
-    rows: list[dict] = []
+    ck = checkpoints
+    pos = ck.resume(model, optimizer, scheduler, scaler) if ck is not None else None
+    if pos is None:
+        pos = FinetunePosition(lr_last=peak)
+    else:
+        t0 -= pos.seconds
+        for done in pos.rows:
+            if on_epoch is not None:
+                on_epoch(done)
+
+    def save() -> None:
+        assert ck is not None
+        now = time.perf_counter()
+        pos.seconds, pos.epoch_seconds = now - t0, now - te
+        ck.save(model, optimizer, scheduler, scaler, pos)
+
     final: dict = {}
-    step = 0
-    eval_seconds: float = 0
-    train_images = 0
-    for epoch, plan in enumerate(plans):
-        te = time.perf_counter()
+    for epoch in range(pos.epoch, len(plans)):
+        plan = plans[epoch]
+        te = time.perf_counter() - pos.epoch_seconds
         model.train()
-        loader = DataLoader(train, batch_sampler=plan, num_workers=st.workers, pin_memory=device.type == "cuda")
-        loss_sum, seen, lr_last = 0.0, 0, peak
+        loader = DataLoader(train, batch_sampler=plan[pos.batches :], num_workers=st.workers, pin_memory=device.type == "cuda")
         bar = progress_bar(
-            loader, total=len(plan), desc=f"{desc} ep {epoch + 1}/{st.epochs}", unit="batch", disable=not st.progress, leave=False
+            loader,
+            total=len(plan),
+            initial=pos.batches,
+            desc=f"{desc} ep {epoch + 1}/{st.epochs}",
+            unit="batch",
+            disable=not st.progress,
+            leave=False,
         )
         for x, y in bar:
-            lr_last = optimizer.param_groups[0]["lr"]
+            pos.lr_last = optimizer.param_groups[0]["lr"]
             with torch.autocast(device.type, dtype=st.autocast_dtype or torch.float32, enabled=st.autocast_dtype is not None):
                 logits = model(_prep(x, device, st.channels_last))
             loss = F.cross_entropy(logits.float(), y.to(device))
@@ -286,40 +317,47 @@ def finetune(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            step += 1
+            pos.step += 1
+            pos.batches += 1
             loss_val = float(loss.detach())
-            loss_sum += loss_val * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_last:.2e}", refresh=False)
+            pos.loss_sum += loss_val * len(y)
+            pos.seen += len(y)
+            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{pos.lr_last:.2e}", refresh=False)
+            if ck is not None and ck.due(pos.step) and pos.batches < len(plan):
+                save()  # inside the epoch (its end has its own checkpoint, after val is scored)
         bar.close()
-        train_images += seen
+        pos.train_images += pos.seen
         scored = st.eval_every_epoch or epoch == len(plans) - 1
         if scored:
             tv = time.perf_counter()
             final = evaluate(model, val, device=device, autocast_dtype=st.autocast_dtype, channels_last=st.channels_last)
-            eval_seconds += time.perf_counter() - tv
+            pos.eval_seconds += time.perf_counter() - tv
         row = {
             "epoch": epoch + 1,
-            "loss": round(loss_sum / max(1, seen), 6),
-            "lr": lr_last,
+            "loss": round(pos.loss_sum / max(1, pos.seen), 6),
+            "lr": pos.lr_last,
             "top1": final["top1"] if scored else None,
             "top5": final["top5"] if scored else None,
             "val_loss": round(final["loss"], 6) if scored else None,
             "seconds": round(time.perf_counter() - te, 3),
-            "images": seen,
+            "images": pos.seen,
             "passes": max(1, math.ceil(st.min_epoch_images / len(train))),
-            "steps": step,
+            "steps": pos.step,
         }
-        rows.append(row)
+        pos.rows.append(row)
         if on_epoch is not None:
             on_epoch(row)
+        pos.next_epoch(peak)
+        te = time.perf_counter()
+        if ck is not None and pos.epoch < len(plans):
+            save()  # the epoch's end (after the last epoch the caller records the finished run instead)
     seconds = time.perf_counter() - t0
     return {
-        "epochs": rows,
+        "epochs": pos.rows,
         "final": final,
         "seconds": seconds,
-        "steps": step,
-        "eval_seconds": eval_seconds,
-        "train_seconds": seconds - eval_seconds,
-        "train_images": train_images,
+        "steps": pos.step,
+        "eval_seconds": pos.eval_seconds,
+        "train_seconds": seconds - pos.eval_seconds,
+        "train_images": pos.train_images,
     }

@@ -12,9 +12,13 @@ whole training set):
    autocast used for training, features kept in float32;
 2. :func:`fit_probe`: standardize the features (mean 0, variance 1 per dimension,
    statistics from the fit part only), then an L2-regularized multinomial logistic
-   regression (scikit-learn, L-BFGS) for each C of a small grid on the fit part; the C
-   with the best held-out top-1 (ties: lower held-out log-loss, then the smaller C, i.e.
-   more regularization) is refit on all the training features;
+   regression for each C of a small grid on the fit part; the C with the best held-out
+   top-1 (ties: lower held-out log-loss, then the smaller C, i.e. more regularization) is
+   refit on all the training features. The fits are scikit-learn's objective solved in torch
+   (:mod:`pipeline.evaluation.probe_solver`): full-batch L-BFGS on the device when the features
+   fit its memory budget, else minibatch Adam over the rows of a (memory-mapped) array;
+   scikit-learn's ``LogisticRegression`` is the reference the tests hold it to
+   (``tests/test_linear_probe.py``: the same predictions and the same chosen C);
 3. :func:`topk_correct`: per-image top-1 / top-5 hits on the val features, so the caller
    can also count a "lower-bound" accuracy with contaminated images marked wrong.
 
@@ -25,19 +29,24 @@ scikit-learn's C is the inverse regularization strength on the *summed* log-loss
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
+from pipeline.evaluation.probe_solver import (
+    LinearClassifier,
+    SGDSettings,
+    Standardizer,
+    choose_solver,
+    global_classes,
+    global_count,
+    holdout_scores,
+    lbfgs_fit,
+    load_standardized,
+    sgd_fit,
+)
 from pipeline.evaluation.target_data import stratified_holdout
 from pipeline.progress import progress_bar
 from pipeline.vision.transforms import normalize
@@ -45,7 +54,7 @@ from pipeline.vision.transforms import normalize
 if TYPE_CHECKING:
     from pipeline.train.models import ResNeXt
 
-__all__ = ["ProbeResult", "extract_features", "fit_probe", "topk_correct"]
+__all__ = ["ProbeResult", "SGDSettings", "extract_features", "fit_probe", "topk_correct"]
 
 
 @torch.no_grad()
@@ -104,33 +113,20 @@ class ProbeResult:
     """A fitted probe: the chosen C, the grid's held-out scores, and the refit model."""
 
     best_C: float
-    grid: list[dict] = field(default_factory=list)  # per C: {"C", "holdout_top1", "holdout_log_loss", "seconds"}
-    model: Pipeline | None = None  # StandardScaler + LogisticRegression, refit on all training features
+    # per C: {"C", "holdout_top1", "holdout_log_loss", "iterations", "seconds", "solver"}
+    grid: list[dict] = field(default_factory=list)
+    model: LinearClassifier | None = None  # standardization + linear layer, refit on all training features
     seconds: float = 0.0  # grid search + refit
     num_classes: int = 0  # width of :meth:`scores` (classes absent from the training labels score -inf)
+    solver: str = ""  # "lbfgs" or "sgd" (what "auto" chose)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        """Class scores (N, C) in the order of the labels 0..C-1 (absent classes score -inf)."""
+        """Class scores float64 (N, num_classes) of raw features ``x`` (float32 (N, D), an array or a memmap),
+        in the order of the labels 0..num_classes-1 (absent classes score -inf)."""
         assert self.model is not None
-        clf = self.model[-1]
-        raw = self.model.decision_function(x)
-        if raw.ndim == 1:  # two classes present: sklearn returns one score
-            raw = np.stack([-raw, raw], axis=1)
         out = np.full((len(x), int(self.num_classes)), -np.inf, dtype=np.float64)
-        out[:, clf.classes_] = raw
+        out[:, self.model.classes] = self.model.logits(x)
         return out
-
-
-def _fit(
-    C: float, x: np.ndarray, y: np.ndarray, max_iter: int, seed: int, tol: float, init: LogisticRegression | None = None
-) -> LogisticRegression:
-    """One L-BFGS fit on standardized features, warm-started from ``init``'s weights if given."""
-    clf = LogisticRegression(C=C, max_iter=max_iter, tol=tol, random_state=seed, warm_start=init is not None)
-    if init is not None:
-        clf.coef_, clf.intercept_ = init.coef_.copy(), init.intercept_.copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # reported by iterations == max_iter instead
-        return clf.fit(x, y)
 
 
 def fit_probe(
@@ -146,6 +142,10 @@ def fit_probe(
     blas_threads: int | None = 1,
     progress: bool = False,
     desc: str = "probe",
+    solver: str = "auto",
+    device: torch.device | str | None = None,
+    memory_budget_mb: float | None = None,
+    sgd: SGDSettings | None = None,
 ) -> ProbeResult:
     """Choose C on a stratified held-out part of ``(x, y)``, then refit on all of it.
 
@@ -155,56 +155,91 @@ def fit_probe(
     these poorly conditioned 2048-d features.
 
     Args:
-        x: float32 (N, D) training features; y: int64 (N,) labels in ``[0, num_classes)``.
-        Cs: the grid of inverse regularization strengths (one value: no search).
+        x: float32 (N, D) training features (an array, or a ``numpy.memmap`` read in blocks);
+            y: int64 (N,) labels in ``[0, num_classes)``. Under ``torch.distributed``: this rank's rows
+            (see :mod:`pipeline.evaluation.probe_solver`).
+        Cs: the grid of inverse regularization strengths (scikit-learn's C; one value: no search).
         holdout_fraction: share of each class held out to choose C (at least one image per class
             with 2+ images; see :func:`pipeline.evaluation.target_data.stratified_holdout`).
-        blas_threads: BLAS threads during the fits (None = the library's default). 1 by default:
-            on the 2-core demo machine, with other processes busy, multi-threaded OpenBLAS made
+        max_iter, tol: L-BFGS iterations at most and its stopping tolerance on max |gradient|
+            (scikit-learn's meaning; the SGD path runs ``sgd.epochs`` instead).
+        blas_threads: torch intra-op threads during CPU fits (restored after; None = as set). 1 by
+            default: on the 2-core demo machine, with other processes busy, multi-threaded BLAS made
             the same fits 5-15x slower (threads spin waiting for each other).
+        solver: ``"auto"`` (L-BFGS when :func:`pipeline.evaluation.probe_solver.lbfgs_bytes` of all
+            N rows fits ``memory_budget_mb``, else SGD), ``"lbfgs"`` or ``"sgd"``.
+        device: where the fits compute (None: the CPU).
+        memory_budget_mb: MiB the L-BFGS path may hold on ``device`` (None: half the free CUDA
+            memory, or half the physical memory on the CPU).
+        sgd: the minibatch solver's settings (None: :class:`SGDSettings` defaults).
     Returns:
         :class:`ProbeResult` (``scores(val_x)`` gives the val scores).
     Raises:
-        ValueError: an empty grid or fewer than 2 classes in ``y``.
+        ValueError: an empty grid, fewer than 2 classes in ``y``, or an unknown solver.
     """
-    with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, progress, desc)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and blas_threads is not None:
+        torch.set_num_threads(blas_threads)
+    try:
+        budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+        return _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, progress, desc, solver, dev, budget, sgd)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, progress, desc) -> ProbeResult:
+def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, progress, desc, solver, dev, budget, sgd):
     t0 = time.perf_counter()
     if not len(Cs):
         raise ValueError("the C grid is empty")
-    if len(np.unique(y)) < 2:
+    y = np.asarray(y, dtype=np.int64)
+    classes = global_classes(y, num_classes, dev)
+    if len(classes) < 2:
         raise ValueError("the linear probe needs at least 2 classes in the training features")
+    k_out = 1 if len(classes) == 2 else len(classes)  # two classes: one logit vector, as scikit-learn
+    chosen = choose_solver(solver, len(y), x.shape[1], k_out, dev, budget)  # on this rank's rows
+    if global_count(int(chosen == "sgd"), dev) > 0:  # every rank the same solver: SGD if any rank's rows do not fit
+        chosen = "sgd"
+    settings = sgd or SGDSettings()
+
+    def fit(C: float, rows: np.ndarray | None, std: Standardizer, xs: torch.Tensor | None, init) -> LinearClassifier:
+        yi = np.searchsorted(classes, y if rows is None else y[rows])
+        if xs is not None:
+            W, b, it = lbfgs_fit(xs, torch.from_numpy(yi).to(dev), k_out, C, max_iter=max_iter, tol=tol, init=init)
+        else:
+            rows = np.arange(len(y)) if rows is None else rows
+            W, b, it = sgd_fit(x, rows, yi, std, k_out, C, settings=settings, seed=seed, device=dev, init=init)
+        return LinearClassifier(std, W, b, classes, it, chosen, str(dev))
+
     grid: list[dict] = []
     fit_pos, hold_pos = stratified_holdout(y, holdout_fraction, seed)
-    warm: dict[float, LogisticRegression] = {}
-    if len(Cs) > 1 and len(hold_pos) and len(np.unique(y[fit_pos])) >= 2:
-        scaler = StandardScaler().fit(x[fit_pos])
-        xf, xh = scaler.transform(x[fit_pos]), scaler.transform(x[hold_pos])
+    warm: dict[float, LinearClassifier] = {}
+    if len(Cs) > 1 and global_count(len(hold_pos), dev) > 0:
+        std = Standardizer.fit(x, fit_pos, dev)
+        xs = load_standardized(x, fit_pos, std, dev) if chosen == "lbfgs" else None
         prev = None
         for C in progress_bar(sorted(float(c) for c in Cs), desc=desc, unit="C", disable=not progress, leave=False):
             t = time.perf_counter()
-            clf = _fit(C, xf, y[fit_pos], max_iter, seed, tol, prev)
-            res = ProbeResult(best_C=C, model=make_pipeline(scaler, clf), num_classes=num_classes)
-            top1 = float(topk_correct(res.scores(x[hold_pos]), y[hold_pos], 1).mean())
-            ll = float(log_loss(y[hold_pos], clf.predict_proba(xh), labels=clf.classes_))
+            clf = fit(C, fit_pos, std, xs, prev)
+            top1, ll = holdout_scores(clf, x, hold_pos, y[hold_pos], dev)
             grid.append(
                 {
                     "C": C,
                     "holdout_top1": top1,
                     "holdout_log_loss": ll,
-                    "iterations": int(np.max(clf.n_iter_)),
+                    "iterations": clf.n_iter,
                     "seconds": round(time.perf_counter() - t, 3),
+                    "solver": chosen,
                 }
             )
             warm[C] = prev = clf
+        del xs
         best = min(grid, key=lambda g: (-g["holdout_top1"], g["holdout_log_loss"], g["C"]))["C"]
     else:
         best = float(Cs[0])
-    scaler = StandardScaler().fit(x)
-    clf = _fit(best, scaler.transform(x), y, max_iter, seed, tol, warm.get(best))
+    std = Standardizer.fit(x, None, dev)
+    xs = load_standardized(x, None, std, dev) if chosen == "lbfgs" else None
+    clf = fit(best, None, std, xs, warm.get(best))
     return ProbeResult(
-        best_C=best, grid=grid, model=make_pipeline(scaler, clf), seconds=time.perf_counter() - t0, num_classes=num_classes
+        best_C=best, grid=grid, model=clf, seconds=time.perf_counter() - t0, num_classes=num_classes, solver=chosen
     )

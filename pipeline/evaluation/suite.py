@@ -18,6 +18,11 @@ the low-data settings are repeated over ``probe_seeds`` / ``finetune_seeds`` dra
 seeds the new head, the augmentation and the scratch init), the full setting runs once. Rows and
 gains are built by :mod:`pipeline.evaluation.results`; the section is written after every part.
 
+Each finished part (the lr selection, the decontamination, each probe (init, setting), each fine-tuning
+run) is recorded as it finishes and, in a rerun of the stage with the same key, read back instead of
+redone; a fine-tuning run killed midway continues from its checkpoint (:mod:`pipeline.evaluation.resume`).
+The val images are decoded only when a part still has to run.
+
 Mahajan et al. 2018 (sec. 3) measure pretraining two ways, and so does the transfer stage, each
 against the same model from random initialization ("scratch"):
 
@@ -68,6 +73,10 @@ calibrated cosine threshold as wrong (:mod:`pipeline.evaluation.nn_decontam`; ``
 Images are RGB; val and probe features use the eval recipe of :mod:`pipeline.vision.transforms` at the
 pretraining image size S from ``<run_dir>/pretrain/model.json``; fine-tuning trains on
 random-resized crops + flips; ImageNet normalization.
+
+Why ~520 lines (over the project's 450): one class walks one target through its parts in order,
+each part with its record/resume handling; the per-part bodies are to move beside their blocks
+when the suite is sharded across ranks (issue 24, distributed transfer).
 """
 
 from __future__ import annotations
@@ -82,9 +91,10 @@ import numpy as np
 from pipeline.evaluation import lr_selection
 from pipeline.evaluation.correctness import correctness_key
 from pipeline.evaluation.decontamination import contaminated_paths, decontaminate
-from pipeline.evaluation.finetune import finetune, planned_images
+from pipeline.evaluation.finetune import FinetuneSettings, finetune, planned_images
 from pipeline.evaluation.linear_probe import fit_probe, topk_correct
 from pipeline.evaluation.results import find_row, gain_entry, new_target_section, result_row
+from pipeline.evaluation.resume import run_identity
 from pipeline.evaluation.suite_context import SuiteContext
 from pipeline.evaluation.target_data import (
     EvalImages,
@@ -96,7 +106,7 @@ from pipeline.evaluation.target_data import (
 )
 from pipeline.evaluation.targets import Target, setting_label, val_subset
 from pipeline.io.atomic import write_jsonl
-from pipeline.io.run_folder import EPOCHS_FILE
+from pipeline.io.run_folder import EPOCHS_FILE, transfer_run_name
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +195,96 @@ class TargetRun:
         st.save_arrays()
         self.write(self.res)
 
+    def once(self, part: str, compute: Callable[[], dict]) -> dict:
+        """The record of ``part`` of this target: an earlier run's (:class:`pipeline.evaluation.resume.RunRecords`), or
+        ``compute()``'s, recorded."""
+        recs = self.st.records
+        rec = recs.load(self.t.name, part) if recs is not None else None
+        if rec is not None:
+            log.info("%s: %s finished in an earlier run of the stage: kept", self.t.name, part)
+            return rec
+        rec = compute()
+        if recs is not None:
+            recs.save(self.t.name, part, rec)
+        return rec
+
+    def restore_probe(self, inits: list[str], settings: list[int | None] | None = None) -> bool:
+        """Whether every linear probe of ``inits`` x ``settings`` (default: all) finished in an earlier run of the
+        stage; if so their rows are restored (in order) and True returned, else nothing is done."""
+        recs, name = self.st.records, self.t.name
+        parts = [
+            (i, k, transfer_run_name("linear_probe", i, k))
+            for i in inits
+            for k in (self.settings if settings is None else settings)
+        ]
+        if recs is None or not all(recs.done(name, p) for _, _, p in parts):
+            return False
+        for init, k, p in parts:
+            rec = recs.load(name, p)
+            assert rec is not None  # done() above
+            self.correct[("linear_probe", init, k)], self.meta[("linear_probe", init, k)] = rec["correct"], rec["meta"]
+            self.res["probe_grids"] += rec["grids"]
+            self.res["seconds"]["features"][init] = rec["features_seconds"]
+            self.res["seconds"]["linear_probe"] += rec["meta"]["seconds"]
+            self.finish("linear_probe", init, k)
+            log.info("%s: linear probe %s %s finished in an earlier run of the stage: kept", name, init, setting_label(k))
+        return True
+
+    def record_probe(self, init: str, k: int | None) -> None:
+        """Record the finished linear probe (init, setting ``k``), all its seeds (:meth:`restore_probe` reads it)."""
+        if self.st.records is not None:
+            key, res = ("linear_probe", init, k), self.res
+            grids = [g for g in res["probe_grids"] if g["init"] == init and g["train_per_class"] == k]
+            rec = {
+                "correct": self.correct[key],
+                "meta": self.meta[key],
+                "grids": grids,
+                "features_seconds": res["seconds"]["features"][init],
+            }
+            self.st.records.save(self.t.name, transfer_run_name("linear_probe", init, k), rec)
+
+    def finetune_run(
+        self,
+        init: str,
+        k: int | None,
+        s: int,
+        stt: FinetuneSettings,
+        train_ds: TransformedSubset,
+        on_epoch: Callable[[dict], None],
+    ) -> dict:
+        """One fine-tuning run: an earlier run's record (its epoch rows given to ``on_epoch`` again), or trained (from
+        its checkpoint, if a killed run left one) and recorded; returns :func:`pipeline.evaluation.finetune.finetune`'s dict."""
+        st, t, part = self.st, self.t, transfer_run_name("finetune", init, k, s)
+        recs = st.records
+        rec = recs.load(t.name, part) if recs is not None else None
+        if rec is not None:
+            for row in rec["epochs"]:
+                on_epoch(row)
+            log.info("%s: %s finished in an earlier run of the stage: kept", t.name, part)
+            return rec
+        self.decode_val()
+        assert self.val_images is not None  # decode_val() ran
+        ident = run_identity(t.name, part, num_classes=t.num_classes, train_images=len(train_ds), settings=stt)
+        out = finetune(
+            st.trunk(init, self.seed0 + s),
+            train_ds,
+            self.val_images,
+            num_classes=t.num_classes,
+            settings=stt,
+            device=st.device,
+            desc=f"{t.name}: finetune {init} {setting_label(k)} seed {s}",
+            on_epoch=on_epoch,
+            checkpoints=recs.checkpoints(t.name, part, ident) if recs is not None else None,
+        )
+        if recs is not None:
+            recs.save(t.name, part, out)
+        return out
+
     def choose_lr(self) -> None:
         """1. The fine-tuning lr, on training images only (before the val images are read)."""
         r, res = self.t.recipe, self.res
         sel_k = lr_selection.lr_select_setting(r)
-        lrs = lr_selection.select_lr(self.st, self.t, self.subset(sel_k, 0), sel_k)
+        lrs = self.once("lr_selection", lambda: lr_selection.select_lr(self.st, self.t, self.subset(sel_k, 0), sel_k))
         self.ft_lr = float(lrs["chosen_base_lr"])
         res["lr_selection"], res["finetune_base_lr"] = lrs, self.ft_lr
         res["seconds"]["lr_selection"] = lrs["seconds"]
@@ -205,8 +300,10 @@ class TargetRun:
         self.write(res)
 
     def decode_val(self) -> None:
-        """2. The scored val images, decoded once."""
+        """2. The scored val images, decoded once (on first use: not when every part finished in an earlier run)."""
         st, r = self.st, self.t.recipe
+        if self.val_images is not None:
+            return
         self.val_images = eval_batches(
             TransformedSubset(self.t.val_set, self.val_idx, st.size),
             st.tc.eval_batch_size,
@@ -219,11 +316,17 @@ class TargetRun:
     def decontaminate(self) -> None:
         """3. Feature-space decontamination (the pretrained trunk; its val features serve the probe too)."""
         st, name, res = self.st, self.t.name, self.res
-        model = st.trunk("pretrained", self.seed0)
-        vx, vy = st.features(model, self.val_images, self.n_val, f"{name}: features val pretrained")
-        self.val_feats["pretrained"] = (vx, vy)
-        dec = decontaminate(st, self.t, model, vx, self.val_idx, self.val_rel)
-        del model
+
+        def compute() -> dict:
+            self.decode_val()
+            model = st.trunk("pretrained", self.seed0)
+            vx, vy = st.features(model, self.val_images, self.n_val, f"{name}: features val pretrained")
+            self.val_feats["pretrained"] = (vx, vy)
+            return {**decontaminate(st, self.t, model, vx, self.val_idx, self.val_rel), "_bank": st.bank_info}
+
+        dec = self.once("decontamination", compute)
+        bank = dec.pop("_bank")
+        st.bank_info = st.bank_info or bank
         self.nn_flag = dec.pop("_flagged")
         st.arrays[f"{name}/nn"] = self.nn_flag
         st.arrays[f"{name}/nn_similarity"] = dec.pop("_similarity").astype(np.float16)
@@ -235,6 +338,9 @@ class TargetRun:
     def linear_probe(self) -> None:
         """4. Linear probe: frozen features of every seed's subsets, one fit per setting and seed."""
         st, t, r, name, res, seed0 = self.st, self.t, self.t.recipe, self.t.name, self.res, self.seed0
+        if self.restore_probe(self.inits):  # every probe finished in an earlier run of the stage
+            return
+        self.decode_val()
         probe_sets = {(k, s): self.subset(k, s) for k in self.settings for s in range(self.n_seeds("linear_probe", k))}
         feat_idx = np.unique(np.concatenate(list(probe_sets.values())))
         train_images = eval_batches(
@@ -247,6 +353,8 @@ class TargetRun:
         )
         stages = tuple(st.tc.probe_stages)
         for init in self.inits:
+            if self.restore_probe([init]):
+                continue
             ts = time.perf_counter()
             model = st.trunk(init, seed0)
             fx, fy = st.features(model, train_images, len(feat_idx), f"{name}: features train {init}", stages)
@@ -256,6 +364,8 @@ class TargetRun:
             del model
             res["seconds"]["features"][init] = round(time.perf_counter() - ts, 3)
             for k in self.settings:
+                if self.restore_probe([init], [k]):
+                    continue
                 S = self.n_seeds("linear_probe", k)
                 c1, c5, Cs, secs = np.zeros((S, self.n_val), bool), np.zeros((S, self.n_val), bool), [], 0.0
                 for s in range(S):
@@ -270,6 +380,9 @@ class TargetRun:
                         max_iter=r["probe_max_iter"],
                         tol=r["probe_tol"],
                         seed=seed0 + s,
+                        solver=str(r["probe_solver"]),
+                        device=st.device,
+                        memory_budget_mb=r["probe_memory_mb"],
                         progress=st.progress,
                         desc=f"{name}: probe {init} {setting_label(k)} seed {s}",
                     )
@@ -290,6 +403,7 @@ class TargetRun:
                 }
                 res["seconds"]["linear_probe"] += secs
                 self.finish("linear_probe", init, k)
+                self.record_probe(init, k)
                 row = find_row(res, "linear_probe", init, k)
                 log.info(
                     "%s: linear probe %s %s: top-1 %.4f [%.4f, %.4f] over %d seed(s) (C=%s, %.1fs)",
@@ -340,17 +454,7 @@ class TargetRun:
                     row["seconds"],
                 )
 
-            assert self.val_images is not None  # decode_val() ran first
-            out = finetune(
-                st.trunk(init, seed0 + s),
-                train_ds,
-                self.val_images,
-                num_classes=t.num_classes,
-                settings=stt,
-                device=st.device,
-                desc=f"{name}: finetune {init} {setting_label(k)} seed {s}",
-                on_epoch=on_epoch,
-            )
+            out = self.finetune_run(init, k, s, stt, train_ds, on_epoch)
             fin = out["final"]
             store.setdefault((init, k), {"top1": [], "top5": [], "seconds": 0.0})
             store[(init, k)]["top1"].append(fin["correct1"])
@@ -402,7 +506,6 @@ def run_target(st: SuiteContext, t: Target, write: Callable[[dict], None]) -> di
     res = run.res
     if "finetune" in run.methods:
         run.choose_lr()
-    run.decode_val()
     if st.nn_skip is None:
         run.decontaminate()
     if "linear_probe" in run.methods:

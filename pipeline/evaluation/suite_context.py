@@ -21,6 +21,7 @@ from pipeline.evaluation.correctness import save_correctness
 from pipeline.evaluation.finetune import FinetuneSettings, settings_from_recipe
 from pipeline.evaluation.linear_probe import extract_features
 from pipeline.evaluation.nn_decontam import ShardImages, l2_normalize, pooled_features, pretraining_samples
+from pipeline.evaluation.resume import RunRecords
 from pipeline.evaluation.target_data import fingerprint
 from pipeline.io.manifest import file_sha256
 from pipeline.io.run_folder import (
@@ -73,7 +74,9 @@ class SuiteContext:
 
     ``arrays`` collects every target's ``correct.npz`` entries (:func:`save_arrays` rewrites the file),
     ``epoch_rows`` the ``finetune_epochs.jsonl`` rows; ``nn_skip`` says why there is no feature-space
-    decontamination (None: there is).
+    decontamination (None: there is); ``records`` the finished parts and fine-tuning checkpoints of the
+    stage (:class:`pipeline.evaluation.resume.RunRecords`; None: nothing is kept, nothing resumed);
+    ``bank_info`` the ``{"images", "seconds"}`` of the pretraining feature bank, once embedded or restored.
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class SuiteContext:
         self.arrays: dict[str, np.ndarray] = {}
         self.epoch_rows: list[dict] = []
         self.nn_skip: str | None = None  # why there is no feature-space decontamination (None: there is)
+        self.records: RunRecords | None = None  # the finished parts and checkpoints (None: no resume)
+        self.bank_info: dict | None = None  # {"images", "seconds"} of the pretraining feature bank
 
     def trunk(self, init: str, seed: int) -> ResNeXt:
         """The pretrained trunk, or (``scratch``) the random init of ``seed`` (scratch probe features = scratch
@@ -156,6 +161,7 @@ class SuiteContext:
                 "mean": mean,
                 "seconds": round(time.perf_counter() - t, 3),
             }
+            self.bank_info = {"images": len(samples), "seconds": self.bank["seconds"]}
             log.info("feature decontamination: %d pretraining images embedded in %.1fs", len(samples), self.bank["seconds"])
         return self.bank
 
@@ -164,11 +170,13 @@ class SuiteContext:
         save_correctness(self.out / CORRECT_FILE, self.arrays)
 
 
-def resolve_runtime(tc, model_name: str, num_classes: int, size: int):
+def resolve_runtime(tc, model_name: str, num_classes: int, size: int, recorded: dict | None = None):
     """The device, thread plan and precision of the stage, applied globally (torch threads, matmul precision).
 
     A timed trial of the fine-tuning step picks the precision on the CPU (``transfer.precision=auto``;
-    cached per machine, :func:`pipeline.train.precision.resolve_for_model`).
+    cached per machine, :func:`pipeline.train.precision.resolve_for_model`). ``recorded``: the choice of an
+    earlier, unfinished run of the stage with the same config (:func:`pipeline.evaluation.resume.saved_state`),
+    kept when ``transfer.precision`` is ``auto`` or names it.
 
     Returns:
         ``(device, plan, prec)``: ``torch.device``, :class:`pipeline.system.ThreadPlan` (``threads``,
@@ -189,6 +197,7 @@ def resolve_runtime(tc, model_name: str, num_classes: int, size: int):
         image_size=size,
         batch_size=tc.batch_size,
         threads=plan.threads,
+        recorded=recorded,
         where="transfer.precision",
     )
     prec.apply_global()

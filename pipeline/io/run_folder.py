@@ -13,7 +13,7 @@ Layout (``<run_dir>/``)::
     dedup/     removed.jsonl, eval_contamination.json, manifest.json
     vocab/     vocab.json, labels.npz (pipeline.io.labels.Labels), unmapped.json, class_frequency.png, manifest.json
     pretrain/  trunk.safetensors, model.json, metrics.jsonl, eval.jsonl, checkpoints/, data_audit.json, manifest.json
-    transfer/  results.json, finetune_epochs.jsonl, correct.npz, manifest.json
+    transfer/  results.json, finetune_epochs.jsonl, correct.npz, runs/ (resume state), manifest.json
     run/       stages.json (stage keys), energy.json (per-stage energy), ranks.json, error.txt
     report.md, report/*.png
 """
@@ -62,6 +62,12 @@ __all__ = [
     "RESULTS_FILE",
     "EPOCHS_FILE",
     "CORRECT_FILE",
+    "RUNS_DIR",
+    "RUNS_KEY_FILE",
+    "RUN_RECORD_FILE",
+    "RUN_ARRAYS_FILE",
+    "transfer_run_name",
+    "transfer_run_dir",
     "STAGE_STATE_FILE",
     "ENERGY_FILE",
     "RANKS_FILE",
@@ -126,6 +132,12 @@ DATA_AUDIT_FILE = "data_audit.json"  # pretrain.audit_data: per-rank sample keys
 RESULTS_FILE = "results.json"  # the suite's rows, intervals and differences (schema 2)
 EPOCHS_FILE = "finetune_epochs.jsonl"  # one row per fine-tuning epoch
 CORRECT_FILE = "correct.npz"  # per-run correctness vectors over the val images (paired differences)
+# transfer/runs/: the resume state (pipeline.evaluation.resume), kept after the stage so a rerun redoes nothing
+RUNS_DIR = "runs"  # <target>/<part>/: one folder per finished or running part (transfer_run_dir)
+RUNS_KEY_FILE = "key.json"  # runs/key.json: the key (config, inputs, numerics) the records belong to
+RUN_RECORD_FILE = "record.json"  # a finished part's rows and numbers; written last: its presence means done
+RUN_ARRAYS_FILE = "record.npz"  # the finished part's arrays (per-image correctness, similarities)
+# a running fine-tuning run's folder also holds its last checkpoint, step_NNNNNNNN.pt (pipeline.train.checkpoint)
 # run/
 STAGE_STATE_FILE = "stages.json"  # stage -> key, manifest hash, upstream hashes, code version
 ENERGY_FILE = "energy.json"  # stage -> energy record (pipeline.reporting.energy)
@@ -145,6 +157,31 @@ def path(run_dir: str | os.PathLike, stage: str, name: str) -> Path:
     if stage not in STAGES and stage != RUN:
         raise ValueError(f"unknown stage folder {stage!r}; stages are {list(STAGES)} and {RUN!r}")
     return stage_dir(run_dir, stage) / name
+
+
+def transfer_run_name(method: str, init: str, setting: int | None, seed: int | None = None) -> str:
+    """The folder name of one transfer run: ``<method>-<init>-<setting>[-seed<seed>]``.
+
+    ``setting`` is the labelled images per class (``None``: the full setting, named ``full``; else
+    ``<k>perclass``); ``seed`` None for a part that holds all seeds of its setting (the linear probe).
+    E.g. ``finetune-scratch-10perclass-seed0``, ``linear_probe-pretrained-full``.
+    """
+    name = f"{method}-{init}-{'full' if setting is None else f'{int(setting)}perclass'}"
+    return name if seed is None else f"{name}-seed{int(seed)}"
+
+
+def transfer_run_dir(run_dir: str | os.PathLike, target: str, part: str) -> Path:
+    """``<run_dir>/transfer/runs/<target>/<part>``: where one part of a target keeps its record and checkpoints.
+
+    ``part`` is :func:`transfer_run_name` of a run, or ``lr_selection`` / ``decontamination``.
+
+    Raises:
+        ValueError: a target or part name that is empty or not a single path component.
+    """
+    for what, name in (("target", target), ("part", part)):
+        if not name or name in (".", "..") or "/" in name or os.sep in name:
+            raise ValueError(f"transfer {what} name {name!r} cannot name a folder")
+    return path(run_dir, TRANSFER, RUNS_DIR) / target / part
 
 
 def read_json(p: str | os.PathLike) -> Any:

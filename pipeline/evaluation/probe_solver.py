@@ -47,6 +47,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from pipeline.config import ProbeSolver
+
 __all__ = [
     "SOLVERS",
     "LinearClassifier",
@@ -63,7 +65,7 @@ __all__ = [
     "sgd_fit",
 ]
 
-SOLVERS = ("auto", "lbfgs", "sgd")
+SOLVERS = tuple(s.value for s in ProbeSolver)  # the config's closed choice, one source
 HISTORY = 10  # L-BFGS memory (scipy's L-BFGS-B default, which scikit-learn uses)
 _LOGITS_BYTES = 64 << 20  # one chunk of logits (rows x K float32) in the loss and scoring loops
 _BLOCK_BYTES = 256 << 20  # rows read from the feature array at once by the SGD path

@@ -319,24 +319,12 @@ def measure_energy(name: str, cfg_energy: Any = None, *, gpus: int | None = None
         cpu = cpu_self + cpu_child
         busy = cpu / wall if wall > 0 else 0.0
         n_gpu = _cuda_devices_in_use() if gpus is None else int(gpus)
+        processors: float  # GPUs (int) or busy cores
         if n_gpu > 0:
-            est = estimate(
-                wall,
-                n_gpu,
-                float(energy_setting(ec, "gpu_watts")),
-                pue=pue,
-                grid_kg_per_kwh=grid,
-                processor="GPU (system power per chip)",
-            )
+            processors, watts_key, processor = n_gpu, "gpu_watts", "GPU (system power per chip)"
         else:
-            est = estimate(
-                wall,
-                busy,
-                float(energy_setting(ec, "cpu_watts_per_core")),
-                pue=pue,
-                grid_kg_per_kwh=grid,
-                processor="CPU core (busy cores = CPU s / wall s)",
-            )
+            processors, watts_key, processor = busy, "cpu_watts_per_core", "CPU core (busy cores = CPU s / wall s)"
+        est = estimate(wall, processors, float(energy_setting(ec, watts_key)), pue=pue, grid_kg_per_kwh=grid, processor=processor)
         rec.update(
             {
                 "status": status,

@@ -34,7 +34,10 @@ Parts (one test module each: :data:`PART_FILES`):
 5. **fixture_pipeline** (``test_fixture_pipeline.py``): ``python -m pipeline.run`` over the
    fixture on ``device=cuda`` as a subprocess: each stage's seconds and the pretrain and
    transfer manifests' ``counts.hardware``.
-6. **throughput** (``test_throughput.py``): pretraining img/s of ``resnext101_32x8d`` and
+6. **transfer_torchrun** (``test_transfer_torchrun.py``): the transfer stage of part 5's run folder under
+   ``torchrun --nproc_per_node=1`` (the process group's path, micro-batches accumulated): fine-tuning img/s,
+   the probe's feature seconds, ``world_size`` in results.json.
+7. **throughput** (``test_throughput.py``): pretraining img/s of ``resnext101_32x8d`` and
    ``resnext101_32x4d`` at 224 px, batch 64 (halved on out-of-memory), bf16 + channels_last:
    a bare loop and :func:`pipeline.train.train_loop.train` (:mod:`benchmarks.gpu_loops`),
    against the anchors of :data:`ANCHORS` (NVIDIA DeepLearningExamples
@@ -81,13 +84,14 @@ MD_COLUMNS = ("part", "test", "status", "seconds", "result", "vs anchor")
 STATUSES = ("ok", "failed", "timeout", "skipped", "not run")  # a test's "status" in gpu_check.json
 TESTS_DIR = "tests/gpu"
 
-PART_NAMES = ("facts", "precision", "compile", "pinned_loader", "fixture_pipeline", "throughput")
+PART_NAMES = ("facts", "precision", "compile", "pinned_loader", "fixture_pipeline", "transfer_torchrun", "throughput")
 PART_FILES = {  # the test module of each part, under tests/gpu
     "facts": "test_facts.py",
     "precision": "test_precision.py",
     "compile": "test_compile.py",
     "pinned_loader": "test_loader.py",
     "fixture_pipeline": "test_fixture_pipeline.py",
+    "transfer_torchrun": "test_transfer_torchrun.py",
     "throughput": "test_throughput.py",
 }
 TITLES = {
@@ -96,10 +100,19 @@ TITLES = {
     "compile": "torch.compile train step vs eager",
     "pinned_loader": "ShardStream + make_loader(pin_memory=True), non_blocking copies",
     "fixture_pipeline": "python -m pipeline.run on the fixture",
+    "transfer_torchrun": "torchrun --nproc_per_node=1 -m pipeline.transfer (fine-tune + probe) on the fixture",
     "throughput": "ResNeXt-101 pretraining img/s vs anchors",
 }
 # seconds a part needs to be worth starting: with less left of the runner's --budget-s it is skipped
-NEED_S = {"facts": 10, "precision": 15, "compile": 60, "pinned_loader": 20, "fixture_pipeline": 60, "throughput": 60}
+NEED_S = {
+    "facts": 10,
+    "precision": 15,
+    "compile": 60,
+    "pinned_loader": 20,
+    "fixture_pipeline": 60,
+    "transfer_torchrun": 30,
+    "throughput": 60,
+}
 DRY_TIMEOUT_S = 240  # the pytest-timeout limit of every part in the CPU dry run (the GPU limits are on the tests)
 
 ANCHORS = [

@@ -353,6 +353,7 @@ class RunConfig:
     stages: List[str] = field(default_factory=lambda: ["ingest", "dedup", "vocab", "pretrain", "transfer"])
     force: List[str] = field(default_factory=list)  # stages to redo even if their inputs and config are unchanged
     pretrain_nproc: int = 1  # > 1: launch pretraining with torchrun --nproc_per_node=N (DDP) from the main job
+    transfer_nproc: int = 1  # > 1: launch the transfer stage with torchrun --nproc_per_node=N from the main job
     report: bool = True  # write <run_dir>/report.md at the end
     shared_dir: Optional[str] = None  # sweeps: run shared_stages once here and link them into each job's run_dir
     shared_stages: List[str] = field(default_factory=lambda: ["ingest", "dedup"])  # stages a sweep's jobs share
@@ -449,6 +450,10 @@ class TransferTargetConfig:
     finetune_seeds: int = MISSING
     min_epoch_images: int = MISSING
     batch_size: int = MISSING
+    device_batch: Optional[int] = MISSING
+    label_smoothing: float = MISSING
+    ema_decay: Optional[float] = MISSING
+    test_image_size: Optional[int] = MISSING
     crop_min_scale: float = MISSING
     base_lr: float = MISSING
     finetune_lr_grid: List[float] = MISSING
@@ -525,7 +530,25 @@ class TransferConfig:
     finetune_epochs: int = 2  # epochs of every fine-tuning run (pretrained and scratch alike)
     finetune_seeds: int = 1  # low-data settings: seeded draws (subset, head, augmentation) per fine-tuning init
     min_epoch_images: int = 1000  # an epoch is at least this many images (low-data sets are passed over repeatedly)
-    batch_size: int = 64  # fine-tuning images per step
+    batch_size: int = 64  # fine-tuning images per optimizer step, over all ranks (the global batch; lr scaled by it)
+    # images per forward pass on one rank (BatchNorm's batch): a step's batch is cut into micro-batches of this many,
+    # dealt round-robin to the ranks, gradients accumulated (pipeline.evaluation.finetune). null: batch_size / world
+    # size (one forward per rank and step). Set it and a run's results do not depend on the world size beyond
+    # floating point; batch_size must be a multiple of device_batch x world size
+    device_batch: Optional[int] = added(None)
+    # the ImageNet fine-tuning recipe's options (conf/transfer/target/imagenet1k.yaml sets them; the demo keeps them off):
+    label_smoothing: float = added(0.0)  # fine-tuning cross-entropy with smoothed targets (Szegedy et al. 2016, sec. 7)
+    # an exponential moving average of the fine-tuned weights and buffers (torch.optim.swa_utils.AveragedModel with
+    # get_ema_multi_avg_fn), updated every optimizer step and scored beside the raw weights (ema_top1/ema_top5 rows);
+    # null: none. timm's ImageNet recipes use 0.9998-0.9999 per step
+    ema_decay: Optional[float] = added(None)
+    # px of the val images fine-tuning is scored on (resize to size/0.875, centre crop); null: the training size.
+    # Touvron et al. 2019 (FixRes): testing above the train resolution fixes the apparent object size that
+    # random-resized crops enlarge (224 train -> 288-320 test). The linear probe keeps the training size
+    test_image_size: Optional[int] = added(None)
+    # activation checkpointing per residual block while fine-tuning (pipeline.train.models.ResNeXt.set_grad_checkpointing):
+    # the same gradients for about a third more compute, ~6-10x less activation memory (docs/scaling.md)
+    activation_checkpointing: bool = runtime(False)
     crop_min_scale: float = 0.35  # random-resized crop area range [this, 1]; ImageNet uses 0.08, too small for 28 px clothes
     eval_batch_size: int = 256  # images per forward pass for features and val accuracy
     base_lr: float = 0.4  # fine-tuning lr per reference_batch images when finetune_lr_grid has < 2 values
@@ -669,6 +692,14 @@ def validate_transfer(tc: Any) -> None:
         _check(r["finetune_epochs"] >= 1, key("finetune_epochs"), "must be >= 1")
         _check(r["min_epoch_images"] >= 0, key("min_epoch_images"), "must be >= 0")
         _check(r["batch_size"] >= 2, key("batch_size"), "must be >= 2 (BatchNorm needs 2+ images)")
+        _check(0 <= r["label_smoothing"] < 1, key("label_smoothing"), "must be in [0, 1)")
+        _check(r["ema_decay"] is None or 0 < r["ema_decay"] < 1, key("ema_decay"), "must be in (0, 1) or null")
+        _check(r["test_image_size"] is None or r["test_image_size"] >= 16, key("test_image_size"), "must be >= 16 px or null")
+        _check(
+            r["device_batch"] is None or 2 <= r["device_batch"] <= r["batch_size"],
+            key("device_batch"),
+            "must be null or in [2, batch_size] (BatchNorm needs 2+ images per forward pass)",
+        )
         _check(0 < r["crop_min_scale"] <= 1, key("crop_min_scale"), "must be in (0, 1]")
         _check(r["base_lr"] > 0, key("base_lr"), "must be > 0")
         _check(all(lr > 0 for lr in r["finetune_lr_grid"]), key("finetune_lr_grid"), "must hold learning rates > 0 (or be empty)")

@@ -136,15 +136,16 @@ def run_pipeline(cfg) -> dict:
         log.info("stage %s: running (key %s)", s, keys[s])
         if s in DIST_STAGES:
             tell_followers(s, run_dir)
-        torchrun = s == "pretrain" and cfg.run.pretrain_nproc > 1
+        nproc = {"pretrain": cfg.run.pretrain_nproc, "transfer": cfg.run.transfer_nproc}.get(s, 1)
+        torchrun = nproc > 1
         gpus = None
         if torchrun:  # the children use the GPUs, if any; this process never initializes CUDA
             import torch
 
-            gpus = cfg.run.pretrain_nproc if torch.cuda.is_available() and cfg.pretrain.device != "cpu" else 0
+            gpus = nproc if torch.cuda.is_available() and cfg[s].device != "cpu" else 0
         with stage_measurement(s, cfg, gpus) as erec:
             if torchrun:
-                _launch_torchrun(s, cfg.run.pretrain_nproc, str(run_dir))
+                _launch_torchrun(s, nproc, str(run_dir))
             else:
                 _stage_fn(s)(cfg)
         man = read_manifest(stage_dir(run_dir, s))

@@ -93,6 +93,8 @@ def test_dry_run_runs_every_test_and_writes_both_files(tmp_path):
     assert fp["pretrain"]["hardware"]["precision_choice"]["device"] == "cpu"
     assert fp["transfer"]["hardware"]["precision_choice"]["device"] == "cpu"
     assert "<work>" in fp["command"] and str(tmp_path) not in fp["command"]
+    tt = by_part["transfer_torchrun"][0]  # the transfer stage under torchrun, one rank
+    assert tt["returncode"] == 0 and tt["world_size"] == 1 and tt["finetune_images_per_second"] > 0, tt
     tp = by_part["throughput"]
     assert len(tp) == 2 and {f["measured_model"] for f in tp} == {"resnext_mini"}
     for f in tp:
@@ -108,7 +110,7 @@ def test_dry_run_runs_every_test_and_writes_both_files(tmp_path):
     rows = [line for line in md.splitlines() if line.startswith("| ") and line != header and "---" not in line]
     assert len(rows) == len(tests)  # a row per test
     assert all(" ok " in line for line in rows)
-    assert "test_precision_steps[fp16]" in md and "| 6 throughput |" in md
+    assert "test_precision_steps[fp16]" in md and "| 7 throughput |" in md
     print(f"dry run: {wall:.1f} s")
 
 
@@ -144,7 +146,7 @@ def test_every_gpu_test_module_is_marked_and_has_a_time_limit():
     for part, fname in gpu_check.PART_FILES.items():
         text = (REPO / "tests" / "gpu" / fname).read_text()
         assert "pytest.mark.gpu" in text and "pytest.mark.timeout(" in text, part
-    assert gpu_check.selected_parts(["6", "facts"]) == ["facts", "throughput"]
+    assert gpu_check.selected_parts(["7", "facts"]) == ["facts", "throughput"]
     with pytest.raises(SystemExit):
         gpu_check.selected_parts(["nope"])
 

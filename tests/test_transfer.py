@@ -515,12 +515,15 @@ def test_finetune_settings_come_from_the_target_recipe_only():
     runtime = {"autocast_dtype": None, "grad_scaler": False, "channels_last": False, "workers": 0, "progress": False}
     cfg = make_cfg("transfer.momentum=0.8", "transfer.targets.fashion_mnist.warmup_epochs=0.25", "transfer.base_lr=0.3")
     r = transfer_recipe(cfg.transfer, "fashion_mnist")
-    s = settings_from_recipe(r, n=10, epochs=3, base_lr=0.1, seed=4, eval_every_epoch=False, max_epoch_images=None, **runtime)
+    s = settings_from_recipe(
+        r, n=10, device_batch=10, epochs=3, base_lr=0.1, seed=4, eval_every_epoch=False, max_epoch_images=None, **runtime
+    )
     assert (s.batch_size, s.momentum, s.warmup_epochs, s.weight_decay, s.min_epoch_images) == (10, 0.8, 0.25, 1e-4, 1000)
     assert (s.epochs, s.base_lr, s.seed, s.reference_batch, s.nesterov) == (3, 0.1, 4, 256, True)  # base_lr: the caller's
     fluent = settings_from_recipe(
         transfer_recipe(cfg.transfer, "fluent_emoji_subgroup"),
         n=500,
+        device_batch=32,
         epochs=1,
         base_lr=0.4,
         seed=0,
@@ -529,3 +532,33 @@ def test_finetune_settings_come_from_the_target_recipe_only():
         **runtime,
     )
     assert (fluent.batch_size, fluent.warmup_epochs, fluent.max_epoch_images) == (64, 0.5, 32)
+
+
+def test_zero_byte_images_are_left_out_and_counted(tmp_path):
+    """A zero-byte image file in a target is left out of its split, listed on the Target and in its results
+    section; a class folder holding only zero-byte files is an empty class: one error naming it."""
+    from pipeline.evaluation.results import new_target_section
+    from pipeline.evaluation.targets import open_targets
+
+    root = tmp_path / "fm"
+    shutil.copytree(FIXTURE / "fashion_mnist", root)
+    (root / "val" / "bag" / "empty.png").write_bytes(b"")
+    cfg = make_cfg("transfer/target=[fashion_mnist]", f"transfer.targets.fashion_mnist.root={root}")
+    (t,) = open_targets(cfg.transfer)
+    assert t.empty_files == {"train": [], "val": ["bag/empty.png"]}
+    assert all(not p.endswith("empty.png") for p, _ in t.val_set.samples)
+    sec = new_target_section(
+        t,
+        size=32,
+        n_val=2,
+        phash=np.zeros(2, bool),
+        phash_eval_set=None,
+        phash_checked=False,
+        probe_stages=["layer4"],
+        nn_skip=None,
+    )
+    assert sec["empty_files"]["val"] == {"count": 1, "files": ["bag/empty.png"]}
+    for f in (root / "train" / "coat").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="coat"):
+        open_targets(cfg.transfer)

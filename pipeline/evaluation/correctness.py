@@ -28,8 +28,10 @@ def save_correctness(file: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
     """Write ``correct.npz``: bool arrays bit-packed along the last axis (``np.packbits``), others as they are.
 
     Keys: ``<target>/<method>/<init>/<per class|full>/top1`` and ``.../top5`` (S, N) bool (row s =
-    seed s), ``<target>/phash`` and ``<target>/nn`` (N,) bool (val images flagged), ``<target>/nn_similarity``
-    (N,) float16 (max cosine similarity to a pretraining image), ``<target>/val_ids`` (N,) str.
+    seed s; fine-tuning with ``transfer.ema_decay`` also ``.../ema_top1`` and ``.../ema_top5``, the weight
+    average's), ``<target>/phash`` and ``<target>/nn`` (N,) bool (val images flagged),
+    ``<target>/nn_similarity`` (N,) float16 (max cosine similarity to a pretraining image), ``<target>/val_ids``
+    (N,) str.
     The file is written atomically (:func:`pipeline.io.atomic.write_bytes`).
     """
     out = {}

@@ -46,6 +46,7 @@ run ends with the same weights, rows and correctness as an uninterrupted one (bi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -54,13 +55,16 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from pipeline.evaluation.linear_probe import topk_correct
+from pipeline.evaluation.ranks import gather_rows, micro_batches, sum_over_ranks, sync_buffers
 from pipeline.evaluation.resume import FinetuneCheckpoints, FinetunePosition
 from pipeline.evaluation.target_data import TransformedSubset
 from pipeline.progress import progress_bar
 from pipeline.seeding import item_seed
+from pipeline.train.distributed import DistInfo
 from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
 from pipeline.vision.transforms import normalize
 
@@ -80,7 +84,10 @@ class FinetuneSettings:
     """
 
     # the recipe (transfer.* / transfer.targets.NAME.*)
-    batch_size: int  # images per step: the recipe's batch_size, at most the training images
+    batch_size: int  # images per step over all ranks: the recipe's batch_size, at most the training images
+    device_batch: int  # images per forward pass on one rank (pipeline.evaluation.ranks.micro_batch_size)
+    label_smoothing: float  # of the training cross-entropy (0: none)
+    ema_decay: float | None  # an EMA of the weights scored beside them (None: none)
     reference_batch: int  # images base_lr refers to (linear scaling rule)
     momentum: float
     nesterov: bool
@@ -97,6 +104,7 @@ class FinetuneSettings:
     autocast_dtype: torch.dtype | None  # the resolved precision (None = fp32)
     grad_scaler: bool  # fp16 loss scaling (pipeline.train.precision.PrecisionChoice.grad_scaler)
     channels_last: bool  # the resolved memory layout
+    activation_checkpointing: bool  # recompute each residual block's activations in the backward pass (same gradients)
     workers: int  # DataLoader worker processes
     progress: bool  # tqdm progress bars
 
@@ -105,6 +113,7 @@ def settings_from_recipe(
     recipe: dict,
     *,
     n: int,
+    device_batch: int,
     epochs: int,
     base_lr: float,
     seed: int,
@@ -123,6 +132,7 @@ def settings_from_recipe(
             ``momentum``, ``nesterov``, ``weight_decay``, ``warmup_epochs``, ``warmup_start_fraction``,
             ``min_epoch_images`` are read; the batch is capped at ``n``).
         n: training images of the run.
+        device_batch: images per forward pass on one rank (:func:`pipeline.evaluation.ranks.micro_batch_size`).
         epochs, base_lr, seed, eval_every_epoch, max_epoch_images: this run's values (the caller derives them:
             ``finetune_epochs`` or ``lr_select_epochs``, the chosen or tried lr, ...).
         autocast_dtype, grad_scaler, channels_last, workers, progress: the resolved runtime
@@ -132,6 +142,10 @@ def settings_from_recipe(
     """
     return FinetuneSettings(
         batch_size=min(int(recipe["batch_size"]), n),
+        device_batch=int(device_batch),
+        label_smoothing=float(recipe["label_smoothing"]),
+        ema_decay=None if recipe["ema_decay"] is None else float(recipe["ema_decay"]),
+        activation_checkpointing=bool(recipe["activation_checkpointing"]),
         reference_batch=recipe["reference_batch"],
         momentum=recipe["momentum"],
         nesterov=recipe["nesterov"],
@@ -201,11 +215,15 @@ def evaluate(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = True,
+    ranks: DistInfo | None = None,
 ) -> dict:
     """Top-1 / top-5 of a classifier on uint8 image batches.
 
+    Args:
+        batches: ``(uint8 (B, 3, S, S), int64 (B,))`` batches; with ``ranks``, this rank's block of the scored
+            images (:func:`pipeline.evaluation.ranks.rank_block`), the per-image results gathered in rank order.
     Returns:
-        ``{"top1", "top5", "loss", "correct1": bool (N,), "correct5": bool (N,)}``.
+        ``{"top1", "top5", "loss", "correct1": bool (N,), "correct5": bool (N,)}`` over all N scored images.
     """
     model.eval()
     c1, c5, losses, n = [], [], 0.0, 0
@@ -220,6 +238,10 @@ def evaluate(
         c5.append(topk_correct(s, t, 5))
     correct1 = np.concatenate(c1) if c1 else np.zeros(0, bool)
     correct5 = np.concatenate(c5) if c5 else np.zeros(0, bool)
+    if ranks is not None and ranks.distributed:
+        correct1, correct5 = gather_rows(ranks, correct1), gather_rows(ranks, correct5)
+        losses, total = sum_over_ranks(ranks, losses, n)
+        n = int(total)
     return {
         "top1": float(correct1.mean()) if n else 0.0,
         "top5": float(correct5.mean()) if n else 0.0,
@@ -240,33 +262,50 @@ def finetune(
     desc: str = "finetune",
     on_epoch: Callable[[dict], None] | None = None,
     checkpoints: FinetuneCheckpoints | None = None,
+    ranks: DistInfo | None = None,
 ) -> dict:
     """Replace the head of ``model`` and train all its layers on ``train``; evaluate on ``val`` after each
     epoch (``settings.eval_every_epoch``) or after the last one.
 
+    Each optimizer step's batch (``settings.batch_size`` images of the epoch plan, :func:`epoch_batches`) is cut
+    into micro-batches of ``settings.device_batch`` images dealt to the ranks (:func:`pipeline.evaluation.ranks.micro_batches`);
+    each micro-batch's cross-entropy is weighted by its share of the step's images, gradients are accumulated
+    over a rank's micro-batches and averaged over the ranks by DistributedDataParallel (NCCL on GPUs, gloo on
+    CPUs), so every step is the mean gradient of its whole batch at any world size. A rank without a
+    micro-batch in a step (a short last batch) joins the all-reduce with a zero-weighted pass in eval mode.
+    BatchNorm statistics: each micro-batch its own in training (as per-GPU BN in Goyal et al. 2017, sec. 5.3);
+    the running statistics are rank 0's (DDP's ``broadcast_buffers``), broadcast before val is scored.
+
     Args:
         model: a model with ``reset_classifier`` (pretrained trunk or fresh init), on ``device``.
-        train: the training images (``train=True`` augmentation).
-        val: a re-iterable of ``(uint8 images, labels)`` batches (e.g. :class:`pipeline.evaluation.target_data.EvalImages`).
+        train: the training images (``train=True`` augmentation), the same on every rank.
+        val: a re-iterable of ``(uint8 images, labels)`` batches (e.g. :class:`pipeline.evaluation.target_data.EvalImages`):
+            with ``ranks``, this rank's block of the scored images (:func:`evaluate`).
         on_epoch: called with each epoch's row (``epoch, loss, lr, top1, top5, val_loss, seconds, images, passes,
             steps``; the val fields None for an epoch not scored), in order; a resumed run calls it first with the
             rows of the epochs its checkpoint had finished.
         checkpoints: where the run's checkpoints go and what they must match (None: no checkpoints). With a
-            checkpoint there the run continues from it.
+            checkpoint there the run continues from it (every rank reads it; rank 0 alone writes).
+        ranks: this process's place in a torchrun/SLURM job (None or one rank: one process).
     Returns:
         ``{"epochs": [rows], "final": evaluate(...) of the last epoch, "seconds", "steps", "train_seconds",
-        "eval_seconds", "train_images"}`` (a resumed run's seconds include those before the checkpoint).
+        "eval_seconds", "train_images"}`` (a resumed run's seconds include those before the checkpoint); the
+        same on every rank.
     Raises:
         pipeline.errors.CheckpointError: the run's checkpoint is unreadable, does not fit, or was written by
             another run or recipe.
     """
     st = settings
+    world, rank = (ranks.world, ranks.rank) if ranks is not None else (1, 0)
     t0 = time.perf_counter()
     torch.manual_seed(item_seed("finetune-head", st.seed))
     model.reset_classifier(num_classes)
     model.to(device)
     if st.channels_last:
         model.to(memory_format=torch.channels_last)
+    model.set_grad_checkpointing(st.activation_checkpointing)
+    # the weight average: a library's (torch.optim.swa_utils), BN buffers averaged too
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(st.ema_decay), use_buffers=True) if st.ema_decay else None
     plans = [
         epoch_batches(len(train), st.batch_size, e, st.seed, st.min_epoch_images, st.max_epoch_images) for e in range(st.epochs)
     ]
@@ -277,7 +316,7 @@ def finetune(
     scheduler = make_schedule(optimizer, "cosine", total_steps, warmup, st.warmup_start_fraction * peak, peak)
     scaler = torch.amp.GradScaler(device.type, enabled=st.grad_scaler)
     ck = checkpoints
-    pos = ck.resume(model, optimizer, scheduler, scaler) if ck is not None else None
+    pos = ck.resume(model, optimizer, scheduler, scaler, ema) if ck is not None else None
     if pos is None:
         pos = FinetunePosition(lr_last=peak)
     else:
@@ -285,19 +324,31 @@ def finetune(
         for done in pos.rows:
             if on_epoch is not None:
                 on_epoch(done)
+    net: torch.nn.Module = model
+    if world > 1:  # after the checkpoint: DDP's constructor broadcasts rank 0's weights and is the ranks' first meeting
+        assert ranks is not None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save() -> None:
         assert ck is not None
         now = time.perf_counter()
         pos.seconds, pos.epoch_seconds = now - t0, now - te
-        ck.save(model, optimizer, scheduler, scaler, pos)
+        if rank == 0:
+            ck.save(model, optimizer, scheduler, scaler, pos, ema)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=st.autocast_dtype or torch.float32, enabled=st.autocast_dtype is not None):
+            return net(_prep(x, device, st.channels_last)).float()
 
     final: dict = {}
     for epoch in range(pos.epoch, len(plans)):
         plan = plans[epoch]
+        mine = [micro_batches(b, st.device_batch, world, rank) for b in plan]  # this rank's micro-batches of each step
+        # what this rank decodes per step: its micro-batches, or the step's first image for an idle rank's pass
+        sampler = [[it for c in m for it in c] or plan[i][:1] for i, m in enumerate(mine)]
         te = time.perf_counter() - pos.epoch_seconds
         model.train()
-        loader = DataLoader(train, batch_sampler=plan[pos.batches :], num_workers=st.workers, pin_memory=device.type == "cuda")
+        loader = DataLoader(train, batch_sampler=sampler[pos.batches :], num_workers=st.workers, pin_memory=device.type == "cuda")
         bar = progress_bar(
             loader,
             total=len(plan),
@@ -308,21 +359,37 @@ def finetune(
             leave=False,
         )
         for x, y in bar:
+            step_images, sizes = len(plan[pos.batches]), [len(c) for c in mine[pos.batches]]
             pos.lr_last = optimizer.param_groups[0]["lr"]
-            with torch.autocast(device.type, dtype=st.autocast_dtype or torch.float32, enabled=st.autocast_dtype is not None):
-                logits = model(_prep(x, device, st.channels_last))
-            loss = F.cross_entropy(logits.float(), y.to(device))
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            y = y.to(device)
+            loss_sum = 0.0  # this rank's summed cross-entropy over its images of the step
+            if not sizes:  # no micro-batch here: a zero-weighted pass in eval mode (no BN update) joins the all-reduce
+                model.eval()
+                scaler.scale(forward(x[:1]).sum() * 0.0).backward()
+                model.train()
+            start = 0
+            for j, n in enumerate(sizes):
+                sync = j == len(sizes) - 1 or world == 1
+                with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
+                    ce = F.cross_entropy(forward(x[start : start + n]), y[start : start + n], label_smoothing=st.label_smoothing)
+                    # the step's mean over all its images: each micro-batch weighted by its share; DDP averages over ranks
+                    weight = n * world / step_images
+                    scaler.scale(ce * weight if weight != 1.0 else ce).backward()
+                loss_sum += float(ce.detach()) * n
+                start += n
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             pos.step += 1
             pos.batches += 1
-            loss_val = float(loss.detach())
-            pos.loss_sum += loss_val * len(y)
-            pos.seen += len(y)
-            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{pos.lr_last:.2e}", refresh=False)
+            if world > 1:
+                (loss_sum,) = sum_over_ranks(ranks, loss_sum)  # type: ignore[arg-type]
+            pos.loss_sum += loss_sum
+            pos.seen += step_images
+            bar.set_postfix(loss=f"{loss_sum / step_images:.3f}", lr=f"{pos.lr_last:.2e}", refresh=False)
             if ck is not None and ck.due(pos.step) and pos.batches < len(plan):
                 save()  # inside the epoch (its end has its own checkpoint, after val is scored)
         bar.close()
@@ -330,7 +397,17 @@ def finetune(
         scored = st.eval_every_epoch or epoch == len(plans) - 1
         if scored:
             tv = time.perf_counter()
-            final = evaluate(model, val, device=device, autocast_dtype=st.autocast_dtype, channels_last=st.channels_last)
+            if ranks is not None:
+                sync_buffers(ranks, model)
+            final = evaluate(
+                model, val, device=device, autocast_dtype=st.autocast_dtype, channels_last=st.channels_last, ranks=ranks
+            )
+            if ema is not None:  # scored beside the raw weights
+                if ranks is not None:
+                    sync_buffers(ranks, ema)
+                final["ema"] = evaluate(
+                    ema.module, val, device=device, autocast_dtype=st.autocast_dtype, channels_last=st.channels_last, ranks=ranks
+                )
             pos.eval_seconds += time.perf_counter() - tv
         row = {
             "epoch": epoch + 1,
@@ -339,6 +416,11 @@ def finetune(
             "top1": final["top1"] if scored else None,
             "top5": final["top5"] if scored else None,
             "val_loss": round(final["loss"], 6) if scored else None,
+            **(
+                {"ema_top1": final["ema"]["top1"] if scored else None, "ema_top5": final["ema"]["top5"] if scored else None}
+                if ema
+                else {}
+            ),
             "seconds": round(time.perf_counter() - te, 3),
             "images": pos.seen,
             "passes": max(1, math.ceil(st.min_epoch_images / len(train))),

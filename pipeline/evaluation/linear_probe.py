@@ -146,6 +146,7 @@ def fit_probe(
     device: torch.device | str | None = None,
     memory_budget_mb: float | None = None,
     sgd: SGDSettings | None = None,
+    holdout: np.ndarray | None = None,
 ) -> ProbeResult:
     """Choose C on a stratified held-out part of ``(x, y)``, then refit on all of it.
 
@@ -172,6 +173,9 @@ def fit_probe(
         memory_budget_mb: MiB the L-BFGS path may hold on ``device`` (None: half the free CUDA
             memory, or half the physical memory on the CPU).
         sgd: the minibatch solver's settings (None: :class:`SGDSettings` defaults).
+        holdout: bool (N,), the rows held out to choose C (None: :func:`pipeline.evaluation.target_data.stratified_holdout`
+            of ``y`` with ``holdout_fraction`` and ``seed``). Under ``torch.distributed`` pass it: each rank's rows of
+            the split made over all ranks' rows, so that C is chosen as in one process.
     Returns:
         :class:`ProbeResult` (``scores(val_x)`` gives the val scores).
     Raises:
@@ -183,12 +187,13 @@ def fit_probe(
         torch.set_num_threads(blas_threads)
     try:
         budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
-        return _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, progress, desc, solver, dev, budget, sgd)
+        split = holdout_fraction if holdout is None else np.asarray(holdout, dtype=bool)
+        return _fit_probe(x, y, Cs, num_classes, split, max_iter, tol, seed, progress, desc, solver, dev, budget, sgd)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, progress, desc, solver, dev, budget, sgd):
+def _fit_probe(x, y, Cs, num_classes, split, max_iter, tol, seed, progress, desc, solver, dev, budget, sgd):
     t0 = time.perf_counter()
     if not len(Cs):
         raise ValueError("the C grid is empty")
@@ -212,7 +217,12 @@ def _fit_probe(x, y, Cs, num_classes, holdout_fraction, max_iter, tol, seed, pro
         return LinearClassifier(std, W, b, classes, it, chosen, str(dev))
 
     grid: list[dict] = []
-    fit_pos, hold_pos = stratified_holdout(y, holdout_fraction, seed)
+    if isinstance(split, np.ndarray):  # the caller's split (every rank's rows of one split)
+        if split.shape != y.shape:
+            raise ValueError(f"holdout has {split.shape[0]} entries for {len(y)} rows")
+        fit_pos, hold_pos = np.flatnonzero(~split), np.flatnonzero(split)
+    else:
+        fit_pos, hold_pos = stratified_holdout(y, split, seed)
     warm: dict[float, LinearClassifier] = {}
     if len(Cs) > 1 and global_count(len(hold_pos), dev) > 0:
         std = Standardizer.fit(x, fit_pos, dev)

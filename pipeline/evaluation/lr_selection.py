@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.evaluation.finetune import finetune
 from pipeline.evaluation.intervals import round6
+from pipeline.evaluation.ranks import rank_block
 from pipeline.evaluation.suite_context import SuiteContext
 from pipeline.evaluation.target_data import TransformedSubset, eval_batches, stratified_holdout
 from pipeline.evaluation.targets import Target, setting_label
@@ -71,8 +72,8 @@ def select_lr(st: SuiteContext, t: Target, idx: np.ndarray, setting: int | None)
     if len(fit_idx) < 2 or len(hold_idx) < 1:
         return {**base, "chosen_base_lr": float(r["base_lr"]), "skipped": "too few training images to hold some out"}
     t0 = time.perf_counter()
-    hold = eval_batches(
-        TransformedSubset(t.train_set, hold_idx, st.size),
+    hold = eval_batches(  # this rank's block of the held-out images (pipeline.evaluation.ranks)
+        TransformedSubset(t.train_set, hold_idx[rank_block(len(hold_idx), st.ranks)], st.size),
         st.tc.eval_batch_size,
         st.workers,
         r["eval_cache_mb"],
@@ -98,6 +99,7 @@ def select_lr(st: SuiteContext, t: Target, idx: np.ndarray, setting: int | None)
             settings=s,
             device=st.device,
             desc=f"{t.name}: lr {lr:g}",
+            ranks=st.ranks,
         )
         fin = res["final"]
         base["grid"].append(

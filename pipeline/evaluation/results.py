@@ -64,6 +64,10 @@ RECIPE_KEYS = (
     "finetune_seeds",
     "min_epoch_images",
     "batch_size",
+    "device_batch",
+    "label_smoothing",
+    "ema_decay",
+    "test_image_size",
     "crop_min_scale",
     "base_lr",
     "finetune_lr_grid",
@@ -123,6 +127,8 @@ def new_target_section(
         "val_images_available": len(t.val_set),
         "val_images": int(n_val),
         "contaminated_val": int(phash.sum()),
+        # zero-byte image files of the target's folders, left out (at most 100 listed per split)
+        "empty_files": {k: {"count": len(v), "files": v[:100]} for k, v in t.empty_files.items()},
         "recipe": {k: r[k] for k in RECIPE_KEYS},
         "probe_stages": list(probe_stages),
         "overridden": list(r["overridden"]),
@@ -163,7 +169,8 @@ def result_row(
     """One row of ``TARGET.rows`` from the per-image correctness of its seeds.
 
     Args:
-        correct: ``{"top1": (S, N) bool, "top5": (S, N) bool}``, row s = seed s.
+        correct: ``{"top1": (S, N) bool, "top5": (S, N) bool}`` (and ``ema_top1``, ``ema_top5``: the weight
+            average's, fine-tuning with ``ema_decay``), row s = seed s.
         meta: ``train_images``, ``seeds``, ``seconds`` and, as the method has them, ``epochs``, ``best_C``,
             ``best_C_per_seed``, ``base_lr``.
         key: the row's ``correct.npz`` key prefix (:func:`pipeline.evaluation.correctness.correctness_key`).
@@ -173,7 +180,9 @@ def result_row(
     """
     c, m = correct, meta
     row = {"method": method, "init": init, "train_per_class": k, "train_images": m["train_images"], "seeds": m["seeds"]}
-    for metric in ("top1", "top5"):
+    for metric in ("top1", "top5", "ema_top1", "ema_top5"):
+        if metric not in c:  # the weight average's scores: only with transfer.ema_decay
+            continue
         iv = accuracy_interval(c[metric], **ci)
         row[metric], row[f"{metric}_ci"] = iv["mean"], [iv["lo"], iv["hi"]]
         row[f"{metric}_per_seed"] = [round6(x) for x in c[metric].mean(axis=1)]

@@ -122,8 +122,10 @@ class RunRecords:
     :meth:`save` records one, :meth:`checkpoints` gives a fine-tuning run's checkpoints.
     """
 
-    def __init__(self, run_dir, key: str, every_steps: int) -> None:
-        self.run_dir, self.key, self.every_steps = run_dir, key, int(every_steps)
+    def __init__(self, run_dir, key: str, every_steps: int, writer: bool = True) -> None:
+        """Records of ``key`` as they are (use :meth:`open` to start or continue them); ``writer=False`` (ranks
+        other than 0) never writes or removes a file."""
+        self.run_dir, self.key, self.every_steps, self.writer = run_dir, key, int(every_steps), writer
         self.root = path(run_dir, TRANSFER, RUNS_DIR)
 
     @classmethod
@@ -177,7 +179,7 @@ class RunRecords:
         rec = read_json(folder / RUN_RECORD_FILE, missing_ok=True)
         if rec is None:
             return None
-        for p in folder.glob("step_*.pt"):  # a kill between recording the run and removing its checkpoint
+        for p in folder.glob("step_*.pt") if self.writer else ():  # a kill between recording the run and removing its checkpoint
             p.unlink(missing_ok=True)
         arrays: dict[str, np.ndarray] = {}
         if (folder / RUN_ARRAYS_FILE).exists():
@@ -196,6 +198,8 @@ class RunRecords:
         Raises:
             TypeError: a value JSON cannot hold (other than numpy arrays and scalars).
         """
+        if not self.writer:
+            return
         folder = self.folder(target, part)
         arrays: dict[str, np.ndarray] = {}
         doc = _split(record, arrays, "")
@@ -269,8 +273,11 @@ class FinetuneCheckpoints:
         """Whether a checkpoint is due after optimizer step ``step`` inside an epoch."""
         return self.every_steps > 0 and step % self.every_steps == 0
 
-    def resume(self, model: torch.nn.Module, optimizer, scheduler, scaler: torch.amp.GradScaler) -> FinetunePosition | None:
-        """Load the run's last checkpoint, if any, into ``model``, ``optimizer``, ``scheduler``, ``scaler`` and the RNGs.
+    def resume(
+        self, model: torch.nn.Module, optimizer, scheduler, scaler: torch.amp.GradScaler, ema: torch.nn.Module | None = None
+    ) -> FinetunePosition | None:
+        """Load the run's last checkpoint, if any, into ``model``, ``optimizer``, ``scheduler``, ``scaler``, the weight
+        average ``ema`` (a ``torch.optim.swa_utils.AveragedModel``, if the run keeps one) and the RNGs.
 
         Returns:
             the position to continue from, or None (no checkpoint: the run starts from its beginning).
@@ -301,6 +308,10 @@ class FinetuneCheckpoints:
             )
         if extra.get("grad_scaler") and scaler.is_enabled():
             scaler.load_state_dict(extra["grad_scaler"])
+        if ema is not None:
+            if not extra.get("ema"):
+                raise CheckpointError(f"checkpoint {last} holds no weight average (ema_decay)", last, hint=self._hint())
+            ema.load_state_dict(extra["ema"])
         names = {f.name for f in fields(FinetunePosition)}
         pos = FinetunePosition(**{k: v for k, v in (extra.get("position") or {}).items() if k in names})
         log.info(
@@ -313,8 +324,17 @@ class FinetuneCheckpoints:
         )
         return pos
 
-    def save(self, model: torch.nn.Module, optimizer, scheduler, scaler: torch.amp.GradScaler, pos: FinetunePosition) -> Path:
-        """Write ``step_NNNNNNNN.pt`` (atomic) for position ``pos`` and delete the older ones; return the file.
+    def save(
+        self,
+        model: torch.nn.Module,
+        optimizer,
+        scheduler,
+        scaler: torch.amp.GradScaler,
+        pos: FinetunePosition,
+        ema: torch.nn.Module | None = None,
+    ) -> Path:
+        """Write ``step_NNNNNNNN.pt`` (atomic) for position ``pos`` (with the weight average ``ema``'s state, if any)
+        and delete the older ones; return the file.
 
         Raises:
             OSError: the file cannot be written (naming it).
@@ -331,17 +351,19 @@ class FinetuneCheckpoints:
                 "identity": self.identity,
                 "position": asdict(pos),
                 "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "ema": ema.state_dict() if ema is not None else None,
             },
         )
         prune_checkpoints(self.folder, 1)
         return target
 
 
+_RUNTIME_SETTINGS = ("workers", "progress", "activation_checkpointing")  # never change a run's results
+
+
 def run_identity(target: str, part: str, *, num_classes: int, train_images: int, settings: Any) -> dict:
     """What a fine-tuning run's checkpoint must match besides the stage key: the target, the run, its classes and
     training images, and its settings (a :class:`pipeline.evaluation.finetune.FinetuneSettings`) without the
-    ones that never change results (``workers``, ``progress``)."""
-    recipe = {
-        k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in asdict(settings).items() if k not in ("workers", "progress")
-    }
+    ones that never change results (``workers``, ``progress``, ``activation_checkpointing``)."""
+    recipe = {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in asdict(settings).items() if k not in _RUNTIME_SETTINGS}
     return {"target": target, "run": part, "num_classes": int(num_classes), "train_images": int(train_images), "settings": recipe}

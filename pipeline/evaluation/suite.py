@@ -93,6 +93,7 @@ from pipeline.evaluation.correctness import correctness_key
 from pipeline.evaluation.decontamination import contaminated_paths, decontaminate
 from pipeline.evaluation.finetune import FinetuneSettings, finetune, planned_images
 from pipeline.evaluation.linear_probe import fit_probe, topk_correct
+from pipeline.evaluation.ranks import gather_rows, rank_block
 from pipeline.evaluation.results import find_row, gain_entry, new_target_section, result_row
 from pipeline.evaluation.resume import run_identity
 from pipeline.evaluation.suite_context import SuiteContext
@@ -102,11 +103,13 @@ from pipeline.evaluation.target_data import (
     eval_batches,
     per_class_order,
     relative_paths,
+    stratified_holdout,
     take_per_class,
 )
 from pipeline.evaluation.targets import Target, setting_label, val_subset
 from pipeline.io.atomic import write_jsonl
 from pipeline.io.run_folder import EPOCHS_FILE, transfer_run_name
+from pipeline.train.distributed import broadcast_object
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,7 @@ class TargetRun:
         self.val_idx = val_subset(t.val_set.targets, r["max_val_images"], self.seed0)
         self.val_rel = relative_paths(t.val_set)
         self.n_val = n_val = len(self.val_idx)
+        self.val_block = rank_block(n_val, st.ranks)  # the val images this rank scores
         cont_name, cont_paths = contaminated_paths(cfg.run_dir, cfg.data.eval_sets, Path(r["root"]) / r["val_split"])
         self.phash = (
             np.array([self.val_rel[i] in cont_paths for i in self.val_idx], dtype=bool) if cont_paths else np.zeros(n_val, bool)
@@ -164,6 +168,7 @@ class TargetRun:
         self.meta: dict[tuple, dict] = {}
         self.ft_lr = float(r["base_lr"])
         self.val_images: EvalImages | None = None  # decode_val()
+        self.test_val_images: EvalImages | None = None  # finetune_val(), at test_image_size
         self.val_feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def subset(self, k: int | None, s: int) -> np.ndarray:
@@ -182,7 +187,8 @@ class TargetRun:
         """Add the row of (method, init, k), its gain once both inits ran, store its arrays and write the section."""
         st, c = self.st, self.correct[(method, init, k)]
         key = correctness_key(self.t.name, method, init, k)
-        st.arrays[key + "/top1"], st.arrays[key + "/top5"] = c["top1"], c["top5"]
+        for metric, arr in c.items():  # top1, top5 (and ema_top1, ema_top5 with a weight average)
+            st.arrays[f"{key}/{metric}"] = arr
         self.res["rows"].append(
             result_row(
                 method, init, k, c, self.meta[(method, init, k)], key=key, phash=self.phash, nn_flag=self.nn_flag, ci=self.ci
@@ -199,7 +205,7 @@ class TargetRun:
         """The record of ``part`` of this target: an earlier run's (:class:`pipeline.evaluation.resume.RunRecords`), or
         ``compute()``'s, recorded."""
         recs = self.st.records
-        rec = recs.load(self.t.name, part) if recs is not None else None
+        rec = self.load(part)
         if rec is not None:
             log.info("%s: %s finished in an earlier run of the stage: kept", self.t.name, part)
             return rec
@@ -207,6 +213,12 @@ class TargetRun:
         if recs is not None:
             recs.save(self.t.name, part, rec)
         return rec
+
+    def load(self, part: str) -> dict | None:
+        """The record of a finished ``part`` (None: not finished), as rank 0 reads it, on every rank."""
+        recs, ranks = self.st.records, self.st.ranks
+        rec = recs.load(self.t.name, part) if recs is not None and ranks.is_main else None
+        return broadcast_object(ranks, rec) if recs is not None else None
 
     def restore_probe(self, inits: list[str], settings: list[int | None] | None = None) -> bool:
         """Whether every linear probe of ``inits`` x ``settings`` (default: all) finished in an earlier run of the
@@ -217,10 +229,11 @@ class TargetRun:
             for i in inits
             for k in (self.settings if settings is None else settings)
         ]
-        if recs is None or not all(recs.done(name, p) for _, _, p in parts):
+        ranks = self.st.ranks
+        if recs is None or not broadcast_object(ranks, ranks.is_main and all(recs.done(name, p) for _, _, p in parts)):
             return False
         for init, k, p in parts:
-            rec = recs.load(name, p)
+            rec = self.load(p)
             assert rec is not None  # done() above
             self.correct[("linear_probe", init, k)], self.meta[("linear_probe", init, k)] = rec["correct"], rec["meta"]
             self.res["probe_grids"] += rec["grids"]
@@ -256,25 +269,24 @@ class TargetRun:
         its checkpoint, if a killed run left one) and recorded; returns :func:`pipeline.evaluation.finetune.finetune`'s dict."""
         st, t, part = self.st, self.t, transfer_run_name("finetune", init, k, s)
         recs = st.records
-        rec = recs.load(t.name, part) if recs is not None else None
+        rec = self.load(part)
         if rec is not None:
             for row in rec["epochs"]:
                 on_epoch(row)
             log.info("%s: %s finished in an earlier run of the stage: kept", t.name, part)
             return rec
-        self.decode_val()
-        assert self.val_images is not None  # decode_val() ran
         ident = run_identity(t.name, part, num_classes=t.num_classes, train_images=len(train_ds), settings=stt)
         out = finetune(
             st.trunk(init, self.seed0 + s),
             train_ds,
-            self.val_images,
+            self.finetune_val(),
             num_classes=t.num_classes,
             settings=stt,
             device=st.device,
             desc=f"{t.name}: finetune {init} {setting_label(k)} seed {s}",
             on_epoch=on_epoch,
             checkpoints=recs.checkpoints(t.name, part, ident) if recs is not None else None,
+            ranks=st.ranks,
         )
         if recs is not None:
             recs.save(t.name, part, out)
@@ -299,13 +311,33 @@ class TargetRun:
             )
         self.write(res)
 
+    def finetune_val(self) -> EvalImages:
+        """The val images fine-tuning is scored on: at ``test_image_size`` when the recipe sets one (FixRes), else the
+        scored val images of :meth:`decode_val`; this rank's block, decoded once."""
+        st, r, test = self.st, self.t.recipe, self.t.recipe["test_image_size"]
+        if test is None or int(test) == st.size:
+            self.decode_val()
+            assert self.val_images is not None  # decode_val() ran
+            return self.val_images
+        if self.test_val_images is None:
+            self.test_val_images = eval_batches(
+                TransformedSubset(self.t.val_set, self.val_idx[self.val_block], int(test)),
+                st.tc.eval_batch_size,
+                st.workers,
+                r["eval_cache_mb"],
+                st.progress,
+                f"{self.t.name}: decode val at {int(test)} px",
+            )
+        return self.test_val_images
+
     def decode_val(self) -> None:
-        """2. The scored val images, decoded once (on first use: not when every part finished in an earlier run)."""
+        """2. The scored val images, decoded once (on first use: not when every part finished in an earlier run); this
+        rank's block of them (:func:`pipeline.evaluation.ranks.rank_block`)."""
         st, r = self.st, self.t.recipe
         if self.val_images is not None:
             return
         self.val_images = eval_batches(
-            TransformedSubset(self.t.val_set, self.val_idx, st.size),
+            TransformedSubset(self.t.val_set, self.val_idx[self.val_block], st.size),
             st.tc.eval_batch_size,
             st.workers,
             r["eval_cache_mb"],
@@ -320,9 +352,14 @@ class TargetRun:
         def compute() -> dict:
             self.decode_val()
             model = st.trunk("pretrained", self.seed0)
-            vx, vy = st.features(model, self.val_images, self.n_val, f"{name}: features val pretrained")
+            vx, vy = st.features(model, self.val_images, len(self.val_images or ()), f"{name}: features val pretrained")
             self.val_feats["pretrained"] = (vx, vy)
-            return {**decontaminate(st, self.t, model, vx, self.val_idx, self.val_rel), "_bank": st.bank_info}
+            all_vx = gather_rows(st.ranks, vx)
+            # rank 0 searches the pretraining images (one process: issue 24's sharded index is still to come)
+            dec = None
+            if st.is_main:
+                dec = {**decontaminate(st, self.t, model, all_vx, self.val_idx, self.val_rel), "_bank": st.bank_info}
+            return broadcast_object(st.ranks, dec)
 
         dec = self.once("decontamination", compute)
         bank = dec.pop("_bank")
@@ -343,8 +380,9 @@ class TargetRun:
         self.decode_val()
         probe_sets = {(k, s): self.subset(k, s) for k in self.settings for s in range(self.n_seeds("linear_probe", k))}
         feat_idx = np.unique(np.concatenate(list(probe_sets.values())))
+        mine = feat_idx[rank_block(len(feat_idx), st.ranks)]  # the training images whose features this rank holds
         train_images = eval_batches(
-            TransformedSubset(t.train_set, feat_idx, st.size),
+            TransformedSubset(t.train_set, mine, st.size),
             st.tc.eval_batch_size,
             st.workers,
             r["eval_cache_mb"],
@@ -357,10 +395,11 @@ class TargetRun:
                 continue
             ts = time.perf_counter()
             model = st.trunk(init, seed0)
-            fx, fy = st.features(model, train_images, len(feat_idx), f"{name}: features train {init}", stages)
+            fx, fy = st.features(model, train_images, len(mine), f"{name}: features train {init}", stages)
             # the decontamination's val features are the penultimate layer's: reused when the probe uses only that
             reuse = self.val_feats.pop(init, None) if stages == ("layer4",) else None
-            vx, vy = reuse or st.features(model, self.val_images, self.n_val, f"{name}: features val {init}", stages)
+            assert self.val_images is not None  # decode_val() ran
+            vx, vy = reuse or st.features(model, self.val_images, len(self.val_images), f"{name}: features val {init}", stages)
             del model
             res["seconds"]["features"][init] = round(time.perf_counter() - ts, 3)
             for k in self.settings:
@@ -370,13 +409,18 @@ class TargetRun:
                 c1, c5, Cs, secs = np.zeros((S, self.n_val), bool), np.zeros((S, self.n_val), bool), [], 0.0
                 for s in range(S):
                     idx = probe_sets[(k, s)]
-                    pos = np.searchsorted(feat_idx, idx)
+                    # C is chosen on one split of all the setting's images; each rank fits on its rows of it
+                    _, hold = stratified_holdout(self.train_labels[idx], r["probe_holdout_fraction"], seed0 + s)
+                    held = np.zeros(len(idx), bool)
+                    held[hold] = True
+                    here = np.isin(idx, mine, assume_unique=True)
+                    pos = np.searchsorted(mine, idx[here])
                     probe = fit_probe(
                         fx[pos],
                         fy[pos],
                         list(r["probe_Cs"]),
                         num_classes=t.num_classes,
-                        holdout_fraction=r["probe_holdout_fraction"],
+                        holdout=held[here],
                         max_iter=r["probe_max_iter"],
                         tol=r["probe_tol"],
                         seed=seed0 + s,
@@ -386,8 +430,8 @@ class TargetRun:
                         progress=st.progress,
                         desc=f"{name}: probe {init} {setting_label(k)} seed {s}",
                     )
-                    sc = probe.scores(vx)
-                    c1[s], c5[s] = topk_correct(sc, vy, 1), topk_correct(sc, vy, 5)
+                    sc = probe.scores(vx)  # this rank's val block, gathered in order
+                    c1[s], c5[s] = gather_rows(st.ranks, topk_correct(sc, vy, 1)), gather_rows(st.ranks, topk_correct(sc, vy, 5))
                     Cs.append(probe.best_C)
                     secs += probe.seconds
                     res["probe_grids"].append(
@@ -441,7 +485,8 @@ class TargetRun:
 
             def on_epoch(row: dict, init=init, k=k, s=s) -> None:
                 st.epoch_rows.append({"target": name, "init": init, "train_per_class": k, "seed": s, "base_lr": ft_lr, **row})
-                write_jsonl(st.out / EPOCHS_FILE, st.epoch_rows)
+                if st.is_main:
+                    write_jsonl(st.out / EPOCHS_FILE, st.epoch_rows)
                 log.info(
                     "%s: finetune %s %s seed %d epoch %d: loss %.4f%s (%.1fs)",
                     name,
@@ -459,6 +504,9 @@ class TargetRun:
             store.setdefault((init, k), {"top1": [], "top5": [], "seconds": 0.0})
             store[(init, k)]["top1"].append(fin["correct1"])
             store[(init, k)]["top5"].append(fin["correct5"])
+            if "ema" in fin:  # the weight average, scored beside the raw weights
+                store[(init, k)].setdefault("ema_top1", []).append(fin["ema"]["correct1"])
+                store[(init, k)].setdefault("ema_top5", []).append(fin["ema"]["correct5"])
             store[(init, k)]["seconds"] += out["seconds"]
             res["seconds"]["finetune"] += out["seconds"]
             if n_run == 0:
@@ -476,7 +524,9 @@ class TargetRun:
                 )
             if s == self.n_seeds("finetune", k) - 1:
                 d = store.pop((init, k))
-                self.correct[("finetune", init, k)] = {"top1": np.stack(d["top1"]), "top5": np.stack(d["top5"])}
+                self.correct[("finetune", init, k)] = {
+                    m: np.stack(d[m]) for m in ("top1", "top5", "ema_top1", "ema_top5") if m in d
+                }
                 self.meta[("finetune", init, k)] = {
                     "train_images": int(len(self.subset(k, 0))),
                     "seeds": list(range(s + 1)),

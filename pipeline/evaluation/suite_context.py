@@ -10,6 +10,7 @@ and precision; :func:`stage_inputs` fingerprints what the stage read (the manife
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pipeline.evaluation.correctness import save_correctness
 from pipeline.evaluation.finetune import FinetuneSettings, settings_from_recipe
 from pipeline.evaluation.linear_probe import extract_features
 from pipeline.evaluation.nn_decontam import ShardImages, l2_normalize, pooled_features, pretraining_samples
+from pipeline.evaluation.ranks import micro_batch_size
 from pipeline.evaluation.resume import RunRecords
 from pipeline.evaluation.target_data import fingerprint
 from pipeline.io.manifest import file_sha256
@@ -38,6 +40,7 @@ from pipeline.io.run_folder import (
 )
 from pipeline.seeding import item_seed
 from pipeline.system import available_cores, pick_device, thread_plan
+from pipeline.train.distributed import DistInfo, broadcast_object
 from pipeline.train.models import ResNeXt, create_model, list_models, load_trunk
 from pipeline.train.precision import PrecisionChoice, resolve_for_model
 
@@ -80,9 +83,21 @@ class SuiteContext:
     """
 
     def __init__(
-        self, cfg, trunk_path: Path, model_name: str, size: int, device, prec: PrecisionChoice, workers: int, out: Path
+        self,
+        cfg,
+        trunk_path: Path,
+        model_name: str,
+        size: int,
+        device,
+        prec: PrecisionChoice,
+        workers: int,
+        out: Path,
+        ranks: DistInfo | None = None,
     ) -> None:
         self.cfg, self.tc = cfg, cfg.transfer
+        # this process's place in a torchrun/SLURM job (pipeline.evaluation.ranks); rank 0 alone writes
+        self.ranks = ranks if ranks is not None else DistInfo(0, 1, 0, torch.device(device), None)
+        self.is_main = self.ranks.is_main
         self.trunk_path, self.model_name, self.size = trunk_path, model_name, size
         self.device, self.prec, self.workers, self.out = device, prec, workers, out
         self.autocast, self.channels_last = prec.autocast_dtype, prec.channels_last
@@ -126,6 +141,7 @@ class SuiteContext:
         return settings_from_recipe(
             r,
             n=n,
+            device_batch=micro_batch_size(r["device_batch"], int(r["batch_size"]), self.ranks.world),
             epochs=epochs,
             base_lr=base_lr,
             seed=seed,
@@ -166,12 +182,18 @@ class SuiteContext:
         return self.bank
 
     def save_arrays(self) -> None:
-        """Rewrite ``<out>/correct.npz`` with every array collected so far."""
-        save_correctness(self.out / CORRECT_FILE, self.arrays)
+        """Rewrite ``<out>/correct.npz`` with every array collected so far (rank 0)."""
+        if self.is_main:
+            save_correctness(self.out / CORRECT_FILE, self.arrays)
 
 
-def resolve_runtime(tc, model_name: str, num_classes: int, size: int, recorded: dict | None = None):
+def resolve_runtime(
+    tc, model_name: str, num_classes: int, size: int, recorded: dict | None = None, ranks: DistInfo | None = None
+):
     """The device, thread plan and precision of the stage, applied globally (torch threads, matmul precision).
+
+    With ``ranks`` (a torchrun/SLURM job): the rank's device (``cuda:<local rank>`` on GPUs), the node's cores
+    shared by its ``LOCAL_WORLD_SIZE`` ranks, and rank 0's precision choice broadcast to every rank.
 
     A timed trial of the fine-tuning step picks the precision on the CPU (``transfer.precision=auto``;
     cached per machine, :func:`pipeline.train.precision.resolve_for_model`). ``recorded``: the choice of an
@@ -184,9 +206,19 @@ def resolve_runtime(tc, model_name: str, num_classes: int, size: int, recorded: 
     Raises:
         pipeline.errors.ConfigError: a precision the device cannot run (``transfer.precision``).
     """
-    device = pick_device(tc.device)
-    plan = thread_plan(device.type, available_cores(), 1, threads=tc.threads, workers=tc.workers)
+    device = ranks.device if ranks is not None else pick_device(tc.device)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if ranks is not None and ranks.distributed else 1
+    plan = thread_plan(device.type, available_cores(), local_world, threads=tc.threads, workers=tc.workers)
     torch.set_num_threads(plan.threads)
+    if ranks is not None and not ranks.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs progress
+    if ranks is not None and ranks.distributed:
+        # rank 0's timed trial (cached per machine); every rank the same numerics
+        choice = resolve_runtime(tc, model_name, num_classes, size, recorded)[2].to_dict() if ranks.is_main else None
+        prec = PrecisionChoice.from_dict(broadcast_object(ranks, choice))
+        torch.set_num_threads(plan.threads)
+        prec.apply_global()
+        return device, plan, prec
     # a timed trial of the fine-tuning step on the CPU (cached per machine)
     prec = resolve_for_model(
         tc.precision,

@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from pipeline.progress import progress_bar
 from pipeline.seeding import item_seed
@@ -71,17 +72,29 @@ def load_rgb(path: str) -> Image.Image:
         return img.convert("RGB")
 
 
-def open_split(root: str | os.PathLike, split: str) -> ImageFolder:
-    """``<root>/<split>`` as an ``ImageFolder`` of RGB images.
+def open_split(root: str | os.PathLike, split: str, empty_files: list[str] | None = None) -> ImageFolder:
+    """``<root>/<split>`` as an ``ImageFolder`` of RGB images; zero-byte image files are left out (their
+    ``<class>/<file>`` paths appended to ``empty_files`` when given).
 
     Raises:
-        FileNotFoundError: the split folder does not exist or holds no class folder with images.
+        FileNotFoundError: the split folder does not exist or holds no class folder with images (a class
+            folder with none, or only zero-byte ones, names its class).
     """
     folder = Path(root) / split
     if not folder.is_dir():
         raise FileNotFoundError(f"target split folder {folder} does not exist (expected <root>/{split}/<class>/<image>)")
+
+    def valid(p: str) -> bool:
+        if not has_file_allowed_extension(p, IMG_EXTENSIONS):
+            return False
+        if os.path.getsize(p) > 0:
+            return True
+        if empty_files is not None:
+            empty_files.append(Path(p).relative_to(folder).as_posix())
+        return False
+
     try:
-        return ImageFolder(str(folder), loader=load_rgb)
+        return ImageFolder(str(folder), loader=load_rgb, is_valid_file=valid)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"target split folder {folder}: {exc}") from None
 

@@ -9,7 +9,8 @@ training images, at most ``max_train_per_class`` per class).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from pipeline.evaluation.target_data import open_split, per_class_order
 
 __all__ = ["Target", "open_targets", "val_subset", "setting_label"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Target:
@@ -30,6 +33,8 @@ class Target:
     recipe: dict
     train_set: Any
     val_set: Any
+    # zero-byte image files left out of each split ({"train": [<class>/<file>], "val": [...]}): counted in results.json
+    empty_files: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -46,8 +51,14 @@ def open_targets(tc) -> list[Target]:
     out = []
     for name in tc.targets:
         r = transfer_recipe(tc, name)
-        train_set = open_split(r["root"], r["train_split"])
-        val_set = open_split(r["root"], r["val_split"])
+        empty: dict[str, list[str]] = {"train": [], "val": []}
+        train_set = open_split(r["root"], r["train_split"], empty["train"])
+        val_set = open_split(r["root"], r["val_split"], empty["val"])
+        for split, files in empty.items():
+            if files:
+                log.warning(
+                    "transfer target %s: %d zero-byte image file(s) in %s left out, e.g. %s", name, len(files), split, files[:3]
+                )
         where = f"transfer.targets.{name}.root"
         if train_set.classes != val_set.classes:
             raise ConfigError(
@@ -58,7 +69,7 @@ def open_targets(tc) -> list[Target]:
             raise ConfigError(f"config error at {where}: the target needs >= 2 classes, found {len(train_set.classes)}")
         if r["emoji_index"] and not Path(r["emoji_index"]).is_file():
             raise FileNotFoundError(f"transfer.targets.{name}.emoji_index: file {r['emoji_index']} does not exist")
-        out.append(Target(name, r, train_set, val_set))
+        out.append(Target(name, r, train_set, val_set, empty))
     return out
 
 

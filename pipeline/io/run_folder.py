@@ -102,7 +102,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 }
 """Stage -> the stages whose outputs it reads (its key includes theirs)."""
 
-DIST_STAGES: tuple[str, ...] = (INGEST, PRETRAIN)
+DIST_STAGES: tuple[str, ...] = (INGEST, PRETRAIN, TRANSFER)
 """Stages that split their work over the ranks of a multi-task job."""
 
 # ingest/

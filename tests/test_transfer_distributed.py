@@ -82,6 +82,9 @@ def _finetune(ranks, device_batch: int):
     st = FinetuneSettings(
         batch_size=16,
         device_batch=device_batch,
+        label_smoothing=0.0,
+        ema_decay=None,
+        activation_checkpointing=False,
         reference_batch=256,
         momentum=0.9,
         nesterov=True,

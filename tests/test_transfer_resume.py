@@ -40,8 +40,8 @@ from pipeline.transfer import run_transfer
 
 save = FinetuneCheckpoints.save
 
-def save_then_die(self, model, optimizer, scheduler, scaler, pos):
-    out = save(self, model, optimizer, scheduler, scaler, pos)
+def save_then_die(self, model, optimizer, scheduler, scaler, pos, ema=None):
+    out = save(self, model, optimizer, scheduler, scaler, pos, ema)
     if self.folder.name == sys.argv[2] and pos.epoch == 1 and pos.batches > 0:
         os.kill(os.getpid(), signal.SIGKILL)
     return out
@@ -64,13 +64,14 @@ def _spy(mp, calls: Counter, module, name: str) -> None:
 def _rerun(run, *overrides: str) -> Counter:
     """Run the stage in this process; count what it computed (fine-tuning runs, probe fits, lr searches, images read)."""
     import pipeline.evaluation.lr_selection as lrs
-    import pipeline.evaluation.suite as suite
+    import pipeline.evaluation.suite_finetune as sft
+    import pipeline.evaluation.suite_probe as spr
     import pipeline.evaluation.target_data as td
     from pipeline.transfer import run_transfer
 
     calls: Counter = Counter()
     with pytest.MonkeyPatch.context() as mp:
-        for module, name in ((suite, "finetune"), (suite, "fit_probe"), (lrs, "select_lr"), (td, "load_rgb")):
+        for module, name in ((sft, "finetune"), (spr, "fit_probe"), (lrs, "select_lr"), (td, "load_rgb")):
             _spy(mp, calls, module, name)
         run_transfer(stage_cfg(run, *TRANSFER, *overrides))
     return calls

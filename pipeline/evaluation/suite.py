@@ -10,8 +10,9 @@ from random initialization):
 3. feature-space decontamination with the pretrained trunk, whose val features serve the probe too
    (:mod:`pipeline.evaluation.decontamination`);
 4. the linear probe: frozen features of every seed's subsets, one fit per setting and seed
-   (:mod:`pipeline.evaluation.linear_probe`);
-5. fine-tuning: every init x setting x seed, all with the chosen lr (:mod:`pipeline.evaluation.finetune`).
+   (:mod:`pipeline.evaluation.suite_probe`, :mod:`pipeline.evaluation.linear_probe`);
+5. fine-tuning: every init x setting x seed, all with the chosen lr (:mod:`pipeline.evaluation.suite_finetune`,
+   :mod:`pipeline.evaluation.finetune`).
 
 Data settings are seeded stratified nested subsets of the training images, one draw per seed;
 the low-data settings are repeated over ``probe_seeds`` / ``finetune_seeds`` draws (seed s also
@@ -74,9 +75,9 @@ Images are RGB; val and probe features use the eval recipe of :mod:`pipeline.vis
 pretraining image size S from ``<run_dir>/pretrain/model.json``; fine-tuning trains on
 random-resized crops + flips; ImageNet normalization.
 
-Why ~520 lines (over the project's 450): one class walks one target through its parts in order,
-each part with its record/resume handling; the per-part bodies are to move beside their blocks
-when the suite is sharded across ranks (issue 24, distributed transfer).
+The linear probe's and fine-tuning's parts live in :mod:`pipeline.evaluation.suite_probe` and
+:mod:`pipeline.evaluation.suite_finetune`; how every part splits over the ranks of a torchrun/SLURM job,
+in :mod:`pipeline.evaluation.ranks`.
 """
 
 from __future__ import annotations
@@ -91,24 +92,20 @@ import numpy as np
 from pipeline.evaluation import lr_selection
 from pipeline.evaluation.correctness import correctness_key
 from pipeline.evaluation.decontamination import contaminated_paths, decontaminate
-from pipeline.evaluation.finetune import FinetuneSettings, finetune, planned_images
-from pipeline.evaluation.linear_probe import fit_probe, topk_correct
 from pipeline.evaluation.ranks import gather_rows, rank_block
-from pipeline.evaluation.results import find_row, gain_entry, new_target_section, result_row
-from pipeline.evaluation.resume import run_identity
+from pipeline.evaluation.results import gain_entry, new_target_section, result_row
 from pipeline.evaluation.suite_context import SuiteContext
+from pipeline.evaluation.suite_finetune import run_finetunes
+from pipeline.evaluation.suite_probe import run_probe
 from pipeline.evaluation.target_data import (
     EvalImages,
     TransformedSubset,
     eval_batches,
     per_class_order,
     relative_paths,
-    stratified_holdout,
     take_per_class,
 )
 from pipeline.evaluation.targets import Target, setting_label, val_subset
-from pipeline.io.atomic import write_jsonl
-from pipeline.io.run_folder import EPOCHS_FILE, transfer_run_name
 from pipeline.train.distributed import broadcast_object
 
 log = logging.getLogger(__name__)
@@ -220,78 +217,6 @@ class TargetRun:
         rec = recs.load(self.t.name, part) if recs is not None and ranks.is_main else None
         return broadcast_object(ranks, rec) if recs is not None else None
 
-    def restore_probe(self, inits: list[str], settings: list[int | None] | None = None) -> bool:
-        """Whether every linear probe of ``inits`` x ``settings`` (default: all) finished in an earlier run of the
-        stage; if so their rows are restored (in order) and True returned, else nothing is done."""
-        recs, name = self.st.records, self.t.name
-        parts = [
-            (i, k, transfer_run_name("linear_probe", i, k))
-            for i in inits
-            for k in (self.settings if settings is None else settings)
-        ]
-        ranks = self.st.ranks
-        if recs is None or not broadcast_object(ranks, ranks.is_main and all(recs.done(name, p) for _, _, p in parts)):
-            return False
-        for init, k, p in parts:
-            rec = self.load(p)
-            assert rec is not None  # done() above
-            self.correct[("linear_probe", init, k)], self.meta[("linear_probe", init, k)] = rec["correct"], rec["meta"]
-            self.res["probe_grids"] += rec["grids"]
-            self.res["seconds"]["features"][init] = rec["features_seconds"]
-            self.res["seconds"]["linear_probe"] += rec["meta"]["seconds"]
-            self.finish("linear_probe", init, k)
-            log.info("%s: linear probe %s %s finished in an earlier run of the stage: kept", name, init, setting_label(k))
-        return True
-
-    def record_probe(self, init: str, k: int | None) -> None:
-        """Record the finished linear probe (init, setting ``k``), all its seeds (:meth:`restore_probe` reads it)."""
-        if self.st.records is not None:
-            key, res = ("linear_probe", init, k), self.res
-            grids = [g for g in res["probe_grids"] if g["init"] == init and g["train_per_class"] == k]
-            rec = {
-                "correct": self.correct[key],
-                "meta": self.meta[key],
-                "grids": grids,
-                "features_seconds": res["seconds"]["features"][init],
-            }
-            self.st.records.save(self.t.name, transfer_run_name("linear_probe", init, k), rec)
-
-    def finetune_run(
-        self,
-        init: str,
-        k: int | None,
-        s: int,
-        stt: FinetuneSettings,
-        train_ds: TransformedSubset,
-        on_epoch: Callable[[dict], None],
-    ) -> dict:
-        """One fine-tuning run: an earlier run's record (its epoch rows given to ``on_epoch`` again), or trained (from
-        its checkpoint, if a killed run left one) and recorded; returns :func:`pipeline.evaluation.finetune.finetune`'s dict."""
-        st, t, part = self.st, self.t, transfer_run_name("finetune", init, k, s)
-        recs = st.records
-        rec = self.load(part)
-        if rec is not None:
-            for row in rec["epochs"]:
-                on_epoch(row)
-            log.info("%s: %s finished in an earlier run of the stage: kept", t.name, part)
-            return rec
-        ident = run_identity(t.name, part, num_classes=t.num_classes, train_images=len(train_ds), settings=stt)
-        out = finetune(
-            st.trunk(init, self.seed0 + s),
-            train_ds,
-            self.finetune_val(),
-            num_classes=t.num_classes,
-            settings=stt,
-            device=st.device,
-            desc=f"{t.name}: finetune {init} {setting_label(k)} seed {s}",
-            on_epoch=on_epoch,
-            checkpoints=recs.checkpoints(t.name, part, ident) if recs is not None else None,
-            ranks=st.ranks,
-        )
-        if recs is not None:
-            recs.save(t.name, part, out)
-        return out
-
     def choose_lr(self) -> None:
         """1. The fine-tuning lr, on training images only (before the val images are read)."""
         r, res = self.t.recipe, self.res
@@ -372,180 +297,6 @@ class TargetRun:
         st.save_arrays()
         self.write(res)
 
-    def linear_probe(self) -> None:
-        """4. Linear probe: frozen features of every seed's subsets, one fit per setting and seed."""
-        st, t, r, name, res, seed0 = self.st, self.t, self.t.recipe, self.t.name, self.res, self.seed0
-        if self.restore_probe(self.inits):  # every probe finished in an earlier run of the stage
-            return
-        self.decode_val()
-        probe_sets = {(k, s): self.subset(k, s) for k in self.settings for s in range(self.n_seeds("linear_probe", k))}
-        feat_idx = np.unique(np.concatenate(list(probe_sets.values())))
-        mine = feat_idx[rank_block(len(feat_idx), st.ranks)]  # the training images whose features this rank holds
-        train_images = eval_batches(
-            TransformedSubset(t.train_set, mine, st.size),
-            st.tc.eval_batch_size,
-            st.workers,
-            r["eval_cache_mb"],
-            st.progress,
-            f"{name}: decode train",
-        )
-        stages = tuple(st.tc.probe_stages)
-        for init in self.inits:
-            if self.restore_probe([init]):
-                continue
-            ts = time.perf_counter()
-            model = st.trunk(init, seed0)
-            fx, fy = st.features(model, train_images, len(mine), f"{name}: features train {init}", stages)
-            # the decontamination's val features are the penultimate layer's: reused when the probe uses only that
-            reuse = self.val_feats.pop(init, None) if stages == ("layer4",) else None
-            assert self.val_images is not None  # decode_val() ran
-            vx, vy = reuse or st.features(model, self.val_images, len(self.val_images), f"{name}: features val {init}", stages)
-            del model
-            res["seconds"]["features"][init] = round(time.perf_counter() - ts, 3)
-            for k in self.settings:
-                if self.restore_probe([init], [k]):
-                    continue
-                S = self.n_seeds("linear_probe", k)
-                c1, c5, Cs, secs = np.zeros((S, self.n_val), bool), np.zeros((S, self.n_val), bool), [], 0.0
-                for s in range(S):
-                    idx = probe_sets[(k, s)]
-                    # C is chosen on one split of all the setting's images; each rank fits on its rows of it
-                    _, hold = stratified_holdout(self.train_labels[idx], r["probe_holdout_fraction"], seed0 + s)
-                    held = np.zeros(len(idx), bool)
-                    held[hold] = True
-                    here = np.isin(idx, mine, assume_unique=True)
-                    pos = np.searchsorted(mine, idx[here])
-                    probe = fit_probe(
-                        fx[pos],
-                        fy[pos],
-                        list(r["probe_Cs"]),
-                        num_classes=t.num_classes,
-                        holdout=held[here],
-                        max_iter=r["probe_max_iter"],
-                        tol=r["probe_tol"],
-                        seed=seed0 + s,
-                        solver=str(r["probe_solver"]),
-                        device=st.device,
-                        memory_budget_mb=r["probe_memory_mb"],
-                        progress=st.progress,
-                        desc=f"{name}: probe {init} {setting_label(k)} seed {s}",
-                    )
-                    sc = probe.scores(vx)  # this rank's val block, gathered in order
-                    c1[s], c5[s] = gather_rows(st.ranks, topk_correct(sc, vy, 1)), gather_rows(st.ranks, topk_correct(sc, vy, 5))
-                    Cs.append(probe.best_C)
-                    secs += probe.seconds
-                    res["probe_grids"].append(
-                        {"init": init, "train_per_class": k, "seed": s, "best_C": probe.best_C, "grid": probe.grid}
-                    )
-                self.correct[("linear_probe", init, k)] = {"top1": c1, "top5": c5}
-                self.meta[("linear_probe", init, k)] = {
-                    "train_images": int(len(probe_sets[(k, 0)])),
-                    "seeds": list(range(S)),
-                    "best_C": Cs[0],
-                    "best_C_per_seed": Cs,
-                    "seconds": secs,
-                }
-                res["seconds"]["linear_probe"] += secs
-                self.finish("linear_probe", init, k)
-                self.record_probe(init, k)
-                row = find_row(res, "linear_probe", init, k)
-                log.info(
-                    "%s: linear probe %s %s: top-1 %.4f [%.4f, %.4f] over %d seed(s) (C=%s, %.1fs)",
-                    name,
-                    init,
-                    setting_label(k),
-                    row["top1"],
-                    *row["top1_ci"],
-                    S,
-                    Cs,
-                    secs,
-                )
-
-    def finetune(self) -> None:
-        """5. Fine-tuning: every init x setting x seed, all with the chosen lr."""
-        st, t, r, name, res, seed0, ft_lr = self.st, self.t, self.t.recipe, self.t.name, self.res, self.seed0, self.ft_lr
-        runs = [(init, k, s) for init in self.inits for k in self.settings for s in range(self.n_seeds("finetune", k))]
-        epochs, eval_every = int(r["finetune_epochs"]), bool(r["eval_every_epoch"])
-        planned = {
-            (k, s): planned_images(
-                len(self.subset(k, s)),
-                epochs,
-                min(int(r["batch_size"]), len(self.subset(k, s))),
-                int(r["min_epoch_images"]),
-                None,
-            )
-            for _, k, s in runs
-        }
-        store: dict[tuple, dict] = {}
-        rate = eval_s = None
-        for n_run, (init, k, s) in enumerate(runs):
-            idx = self.subset(k, s)
-            stt = st.settings(r, epochs=epochs, n=len(idx), base_lr=ft_lr, seed=seed0 + s, eval_every_epoch=eval_every)
-            train_ds = TransformedSubset(t.train_set, idx, st.size, train=True, scale=(r["crop_min_scale"], 1.0))
-
-            def on_epoch(row: dict, init=init, k=k, s=s) -> None:
-                st.epoch_rows.append({"target": name, "init": init, "train_per_class": k, "seed": s, "base_lr": ft_lr, **row})
-                if st.is_main:
-                    write_jsonl(st.out / EPOCHS_FILE, st.epoch_rows)
-                log.info(
-                    "%s: finetune %s %s seed %d epoch %d: loss %.4f%s (%.1fs)",
-                    name,
-                    init,
-                    setting_label(k),
-                    s,
-                    row["epoch"],
-                    row["loss"],
-                    "" if row["top1"] is None else f" top-1 {row['top1']:.4f} top-5 {row['top5']:.4f}",
-                    row["seconds"],
-                )
-
-            out = self.finetune_run(init, k, s, stt, train_ds, on_epoch)
-            fin = out["final"]
-            store.setdefault((init, k), {"top1": [], "top5": [], "seconds": 0.0})
-            store[(init, k)]["top1"].append(fin["correct1"])
-            store[(init, k)]["top5"].append(fin["correct5"])
-            if "ema" in fin:  # the weight average, scored beside the raw weights
-                store[(init, k)].setdefault("ema_top1", []).append(fin["ema"]["correct1"])
-                store[(init, k)].setdefault("ema_top5", []).append(fin["ema"]["correct5"])
-            store[(init, k)]["seconds"] += out["seconds"]
-            res["seconds"]["finetune"] += out["seconds"]
-            if n_run == 0:
-                rate = out["train_images"] / max(1e-9, out["train_seconds"])
-                eval_s = out["eval_seconds"]
-                left = runs[1:]
-                est = sum(planned[(kk, ss)] / rate + eval_s for _, kk, ss in left)
-                log.info(
-                    "%s: %d fine-tuning runs left, about %.1f min (first run: %.0f img/s training, %.1fs scoring val)",
-                    name,
-                    len(left),
-                    est / 60,
-                    rate,
-                    eval_s,
-                )
-            if s == self.n_seeds("finetune", k) - 1:
-                d = store.pop((init, k))
-                self.correct[("finetune", init, k)] = {
-                    m: np.stack(d[m]) for m in ("top1", "top5", "ema_top1", "ema_top5") if m in d
-                }
-                self.meta[("finetune", init, k)] = {
-                    "train_images": int(len(self.subset(k, 0))),
-                    "seeds": list(range(s + 1)),
-                    "epochs": epochs,
-                    "base_lr": ft_lr,
-                    "seconds": d["seconds"],
-                }
-                self.finish("finetune", init, k)
-                row = find_row(res, "finetune", init, k)
-                log.info(
-                    "%s: finetune %s %s: top-1 %.4f [%.4f, %.4f] over %d seed(s)",
-                    name,
-                    init,
-                    setting_label(k),
-                    row["top1"],
-                    *row["top1_ci"],
-                    s + 1,
-                )
-
 
 def run_target(st: SuiteContext, t: Target, write: Callable[[dict], None]) -> dict:
     """Every method, init, data setting and seed of one target; returns its section of ``results.json``.
@@ -559,10 +310,10 @@ def run_target(st: SuiteContext, t: Target, write: Callable[[dict], None]) -> di
     if st.nn_skip is None:
         run.decontaminate()
     if "linear_probe" in run.methods:
-        run.linear_probe()
+        run_probe(run)
     run.val_feats.clear()
     if "finetune" in run.methods:
-        run.finetune()
+        run_finetunes(run)
     res["seconds"]["linear_probe"] = round(res["seconds"]["linear_probe"], 3)
     res["seconds"]["finetune"] = round(res["seconds"]["finetune"], 3)
     res["seconds"]["total"] = round(time.perf_counter() - run.t0, 3)

@@ -577,6 +577,12 @@ class TransferConfig:
     nn_copy_quantile: float = 0.01  # threshold = this quantile of the known copies' similarities
     nn_threshold: Optional[float] = None  # a fixed threshold instead of the calibrated one
     nn_non_copies: int = 500  # known non-copy pairs scored (same emoji by another vendor, else random images)
+    # the search index over the pretraining images' features: a faiss index_factory string (inner product). "Flat":
+    # exact, 4 x D bytes per image (8 KB at D = 2,048: 819 GB at 10^8 images); "IVF4096,Flat" / "HNSW32": the same
+    # bytes, faster search (recall@1 99.8% / 99.4% of Flat's on the demo); "IVF65536,PQ64": 64 bytes per image,
+    # approximate similarities, recall@1 26% on the demo (docs/stages/transfer.md)
+    nn_index: str = added("Flat")
+    nn_nprobe: int = added(32)  # inverted lists visited per query by an IVF index
     # as pretrain.precision: "auto" (pipeline.train.precision policy), "fp32", "bf16", "fp16" (CUDA)
     precision: Precision = Precision.auto
     channels_last: Optional[bool] = None  # NHWC memory layout; None = auto (as pretrain.channels_last)
@@ -656,6 +662,7 @@ def validate_transfer(tc: Any) -> None:
     )
     _check(tc.n_boot >= 100, "transfer.n_boot", f"must be >= 100 bootstrap resamples, got {tc.n_boot}")
     _check(0.5 <= tc.ci_level < 1, "transfer.ci_level", f"must be in [0.5, 1), got {tc.ci_level}")
+    _check(bool(str(tc.nn_index).strip()) and tc.nn_nprobe >= 1, "transfer.nn_index/nn_nprobe", "must be a faiss spec / >= 1")
     _check(tc.nn_known_copies >= 1 and tc.nn_non_copies >= 1, "transfer.nn_known_copies/nn_non_copies", "must be >= 1")
     _check(0 <= tc.nn_copy_quantile < 0.5, "transfer.nn_copy_quantile", "must be in [0, 0.5)")
     _check(tc.nn_threshold is None or -1 <= tc.nn_threshold <= 1, "transfer.nn_threshold", "must be a cosine in [-1, 1] or null")

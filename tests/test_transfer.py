@@ -427,6 +427,23 @@ def test_correctness_file_round_trips(tmp_path):
     assert (tmp_path / "transfer" / CORRECT).stat().st_size < 2000
 
 
+def test_approximate_indexes_by_faiss_spec():
+    """transfer.nn_index: a faiss factory string; an IVF index visiting every list finds the exact neighbours, a
+    product-quantized one approximates the similarities, a spec faiss cannot build is a one-line ValueError."""
+    from pipeline.evaluation import nn_decontam as nd
+
+    rng = np.random.default_rng(1)
+    bank = nd.l2_normalize(rng.normal(size=(3000, 32)))
+    q = nd.l2_normalize(bank[:200] + 0.05 * rng.normal(size=(200, 32)))
+    exact_s, exact_i = nd.nearest(q, bank)
+    s, i = nd.nearest(q, bank, "IVF16,Flat", nprobe=16)  # all 16 lists visited: exact
+    assert np.array_equal(i, exact_i) and np.allclose(s, exact_s, atol=1e-5)
+    s, i = nd.nearest(q, bank, "IVF16,PQ8", nprobe=16)
+    assert (i == exact_i).mean() > 0.5 and np.abs(s - exact_s).max() < 0.5  # approximate codes
+    with pytest.raises(ValueError, match="transfer.nn_index"):
+        nd.nearest(q, bank, "NoSuchIndex12")
+
+
 def test_nearest_neighbours_copies_and_hexcodes(tmp_path):
     from PIL import Image
 

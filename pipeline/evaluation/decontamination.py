@@ -93,7 +93,7 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
     t0 = time.perf_counter()
     bank = st.pretraining_bank(model)
     vx = nd.l2_normalize(val_feats, bank["mean"])
-    sims, nn_idx = nd.nearest(vx, bank["features"])
+    sims, nn_idx = nd.nearest(vx, bank["features"], str(tc.nn_index), int(tc.nn_nprobe), int(st.cfg.seed))
     n = len(vx)
     rng = np.random.default_rng(item_seed("nn-decontam", st.cfg.seed, t.name))
     # known copies of a seeded sample of the scored val images
@@ -185,6 +185,8 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
     )
     return {
         "checked": True,
+        "index": str(tc.nn_index),  # the faiss index of the search (Flat: exact)
+        "nprobe": int(tc.nn_nprobe) if "IVF" in str(tc.nn_index) else None,
         "threshold": round(threshold, 6),
         "rule": rule,
         "count": int(flagged.sum()),

@@ -61,6 +61,7 @@ __all__ = [
     "hexcode_key",
     "l2_normalize",
     "make_copy",
+    "build_index",
     "nearest",
     "pooled_features",
     "pretraining_samples",
@@ -142,17 +143,57 @@ def pooled_features(
     return feats
 
 
-def nearest(queries: np.ndarray, bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+TRAIN_ROWS = 100_000  # bank rows (a seeded sample) an index that needs training (IVF, PQ) is trained on
+
+
+def build_index(bank: np.ndarray, spec: str = "Flat", nprobe: int = 32, seed: int = 0):
+    """A faiss inner-product index over ``bank`` (float32 (M, D), L2-normalized rows) built from a factory string.
+
+    ``spec`` is faiss's own ``index_factory`` description: ``"Flat"`` (exact, 4 D bytes per row),
+    ``"IVF4096,Flat"`` (inverted lists: exact similarities, approximate neighbours), ``"IVF65536,PQ64"`` (64-byte
+    product-quantized codes: approximate similarities; 6.4 GB at 10^8 rows), ``"HNSW32"``... An index that needs
+    training is trained on a seeded sample of at most :data:`TRAIN_ROWS` rows; ``nprobe`` inverted lists are
+    visited per query (IVF indexes; faiss's ``ParameterSpace``).
+
+    Raises:
+        ValueError: a ``spec`` faiss cannot build, or fewer bank rows than the index needs to train.
+    """
+    d = bank.shape[1]
+    try:
+        index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"transfer.nn_index: faiss cannot build {spec!r}: {str(exc).splitlines()[0]}") from None
+    x = np.ascontiguousarray(bank, dtype=np.float32)
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = x[np.sort(rng.choice(len(x), size=min(len(x), TRAIN_ROWS), replace=False))]
+        try:
+            index.train(sample)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"transfer.nn_index: training {spec!r} on {len(sample)} rows failed: {str(exc).splitlines()[0]}"
+            ) from None
+    index.add(x)
+    if "IVF" in spec:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", int(nprobe))
+    return index
+
+
+def nearest(
+    queries: np.ndarray, bank: np.ndarray, spec: str = "Flat", nprobe: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """For each (L2-normalized) query row, the cosine similarity of its nearest bank row and that row's index.
 
-    Exact inner-product search (faiss ``IndexFlatIP``). An empty bank gives similarity -1, index -1.
+    ``spec="Flat"``: exact inner-product search (faiss ``IndexFlatIP``); another spec: the index of
+    :func:`build_index` (approximate; its recall against the exact search on the demo is in docs/stages/transfer.md).
+    An empty bank gives similarity -1, index -1 (so does a query an approximate index finds no neighbour for).
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if len(bank) == 0 or len(q) == 0:
         return np.full(len(q), -1.0, np.float32), np.full(len(q), -1, np.int64)
-    index = faiss.IndexFlatIP(bank.shape[1])
-    index.add(np.ascontiguousarray(bank, dtype=np.float32))
+    index = build_index(bank, spec, nprobe, seed)
     sims, idx = index.search(q, 1)
+    sims = np.where(idx >= 0, sims, -1.0)
     return sims[:, 0].astype(np.float32), idx[:, 0].astype(np.int64)
 
 

@@ -2,6 +2,8 @@
 
 ``python -m pipeline.transfer run_dir=runs/demo ['transfer/target=[fashion_mnist]'] [transfer.KEY=...]
 [transfer.targets.NAME.KEY=...]``
+``torchrun --nproc_per_node=G [--nnodes=M ...] -m pipeline.transfer run_dir=...`` (one job over the ranks: each
+part's images split into rank blocks, DDP fine-tuning, rank 0 writes; :mod:`pipeline.evaluation.ranks`)
 
 **The suite.** ``transfer.targets`` maps a name to a target folder in the ImageNet layout
 (``<root>/<train_split>/<class>/<img>``, ``<root>/<val_split>/<class>/<img>``), filled by the

@@ -69,7 +69,7 @@ def test_dry_run_runs_every_test_and_writes_both_files(tmp_path):
     for name, p in doc["parts"].items():
         assert p["status"] == "ok" and p["tests"], (name, p)
     tests = doc["tests"]
-    assert len(tests) == 9  # facts, precision x3, compile, loader, fixture pipeline, throughput x2
+    assert len(tests) == 10  # facts, precision x3, compile, loader, fixture pipeline, transfer torchrun, throughput x2
     for key, t in tests.items():
         assert TEST_KEYS <= set(t), key
         assert t["status"] == "ok", (key, t.get("error"), t.get("traceback"))

@@ -29,9 +29,10 @@ standardization sums and held-out scores are summed over the ranks (all-reduce o
 device, which must be one the group's backend reduces on: CUDA for NCCL), so every rank takes the
 same steps; alone, the same code runs in one process.
 
-Why ~470 lines (over the project's 450): the two solvers share the chunked loss/gradient, the
-standardization and the cross-rank sums kept private here; the SGD path is to move to its own
-module when the sharded feature extraction lands (issue 24, distributed transfer).
+Why ~480 lines (over the project's 450): the two solvers share the chunked loss/gradient, the
+parameter init, the standardization, the block reads and the cross-rank sums kept private here; a
+separate module for the SGD path would have to import five private helpers of this one (checked once the
+sharded feature extraction landed, issue 24: every rank now calls both solvers on its own rows).
 """
 
 from __future__ import annotations

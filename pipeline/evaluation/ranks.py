@@ -36,8 +36,7 @@ def gather_rows(info: DistInfo, rows: np.ndarray) -> np.ndarray:
     """Every rank's ``rows`` (its block's per-image values, (n_r, ...)) concatenated in rank order ((n, ...))."""
     if not info.distributed:
         return rows
-    parts = [p for p in gather_objects(info, rows) if p is not None]
-    return np.concatenate(parts) if parts else rows
+    return np.concatenate(gather_objects(info, rows))
 
 
 def sum_over_ranks(info: DistInfo, *values: float) -> list[float]:

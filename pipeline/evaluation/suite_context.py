@@ -212,28 +212,25 @@ def resolve_runtime(
     torch.set_num_threads(plan.threads)
     if ranks is not None and not ranks.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs progress
-    if ranks is not None and ranks.distributed:
-        # rank 0's timed trial (cached per machine); every rank the same numerics
-        choice = resolve_runtime(tc, model_name, num_classes, size, recorded)[2].to_dict() if ranks.is_main else None
-        prec = PrecisionChoice.from_dict(broadcast_object(ranks, choice))
-        torch.set_num_threads(plan.threads)
-        prec.apply_global()
-        return device, plan, prec
-    # a timed trial of the fine-tuning step on the CPU (cached per machine)
-    prec = resolve_for_model(
-        tc.precision,
-        tc.channels_last,
-        device,
-        model=model_name,
-        num_classes=num_classes,
-        image_size=size,
-        batch_size=tc.batch_size,
-        threads=plan.threads,
-        recorded=recorded,
-        where="transfer.precision",
-    )
-    prec.apply_global()
-    return device, plan, prec
+    choice = None
+    if ranks is None or ranks.is_main:  # a timed trial of the fine-tuning step on the CPU (cached per machine)
+        choice = resolve_for_model(
+            tc.precision,
+            tc.channels_last,
+            device,
+            model=model_name,
+            num_classes=num_classes,
+            image_size=size,
+            batch_size=tc.batch_size,
+            threads=plan.threads,
+            recorded=recorded,
+            where="transfer.precision",
+        )
+    if ranks is not None and ranks.distributed:  # rank 0's choice: every rank the same numerics
+        choice = PrecisionChoice.from_dict(broadcast_object(ranks, choice.to_dict() if choice is not None else None))
+    assert choice is not None  # rank 0 resolved it, or it was broadcast
+    choice.apply_global()
+    return device, plan, choice
 
 
 def stage_inputs(run_dir, pre_man: dict, trunk_path: Path, targets) -> dict:

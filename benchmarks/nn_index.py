@@ -9,12 +9,11 @@
    ``index_factory`` spec of :data:`SPECS`: recall@1 (the same nearest pretraining image as the exact search), the
    largest similarity error, and how many val images the transfer stage's threshold would flag differently
    (the threshold of the exact search's run: ``--threshold``, default the demo's 0.6858).
-2. **Scale** (synthetic unit vectors, D = 2,048, 1,000 queries): build (train + add) and search seconds and the
-   index's bytes per vector at several bank sizes M, for ``Flat``, ``IVF{4 sqrt(M)},Flat`` and
-   ``PCA256,IVF{4 sqrt(M)},Flat`` (product-quantized codes are left out: on the demo they found the exact
-   neighbour for a quarter of the queries, and training them took minutes); seconds fitted
-   ``a + b M`` over the sizes and extrapolated to 10^8 (the factor beyond the largest M measured is printed: a
-   projection, not a measurement). Memory at 10^8 is bytes per vector x 10^8 (faiss stores codes contiguously).
+2. **Scale** (:func:`scale`): one rank's part of the sharded bank (:mod:`pipeline.evaluation.nn_bank`), a
+   memory-mapped ``.npy`` of synthetic rows (D = 2,048) scanned exactly a chunk at a time as the stage does with
+   ``transfer.nn_index=Flat``, 1,000 queries, at 4 part sizes: seconds and peak anonymous memory; the seconds
+   fitted ``a + b m`` and projected to a 10^8-image bank split over 8, 32 and 64 ranks and ImageNet-1k's 50,000 val
+   images (the factor beyond the largest part measured is printed: a projection, not a measurement).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 SPECS = ("IVF128,Flat", "HNSW32", "PCA256,IVF128,Flat", "IVF128,PQ64")
-SCALE_SIZES = (20_000, 40_000, 80_000, 160_000)
+SCALE_SIZES = (32_768, 65_536, 131_072, 262_144)
 
 
 def _demo_features(run_dir: Path, data_cache: str) -> tuple[np.ndarray, np.ndarray]:
@@ -81,34 +80,94 @@ def recall(bank: np.ndarray, queries: np.ndarray, threshold: float) -> list[dict
     return rows
 
 
-def scale(sizes=SCALE_SIZES, d: int = 2048, queries: int = 1000) -> dict:
-    """Build/search seconds and bytes per vector at each bank size, Flat vs IVF-PQ64; linear fits to 10^8."""
-    from pipeline.evaluation.nn_decontam import build_index, l2_normalize
-    from pipeline.faiss_import import faiss
+def _rss_anon_kb() -> int:
+    """This process's anonymous resident memory in KB (Linux ``/proc/self/status`` RssAnon; 0 elsewhere): the
+    memory-mapped bank's file pages are page cache the kernel can drop, so they are left out."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class _PeakSampler:
+    """The peak of :func:`_rss_anon_kb` while the ``with`` block runs (sampled every 20 ms in a thread)."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self.stop = _rss_anon_kb(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.02):
+            self.peak = max(self.peak, _rss_anon_kb())
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, _rss_anon_kb())
+
+
+def scale(sizes=SCALE_SIZES, d: int = 2048, queries: int = 1000, folder: str | None = None) -> dict:
+    """One rank's part of a sharded bank, searched as the transfer stage searches it with ``transfer.nn_index=Flat``:
+    :func:`pipeline.evaluation.nn_bank.stream_exact` over a memory-mapped float32 ``.npy`` of ``m`` synthetic rows
+    (D = ``d``), ``queries`` unit queries. Per size: search seconds and the peak anonymous memory during the search;
+    seconds fitted ``a + b m`` (residuals printed) and projected to one rank's part of a 10^8-image bank searched
+    by ImageNet-1k's 50,000 val images (time ~ queries x rows: faiss scores a block of queries with one BLAS
+    matrix product), for 8, 32 and 64 ranks of this CPU.
+    """
+    import tempfile
+
+    from pipeline.evaluation.nn_bank import SCAN_ROWS, NormalizedRows, stream_exact
+    from pipeline.evaluation.nn_decontam import l2_normalize
 
     rng = np.random.default_rng(0)
     q = l2_normalize(rng.standard_normal((queries, d), dtype=np.float32))
-    out: dict = {"sizes": list(sizes), "d": d, "queries": queries}
-    for name in ("Flat", "IVF,Flat", "PCA256,IVF,Flat"):
-        build, search, per_vec = [], [], []
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        f = Path(tmp) / "part.npy"
+        bank = np.lib.format.open_memmap(f, mode="w+", dtype=np.float32, shape=(max(sizes), d))
+        for a in range(0, max(sizes), 65_536):
+            bank[a : a + 65_536] = rng.standard_normal((min(65_536, max(sizes) - a), d), dtype=np.float32)
+        bank.flush()
+        del bank
+        mm = np.load(f, mmap_mode="r")
+        base = _rss_anon_kb()
+        seconds, peaks = [], []
         for m in sizes:
-            x = l2_normalize(rng.standard_normal((m, d), dtype=np.float32))
-            spec = name.replace("IVF", f"IVF{int(4 * np.sqrt(m))}")
-            t = time.perf_counter()
-            index = build_index(x, spec, nprobe=16)
-            build.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            index.search(q, 1)
-            search.append(time.perf_counter() - t)
-            per_vec.append(len(faiss.serialize_index(index)) / m)
-            del x, index
-        fits = {}
-        for key, ys in (("build", build), ("search", search)):
-            b, a = np.polyfit(np.asarray(sizes, float), np.asarray(ys), 1)
-            fits[key] = {"seconds": [round(y, 3) for y in ys], "at_1e8_hours": round((a + b * 1e8) / 3600, 2)}
-        out[name] = {**fits, "bytes_per_vector": [round(v, 1) for v in per_vec], "gb_at_1e8": round(per_vec[-1] * 1e8 / 1e9, 1)}
-    out["extrapolation_factor"] = round(1e8 / sizes[-1])
-    return out
+            with _PeakSampler() as peak:
+                t = time.perf_counter()
+                stream_exact(q, NormalizedRows(mm[:m], None))
+                seconds.append(time.perf_counter() - t)
+            peaks.append(round((peak.peak - base) / 1024, 1))
+        del mm
+    b, a = np.polyfit(np.asarray(sizes, float), np.asarray(seconds), 1)
+    resid = [abs((a + b * m) - y) / y for m, y in zip(sizes, seconds)]
+    per_pair_s = b / queries  # seconds per (query, row) pair
+    proj = {
+        str(w): {
+            "rows_per_rank": int(1e8 // w),
+            "hours": round(per_pair_s * 50_000 * (1e8 / w) / 3600, 2),
+            "flat_index_gb_per_rank": round(4 * d * 1e8 / w / 1e9, 1),
+        }
+        for w in (8, 32, 64)
+    }
+    return {
+        "sizes": list(sizes),
+        "d": d,
+        "queries": queries,
+        "seconds": [round(x, 3) for x in seconds],
+        "fit": {"a_s": round(a, 3), "b_us_per_row": round(b * 1e6, 3), "largest_residual": round(max(resid), 3)},
+        "gflops": round(2 * d * queries * sizes[-1] / seconds[-1] / 1e9, 1),
+        "peak_anon_mb_above_start": peaks,
+        "scan_chunk_rows": SCAN_ROWS,
+        "projection_1e8_bank_50k_queries": proj,
+        "extrapolation_factor": {w: round(1e8 / w / sizes[-1], 1) for w in (8, 32, 64)},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.6858, help="the flagging threshold of the exact search")
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="smaller scale part (development)")
+    ap.add_argument("--tmp", default=None, help="folder for the synthetic bank part (2.1 GB; default: the system's)")
     args = ap.parse_args(argv)
     out: dict = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
     if args.run_dir:
@@ -126,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {len(bank)} pretraining images, {len(vx)} Fluent val images")
         for r in out["recall"]["rows"]:
             print(" ", r)
-    out["scale"] = scale((5_000, 10_000, 20_000) if args.quick else SCALE_SIZES)
+    out["scale"] = scale((8_192, 16_384, 32_768) if args.quick else SCALE_SIZES, folder=args.tmp)
     print(json.dumps(out["scale"], indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

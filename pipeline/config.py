@@ -577,10 +577,11 @@ class TransferConfig:
     nn_copy_quantile: float = 0.01  # threshold = this quantile of the known copies' similarities
     nn_threshold: Optional[float] = None  # a fixed threshold instead of the calibrated one
     nn_non_copies: int = 500  # known non-copy pairs scored (same emoji by another vendor, else random images)
-    # the search index over the pretraining images' features: a faiss index_factory string (inner product). "Flat":
-    # exact, 4 x D bytes per image (8 KB at D = 2,048: 819 GB at 10^8 images); "IVF4096,Flat" / "HNSW32": the same
-    # bytes, faster search (recall@1 99.8% / 99.4% of Flat's on the demo); "IVF65536,PQ64": 64 bytes per image,
-    # approximate similarities, recall@1 26% on the demo (docs/stages/transfer.md)
+    # the search over the pretraining images' features (each rank its part, pipeline.evaluation.nn_bank): a faiss
+    # index_factory string (inner product). "Flat": exact, each rank scans its memory-mapped part a chunk at a time
+    # (memory: one chunk); "IVF4096,Flat" / "HNSW32": an index in memory, 4 x D bytes per image of the part, faster
+    # search (recall@1 99.8% / 99.4% of Flat's on the demo); "IVF65536,PQ64": 64 bytes per image, approximate
+    # similarities, recall@1 26% on the demo (docs/stages/transfer.md)
     nn_index: str = added("Flat")
     nn_nprobe: int = added(32)  # inverted lists visited per query by an IVF index
     # as pretrain.precision: "auto" (pipeline.train.precision policy), "fp32", "bf16", "fp16" (CUDA)

@@ -250,6 +250,7 @@ def test_per_epoch_rows_and_manifest(transfer_run):
         "correct.npz",
         "finetune_epochs.jsonl",
         "manifest.json",
+        "nn_bank",  # the pretraining feature bank, one part per rank (pipeline.evaluation.nn_bank)
         "results.json",
         "runs",  # the resume state: each finished part's record (tests/test_transfer_resume.py)
     ]
@@ -551,19 +552,30 @@ def test_finetune_settings_come_from_the_target_recipe_only():
     assert (fluent.batch_size, fluent.warmup_epochs, fluent.max_epoch_images) == (64, 0.5, 32)
 
 
-def test_zero_byte_images_are_left_out_and_counted(tmp_path):
-    """A zero-byte image file in a target is left out of its split, listed on the Target and in its results
-    section; a class folder holding only zero-byte files is an empty class: one error naming it."""
+def test_zero_byte_and_unreadable_images_are_left_out_and_counted(tmp_path):
+    """A zero-byte image file and a file that is no image (its first bytes) are left out of their split, listed on
+    the Target, in its results section and in the report; a PNG cut short after its header stays in and fails to
+    decode with an error naming it; a class folder holding only zero-byte files is an empty class: one error naming it."""
     from pipeline.evaluation.results import new_target_section
     from pipeline.evaluation.targets import open_targets
+    from pipeline.reporting.transfer_section import target_section
 
     root = tmp_path / "fm"
     shutil.copytree(FIXTURE / "fashion_mnist", root)
     (root / "val" / "bag" / "empty.png").write_bytes(b"")
+    (root / "val" / "bag" / "html.png").write_bytes(b"<html>404 not found</html>")  # a failed download
+    (root / "train" / "coat" / "text.jpg").write_bytes(b"\x00" * 64)
+    png = next((root / "val" / "bag").glob("*.png")).read_bytes()
+    (root / "val" / "bag" / "cut.png").write_bytes(png[: len(png) // 3])
     cfg = make_cfg("transfer/target=[fashion_mnist]", f"transfer.targets.fashion_mnist.root={root}")
     (t,) = open_targets(cfg.transfer)
     assert t.empty_files == {"train": [], "val": ["bag/empty.png"]}
-    assert all(not p.endswith("empty.png") for p, _ in t.val_set.samples)
+    assert t.unreadable_files == {"train": ["coat/text.jpg"], "val": ["bag/html.png"]}
+    kept = [p for p, _ in t.val_set.samples] + [p for p, _ in t.train_set.samples]
+    assert not any(p.endswith(("empty.png", "html.png", "text.jpg")) for p in kept)
+    cut = [i for i, (p, _) in enumerate(t.val_set.samples) if p.endswith("cut.png")]
+    with pytest.raises(OSError, match="cut.png cannot be decoded"):
+        t.val_set[cut[0]]
     sec = new_target_section(
         t,
         size=32,
@@ -575,6 +587,10 @@ def test_zero_byte_images_are_left_out_and_counted(tmp_path):
         nn_skip=None,
     )
     assert sec["empty_files"]["val"] == {"count": 1, "files": ["bag/empty.png"]}
+    assert sec["unreadable_files"]["train"] == {"count": 1, "files": ["coat/text.jpg"]}
+    report = "\n".join(target_section("fashion_mnist", sec))
+    assert "- val: 1 zero-byte and 1 non-image file(s) left out (`bag/empty.png`, `bag/html.png`" in report
+    assert "- train: 1 non-image file(s) left out (`coat/text.jpg`" in report
     for f in (root / "train" / "coat").iterdir():
         f.write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="coat"):

@@ -6,7 +6,8 @@
   up to floating point, and the ranks score every val image once, in order;
 - :func:`test_torchrun_transfer_matches_one_process`: the whole stage under torchrun (2 ranks) against one process
   on the fixture: results.json records ``world_size`` 2, the linear probe's top-1 of every row equals the one-process
-  run's within one val image, fine-tuning's within its interval, and rank 0 alone wrote (no second run folder);
+  run's within one val image, fine-tuning's within its interval, the feature-space decontamination (its bank split
+  over the ranks, :mod:`pipeline.evaluation.nn_bank`) gives the one-process answers, and rank 0 alone wrote;
 - a world size the fine-tuning batch does not split over, or more ranks than scored val images, fails with one line
   before any work.
 """
@@ -173,6 +174,21 @@ def test_torchrun_transfer_matches_one_process(prepared_fixture, tmp_path):
             assert ra["best_C"] == rb["best_C"]
         else:  # the same gradients; BN running statistics are rank 0's: within the interval
             assert ra["top1_ci"][0] - 1e-9 <= rb["top1"] <= ra["top1_ci"][1] + 1e-9, (ra, rb)
+    # the feature bank split over the ranks by shard blocks, searched exactly on each: the one-process answers
+    fa, fb = (r["targets"]["fashion_mnist"]["contamination"]["features"] for r in (a, b))
+    assert fa["checked"] and fb["checked"] and fa["pretraining_images"] == fb["pretraining_images"] > 0
+    assert fa["count"] == fb["count"] and abs(fa["threshold"] - fb["threshold"]) < 1e-4
+    assert [m["pretraining"] for m in fa["top_matches"]] == [m["pretraining"] for m in fb["top_matches"]]
+    for kind in ("random", "same_emoji"):
+        if kind in fa["non_copies"]:
+            assert fa["non_copies"][kind]["n"] == fb["non_copies"][kind]["n"]
+            assert abs(fa["non_copies"][kind]["p50"] - fb["non_copies"][kind]["p50"]) < 1e-3
+    ca, cb = (np.load(r / "transfer" / "correct.npz") for r in (one, two))
+    np.testing.assert_allclose(ca["fashion_mnist/nn_similarity"], cb["fashion_mnist/nn_similarity"], atol=2e-3)
+    assert sorted(p.name for p in (two / "transfer" / "nn_bank").glob("*/part-*.npy")) == [
+        "part-00000-of-00002.npy",
+        "part-00001-of-00002.npy",
+    ]
     assert sorted(q.name for q in tmp_path.iterdir()) == ["one", "two"]  # no per-rank output folders
 
 

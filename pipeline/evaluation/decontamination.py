@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Subset
 
 from pipeline.evaluation import nn_decontam as nd
+from pipeline.evaluation.ranks import gather_rows, rank_block
 from pipeline.evaluation.suite_context import SuiteContext
 from pipeline.evaluation.targets import Target
 from pipeline.io.removal import removed_rows
@@ -85,30 +87,36 @@ def contaminated_paths(run_dir, eval_sets, val_folder) -> tuple[str | None, set[
 def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val_idx: np.ndarray, val_rel: list[str]) -> dict:
     """Feature-space decontamination of target ``t``'s scored val images (:mod:`pipeline.evaluation.nn_decontam`).
 
+    Collective: every rank of the job calls it with the same ``val_feats`` (all scored val images, float32 (N, D));
+    the bank is searched where it lives (:class:`pipeline.evaluation.nn_bank.BankPart`) and the known copies are
+    embedded in rank blocks, so every rank returns the same section.
+
     Returns:
         the ``contamination.features`` section of the target's results, with ``flagged`` (N,) bool
         and ``similarity`` (N,) float32 under the keys ``_flagged`` / ``_similarity`` (popped by the caller).
     """
-    tc, r = st.tc, t.recipe
+    tc, r, ranks = st.tc, t.recipe, st.ranks
     t0 = time.perf_counter()
     bank = st.pretraining_bank(model)
-    vx = nd.l2_normalize(val_feats, bank["mean"])
-    sims, nn_idx = nd.nearest(vx, bank["features"], str(tc.nn_index), int(tc.nn_nprobe), int(st.cfg.seed))
+    vx = nd.l2_normalize(val_feats, bank.mean)
+    sims, nn_idx = bank.nearest(vx, str(tc.nn_index), int(tc.nn_nprobe), int(st.cfg.seed))
     n = len(vx)
     rng = np.random.default_rng(item_seed("nn-decontam", st.cfg.seed, t.name))
-    # known copies of a seeded sample of the scored val images
+    # known copies of a seeded sample of the scored val images, embedded in rank blocks
     pos = np.sort(rng.choice(n, size=min(int(tc.nn_known_copies), n), replace=False))
     samples = [t.val_set.samples[int(i)] for i in val_idx]
     copies = nd.KnownCopies(samples, t.val_set.loader, pos, st.size, st.cfg.seed)
-    cx = nd.l2_normalize(
-        nd.pooled_features(
-            lambda b: st.features(model, b, len(copies), f"{t.name}: features known copies"),
-            copies,
+    block = range(len(copies))[rank_block(len(copies), ranks)]
+    mine = np.zeros((0, int(model.num_features)), np.float32)
+    if len(block):
+        mine = nd.pooled_features(
+            lambda b: st.features(model, b, len(block), f"{t.name}: features known copies"),
+            Subset(copies, block),
             tc.eval_batch_size,
             st.workers,
-        ),
-        bank["mean"],
-    )
+        )
+    cx = gather_rows(ranks, mine)
+    cx = nd.l2_normalize(cx, bank.mean)
     rows = np.array([p for p, _ in copies.items], dtype=np.int64)
     copy_sims = (cx * vx[rows]).sum(axis=1)
     threshold, rule = nd.calibrate(copy_sims, float(tc.nn_copy_quantile), tc.nn_threshold)
@@ -123,12 +131,12 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
             "val_flagged_at_its_quantile": int((sims >= np.quantile(ks, float(tc.nn_copy_quantile))).sum()) if len(ks) else None,
         }
     # known non-copies: random pretraining images; the same emoji by another vendor where the target says which
-    m = len(bank["features"])
+    m = bank.total
     non_copies = {}
     if m:
         n_non = int(tc.nn_non_copies)
         vi, bi = rng.integers(0, n, size=n_non), rng.integers(0, m, size=n_non)
-        rs = (vx[vi] * bank["features"][bi]).sum(axis=1)
+        rs = bank.pair_similarities(vx, vi, bi)
         non_copies["random"] = {
             "kind": "random pretraining images",
             "n": n_non,
@@ -137,38 +145,24 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
         }
     if r["emoji_index"] and m:
         codes = nd.emoji_hexcodes(r["emoji_index"], [val_rel[i] for i in val_idx])
-        by_code: dict[str, list[int]] = {}
-        for j, s in enumerate(bank["samples"]):
-            if s.hexcode:
-                by_code.setdefault(s.hexcode, []).append(j)
-        pairs = [(i, j) for i, c in enumerate(codes) if c for j in by_code.get(c, [])]
-        with_match = sum(1 for c in codes if c and c in by_code)
-        if len(pairs) > int(tc.nn_non_copies):
-            pick = rng.choice(len(pairs), size=int(tc.nn_non_copies), replace=False)
-            pairs = [pairs[int(p)] for p in np.sort(pick)]
-        if pairs:
-            pi = np.array([p[0] for p in pairs])
-            pj = np.array([p[1] for p in pairs])
-            ss = (vx[pi] * bank["features"][pj]).sum(axis=1)
-        else:
-            ss = np.zeros(0, np.float32)
+        pi, pj, with_match = bank.hexcode_pairs(codes)
+        if len(pi) > int(tc.nn_non_copies):
+            pick = np.sort(rng.choice(len(pi), size=int(tc.nn_non_copies), replace=False))
+            pi, pj = pi[pick], pj[pick]
+        ss = bank.pair_similarities(vx, pi, pj) if len(pi) else np.zeros(0, np.float32)
         non_copies["same_emoji"] = {
             "kind": "the same emoji drawn by another vendor (pretraining sample of the same hexcode)",
-            "n": len(pairs),
+            "n": int(len(pi)),
             "val_images_with_one": int(with_match),
             "share_above": nd.share_above(ss, threshold),
             **nd.quantiles(ss),
         }
     flagged = sims >= threshold
-    top = np.argsort(-sims)[:10]
+    top = [int(i) for i in np.argsort(-sims)[:10] if nn_idx[i] >= 0]
+    top_ids = bank.ids(nn_idx[top])
     matches = [
-        {
-            "val": val_rel[int(val_idx[i])],
-            "pretraining": bank["samples"][int(nn_idx[i])].id,
-            "similarity": round(float(sims[i]), 4),
-        }
-        for i in top
-        if nn_idx[i] >= 0
+        {"val": val_rel[int(val_idx[i])], "pretraining": pid, "similarity": round(float(sims[i]), 4)}
+        for i, pid in zip(top, top_ids)
     ]
     sec = round(time.perf_counter() - t0, 3)
     log.info(
@@ -190,7 +184,7 @@ def decontaminate(st: SuiteContext, t: Target, model, val_feats: np.ndarray, val
         "threshold": round(threshold, 6),
         "rule": rule,
         "count": int(flagged.sum()),
-        "centered": bank["mean"] is not None,
+        "centered": bank.mean is not None,
         "quantile": float(tc.nn_copy_quantile),
         "pretraining_images": m,
         "known_copies": {

@@ -63,6 +63,7 @@ __all__ = [
     "make_copy",
     "build_index",
     "nearest",
+    "nearest_in_index",
     "pooled_features",
     "pretraining_samples",
 ]
@@ -88,15 +89,15 @@ def hexcode_key(code: str | None) -> str | None:
     return "-".join(parts) or None
 
 
-def pretraining_samples(run_dir) -> list[PretrainSample]:
-    """Every sample of the ingest shards that dedup did not remove, in shard order.
+def pretraining_samples(run_dir, shards: Sequence[Path] | None = None) -> list[PretrainSample]:
+    """Every sample of the ingest shards (or of ``shards``, a subset of them) that dedup did not remove, in shard order.
 
     Raises:
         FileNotFoundError: ingest or dedup has not finished in ``run_dir``.
     """
     removed = removed_keys(run_dir)
     out = []
-    for shard, key, meta in iter_metadata(shard_paths(run_dir)):
+    for shard, key, meta in iter_metadata(list(shard_paths(run_dir) if shards is None else shards)):
         if key in removed:
             continue
         hexcode = (meta.get("meta") or {}).get("hexcode") if isinstance(meta.get("meta"), dict) else None
@@ -144,10 +145,15 @@ def pooled_features(
 
 
 TRAIN_ROWS = 100_000  # bank rows (a seeded sample) an index that needs training (IVF, PQ) is trained on
+ADD_ROWS = 65_536  # bank rows added to an index at a time (a memory-mapped bank is read chunk by chunk)
 
 
-def build_index(bank: np.ndarray, spec: str = "Flat", nprobe: int = 32, seed: int = 0):
+def build_index(bank, spec: str = "Flat", nprobe: int = 32, seed: int = 0):
     """A faiss inner-product index over ``bank`` (float32 (M, D), L2-normalized rows) built from a factory string.
+
+    ``bank``: an array, or anything with ``len()``, ``.shape`` and indexing by a slice or an int array that gives
+    normalized float32 rows (:class:`pipeline.evaluation.nn_bank.NormalizedRows` over a memory map): rows are read
+    :data:`ADD_ROWS` at a time, so the process holds the index and one chunk, not the bank.
 
     ``spec`` is faiss's own ``index_factory`` description: ``"Flat"`` (exact, 4 D bytes per row),
     ``"IVF4096,Flat"`` (inverted lists: exact similarities, approximate neighbours), ``"IVF65536,PQ64"`` (64-byte
@@ -163,17 +169,18 @@ def build_index(bank: np.ndarray, spec: str = "Flat", nprobe: int = 32, seed: in
         index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise ValueError(f"transfer.nn_index: faiss cannot build {spec!r}: {str(exc).splitlines()[0]}") from None
-    x = np.ascontiguousarray(bank, dtype=np.float32)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        sample = x[np.sort(rng.choice(len(x), size=min(len(x), TRAIN_ROWS), replace=False))]
+        pick = np.sort(rng.choice(len(bank), size=min(len(bank), TRAIN_ROWS), replace=False))
+        sample = np.ascontiguousarray(bank[pick], dtype=np.float32)
         try:
             index.train(sample)
         except RuntimeError as exc:
             raise ValueError(
                 f"transfer.nn_index: training {spec!r} on {len(sample)} rows failed: {str(exc).splitlines()[0]}"
             ) from None
-    index.add(x)
+    for a in range(0, len(bank), ADD_ROWS):
+        index.add(np.ascontiguousarray(bank[a : a + ADD_ROWS], dtype=np.float32))
     if "IVF" in spec:
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", int(nprobe))
     return index
@@ -188,10 +195,14 @@ def nearest(
     :func:`build_index` (approximate; its recall against the exact search on the demo is in docs/stages/transfer.md).
     An empty bank gives similarity -1, index -1 (so does a query an approximate index finds no neighbour for).
     """
+    return nearest_in_index(queries, build_index(bank, spec, nprobe, seed) if len(bank) else None)
+
+
+def nearest_in_index(queries: np.ndarray, index) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest` against a built faiss ``index`` (None or empty: similarity -1, index -1 for every query)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    if len(bank) == 0 or len(q) == 0:
+    if index is None or index.ntotal == 0 or len(q) == 0:
         return np.full(len(q), -1.0, np.float32), np.full(len(q), -1, np.int64)
-    index = build_index(bank, spec, nprobe, seed)
     sims, idx = index.search(q, 1)
     sims = np.where(idx >= 0, sims, -1.0)
     return sims[:, 0].astype(np.float32), idx[:, 0].astype(np.int64)

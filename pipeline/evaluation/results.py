@@ -129,6 +129,8 @@ def new_target_section(
         "contaminated_val": int(phash.sum()),
         # zero-byte image files of the target's folders, left out (at most 100 listed per split)
         "empty_files": {k: {"count": len(v), "files": v[:100]} for k, v in t.empty_files.items()},
+        # non-empty files that are no image (their first bytes), left out the same way
+        "unreadable_files": {k: {"count": len(v), "files": v[:100]} for k, v in t.unreadable_files.items()},
         "recipe": {k: r[k] for k in RECIPE_KEYS},
         "probe_stages": list(probe_stages),
         "overridden": list(r["overridden"]),

@@ -280,11 +280,9 @@ class TargetRun:
             vx, vy = st.features(model, self.val_images, len(self.val_images or ()), f"{name}: features val pretrained")
             self.val_feats["pretrained"] = (vx, vy)
             all_vx = gather_rows(st.ranks, vx)
-            # rank 0 searches the pretraining images (one process: issue 24's sharded index is still to come)
-            dec = None
-            if st.is_main:
-                dec = {**decontaminate(st, self.t, model, all_vx, self.val_idx, self.val_rel), "_bank": st.bank_info}
-            return broadcast_object(st.ranks, dec)
+            # every rank searches its part of the pretraining feature bank (pipeline.evaluation.nn_bank)
+            dec = {**decontaminate(st, self.t, model, all_vx, self.val_idx, self.val_rel), "_bank": st.bank_info}
+            return broadcast_object(st.ranks, dec)  # rank 0's numbers everywhere (the ranks computed the same)
 
         dec = self.once("decontamination", compute)
         bank = dec.pop("_bank")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation.correctness import save_correctness
 from pipeline.evaluation.finetune import FinetuneSettings, settings_from_recipe
 from pipeline.evaluation.linear_probe import extract_features
-from pipeline.evaluation.nn_decontam import ShardImages, l2_normalize, pooled_features, pretraining_samples
+from pipeline.evaluation.nn_bank import BankPart, bank_key, describe, open_bank
 from pipeline.evaluation.ranks import micro_batch_size
 from pipeline.evaluation.resume import RunRecords
 from pipeline.evaluation.target_data import fingerprint
@@ -102,7 +101,7 @@ class SuiteContext:
         self.device, self.prec, self.workers, self.out = device, prec, workers, out
         self.autocast, self.channels_last = prec.autocast_dtype, prec.channels_last
         self.progress = bool(self.tc.progress)
-        self.bank: dict | None = None
+        self.bank: BankPart | None = None
         self.arrays: dict[str, np.ndarray] = {}
         self.epoch_rows: list[dict] = []
         self.nn_skip: str | None = None  # why there is no feature-space decontamination (None: there is)
@@ -154,31 +153,40 @@ class SuiteContext:
             progress=self.progress,
         )
 
-    def pretraining_bank(self, model) -> dict:
-        """The pretraining images' L2-normalized pooled features in ``model`` (once per stage).
+    def pretraining_bank(self, model) -> BankPart:
+        """This rank's part of the pretraining images' feature bank in ``model`` (:mod:`pipeline.evaluation.nn_bank`):
+        embedded once per trunk and world size (or read from an earlier run's ``transfer/nn_bank/``), once per stage.
 
-        Returns:
-            ``{"samples": [PretrainSample], "features": (M, D) float32, "mean": (D,) | None, "seconds"}``.
+        Collective: every rank calls it. Sets ``bank_info`` (``{"images", "seconds"}``).
         """
         if self.bank is None:
-            t = time.perf_counter()
-            samples = pretraining_samples(self.cfg.run_dir)
-            ds = ShardImages(self.cfg.run_dir, samples, self.size)
-            feats = pooled_features(
-                lambda b: self.features(model, b, len(ds), "features pretraining images"),
-                ds,
-                self.tc.eval_batch_size,
-                self.workers,
+            key = None
+            if self.is_main:  # one fingerprint of the trunk and the images, on every rank
+                key = bank_key(self.cfg.run_dir, file_sha256(self.trunk_path), self.size, self.prec.key(), self.ranks.world)
+            key = broadcast_object(self.ranks, key)
+            self.bank = open_bank(
+                self.cfg.run_dir,
+                self.ranks,
+                key,
+                lambda b: extract_features(
+                    model, b, device=self.device, autocast_dtype=self.autocast, channels_last=self.channels_last
+                ),
+                size=self.size,
+                dim=int(model.num_features),
+                batch_size=int(self.tc.eval_batch_size),
+                workers=self.workers,
+                center=bool(self.tc.nn_center),
+                progress=self.progress,
             )
-            mean = feats.mean(axis=0) if (self.tc.nn_center and len(feats)) else None
-            self.bank = {
-                "samples": samples,
-                "features": l2_normalize(feats, mean),
-                "mean": mean,
-                "seconds": round(time.perf_counter() - t, 3),
-            }
-            self.bank_info = {"images": len(samples), "seconds": self.bank["seconds"]}
-            log.info("feature decontamination: %d pretraining images embedded in %.1fs", len(samples), self.bank["seconds"])
+            self.bank_info = describe(self.bank)
+            log.info(
+                "feature decontamination: %d pretraining images %s (%d rank%s, %.1fs)",
+                self.bank_info["images"],
+                "read from an earlier run's bank" if self.bank.reused else "embedded",
+                self.ranks.world,
+                "" if self.ranks.world == 1 else "s",
+                self.bank_info["seconds"],
+            )
         return self.bank
 
     def save_arrays(self) -> None:

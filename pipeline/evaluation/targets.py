@@ -35,6 +35,8 @@ class Target:
     val_set: Any
     # zero-byte image files left out of each split ({"train": [<class>/<file>], "val": [...]}): counted in results.json
     empty_files: dict = field(default_factory=dict)
+    # non-empty files whose first bytes are no image format's, left out the same way
+    unreadable_files: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -52,13 +54,14 @@ def open_targets(tc) -> list[Target]:
     for name in tc.targets:
         r = transfer_recipe(tc, name)
         empty: dict[str, list[str]] = {"train": [], "val": []}
-        train_set = open_split(r["root"], r["train_split"], empty["train"])
-        val_set = open_split(r["root"], r["val_split"], empty["val"])
-        for split, files in empty.items():
-            if files:
-                log.warning(
-                    "transfer target %s: %d zero-byte image file(s) in %s left out, e.g. %s", name, len(files), split, files[:3]
-                )
+        unreadable: dict[str, list[str]] = {"train": [], "val": []}
+        train_set = open_split(r["root"], r["train_split"], empty["train"], unreadable["train"])
+        val_set = open_split(r["root"], r["val_split"], empty["val"], unreadable["val"])
+        for what, found in (("zero-byte", empty), ("unreadable (not an image format)", unreadable)):
+            for split, files in found.items():
+                if files:
+                    msg = "transfer target %s: %d %s image file(s) in %s left out, e.g. %s"
+                    log.warning(msg, name, len(files), what, split, files[:3])
         where = f"transfer.targets.{name}.root"
         if train_set.classes != val_set.classes:
             raise ConfigError(
@@ -69,7 +72,7 @@ def open_targets(tc) -> list[Target]:
             raise ConfigError(f"config error at {where}: the target needs >= 2 classes, found {len(train_set.classes)}")
         if r["emoji_index"] and not Path(r["emoji_index"]).is_file():
             raise FileNotFoundError(f"transfer.targets.{name}.emoji_index: file {r['emoji_index']} does not exist")
-        out.append(Target(name, r, train_set, val_set, empty))
+        out.append(Target(name, r, train_set, val_set, empty, unreadable))
     return out
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "EPOCHS_FILE",
     "CORRECT_FILE",
     "RUNS_DIR",
+    "NN_BANK_DIR",
     "RUNS_KEY_FILE",
     "RUN_RECORD_FILE",
     "RUN_ARRAYS_FILE",
@@ -136,6 +137,7 @@ CORRECT_FILE = "correct.npz"  # per-run correctness vectors over the val images 
 RUNS_DIR = "runs"  # <target>/<part>/: one folder per finished or running part (transfer_run_dir)
 RUNS_KEY_FILE = "key.json"  # runs/key.json: the key (config, inputs, numerics) the records belong to
 RUN_RECORD_FILE = "record.json"  # a finished part's rows and numbers; written last: its presence means done
+NN_BANK_DIR = "nn_bank"  # <key>/part-RRRRR-of-WWWWW.npy|json: the pretraining feature bank per rank (evaluation.nn_bank)
 RUN_ARRAYS_FILE = "record.npz"  # the finished part's arrays (per-image correctness, similarities)
 # a running fine-tuning run's folder also holds its last checkpoint, step_NNNNNNNN.pt (pipeline.train.checkpoint)
 # run/

@@ -120,6 +120,23 @@ def _decontam_lines(sec: dict) -> list[str]:
     return out
 
 
+def _left_out_lines(sec: dict) -> list[str]:
+    """One line per split with image files left out of the target (zero-byte, not an image), the first few named."""
+    out = []
+    for split in ("train", "val"):
+        parts: list[str] = []
+        names: list[str] = []
+        for key, what in (("empty_files", "zero-byte"), ("unreadable_files", "non-image")):
+            got = (sec.get(key) or {}).get(split) or {}
+            if got.get("count"):
+                parts.append(f"{fmt_int(got['count'])} {what}")
+                names += got.get("files") or []
+        if parts:
+            shown = ", ".join(f"`{f}`" for f in names[:5]) + (", ..." if len(names) > 5 else "")
+            out.append(f"- {split}: {' and '.join(parts)} file(s) left out ({shown}; all in results.json).")
+    return (["Image files left out of the target:", "", *out, ""]) if out else []
+
+
 def _lr_line(sec: dict) -> list[str]:
     lrs = sec.get("lr_selection")
     if not lrs:
@@ -266,6 +283,7 @@ def target_section(name: str, sec: dict) -> list[str]:
         ),
         "",
     ]
+    out += _left_out_lines(sec)
     out += _lr_line(sec) + ([""] if sec.get("lr_selection") else [])
     out += ["Decontamination (lower-bound accuracies count flagged val images as wrong):", ""] + _decontam_lines(sec) + [""]
     out += md_table(RESULT_HEADER, result_rows(sec), "lllrrrrrrrrr") + [""]

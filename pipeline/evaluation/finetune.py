@@ -59,7 +59,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from pipeline.evaluation.linear_probe import topk_correct
-from pipeline.evaluation.ranks import gather_rows, micro_batches, sum_over_ranks, sync_buffers
+from pipeline.evaluation.ranks import BatchNormReplay, gather_rows, micro_batches, sum_over_ranks, sync_buffers
 from pipeline.evaluation.resume import FinetuneCheckpoints, FinetunePosition
 from pipeline.evaluation.target_data import TransformedSubset
 from pipeline.progress import progress_bar
@@ -274,7 +274,8 @@ def finetune(
     CPUs), so every step is the mean gradient of its whole batch at any world size. A rank without a
     micro-batch in a step (a short last batch) joins the all-reduce with a zero-weighted pass in eval mode.
     BatchNorm statistics: each micro-batch its own in training (as per-GPU BN in Goyal et al. 2017, sec. 5.3);
-    the running statistics are rank 0's (DDP's ``broadcast_buffers``), broadcast before val is scored.
+    the running statistics are updated by every micro-batch of the step in the order one process would
+    (:class:`pipeline.evaluation.ranks.BatchNormReplay`), the same on every rank.
 
     Args:
         model: a model with ``reset_classifier`` (pretrained trunk or fresh init), on ``device``.
@@ -325,9 +326,14 @@ def finetune(
             if on_epoch is not None:
                 on_epoch(done)
     net: torch.nn.Module = model
+    bn_replay = BatchNormReplay(model, ranks)  # running statistics as one process updates them (a no-op on one)
     if world > 1:  # after the checkpoint: DDP's constructor broadcasts rank 0's weights and is the ranks' first meeting
         assert ranks is not None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=not bn_replay.active,  # the replay keeps every rank's running statistics equal
+        )
 
     def save() -> None:
         assert ck is not None
@@ -371,16 +377,19 @@ def finetune(
             start = 0
             for j, n in enumerate(sizes):
                 sync = j == len(sizes) - 1 or world == 1
+                bn_replay.before()
                 with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
                     ce = F.cross_entropy(forward(x[start : start + n]), y[start : start + n], label_smoothing=st.label_smoothing)
                     # the step's mean over all its images: each micro-batch weighted by its share; DDP averages over ranks
                     weight = n * world / step_images
                     scaler.scale(ce * weight if weight != 1.0 else ce).backward()
+                bn_replay.after(j * world + rank)  # this rank's j-th micro-batch is the step's (j W + rank)-th
                 loss_sum += float(ce.detach()) * n
                 start += n
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            bn_replay.step()
             if ema is not None:
                 ema.update_parameters(model)
             pos.step += 1

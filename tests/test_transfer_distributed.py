@@ -8,6 +8,9 @@
   on the fixture: results.json records ``world_size`` 2, the linear probe's top-1 of every row equals the one-process
   run's within one val image, fine-tuning's within its interval, the feature-space decontamination (its bank split
   over the ranks, :mod:`pipeline.evaluation.nn_bank`) gives the one-process answers, and rank 0 alone wrote;
+- :func:`test_killed_torchrun_transfer_resumes_to_the_uninterrupted_results`: rank 0 SIGKILLed right after a
+  fine-tuning checkpoint (torch elastic stops rank 1), the same torchrun command again: the stage's folder equals the
+  uninterrupted 2-rank run's (results.json, correct.npz, epoch rows, records, manifest; timing fields aside);
 - a world size the fine-tuning batch does not split over, or more ranks than scored val images, fails with one line
   before any work.
 """
@@ -25,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import FIXTURE, PIPELINE_RUN, copy_run, make_cfg, stage_cfg
+from fuzz.stages import compare_stage, partial_files, temp_files
 
 from pipeline.errors import ConfigError
 from pipeline.evaluation.ranks import micro_batch_size, micro_batches, rank_block
@@ -150,20 +154,57 @@ def test_two_rank_finetune_takes_the_one_process_steps(tmp_path):
         np.testing.assert_allclose(r0[k], v.numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
 
 
-@pytest.mark.slow
-def test_torchrun_transfer_matches_one_process(prepared_fixture, tmp_path):
+# the child of the SIGKILL test: the stage under torchrun, rank 0 SIGKILLed right after the checkpoint it writes inside
+# the second epoch of KILL_RUN (rank 0 alone writes checkpoints); torch elastic then stops rank 1
+KILL_RUN = "finetune-pretrained-full-seed0"  # 50 images, 4 steps of 16 an epoch: checkpoints at steps 2, 4, 6, 8
+CHILD = """
+import os, signal, sys
+from pipeline.evaluation.resume import FinetuneCheckpoints
+from pipeline.transfer import main
+
+save = FinetuneCheckpoints.save
+
+def save_then_die(self, model, optimizer, scheduler, scaler, pos, ema=None):
+    out = save(self, model, optimizer, scheduler, scaler, pos, ema)
+    if self.folder.name == os.environ["KILL_RUN"] and pos.epoch == 1 and pos.batches > 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+FinetuneCheckpoints.save = save_then_die
+main()
+"""
+
+
+def _torchrun(run, cwd, *args: str, script: str = "-m pipeline.transfer", env: dict | None = None):
+    """The transfer stage on 2 gloo ranks (one thread each) over run folder ``run``; the finished process."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script.split()]
+    cmd += ["data=fixture", f"data.cache={FIXTURE}", f"run_dir={run}", *TRANSFER, *args]
+    env = dict(clean, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def one_and_two(prepared_fixture, tmp_path_factory):
+    """The fixture's transfer stage (a checkpoint every 2 steps) in one process and on 2 ranks, from one trunk:
+    ``(folder, one, two)``, the run folders under ``folder``; a third copy of the inputs is at ``folder/killed``."""
     from pipeline.pretrain import run_pretrain
     from pipeline.transfer import run_transfer
 
-    one = copy_run(prepared_fixture, tmp_path / "one")
+    folder = tmp_path_factory.mktemp("ranks")
+    one = copy_run(prepared_fixture, folder / "one")
     run_pretrain(stage_cfg(one, *PIPELINE_RUN))
-    two = copy_run(one, tmp_path / "two", stages=("ingest", "dedup", "vocab", "pretrain"))
-    run_transfer(stage_cfg(one, *TRANSFER))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline.transfer"]
-    cmd += ["data=fixture", f"data.cache={FIXTURE}", f"run_dir={two}", *TRANSFER]
-    p = subprocess.run(cmd, cwd=tmp_path, env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    two = copy_run(one, folder / "two", stages=("ingest", "dedup", "vocab", "pretrain"))
+    copy_run(one, folder / "killed", stages=("ingest", "dedup", "vocab", "pretrain"))
+    run_transfer(stage_cfg(one, *TRANSFER, "transfer.checkpoint_every_steps=2"))
+    p = _torchrun(two, folder, "transfer.checkpoint_every_steps=2")
     assert p.returncode == 0, p.stderr[-3000:]
+    return folder, one, two
+
+
+@pytest.mark.slow
+def test_torchrun_transfer_matches_one_process(one_and_two):
+    folder, one, two = one_and_two
     a, b = (json.loads((r / "transfer" / "results.json").read_text()) for r in (one, two))
     assert (a["world_size"], b["world_size"]) == (1, 2)
     assert json.loads((two / "transfer" / "manifest.json").read_text())["counts"]["world_size"] == 2
@@ -193,7 +234,28 @@ def test_torchrun_transfer_matches_one_process(prepared_fixture, tmp_path):
         "part-00000-of-00002.npy",
         "part-00001-of-00002.npy",
     ]
-    assert sorted(q.name for q in tmp_path.iterdir()) == ["one", "two"]  # no per-rank output folders
+    assert sorted(q.name for q in folder.iterdir()) == ["killed", "one", "two"]  # no per-rank output folders
+
+
+@pytest.mark.slow
+def test_killed_torchrun_transfer_resumes_to_the_uninterrupted_results(one_and_two, tmp_path):
+    """Rank 0 SIGKILLed inside a fine-tuning run on 2 ranks, the same torchrun command again: the 2-rank run's outputs."""
+    folder, _, two = one_and_two
+    killed = folder / "killed"
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    p = _torchrun(killed, tmp_path, "transfer.checkpoint_every_steps=2", script=str(child), env={"KILL_RUN": KILL_RUN})
+    assert p.returncode != 0 and "SIGKILL" in p.stderr, p.stderr[-3000:]  # the agent reports rank 0's signal
+    ckpt = [q.relative_to(killed / "transfer").as_posix() for q in (killed / "transfer").rglob("step_*.pt")]
+    assert ckpt == [f"runs/fashion_mnist/{KILL_RUN}/step_00000006.pt"]  # epoch 2, batch 2 of 4; the older one pruned
+    assert not (killed / "transfer" / "manifest.json").exists() and not partial_files(killed / "transfer")
+
+    p = _torchrun(killed, tmp_path, "transfer.checkpoint_every_steps=3")  # a runtime key: the same stage key
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming fine-tuning from step_00000006.pt (epoch 2, batch 2, step 6)" in p.stderr + p.stdout
+    diffs = compare_stage(two / "transfer", killed / "transfer")
+    assert not diffs, "the resumed 2-rank stage differs from the uninterrupted one:\n" + "\n".join(diffs[:20])
+    assert not list((killed / "transfer").rglob("step_*.pt")) and not temp_files(killed / "transfer")
 
 
 def test_more_ranks_than_val_images_fail_with_one_line(tmp_path):

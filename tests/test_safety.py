@@ -72,21 +72,28 @@ def test_labels_npz_with_a_pickle_is_refused(prepared_fixture, tmp_path):
 
 
 def test_a_tampered_shard_index_is_refused_naming_it(prepared_fixture, tmp_path):
-    """The shard index is JSON (never unpickled); one of another format, or one whose tar changed
-    size, stops dedup with the file named and what to do, before anything is written."""
+    """The shard index is Parquet (data, never unpickled); one of another format, one whose tar changed size, or
+    a file that is no Parquet stops dedup with the file named and what to do, before anything is written."""
+    import pyarrow.parquet as pq
+
     from pipeline.dedup import run_dedup
-    from pipeline.io.shards import index_path
+    from pipeline.io.shard_index import index_path
 
     run = copy_run(prepared_fixture, tmp_path / "run", stages=("ingest",))
     idx = index_path(sorted((run / "ingest" / "shards").glob("*.tar"))[0])
-    good = idx.read_text()
-    idx.write_text(good.replace('"format":1', '"format":99'))
+    good = pq.read_table(idx)
+    meta = dict(good.schema.metadata)
+    pq.write_table(good.replace_schema_metadata({**meta, b"format": b"99"}), idx)
     with pytest.raises(ValueError, match="re-run ingest") as exc:
         run_dedup(stage_cfg(run))
     assert idx.name in str(exc.value) and not (run / "dedup" / "manifest.json").exists()
-    idx.write_text(good.replace('"tar_bytes":', '"tar_bytes":1'))
+    pq.write_table(good.replace_schema_metadata({**meta, b"tar_bytes": b"1" + meta[b"tar_bytes"]}), idx)
     with pytest.raises(ValueError, match="changed after ingest"):
         run_dedup(stage_cfg(run))
+    idx.write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match="not a readable shard index"):
+        run_dedup(stage_cfg(run))
+    assert not (run / "dedup" / "manifest.json").exists()
 
 
 @pytest.mark.slow
@@ -213,7 +220,7 @@ def test_withdrawn_ids_never_reach_any_artifact(tmp_path):
     present = ["emoji_google:1f600", "img2dataset:000003"]
     code, out = _audit(run, present, tmp_path)
     assert code == 1
-    for where in ("ingest/shards/", ".index.json", "ingest/parts/", "vocab/labels.npz"):
+    for where in ("ingest/shards/", ".index.parquet", "ingest/parts/", "vocab/labels.npz"):
         assert where in out, (where, out)
 
     # the command line

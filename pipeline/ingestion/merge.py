@@ -21,7 +21,7 @@ from pipeline.io.atomic import remove_stale_temps, write_json, write_jsonl
 from pipeline.io.manifest import MANIFEST
 from pipeline.io.readers import WorkUnit
 from pipeline.io.run_folder import PLAN_FILE, QUARANTINE_FILE
-from pipeline.io.shards import index_path
+from pipeline.io.shard_index import index_path
 
 if TYPE_CHECKING:
     from pipeline.system import Partition

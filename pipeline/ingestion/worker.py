@@ -25,7 +25,8 @@ from pipeline.io.atomic import write_json
 from pipeline.io.manifest import file_sha256
 from pipeline.io.readers import RawSample, Rejection, WorkUnit, iter_unit
 from pipeline.io.run_folder import PART_DIR, SHARD_DIR
-from pipeline.io.shards import AtomicShardWriter, index_path, shard_key
+from pipeline.io.shard_index import index_path, json_index_path
+from pipeline.io.shards import AtomicShardWriter, shard_key
 from pipeline.text.hashtags import cap_hashtags, extract_hashtags, normalize_hashtags
 from pipeline.vision.images import ENCODINGS, decode_image, encode_image, set_pixel_cap
 from pipeline.vision.near_index import HASH_SIZES, perceptual_hashes
@@ -185,6 +186,7 @@ def process_unit(unit: WorkUnit, settings: IngestSettings, out_dir: Path) -> dic
             writer.abort()
             (out_dir / shard_rel).unlink(missing_ok=True)  # a redone unit (ingest.withdrawn) may have had one
             index_path(out_dir / shard_rel).unlink(missing_ok=True)
+            json_index_path(out_dir / shard_rel).unlink(missing_ok=True)
     except BaseException as exc:
         writer.abort(exc)
         raise

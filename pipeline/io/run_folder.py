@@ -9,7 +9,7 @@ else spells a file name of another stage's folder.
 
 Layout (``<run_dir>/``)::
 
-    ingest/    shards/NNNNNN.tar + NNNNNN.index.json, quarantine.jsonl, plan.json, manifest.json
+    ingest/    shards/NNNNNN.tar + NNNNNN.index.parquet, quarantine.jsonl, plan.json, manifest.json
     dedup/     removed.jsonl, eval_contamination.json, manifest.json
     vocab/     vocab.json, labels.npz (pipeline.io.labels.Labels), unmapped.json, class_frequency.png, manifest.json
     pretrain/  trunk.safetensors, model.json, metrics.jsonl, eval.jsonl, checkpoints/, data_audit.json, manifest.json
@@ -107,7 +107,7 @@ DIST_STAGES: tuple[str, ...] = (INGEST, PRETRAIN, TRANSFER)
 """Stages that split their work over the ranks of a multi-task job."""
 
 # ingest/
-SHARD_DIR = "shards"  # NNNNNN.tar + NNNNNN.index.json (pipeline.io.shards)
+SHARD_DIR = "shards"  # NNNNNN.tar + NNNNNN.index.parquet (pipeline.io.shards, pipeline.io.shard_index)
 QUARANTINE_FILE = "quarantine.jsonl"  # one JSON row per rejected input: id, source, reason
 PLAN_FILE = "plan.json"  # the input units and their fingerprints
 PART_DIR = "parts"  # NNNNNN.json per unit: what it wrote and rejected (ingest's resume record, read by ingest only)

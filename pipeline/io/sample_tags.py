@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.io.shards import iter_metadata
+from pipeline.io.shards import index_columns
 from pipeline.progress import progress_bar
 
 __all__ = ["SampleTags", "read_sample_tags"]
@@ -23,14 +23,19 @@ class SampleTags:
 
 
 def read_sample_tags(paths: list[Path], removed: set[str], progress: bool = False, total: int | None = None) -> SampleTags:
-    """Read every sample's ``key``, ``id`` and ``hashtags`` from shard metadata, skipping ``removed`` keys."""
+    """Read every sample's ``key``, ``id`` and ``hashtags`` from the shard indexes (those three columns only),
+    skipping ``removed`` keys."""
     out = SampleTags()
-    for _, key, meta in progress_bar(iter_metadata(paths), total=total, unit="sample", desc="vocab", disable=not progress):
-        out.seen += 1
-        if key in removed:
-            out.removed += 1
-            continue
-        out.keys.append(key)
-        out.ids.append(meta["id"])
-        out.tags.append(list(meta["hashtags"]))
+    with progress_bar(total=total, unit="sample", desc="vocab", disable=not progress) as bar:
+        for p in paths:
+            table = index_columns(p, ["key", "id", "hashtags"])  # by column: the rest of the metadata is not parsed
+            for key, sid, tags in zip(*(table.column(c).to_pylist() for c in ("key", "id", "hashtags"))):
+                out.seen += 1
+                if key in removed:
+                    out.removed += 1
+                    continue
+                out.keys.append(key)
+                out.ids.append(sid)
+                out.tags.append(tags)
+            bar.update(table.num_rows)
     return out

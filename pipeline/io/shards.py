@@ -8,12 +8,13 @@ canonical decoded pixels) and ``meta``. Tars are plain WebDataset shards (``webd
 reads them as they are; timm's WebDataset reader is built on it), byte-reproducible (fixed mtime, owner and mode) and
 written atomically.
 
-Beside each tar, ingest writes its **index** ``shards/NNNNNN.index.json`` (the idea of
-webdataset's ``wids`` index, extended): per sample the key, every member's byte offset and
-size in the tar, the metadata (the ``.json`` member's content, so nothing needs to read
-the tar for it), and the perceptual hashes of the canonical pixels at 64 and 256 bits
+Beside each tar, ingest writes its **index** ``shards/NNNNNN.index.parquet`` (:mod:`pipeline.io.shard_index`;
+the idea of webdataset's ``wids`` index, extended, in columns): per sample the key, every member's byte offset
+and size in the tar, the metadata (the ``.json`` member's content, so nothing needs to read the tar for it),
+and the perceptual hashes of the canonical pixels at 64 and 256 bits
 (:func:`pipeline.vision.near_index.perceptual_hash`), computed once while ingest holds the pixels.
-The index records the tar's size; an index that disagrees with its tar is refused.
+The index records the tar's size; an index that disagrees with its tar is refused. The JSON index of an
+older ingest (``NNNNNN.index.json``) is read the same way.
 
 :class:`ShardReader` is the one reader: the dedup stage (codes, no decoding), vocab
 (metadata), the training loader (image bytes by offset), the audit, the benchmarks and
@@ -35,16 +36,16 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 import webdataset as wds
 
-from pipeline.io.atomic import atomic_path, write_text
+from pipeline.io.atomic import atomic_path
 from pipeline.io.manifest import read_manifest, stage_dir
+from pipeline.io.shard_index import code_column, codes_of, index_path, index_table, json_index_path, read_index, write_index
 
 log = logging.getLogger(__name__)
 
 IMAGE_MEMBER_EXTS = ("jpg", "webp", "png")
-INDEX_FORMAT = 1
-INDEX_SUFFIX = ".index.json"
 _WARNED: set[str] = set()  # shards without an index already warned about in this process
 
 
@@ -68,12 +69,6 @@ def parse_key(key: str) -> tuple[int, int]:
 def shard_of_keys(keys) -> np.ndarray:
     """int64 (N,): the shard number of each key (see :func:`parse_key`)."""
     return np.array([parse_key(k)[0] for k in keys], dtype=np.int64)
-
-
-def index_path(shard: str | os.PathLike) -> Path:
-    """Where the index of shard ``shard`` (``.../NNNNNN.tar``) lives: ``.../NNNNNN.index.json``."""
-    p = Path(shard)
-    return p.with_name(p.name[: -len(".tar")] + INDEX_SUFFIX if p.name.endswith(".tar") else p.name + INDEX_SUFFIX)
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -133,8 +128,8 @@ class AtomicShardWriter:
         self._fh.close()
         _, members = _scan(self._tmp)
         rows = [{**r, "members": members[r["key"]]} for r in self._rows]
-        index = {"format": INDEX_FORMAT, "tar": self.path.name, "tar_bytes": self._tmp.stat().st_size, "samples": rows}
-        write_text(index_path(self.path), json.dumps(index, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+        write_index(self.path, self._tmp.stat().st_size, index_table(rows))
+        json_index_path(self.path).unlink(missing_ok=True)  # an older ingest's index of a shard now rewritten
         self._done = True
         self._ctx.__exit__(None, None, None)
 
@@ -182,28 +177,19 @@ class ShardReader:
 
     def __init__(self, path: str | os.PathLike, require_index: bool = False, warn_unindexed: bool = True) -> None:
         self.path = Path(path)
-        size = self.path.stat().st_size
-        ip = index_path(self.path)
-        self._meta: dict[str, dict] = {}
-        self._phash: dict[str, dict[str, str]] = {}
         self._fh: io.BufferedReader | None = None
-        if ip.is_file():
-            idx = json.loads(ip.read_text(encoding="utf-8"))
-            if idx.get("format") != INDEX_FORMAT:
-                raise ValueError(f"{ip}: index format {idx.get('format')!r}, this code reads {INDEX_FORMAT}; re-run ingest")
-            if idx.get("tar_bytes") != size:
-                raise ValueError(
-                    f"{ip} describes a tar of {idx.get('tar_bytes')} bytes but {self.path} has {size}: "
-                    "the shard changed after ingest; re-run ingest"
-                )
+        table = read_index(self.path)
+        self.table = table  # the index as an Arrow table (None: indexed from the tar headers)
+        self._meta: dict[str, dict] = {}
+        if table is not None:
             self.indexed = True
-            self.members = {r["key"]: {e: tuple(v) for e, v in r["members"].items()} for r in idx["samples"]}
-            for r in idx["samples"]:
-                if "meta" in r:
-                    self._meta[r["key"]] = r["meta"]
-                if "phash" in r:
-                    self._phash[r["key"]] = r["phash"]
+            keys = table.column("key").to_pylist()
+            self.members = {
+                k: {m["ext"]: (m["offset"], m["size"]) for m in ms} for k, ms in zip(keys, table.column("members").to_pylist())
+            }
+            self._meta_json = dict(zip(keys, table.column("metadata").to_pylist()))
         else:
+            ip = index_path(self.path)
             if require_index:
                 raise FileNotFoundError(
                     f"{self.path} has no index ({ip.name}): it was ingested before the shard index existed; re-run ingest"
@@ -216,8 +202,9 @@ class ShardReader:
                     ip.name,
                 )
             self.indexed = False
+            self._meta_json = {}
             _, m = _scan(self.path)
-            self.members = {k: {e: tuple(v) for e, v in exts.items()} for k, exts in m.items()}
+            self.members = {k: {e: (v[0], v[1]) for e, v in exts.items()} for k, exts in m.items()}
         self.keys = list(self.members)
 
     def __len__(self) -> int:
@@ -279,13 +266,14 @@ class ShardReader:
         """The sample's metadata (its ``.json`` member), from the index where it has it."""
         m = self._meta.get(key)
         if m is None:
-            m = self._meta[key] = json.loads(self.read(key, "json"))
+            text = self._meta_json.get(key)
+            m = self._meta[key] = json.loads(text if text is not None else self.read(key, "json"))
         return m
 
     def iter_metadata(self) -> Iterator[tuple[str, dict]]:
         """``(key, metadata)`` of every sample with a ``.json`` member, in tar order."""
         for k in self.keys:
-            if k in self._meta or "json" in self.members[k]:
+            if self._meta_json.get(k) is not None or "json" in self.members[k]:
                 yield k, self.metadata(k)
 
     def index_codes(self, hash_size: int) -> tuple[np.ndarray, list[int]]:
@@ -297,16 +285,10 @@ class ShardReader:
             written without an index). :func:`pipeline.vision.dedup_codes.shard_codes` fills them
             from the decoded stored images.
         """
-        nbytes = hash_size * hash_size // 8
-        out = np.zeros((len(self.keys), nbytes), np.uint8)
-        missing = []
-        for i, k in enumerate(self.keys):
-            code = self._phash.get(k, {}).get(str(hash_size))
-            if code is None:
-                missing.append(i)
-            else:
-                out[i] = np.frombuffer(bytes.fromhex(code), np.uint8)
-        return out, missing
+        if self.table is None or code_column(hash_size) not in self.table.column_names:
+            return np.zeros((len(self.keys), hash_size * hash_size // 8), np.uint8), list(range(len(self.keys)))
+        out, valid = codes_of(self.table, hash_size)
+        return out, np.flatnonzero(~valid).tolist()
 
     def close(self) -> None:
         """Close the tar file (reopened on the next read)."""
@@ -332,6 +314,27 @@ def shard_paths(run_dir: str | os.PathLike) -> list[Path]:
     if man is None:
         raise FileNotFoundError(f"no finished ingest stage in {run_dir} (missing {d}/manifest.json)")
     return [d / s["path"] for s in man["outputs"]["shards"]]
+
+
+def index_columns(path: str | os.PathLike, columns: list[str]) -> pa.Table:
+    """``columns`` of a shard's index (:data:`pipeline.io.shard_index.SCHEMA`), one row per sample in tar order, read
+    by column from the index file; a shard without an index is indexed from its tar (metadata members read, no
+    perceptual hashes: those columns null) with :class:`ShardReader`'s warning.
+
+    Raises:
+        ValueError: the index disagrees with the tar or is of another format (re-run ingest).
+        KeyError: a column the index has not.
+        OSError, tarfile.TarError: the shard cannot be read.
+    """
+    table = read_index(path, columns)
+    if table is not None:
+        return table
+    with ShardReader(path) as r:
+        rows = [{"key": k, "members": {e: list(v) for e, v in r.members[k].items()}} for k in r.keys]
+        for row in rows:
+            if "json" in r.members[row["key"]]:
+                row["meta"] = r.metadata(row["key"])
+    return index_table(rows).select(columns)
 
 
 def iter_metadata(paths: list[Path] | list[str]) -> Iterator[tuple[str, str, dict]]:

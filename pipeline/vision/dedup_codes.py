@@ -18,7 +18,8 @@ from PIL import Image
 
 from pipeline.errors import Rejected
 from pipeline.io.readers import RawSample, WorkUnit, iter_unit
-from pipeline.io.shards import ShardReader
+from pipeline.io.shard_index import code_column, codes_of
+from pipeline.io.shards import ShardReader, index_columns
 from pipeline.progress import progress_bar
 from pipeline.vision.images import decode_image, set_pixel_cap
 from pipeline.vision.near_index import perceptual_hash
@@ -61,19 +62,21 @@ def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
         dict with ``keys``, ``ids``, ``sha256`` (lists of str, key order), ``codes``
         (uint8 array (N, hash_size**2 / 8)) and ``withdrawn`` (list of [key, id]).
     """
-    with ShardReader(shard) as reader:
-        all_codes = shard_codes(reader, hash_size)
-        row_of = {k: i for i, k in enumerate(reader.keys)}
-        keys, ids, shas, rows, wd = [], [], [], [], []
-        for key in sorted(reader.keys):
-            meta = reader.metadata(key)
-            if meta["id"] in withdrawn:
-                wd.append([key, meta["id"]])
-                continue
-            keys.append(key)
-            ids.append(meta["id"])
-            shas.append(meta["sha256"])
-            rows.append(row_of[key])
+    table = index_columns(shard, ["key", "id", "sha256", code_column(hash_size)])  # by column: no metadata parsed
+    all_codes, valid = codes_of(table, hash_size)
+    if not valid.all():  # a shard without an index, or an index without these codes: decode
+        with ShardReader(shard, warn_unindexed=False) as reader:
+            all_codes = shard_codes(reader, hash_size)
+    all_keys, all_ids, all_shas = (table.column(c).to_pylist() for c in ("key", "id", "sha256"))
+    keys, ids, shas, rows, wd = [], [], [], [], []
+    for i in sorted(range(len(all_keys)), key=all_keys.__getitem__):
+        if all_ids[i] in withdrawn:
+            wd.append([all_keys[i], all_ids[i]])
+            continue
+        keys.append(all_keys[i])
+        ids.append(all_ids[i])
+        shas.append(all_shas[i])
+        rows.append(i)
     return {
         "keys": keys,
         "ids": ids,

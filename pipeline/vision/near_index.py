@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image, ImageChops
 
 from pipeline.faiss_import import faiss
+from pipeline.io.shard_index import HASH_SIZES  # the pHash grids ingest stores per sample (dedup.hash_size picks one)
 
-HASH_SIZES = (8, 16)  # the pHash grids ingest stores per sample: 64- and 256-bit codes (dedup.hash_size picks one)
 BORDER_TOLERANCE = 24  # max per-channel difference (0-255) from the corner colour still counted as border
 MIN_BAND = 0.2  # trim an axis only where its two border bands take >= this share of the side (padding, not margins)
 

@@ -34,14 +34,14 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import BinaryIO, Iterator, Mapping
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.io.shards import ShardReader, member_offsets
+from pipeline.io.shards import member_offsets
 from pipeline.seeding import item_seed
 from pipeline.train.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
 from pipeline.vision.transforms import decode, eval_transform, normalize, train_transform
@@ -71,27 +71,33 @@ def shuffle_order(n: int, rng: random.Random, buffer: int) -> np.ndarray:
 
 
 class MemberReader:
-    """Byte ranges of shard tars by shard number, through one :class:`pipeline.io.shards.ShardReader`
-    per shard (each keeps its file open). A context manager: the files are closed on exit.
+    """Byte ranges of shard tars by shard number, each tar's file kept open. A context manager:
+    the files are closed on exit. The offsets come from the plan (:meth:`ShardStream.set_epoch`
+    looked them up), so no shard index is read here: a worker reads only image bytes.
+
     ``read`` raises ``RuntimeError`` when fewer bytes than asked are left (a truncated shard)."""
 
     def __init__(self, shards: dict[int, str]) -> None:
         self.shards = shards
-        self._readers: dict[int, ShardReader] = {}
+        self._files: dict[int, BinaryIO] = {}
 
     def read(self, shard: int, offset: int, size: int) -> bytes:
-        r = self._readers.get(shard)
-        if r is None:
-            r = self._readers[shard] = ShardReader(self.shards[shard])
-        return r.read_range(offset, size)
+        fh = self._files.get(shard)
+        if fh is None:
+            fh = self._files[shard] = open(self.shards[shard], "rb")
+        fh.seek(offset)
+        blob = fh.read(size)
+        if len(blob) != size:
+            raise RuntimeError(f"shard {self.shards[shard]} is truncated at byte {offset}")
+        return blob
 
     def __enter__(self) -> MemberReader:
         return self
 
     def __exit__(self, *exc) -> None:
-        for r in self._readers.values():
-            r.close()
-        self._readers.clear()
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
 
 
 class ShardStream(IterableDataset):

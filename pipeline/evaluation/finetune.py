@@ -64,7 +64,7 @@ from pipeline.evaluation.resume import FinetuneCheckpoints, FinetunePosition
 from pipeline.evaluation.target_data import TransformedSubset
 from pipeline.progress import progress_bar
 from pipeline.seeding import item_seed
-from pipeline.train.distributed import DistInfo
+from pipeline.train.distributed import DistInfo, data_parallel
 from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
 from pipeline.vision.transforms import normalize
 
@@ -329,11 +329,8 @@ def finetune(
     bn_replay = BatchNormReplay(model, ranks)  # running statistics as one process updates them (a no-op on one)
     if world > 1:  # after the checkpoint: DDP's constructor broadcasts rank 0's weights and is the ranks' first meeting
         assert ranks is not None
-        net = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=not bn_replay.active,  # the replay keeps every rank's running statistics equal
-        )
+        # the replay keeps every rank's running statistics equal: no broadcast of rank 0's at each forward
+        net = data_parallel(model, device, sync_buffers=not bn_replay.active)
 
     def save() -> None:
         assert ck is not None

@@ -169,3 +169,21 @@ def average_buffers(info: DistInfo, model: torch.nn.Module) -> None:
         if buf.is_floating_point():
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
             buf.div_(info.world)
+
+
+def data_parallel(module: torch.nn.Module, device: torch.device, sync_buffers: bool) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel on ``device`` (CUDA: that GPU; CPU: gloo), with or without
+    broadcasting rank 0's buffers (BatchNorm running statistics) at every forward pass.
+
+    torch >= 2.14 names that ``forward_sync_buffers`` and deprecates ``broadcast_buffers``; older
+    releases (which the project's version range allows) know only ``broadcast_buffers``. Either way the
+    buffers are broadcast once at construction, with the weights: every caller builds the model equal
+    on all ranks first, so that changes nothing.
+    """
+    import inspect
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+    ids = [device.index] if device.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters:
+        return ddp(module, device_ids=ids, forward_sync_buffers=sync_buffers)
+    return ddp(module, device_ids=ids, broadcast_buffers=sync_buffers)

@@ -11,7 +11,14 @@ from typing import cast
 import torch
 
 from pipeline.system import ThreadPlan, available_cores, thread_plan
-from pipeline.train.distributed import DistInfo, average_buffers, broadcast_object, gather_objects, weights_checksum
+from pipeline.train.distributed import (
+    DistInfo,
+    average_buffers,
+    broadcast_object,
+    data_parallel,
+    gather_objects,
+    weights_checksum,
+)
 from pipeline.train.precision import PrecisionChoice, describe_choice, resolve_for_model
 
 __all__ = ["choose_precision", "gather_results", "grad_scaler", "set_numerics", "set_threads", "wrap_model"]
@@ -93,9 +100,7 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, compile_model: bool) -> t
         # torch's stubs type torch.compile as returning a Callable; for a Module it is a Module (OptimizedModule)
         wrapped = cast(torch.nn.Module, torch.compile(wrapped))
     if info.distributed:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False
-        )
+        wrapped = data_parallel(wrapped, info.device, sync_buffers=False)
     return wrapped
 
 

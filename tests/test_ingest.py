@@ -74,6 +74,40 @@ def test_imagefolder_and_csv_formats(fixture_cfg, tmp_path):
     assert man["counts"]["quarantined"] == 0
 
 
+def test_csv_units_seek_to_their_rows(tmp_path):
+    """A CSV index is split by byte offsets (rows spanning lines, empty lines, a max_samples cap): the units
+    together read exactly the rows csv.DictReader reads, each once, and a later unit starts past the header."""
+    import csv
+    from types import SimpleNamespace
+
+    from pipeline.io.readers import folder
+
+    path = tmp_path / "index.csv"
+    rows = [
+        {"path": f"img{i}.png", "tags": f"dog|t{i}", "id": str(i), "caption": "two\nlines, quoted" if i % 3 == 0 else f"c{i}"}
+        for i in range(11)
+    ]
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "tags", "id", "caption"])
+        w.writeheader()
+        for i, r in enumerate(rows):
+            w.writerow(r)
+            if i == 4:
+                fh.write("\r\n")  # an empty line: no row
+    src = SimpleNamespace(index=str(path), max_samples=None)
+    units, info = folder.plan(src, {"source": "c", "format": "folder", "root": str(tmp_path), "encoding": "webp"}, 0, 4)
+    assert info["samples"] == 11 and [u.count for u in units] == [4, 4, 3]
+    assert units[0].start == len("path,tags,id,caption\r\n") and units[1].start > units[0].start
+    got = [rec for u in units for _, rec in folder._folder_records(u)]
+    assert [r["id"] for r in got] == [r["id"] for r in rows]
+    assert [r["caption"] for r in got] == [r["caption"] for r in rows]
+    assert got[3]["tags"] == ["dog", "t3"]
+    capped, info = folder.plan(
+        SimpleNamespace(index=str(path), max_samples=6), {"source": "c", "format": "folder", "root": "", "encoding": "webp"}, 0, 4
+    )
+    assert info["samples"] == 6 and [u.count for u in capped] == [4, 2]
+
+
 def test_resume_after_lost_unit_is_byte_identical(fixture_cfg):
     cfg = fixture_cfg("ingest.shard_size=16")
     run_ingest(cfg)

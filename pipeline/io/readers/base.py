@@ -26,7 +26,7 @@ class WorkUnit:
     """One independent piece of ingest work; unit ``number`` becomes shard ``number``.
 
     ``start``/``count`` select samples: a byte offset and line count in a JSONL index, a
-    row offset and count in a CSV index, or items of ``files`` (imagefolder). ``tar`` is
+    row's byte offset and row count in a CSV index, or items of ``files`` (imagefolder). ``tar`` is
     set for img2dataset units.
     """
 

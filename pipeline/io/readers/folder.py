@@ -2,8 +2,9 @@
 
 The index is JSONL (one object per line with ``path`` relative to ``root`` and ``tags``, a
 list of strings; optional ``id``, ``caption``, ``meta``) or CSV (columns ``path``, ``tags``
-with ``|`` between tags; optional ``id``, ``caption``). A unit is a slice of the index: a
-byte offset and line count (JSONL) or a row offset and count (CSV).
+with ``|`` between tags; optional ``id``, ``caption``). A unit is a slice of the index: the
+byte offset of its first line or row and a count of lines (JSONL) or rows (CSV; rows may span lines), so
+each unit seeks to its slice and the index is read once to plan and once in all by the units.
 """
 
 from __future__ import annotations
@@ -43,9 +44,34 @@ def _jsonl_offsets(path: Path, every: int, limit: int | None) -> tuple[list[tupl
     return chunks, n
 
 
-def _csv_rows(path: Path) -> int:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        return sum(1 for _ in csv.DictReader(fh))
+def _csv_offsets(path: Path, every: int, limit: int | None) -> tuple[list[tuple[int, int]], int]:
+    """(byte offset, row count) per chunk of ``every`` non-empty CSV rows after the header, and the total.
+
+    Rows may span lines (quoted newlines): the file is read record by record through :mod:`csv`, and the
+    position is taken (``tell``, a byte offset in UTF-8 at a line boundary) where each chunk's first row begins,
+    so a unit seeks to its rows instead of re-reading the index from row 0.
+    """
+    chunks: list[tuple[int, int]] = []
+    n = in_chunk = start = 0
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        reader = csv.reader(iter(fh.readline, ""))
+        next(reader, None)  # the header
+        while limit is None or n < limit:
+            if in_chunk == 0:
+                start = fh.tell()
+            row = next(reader, None)
+            if row is None:
+                break
+            if not row:  # an empty line: no row (as csv.DictReader skips it)
+                continue
+            in_chunk += 1
+            n += 1
+            if in_chunk == every:
+                chunks.append((start, in_chunk))
+                in_chunk = 0
+    if in_chunk:
+        chunks.append((start, in_chunk))
+    return chunks, n
 
 
 def plan(src: Any, base: dict, first: int, shard_size: int) -> tuple[list[WorkUnit], dict]:
@@ -58,10 +84,7 @@ def plan(src: Any, base: dict, first: int, shard_size: int) -> tuple[list[WorkUn
     if not index.is_file():
         raise FileNotFoundError(f"source {src.name!r}: index file {index} does not exist")
     if index.suffix.lower() == ".csv":
-        total = _csv_rows(index)
-        if src.max_samples:
-            total = min(total, src.max_samples)
-        chunks = [(s, min(shard_size, total - s)) for s in range(0, total, shard_size)]
+        chunks, total = _csv_offsets(index, shard_size, src.max_samples or None)
     else:
         chunks, total = _jsonl_offsets(index, shard_size, src.max_samples)
     units = [WorkUnit(first + i, index=str(index), start=start, count=count, **base) for i, (start, count) in enumerate(chunks)]
@@ -74,10 +97,13 @@ def _folder_records(unit: WorkUnit) -> Iterator[tuple[int, dict | Rejection]]:
     index = Path(unit.index)
     if index.suffix.lower() == ".csv":
         with open(index, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            for n, row in enumerate(csv.DictReader(fh)):
-                if n < unit.start:
-                    continue
-                if n >= unit.start + unit.count:
+            header = next(csv.reader(iter(fh.readline, "")), None)
+            if header is None:
+                return
+            if unit.start > fh.tell():
+                fh.seek(unit.start)  # the unit's first row (a byte offset from the plan); 0: right after the header
+            for n, row in enumerate(csv.DictReader(iter(fh.readline, ""), fieldnames=header)):
+                if n >= unit.count:
                     break
                 tags = [t for t in (row.get("tags") or "").split("|")]
                 yield (

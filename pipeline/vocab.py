@@ -18,6 +18,9 @@ stage removed (``<run_dir>/dedup/removed.jsonl``; a missing dedup stage is an er
   ``indptr``/``indices`` of class ids, ``class_counts`` and ``weights_<scheme>`` for
   every scheme of :data:`pipeline.text.resampling.SCHEMES`, so one vocabulary serves every
   resampling sweep; read it with :func:`pipeline.io.labels.load_labels`;
+* ``shard_labels/NNNNNN.parquet`` + ``shard_labels/shards.parquet``: the same labels and weights per
+  ingest shard, and a table of shards x {samples, expected replicated items per scheme}
+  (:mod:`pipeline.io.shard_labels`), so a training rank can read only its shards;
 * ``class_frequency.png``: class frequency by rank before/after each resampling scheme;
 * ``senses.json`` (``visual_nouns`` only): per ambiguous hashtag, its candidate senses with
   their context scores, the chosen class and why (:mod:`pipeline.text.sense_choice`);
@@ -47,11 +50,13 @@ from pipeline.io.run_folder import (
     LABELS_FILE,
     REMOVED_FILE,
     SENSES_FILE,
+    SHARD_LABELS_DIR,
     UNMAPPED_FILE,
     VOCAB,
     VOCAB_FILE,
 )
 from pipeline.io.sample_tags import read_sample_tags
+from pipeline.io.shard_labels import SHARD_TABLE, write_shard_labels
 from pipeline.io.shards import shard_paths
 from pipeline.reporting.plots import class_frequency_plot
 from pipeline.system import current_partition
@@ -127,6 +132,7 @@ def run_vocab(cfg) -> dict | None:
 
     # write: labels, unmapped, vocab.json, the plot, then the manifest
     write_labels(out_dir / LABELS_FILE, keys, ids, vocab.indptr, vocab.indices, vocab.counts, weights)
+    shard_labels = write_shard_labels(out_dir / SHARD_LABELS_DIR, keys, ids, vocab.indptr, vocab.indices, weights)
     write_text(out_dir / UNMAPPED_FILE, json.dumps(unmapped_table(vocab), indent=1, ensure_ascii=False) + "\n")
     if senses is not None:
         write_text(out_dir / SENSES_FILE, json.dumps(senses, indent=1, ensure_ascii=False) + "\n")
@@ -144,10 +150,11 @@ def run_vocab(cfg) -> dict | None:
     outputs = {
         "vocab": VOCAB_FILE,
         "labels": LABELS_FILE,
+        "shard_labels": {"dir": SHARD_LABELS_DIR, **shard_labels},
         "unmapped": UNMAPPED_FILE,
         "senses": SENSES_FILE if senses is not None else None,
         "plot": CLASS_FREQUENCY_PLOT if vc.plot else None,
-        "sha256": {n: file_sha256(out_dir / n) for n in (VOCAB_FILE, LABELS_FILE)},
+        "sha256": {n: file_sha256(out_dir / n) for n in (VOCAB_FILE, LABELS_FILE, f"{SHARD_LABELS_DIR}/{SHARD_TABLE}")},
     }
     manifest = write_manifest(
         out_dir,

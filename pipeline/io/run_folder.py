@@ -11,7 +11,7 @@ Layout (``<run_dir>/``)::
 
     ingest/    shards/NNNNNN.tar + NNNNNN.index.parquet, quarantine.jsonl, plan.json, manifest.json
     dedup/     removed.jsonl, eval_contamination.json, manifest.json
-    vocab/     vocab.json, labels.npz (pipeline.io.labels.Labels), unmapped.json, class_frequency.png, manifest.json
+    vocab/     vocab.json, labels.npz (pipeline.io.labels), shard_labels/, unmapped.json, class_frequency.png, manifest.json
     pretrain/  trunk.safetensors, model.json, metrics.jsonl, eval.jsonl, checkpoints/, data_audit.json, manifest.json
     transfer/  results.json, finetune_epochs.jsonl, correct.npz, runs/ (resume state), manifest.json
     run/       stages.json (stage keys), energy.json (per-stage energy), ranks.json, error.txt
@@ -50,6 +50,7 @@ __all__ = [
     "EVAL_CONTAMINATION_FILE",
     "VOCAB_FILE",
     "LABELS_FILE",
+    "SHARD_LABELS_DIR",
     "UNMAPPED_FILE",
     "SENSES_FILE",
     "CLASS_FREQUENCY_PLOT",
@@ -119,6 +120,7 @@ INDEX_KEYS_FILE = "index_keys.txt"  # the shard key of each row of phash.index, 
 # vocab/
 VOCAB_FILE = "vocab.json"  # classes (synset, lemma, hashtags, samples), resampling, counts
 LABELS_FILE = "labels.npz"  # per-sample labels, CSR (pipeline.io.labels.Labels)
+SHARD_LABELS_DIR = "shard_labels"  # the same labels per ingest shard, Parquet, + shards.parquet (pipeline.io.shard_labels)
 UNMAPPED_FILE = "unmapped.json"  # hashtags no class took, with counts
 SENSES_FILE = "senses.json"  # kind=visual_nouns: each ambiguous hashtag's sense choice (pipeline.text.sense_choice)
 CLASS_FREQUENCY_PLOT = "class_frequency.png"

@@ -155,7 +155,7 @@ def _scan_file(root: Path, p: Path, needles: Needles, rep: Report) -> None:
                     meta = json.loads(reader.read(key, "json"))
                     for h in sorted(set().union(*(needles.find(s) for s in _strings(meta))) - {key}):
                         rep.found.append(f"{_label(needles, h)}: {rel} member {key}.json")
-    elif suffix == ".parquet":  # a shard index (pipeline.io.shard_index): every string of every row
+    elif suffix == ".parquet":  # a shard index or a shard's labels (io.shard_index, io.shard_labels): every string of every row
         for row in pq.read_table(p).to_pylist():  # unreadable: listed as unverified by audit()
             hits = set().union(*(needles.find(s) for s in _strings(row)))
             rep.found += [f"{_label(needles, h)}: {rel} row {row.get('key')}" for h in sorted(hits)]

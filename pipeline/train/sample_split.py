@@ -14,7 +14,7 @@ from pipeline.io.labels import Labels, load_labels
 from pipeline.seeding import item_seed
 from pipeline.train.epoch_plan import SampleIndex
 
-__all__ = ["build_indexes", "fraction_mask", "heldout_mask", "heldout_targets"]
+__all__ = ["build_indexes", "fraction_mask", "heldout_mask"]
 
 
 def heldout_mask(keys: np.ndarray, fraction: float) -> np.ndarray:
@@ -70,11 +70,3 @@ def build_indexes(
     held_idx = full.subset(held)
     held_idx.weights = np.ones(len(held_idx.keys))
     return train_idx, held_idx, labels
-
-
-def heldout_targets(held_idx: SampleIndex, num_classes: int) -> np.ndarray:
-    """Multi-hot float64 targets (N_heldout, num_classes) of the held-out samples (1 at each of a sample's classes)."""
-    targets = np.zeros((len(held_idx.keys), num_classes))
-    for i in range(len(held_idx.keys)):
-        targets[i, held_idx.classes(i)] = 1
-    return targets

@@ -16,7 +16,6 @@ from pipeline.io.run_folder import EVAL_FILE, METRICS_FILE, MODEL_FILE, TRUNK_FI
 from pipeline.train.metrics import prior_baseline
 from pipeline.train.models import export_trunk
 from pipeline.train.precision import hardware_record
-from pipeline.train.sample_split import heldout_targets
 
 __all__ = ["data_audit", "logged_rows", "pretrain_counts", "write_model_files"]
 
@@ -88,7 +87,7 @@ def pretrain_counts(
         stats["final_loss"] = steps_logged[-1]["loss"]
     num_classes = labels.num_classes
     chance = (
-        prior_baseline(labels.class_counts / max(1, labels.class_counts.sum()), heldout_targets(held_idx, num_classes))
+        prior_baseline(labels.class_counts / max(1, labels.class_counts.sum()), held_idx.indptr, held_idx.indices)
         if len(held_idx.keys)
         else {}
     )

@@ -34,7 +34,7 @@ from pipeline.progress import progress_bar
 from pipeline.train.distributed import DistInfo, barrier
 from pipeline.train.loader import ShardStream, make_loader
 from pipeline.train.losses import microbatch_loss_scale
-from pipeline.train.metrics import mean_average_precision, precision_at_1
+from pipeline.train.metrics import labels_to_csr, mean_average_precision, precision_at_1
 from pipeline.train.targets import batch_multi_hot, batch_soft_targets
 from pipeline.vision.transforms import normalize
 
@@ -126,10 +126,13 @@ def evaluate(
     channels_last: bool,
     workers: int = 0,
 ) -> dict:
-    """Held-out precision@1 and mAP of ``model`` over ``stream`` (eval transform, rank 0 only)."""
+    """Held-out precision@1 and mAP of ``model`` over ``stream`` (eval transform, rank 0 only).
+
+    Holds the scores, float32 (N, C), and the targets as CSR (:mod:`pipeline.train.metrics`).
+    """
     was_training = model.training
     model.eval()
-    scores, targets = [], []
+    scores, indptrs, indices = [], [np.zeros(1, np.int64)], []
     stream.set_epoch(0)
     for batch in make_loader(stream, workers):
         x = normalize(batch["images"].to(device))
@@ -138,12 +141,14 @@ def evaluate(
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits = model(x)
         scores.append(logits.float().cpu().numpy())
-        targets.append(batch_multi_hot(batch["labels"], num_classes).numpy())
+        ip, ix = labels_to_csr(batch["labels"])  # sparse targets: never a dense (N, C) multi-hot
+        indptrs.append(ip[1:] + indptrs[-1][-1])
+        indices.append(ix)
     model.train(was_training)
     if not scores:
         return {"precision_at_1": float("nan"), "mAP": float("nan"), "samples": 0}
-    s, t = np.concatenate(scores), np.concatenate(targets)
-    return {"precision_at_1": precision_at_1(s, t), "mAP": mean_average_precision(s, t), "samples": int(len(s))}
+    s, ip, ix = np.concatenate(scores), np.concatenate(indptrs), np.concatenate(indices)
+    return {"precision_at_1": precision_at_1(s, ip, ix), "mAP": mean_average_precision(s, ip, ix), "samples": int(len(s))}
 
 
 def _append_jsonl(path: Path, row: dict) -> None:

@@ -58,6 +58,19 @@ def test_native_bf16_cpu_takes_bf16_only_when_the_trial_shows_it_faster():
     assert {p for p, _ in slow.calls} == {"fp32", "bf16"} and all(cl for _, cl in slow.calls)
 
 
+def test_candidates_within_the_trial_margin_resolve_to_the_preferred_one():
+    """The 2026-12-06 coin flip (NCHW 166 vs channels_last 163 img/s) now always gives channels_last; a
+    clearly faster candidate still wins; bf16 must beat fp32 by more than the margin."""
+    close = Trial({("fp32", True): 163.0, ("fp32", False): 166.0})
+    c = resolve_precision("auto", None, AVX2, trial=close, cache_key={"model": "close"})
+    assert (c.precision, c.channels_last) == ("fp32", True) and "within 10% of the fastest" in c.reason
+    clear = Trial({("fp32", True): 163.0, ("fp32", False): 200.0})
+    assert resolve_precision("auto", None, AVX2, trial=clear, cache_key={"model": "clear"}).channels_last is False
+    near = Trial({("fp32", True): 140.0, ("fp32", False): 117.0, ("bf16", True): 150.0, ("bf16", False): 120.0})
+    c = resolve_precision("auto", None, AMX, trial=near, cache_key={"model": "near"})
+    assert (c.precision, c.channels_last) == ("fp32", True)
+
+
 def test_trial_verdict_is_cached_per_machine_and_model():
     t = Trial({("fp32", True): 142.0, ("fp32", False): 95.0})
     a = resolve_precision("auto", None, AVX2, trial=t, cache_key={"model": "m", "batch": 64})

@@ -50,6 +50,7 @@ from pipeline.system import HardwareFacts, ThreadPlan, detect_facts
 from pipeline.train.models import create_model
 from pipeline.train.precision_trial import (
     AUTOCAST_DTYPES,
+    TRIAL_MARGIN,
     TRIAL_ROUNDS,
     TrialFn,
     cache_file,
@@ -130,6 +131,18 @@ class PrecisionChoice:
         """Inverse of :meth:`to_dict` (unknown keys ignored)."""
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def preferred_candidate(cands: list[tuple[str, bool]], rates: list[float]) -> tuple[str, bool]:
+    """The first of ``cands`` (in preference order: fp32 before bf16, channels_last before NCHW) whose trial rate
+    (img/s, one per candidate) is within :data:`TRIAL_MARGIN` of the fastest.
+
+    A timed trial of a few interleaved rounds on a shared machine moves by a few percent: taking the faster of
+    two candidates that close is a coin flip, and a run's numerics (and its fine-tuning results) would change
+    between two runs of the same code. Within the margin the choice is fixed; beyond it the faster one wins.
+    """
+    fastest = max(rates)
+    return next(c for c, r in zip(cands, rates) if r >= fastest / (1 + TRIAL_MARGIN))
 
 
 def _candidates(facts: HardwareFacts, precision: str, channels_last: bool | None) -> list[tuple[str, bool]]:
@@ -255,12 +268,15 @@ def resolve_precision(
         src = f"measured in {time.perf_counter() - t0:.1f} s"
         if use_cache:
             write_cache(path, key, {"timings": timings, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
-    best = max(cands, key=lambda c: timings[f"{c[0]}{'_cl' if c[1] else ''}"])
     names = [f"{p}{'_cl' if cl else ''}" for p, cl in cands]  # candidate order, also when read from the cache
     timings = {k: timings[k] for k in names}
+    best = preferred_candidate(cands, [timings[k] for k in names])
     shown = ", ".join(f"{k} {timings[k]:.0f}" for k in names)
     native = "native bf16" if facts.cpu_bf16_native else "no native bf16"
-    why = f"CPU {facts.cpu_capability} ({native}); trial img/s: {shown} -> {best[0]}{' channels_last' if best[1] else ''}"
+    why = (
+        f"CPU {facts.cpu_capability} ({native}); trial img/s: {shown} -> {best[0]}{' channels_last' if best[1] else ''}"
+        f" (the first in that order within {TRIAL_MARGIN:.0%} of the fastest)"
+    )
     log.info("%s precision trial (%s, cache %s): %s", where, src, path, why)
     return PrecisionChoice(best[0], best[1], reason=why, trial=timings, **base)
 

@@ -60,6 +60,7 @@ def write_cache(path: Path, key: str, value: dict) -> None:
 
 
 TRIAL_ROUNDS = 2  # rounds over the candidates; each candidate's best round counts
+TRIAL_MARGIN = 0.10  # candidates this close to the fastest count as equal (precision.preferred_candidate)
 
 
 def interleaved_trials(trial: TrialFn, cands: list[tuple[str, bool]], rounds: int) -> dict:

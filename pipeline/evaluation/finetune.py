@@ -329,8 +329,7 @@ def finetune(
     bn_replay = BatchNormReplay(model, ranks)  # running statistics as one process updates them (a no-op on one)
     if world > 1:  # after the checkpoint: DDP's constructor broadcasts rank 0's weights and is the ranks' first meeting
         assert ranks is not None
-        # the replay keeps every rank's running statistics equal: no broadcast of rank 0's at each forward
-        net = data_parallel(model, device, sync_buffers=not bn_replay.active)
+        net = data_parallel(model, device, sync_buffers=not bn_replay.active)  # the replay keeps the ranks' BN statistics equal
 
     def save() -> None:
         assert ck is not None

@@ -33,7 +33,7 @@ import logging
 import os
 import tarfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -156,6 +156,19 @@ class AtomicShardWriter:
             self.abort(exc)
 
 
+def read_exact(fh: BinaryIO, offset: int, size: int, path: str | os.PathLike) -> bytes:
+    """``size`` bytes at ``offset`` of the open tar ``fh`` (``path`` names it in the error).
+
+    Raises:
+        RuntimeError: fewer bytes are left (a truncated shard).
+    """
+    fh.seek(offset)
+    blob = fh.read(size)
+    if len(blob) != size:
+        raise RuntimeError(f"shard {path} is truncated at byte {offset}")
+    return blob
+
+
 class ShardReader:
     """One shard tar through its index: members by byte offset, metadata and perceptual hashes by key.
 
@@ -220,11 +233,7 @@ class ShardReader:
         fh = self._fh
         if fh is None:
             fh = self._fh = open(self.path, "rb")
-        fh.seek(offset)
-        blob = fh.read(size)
-        if len(blob) != size:
-            raise RuntimeError(f"shard {self.path} is truncated at byte {offset}")
-        return blob
+        return read_exact(fh, offset, size, self.path)
 
     def read(self, key: str, ext: str) -> bytes:
         """The bytes of member ``<key>.<ext>``. Raises KeyError if the shard has no such member."""

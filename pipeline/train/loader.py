@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.io.shards import member_offsets
+from pipeline.io.shards import member_offsets, read_exact
 from pipeline.seeding import item_seed
 from pipeline.train.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
 from pipeline.vision.transforms import decode, eval_transform, normalize, train_transform
@@ -85,11 +85,7 @@ class MemberReader:
         fh = self._files.get(shard)
         if fh is None:
             fh = self._files[shard] = open(self.shards[shard], "rb")
-        fh.seek(offset)
-        blob = fh.read(size)
-        if len(blob) != size:
-            raise RuntimeError(f"shard {self.shards[shard]} is truncated at byte {offset}")
-        return blob
+        return read_exact(fh, offset, size, self.shards[shard])
 
     def __enter__(self) -> MemberReader:
         return self

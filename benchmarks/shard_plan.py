@@ -7,12 +7,17 @@ mean 1, as the demo's sqrt weights are spread; the plan reads weights, not class
 a fresh process (peak RSS: the child's ``ru_maxrss``, imports included: ``rss_after_imports_gb``) and times what
 a rank does before its first step:
 
-- **whole-corpus** (:func:`pipeline.train.epoch_plan.make_epoch_plan`, today's training path): the rank holds
+- **whole-corpus** (:func:`pipeline.train.epoch_plan.make_epoch_plan`, the training path until 2026-12-07): the rank holds
   every sample's key (52-byte numpy unicode), CSR classes (2 a sample) and weight, and plans the whole epoch;
-- **shard-level** (:mod:`pipeline.train.shard_plan`): the rank holds the shard table, deals the shards, reads
-  the weights of its own shards and replicates them. The weights come from a generator seeded per shard
-  (a stand-in for reading ``vocab/shard_labels/NNNNNN.parquet``); the Parquet read of one real 10,000-sample
-  labels file is timed apart and added per sample read.
+- **shard-level** (the training path, :class:`pipeline.train.shard_samples.ShardSamples`): over real per-shard
+  labels files written first (``vocab/shard_labels/`` as the vocab stage writes them: keys, ids, 2 classes a
+  sample, weights, hash buckets; the buckets are drawn at random here instead of hashed, which changes nothing
+  the rank does), rank 0 splits its 1/world of the shards (no held-out set: the stand-in below needs every
+  sample to train; a held-out set adds its keys and classes, ``heldout_fraction`` of them), computes its item counts
+  of all ``--epochs`` epochs (the schedule needs every epoch's steps), then builds its items of epoch 0 and
+  the index of its shards' rows, and the loader's shuffle order over them: everything before the loader
+  looks up byte offsets in the shard tars (not made here). The other ranks' answers to the two exchanges
+  are stood in for: their table rows from ``shards.parquet``, their item counts equal to rank 0's.
 
 Ranks are simulated in one process (the plan is metadata): rank 0 of ``world``. The projection to 10^9 and
 3.5 x 10^9 is linear in the rank's samples (N / world) for the shard-level plan, and in N for the whole-corpus
@@ -42,10 +47,40 @@ def _weights(shard: int) -> np.ndarray:
     return np.random.default_rng([99, shard]).gamma(1.3, 1 / 1.3, SHARD)
 
 
-def _child(kind: str, n: int, world: int) -> dict:
+def write_corpus(folder: Path, n: int) -> float:
+    """Write ``n // SHARD`` synthetic shard labels files and the shard table into ``folder``; seconds taken."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.io.shard_labels import SHARD_TABLE, shard_labels_path
+
+    t = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    pos = np.char.zfill(np.arange(SHARD).astype(str), 6)
+    offsets = pa.array(np.arange(0, 2 * SHARD + 1, 2, dtype=np.int32))
+    rng = np.random.default_rng(7)
+    table: dict[str, list] = {"shard": [], "samples": [], "expected_sqrt": []}
+    for s in range(n // SHARD):
+        keys = pa.array(np.char.add(f"{s:06d}_", pos).tolist(), pa.string())
+        w = _weights(s)
+        classes = pa.ListArray.from_arrays(offsets, pa.array(rng.zipf(1.6, 2 * SHARD).astype(np.int32) % 17_000))
+        cols = {"key": keys, "id": keys, "classes": classes, "weight_sqrt": pa.array(w)}
+        cols["heldout_bucket"] = pa.array(rng.integers(0, 10_000, SHARD, dtype=np.int32))
+        cols["fraction_bucket"] = pa.array(rng.integers(0, 1_000_000, SHARD, dtype=np.int32))
+        pq.write_table(pa.table(cols), shard_labels_path(folder, s), compression="zstd")
+        table["shard"].append(s), table["samples"].append(SHARD), table["expected_sqrt"].append(float(w.sum()))
+    pq.write_table(pa.table(table), folder / SHARD_TABLE)
+    return time.perf_counter() - t
+
+
+def _child(kind: str, n: int, world: int, folder: str = "", epochs: int = 8) -> dict:
     """One rank's set-up, in this process: seconds and peak RSS (GB)."""
+    import random
+
+    from pipeline.io.shard_labels import read_shard_table
     from pipeline.train.epoch_plan import SampleIndex, make_epoch_plan
-    from pipeline.train.shard_plan import deal_shards, rank_items
+    from pipeline.train.loader import shuffle_order
+    from pipeline.train.shard_samples import ShardSamples
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     t0 = time.perf_counter()
@@ -60,14 +95,23 @@ def _child(kind: str, n: int, world: int) -> dict:
         items = len(plan.rank_items(0)[0])
         read = n
     else:
-        shards = np.arange(n_shards, dtype=np.int64)
-        samples = np.full(n_shards, SHARD, dtype=np.int64)
-        expected = np.array([_weights(s).sum() for s in range(n_shards)])  # the table vocab writes
+        table = read_shard_table(folder).to_pydict()
+        others = [
+            (s, m, e, m) for s, m, e in zip(table["shard"], table["samples"], table["expected_sqrt"]) if s % world
+        ]  # the other ranks' rows (every sample trains)
+
+        def exchange(obj):
+            if isinstance(obj, tuple):  # the table exchange: (rows, held-out parts)
+                return [obj, (others, [])]
+            return [obj] * world  # the count exchange
+
+        samples = ShardSamples(folder, "sqrt", 0.0, 1.0, rank=0, world=world, gather=exchange)
         t_data = time.perf_counter() - t0
-        deal = deal_shards(shards, samples, expected, seed=0, epoch=0, world=world)
-        _, rows, _ = rank_items(deal[0], _weights, seed=0, epoch=0)
-        items = len(rows)
-        read = sum(sl.stop - sl.start for sl in deal[0])
+        samples.epoch_sizes(epochs, 0, batch_size=64)
+        plan, index = samples.rank_epoch(0, 0)
+        shuffle_order(len(plan.rows), random.Random(0), 1000)
+        items = len(plan.rows)
+        read = len(index.keys)
     seconds = time.perf_counter() - t0
     return {
         "kind": kind,
@@ -82,61 +126,41 @@ def _child(kind: str, n: int, world: int) -> dict:
     }
 
 
-def parquet_read_us_per_sample() -> float:
-    """Microseconds a sample to read one 10,000-sample shard labels file's weights (best of 5)."""
-    from pipeline.io.shard_labels import read_shard_labels, write_shard_labels
-
-    keys = np.array([f"000000_{p:06d}" for p in range(SHARD)])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "shard_labels"
-        write_shard_labels(
-            folder, keys, keys, np.arange(0, 2 * SHARD + 1, 2), np.zeros(2 * SHARD, np.int32), {"sqrt": _weights(0)}
-        )
-        best = float("inf")
-        for _ in range(5):
-            t = time.perf_counter()
-            read_shard_labels(folder, 0, ["weight_sqrt"]).column(0).to_numpy()
-            best = min(best, time.perf_counter() - t)
-    return best / SHARD * 1e6
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.shard_plan", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--worlds", default=",".join(map(str, WORLDS)))
+    ap.add_argument("--epochs", type=int, default=8, help="epochs whose item counts a rank computes at start")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--child", nargs=3, metavar=("KIND", "N", "WORLD"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=5, metavar=("KIND", "N", "WORLD", "FOLDER", "EPOCHS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child[0], int(args.child[1]), int(args.child[2]))))
+        kind, n, world, folder, epochs = args.child
+        print(json.dumps(_child(kind, int(n), int(world), folder, int(epochs))))
         return 0
     sizes = [int(x) for x in args.sizes.split(",")]
     worlds = [int(x) for x in args.worlds.split(",")]
-    us = parquet_read_us_per_sample()
-    rows = []
+    rows, written = [], {}
     for n in sizes:
-        for world in worlds:
-            for kind in ("whole", "shard"):
-                if kind == "whole" and n > OLD_MAX:
-                    continue
-                out = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.shard_plan", "--child", kind, str(n), str(world)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                if kind == "shard":
-                    r["with_parquet_read_s"] = round(r["seconds"] + r["samples_read"] * us / 1e6, 3)
-                print(json.dumps(r))
-                rows.append(r)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "shard_labels"
+            written[n] = round(write_corpus(folder, n), 1)
+            for world in worlds:
+                for kind in ("whole", "shard"):
+                    if kind == "whole" and n > OLD_MAX:
+                        continue
+                    cmd = [sys.executable, "-m", "benchmarks.shard_plan", "--child", kind, str(n), str(world)]
+                    out = subprocess.run(cmd + [str(folder), str(args.epochs)], capture_output=True, text=True, check=True)
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    print(json.dumps(r), flush=True)
+                    rows.append(r)
     fits = {}
     for kind in ("whole", "shard"):
         for world in worlds:
             pts = [
-                (r["samples"] / (1 if kind == "whole" else world), r.get("with_parquet_read_s", r["seconds"]), r["peak_rss_gb"])
+                (r["samples"] / (1 if kind == "whole" else world), r["seconds"], r["peak_rss_gb"])
                 for r in rows
                 if r["kind"] == kind and r["world"] == world
             ]
@@ -157,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             }
     res = {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "parquet_read_us_per_sample": round(us, 4),
+        "epochs": args.epochs,
+        "corpus_write_seconds": written,
         "rows": rows,
         "fits": fits,
     }
@@ -167,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["parquet_read_us_per_sample", "main"]
+__all__ = ["main", "write_corpus"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,27 +21,38 @@ uninterrupted one (bitwise on CPU; :mod:`pipeline.train.resume`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-
-import numpy as np
 
 from pipeline.cli import hydra_entry
 from pipeline.config import to_container, validate
 from pipeline.config_views import results_config
 from pipeline.io.atomic import write_json
+from pipeline.io.labels import vocab_class_counts
 from pipeline.io.manifest import read_manifest, stage_dir, write_manifest
-from pipeline.io.run_folder import CHECKPOINT_DIR, DATA_AUDIT_FILE, DEDUP, EVAL_FILE, INGEST, METRICS_FILE, TRUNK_FILE, VOCAB
+from pipeline.io.run_folder import (
+    CHECKPOINT_DIR,
+    DATA_AUDIT_FILE,
+    DEDUP,
+    EVAL_FILE,
+    INGEST,
+    METRICS_FILE,
+    SHARD_LABELS_DIR,
+    TRUNK_FILE,
+    VOCAB,
+    path,
+)
 from pipeline.io.shards import shard_paths
 from pipeline.train.decoded_cache import open_decoded_cache
-from pipeline.train.distributed import DistInfo, barrier, cleanup, init_distributed
+from pipeline.train.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from pipeline.train.heldout_eval import HeldoutEval
 from pipeline.train.loader import loader_niceness, pretrain_streams
 from pipeline.train.losses import make_loss
 from pipeline.train.rank_setup import gather_results, grad_scaler, set_numerics, set_threads, wrap_model
 from pipeline.train.recipe import accumulation, build_model, check_recipe, plan_steps
 from pipeline.train.resume import checkpoint_saver, prepare_stage_dir, resume_point
-from pipeline.train.sample_split import build_indexes
+from pipeline.train.shard_samples import ShardSamples
 from pipeline.train.stage_outputs import data_audit, pretrain_counts, write_model_files
 from pipeline.train.train_loop import LoopSettings, train
 
@@ -72,10 +83,20 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     threads = set_threads(pt, info)
     out = stage_dir(cfg.run_dir, STAGE)
     accumulation(pt.batch_size, pt.global_batch, info.world)  # a bad global batch fails before any file is read
-    train_idx, held_idx, labels = build_indexes(cfg.run_dir, str(pt.resampling), pt.heldout_fraction, pt.data_fraction)
-    num_classes = labels.num_classes
+    class_counts = vocab_class_counts(cfg.run_dir)
+    num_classes = int(class_counts.size)
+    samples = ShardSamples(
+        path(cfg.run_dir, VOCAB, SHARD_LABELS_DIR),
+        str(pt.resampling),
+        pt.heldout_fraction,
+        pt.data_fraction,
+        rank=info.rank,
+        world=info.world,
+        gather=functools.partial(gather_objects, info),
+        keep_heldout=info.is_main,
+    )
     shards = {int(p.stem): p for p in shard_paths(cfg.run_dir)}
-    plan = plan_steps(pt, train_idx, seed=cfg.seed, world=info.world)
+    plan = plan_steps(pt, samples.epoch_sizes(pt.epochs, cfg.seed, pt.batch_size), world=info.world)
     model, optimizer, scheduler = build_model(pt, plan, num_classes, info.device, cfg.seed)
     resolved = to_container(cfg)
     start = resume_point(out, model, optimizer, scheduler, resolved, info.is_main)
@@ -85,11 +106,11 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     barrier(info)
     ddp_model = wrap_model(model, info, pt.compile)
     scaler = grad_scaler(prec, info.device.type, start.grad_scaler)
-    decoded, decoded_info = open_decoded_cache(pt, info, out, np.concatenate([train_idx.keys, held_idx.keys]), shards)
+    decoded, decoded_info = open_decoded_cache(pt, info, out, samples.num_train + samples.num_heldout, samples.all_keys, shards)
     stream, held_stream = pretrain_streams(
         shards,
-        train_idx,
-        held_idx,
+        functools.partial(samples.rank_epoch, seed=cfg.seed),
+        samples.heldout,
         pt=pt,
         seed=cfg.seed,
         rank=info.rank,
@@ -153,9 +174,8 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         pt=pt,
         plan=plan,
         info=info,
-        labels=labels,
-        train_idx=train_idx,
-        held_idx=held_idx,
+        class_counts=class_counts,
+        samples=samples,
         precision=prec,
         threads=threads,
         nice=nice,

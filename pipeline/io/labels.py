@@ -17,7 +17,7 @@ from pipeline.io.atomic import atomic_path
 from pipeline.io.manifest import read_manifest, stage_dir
 from pipeline.io.run_folder import LABELS_FILE, VOCAB, VOCAB_FILE, read_vocab
 
-__all__ = ["Labels", "load_labels", "load_vocab", "write_labels"]
+__all__ = ["Labels", "load_labels", "load_vocab", "vocab_class_counts", "write_labels"]
 
 
 class Labels:
@@ -136,3 +136,14 @@ def load_vocab(run_dir: str | Path) -> dict:
     if doc is None:
         raise FileNotFoundError(f"{d / VOCAB_FILE} is missing although the vocab stage finished")
     return doc
+
+
+def vocab_class_counts(run_dir: str | Path) -> np.ndarray:
+    """int64 (C,): samples per class, from ``vocab.json`` (its classes' ``samples``, in class-index order: the
+    ``class_counts`` of ``labels.npz``, without loading the whole-corpus labels).
+
+    Raises:
+        FileNotFoundError: see :func:`load_vocab`.
+    """
+    classes = sorted(load_vocab(run_dir)["classes"], key=lambda c: c["index"])
+    return np.array([c["samples"] for c in classes], dtype=np.int64)

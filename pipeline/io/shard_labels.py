@@ -4,8 +4,11 @@ The vocab stage writes, beside the whole-corpus ``labels.npz`` (:mod:`pipeline.i
 
 - ``<run_dir>/vocab/shard_labels/NNNNNN.parquet``: one row per kept sample of ingest shard ``NNNNNN``, in key
   order: ``key`` (string), ``id`` (string), ``classes`` (list<int32>, ascending class ids) and one ``weight_<scheme>``
-  (float64, the replication weight, :mod:`pipeline.text.resampling`) per scheme; a shard with no kept sample has
-  no file;
+  (float64, the replication weight, :mod:`pipeline.text.resampling`) per scheme, and the key's hash buckets
+  ``heldout_bucket`` (int32, ``item_seed("heldout", key) % 10,000``) and ``fraction_bucket`` (int32,
+  ``item_seed("data_fraction", key) % 1,000,000``) that pretraining's held-out split and ``data_fraction``
+  compare with a cut (:mod:`pipeline.train.sample_split`), so no rank hashes keys; a shard with no kept sample
+  has no file;
 - ``<run_dir>/vocab/shard_labels/shards.parquet``: the small table a shard-level epoch plan is made from, one row
   per shard with kept samples: ``shard`` (int64), ``samples`` (int64) and ``expected_<scheme>`` (float64, the sum of
   the shard's weights: its expected replicated items in an epoch).
@@ -25,10 +28,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.shards import shard_of_keys
+from pipeline.seeding import key_buckets
 
-__all__ = ["SHARD_TABLE", "read_shard_labels", "read_shard_table", "shard_labels_path", "write_shard_labels"]
+__all__ = [
+    "BUCKET_COLUMNS",
+    "FRACTION_BUCKETS",
+    "HELDOUT_BUCKETS",
+    "SHARD_TABLE",
+    "read_shard_labels",
+    "read_shard_table",
+    "shard_labels_path",
+    "write_shard_labels",
+]
 
 SHARD_TABLE = "shards.parquet"
+# key hash buckets stored per sample: column -> (salt, modulus), as pipeline.train.sample_split compares them
+HELDOUT_BUCKETS = 10_000  # the held-out split's hash buckets (a fraction is kept to 1e-4)
+FRACTION_BUCKETS = 1_000_000  # pretrain.data_fraction's hash buckets (kept to 1e-6)
+BUCKET_COLUMNS = {"heldout_bucket": ("heldout", HELDOUT_BUCKETS), "fraction_bucket": ("data_fraction", FRACTION_BUCKETS)}
 
 
 def shard_labels_path(folder: str | Path, shard: int) -> Path:
@@ -83,6 +100,7 @@ def write_shard_labels(
             "id": pa.array(ids[a:b].tolist(), pa.string()),
             "classes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(indices[lo:hi].astype(np.int32))),
             **{f"weight_{s}": pa.array(np.asarray(weights[s][a:b], dtype=np.float64)) for s in schemes},
+            **{c: pa.array(key_buckets(salt, keys[a:b], mod).astype(np.int32)) for c, (salt, mod) in BUCKET_COLUMNS.items()},
         }
         path = shard_labels_path(tmp, int(shard[a]))
         pq.write_table(pa.table(cols), path, compression="zstd")

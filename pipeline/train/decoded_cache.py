@@ -30,6 +30,7 @@ import multiprocessing as mp
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -192,8 +193,12 @@ def build_decoded_cache(
     return DecodedCache(folder)
 
 
-def open_decoded_cache(pt, info, out, keys: np.ndarray, shards: dict) -> tuple[DecodedCache | None, dict]:
-    """The decoded uint8 copy of every sample in ``keys`` (this module), or None.
+def open_decoded_cache(
+    pt, info, out, num_images: int, keys: Callable[[], np.ndarray], shards: dict
+) -> tuple[DecodedCache | None, dict]:
+    """The decoded uint8 copy of the ``num_images`` samples ``keys()`` gives (this module), or None.
+
+    ``keys`` is called on the main rank only, and only when the cache is used (it may read every shard's labels).
 
     ``pretrain.decoded_cache``: "on", "off", or "auto" (on when the size estimate
     ``N x 3 x (2 x image_size)^2`` bytes fits in ``pretrain.decoded_cache_max_gb``); ``pt``: the pretrain
@@ -204,7 +209,7 @@ def open_decoded_cache(pt, info, out, keys: np.ndarray, shards: dict) -> tuple[D
     Returns:
         (cache or None, a record for the manifest: mode, enabled, reason, images, bytes, build seconds).
     """
-    est = estimate_bytes(len(keys), pt.image_size)
+    est = estimate_bytes(num_images, pt.image_size)
     budget = pt.decoded_cache_max_gb * 1e9
     if pt.decoded_cache == "off" or (pt.decoded_cache == "auto" and est > budget):
         why = (
@@ -217,7 +222,7 @@ def open_decoded_cache(pt, info, out, keys: np.ndarray, shards: dict) -> tuple[D
     t = time.perf_counter()
     folder = out / "decoded_cache"
     if info.is_main:
-        build_decoded_cache(folder, keys, shards, pt.image_size, workers=available_cores(), progress=pt.progress)
+        build_decoded_cache(folder, keys(), shards, pt.image_size, workers=available_cores(), progress=pt.progress)
     barrier(info)
     cache = DecodedCache(folder)
     size = int(sum(int(h) * int(w) * 3 for h, w in zip(cache.heights, cache.widths)))

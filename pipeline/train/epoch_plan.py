@@ -68,8 +68,29 @@ class SampleIndex:
         return SampleIndex(self.keys[rows], indptr, indices.astype(np.int64), self.weights[rows])
 
 
+class PlanSteps:
+    """Steps and global batches of an epoch plan with ``batch_sizes``: int64 (world, steps) (shared by
+    :class:`EpochPlan` and :class:`pipeline.train.shard_plan.RankPlan`)."""
+
+    batch_sizes: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        """Steps (batches per rank) in this epoch."""
+        return int(self.batch_sizes.shape[1])
+
+    @property
+    def num_items(self) -> int:
+        """Items (samples with replication) in this epoch, all ranks."""
+        return int(self.batch_sizes.sum())
+
+    def global_batch(self, step: int) -> int:
+        """Items in step ``step`` summed over ranks."""
+        return int(self.batch_sizes[:, step].sum())
+
+
 @dataclass
-class EpochPlan:
+class EpochPlan(PlanSteps):
     """One epoch's item order and batch boundaries for all ranks.
 
     Attributes:
@@ -83,20 +104,6 @@ class EpochPlan:
     reps: np.ndarray
     chunk_bounds: np.ndarray
     batch_sizes: np.ndarray
-
-    @property
-    def steps(self) -> int:
-        """Steps (batches per rank) in this epoch."""
-        return int(self.batch_sizes.shape[1])
-
-    @property
-    def num_items(self) -> int:
-        """Items (samples with replication) in this epoch, all ranks."""
-        return int(len(self.rows))
-
-    def global_batch(self, step: int) -> int:
-        """Items in step ``step`` summed over ranks."""
-        return int(self.batch_sizes[:, step].sum())
 
     def rank_items(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, reps) of rank ``rank`` in stream order (before the loader's buffer shuffle)."""

@@ -1,7 +1,9 @@
 """The streaming training loader over the canonical shards (WebDataset tars).
 
 The data path is a chain of small stages, each testable alone: the epoch plan fixes which
-items each rank and batch get (:mod:`pipeline.train.epoch_plan`); the seeded shuffle buffer
+items each rank and batch get (pretraining: the shard-level plan of :mod:`pipeline.train.shard_samples`, which
+gives a rank its own items and the index of its shards' rows; held-out evaluation, tests and benchmarks: the
+whole-corpus plan of :mod:`pipeline.train.epoch_plan` over a :class:`SampleIndex`); the seeded shuffle buffer
 (webdataset's algorithm with a private RNG) is applied to the item *positions*, so the
 order of every batch is known before any byte is read; then, in each DataLoader worker,
 
@@ -34,7 +36,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.io.shards import member_offsets, read_exact
 from pipeline.seeding import item_seed
 from pipeline.train.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
+from pipeline.train.shard_plan import RankPlan
 from pipeline.vision.transforms import decode, eval_transform, normalize, train_transform
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,12 @@ class MemberReader:
 class ShardStream(IterableDataset):
     """One rank's batches for one epoch, as an IterableDataset for ``DataLoader(batch_size=None)``.
 
+    ``index``: a :class:`SampleIndex` (every rank plans the whole index with
+    :func:`pipeline.train.epoch_plan.make_epoch_plan`), or a callable ``epoch -> (plan, rank index)`` that gives
+    this rank's plan (a :class:`pipeline.train.shard_plan.RankPlan`) and the index its rows point into
+    (pretraining: :meth:`pipeline.train.shard_samples.ShardSamples.rank_epoch`); it is called in the main
+    process only, by :meth:`set_epoch`.
+
     With ``decoded`` (a :class:`pipeline.train.decoded_cache.DecodedCache`), images come from the
     decoded copy instead of the tars; the batches are the same bit for bit.
 
@@ -113,7 +122,7 @@ class ShardStream(IterableDataset):
     def __init__(
         self,
         shards: Mapping[int, str | Path],
-        index: SampleIndex,
+        index: SampleIndex | Callable[[int], tuple],
         *,
         seed: int,
         rank: int,
@@ -128,18 +137,28 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.decoded = decoded  # a pipeline.train.decoded_cache.DecodedCache holding every sample, or None: decode the shards
         self.shards = {int(k): str(v) for k, v in shards.items()}
-        self.index = index
+        self._planner = index if callable(index) else None
+        self.index = index if isinstance(index, SampleIndex) else None
         self.seed, self.rank, self.world = seed, rank, world
         self.batch_size, self.image_size = batch_size, image_size
         self.train, self.shuffle_buffer = train, shuffle_buffer
         self.normalize_in_workers = normalize_in_workers
-        self.plan: EpochPlan | None = None
+        self.plan: EpochPlan | RankPlan | None = None
         self.skip_batches = 0
-        # byte offset and size of each index row's image member, looked up on first use (-1: not yet)
-        self._row_offset = np.full(len(index.keys), -1, dtype=np.int64)
-        self._row_size = np.full(len(index.keys), -1, dtype=np.int64)
+        self._set_index(self.index)
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> EpochPlan:
+    def _set_index(self, index: SampleIndex | None) -> None:
+        self.index = index
+        # byte offset and size of each index row's image member, looked up on first use (-1: not yet)
+        n = 0 if index is None else len(index.keys)
+        self._row_offset = np.full(n, -1, dtype=np.int64)
+        self._row_size = np.full(n, -1, dtype=np.int64)
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers get the epoch's plan and index, never the planner (it may hold a process group)
+        return {**self.__dict__, "_planner": None}
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> EpochPlan | RankPlan:
         """Plan ``epoch``; the first ``skip_batches`` batches are skipped without reading them.
 
         Also looks up where each of the rank's items lies in its shard (:func:`member_offsets`).
@@ -147,7 +166,13 @@ class ShardStream(IterableDataset):
         Raises:
             RuntimeError: a planned sample is missing from its shard, or its shard from the run.
         """
-        self.plan = make_epoch_plan(self.index, seed=self.seed, epoch=epoch, world=self.world, batch_size=self.batch_size)
+        if self._planner is not None:
+            self.plan, index = self._planner(epoch)
+            if index is not self.index:
+                self._set_index(index)
+        else:
+            assert self.index is not None  # a SampleIndex or a planner (__init__)
+            self.plan = make_epoch_plan(self.index, seed=self.seed, epoch=epoch, world=self.world, batch_size=self.batch_size)
         self.skip_batches = skip_batches
         # look up positions in the main process (the shard index, read once per shard per process), so
         # the workers, started fresh every epoch, inherit them instead of scanning the tars again
@@ -165,11 +190,12 @@ class ShardStream(IterableDataset):
         Raises:
             RuntimeError: a row's shard is not in the run, or the row's sample is not in its shard.
         """
-        keys = self.index.keys
+        assert self.index is not None  # set_epoch() set it
+        keys, shard_of = self.index.keys, self.index.shard_of
         todo = np.unique(rows[self._row_offset[rows] < 0])
-        for s in np.unique(self.index.shard_of[todo]):
+        for s in np.unique(shard_of[todo]):
             s = int(s)
-            in_shard = todo[self.index.shard_of[todo] == s]
+            in_shard = todo[shard_of[todo] == s]
             if s not in self.shards:
                 raise RuntimeError(f"rank {self.rank}: shard {s:06d} of planned sample {keys[in_shard[0]]} is not in the run")
             members = member_offsets(self.shards[s])
@@ -191,7 +217,7 @@ class ShardStream(IterableDataset):
         return shuffle_order(n, rng, self.shuffle_buffer)
 
     def _make_batch(self, step: int, items: list, global_batch: int) -> dict:
-        assert self.plan is not None  # set_epoch() made it (__iter__ checks)
+        assert self.plan is not None and self.index is not None  # set_epoch() made them (__iter__ checks)
         images, labels, keys = [], [], []
         for row, rep, key, src in items:
             img = Image.fromarray(src) if isinstance(src, np.ndarray) else decode(src, self.image_size)
@@ -212,7 +238,7 @@ class ShardStream(IterableDataset):
         return {"images": batch, "labels": lab, "keys": keys, "step": step, "global_batch": global_batch}
 
     def __iter__(self) -> Iterator[dict]:
-        if self.plan is None:
+        if self.plan is None or self.index is None:
             raise RuntimeError("call set_epoch(epoch) before iterating")
         info = get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
@@ -288,7 +314,7 @@ def worker_nice(requested: int | None, device_type: str, decoded: bool) -> int:
 
 def pretrain_streams(
     shards: Mapping[int, str | Path],
-    train_idx: SampleIndex,
+    train_idx: SampleIndex | Callable[[int], tuple],
     held_idx: SampleIndex,
     *,
     pt,
@@ -300,8 +326,10 @@ def pretrain_streams(
 ) -> tuple[ShardStream, ShardStream | None]:
     """The pretraining stage's two streams: this rank's training batches and rank 0's held-out batches.
 
-    ``pt``: the pretrain config section (batch_size, image_size, shuffle_buffer). The held-out
-    stream (eval transform, batches of ``2 x batch_size``, one rank) is None without held-out samples.
+    ``train_idx``: the training samples or this rank's planner (see :class:`ShardStream`); ``held_idx``: the
+    held-out samples (empty on ranks that do not evaluate); ``pt``: the pretrain config section (batch_size,
+    image_size, shuffle_buffer). The held-out stream (eval transform, batches of ``2 x batch_size``, one rank)
+    is None without held-out samples.
     """
     stream = ShardStream(
         shards,

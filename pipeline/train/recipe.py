@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.train.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
 from pipeline.train.models import create_model, list_models
 from pipeline.train.optim import make_optimizer, make_schedule, scaled_lr
 from pipeline.train.train_loop import steps_in_epoch
@@ -64,28 +63,31 @@ class StepPlan:
 
     global_batch: int  # images per optimizer step, all ranks and micro-batches
     accum: int  # micro-batches per optimizer step
-    epoch_plans: list[EpochPlan]  # one per epoch (pipeline.train.epoch_plan)
+    epoch_items: list[int]  # items (replicated samples) of each epoch, all ranks
     steps_per_epoch: list[int]  # optimizer steps of each epoch (its last one may be short)
     total_steps: int
     peak_lr: float  # the scaled lr (linear scaling rule)
     warmup_steps: int  # linear warmup from min(warmup_start_lr, peak_lr) to peak_lr
 
 
-def plan_steps(pt, train_idx: SampleIndex, *, seed: int, world: int) -> StepPlan:
-    """The :class:`StepPlan` of the pretrain config section ``pt`` over the training samples ``train_idx``.
+def plan_steps(pt, epoch_sizes: list[np.ndarray], *, world: int) -> StepPlan:
+    """The :class:`StepPlan` of the pretrain config section ``pt``.
 
-    Warmup lasts ``pt.warmup_epochs`` of the first epoch's steps, at most all steps but one.
+    ``epoch_sizes``: each epoch's batch sizes, int64 (world, micro-batches), as
+    :meth:`pipeline.train.shard_samples.ShardSamples.epoch_sizes` (or an
+    :class:`pipeline.train.epoch_plan.EpochPlan`'s ``batch_sizes``) give them. Warmup lasts
+    ``pt.warmup_epochs`` of the first epoch's steps, at most all steps but one.
 
     Raises:
         pipeline.errors.ConfigError: see :func:`accumulation`.
     """
     global_batch, accum = accumulation(pt.batch_size, pt.global_batch, world)
-    plans = [make_epoch_plan(train_idx, seed=seed, epoch=e, world=world, batch_size=pt.batch_size) for e in range(pt.epochs)]
-    steps_per_epoch = [steps_in_epoch(p.steps, accum) for p in plans]
+    steps_per_epoch = [steps_in_epoch(int(sizes.shape[1]), accum) for sizes in epoch_sizes]
     total_steps = sum(steps_per_epoch)
     peak = scaled_lr(global_batch, pt.base_lr, pt.reference_batch)
     warmup_steps = min(total_steps - 1, round(pt.warmup_epochs * steps_per_epoch[0])) if total_steps > 1 else 0
-    return StepPlan(global_batch, accum, plans, steps_per_epoch, total_steps, peak, warmup_steps)
+    items = [int(sizes.sum()) for sizes in epoch_sizes]
+    return StepPlan(global_batch, accum, items, steps_per_epoch, total_steps, peak, warmup_steps)
 
 
 def build_model(pt, plan: StepPlan, num_classes: int, device: torch.device, seed: int):

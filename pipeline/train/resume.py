@@ -18,6 +18,7 @@ from pipeline.errors import ConfigError
 from pipeline.io.atomic import remove_stale_temps
 from pipeline.io.run_folder import CHECKPOINT_DIR, EVAL_FILE, MANIFEST, METRICS_FILE
 from pipeline.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from pipeline.train.shard_samples import DATA_PLAN
 from pipeline.train.train_loop import LoopState, truncate_metrics
 
 __all__ = ["ResumePoint", "checkpoint_saver", "prepare_stage_dir", "resume_point"]
@@ -41,7 +42,8 @@ def resume_point(out: Path, model, optimizer, scheduler, config: dict, is_main: 
 
     Raises:
         pipeline.errors.ConfigError: the checkpoint was written with another pretrain recipe than
-            ``config`` (the resolved run config).
+            ``config`` (the resolved run config), or by another data path (its ``data_position`` has no
+            ``plan`` equal to :data:`pipeline.train.shard_samples.DATA_PLAN`).
     """
     ckpt_dir = out / CHECKPOINT_DIR
     last = latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
@@ -57,6 +59,11 @@ def resume_point(out: Path, model, optimizer, scheduler, config: dict, is_main: 
             f"use a new run_dir or delete {ckpt_dir} to start over"
         )
     pos = got["data_position"]
+    if pos.get("plan") != DATA_PLAN:
+        raise ConfigError(
+            f"config error at pretrain: {last} was written by the whole-corpus data path (before the shard-level "
+            f"epoch plan), whose batches differ, so it cannot resume exactly; use a new run_dir or delete {ckpt_dir}"
+        )
     state = LoopState(step=got["step"], epoch=pos["epoch"], batches=pos["batches"])
     log.info("resuming from %s (step %d, epoch %d, batch %d)", last, state.step, state.epoch, state.batches)
     return ResumePoint(state, got["extra"].get("precision_choice"), got["extra"].get("grad_scaler"))
@@ -99,7 +106,7 @@ def checkpoint_saver(
                 scheduler=scheduler,
                 step=st.step,
                 epoch=st.epoch,
-                data_position={"epoch": st.epoch, "batches": st.batches},
+                data_position={"epoch": st.epoch, "batches": st.batches, "plan": DATA_PLAN},
                 config=config,
                 extra={
                     "num_classes": num_classes,

@@ -11,22 +11,41 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.io.labels import Labels, load_labels
-from pipeline.seeding import item_seed
+from pipeline.io.shard_labels import FRACTION_BUCKETS, HELDOUT_BUCKETS
+from pipeline.seeding import key_buckets
 from pipeline.train.epoch_plan import SampleIndex
 
-__all__ = ["build_indexes", "fraction_mask", "heldout_mask"]
+__all__ = [
+    "FRACTION_BUCKETS",
+    "HELDOUT_BUCKETS",
+    "build_indexes",
+    "fraction_cut",
+    "fraction_mask",
+    "heldout_cut",
+    "heldout_mask",
+]
+
+
+def heldout_cut(fraction: float) -> int:
+    """Samples whose held-out bucket (:func:`pipeline.seeding.key_buckets` ``("heldout", key, HELDOUT_BUCKETS)``)
+    is below this are held out: ``int(fraction x 10,000)``, 0 for ``fraction <= 0``."""
+    return int(fraction * HELDOUT_BUCKETS) if fraction > 0 else 0
+
+
+def fraction_cut(fraction: float) -> int:
+    """Training samples whose ``("data_fraction", key)`` bucket is below this are kept (``FRACTION_BUCKETS`` at 1)."""
+    return FRACTION_BUCKETS if fraction >= 1 else int(round(fraction * FRACTION_BUCKETS))
 
 
 def heldout_mask(keys: np.ndarray, fraction: float) -> np.ndarray:
-    """Deterministic held-out split by key hash: about ``fraction`` of samples are True.
+    """Deterministic held-out split by key hash: bool (N,), about ``fraction`` of samples True.
 
     The split depends only on the key, never on the seed, so every run and sweep holds
     out the same samples.
     """
     if fraction <= 0:
         return np.zeros(len(keys), dtype=bool)
-    cut = int(fraction * 10_000)
-    return np.array([item_seed("heldout", k) % 10_000 < cut for k in keys], dtype=bool)
+    return key_buckets("heldout", keys, HELDOUT_BUCKETS) < heldout_cut(fraction)
 
 
 def fraction_mask(keys: np.ndarray, fraction: float) -> np.ndarray:
@@ -34,8 +53,7 @@ def fraction_mask(keys: np.ndarray, fraction: float) -> np.ndarray:
     fraction is kept at every larger one (the threshold on the same hash only grows)."""
     if fraction >= 1:
         return np.ones(len(keys), dtype=bool)
-    cut = int(round(fraction * 1_000_000))
-    return np.array([item_seed("data_fraction", k) % 1_000_000 < cut for k in keys], dtype=bool)
+    return key_buckets("data_fraction", keys, FRACTION_BUCKETS) < fraction_cut(fraction)
 
 
 def build_indexes(

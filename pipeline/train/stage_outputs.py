@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.io.atomic import write_json
 from pipeline.io.run_folder import EVAL_FILE, METRICS_FILE, MODEL_FILE, TRUNK_FILE
 from pipeline.train.metrics import prior_baseline
@@ -65,9 +67,8 @@ def pretrain_counts(
     pt,
     plan,
     info,
-    labels,
-    train_idx,
-    held_idx,
+    class_counts: np.ndarray,
+    samples,
     precision,
     threads,
     nice: int,
@@ -78,19 +79,17 @@ def pretrain_counts(
 
     ``stats``: :func:`pipeline.train.train_loop.train`'s (its ``final_loss`` replaced by the last
     logged step's loss, also when a rerun resumed from the final checkpoint and trained no step);
-    ``plan``: the :class:`pipeline.train.recipe.StepPlan`; ``labels``: the vocab stage's
-    :class:`pipeline.io.labels.Labels`; ``precision``/``threads``: the hardware choice and thread plan.
+    ``plan``: the :class:`pipeline.train.recipe.StepPlan`; ``class_counts``: int64 (C,) samples per class (the
+    vocab's); ``samples``: the :class:`pipeline.train.shard_samples.ShardSamples` (its held-out set on this,
+    the main, rank); ``precision``/``threads``: the hardware choice and thread plan.
     """
     all_evals = logged_rows(out / EVAL_FILE)
     steps_logged = logged_rows(out / METRICS_FILE)
     if steps_logged:
         stats["final_loss"] = steps_logged[-1]["loss"]
-    num_classes = labels.num_classes
-    chance = (
-        prior_baseline(labels.class_counts / max(1, labels.class_counts.sum()), held_idx.indptr, held_idx.indices)
-        if len(held_idx.keys)
-        else {}
-    )
+    num_classes = int(class_counts.size)
+    held = samples.heldout
+    chance = prior_baseline(class_counts / max(1, class_counts.sum()), held.indptr, held.indices) if len(held.keys) else {}
     final = all_evals[-1] if all_evals else {}
     step0 = next((e for e in all_evals if e["step"] == 0), {})
     return {
@@ -103,9 +102,10 @@ def pretrain_counts(
         "peak_lr": plan.peak_lr,
         "warmup_steps": plan.warmup_steps,
         "num_classes": num_classes,
-        "train_samples": int(len(train_idx.keys)),
-        "heldout_samples": int(len(held_idx.keys)),
-        "epoch_items": [p.num_items for p in plan.epoch_plans],
+        "train_samples": samples.num_train,
+        "heldout_samples": samples.num_heldout,
+        "train_shards": int(len(samples.shards)),
+        "epoch_items": plan.epoch_items,
         "heldout_precision_at_1": final.get("precision_at_1"),
         "heldout_mAP": final.get("mAP"),
         "scratch_precision_at_1": step0.get("precision_at_1"),

@@ -1,0 +1,269 @@
+"""The pretraining samples, read shard by shard: the training shard table, the held-out set, each rank's epoch.
+
+This is the training path of :mod:`pipeline.pretrain`: no rank reads the whole-corpus ``labels.npz`` or plans
+the whole corpus. From the vocab stage's per-shard labels (:mod:`pipeline.io.shard_labels`):
+
+1. **Split** (:meth:`ShardSamples.split`): a shard's samples whose ``heldout_bucket`` is below
+   :func:`pipeline.train.sample_split.heldout_cut` are held out (the samples
+   :func:`pipeline.train.sample_split.heldout_mask` holds out: the split of every run before this path); of the
+   rest, those whose ``fraction_bucket`` is below :func:`pipeline.train.sample_split.fraction_cut` train
+   (``pretrain.data_fraction``, nested).
+2. **Training table** (:class:`ShardSamples`): rank ``r`` splits shards ``r::world`` once; the ranks exchange one
+   row per shard (training samples, sum of training weights) and the held-out rows. Training weights are scaled
+   by ``N_train / sum of training weights`` (mean 1 over the training samples, as
+   :func:`pipeline.train.sample_split.build_indexes` renormalizes them).
+3. **Epochs**: the shard-level plan of :mod:`pipeline.train.shard_plan`: shards dealt to ranks by expected items,
+   replication inside each shard seeded per (seed, epoch, shard), and the step sizes from every rank's item
+   count. The counts of all epochs are exchanged once, at start (:meth:`ShardSamples.epoch_sizes`: the learning
+   rate schedule needs the run's total steps); :meth:`ShardSamples.rank_epoch` then builds one rank's items of
+   one epoch and the index of its rows (keys, classes) for :class:`pipeline.train.loader.ShardStream`.
+
+State per rank: the shard table (4 numbers a shard), the held-out set (rank 0), and during an epoch the rank's
+own share of the corpus (its shards' keys and classes, its items: about 100 bytes a sample, 1/world of the
+corpus; ``benchmarks/shard_plan.py`` measures it). The whole-corpus plan of :mod:`pipeline.train.epoch_plan`
+held every sample of every epoch on every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import ConfigError
+from pipeline.io.shard_labels import BUCKET_COLUMNS, read_shard_labels, read_shard_table
+from pipeline.seeding import key_buckets
+from pipeline.train.epoch_plan import SampleIndex
+from pipeline.train.sample_split import fraction_cut, heldout_cut
+from pipeline.train.shard_plan import RankPlan, deal_shards, replicate_shard, step_sizes
+
+__all__ = ["DATA_PLAN", "ShardSamples", "ShardSplit"]
+
+log = logging.getLogger(__name__)
+# the data plan a checkpoint's data position records (an int, as positions are): 2 = this shard-level plan;
+# checkpoints without one were written by the whole-corpus plan (1) and cannot resume exactly on this one
+DATA_PLAN = 2
+
+
+@dataclass
+class ShardSplit:
+    """One shard's rows split for pretraining (positions are rows of the shard's labels file, key order).
+
+    Attributes:
+        train: int64 (n_train,) positions of the training rows; ``held``: int64 (n_held,) of the held-out rows.
+        weights: float64 (n_train,) the training rows' replication weights as the vocab stage wrote them (not scaled).
+        table: the columns read (pyarrow), for the rows' keys and classes when asked for.
+    """
+
+    train: np.ndarray
+    held: np.ndarray
+    weights: np.ndarray
+    table: pa.Table
+
+
+def _csr(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keys str (n,), indptr int64 (n+1,), indices int64 (nnz,)) of a labels table's ``key`` and ``classes``."""
+    keys = np.asarray(table.column("key").to_pylist(), dtype=str)
+    classes = table.column("classes").combine_chunks()
+    lengths = np.diff(classes.offsets.to_numpy())
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return keys, indptr, classes.flatten().to_numpy().astype(np.int64)
+
+
+def _index(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> SampleIndex:
+    """One :class:`SampleIndex` from (keys, indptr, indices, weights) parts in key order."""
+    if not parts:
+        return SampleIndex(np.zeros(0, dtype=str), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    indptr = [np.zeros(1, np.int64)]
+    base = 0
+    for p in parts:
+        indptr.append(p[1][1:] + base)
+        base += int(p[1][-1])
+    return SampleIndex(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate(indptr),
+        np.concatenate([p[2] for p in parts]),
+        np.concatenate([p[3] for p in parts]).astype(np.float64),
+    )
+
+
+class ShardSamples:
+    """The training shard table and held-out set of a run folder, and each rank's epochs (module docstring).
+
+    Args:
+        folder: ``<run_dir>/vocab/shard_labels``.
+        scheme: resampling scheme (a ``weight_<scheme>`` column: natural, sqrt, uniform).
+        heldout_fraction, data_fraction: as ``pretrain.heldout_fraction`` / ``pretrain.data_fraction``.
+        rank, world: this rank of how many (the split's work is shared; every rank ends with the same table).
+        gather: ``obj -> [obj of rank 0, ..., obj of rank world-1]`` (``pipeline.train.distributed.gather_objects``;
+            the identity in a list on one process).
+        keep_heldout: keep the held-out set on this rank (rank 0 evaluates; the others only count it).
+
+    Attributes:
+        shards: int64 (S,) shards with training samples; ``train_samples``: int64 (S,); ``expected``: float64 (S,)
+        expected items per epoch (scaled weights summed); ``num_train``, ``num_heldout``: ints;
+        ``heldout``: :class:`SampleIndex` of the held-out samples (weights 1; empty where not kept).
+
+    Raises:
+        FileNotFoundError: the vocab stage did not write per-shard labels (re-run vocab).
+        pipeline.errors.ConfigError: the scheme has no weights, or no training sample is left.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        scheme: str,
+        heldout_fraction: float,
+        data_fraction: float,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        gather: Callable[[object], list] = lambda obj: [obj],
+        keep_heldout: bool = True,
+    ) -> None:
+        t0 = time.perf_counter()
+        self.folder, self.scheme, self.rank, self.world, self.gather = Path(folder), scheme, rank, world, gather
+        self.held_cut, self.frac_cut = heldout_cut(heldout_fraction), fraction_cut(data_fraction)
+        table = read_shard_table(self.folder)
+        if f"expected_{scheme}" not in table.column_names:
+            raise ConfigError(f"config error at pretrain.resampling: the vocab stage wrote no {scheme!r} weights")
+        all_shards = table.column("shard").to_numpy()
+        rows, held_parts = [], []
+        for s in all_shards[rank::world]:
+            sp = self.split(int(s), labels=self.held_cut > 0)
+            # shard, training samples, their weight sum, samples kept by the held-out split (before data_fraction)
+            kept = int((self._buckets(sp.table, "heldout_bucket") >= self.held_cut).sum())
+            rows.append((int(s), sp.train.size, float(sp.weights.sum()), kept))
+            if sp.held.size:
+                keys, indptr, indices = _csr(sp.table.take(pa.array(sp.held)))
+                held_parts.append((int(s), keys, indptr, indices))
+        gathered = gather((rows, held_parts))
+        stats = sorted(r for g in gathered for r in g[0])
+        arr = np.array([r[:3] for r in stats], dtype=np.float64).reshape(-1, 3)
+        if sum(r[3] for r in stats) == 0:
+            raise ConfigError("config error at pretrain.heldout_fraction: no training samples left")
+        has = arr[:, 1] > 0
+        self.shards = arr[has, 0].astype(np.int64)
+        self.train_samples = arr[has, 1].astype(np.int64)
+        self.num_train = int(self.train_samples.sum())
+        if self.num_train == 0:
+            raise ConfigError(f"config error at pretrain.data_fraction: {data_fraction} leaves no training sample")
+        self.scale = self.num_train / float(arr[has, 2].sum())
+        self.expected = arr[has, 2] * self.scale
+        held = sorted((p for g in gathered for p in g[1]), key=lambda p: p[0])
+        self.num_heldout = int(sum(p[1].size for p in held))
+        self.heldout = _index([(k, ip, ix, np.ones(k.size)) for _, k, ip, ix in held] if keep_heldout else [])
+        self._sizes: list[np.ndarray] | None = None
+        log.info(
+            "training samples: %d in %d shards, %d held out (%.1f s, rank %d split %d shards)",
+            self.num_train,
+            len(self.shards),
+            self.num_heldout,
+            time.perf_counter() - t0,
+            rank,
+            len(all_shards[rank::world]),
+        )
+
+    # -- one shard ----------------------------------------------------------------------
+    @staticmethod
+    def _buckets(table: pa.Table, column: str) -> np.ndarray:
+        """A bucket column as int64, computed from the keys when the labels predate stored buckets."""
+        if column in table.column_names:
+            return table.column(column).to_numpy().astype(np.int64)
+        salt, modulus = BUCKET_COLUMNS[column]
+        return key_buckets(salt, table.column("key").to_pylist(), modulus)
+
+    def split(self, shard: int, labels: bool = False) -> ShardSplit:
+        """Shard ``shard``'s training and held-out rows (``labels``: also read keys and classes)."""
+        cols = [f"weight_{self.scheme}"] + (["key", "classes"] if labels else [])
+        try:
+            t = read_shard_labels(self.folder, shard, columns=cols + list(BUCKET_COLUMNS))
+        except KeyError:  # labels written before the buckets were stored: hash the keys
+            t = read_shard_labels(self.folder, shard, columns=list(dict.fromkeys(cols + ["key"])))
+        held = self._buckets(t, "heldout_bucket") < self.held_cut
+        train = ~held & (self._buckets(t, "fraction_bucket") < self.frac_cut)
+        weights = t.column(cols[0]).to_numpy()
+        return ShardSplit(np.flatnonzero(train), np.flatnonzero(held), weights[train], t)
+
+    def train_weights(self, shard: int) -> np.ndarray:
+        """float64 (n_train,): shard ``shard``'s training weights, scaled to mean 1 over all training samples."""
+        return self.split(shard).weights * self.scale
+
+    # -- epochs -------------------------------------------------------------------------
+    def deal(self, epoch: int, seed: int):
+        """Every rank's :class:`pipeline.train.shard_plan.ShardSlice` list of ``epoch`` (positions are training rows)."""
+        return deal_shards(self.shards, self.train_samples, self.expected, seed=seed, epoch=epoch, world=self.world)
+
+    def item_count(self, epoch: int, seed: int) -> int:
+        """This rank's items (replicated samples) in ``epoch``."""
+        n = 0
+        for sl in self.deal(epoch, seed)[self.rank]:
+            n += int(replicate_shard(self.train_weights(sl.shard), sl.shard, seed=seed, epoch=epoch)[sl.start : sl.stop].sum())
+        return n
+
+    def epoch_sizes(self, epochs: int, seed: int, batch_size: int) -> list[np.ndarray]:
+        """Batch sizes int64 (world, T_e) of each epoch (:func:`pipeline.train.shard_plan.step_sizes`), from every
+        rank's item counts exchanged once (one ``gather`` of ``epochs`` ints a rank).
+
+        Raises:
+            pipeline.errors.ConfigError: an epoch whose items cannot fill its steps on every rank.
+        """
+        mine = [self.item_count(e, seed) for e in range(epochs)]
+        counts = np.array(self.gather(mine), dtype=np.int64).reshape(self.world, epochs)
+        try:
+            self._sizes = [step_sizes(counts[:, e], batch_size) for e in range(epochs)]
+        except ValueError as e:
+            raise ConfigError(f"config error at pretrain.batch_size: {e}") from None
+        return self._sizes
+
+    def rank_epoch(self, epoch: int, seed: int) -> tuple[RankPlan, SampleIndex]:
+        """This rank's items of ``epoch`` and the index their rows point into (its shards' training rows).
+
+        Call :meth:`epoch_sizes` first. Items are in stream order (the deal's shard order, key order inside a
+        shard; the loader's shuffle buffer mixes them); ``index`` rows are in key order.
+
+        Raises:
+            RuntimeError: :meth:`epoch_sizes` was not called, or this rank's items disagree with the count it sent
+                (the shard labels changed during the run).
+        """
+        if self._sizes is None:
+            raise RuntimeError("call epoch_sizes() before rank_epoch()")
+        slices = self.deal(epoch, seed)[self.rank]
+        parts, offset, start_of = [], 0, {}
+        for sl in sorted(slices, key=lambda x: x.shard):
+            sp = self.split(sl.shard, labels=True)
+            rows = sp.train[sl.start : sl.stop]
+            keys, indptr, indices = _csr(sp.table.take(pa.array(rows)))
+            parts.append((keys, indptr, indices, sp.weights[sl.start : sl.stop] * self.scale))
+            start_of[sl.shard] = (offset, sp.weights * self.scale)
+            offset += rows.size
+        row_parts, rep_parts = [], []
+        for sl in slices:
+            base, weights = start_of[sl.shard]
+            counts = replicate_shard(weights, sl.shard, seed=seed, epoch=epoch)[sl.start : sl.stop]
+            row_parts.append(np.repeat(np.arange(base, base + sl.stop - sl.start, dtype=np.int64), counts))
+            rep_parts.append(np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts))
+        rows = np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64)
+        reps = np.concatenate(rep_parts) if rep_parts else np.zeros(0, np.int64)
+        sizes = self._sizes[epoch]
+        if rows.size != int(sizes[self.rank].sum()):
+            raise RuntimeError(
+                f"rank {self.rank}: epoch {epoch} has {rows.size} items, {int(sizes[self.rank].sum())} planned "
+                "(were the vocab stage's shard labels changed during the run?)"
+            )
+        return RankPlan(epoch, self.rank, rows, reps, sizes), _index(parts)
+
+    def all_keys(self) -> np.ndarray:
+        """str (N,): the keys of every training and held-out sample, in key order (reads every shard's labels:
+        for the decoded cache, which is only built for corpora that fit its budget)."""
+        out = []
+        for s in read_shard_table(self.folder).column("shard").to_numpy():
+            sp = self.split(int(s), labels=True)
+            keep = np.sort(np.concatenate([sp.train, sp.held]))
+            out.append(np.asarray(sp.table.column("key").take(pa.array(keep)).to_pylist(), dtype=str))
+        return np.concatenate(out) if out else np.zeros(0, dtype=str)

@@ -1,0 +1,139 @@
+"""The pretraining samples read shard by shard (pipeline.train.shard_samples) on the fixture's real labels: the same
+training and held-out samples and weights as the whole-corpus view, every training sample dealt to exactly one rank
+whatever the world size, copies that do not depend on the world size, and the loader streaming a rank's items."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.io.labels import load_labels, vocab_class_counts
+from pipeline.io.run_folder import SHARD_LABELS_DIR, VOCAB, path
+from pipeline.io.shard_labels import BUCKET_COLUMNS
+from pipeline.io.shards import shard_paths
+from pipeline.train.loader import ShardStream
+from pipeline.train.sample_split import build_indexes
+from pipeline.train.shard_samples import ShardSamples
+
+SEED = 3
+
+
+def _folder(run):
+    return path(run, VOCAB, SHARD_LABELS_DIR)
+
+
+def _ranks(run, world, **kw):
+    """``world`` ShardSamples simulated in one process: the table exchange and the count exchange answered locally."""
+    args = (_folder(run), kw.pop("scheme", "sqrt"), kw.pop("heldout", 0.1), kw.pop("fraction", 1.0))
+    box = []
+    ShardSamples(*args, gather=lambda obj: box.append(obj) or [obj])  # one process's split of every shard
+    ranks = [ShardSamples(*args, rank=r, world=world, gather=lambda obj: box) for r in range(world)]
+    for s in ranks:
+        s.gather = lambda mine: [[o.item_count(e, SEED) for e in range(len(mine))] for o in ranks]
+    return ranks
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.4])
+def test_split_and_weights_equal_the_whole_corpus_view(prepared_fixture, fraction):
+    train, held, labels = build_indexes(prepared_fixture, "sqrt", 0.1, data_fraction=fraction)
+    s = ShardSamples(_folder(prepared_fixture), "sqrt", 0.1, fraction)
+    assert s.num_train == len(train.keys) and s.num_heldout == len(held.keys) > 0
+    np.testing.assert_array_equal(s.heldout.keys, held.keys)
+    np.testing.assert_array_equal(s.heldout.indptr, held.indptr)
+    np.testing.assert_array_equal(s.heldout.indices, held.indices)
+    # every training sample's scaled weight, shard by shard, equals the whole-corpus index's renormalized weight
+    w = np.concatenate([s.train_weights(int(sh)) for sh in s.shards])
+    np.testing.assert_allclose(w, train.weights, rtol=1e-12)
+    np.testing.assert_allclose(s.expected.sum(), len(train.keys), rtol=1e-12)
+    np.testing.assert_array_equal(vocab_class_counts(prepared_fixture), labels.class_counts)
+
+
+def test_labels_without_stored_buckets_give_the_same_split(prepared_fixture, tmp_path):
+    folder = tmp_path / "shard_labels"
+    shutil.copytree(_folder(prepared_fixture), folder)
+    for f in folder.glob("0*.parquet"):
+        t = pq.read_table(f)
+        pq.write_table(t.drop_columns(list(BUCKET_COLUMNS)), f)
+    old = ShardSamples(folder, "sqrt", 0.1, 0.4)
+    new = ShardSamples(_folder(prepared_fixture), "sqrt", 0.1, 0.4)
+    np.testing.assert_array_equal(old.heldout.keys, new.heldout.keys)
+    np.testing.assert_array_equal(old.train_samples, new.train_samples)
+
+
+def test_no_training_sample_is_a_config_error(prepared_fixture):
+    with pytest.raises(ConfigError, match="pretrain.data_fraction"):
+        ShardSamples(_folder(prepared_fixture), "sqrt", 0.1, 1e-6)
+    with pytest.raises(ConfigError, match="pretrain.resampling"):
+        ShardSamples(_folder(prepared_fixture), "nope", 0.1, 1.0)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_training_sample_on_one_rank_and_copies_independent_of_world(prepared_fixture, world):
+    train, _, _ = build_indexes(prepared_fixture, "sqrt", 0.1)
+    one = _ranks(prepared_fixture, 1)[0]
+    one.epoch_sizes(2, SEED, batch_size=16)
+    ranks = _ranks(prepared_fixture, world)
+    every = [r.epoch_sizes(2, SEED, batch_size=16) for r in ranks]
+    sizes = every[0]
+    assert all(np.array_equal(a, b) for other in every for a, b in zip(other, sizes))  # every rank, the same steps
+    for epoch in range(2):
+        plan1, idx1 = one.rank_epoch(epoch, SEED)
+        ref = Counter(idx1.keys[plan1.rows].tolist())
+        dealt, copies = [], Counter()
+        for r in ranks:
+            plan, idx = r.rank_epoch(epoch, SEED)
+            assert plan.steps == sizes[epoch].shape[1] and len(plan.rows) == sizes[epoch][r.rank].sum()
+            dealt.append(set(idx.keys.tolist()))
+            copies.update(idx.keys[plan.rows].tolist())
+            # copy numbers run 0..c-1 for each sample
+            got = Counter(zip(idx.keys[plan.rows].tolist(), plan.reps.tolist()))
+            assert all(got[(k, c)] == 1 for k, n in Counter(idx.keys[plan.rows].tolist()).items() for c in range(n))
+        assert sum(len(d) for d in dealt) == len(train.keys) == len(set().union(*dealt))  # each sample on one rank
+        assert copies == ref  # a sample's copies do not depend on the world size
+
+
+def test_stream_yields_the_ranks_items(prepared_fixture):
+    ranks = _ranks(prepared_fixture, 2)
+    for r in ranks:
+        r.epoch_sizes(1, SEED, batch_size=8)
+    shards = {int(p.stem): p for p in shard_paths(prepared_fixture)}
+    streams = [
+        ShardStream(shards, lambda e, r=r: r.rank_epoch(e, SEED), seed=SEED, rank=r.rank, world=2, batch_size=8, image_size=32)
+        for r in ranks
+    ]
+    for st in streams:
+        plan = st.set_epoch(0)
+        batches = list(st)
+        assert len(batches) == plan.steps
+        assert [b["global_batch"] for b in batches] == [plan.global_batch(t) for t in range(plan.steps)]
+        got = Counter(k for b in batches for k in b["keys"])
+        assert got == Counter(st.index.keys[plan.rows].tolist())
+        labels = load_labels(prepared_fixture)
+        b = batches[0]
+        for k, row in zip(b["keys"], b["labels"]):
+            assert sorted(x for x in row.tolist() if x >= 0) == sorted(labels.classes_of(k))
+
+
+def test_checkpoint_of_the_whole_corpus_plan_is_refused(tmp_path):
+    import torch
+
+    from pipeline.io.run_folder import CHECKPOINT_DIR
+    from pipeline.train.checkpoint import checkpoint_path, save_checkpoint
+    from pipeline.train.resume import resume_point
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    config = {"seed": 0, "pretrain": {"epochs": 2}}
+    path_ = checkpoint_path(tmp_path / CHECKPOINT_DIR, 3)
+    kw = dict(model=model, optimizer=opt, scheduler=sched, step=3, epoch=0, config=config, extra={})
+    save_checkpoint(path_, data_position={"epoch": 0, "batches": 3}, **kw)  # no plan: the whole-corpus path's
+    with pytest.raises(ConfigError, match="whole-corpus data path"):
+        resume_point(tmp_path, model, opt, sched, config, True)
+    save_checkpoint(path_, data_position={"epoch": 0, "batches": 3, "plan": 2}, **kw)
+    assert resume_point(tmp_path, model, opt, sched, config, True).state.batches == 3

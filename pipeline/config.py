@@ -309,7 +309,7 @@ class PretrainConfig:
     worker_nice: Optional[int] = runtime(None)
     # a decoded uint8 copy of the training images (pipeline.train.decoded_cache), built at the start of the stage and
     # removed at its end; the same batches bit for bit, so not part of the stage key. "auto": when it fits in
-    # decoded_cache_max_gb (N x 3 x (2 x image_size)^2 bytes at most); "on"; "off": decode the shards every epoch
+    # decoded_cache_max_gb (estimate 1.5 x N x 3 x (2 x image_size)^2 bytes); "on"; "off": decode the shards every epoch
     decoded_cache: DecodedCache = runtime(DecodedCache.auto)
     decoded_cache_max_gb: float = runtime(4.0)
     shuffle_buffer: int = 1000  # samples in each rank's shuffle buffer

@@ -54,18 +54,25 @@ def test_cached_images_are_decode_output_with_the_shorter_side_capped(ingested_f
     want = np.asarray(decode(blob, 16))
     got = cache.get(key)
     assert got.dtype == np.uint8 and np.array_equal(got, want)
-    assert min(got.shape[:2]) <= 32
-    assert max(min(cache.heights[i], cache.widths[i]) for i in range(len(cache))) <= 32
+    assert min(got.shape[:2]) < 64
+    assert max(min(cache.heights[i], cache.widths[i]) for i in range(len(cache))) < 64  # < 4 x image_size
     with pytest.raises(KeyError):
         cache.get("999999_000000")
 
 
-def test_decode_caps_the_shorter_side_and_never_enlarges():
+def test_decode_reduces_the_shorter_side_by_an_integer_factor_and_never_enlarges():
     big = Image.new("RGB", (300, 150), (10, 200, 30))
+    big.paste((250, 0, 0), (0, 0, 2, 2))  # one 2x2 block: reduced to its mean, one pixel
     buf = io.BytesIO()
     big.save(buf, format="PNG")
     out = decode(buf.getvalue(), 32)
-    assert out.size == (128, 64)  # shorter side 150 -> 64 = 2 x 32, aspect kept
+    assert out.size == (150, 75)  # shorter side 150 // 64 = 2: halved, in [64, 128), aspect kept
+    assert out.getpixel((0, 0)) == (250, 0, 0) and out.getpixel((1, 0)) == (10, 200, 30)
+    assert decode(buf.getvalue(), 16).size == (75, 38)  # 150 // 32 = 4 (a partial edge block is kept: ceil)
+    edge = Image.new("RGB", (127, 127))
+    buf = io.BytesIO()
+    edge.save(buf, format="PNG")
+    assert decode(buf.getvalue(), 32).size == (127, 127)  # 127 // 64 = 1: left as it is
     small = Image.new("RGB", (40, 20))
     buf = io.BytesIO()
     small.save(buf, format="WEBP")

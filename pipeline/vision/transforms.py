@@ -2,7 +2,7 @@
 
 One implementation of each step, so the two stages see the same pixels for the same recipe:
 
-- :func:`decode`: shard image bytes -> RGB PIL image, shorter side capped at ``2 x size`` px;
+- :func:`decode`: shard image bytes -> RGB PIL image, shorter side reduced below ``4 x size`` px (integer box reduction);
 - :func:`train_transform`: random-resized crop (:func:`rrc_box`, torchvision's algorithm) +
   horizontal flip, seeded by a ``random.Random`` the caller derives with :func:`item_seed`;
 - :func:`eval_transform`: resize the shorter side to ``size * 256/224`` then centre crop
@@ -58,30 +58,25 @@ def rrc_box(width: int, height: int, rng: random.Random, scale=(0.08, 1.0), rati
 
 
 def decode(blob: bytes, size: int) -> Image.Image:
-    """Decode a shard image to RGB with its shorter side capped at ``2 x size`` px.
+    """Decode a shard image to RGB, its shorter side reduced to between ``2 x size`` and ``4 x size`` px
+    when it was longer.
 
-    JPEGs are drafted (DCT scaling) to >= 2x ``size`` px first, for speed; any image whose
-    shorter side is still over ``2 x size`` is then resized (bilinear, antialiased) so it
-    is exactly that: at most 2x upsampling remains for the smallest random-resized crops
-    (side 0.28 of the image), and the result is small enough to keep decoded
-    (:mod:`pipeline.train.decoded_cache`). Images are never enlarged.
-
-    The cap resize is Pillow's two-step one (``reducing_gap=2``: an integer box reduction, then
-    bilinear over a factor of at least 2): on the demo's shards (40% of them WebP over the cap, up
-    to 512 px) it takes 0.25 ms less CPU an image than the one-step resize (1.09 -> 0.84 ms for the
-    whole decode, AVX512, one core, 2026-12-07), at a mean absolute difference of 0.013 of 255 in
-    the pixels (``docs/benchmarks.md``, training loader).
+    JPEGs are drafted (DCT scaling) to >= 2x ``size`` px first; any image whose shorter side is then
+    still at least ``4 x size`` is box-reduced by the largest integer factor that keeps it >= 2x ``size``
+    (Pillow's ``Image.reduce``: the mean of each f x f block, antialiased). So at most 2x upsampling remains
+    for the smallest random-resized crops (side 0.28 of the image), the result is small enough to keep
+    decoded (:mod:`pipeline.train.decoded_cache`), and no image pays a resampling pass of its own before
+    the crop's: the crop's resize is the only interpolation (one process over the demo's shards, decode +
+    crop: 1.05-1.10 ms an image against 1.23-1.26 for a bilinear resize to exactly 2x ``size`` and
+    0.88-0.93 without any cap, ``docs/benchmarks.md``, training loader). Images are never enlarged.
     """
     img: Image.Image = Image.open(io.BytesIO(blob))
     if img.format == "JPEG":
         img.draft("RGB", (2 * size, 2 * size))
     img = img.convert("RGB")
-    cap = 2 * size
-    short = min(img.width, img.height)
-    if short > cap:
-        r = cap / short
-        size_out = (max(cap, round(img.width * r)), max(cap, round(img.height * r)))
-        img = img.resize(size_out, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    factor = min(img.width, img.height) // (2 * size)
+    if factor >= 2:
+        img = img.reduce(factor)
     return img
 
 

@@ -87,7 +87,8 @@ def run_tar_only(shards, index) -> tuple[int, Timer]:
     """Ours without decoding, one process: reading the shard indexes (cache cleared first) and
     every planned item's image bytes by offset, in batch order."""
     from pipeline.io.shards import _image_offsets
-    from pipeline.train.loader import MemberReader
+    from pipeline.seeding import item_seed
+    from pipeline.train.loader import MemberReader, shuffle_order
 
     _image_offsets.cache_clear()
     n = 0
@@ -95,7 +96,8 @@ def run_tar_only(shards, index) -> tuple[int, Timer]:
         stream = _stream(shards, index)  # set_epoch scans the shards' headers
         rows = stream.plan.rank_items(0)[0]
         with MemberReader(stream.shards) as reader:
-            for r in rows[stream._order(len(rows))]:
+            order = shuffle_order(len(rows), random.Random(item_seed("buffer", 0, 0, 0)), stream.shuffle_buffer)
+            for r in rows[order]:
                 reader.read(int(index.shard_of[r]), int(stream._row_offset[r]), int(stream._row_size[r]))
                 n += 1
     return n, t

@@ -14,9 +14,11 @@ a rank does before its first step:
   sample, weights, hash buckets; the buckets are drawn at random here instead of hashed, which changes nothing
   the rank does), rank 0 splits its 1/world of the shards (no held-out set: the stand-in below needs every
   sample to train; a held-out set adds its keys and classes, ``heldout_fraction`` of them), computes its item counts
-  of all ``--epochs`` epochs (the schedule needs every epoch's steps), then builds its items of epoch 0 and
-  the index of its shards' rows, and the loader's shuffle order over them: everything before the loader
-  looks up byte offsets in the shard tars (not made here). The other ranks' answers to the two exchanges
+  of all ``--epochs`` epochs (the schedule needs every epoch's steps), then streams its items of epoch 0
+  through the loader's shuffle buffer (1,000) up to the first batch of 64: ``seconds`` and ``peak_rss_gb``
+  stop there (what a rank does before its first step, less the byte offsets of the shard tars, not made
+  here); then it streams the rest of the epoch's items (no images): ``epoch_stream_seconds``, and the peak
+  RSS over the whole epoch in ``peak_rss_gb`` (flat if nothing accumulates). The other ranks' answers to the two exchanges
   are stood in for: their table rows from ``shards.parquet``, their item counts equal to rank 0's.
 
 Ranks are simulated in one process (the plan is metadata): rank 0 of ``world``. The projection to 10^9 and
@@ -27,6 +29,7 @@ one, from a least-squares line over the sizes measured.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -79,7 +82,7 @@ def _child(kind: str, n: int, world: int, folder: str = "", epochs: int = 8) -> 
 
     from pipeline.io.shard_labels import read_shard_table
     from pipeline.train.epoch_plan import SampleIndex, make_epoch_plan
-    from pipeline.train.loader import shuffle_order
+    from pipeline.train.loader import shuffle_items
     from pipeline.train.shard_samples import ShardSamples
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
@@ -108,11 +111,26 @@ def _child(kind: str, n: int, world: int, folder: str = "", epochs: int = 8) -> 
         samples = ShardSamples(folder, "sqrt", 0.0, 1.0, rank=0, world=world, gather=exchange)
         t_data = time.perf_counter() - t0
         samples.epoch_sizes(epochs, 0, batch_size=64)
-        plan, index = samples.rank_epoch(0, 0)
-        shuffle_order(len(plan.rows), random.Random(0), 1000)
-        items = len(plan.rows)
-        read = len(index.keys)
+        plan = samples.rank_stream(0, 0)
+        stream = shuffle_items(plan.items(), random.Random(0), 1000)
+        first = list(itertools.islice(stream, 64))  # what a loader worker holds before its first batch
+        t_first = time.perf_counter() - t0
+        rss_first = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        rest = sum(1 for _ in stream)  # the rest of the epoch's items, streamed (no images)
+        items = len(first) + rest
+        assert items == int(plan.batch_sizes[0].sum())
+        read = sum(sl.stop - sl.start for sl in plan.slices)
     seconds = time.perf_counter() - t0
+    if kind == "shard":
+        seconds, extra = (
+            t_first,
+            {
+                "epoch_stream_seconds": round(time.perf_counter() - t0, 3),
+                "peak_rss_first_batch_gb": round(rss_first, 3),
+            },
+        )
+    else:
+        extra = {}
     return {
         "kind": kind,
         "samples": n,
@@ -123,6 +141,7 @@ def _child(kind: str, n: int, world: int, folder: str = "", epochs: int = 8) -> 
         "samples_read": read,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
         "rss_after_imports_gb": round(base, 3),
+        **extra,
     }
 
 

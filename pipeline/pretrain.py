@@ -109,7 +109,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
     decoded, decoded_info = open_decoded_cache(pt, info, out, samples.num_train + samples.num_heldout, samples.all_keys, shards)
     stream, held_stream = pretrain_streams(
         shards,
-        functools.partial(samples.rank_epoch, seed=cfg.seed),
+        functools.partial(samples.rank_stream, seed=cfg.seed),
         samples.heldout,
         pt=pt,
         seed=cfg.seed,

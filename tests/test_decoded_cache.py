@@ -102,8 +102,12 @@ def test_a_missing_sample_fails_and_leaves_nothing(ingested_fixture, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_estimate_is_the_square_image_upper_bound():
-    assert estimate_bytes(10, 64) == 10 * 3 * 128 * 128
+def test_estimate_covers_the_fixture_cache(ingested_fixture, tmp_path):
+    assert estimate_bytes(10, 64) == int(1.5 * 10 * 3 * 128 * 128)
+    index, shards = _index(ingested_fixture)
+    cache = build_decoded_cache(tmp_path / "c", index.keys, shards, image_size=16, workers=1, progress=False)
+    actual = sum(int(h) * int(w) * 3 for h, w in zip(cache.heights, cache.widths))
+    assert actual <= estimate_bytes(len(index.keys), 16)
 
 
 def test_worker_niceness_is_lowest_only_for_cpu_training_from_the_cache():

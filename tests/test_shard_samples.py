@@ -4,6 +4,8 @@ whatever the world size, copies that do not depend on the world size, and the lo
 
 from __future__ import annotations
 
+import functools
+import random
 import shutil
 from collections import Counter
 
@@ -16,7 +18,8 @@ from pipeline.io.labels import load_labels, vocab_class_counts
 from pipeline.io.run_folder import SHARD_LABELS_DIR, VOCAB, path
 from pipeline.io.shard_labels import BUCKET_COLUMNS
 from pipeline.io.shards import shard_paths
-from pipeline.train.loader import ShardStream
+from pipeline.seeding import item_seed
+from pipeline.train.loader import ShardStream, make_loader, shuffle_order
 from pipeline.train.sample_split import build_indexes
 from pipeline.train.shard_samples import ShardSamples
 
@@ -74,7 +77,7 @@ def test_no_training_sample_is_a_config_error(prepared_fixture):
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_every_training_sample_on_one_rank_and_copies_independent_of_world(prepared_fixture, world):
-    train, _, _ = build_indexes(prepared_fixture, "sqrt", 0.1)
+    train, _, labels = build_indexes(prepared_fixture, "sqrt", 0.1)
     one = _ranks(prepared_fixture, 1)[0]
     one.epoch_sizes(2, SEED, batch_size=16)
     ranks = _ranks(prepared_fixture, world)
@@ -82,41 +85,62 @@ def test_every_training_sample_on_one_rank_and_copies_independent_of_world(prepa
     sizes = every[0]
     assert all(np.array_equal(a, b) for other in every for a, b in zip(other, sizes))  # every rank, the same steps
     for epoch in range(2):
-        plan1, idx1 = one.rank_epoch(epoch, SEED)
-        ref = Counter(idx1.keys[plan1.rows].tolist())
+        ref = Counter(item[0] for item in one.rank_stream(epoch, SEED).items())
         dealt, copies = [], Counter()
         for r in ranks:
-            plan, idx = r.rank_epoch(epoch, SEED)
-            assert plan.steps == sizes[epoch].shape[1] and len(plan.rows) == sizes[epoch][r.rank].sum()
-            dealt.append(set(idx.keys.tolist()))
-            copies.update(idx.keys[plan.rows].tolist())
-            # copy numbers run 0..c-1 for each sample
-            got = Counter(zip(idx.keys[plan.rows].tolist(), plan.reps.tolist()))
-            assert all(got[(k, c)] == 1 for k, n in Counter(idx.keys[plan.rows].tolist()).items() for c in range(n))
+            plan = r.rank_stream(epoch, SEED)
+            items = list(plan.items())
+            assert plan.steps == sizes[epoch].shape[1] and len(items) == sizes[epoch][r.rank].sum()
+            dealt.append({k for sl in plan.slices for k in _slice_keys(r, sl)})
+            got = Counter(item[0] for item in items)
+            copies.update(got)
+            # copy numbers run 0..c-1 for each sample, and the classes are the sample's
+            assert Counter((item[0], item[2]) for item in items) == Counter((k, c) for k, n in got.items() for c in range(n))
+            for key, classes, _, shard in items[:50]:
+                assert sorted(classes.tolist()) == sorted(labels.classes_of(key)) and int(key[:6]) == shard
         assert sum(len(d) for d in dealt) == len(train.keys) == len(set().union(*dealt))  # each sample on one rank
         assert copies == ref  # a sample's copies do not depend on the world size
 
 
-def test_stream_yields_the_ranks_items(prepared_fixture):
+def _slice_keys(samples, sl):
+    sp = samples.split(sl.shard, labels=True)
+    return sp.table.column("key").take(sp.train[sl.start : sl.stop]).to_pylist()
+
+
+def test_stream_yields_the_plans_items_through_the_shuffle_buffer(prepared_fixture):
+    """The streamed loader (items generated shard by shard, through the buffer) gives the batches that the
+    position-based shuffle over the epoch's whole item list gives: in one process, with 2 workers, resumed."""
     ranks = _ranks(prepared_fixture, 2)
     for r in ranks:
         r.epoch_sizes(1, SEED, batch_size=8)
     shards = {int(p.stem): p for p in shard_paths(prepared_fixture)}
-    streams = [
-        ShardStream(shards, lambda e, r=r: r.rank_epoch(e, SEED), seed=SEED, rank=r.rank, world=2, batch_size=8, image_size=32)
-        for r in ranks
-    ]
-    for st in streams:
-        plan = st.set_epoch(0)
+    for r in ranks:
+        plan = r.rank_stream(0, SEED)
+        items = list(plan.items())
+        order = shuffle_order(len(items), random.Random(item_seed("buffer", SEED, 0, r.rank)), 50)
+        ends = np.cumsum(plan.batch_sizes[r.rank])
+        want = [[(items[i][0], items[i][2]) for i in order[e - n : e]] for e, n in zip(ends, plan.batch_sizes[r.rank])]
+
+        def stream(r=r):
+            planner = functools.partial(r.rank_stream, seed=SEED)
+            kw = dict(seed=SEED, rank=r.rank, world=2, batch_size=8, image_size=32, shuffle_buffer=50)
+            return ShardStream(shards, planner, **kw)
+
+        def got(batches):
+            return [list(zip(b["keys"], b["copies"])) for b in batches]
+
+        st = stream()
+        st.set_epoch(0)
         batches = list(st)
-        assert len(batches) == plan.steps
+        assert [b["step"] for b in batches] == list(range(len(want)))
         assert [b["global_batch"] for b in batches] == [plan.global_batch(t) for t in range(plan.steps)]
-        got = Counter(k for b in batches for k in b["keys"])
-        assert got == Counter(st.index.keys[plan.rows].tolist())
+        assert got(batches) == want
         labels = load_labels(prepared_fixture)
-        b = batches[0]
-        for k, row in zip(b["keys"], b["labels"]):
+        for k, row in zip(batches[0]["keys"], batches[0]["labels"]):
             assert sorted(x for x in row.tolist() if x >= 0) == sorted(labels.classes_of(k))
+        st = stream()
+        st.set_epoch(0, skip_batches=3)
+        assert got(make_loader(st, 2)) == want[3:]  # 2 workers, resumed after 3 batches: the same batches
 
 
 def test_checkpoint_of_the_whole_corpus_plan_is_refused(tmp_path):

@@ -364,7 +364,7 @@ def iter_samples(paths: list[Path] | list[str]) -> Iterator[dict]:
     yield from ds
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=64)  # a bound: a rank streams thousands of shards, each a dict of ~1 MB
 def _image_offsets(path: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
     with ShardReader(path) as reader:
         return reader.image_offsets()
@@ -374,8 +374,8 @@ def member_offsets(path: str | Path) -> dict[str, tuple[int, int]]:
     """``{sample key: (byte offset, byte size)}`` of each sample's image member in a shard tar.
 
     From the shard's index (:class:`pipeline.io.shards.ShardReader`), cached per process by
-    path, size and modification time, so the training and held-out streams, and every
-    epoch, share it.
+    path, size and modification time (the last 64 shards read), so the training and held-out
+    streams share it.
 
     Raises:
         OSError, ValueError, tarfile.ReadError: the shard or its index cannot be read.

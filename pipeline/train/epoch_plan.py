@@ -70,7 +70,7 @@ class SampleIndex:
 
 class PlanSteps:
     """Steps and global batches of an epoch plan with ``batch_sizes``: int64 (world, steps) (shared by
-    :class:`EpochPlan` and :class:`pipeline.train.shard_plan.RankPlan`)."""
+    :class:`EpochPlan` and :class:`pipeline.train.shard_samples.StreamPlan`)."""
 
     batch_sizes: np.ndarray
 

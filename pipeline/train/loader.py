@@ -1,18 +1,20 @@
 """The streaming training loader over the canonical shards (WebDataset tars).
 
 The data path is a chain of small stages, each testable alone: the epoch plan fixes which
-items each rank and batch get (pretraining: the shard-level plan of :mod:`pipeline.train.shard_samples`, which
-gives a rank its own items and the index of its shards' rows; held-out evaluation, tests and benchmarks: the
-whole-corpus plan of :mod:`pipeline.train.epoch_plan` over a :class:`SampleIndex`); the seeded shuffle buffer
-(webdataset's algorithm with a private RNG) is applied to the item *positions*, so the
-order of every batch is known before any byte is read; then, in each DataLoader worker,
+items each rank and batch get (pretraining: the shard-level plan of :mod:`pipeline.train.shard_samples`,
+whose items each worker generates shard slice by shard slice; held-out evaluation, tests and benchmarks: the
+whole-corpus plan of :mod:`pipeline.train.epoch_plan` over a :class:`SampleIndex`); then, in each
+DataLoader worker,
 
-    this worker's batches (skipping those already trained on: resume) -> each item's image
-    member read by offset (:func:`pipeline.io.shards.member_offsets`: from the shard index ingest wrote, read
-    once per shard and process) -> decode + augment -> collate.
+    the rank's items in stream order (key, classes, copy, shard, byte offset of the image member:
+    :func:`pipeline.io.shards.member_offsets`, from the shard index ingest wrote) -> the seeded shuffle
+    buffer (webdataset's algorithm with a private RNG, :func:`shuffle_items`) -> batches of the plan's
+    sizes, this worker's only (skipping those already trained on: resume) -> each image member read by
+    offset -> decode + augment -> collate.
 
-Worker ``w`` of ``W`` builds batches ``b`` with ``(b - skip) % W == w``; PyTorch's DataLoader
-returns worker batches round-robin, so batches arrive in plan order and a resumed run
+Every worker runs the same item stream and buffer (cheap: no image is read for another worker's
+batch), so worker ``w`` of ``W`` keeps batches ``b`` with ``(b - skip) % W == w``; PyTorch's
+DataLoader returns worker batches round-robin, so batches arrive in plan order and a resumed run
 sees exactly the batches an uninterrupted one would (the maintainer of webdataset does
 not support exact mid-epoch resume; this loader does). A worker reads only its own
 items' bytes: reading every tar in every worker and keeping 1/W of the batches paid the
@@ -32,11 +34,12 @@ about 0.5 ms of CPU per image in barrier waits (benchmarks/RESULTS.md, loader).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import random
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Mapping
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -46,31 +49,34 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.io.shards import member_offsets, read_exact
 from pipeline.seeding import item_seed
 from pipeline.train.epoch_plan import EpochPlan, SampleIndex, make_epoch_plan
-from pipeline.train.shard_plan import RankPlan
+from pipeline.train.shard_samples import StreamPlan
 from pipeline.vision.transforms import decode, eval_transform, normalize, train_transform
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def shuffle_order(n: int, rng: random.Random, buffer: int) -> np.ndarray:
-    """The output order of a shuffle buffer of ``buffer`` items over ``n`` items: int64 (n,) positions.
-
-    webdataset's ``shuffle`` algorithm (fill the buffer, swap a random slot with the last,
-    emit it; shuffle the rest at the end), applied to positions instead of samples.
-    """
+def shuffle_items(items: Iterable[T], rng: random.Random, buffer: int) -> Iterator[T]:
+    """``items`` through a shuffle buffer of ``buffer`` items (webdataset's ``shuffle`` algorithm: fill the
+    buffer, swap a random slot with the last, emit it; shuffle the rest at the end), holding at most
+    ``buffer`` items at a time."""
     if buffer <= 1:
-        return np.arange(n, dtype=np.int64)
-    out: list[int] = []
-    buf: list[int] = []
-    for it in range(n):
+        yield from items
+        return
+    buf: list[T] = []
+    for it in items:
         buf.append(it)
         if len(buf) >= buffer:
             j = rng.randrange(len(buf))
             buf[j], buf[-1] = buf[-1], buf[j]
-            out.append(buf.pop())
+            yield buf.pop()
     rng.shuffle(buf)
-    out.extend(buf)
-    return np.asarray(out, dtype=np.int64)
+    yield from buf
+
+
+def shuffle_order(n: int, rng: random.Random, buffer: int) -> np.ndarray:
+    """The output order of :func:`shuffle_items` over ``n`` items: int64 (n,) positions."""
+    return np.fromiter(shuffle_items(range(n), rng, buffer), dtype=np.int64, count=n)
 
 
 class MemberReader:
@@ -103,16 +109,18 @@ class ShardStream(IterableDataset):
     """One rank's batches for one epoch, as an IterableDataset for ``DataLoader(batch_size=None)``.
 
     ``index``: a :class:`SampleIndex` (every rank plans the whole index with
-    :func:`pipeline.train.epoch_plan.make_epoch_plan`), or a callable ``epoch -> (plan, rank index)`` that gives
-    this rank's plan (a :class:`pipeline.train.shard_plan.RankPlan`) and the index its rows point into
-    (pretraining: :meth:`pipeline.train.shard_samples.ShardSamples.rank_epoch`); it is called in the main
-    process only, by :meth:`set_epoch`.
+    :func:`pipeline.train.epoch_plan.make_epoch_plan`; held-out evaluation, tests, benchmarks), or a callable
+    ``epoch -> StreamPlan`` (pretraining: :meth:`pipeline.train.shard_samples.ShardSamples.rank_stream`), called
+    by :meth:`set_epoch` in the main process: each worker then generates the rank's items slice by slice and
+    streams them through the shuffle buffer, so no process holds the rank's share of the corpus. Both give the
+    same batches for the same items (tested).
 
     With ``decoded`` (a :class:`pipeline.train.decoded_cache.DecodedCache`), images come from the
     decoded copy instead of the tars; the batches are the same bit for bit.
 
     Yields dicts: ``images`` uint8 (B, 3, S, S) (float32 normalized if ``normalize_in_workers``),
-    ``labels`` int64 (B, K) padded with -1, ``keys`` list of B str, ``step`` int (batch index in the epoch), ``global_batch`` int
+    ``labels`` int64 (B, K) padded with -1, ``keys`` list of B str, ``copies`` list of B int (the copy number of
+    each replicated sample), ``step`` int (batch index in the epoch), ``global_batch`` int
     (items in this step over all ranks).
 
     Call :meth:`set_epoch` before iterating (in the main process; DataLoader workers get
@@ -122,7 +130,7 @@ class ShardStream(IterableDataset):
     def __init__(
         self,
         shards: Mapping[int, str | Path],
-        index: SampleIndex | Callable[[int], tuple],
+        index: SampleIndex | Callable[[int], StreamPlan],
         *,
         seed: int,
         rank: int,
@@ -143,14 +151,10 @@ class ShardStream(IterableDataset):
         self.batch_size, self.image_size = batch_size, image_size
         self.train, self.shuffle_buffer = train, shuffle_buffer
         self.normalize_in_workers = normalize_in_workers
-        self.plan: EpochPlan | RankPlan | None = None
+        self.plan: EpochPlan | StreamPlan | None = None
         self.skip_batches = 0
-        self._set_index(self.index)
-
-    def _set_index(self, index: SampleIndex | None) -> None:
-        self.index = index
         # byte offset and size of each index row's image member, looked up on first use (-1: not yet)
-        n = 0 if index is None else len(index.keys)
+        n = 0 if self.index is None else len(self.index.keys)
         self._row_offset = np.full(n, -1, dtype=np.int64)
         self._row_size = np.full(n, -1, dtype=np.int64)
 
@@ -158,22 +162,22 @@ class ShardStream(IterableDataset):
         # DataLoader workers get the epoch's plan and index, never the planner (it may hold a process group)
         return {**self.__dict__, "_planner": None}
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> EpochPlan | RankPlan:
-        """Plan ``epoch``; the first ``skip_batches`` batches are skipped without reading them.
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> EpochPlan | StreamPlan:
+        """Plan ``epoch``; the first ``skip_batches`` batches are skipped without decoding them.
 
-        Also looks up where each of the rank's items lies in its shard (:func:`member_offsets`).
+        With a :class:`SampleIndex`, also looks up where each of the rank's items lies in its shard
+        (:func:`member_offsets`; a streamed plan's workers look up each shard as they reach it).
 
         Raises:
             RuntimeError: a planned sample is missing from its shard, or its shard from the run.
         """
+        self.skip_batches = skip_batches
         if self._planner is not None:
-            self.plan, index = self._planner(epoch)
-            if index is not self.index:
-                self._set_index(index)
+            self.plan = self._planner(epoch)
+            return self.plan
         else:
             assert self.index is not None  # a SampleIndex or a planner (__init__)
             self.plan = make_epoch_plan(self.index, seed=self.seed, epoch=epoch, world=self.world, batch_size=self.batch_size)
-        self.skip_batches = skip_batches
         # look up positions in the main process (the shard index, read once per shard per process), so
         # the workers, started fresh every epoch, inherit them instead of scanning the tars again
         if self.decoded is None:
@@ -208,26 +212,55 @@ class ShardStream(IterableDataset):
                         "(were the shards changed after vocab?)"
                     ) from None
 
-    def _order(self, n: int) -> np.ndarray:
-        """Positions of the rank's items in the order batches take them (the seeded shuffle buffer)."""
-        if not self.train:
-            return np.arange(n, dtype=np.int64)
-        assert self.plan is not None  # set_epoch() made it (__iter__ checks)
-        rng = random.Random(item_seed("buffer", self.seed, self.plan.epoch, self.rank))
-        return shuffle_order(n, rng, self.shuffle_buffer)
+    def _indexed_items(self) -> Iterator[tuple[str, np.ndarray, int, int, int, int]]:
+        """The rank's items of an :class:`EpochPlan` in stream order: (key, classes, copy, shard, offset, size)."""
+        assert isinstance(self.plan, EpochPlan) and self.index is not None  # set_epoch() made them
+        rows, reps = self.plan.rank_items(self.rank)
+        idx = self.index
+        for r, rep in zip(rows.tolist(), reps.tolist()):
+            yield str(idx.keys[r]), idx.classes(r), rep, int(idx.shard_of[r]), int(self._row_offset[r]), int(self._row_size[r])
 
-    def _make_batch(self, step: int, items: list, global_batch: int) -> dict:
-        assert self.plan is not None and self.index is not None  # set_epoch() made them (__iter__ checks)
-        images, labels, keys = [], [], []
-        for row, rep, key, src in items:
-            img = Image.fromarray(src) if isinstance(src, np.ndarray) else decode(src, self.image_size)
+    def _streamed_items(self) -> Iterator[tuple[str, np.ndarray, int, int, int, int]]:
+        """The rank's items of a :class:`StreamPlan`, each shard's member offsets read when it is reached.
+
+        Raises:
+            RuntimeError: a planned sample is missing from its shard, or its shard from the run.
+        """
+        assert isinstance(self.plan, StreamPlan)  # set_epoch() made it
+        shard, members = -1, {}
+        for key, classes, rep, s in self.plan.items():
+            if s != shard:
+                if s not in self.shards:
+                    raise RuntimeError(f"rank {self.rank}: shard {s:06d} of planned sample {key} is not in the run")
+                shard, members = s, member_offsets(self.shards[s]) if self.decoded is None else {}
+            if self.decoded is not None:
+                yield key, classes, rep, s, -1, -1
+                continue
+            try:
+                off, size = members[key]
+            except KeyError:
+                raise RuntimeError(
+                    f"rank {self.rank}: planned sample {key} not found in shard {self.shards[s]} "
+                    "(were the shards changed after vocab?)"
+                ) from None
+            yield key, classes, rep, s, off, size
+
+    def _make_batch(self, step: int, items: list, global_batch: int, reader: MemberReader) -> dict:
+        assert self.plan is not None  # set_epoch() made it (__iter__ checks)
+        images, labels, keys, copies = [], [], [], []
+        for key, classes, rep, shard, off, size in items:
+            if self.decoded is not None:
+                img = Image.fromarray(self.decoded.get(key))
+            else:
+                img = decode(reader.read(shard, off, size), self.image_size)
             if self.train:
                 rng = random.Random(item_seed("aug", self.seed, self.plan.epoch, key, rep))
                 images.append(train_transform(img, self.image_size, rng))
             else:
                 images.append(eval_transform(img, self.image_size))
-            labels.append(self.index.classes(row))
+            labels.append(classes)
             keys.append(key)
+            copies.append(rep)
         k = max(1, max(len(x) for x in labels))
         lab = torch.full((len(items), k), -1, dtype=torch.int64)
         for i, x in enumerate(labels):
@@ -235,34 +268,22 @@ class ShardStream(IterableDataset):
         batch = torch.stack(images)
         if self.normalize_in_workers:
             batch = normalize(batch)
-        return {"images": batch, "labels": lab, "keys": keys, "step": step, "global_batch": global_batch}
+        return {"images": batch, "labels": lab, "keys": keys, "copies": copies, "step": step, "global_batch": global_batch}
 
     def __iter__(self) -> Iterator[dict]:
-        if self.plan is None or self.index is None:
+        if self.plan is None:
             raise RuntimeError("call set_epoch(epoch) before iterating")
         info = get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
-        rows, reps = self.plan.rank_items(self.rank)
-        sizes = self.plan.batch_sizes[self.rank]
-        ends = np.cumsum(sizes)
-        order = self._order(len(rows))
-        keys, shard_of = self.index.keys, self.index.shard_of
-        cache = self.decoded
+        items = self._indexed_items() if isinstance(self.plan, EpochPlan) else self._streamed_items()
+        if self.train:  # the seeded shuffle buffer: every worker runs the same one and keeps its own batches
+            rng = random.Random(item_seed("buffer", self.seed, self.plan.epoch, self.rank))
+            items = shuffle_items(items, rng, self.shuffle_buffer)
         with MemberReader(self.shards) as reader:
-            for step in range(self.skip_batches + wid, self.plan.steps, nworkers):
-                pos = order[ends[step] - sizes[step] : ends[step]]
-                items = [
-                    (
-                        int(r),
-                        int(rep),
-                        str(keys[r]),
-                        cache.get(str(keys[r]))
-                        if cache is not None
-                        else reader.read(int(shard_of[r]), int(self._row_offset[r]), int(self._row_size[r])),
-                    )
-                    for r, rep in zip(rows[pos], reps[pos])
-                ]
-                yield self._make_batch(step, items, self.plan.global_batch(step))
+            for step, size in enumerate(self.plan.batch_sizes[self.rank].tolist()):
+                chunk = list(itertools.islice(items, size))
+                if step >= self.skip_batches and (step - self.skip_batches) % nworkers == wid:
+                    yield self._make_batch(step, chunk, self.plan.global_batch(step), reader)
 
 
 def _lower_priority(nice: int, worker_id: int) -> None:
@@ -314,7 +335,7 @@ def worker_nice(requested: int | None, device_type: str, decoded: bool) -> int:
 
 def pretrain_streams(
     shards: Mapping[int, str | Path],
-    train_idx: SampleIndex | Callable[[int], tuple],
+    train_idx: SampleIndex | Callable[[int], StreamPlan],
     held_idx: SampleIndex,
     *,
     pt,

@@ -32,9 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.train.epoch_plan import PlanSteps
-
-__all__ = ["RankPlan", "ShardSlice", "deal_shards", "rank_items", "replicate_shard", "step_sizes"]
+__all__ = ["ShardSlice", "deal_shards", "rank_items", "replicate_shard", "step_sizes"]
 
 
 @dataclass(frozen=True)
@@ -44,35 +42,6 @@ class ShardSlice:
     shard: int
     start: int
     stop: int
-
-
-@dataclass
-class RankPlan(PlanSteps):
-    """One rank's items of one epoch and every rank's batch sizes: what :class:`pipeline.train.loader.ShardStream`
-    and the training loop read of an epoch plan (the shard-level counterpart of
-    :class:`pipeline.train.epoch_plan.EpochPlan`, which holds every rank's items).
-
-    Attributes:
-        epoch, rank: the epoch and the rank whose items these are.
-        rows, reps: int64 (n_r,), the rank's items in stream order as (row of the rank's index, copy number).
-        batch_sizes: int64 (world, T): every rank's batch sizes (:func:`step_sizes`).
-    """
-
-    epoch: int
-    rank: int
-    rows: np.ndarray
-    reps: np.ndarray
-    batch_sizes: np.ndarray
-
-    def rank_items(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, reps) of ``rank``, which must be this plan's rank.
-
-        Raises:
-            ValueError: another rank's items were asked for (a rank plans only its own).
-        """
-        if rank != self.rank:
-            raise ValueError(f"this plan holds rank {self.rank}'s items, not rank {rank}'s")
-        return self.rows, self.reps
 
 
 def deal_shards(

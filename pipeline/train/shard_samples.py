@@ -15,13 +15,14 @@ the whole corpus. From the vocab stage's per-shard labels (:mod:`pipeline.io.sha
 3. **Epochs**: the shard-level plan of :mod:`pipeline.train.shard_plan`: shards dealt to ranks by expected items,
    replication inside each shard seeded per (seed, epoch, shard), and the step sizes from every rank's item
    count. The counts of all epochs are exchanged once, at start (:meth:`ShardSamples.epoch_sizes`: the learning
-   rate schedule needs the run's total steps); :meth:`ShardSamples.rank_epoch` then builds one rank's items of
-   one epoch and the index of its rows (keys, classes) for :class:`pipeline.train.loader.ShardStream`.
+   rate schedule needs the run's total steps); :meth:`ShardSamples.rank_stream` then gives one rank's epoch as
+   its shard slices, whose items (key, classes, copy) :class:`pipeline.train.loader.ShardStream` generates
+   slice by slice as it reaches them.
 
-State per rank: the shard table (4 numbers a shard), the held-out set (rank 0), and during an epoch the rank's
-own share of the corpus (its shards' keys and classes, its items: about 100 bytes a sample, 1/world of the
-corpus; ``benchmarks/shard_plan.py`` measures it). The whole-corpus plan of :mod:`pipeline.train.epoch_plan`
-held every sample of every epoch on every rank.
+State per rank: the shard table (4 numbers a shard), the held-out set (rank 0), and while streaming one shard
+slice's labels and the shuffle buffer's items (per loader worker): independent of the corpus size and of the
+rank's share (``benchmarks/shard_plan.py`` measures it). The whole-corpus plan of
+:mod:`pipeline.train.epoch_plan` held every sample of every epoch on every rank.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -38,16 +39,43 @@ import pyarrow as pa
 from pipeline.errors import ConfigError
 from pipeline.io.shard_labels import BUCKET_COLUMNS, read_shard_labels, read_shard_table
 from pipeline.seeding import key_buckets
-from pipeline.train.epoch_plan import SampleIndex
+from pipeline.train.epoch_plan import PlanSteps, SampleIndex
 from pipeline.train.sample_split import fraction_cut, heldout_cut
-from pipeline.train.shard_plan import RankPlan, deal_shards, replicate_shard, step_sizes
+from pipeline.train.shard_plan import ShardSlice, deal_shards, replicate_shard, step_sizes
 
-__all__ = ["DATA_PLAN", "ShardSamples", "ShardSplit"]
+__all__ = ["DATA_PLAN", "ShardSamples", "ShardSplit", "StreamPlan"]
 
 log = logging.getLogger(__name__)
 # the data plan a checkpoint's data position records (an int, as positions are): 2 = this shard-level plan;
 # checkpoints without one were written by the whole-corpus plan (1) and cannot resume exactly on this one
 DATA_PLAN = 2
+
+
+@dataclass
+class StreamPlan(PlanSteps):
+    """One rank's items of one epoch, generated shard slice by shard slice (:meth:`items`): the rank holds one
+    slice's labels at a time, never its whole share (:class:`pipeline.train.loader.ShardStream` streams it
+    through its shuffle buffer).
+
+    Attributes:
+        batch_sizes: int64 (world, T), every rank's batch sizes; ``epoch``, ``rank``, ``seed``;
+        slices: the rank's :class:`pipeline.train.shard_plan.ShardSlice` list in stream order;
+        samples: the :class:`ShardSamples` that reads them.
+    """
+
+    batch_sizes: np.ndarray
+    epoch: int
+    rank: int
+    seed: int
+    slices: list[ShardSlice]
+    samples: ShardSamples
+
+    def items(self) -> Iterator[tuple[str, np.ndarray, int, int]]:
+        """``(key, classes int64 (k,), copy number, shard)`` of each of the rank's items, in stream order."""
+        for sl in self.slices:
+            keys, indptr, indices, copy = self.samples.slice_items(sl, self.epoch, self.seed)
+            for i in range(keys.size):
+                yield str(keys[i]), indices[indptr[i] : indptr[i + 1]], int(copy[i]), sl.shard
 
 
 @dataclass
@@ -158,7 +186,8 @@ class ShardSamples:
         held = sorted((p for g in gathered for p in g[1]), key=lambda p: p[0])
         self.num_heldout = int(sum(p[1].size for p in held))
         self.heldout = _index([(k, ip, ix, np.ones(k.size)) for _, k, ip, ix in held] if keep_heldout else [])
-        self._sizes: list[np.ndarray] | None = None
+        self._counts: np.ndarray | None = None  # (world, epochs) items per rank and epoch (epoch_sizes)
+        self._batch_size = 0
         log.info(
             "training samples: %d in %d shards, %d held out (%.1f s, rank %d split %d shards)",
             self.num_train,
@@ -208,55 +237,50 @@ class ShardSamples:
 
     def epoch_sizes(self, epochs: int, seed: int, batch_size: int) -> list[np.ndarray]:
         """Batch sizes int64 (world, T_e) of each epoch (:func:`pipeline.train.shard_plan.step_sizes`), from every
-        rank's item counts exchanged once (one ``gather`` of ``epochs`` ints a rank).
+        rank's item counts exchanged once (one ``gather`` of ``epochs`` ints a rank). Only the counts are kept
+        (world x epochs ints); :meth:`rank_stream` makes one epoch's sizes again when it is reached.
 
         Raises:
             pipeline.errors.ConfigError: an epoch whose items cannot fill its steps on every rank.
         """
         mine = [self.item_count(e, seed) for e in range(epochs)]
-        counts = np.array(self.gather(mine), dtype=np.int64).reshape(self.world, epochs)
+        self._counts = np.array(self.gather(mine), dtype=np.int64).reshape(self.world, epochs)
+        self._batch_size = batch_size
         try:
-            self._sizes = [step_sizes(counts[:, e], batch_size) for e in range(epochs)]
+            return [step_sizes(self._counts[:, e], batch_size) for e in range(epochs)]
         except ValueError as e:
             raise ConfigError(f"config error at pretrain.batch_size: {e}") from None
-        return self._sizes
 
-    def rank_epoch(self, epoch: int, seed: int) -> tuple[RankPlan, SampleIndex]:
-        """This rank's items of ``epoch`` and the index their rows point into (its shards' training rows).
-
-        Call :meth:`epoch_sizes` first. Items are in stream order (the deal's shard order, key order inside a
-        shard; the loader's shuffle buffer mixes them); ``index`` rows are in key order.
+    def rank_stream(self, epoch: int, seed: int) -> StreamPlan:
+        """This rank's epoch ``epoch`` as a :class:`StreamPlan`: its shard slices and every rank's batch sizes;
+        the items are generated shard by shard when the loader reaches them. Call :meth:`epoch_sizes` first.
 
         Raises:
-            RuntimeError: :meth:`epoch_sizes` was not called, or this rank's items disagree with the count it sent
-                (the shard labels changed during the run).
+            RuntimeError: :meth:`epoch_sizes` was not called.
         """
-        if self._sizes is None:
-            raise RuntimeError("call epoch_sizes() before rank_epoch()")
-        slices = self.deal(epoch, seed)[self.rank]
-        parts, offset, start_of = [], 0, {}
-        for sl in sorted(slices, key=lambda x: x.shard):
-            sp = self.split(sl.shard, labels=True)
-            rows = sp.train[sl.start : sl.stop]
-            keys, indptr, indices = _csr(sp.table.take(pa.array(rows)))
-            parts.append((keys, indptr, indices, sp.weights[sl.start : sl.stop] * self.scale))
-            start_of[sl.shard] = (offset, sp.weights * self.scale)
-            offset += rows.size
-        row_parts, rep_parts = [], []
-        for sl in slices:
-            base, weights = start_of[sl.shard]
-            counts = replicate_shard(weights, sl.shard, seed=seed, epoch=epoch)[sl.start : sl.stop]
-            row_parts.append(np.repeat(np.arange(base, base + sl.stop - sl.start, dtype=np.int64), counts))
-            rep_parts.append(np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts))
-        rows = np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64)
-        reps = np.concatenate(rep_parts) if rep_parts else np.zeros(0, np.int64)
-        sizes = self._sizes[epoch]
-        if rows.size != int(sizes[self.rank].sum()):
-            raise RuntimeError(
-                f"rank {self.rank}: epoch {epoch} has {rows.size} items, {int(sizes[self.rank].sum())} planned "
-                "(were the vocab stage's shard labels changed during the run?)"
-            )
-        return RankPlan(epoch, self.rank, rows, reps, sizes), _index(parts)
+        if self._counts is None:
+            raise RuntimeError("call epoch_sizes() before rank_stream()")
+        sizes = step_sizes(self._counts[:, epoch], self._batch_size)
+        return StreamPlan(sizes, epoch, self.rank, seed, self.deal(epoch, seed)[self.rank], self)
+
+    def slice_items(self, sl: ShardSlice, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The items of one slice, in stream order: (keys str (n,), indptr int64 (n+1,), indices int64, copy int64 (n,)),
+        item ``i`` having classes ``indices[indptr[i]:indptr[i+1]]`` (sample ``i`` of the slice repeated by its copies).
+        """
+        sp = self.split(sl.shard, labels=True)
+        counts = replicate_shard(sp.weights * self.scale, sl.shard, seed=seed, epoch=epoch)[sl.start : sl.stop]
+        keys, indptr, indices = _csr(sp.table.take(pa.array(sp.train[sl.start : sl.stop])))
+        item = np.repeat(np.arange(keys.size), counts)
+        lengths = np.diff(indptr)[item]
+        starts = np.repeat(indptr[:-1][item], lengths)
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        copy = np.arange(item.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        new_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return keys[item], new_indptr, indices[starts + within], copy
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers stream slices: they need the table, not the exchange or the held-out set
+        return {**self.__dict__, "gather": None, "heldout": None}
 
     def all_keys(self) -> np.ndarray:
         """str (N,): the keys of every training and held-out sample, in key order (reads every shard's labels:

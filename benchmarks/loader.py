@@ -5,8 +5,8 @@
   over the demo shards, normalizing in the workers (``normalize_in_workers=True``, as
   ``pipeline.pretrain`` does on a CPU device). One epoch from ``iter()`` to the last
   batch, worker start-up included.
-* **anchor (a)**, the per-core decode limit: a tight one-process loop over the same image
-  bytes held in memory (PIL open, convert to RGB, torchvision's random-resized-crop box,
+* **anchor (a)**, the per-core decode limit: a tight one-process loop on one torch thread over the
+  same image bytes held in memory (PIL open, convert to RGB, torchvision's random-resized-crop box,
   resize, flip, to a uint8 tensor, stack 64, normalize), times the number of workers.
 * **anchor (b)**: torchvision ``ImageFolder`` + ``DataLoader`` (2 workers, batch 64,
   shuffle) on the same images written as files, with the transforms users write
@@ -104,7 +104,10 @@ def run_tar_only(shards, index) -> tuple[int, Timer]:
 
 
 def run_decode_limit(blobs: list[bytes]) -> tuple[int, Timer]:
-    """Anchor (a): one process, images in memory, the same decode + augment + normalize."""
+    """Anchor (a): one process, images in memory, the same decode + augment + normalize, on one torch
+    thread as each DataLoader worker runs (torch sets 1 thread in its workers): a per-core rate. Until
+    2026-12-07 it ran on the process's 2 threads, so its stack + normalize used a second core and the
+    rate x workers overstated the limit (its CPU time exceeded its wall time)."""
     import warnings
 
     import numpy as np
@@ -117,6 +120,8 @@ def run_decode_limit(blobs: list[bytes]) -> tuple[int, Timer]:
     rng = random.Random(0)
     n = 0
     batch = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with Timer() as t:
         for b in blobs:
             img = Image.open(io.BytesIO(b))
@@ -134,6 +139,7 @@ def run_decode_limit(blobs: list[bytes]) -> tuple[int, Timer]:
         if batch:
             x = (torch.stack(batch).float().div_(255) - mean) / std
             n += x.shape[0]
+    torch.set_num_threads(threads)
     return n, t
 
 

@@ -118,7 +118,7 @@ def _child(kind: str, n: int, world: int, folder: str = "", epochs: int = 8) -> 
         rss_first = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         rest = sum(1 for _ in stream)  # the rest of the epoch's items, streamed (no images)
         items = len(first) + rest
-        assert items == int(plan.batch_sizes[0].sum())
+        assert items == int(plan.sizes.counts[0])
         read = sum(sl.stop - sl.start for sl in plan.slices)
     seconds = time.perf_counter() - t0
     if kind == "shard":

@@ -115,3 +115,19 @@ def test_one_epoch_on_the_fixture_matches_the_whole_corpus_plan(prepared_fixture
         err_new.append(np.abs(freq_new - expected).sum() / expected.sum())
     # both plans' class frequencies deviate from the expectation by the replication's noise alone
     assert np.mean(err_new) < 1.25 * np.mean(err_old) and np.mean(err_old) < 1.25 * np.mean(err_new)
+
+
+def test_step_sizes_without_the_array_match_it():
+    from pipeline.train.shard_plan import StepSizes
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        counts = rng.integers(50, 400, rng.integers(1, 9))
+        sz = StepSizes.from_counts(counts, 16)
+        steps = -(-counts.max() // 16)
+        want = np.stack([(p // steps) + (np.arange(steps) < p % steps) for p in counts])
+        assert sz.steps == steps and np.array_equal(sz.array(), want)
+        assert [sz.global_batch(t) for t in range(steps)] == want.sum(0).tolist()
+        assert sz.num_items == counts.sum() and all(list(sz.rank_sizes(r)) == want[r].tolist() for r in range(len(counts)))
+    with pytest.raises(ValueError, match="cannot fill"):
+        StepSizes.from_counts([100, 3], 16)

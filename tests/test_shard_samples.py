@@ -81,7 +81,7 @@ def test_every_training_sample_on_one_rank_and_copies_independent_of_world(prepa
     one = _ranks(prepared_fixture, 1)[0]
     one.epoch_sizes(2, SEED, batch_size=16)
     ranks = _ranks(prepared_fixture, world)
-    every = [r.epoch_sizes(2, SEED, batch_size=16) for r in ranks]
+    every = [[sz.array() for sz in r.epoch_sizes(2, SEED, batch_size=16)] for r in ranks]
     sizes = every[0]
     assert all(np.array_equal(a, b) for other in every for a, b in zip(other, sizes))  # every rank, the same steps
     for epoch in range(2):
@@ -118,8 +118,9 @@ def test_stream_yields_the_plans_items_through_the_shuffle_buffer(prepared_fixtu
         plan = r.rank_stream(0, SEED)
         items = list(plan.items())
         order = shuffle_order(len(items), random.Random(item_seed("buffer", SEED, 0, r.rank)), 50)
-        ends = np.cumsum(plan.batch_sizes[r.rank])
-        want = [[(items[i][0], items[i][2]) for i in order[e - n : e]] for e, n in zip(ends, plan.batch_sizes[r.rank])]
+        sizes = list(plan.rank_batch_sizes(r.rank))
+        ends = np.cumsum(sizes)
+        want = [[(items[i][0], items[i][2]) for i in order[e - n : e]] for e, n in zip(ends, sizes)]
 
         def stream(r=r):
             planner = functools.partial(r.rank_stream, seed=SEED)

@@ -69,8 +69,7 @@ class SampleIndex:
 
 
 class PlanSteps:
-    """Steps and global batches of an epoch plan with ``batch_sizes``: int64 (world, steps) (shared by
-    :class:`EpochPlan` and :class:`pipeline.train.shard_samples.StreamPlan`)."""
+    """Steps and global batches of an epoch plan with ``batch_sizes``: int64 (world, steps)."""
 
     batch_sizes: np.ndarray
 
@@ -87,6 +86,10 @@ class PlanSteps:
     def global_batch(self, step: int) -> int:
         """Items in step ``step`` summed over ranks."""
         return int(self.batch_sizes[:, step].sum())
+
+    def rank_batch_sizes(self, rank: int) -> list[int]:
+        """Rank ``rank``'s batch sizes, step by step."""
+        return self.batch_sizes[rank].tolist()
 
 
 @dataclass

@@ -280,7 +280,7 @@ class ShardStream(IterableDataset):
             rng = random.Random(item_seed("buffer", self.seed, self.plan.epoch, self.rank))
             items = shuffle_items(items, rng, self.shuffle_buffer)
         with MemberReader(self.shards) as reader:
-            for step, size in enumerate(self.plan.batch_sizes[self.rank].tolist()):
+            for step, size in enumerate(self.plan.rank_batch_sizes(self.rank)):
                 chunk = list(itertools.islice(items, size))
                 if step >= self.skip_batches and (step - self.skip_batches) % nworkers == wid:
                     yield self._make_batch(step, chunk, self.plan.global_batch(step), reader)

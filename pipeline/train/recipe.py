@@ -70,23 +70,23 @@ class StepPlan:
     warmup_steps: int  # linear warmup from min(warmup_start_lr, peak_lr) to peak_lr
 
 
-def plan_steps(pt, epoch_sizes: list[np.ndarray], *, world: int) -> StepPlan:
+def plan_steps(pt, epoch_sizes: list, *, world: int) -> StepPlan:
     """The :class:`StepPlan` of the pretrain config section ``pt``.
 
-    ``epoch_sizes``: each epoch's batch sizes, int64 (world, micro-batches), as
-    :meth:`pipeline.train.shard_samples.ShardSamples.epoch_sizes` (or an
-    :class:`pipeline.train.epoch_plan.EpochPlan`'s ``batch_sizes``) give them. Warmup lasts
+    ``epoch_sizes``: each epoch's micro-batches and items (objects with ``steps`` and ``num_items``:
+    :meth:`pipeline.train.shard_samples.ShardSamples.epoch_sizes`' :class:`pipeline.train.shard_plan.StepSizes`,
+    or :class:`pipeline.train.epoch_plan.EpochPlan`). Warmup lasts
     ``pt.warmup_epochs`` of the first epoch's steps, at most all steps but one.
 
     Raises:
         pipeline.errors.ConfigError: see :func:`accumulation`.
     """
     global_batch, accum = accumulation(pt.batch_size, pt.global_batch, world)
-    steps_per_epoch = [steps_in_epoch(int(sizes.shape[1]), accum) for sizes in epoch_sizes]
+    steps_per_epoch = [steps_in_epoch(int(sizes.steps), accum) for sizes in epoch_sizes]
     total_steps = sum(steps_per_epoch)
     peak = scaled_lr(global_batch, pt.base_lr, pt.reference_batch)
     warmup_steps = min(total_steps - 1, round(pt.warmup_epochs * steps_per_epoch[0])) if total_steps > 1 else 0
-    items = [int(sizes.sum()) for sizes in epoch_sizes]
+    items = [int(sizes.num_items) for sizes in epoch_sizes]
     return StepPlan(global_batch, accum, items, steps_per_epoch, total_steps, peak, warmup_steps)
 
 

@@ -39,9 +39,9 @@ import pyarrow as pa
 from pipeline.errors import ConfigError
 from pipeline.io.shard_labels import BUCKET_COLUMNS, read_shard_labels, read_shard_table
 from pipeline.seeding import key_buckets
-from pipeline.train.epoch_plan import PlanSteps, SampleIndex
+from pipeline.train.epoch_plan import SampleIndex
 from pipeline.train.sample_split import fraction_cut, heldout_cut
-from pipeline.train.shard_plan import ShardSlice, deal_shards, replicate_shard, step_sizes
+from pipeline.train.shard_plan import ShardSlice, StepSizes, deal_shards, replicate_shard
 
 __all__ = ["DATA_PLAN", "ShardSamples", "ShardSplit", "StreamPlan"]
 
@@ -52,23 +52,41 @@ DATA_PLAN = 2
 
 
 @dataclass
-class StreamPlan(PlanSteps):
+class StreamPlan:
     """One rank's items of one epoch, generated shard slice by shard slice (:meth:`items`): the rank holds one
     slice's labels at a time, never its whole share (:class:`pipeline.train.loader.ShardStream` streams it
     through its shuffle buffer).
 
     Attributes:
-        batch_sizes: int64 (world, T), every rank's batch sizes; ``epoch``, ``rank``, ``seed``;
+        sizes: every rank's batch sizes (:class:`pipeline.train.shard_plan.StepSizes`); ``epoch``, ``rank``, ``seed``;
         slices: the rank's :class:`pipeline.train.shard_plan.ShardSlice` list in stream order;
         samples: the :class:`ShardSamples` that reads them.
     """
 
-    batch_sizes: np.ndarray
+    sizes: StepSizes
     epoch: int
     rank: int
     seed: int
     slices: list[ShardSlice]
     samples: ShardSamples
+
+    @property
+    def steps(self) -> int:
+        """Steps (batches per rank) in this epoch."""
+        return self.sizes.steps
+
+    @property
+    def num_items(self) -> int:
+        """Items in this epoch, all ranks."""
+        return self.sizes.num_items
+
+    def global_batch(self, step: int) -> int:
+        """Items in step ``step`` summed over ranks."""
+        return self.sizes.global_batch(step)
+
+    def rank_batch_sizes(self, rank: int) -> Iterator[int]:
+        """Rank ``rank``'s batch sizes, step by step."""
+        return self.sizes.rank_sizes(rank)
 
     def items(self) -> Iterator[tuple[str, np.ndarray, int, int]]:
         """``(key, classes int64 (k,), copy number, shard)`` of each of the rank's items, in stream order."""
@@ -235,10 +253,9 @@ class ShardSamples:
             n += int(replicate_shard(self.train_weights(sl.shard), sl.shard, seed=seed, epoch=epoch)[sl.start : sl.stop].sum())
         return n
 
-    def epoch_sizes(self, epochs: int, seed: int, batch_size: int) -> list[np.ndarray]:
-        """Batch sizes int64 (world, T_e) of each epoch (:func:`pipeline.train.shard_plan.step_sizes`), from every
-        rank's item counts exchanged once (one ``gather`` of ``epochs`` ints a rank). Only the counts are kept
-        (world x epochs ints); :meth:`rank_stream` makes one epoch's sizes again when it is reached.
+    def epoch_sizes(self, epochs: int, seed: int, batch_size: int) -> list[StepSizes]:
+        """Every epoch's batch sizes (:class:`pipeline.train.shard_plan.StepSizes`: steps and every rank's items),
+        from every rank's item counts exchanged once (one ``gather`` of ``epochs`` ints a rank).
 
         Raises:
             pipeline.errors.ConfigError: an epoch whose items cannot fill its steps on every rank.
@@ -247,7 +264,7 @@ class ShardSamples:
         self._counts = np.array(self.gather(mine), dtype=np.int64).reshape(self.world, epochs)
         self._batch_size = batch_size
         try:
-            return [step_sizes(self._counts[:, e], batch_size) for e in range(epochs)]
+            return [StepSizes.from_counts(self._counts[:, e], batch_size) for e in range(epochs)]
         except ValueError as e:
             raise ConfigError(f"config error at pretrain.batch_size: {e}") from None
 
@@ -260,7 +277,7 @@ class ShardSamples:
         """
         if self._counts is None:
             raise RuntimeError("call epoch_sizes() before rank_stream()")
-        sizes = step_sizes(self._counts[:, epoch], self._batch_size)
+        sizes = StepSizes.from_counts(self._counts[:, epoch], self._batch_size)
         return StreamPlan(sizes, epoch, self.rank, seed, self.deal(epoch, seed)[self.rank], self)
 
     def slice_items(self, sl: ShardSlice, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ whatever the world size, copies that do not depend on the world size, and the lo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import shutil
@@ -21,6 +22,7 @@ from pipeline.io.shards import shard_paths
 from pipeline.seeding import item_seed
 from pipeline.train.loader import ShardStream, make_loader, shuffle_order
 from pipeline.train.sample_split import build_indexes
+from pipeline.train.shard_plan import StepSizes
 from pipeline.train.shard_samples import ShardSamples
 
 SEED = 3
@@ -36,8 +38,11 @@ def _ranks(run, world, **kw):
     box = []
     ShardSamples(*args, gather=lambda obj: box.append(obj) or [obj])  # one process's split of every shard
     ranks = [ShardSamples(*args, rank=r, world=world, gather=lambda obj: box) for r in range(world)]
-    for s in ranks:
-        s.gather = lambda mine: [[o.item_count(e, SEED) for e in range(len(mine))] for o in ranks]
+    for o in ranks:  # the count exchange: every rank's part of the counts, computed first, then summed by each
+        o.gather = lambda part: [part]
+    parts = {e: [o.epoch_counts(e, SEED) for o in ranks] for e in (1, 2)}
+    for o in ranks:
+        o.gather = lambda part: parts[part.shape[1]]
     return ranks
 
 
@@ -82,6 +87,8 @@ def test_every_training_sample_on_one_rank_and_copies_independent_of_world(prepa
     one.epoch_sizes(2, SEED, batch_size=16)
     ranks = _ranks(prepared_fixture, world)
     every = [[sz.array() for sz in r.epoch_sizes(2, SEED, batch_size=16)] for r in ranks]
+    # one pass over each rank's part of the shards gives every rank's count of its own slices
+    assert all(sz[r.rank].sum() == r.item_count(e, SEED) for r in ranks for e, sz in enumerate(every[0]))
     sizes = every[0]
     assert all(np.array_equal(a, b) for other in every for a, b in zip(other, sizes))  # every rank, the same steps
     for epoch in range(2):
@@ -142,6 +149,13 @@ def test_stream_yields_the_plans_items_through_the_shuffle_buffer(prepared_fixtu
         st = stream()
         st.set_epoch(0, skip_batches=3)
         assert got(make_loader(st, 2)) == want[3:]  # 2 workers, resumed after 3 batches: the same batches
+        # items that do not match the planned counts (labels changed mid-run) fail loudly, in both directions
+        for delta in (5, -5):
+            bad = dataclasses.replace(plan, sizes=StepSizes.from_counts(plan.sizes.counts + delta, 8))
+            st = ShardStream(shards, lambda e, bad=bad: bad, seed=SEED, rank=r.rank, world=2, batch_size=8, image_size=32)
+            st.set_epoch(0)
+            with pytest.raises(RuntimeError, match="do not fill its planned batches"):
+                list(st)
 
 
 def test_checkpoint_of_the_whole_corpus_plan_is_refused(tmp_path):

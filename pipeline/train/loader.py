@@ -282,8 +282,19 @@ class ShardStream(IterableDataset):
         with MemberReader(self.shards) as reader:
             for step, size in enumerate(self.plan.rank_batch_sizes(self.rank)):
                 chunk = list(itertools.islice(items, size))
+                if len(chunk) < size:
+                    raise RuntimeError(self._mismatch(step))
                 if step >= self.skip_batches and (step - self.skip_batches) % nworkers == wid:
                     yield self._make_batch(step, chunk, self.plan.global_batch(step), reader)
+            if next(items, None) is not None:
+                raise RuntimeError(self._mismatch(self.plan.steps))
+
+    def _mismatch(self, step: int) -> str:
+        assert self.plan is not None
+        return (
+            f"rank {self.rank}: epoch {self.plan.epoch}'s items do not fill its planned batches (step {step}): "
+            "were the vocab stage's shard labels changed during the run?"
+        )
 
 
 def _lower_priority(nice: int, worker_id: int) -> None:

@@ -247,21 +247,47 @@ class ShardSamples:
         return deal_shards(self.shards, self.train_samples, self.expected, seed=seed, epoch=epoch, world=self.world)
 
     def item_count(self, epoch: int, seed: int) -> int:
-        """This rank's items (replicated samples) in ``epoch``."""
+        """This rank's items (replicated samples) in ``epoch``, from its own slices (one read per slice: the
+        reference that :meth:`epoch_counts` computes in one pass for every rank and epoch)."""
         n = 0
         for sl in self.deal(epoch, seed)[self.rank]:
             n += int(replicate_shard(self.train_weights(sl.shard), sl.shard, seed=seed, epoch=epoch)[sl.start : sl.stop].sum())
         return n
 
+    def epoch_counts(self, epochs: int, seed: int) -> np.ndarray:
+        """int64 (world, epochs): every rank's items in every epoch, from one pass over this rank's part of the
+        training shards (``shards[rank::world]``) and one exchange of a (world, epochs) matrix.
+
+        The deals of all epochs come from the shard table alone, so the rank that owns a shard reads its weights
+        once, draws its copies for every epoch (:func:`pipeline.train.shard_plan.replicate_shard`, the draws the
+        loader makes) and adds them to the ranks whose slices hold them; the exchange sums the parts. Memory:
+        the deals as arrays, 4 integers per slice and epoch.
+        """
+        deals = []  # per epoch: (shard, rank, start, stop) int64 arrays, sorted by shard
+        for e in range(epochs):
+            rows = [(sl.shard, r, sl.start, sl.stop) for r, slices in enumerate(self.deal(e, seed)) for sl in slices]
+            arr = np.array(sorted(rows), dtype=np.int64).reshape(-1, 4)
+            deals.append(arr)
+        part = np.zeros((self.world, epochs), dtype=np.int64)
+        for s in self.shards[self.rank :: self.world].tolist():
+            weights = self.train_weights(s)
+            for e, arr in enumerate(deals):
+                lo, hi = np.searchsorted(arr[:, 0], [s, s + 1])
+                if lo == hi:
+                    continue
+                cum = np.concatenate([[0], np.cumsum(replicate_shard(weights, s, seed=seed, epoch=e))])
+                for _, r, a, b in arr[lo:hi].tolist():
+                    part[r, e] += cum[b] - cum[a]
+        return np.sum(np.asarray(self.gather(part), dtype=np.int64).reshape(-1, self.world, epochs), axis=0)
+
     def epoch_sizes(self, epochs: int, seed: int, batch_size: int) -> list[StepSizes]:
         """Every epoch's batch sizes (:class:`pipeline.train.shard_plan.StepSizes`: steps and every rank's items),
-        from every rank's item counts exchanged once (one ``gather`` of ``epochs`` ints a rank).
+        from every rank's item counts (:meth:`epoch_counts`: one pass over this rank's part of the shards).
 
         Raises:
             pipeline.errors.ConfigError: an epoch whose items cannot fill its steps on every rank.
         """
-        mine = [self.item_count(e, seed) for e in range(epochs)]
-        self._counts = np.array(self.gather(mine), dtype=np.int64).reshape(self.world, epochs)
+        self._counts = self.epoch_counts(epochs, seed)
         self._batch_size = batch_size
         try:
             return [StepSizes.from_counts(self._counts[:, e], batch_size) for e in range(epochs)]

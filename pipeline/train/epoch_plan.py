@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.io.shards import shard_of_keys
+from pipeline.train.shard_plan import StepSizes, expand_copies, stochastic_round
 
 
 @dataclass
@@ -120,9 +121,7 @@ def replication_counts(weights: np.ndarray, seed: int, epoch: int) -> np.ndarray
     Returns:
         (N,) int64; its expectation is ``weights``.
     """
-    u = np.random.default_rng([seed, epoch]).random(len(weights))
-    base = np.floor(weights)
-    return (base + (u < weights - base)).astype(np.int64)
+    return stochastic_round(weights, np.random.default_rng([seed, epoch]))
 
 
 def make_epoch_plan(index: SampleIndex, *, seed: int, epoch: int, world: int, batch_size: int) -> EpochPlan:
@@ -142,8 +141,9 @@ def make_epoch_plan(index: SampleIndex, *, seed: int, epoch: int, world: int, ba
     for a, b in zip(starts, ends):
         r = np.arange(a, b, dtype=np.int64)
         c = counts[a:b]
-        rows_parts.append(np.repeat(r, c))
-        reps_parts.append(np.concatenate([np.arange(k, dtype=np.int64) for k in c]) if len(c) else np.zeros(0, np.int64))
+        sample, copy = expand_copies(c)
+        rows_parts.append(r[sample])
+        reps_parts.append(copy)
     rows = np.concatenate(rows_parts) if rows_parts else np.zeros(0, np.int64)
     reps = np.concatenate(reps_parts) if reps_parts else np.zeros(0, np.int64)
     n = len(rows)
@@ -152,8 +152,8 @@ def make_epoch_plan(index: SampleIndex, *, seed: int, epoch: int, world: int, ba
     per = np.full(world, n // world, dtype=np.int64)
     per[: n % world] += 1
     bounds = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
-    steps = int(-(-per.max() // batch_size))
-    sizes = np.stack([(p // steps) + (np.arange(steps) < p % steps) for p in per]).astype(np.int64)
-    if sizes.min() < 1:
-        raise ValueError(f"epoch {epoch}: {n} items cannot fill {steps} steps on {world} ranks; use a smaller batch_size")
+    try:
+        sizes = StepSizes.from_counts(per, batch_size).array()
+    except ValueError as e:
+        raise ValueError(f"epoch {epoch}: {e}") from None
     return EpochPlan(epoch, rows, reps, bounds, sizes)

@@ -229,13 +229,13 @@ class ShardStream(IterableDataset):
         assert isinstance(self.plan, StreamPlan)  # set_epoch() made it
         shard, members = -1, {}
         for key, classes, rep, s in self.plan.items():
+            if self.decoded is not None:  # images come from the decoded cache: no offsets
+                yield key, classes, rep, s, -1, -1
+                continue
             if s != shard:
                 if s not in self.shards:
                     raise RuntimeError(f"rank {self.rank}: shard {s:06d} of planned sample {key} is not in the run")
-                shard, members = s, member_offsets(self.shards[s]) if self.decoded is None else {}
-            if self.decoded is not None:
-                yield key, classes, rep, s, -1, -1
-                continue
+                shard, members = s, member_offsets(self.shards[s])
             try:
                 off, size = members[key]
             except KeyError:

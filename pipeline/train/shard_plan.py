@@ -33,7 +33,16 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["ShardSlice", "StepSizes", "deal_shards", "rank_items", "replicate_shard", "step_sizes"]
+__all__ = [
+    "ShardSlice",
+    "StepSizes",
+    "deal_shards",
+    "expand_copies",
+    "rank_items",
+    "replicate_shard",
+    "step_sizes",
+    "stochastic_round",
+]
 
 
 @dataclass(frozen=True)
@@ -93,9 +102,23 @@ def replicate_shard(weights: np.ndarray, shard: int, *, seed: int, epoch: int) -
     ``weights``: float64 (n,), the shard's replication weights in key order (all of them, also for a rank that
     holds a slice: the draws are per shard, so the ranks sharing a shard agree).
     """
-    u = np.random.default_rng([seed, epoch, 2, int(shard)]).random(len(weights))
+    return stochastic_round(weights, np.random.default_rng([seed, epoch, 2, int(shard)]))
+
+
+def stochastic_round(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """int64 (n,): ``floor(w) + (u < frac(w))`` with one uniform ``u`` per weight from ``rng``; expectation ``weights``
+    (the replication of both epoch plans)."""
+    u = rng.random(len(weights))
     base = np.floor(weights)
     return (base + (u < weights - base)).astype(np.int64)
+
+
+def expand_copies(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample repeated by its copies: ``(sample, copy)``, int64 (counts.sum(),) each, copy running 0..c-1."""
+    counts = np.asarray(counts, dtype=np.int64)
+    sample = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+    # copy number of each item: its position minus the position of its sample's first copy
+    return sample, np.arange(sample.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 def rank_items(slices: list[ShardSlice], weights_of, *, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,13 +132,10 @@ def rank_items(slices: list[ShardSlice], weights_of, *, seed: int, epoch: int) -
     shard_parts, row_parts, rep_parts = [], [], []
     for sl in slices:
         counts = replicate_shard(np.asarray(weights_of(sl.shard), float), sl.shard, seed=seed, epoch=epoch)[sl.start : sl.stop]
-        rows = np.repeat(np.arange(sl.start, sl.stop, dtype=np.int64), counts)
-        total = int(counts.sum())
-        # copy number of each item: its position minus the position of its sample's first copy
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        rep_parts.append(np.arange(total, dtype=np.int64) - first)
-        row_parts.append(rows)
-        shard_parts.append(np.full(total, sl.shard, dtype=np.int64))
+        sample, copy = expand_copies(counts)
+        rep_parts.append(copy)
+        row_parts.append(sample + sl.start)
+        shard_parts.append(np.full(sample.size, sl.shard, dtype=np.int64))
     if not row_parts:
         empty = np.zeros(0, np.int64)
         return empty, empty.copy(), empty.copy()
@@ -167,9 +187,10 @@ class StepSizes:
 
     def array(self) -> np.ndarray:
         """The sizes as int64 (world, T)."""
-        return np.array([list(self.rank_sizes(r)) for r in range(len(self.counts))], dtype=np.int64).reshape(
-            len(self.counts), self.steps
-        )
+        if not self.steps:
+            return np.zeros((len(self.counts), 0), dtype=np.int64)
+        t = np.arange(self.steps)[None, :]
+        return (self.counts[:, None] // self.steps + (t < (self.counts % self.steps)[:, None])).astype(np.int64)
 
 
 def step_sizes(items_per_rank: np.ndarray | list[int], batch_size: int) -> np.ndarray:

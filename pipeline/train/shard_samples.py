@@ -41,7 +41,7 @@ from pipeline.io.shard_labels import BUCKET_COLUMNS, read_shard_labels, read_sha
 from pipeline.seeding import key_buckets
 from pipeline.train.epoch_plan import SampleIndex
 from pipeline.train.sample_split import fraction_cut, heldout_cut
-from pipeline.train.shard_plan import ShardSlice, StepSizes, deal_shards, replicate_shard
+from pipeline.train.shard_plan import ShardSlice, StepSizes, deal_shards, expand_copies, replicate_shard
 
 __all__ = ["DATA_PLAN", "ShardSamples", "ShardSplit", "StreamPlan"]
 
@@ -246,14 +246,6 @@ class ShardSamples:
         """Every rank's :class:`pipeline.train.shard_plan.ShardSlice` list of ``epoch`` (positions are training rows)."""
         return deal_shards(self.shards, self.train_samples, self.expected, seed=seed, epoch=epoch, world=self.world)
 
-    def item_count(self, epoch: int, seed: int) -> int:
-        """This rank's items (replicated samples) in ``epoch``, from its own slices (one read per slice: the
-        reference that :meth:`epoch_counts` computes in one pass for every rank and epoch)."""
-        n = 0
-        for sl in self.deal(epoch, seed)[self.rank]:
-            n += int(replicate_shard(self.train_weights(sl.shard), sl.shard, seed=seed, epoch=epoch)[sl.start : sl.stop].sum())
-        return n
-
     def epoch_counts(self, epochs: int, seed: int) -> np.ndarray:
         """int64 (world, epochs): every rank's items in every epoch, from one pass over this rank's part of the
         training shards (``shards[rank::world]``) and one exchange of a (world, epochs) matrix.
@@ -313,13 +305,11 @@ class ShardSamples:
         sp = self.split(sl.shard, labels=True)
         counts = replicate_shard(sp.weights * self.scale, sl.shard, seed=seed, epoch=epoch)[sl.start : sl.stop]
         keys, indptr, indices = _csr(sp.table.take(pa.array(sp.train[sl.start : sl.stop])))
-        item = np.repeat(np.arange(keys.size), counts)
+        item, copy = expand_copies(counts)
         lengths = np.diff(indptr)[item]
-        starts = np.repeat(indptr[:-1][item], lengths)
-        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        copy = np.arange(item.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        _, within = expand_copies(lengths)  # position of each class inside its item's class list
         new_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return keys[item], new_indptr, indices[starts + within], copy
+        return keys[item], new_indptr, indices[np.repeat(indptr[:-1][item], lengths) + within], copy
 
     def __getstate__(self) -> dict:
         # DataLoader workers stream slices: they need the table, not the exchange or the held-out set

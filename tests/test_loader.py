@@ -149,6 +149,45 @@ def test_heldout_and_targets():
     assert torch.allclose(t, torch.tensor([[0.5, 0, 0.5, 0], [0, 1.0, 0, 0]]))
 
 
+def test_normalize_is_the_imagenet_formula():
+    x = torch.randint(0, 256, (3, 3, 5, 7), dtype=torch.uint8)
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    y = normalize(x)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert torch.allclose(y.double(), (x.double() / 255 - mean.double()) / std.double(), atol=1e-5, rtol=0)
+    assert torch.equal(x, x.clone())  # the uint8 input is left as it was
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+def test_decode_reads_shard_formats_and_others(fmt):
+    """The shard formats go through Pillow's short probe, any other through the full one; palette and
+    RGBA images come back RGB; a large image is box-reduced below 4x size, a small one left as it is."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.vision.transforms import decode
+
+    rng = np.random.default_rng(0)
+    for side, size in [(40, 16), (300, 16)]:
+        img = Image.fromarray(rng.integers(0, 256, (side * 3 // 4, side, 3), dtype=np.uint8))
+        if fmt == "GIF":
+            img = img.convert("P")
+        buf = io.BytesIO()
+        img.save(buf, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        out = decode(buf.getvalue(), size)
+        assert out.mode == "RGB"
+        if side == 40:
+            assert out.size == img.size
+        else:  # JPEG: drafted by DCT scaling (1/4: 75 x 57); the others box-reduced by 225 // 32 = 7 (43 x 33)
+            assert out.size == ((75, 57) if fmt == "JPEG" else (43, 33)) and 2 * size <= min(out.size) < 4 * size
+        if side == 40 and fmt in ("PNG", "WEBP", "BMP"):  # lossless: the exact pixels
+            assert np.array_equal(np.asarray(out), np.asarray(img.convert("RGB")))
+    with pytest.raises(Exception, match="cannot identify"):
+        decode(b"not an image at all", 16)
+
+
 def test_rrc_box_in_bounds():
     rng = random.Random(0)
     for w, h in [(64, 64), (512, 40), (30, 500), (8, 8)]:

@@ -262,9 +262,10 @@ class ShardStream(IterableDataset):
             keys.append(key)
             copies.append(rep)
         k = max(1, max(len(x) for x in labels))
-        lab = torch.full((len(items), k), -1, dtype=torch.int64)
+        lab_np = np.full((len(items), k), -1, dtype=np.int64)
         for i, x in enumerate(labels):
-            lab[i, : len(x)] = torch.from_numpy(np.asarray(x, dtype=np.int64))
+            lab_np[i, : len(x)] = x
+        lab = torch.from_numpy(lab_np)
         batch = torch.stack(images)
         if self.normalize_in_workers:
             batch = normalize(batch)

@@ -26,6 +26,9 @@ from pipeline.errors import Rejected
 ENCODINGS = {"jpeg": "jpg", "webp": "webp", "png": "png"}
 """Encoder name -> tar member extension."""
 
+SHARD_FORMATS = ("JPEG", "PNG", "WEBP")
+"""Pillow's names of the :data:`ENCODINGS`: the formats ingest writes into shards."""
+
 
 def set_pixel_cap(max_pixels: int) -> None:
     """Raise Pillow's decompression-bomb limit to our own cap, deliberately.

@@ -94,6 +94,7 @@ def _run(cfg, pt, info: DistInfo, t0: float) -> dict | None:
         world=info.world,
         gather=functools.partial(gather_objects, info),
         keep_heldout=info.is_main,
+        heldout_eval_max=pt.heldout_eval_max,
     )
     shards = {int(p.stem): p for p in shard_paths(cfg.run_dir)}
     plan = plan_steps(pt, samples.epoch_sizes(pt.epochs, cfg.seed, pt.batch_size), world=info.world)

@@ -19,7 +19,7 @@ from pipeline.io.labels import load_labels, vocab_class_counts
 from pipeline.io.run_folder import SHARD_LABELS_DIR, VOCAB, path
 from pipeline.io.shard_labels import BUCKET_COLUMNS
 from pipeline.io.shards import shard_paths
-from pipeline.seeding import item_seed
+from pipeline.seeding import item_seed, key_buckets
 from pipeline.train.loader import ShardStream, make_loader, shuffle_order
 from pipeline.train.sample_split import build_indexes
 from pipeline.train.shard_plan import StepSizes, replicate_shard
@@ -59,6 +59,31 @@ def test_split_and_weights_equal_the_whole_corpus_view(prepared_fixture, fractio
     np.testing.assert_allclose(w, train.weights, rtol=1e-12)
     np.testing.assert_allclose(s.expected.sum(), len(train.keys), rtol=1e-12)
     np.testing.assert_array_equal(vocab_class_counts(prepared_fixture), labels.class_counts)
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_heldout_eval_max_keeps_the_same_lowest_hash_subset_on_any_world_size(prepared_fixture, world):
+    full = ShardSamples(_folder(prepared_fixture), "sqrt", 0.3, 1.0)
+    n = full.num_heldout
+    assert n == full.num_heldout_eval > 20
+    args = (_folder(prepared_fixture), "sqrt", 0.3, 1.0)
+    parts = []  # the exchange answered in one process: every rank's part first, then each rank sees them all
+    for r in range(world):
+        ShardSamples(*args, rank=r, world=world, heldout_eval_max=n // 3, gather=lambda obj: parts.append(obj) or [obj])
+    ranks = [ShardSamples(*args, rank=r, world=world, heldout_eval_max=n // 3, gather=lambda obj: parts) for r in range(world)]
+    capped = ranks[-1]
+    assert all(np.array_equal(r.heldout.keys, capped.heldout.keys) for r in ranks)
+    assert capped.num_heldout == n and capped.num_heldout_eval == len(capped.heldout.keys) == n // 3
+    assert capped.num_train == full.num_train  # the rest of the held-out set is still not trained on
+    # the evaluated samples are the held-out samples with the lowest fraction buckets (then key), in key order
+    salt, modulus = BUCKET_COLUMNS["fraction_bucket"]
+    buckets = key_buckets(salt, full.heldout.keys, modulus)
+    want = np.sort(full.heldout.keys[np.lexsort((full.heldout.keys, buckets))[: n // 3]])
+    np.testing.assert_array_equal(capped.heldout.keys, want)
+    for i, key in enumerate(capped.heldout.keys):  # and carry their own classes
+        j = int(np.flatnonzero(full.heldout.keys == key)[0])
+        np.testing.assert_array_equal(capped.heldout.classes(i), full.heldout.classes(j))
+    assert ShardSamples(_folder(prepared_fixture), "sqrt", 0.3, 1.0, heldout_eval_max=n).num_heldout_eval == n
 
 
 def test_labels_without_stored_buckets_give_the_same_split(prepared_fixture, tmp_path):

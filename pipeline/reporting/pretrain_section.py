@@ -143,7 +143,9 @@ def section_pretrain(run: Run, plot_dir: Path, made: set[str]) -> list[str]:
     ]
     out += hardware_lines(c.get("hardware"))
     out += md_table(["", "value"], pretrain_rows(facts)) + [""]
-    out += [f"Held-out evaluation ({fmt_int(c.get('heldout_samples'))} samples held out by key hash):", ""]
+    evaluated = c.get("heldout_evaluated", c.get("heldout_samples"))
+    of = "" if evaluated == c.get("heldout_samples") else f", {fmt_int(evaluated)} of them evaluated (pretrain.heldout_eval_max)"
+    out += [f"Held-out evaluation ({fmt_int(c.get('heldout_samples'))} samples held out by key hash{of}):", ""]
     out += md_table(["", "precision@1", "mAP"], heldout_rows(facts)) + [""]
     if evals and facts.final_eval.get("step") == 0:
         out += [

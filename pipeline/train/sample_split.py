@@ -22,6 +22,7 @@ __all__ = [
     "fraction_cut",
     "fraction_mask",
     "heldout_cut",
+    "heldout_eval_cut",
     "heldout_mask",
 ]
 
@@ -30,6 +31,18 @@ def heldout_cut(fraction: float) -> int:
     """Samples whose held-out bucket (:func:`pipeline.seeding.key_buckets` ``("heldout", key, HELDOUT_BUCKETS)``)
     is below this are held out: ``int(fraction x 10,000)``, 0 for ``fraction <= 0``."""
     return int(fraction * HELDOUT_BUCKETS) if fraction > 0 else 0
+
+
+def heldout_eval_cut(max_samples: int, expected_heldout: float) -> int:
+    """Held-out samples whose ``fraction_bucket`` (an independent key hash, ``FRACTION_BUCKETS`` buckets) is below
+    this are the candidates for evaluation: every bucket when ``max_samples`` is 0 or the held-out set is expected
+    to fit, else enough buckets for ``max_samples`` plus 5 binomial standard deviations (and 10), so that the
+    ``max_samples`` candidates with the lowest (bucket, key) are the same whatever the world size (the caller
+    keeps those)."""
+    if max_samples <= 0 or expected_heldout <= max_samples:
+        return FRACTION_BUCKETS
+    want = max_samples + 5 * max_samples**0.5 + 10
+    return min(FRACTION_BUCKETS, int(np.ceil(FRACTION_BUCKETS * want / expected_heldout)))
 
 
 def fraction_cut(fraction: float) -> int:

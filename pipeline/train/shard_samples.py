@@ -40,7 +40,7 @@ from pipeline.errors import ConfigError
 from pipeline.io.shard_labels import BUCKET_COLUMNS, read_shard_labels, read_shard_table
 from pipeline.seeding import key_buckets
 from pipeline.train.epoch_plan import SampleIndex
-from pipeline.train.sample_split import fraction_cut, heldout_cut
+from pipeline.train.sample_split import HELDOUT_BUCKETS, fraction_cut, heldout_cut, heldout_eval_cut
 from pipeline.train.shard_plan import ShardSlice, StepSizes, deal_shards, expand_copies, replicate_shard
 
 __all__ = ["DATA_PLAN", "ShardSamples", "ShardSplit", "StreamPlan"]
@@ -121,6 +121,28 @@ def _csr(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return keys, indptr, classes.flatten().to_numpy().astype(np.int64)
 
 
+def _first_heldout(parts: list[tuple], max_samples: int) -> list[tuple]:
+    """The held-out parts ``(shard, keys, indptr, indices, fraction buckets)`` (shard order) cut to the
+    ``max_samples`` samples with the lowest (bucket, key); all of them when ``max_samples`` is 0 or not exceeded."""
+    total = sum(p[1].size for p in parts)
+    if max_samples <= 0 or total <= max_samples:
+        return parts
+    buckets = np.concatenate([p[4] for p in parts])
+    keys = np.concatenate([p[1] for p in parts])
+    keep = np.zeros(total, dtype=bool)
+    keep[np.lexsort((keys, buckets))[:max_samples]] = True
+    out, start = [], 0
+    for shard, k, indptr, indices, b in parts:
+        m = keep[start : start + k.size]
+        start += k.size
+        if m.any():
+            rows = np.flatnonzero(m)
+            lengths = np.diff(indptr)[rows]
+            take = np.concatenate([np.arange(indptr[r], indptr[r + 1]) for r in rows]).astype(np.int64)
+            out.append((shard, k[rows], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), indices[take], b[rows]))
+    return out
+
+
 def _index(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> SampleIndex:
     """One :class:`SampleIndex` from (keys, indptr, indices, weights) parts in key order."""
     if not parts:
@@ -149,11 +171,15 @@ class ShardSamples:
         gather: ``obj -> [obj of rank 0, ..., obj of rank world-1]`` (``pipeline.train.distributed.gather_objects``;
             the identity in a list on one process).
         keep_heldout: keep the held-out set on this rank (rank 0 evaluates; the others only count it).
+        heldout_eval_max: evaluate at most this many held-out samples (0: all): those with the lowest
+            ``fraction_bucket``, then key (:func:`pipeline.train.sample_split.heldout_eval_cut`), the same set for
+            every world size; only they are exchanged and kept. The rest of the held-out set is still not trained on.
 
     Attributes:
         shards: int64 (S,) shards with training samples; ``train_samples``: int64 (S,); ``expected``: float64 (S,)
-        expected items per epoch (scaled weights summed); ``num_train``, ``num_heldout``: ints;
-        ``heldout``: :class:`SampleIndex` of the held-out samples (weights 1; empty where not kept).
+        expected items per epoch (scaled weights summed); ``num_train``, ``num_heldout`` (held out of training),
+        ``num_heldout_eval`` (evaluated): ints; ``heldout``: :class:`SampleIndex` of the evaluated held-out samples
+        (weights 1; empty where not kept).
 
     Raises:
         FileNotFoundError: the vocab stage did not write per-shard labels (re-run vocab).
@@ -171,6 +197,7 @@ class ShardSamples:
         world: int = 1,
         gather: Callable[[object], list] = lambda obj: [obj],
         keep_heldout: bool = True,
+        heldout_eval_max: int = 0,
     ) -> None:
         t0 = time.perf_counter()
         self.folder, self.scheme, self.rank, self.world, self.gather = Path(folder), scheme, rank, world, gather
@@ -179,15 +206,21 @@ class ShardSamples:
         if f"expected_{scheme}" not in table.column_names:
             raise ConfigError(f"config error at pretrain.resampling: the vocab stage wrote no {scheme!r} weights")
         all_shards = table.column("shard").to_numpy()
+        expected_held = float(table.column("samples").to_numpy().sum()) * self.held_cut / HELDOUT_BUCKETS
+        eval_cut = heldout_eval_cut(heldout_eval_max, expected_held)
         rows, held_parts = [], []
         for s in all_shards[rank::world]:
             sp = self.split(int(s), labels=self.held_cut > 0)
-            # shard, training samples, their weight sum, samples kept by the held-out split (before data_fraction)
+            # shard, training samples, their weight sum, samples kept by the held-out split (before data_fraction),
+            # held-out samples
             kept = int((self._buckets(sp.table, "heldout_bucket") >= self.held_cut).sum())
-            rows.append((int(s), sp.train.size, float(sp.weights.sum()), kept))
+            rows.append((int(s), sp.train.size, float(sp.weights.sum()), kept, sp.held.size))
             if sp.held.size:
-                keys, indptr, indices = _csr(sp.table.take(pa.array(sp.held)))
-                held_parts.append((int(s), keys, indptr, indices))
+                bucket = self._buckets(sp.table, "fraction_bucket")[sp.held]
+                cand = bucket < eval_cut
+                if cand.any():
+                    keys, indptr, indices = _csr(sp.table.take(pa.array(sp.held[cand])))
+                    held_parts.append((int(s), keys, indptr, indices, bucket[cand]))
         gathered = gather((rows, held_parts))
         stats = sorted(r for g in gathered for r in g[0])
         arr = np.array([r[:3] for r in stats], dtype=np.float64).reshape(-1, 3)
@@ -201,16 +234,18 @@ class ShardSamples:
             raise ConfigError(f"config error at pretrain.data_fraction: {data_fraction} leaves no training sample")
         self.scale = self.num_train / float(arr[has, 2].sum())
         self.expected = arr[has, 2] * self.scale
-        held = sorted((p for g in gathered for p in g[1]), key=lambda p: p[0])
-        self.num_heldout = int(sum(p[1].size for p in held))
-        self.heldout = _index([(k, ip, ix, np.ones(k.size)) for _, k, ip, ix in held] if keep_heldout else [])
+        self.num_heldout = int(sum(r[4] for r in stats))
+        held = _first_heldout(sorted((p for g in gathered for p in g[1]), key=lambda p: p[0]), heldout_eval_max)
+        self.num_heldout_eval = int(sum(p[1].size for p in held))
+        self.heldout = _index([(k, ip, ix, np.ones(k.size)) for _, k, ip, ix, _ in held] if keep_heldout else [])
         self._counts: np.ndarray | None = None  # (world, epochs) items per rank and epoch (epoch_sizes)
         self._batch_size = 0
         log.info(
-            "training samples: %d in %d shards, %d held out (%.1f s, rank %d split %d shards)",
+            "training samples: %d in %d shards, %d held out, %d of them evaluated (%.1f s, rank %d split %d shards)",
             self.num_train,
             len(self.shards),
             self.num_heldout,
+            self.num_heldout_eval,
             time.perf_counter() - t0,
             rank,
             len(all_shards[rank::world]),

@@ -104,6 +104,7 @@ def pretrain_counts(
         "num_classes": num_classes,
         "train_samples": samples.num_train,
         "heldout_samples": samples.num_heldout,
+        "heldout_evaluated": samples.num_heldout_eval,
         "train_shards": int(len(samples.shards)),
         "epoch_items": plan.epoch_items,
         "heldout_precision_at_1": final.get("precision_at_1"),

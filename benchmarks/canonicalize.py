@@ -11,7 +11,7 @@ the shard metadata as the stage reads them):
   against WordNet (NLTK lookups, morphology, compact index), repeats are dict hits;
 * **warm**: later passes, every hashtag already cached (what most occurrences cost at
   scale, where distinct hashtags are few against billions of occurrences);
-* **labelling**: the whole :func:`pipeline.vocab.build_vocabulary` (map, count, choose
+* **labelling**: the whole :func:`pipeline.text.vocabulary.build_vocabulary` (map, count, choose
   classes, CSR labels) with a warm mapper, in occurrences/s.
 
 Goal (no anchor): >= 1,000,000 occurrences/s after the table is built, judged on the warm

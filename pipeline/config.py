@@ -99,10 +99,24 @@ class DataConfig:
     cache: str = "data/raw"  # where data_tools.fetch_demo puts downloads
     sources: List[SourceConfig] = field(default_factory=list)  # pretraining sources (ingested into shards)
     eval_sets: List[SourceConfig] = field(default_factory=list)  # evaluation images dedup decontaminates against
+    # how the data stages run their per-shard work (pipeline.executor; vocab so far): "local" = this process or a
+    # pool of data.workers processes; "ray" = Ray tasks, on a local Ray or the cluster at ray.address. Same outputs
+    engine: str = runtime("local")
+    workers: int = runtime(0)  # processes (local) or CPUs of a local Ray; 0 = the available cores
+
+
+@dataclass
+class RayConfig:
+    """Where ``data.engine=ray`` runs (:mod:`pipeline.executor`)."""
+
+    address: Optional[str] = runtime(None)  # None: start a local Ray; "auto": the cluster this node joined; "ray://host:port"
+    max_retries: int = runtime(3)  # times a task whose worker died is run again
 
 
 def validate_data(data: Any) -> None:
-    """Checks of ``data.sources`` and ``data.eval_sets`` (ConfigError naming the key)."""
+    """Checks of ``data.sources``, ``data.eval_sets`` and ``data.engine`` (ConfigError naming the key)."""
+    _check(data.engine in ("local", "ray"), "data.engine", f"must be local or ray, got {data.engine!r}")
+    _check(data.workers >= 0, "data.workers", "must be >= 0 (0: the available cores)")
     names = [s.name for s in data.sources]
     _check(len(names) == len(set(names)), "data.sources", f"source names must be unique: {names}")
     entries = [(f"data.sources[{i}]", s) for i, s in enumerate(data.sources)]
@@ -747,6 +761,7 @@ class PipelineConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def register() -> None:

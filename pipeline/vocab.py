@@ -38,7 +38,7 @@ import time
 from pipeline.cli import hydra_entry
 from pipeline.config import VocabKind, validate
 from pipeline.config_views import results_config
-from pipeline.errors import ConfigError
+from pipeline.executor import make_executor
 from pipeline.io.atomic import remove_stale_temps, write_json, write_text
 from pipeline.io.labels import write_labels
 from pipeline.io.manifest import MANIFEST, canonical_hash, file_sha256, read_manifest, stage_dir, write_manifest
@@ -55,16 +55,14 @@ from pipeline.io.run_folder import (
     VOCAB,
     VOCAB_FILE,
 )
-from pipeline.io.sample_tags import read_sample_tags
-from pipeline.io.shard_labels import SHARD_TABLE, write_shard_labels
+from pipeline.io.shard_labels import SHARD_TABLE, concat_shard_labels, publish_shard_labels, staging_folder
 from pipeline.io.shards import shard_paths
 from pipeline.reporting.plots import class_frequency_plot
-from pipeline.system import current_partition
-from pipeline.text.label_noise import replace_hashtags
-from pipeline.text.resampling import all_weights
-from pipeline.text.sense_choice import VisualNounMapper, sense_summary
-from pipeline.text.vocab_document import frequency_curves, unmapped_table, vocab_counts, vocab_document, vocab_totals
-from pipeline.text.vocabulary import build_vocabulary, class_mapper, sort_by_keys, warm_map_seconds
+from pipeline.system import current_partition, default_workers
+from pipeline.text.sense_choice import sense_summary
+from pipeline.text.shard_vocab import build_shard_vocabulary, shard_tasks
+from pipeline.text.vocab_document import mass_curves, unmapped_table, vocab_counts, vocab_document, vocab_totals
+from pipeline.text.vocabulary import class_mapper
 
 log = logging.getLogger(__name__)
 STAGE = VOCAB
@@ -110,29 +108,26 @@ def run_vocab(cfg) -> dict | None:
     (out_dir / MANIFEST).unlink(missing_ok=True)
     remove_stale_temps(out_dir)
 
-    # blocks: read the tags, build the vocabulary, sort by key, weigh
-    samples = read_sample_tags(paths, removed, vc.progress, ingest_man["counts"].get("written"))
-    noise = None
-    if vc.label_noise > 0:
-        samples.tags, noise = replace_hashtags(samples.keys, samples.tags, vc.label_noise)
-    senses = None
-    if isinstance(mapper, VisualNounMapper):
-        senses = [c.to_dict() for c in mapper.fit(samples.tags).values()]
-        choice = sense_summary(senses)
-    vocab = build_vocabulary(samples.tags, mapper, kind, vc.min_count, vc.top_k)
-    if not vocab.classes:
-        raise ConfigError(
-            f"config error at vocab.min_count: no class has >= {vc.min_count} samples "
-            f"({len(samples.keys)} samples, {len(vocab.dropped)} candidate classes)"
+    # blocks: the per-shard passes (pipeline.text.shard_vocab), run by the data engine and added up here in shard
+    # order; each pass writes or returns one shard's part, so no process holds the corpus's samples
+    tasks = shard_tasks(paths, removed)
+    workers = default_workers(cfg.data.workers)
+    with make_executor(cfg.data.engine, workers, cfg.ray.address, cfg.ray.max_retries) as executor:
+        staging = staging_folder(out_dir / SHARD_LABELS_DIR)
+        sv = build_shard_vocabulary(
+            executor, tasks, mapper, kind, vc.min_count, vc.top_k, staging, vc.label_noise, progress=vc.progress
         )
-    warm_seconds = warm_map_seconds(mapper, samples.tags)
-    keys, ids = sort_by_keys(vocab, samples.keys, samples.ids)
-    weights = all_weights(vocab.indptr, vocab.indices, vocab.counts)
-    totals = vocab_totals(samples, vocab, by_reason, int(keys.size))
+        engine = executor.describe()
+    vocab, senses = sv.table, sv.senses
+    if senses is not None:
+        choice = sense_summary(senses)
+    noise = sv.noise
+    totals = vocab_totals(sv.tags, vocab, by_reason, sv.kept)
 
-    # write: labels, unmapped, vocab.json, the plot, then the manifest
-    write_labels(out_dir / LABELS_FILE, keys, ids, vocab.indptr, vocab.indices, vocab.counts, weights)
-    shard_labels = write_shard_labels(out_dir / SHARD_LABELS_DIR, keys, ids, vocab.indptr, vocab.indices, weights)
+    # write: the shard labels (published whole), labels.npz from them, unmapped, vocab.json, the plot, the manifest
+    shard_labels = publish_shard_labels(out_dir / SHARD_LABELS_DIR, sv.rows)
+    keys, ids, indptr, indices, weights = concat_shard_labels(out_dir / SHARD_LABELS_DIR, sv.tags.key_width, sv.tags.id_width)
+    write_labels(out_dir / LABELS_FILE, keys, ids, indptr, indices, vocab.counts, weights)
     write_text(out_dir / UNMAPPED_FILE, json.dumps(unmapped_table(vocab), indent=1, ensure_ascii=False) + "\n")
     if senses is not None:
         write_text(out_dir / SENSES_FILE, json.dumps(senses, indent=1, ensure_ascii=False) + "\n")
@@ -141,7 +136,7 @@ def run_vocab(cfg) -> dict | None:
     write_json(out_dir / VOCAB_FILE, vocab_document(kind, vc.min_count, vc.top_k, vocab, totals, info, choice))
     plot = out_dir / CLASS_FREQUENCY_PLOT
     if vc.plot:
-        masses, targets = frequency_curves(vocab, weights)
+        masses, targets = mass_curves(sv.masses, vocab.counts)
         class_frequency_plot(
             masses, plot, title=f"{kind.value}: {len(vocab.classes)} classes, {keys.size} samples", targets=targets
         )
@@ -162,8 +157,9 @@ def run_vocab(cfg) -> dict | None:
         config=results_config(cfg, "vocab"),
         inputs=inputs,
         counts={
-            **vocab_counts(vocab, totals, table_seconds, warm_seconds),
+            **vocab_counts(vocab, totals, table_seconds, sv.warm_seconds, len(sv.tags.occ)),
             **({"label_noise": noise.to_dict()} if noise else {}),
+            "engine": engine,
         },
         seconds=time.perf_counter() - t0,
         outputs=outputs,
@@ -173,7 +169,7 @@ def run_vocab(cfg) -> dict | None:
         kind.value,
         len(vocab.classes),
         keys.size,
-        samples.seen - samples.removed,
+        sv.tags.eligible,
         100 * totals["kept_share"],
         len(vocab.unmapped),
     )

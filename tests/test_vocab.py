@@ -205,7 +205,7 @@ def test_stage_on_fixture_corpus(vocab_run):
     assert list(unmapped.values()) == sorted(unmapped.values(), reverse=True)
     nouns = WordNetNouns(WORDNET)
     assert all(nouns.senses(h) == () for h in unmapped)
-    assert man["counts"]["canonicalize_occurrences_per_s"] > 0
+    assert man["counts"]["canonicalize_hashtags_per_s"] > 0 and man["counts"]["distinct_hashtags"] >= len(unmapped)
     assert man["inputs"]["ingest"] and man["inputs"]["dedup"] is None
     # labels.npz is plain numpy: no pickle needed
     with np.load(out / "labels.npz", allow_pickle=False) as z:

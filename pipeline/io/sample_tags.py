@@ -1,4 +1,6 @@
-"""The hashtags of the ingested samples that survive dedup, read from shard metadata (never the images)."""
+"""The hashtags of the ingested samples that survive dedup, read from shard metadata (never the images), as Python
+lists of the whole corpus: the reference the vocab stage's per-shard passes (:mod:`pipeline.text.shard_vocab`) are
+tested against, and a convenience for notebooks on small runs (about 1 KB a sample: not for large corpora)."""
 
 from __future__ import annotations
 

@@ -32,12 +32,16 @@ from pipeline.seeding import key_buckets
 
 __all__ = [
     "BUCKET_COLUMNS",
+    "concat_shard_labels",
     "FRACTION_BUCKETS",
     "HELDOUT_BUCKETS",
     "SHARD_TABLE",
+    "publish_shard_labels",
     "read_shard_labels",
     "read_shard_table",
     "shard_labels_path",
+    "staging_folder",
+    "write_shard_file",
     "write_shard_labels",
 ]
 
@@ -53,6 +57,72 @@ def shard_labels_path(folder: str | Path, shard: int) -> Path:
     return Path(folder) / f"{int(shard):06d}.parquet"
 
 
+def write_shard_file(
+    folder: Path, shard: int, keys: np.ndarray, ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray, weights: dict
+) -> dict:
+    """Write one shard's labels file ``<folder>/NNNNNN.parquet`` (the columns of the module docstring).
+
+    Args:
+        keys: str (n,), the shard's keys, sorted; ``ids``: str (n,); ``indptr`` int64 (n+1,) and ``indices`` int
+            (nnz,): CSR class ids; ``weights``: scheme -> float64 (n,).
+
+    Returns:
+        The shard's row of the shard table: ``{"shard", "samples", "bytes", "expected_<scheme>": sum of its weights}``.
+    """
+    schemes = sorted(weights)
+    lo = int(indptr[0])
+    offsets = (indptr - lo).astype(np.int32)
+    values = np.asarray(indices[lo : int(indptr[-1])]).astype(np.int32)
+    cols = {
+        "key": pa.array(keys.tolist(), pa.string()),
+        "id": pa.array(ids.tolist(), pa.string()),
+        "classes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+        **{f"weight_{s}": pa.array(np.asarray(weights[s], dtype=np.float64)) for s in schemes},
+        **{c: pa.array(key_buckets(salt, keys, mod).astype(np.int32)) for c, (salt, mod) in BUCKET_COLUMNS.items()},
+    }
+    path = shard_labels_path(folder, int(shard))
+    pq.write_table(pa.table(cols), path, compression="zstd")
+    return {
+        "shard": int(shard),
+        "samples": int(keys.size),
+        "bytes": path.stat().st_size,
+        **{f"expected_{s}": float(np.sum(weights[s], dtype=np.float64)) for s in schemes},
+    }
+
+
+def staging_folder(folder: str | Path) -> Path:
+    """A fresh, empty sibling of ``folder`` to write a stage's shard files into (:func:`publish_shard_labels` then
+    replaces ``folder`` with it)."""
+    tmp = Path(folder).with_name(Path(folder).name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_shard_labels(folder: str | Path, rows: list[dict]) -> dict:
+    """Write the shard table of ``rows`` (:func:`write_shard_file`'s, in shard order) into the staging folder and
+    replace ``folder`` with it: a reader never sees a mix of two vocab runs (the stage's manifest, written last,
+    says whether the whole stage finished). Returns ``{"shards": files, "bytes": their total size}``."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    schemes = sorted(k[len("expected_") :] for k in (rows[0] if rows else {}) if k.startswith("expected_"))
+    table = pa.table(
+        {
+            "shard": pa.array([r["shard"] for r in rows], pa.int64()),
+            "samples": pa.array([r["samples"] for r in rows], pa.int64()),
+            **{f"expected_{s}": pa.array([r[f"expected_{s}"] for r in rows], pa.float64()) for s in schemes},
+        }
+    )
+    pq.write_table(table, tmp / SHARD_TABLE)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return {"shards": len(rows), "bytes": int(sum(r["bytes"] for r in rows))}
+
+
 def write_shard_labels(
     folder: str | Path,
     keys: np.ndarray,
@@ -61,7 +131,8 @@ def write_shard_labels(
     indices: np.ndarray,
     weights: dict[str, np.ndarray],
 ) -> dict:
-    """Write the per-shard labels and the shard table into ``folder`` (replacing what was there).
+    """Write the per-shard labels of whole-corpus arrays and the shard table into ``folder`` (replacing what was
+    there; :func:`write_shard_file` per shard, then :func:`publish_shard_labels`).
 
     Args:
         folder: ``<run_dir>/vocab/shard_labels``.
@@ -72,13 +143,9 @@ def write_shard_labels(
     Returns:
         ``{"shards": files written, "bytes": their total size}``.
 
-    The files are written into a fresh sibling folder that then replaces ``folder``: a reader never sees a
-    mix of two vocab runs (the stage's manifest, written last, says whether the whole stage finished).
-
     Raises:
         ValueError: ``keys`` are not sorted or not shard keys.
     """
-    folder = Path(folder)
     n = int(keys.size)
     if n > 1 and not bool(np.all(keys[1:] > keys[:-1])):
         raise ValueError("write_shard_labels: keys must be sorted and unique")
@@ -86,44 +153,14 @@ def write_shard_labels(
     bounds = np.flatnonzero(np.diff(shard)) + 1
     starts = np.concatenate([[0], bounds]) if n else np.zeros(0, dtype=np.int64)
     ends = np.concatenate([bounds, [n]]) if n else np.zeros(0, dtype=np.int64)
-    schemes = sorted(weights)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    table_rows: dict[str, list] = {"shard": [], "samples": [], **{f"expected_{s}": [] for s in schemes}}
-    total = 0
-    for a, b in zip(starts.tolist(), ends.tolist()):
-        lo, hi = int(indptr[a]), int(indptr[b])
-        offsets = (indptr[a : b + 1] - lo).astype(np.int32)
-        cols = {
-            "key": pa.array(keys[a:b].tolist(), pa.string()),
-            "id": pa.array(ids[a:b].tolist(), pa.string()),
-            "classes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(indices[lo:hi].astype(np.int32))),
-            **{f"weight_{s}": pa.array(np.asarray(weights[s][a:b], dtype=np.float64)) for s in schemes},
-            **{c: pa.array(key_buckets(salt, keys[a:b], mod).astype(np.int32)) for c, (salt, mod) in BUCKET_COLUMNS.items()},
-        }
-        path = shard_labels_path(tmp, int(shard[a]))
-        pq.write_table(pa.table(cols), path, compression="zstd")
-        total += path.stat().st_size
-        table_rows["shard"].append(int(shard[a]))
-        table_rows["samples"].append(b - a)
-        for s in schemes:
-            table_rows[f"expected_{s}"].append(float(np.sum(weights[s][a:b], dtype=np.float64)))
-    table = pa.table(
-        {
-            "shard": pa.array(table_rows["shard"], pa.int64()),
-            "samples": pa.array(table_rows["samples"], pa.int64()),
-            **{f"expected_{s}": pa.array(table_rows[f"expected_{s}"], pa.float64()) for s in schemes},
-        }
-    )
-    pq.write_table(table, tmp / SHARD_TABLE)
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return {"shards": len(table_rows["shard"]), "bytes": total}
+    tmp = staging_folder(folder)
+    rows = [
+        write_shard_file(
+            tmp, int(shard[a]), keys[a:b], ids[a:b], indptr[a : b + 1], indices, {s: w[a:b] for s, w in weights.items()}
+        )
+        for a, b in zip(starts.tolist(), ends.tolist())
+    ]
+    return publish_shard_labels(folder, rows)
 
 
 def read_shard_table(folder: str | Path) -> pa.Table:
@@ -155,3 +192,37 @@ def read_shard_labels(folder: str | Path, shard: int, columns: list[str] | None 
         if c not in names:
             raise KeyError(f"{path.name} has no column {c!r} (it has {names})")
     return pq.read_table(path, columns=columns)
+
+
+def concat_shard_labels(
+    folder: str | Path, key_width: int = 1, id_width: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Every shard's labels in ``folder`` concatenated in shard (= key) order, as ``labels.npz`` holds them: keys and
+    ids str (N,) of at least ``key_width`` / ``id_width`` characters, CSR indptr int64 (N+1,) and indices int32
+    (nnz,), scheme -> weights float64 (N,). Whole-corpus arrays: O(N) memory (about 60 bytes a sample), for the
+    whole-corpus view only; training reads the shards one by one."""
+    table = read_shard_table(folder)
+    schemes = [c[len("expected_") :] for c in table.column_names if c.startswith("expected_")]
+    keys: list[str] = []
+    ids: list[str] = []
+    lengths: list[np.ndarray] = []
+    indices: list[np.ndarray] = []
+    weights: dict[str, list[np.ndarray]] = {s: [] for s in schemes}
+    for shard in table.column("shard").to_pylist():
+        t = read_shard_labels(folder, shard, ["key", "id", "classes", *(f"weight_{s}" for s in schemes)])
+        keys.extend(t.column("key").to_pylist())
+        ids.extend(t.column("id").to_pylist())
+        classes = t.column("classes").combine_chunks()
+        lengths.append(np.diff(classes.offsets.to_numpy()))
+        indices.append(classes.flatten().to_numpy())
+        for s in schemes:
+            weights[s].append(t.column(f"weight_{s}").to_numpy())
+    n_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    width = max([key_width, *map(len, keys)]), max([id_width, *map(len, ids)])
+    return (
+        np.array(keys, dtype=f"<U{width[0]}"),
+        np.array(ids, dtype=f"<U{width[1]}"),
+        np.concatenate([[0], np.cumsum(n_len)]).astype(np.int64),
+        (np.concatenate(indices) if indices else np.zeros(0)).astype(np.int32),
+        {s: (np.concatenate(w) if w else np.zeros(0)).astype(np.float64) for s, w in weights.items()},
+    )

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.seeding import item_seed
 
-__all__ = ["NoiseCounts", "replace_hashtags"]
+__all__ = ["NoiseCounts", "NoiseTable", "noise_table", "replace_hashtags", "replace_with_table"]
 
 
 @dataclass
@@ -38,6 +38,60 @@ class NoiseCounts:
             "replaced": self.replaced,
             "replaced_share": round(self.replaced / self.occurrences, 6) if self.occurrences else 0.0,
         }
+
+
+@dataclass(frozen=True)
+class NoiseTable:
+    """The replacement draw of :func:`replace_with_table`: ``rate``, the distinct hashtags sorted (``vocab``) and
+    the cumulative share of their occurrences, float64 (V,) (``cdf``), from the marginal of the whole corpus."""
+
+    rate: float
+    vocab: tuple[str, ...]
+    cdf: np.ndarray
+
+
+def noise_table(marginal: Counter, rate: float) -> NoiseTable:
+    """The :class:`NoiseTable` of a hashtag -> occurrences ``marginal`` (the kept samples' hashtags, summed over
+    every shard).
+
+    Raises:
+        ValueError: ``rate`` outside [0, 1], or > 0 while the corpus has fewer than 2 distinct hashtags.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"label noise rate must be in [0, 1], got {rate}")
+    vocab = sorted(marginal)  # a fixed order, so draws do not depend on the input order
+    if rate > 0 and len(vocab) < 2:
+        raise ValueError("label noise needs at least 2 distinct hashtags to draw replacements from")
+    cdf = np.cumsum([marginal[t] for t in vocab], dtype=np.float64)
+    if cdf.size:
+        cdf /= cdf[-1]
+    return NoiseTable(rate, tuple(vocab), cdf)
+
+
+def replace_with_table(keys: list[str], tag_lists: list[list[str]], table: NoiseTable) -> tuple[list[list[str]], int]:
+    """:func:`replace_hashtags` for some of the corpus's samples, with the corpus's :class:`NoiseTable`: (new hashtag
+    lists, occurrences replaced). A sample's draws depend on its key and the rate only, so a shard's samples get
+    the same hashtags as in a whole-corpus call."""
+    if table.rate == 0.0:
+        return [list(t) for t in tag_lists], 0
+    cut = int(round(table.rate * 1_000_000))
+    vocab, cdf = table.vocab, table.cdf
+    out: list[list[str]] = []
+    replaced = 0
+    for key, tags in zip(keys, tag_lists):
+        rng = np.random.default_rng(item_seed("label_noise", f"{cut}:{key}"))
+        new: list[str] = []
+        for tag in tags:
+            if rng.integers(1_000_000) < cut:
+                pick = tag
+                while pick == tag:
+                    pick = vocab[int(np.searchsorted(cdf, rng.random(), side="right"))]
+                replaced += 1
+                tag = pick
+            if tag not in new:
+                new.append(tag)
+        out.append(new)
+    return out, replaced
 
 
 def replace_hashtags(keys: list[str], tag_lists: list[list[str]], rate: float) -> tuple[list[list[str]], NoiseCounts]:
@@ -63,26 +117,6 @@ def replace_hashtags(keys: list[str], tag_lists: list[list[str]], rate: float) -
     occurrences = sum(len(t) for t in tag_lists)
     if rate == 0.0:
         return [list(t) for t in tag_lists], NoiseCounts(rate, occurrences, 0)
-    marginal = Counter(tag for tags in tag_lists for tag in tags)
-    vocab = sorted(marginal)  # a fixed order, so draws do not depend on the input order
-    if len(vocab) < 2:
-        raise ValueError("label noise needs at least 2 distinct hashtags to draw replacements from")
-    cdf = np.cumsum([marginal[t] for t in vocab], dtype=np.float64)
-    cdf /= cdf[-1]
-    cut = int(round(rate * 1_000_000))
-    out: list[list[str]] = []
-    replaced = 0
-    for key, tags in zip(keys, tag_lists):
-        rng = np.random.default_rng(item_seed("label_noise", f"{cut}:{key}"))
-        new: list[str] = []
-        for tag in tags:
-            if rng.integers(1_000_000) < cut:
-                pick = tag
-                while pick == tag:
-                    pick = vocab[int(np.searchsorted(cdf, rng.random(), side="right"))]
-                replaced += 1
-                tag = pick
-            if tag not in new:
-                new.append(tag)
-        out.append(new)
+    table = noise_table(Counter(tag for tags in tag_lists for tag in tags), rate)
+    out, replaced = replace_with_table(keys, tag_lists, table)
     return out, NoiseCounts(rate, occurrences, replaced)

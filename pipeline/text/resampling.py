@@ -91,10 +91,18 @@ def sample_weights(indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray, 
         raise ValueError(f"{int(np.sum(k == 0))} samples have no class; drop them before weighting")
     if np.any(counts[indices] <= 0):
         raise ValueError("a class used by some sample has count n_c <= 0; counts must come from the same labels")
-    per_label = counts[indices] ** (alpha - 1.0)
-    rows = np.repeat(np.arange(n), k)
-    w = np.bincount(rows, weights=per_label, minlength=n) / k
+    w = raw_sample_weights(indptr, indices, counts, alpha)
     return w / w.mean()
+
+
+def raw_sample_weights(indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray, alpha: float) -> np.ndarray:
+    """float64 (N,): ``mean_{c in C_i} n_c ** (alpha - 1)``, the weights of :func:`sample_weights` before they are
+    scaled to mean 1 (the vocab stage scales each shard's by the corpus's mean). Every sample needs >= 1 class."""
+    indptr, indices = np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
+    k = np.diff(indptr)
+    per_label = np.asarray(counts, dtype=np.float64)[indices] ** (alpha - 1.0)
+    rows = np.repeat(np.arange(k.size), k)
+    return np.bincount(rows, weights=per_label, minlength=k.size) / k
 
 
 def all_weights(indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:

@@ -45,8 +45,10 @@ __all__ = [
     "PHYSICAL_ROOT",
     "SenseChoice",
     "SenseSettings",
+    "ambiguous_tags",
     "cooccurrence",
     "choose_senses",
+    "choose_senses_from_counts",
     "sense_summary",
     "VisualNounMapper",
 ]
@@ -161,12 +163,25 @@ def choose_senses(
         hashtag -> :class:`SenseChoice`, most frequent hashtag first (ties by tag). Hashtags with
         one noun sense or none are not listed (nothing to choose).
     """
+    n, _ = cooccurrence(tag_lists, keep=set())
+    _, co = cooccurrence(tag_lists, keep=ambiguous_tags(n, nouns, settings))
+    return choose_senses_from_counts(n, co, len(tag_lists), nouns, settings)
+
+
+def ambiguous_tags(n: Counter, nouns: WordNetNouns, settings: SenseSettings = SenseSettings()) -> set[str]:
+    """The hashtags whose sense :func:`choose_senses` chooses: >= ``settings.min_samples`` samples (``n``: hashtag ->
+    samples) and more than one noun sense."""
+    return {t for t, k in n.items() if k >= settings.min_samples and len(nouns.senses(t)) > 1}
+
+
+def choose_senses_from_counts(
+    n: Counter, co: dict[str, Counter], total: int, nouns: WordNetNouns, settings: SenseSettings = SenseSettings()
+) -> dict[str, SenseChoice]:
+    """:func:`choose_senses` from the corpus's counts (summed over shards by the vocab stage): ``n`` hashtag -> samples,
+    ``co`` ambiguous hashtag -> co-occurring hashtag -> samples (:func:`cooccurrence`), ``total`` samples."""
     st = settings
     tax = _Taxonomy(nouns)
-    n, _ = cooccurrence(tag_lists, keep=set())
-    ambiguous = {t for t, k in n.items() if k >= st.min_samples and len(nouns.senses(t)) > 1}
-    _, co = cooccurrence(tag_lists, keep=ambiguous)
-    total = len(tag_lists)
+    ambiguous = ambiguous_tags(n, nouns, st)
     out: dict[str, SenseChoice] = {}
     for t in sorted(ambiguous, key=lambda t: (-n[t], t)):
         candidates = list(nouns.senses(t))
@@ -215,7 +230,14 @@ class VisualNounMapper(HashtagMapper):
 
     def fit(self, tag_lists: Sequence[Sequence[str]]) -> dict[str, SenseChoice]:
         """Choose senses from ``tag_lists`` (:func:`choose_senses`); returns the records."""
-        self.choices = choose_senses(tag_lists, self.nouns, self.settings)
+        n, _ = cooccurrence(tag_lists, keep=set())
+        _, co = cooccurrence(tag_lists, keep=ambiguous_tags(n, self.nouns, self.settings))
+        return self.fit_counts(n, co, len(tag_lists))
+
+    def fit_counts(self, n: Counter, co: dict[str, Counter], total: int) -> dict[str, SenseChoice]:
+        """Choose senses from the corpus's counts (:func:`choose_senses_from_counts`: the vocab stage sums them over
+        shards); returns the records."""
+        self.choices = choose_senses_from_counts(n, co, total, self.nouns, self.settings)
         self.cache = {t: c.chosen for t, c in self.choices.items()}
         return self.choices
 

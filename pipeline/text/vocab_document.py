@@ -1,4 +1,4 @@
-"""What the vocab stage records of a :class:`pipeline.text.vocabulary.Vocabulary`: ``vocab.json``,
+"""What the vocab stage records of a :class:`pipeline.text.vocabulary.ClassTable`: ``vocab.json``,
 ``unmapped.json``, the manifest's counts and the class-frequency curves of ``class_frequency.png``."""
 
 from __future__ import annotations
@@ -9,14 +9,21 @@ from typing import Callable
 import numpy as np
 
 from pipeline.config import VocabKind
-from pipeline.io.sample_tags import SampleTags
 from pipeline.text.resampling import SCHEMES, class_mass
-from pipeline.text.vocabulary import Vocabulary
+from pipeline.text.vocabulary import ClassTable, Vocabulary
 
-__all__ = ["class_records", "unmapped_table", "vocab_totals", "vocab_document", "vocab_counts", "frequency_curves"]
+__all__ = [
+    "class_records",
+    "frequency_curves",
+    "mass_curves",
+    "unmapped_table",
+    "vocab_counts",
+    "vocab_document",
+    "vocab_totals",
+]
 
 
-def class_records(vocab: Vocabulary, info: Callable[[str], dict]) -> list[dict]:
+def class_records(vocab: ClassTable, info: Callable[[str], dict]) -> list[dict]:
     """Per class, in index order: ``index``, ``id``, ``info(id)`` (synset, wnid, lemma, definition), ``samples``
     (n_c) and ``hashtags`` (member hashtag -> samples)."""
     return [
@@ -25,13 +32,14 @@ def class_records(vocab: Vocabulary, info: Callable[[str], dict]) -> list[dict]:
     ]
 
 
-def unmapped_table(vocab: Vocabulary) -> dict[str, int]:
+def unmapped_table(vocab: ClassTable) -> dict[str, int]:
     """``unmapped.json``: hashtag -> samples for every hashtag no class could take, most frequent first (ties by tag)."""
     return dict(sorted(vocab.unmapped.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def vocab_totals(samples: SampleTags, vocab: Vocabulary, by_reason: Counter, kept: int) -> dict:
-    """``totals`` of ``vocab.json``: samples seen, removed by dedup (and by reason), kept (``kept`` of them
+def vocab_totals(samples, vocab: ClassTable, by_reason: Counter, kept: int) -> dict:
+    """``totals`` of ``vocab.json`` (``samples``: anything with ``seen`` and ``removed``, e.g.
+    :class:`pipeline.text.shard_vocab.TagCounts`): samples seen, removed by dedup (and by reason), kept (``kept`` of them
     labelled), excluded for lack of a class, and the hashtag occurrences unmapped or in dropped classes."""
     eligible = samples.seen - samples.removed
     return {
@@ -53,7 +61,7 @@ def vocab_document(
     kind: VocabKind,
     min_count: int,
     top_k: int,
-    vocab: Vocabulary,
+    vocab: ClassTable,
     totals: dict,
     info: Callable[[str], dict],
     choice: dict | None = None,
@@ -76,24 +84,30 @@ def vocab_document(
     }
 
 
-def vocab_counts(vocab: Vocabulary, totals: dict, table_seconds: float, warm_seconds: float) -> dict:
+def vocab_counts(vocab: ClassTable, totals: dict, table_seconds: float, warm_seconds: float, mapped: int) -> dict:
     """The manifest's ``counts``: classes, the totals (without ``removed_by_reason``), the time to build the
-    class table and the canonicalization rates (occurrences per second, cold and warm mapper cache)."""
-    occ = vocab.occurrences
+    class table and the canonicalization rates (distinct hashtags mapped per second, cold and warm mapper cache;
+    ``mapped`` of them)."""
     return {
         "classes": len(vocab.classes),
         **{k: v for k, v in totals.items() if k != "removed_by_reason"},
         "table_build_seconds": round(table_seconds, 3),
-        "canonicalize_occurrences_per_s": round(occ / vocab.map_seconds) if vocab.map_seconds > 0 else None,
-        "canonicalize_occurrences_per_s_warm": round(occ / warm_seconds) if warm_seconds > 0 else None,
+        "distinct_hashtags": mapped,
+        "canonicalize_hashtags_per_s": round(mapped / vocab.map_seconds) if vocab.map_seconds > 0 else None,
+        "canonicalize_hashtags_per_s_warm": round(mapped / warm_seconds) if warm_seconds > 0 else None,
     }
 
 
 def frequency_curves(vocab: Vocabulary, weights: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """The curves of ``class_frequency.png``: per scheme, the class masses of its weights
-    (:func:`pipeline.text.resampling.class_mass`, float64 (C,)) and the single-label target
-    ``n_c ** alpha`` scaled to the same total."""
+    """The curves of ``class_frequency.png`` from whole-corpus labels and weights: :func:`mass_curves` of the class
+    masses of each scheme's weights (:func:`pipeline.text.resampling.class_mass`)."""
     masses = {s: class_mass(vocab.indptr, vocab.indices, w, len(vocab.classes)) for s, w in weights.items()}
-    n = vocab.counts.astype(np.float64)
+    return mass_curves(masses, vocab.counts)
+
+
+def mass_curves(masses: dict[str, np.ndarray], counts: np.ndarray) -> tuple[dict, dict]:
+    """The curves of ``class_frequency.png``: per scheme, the class masses float64 (C,) (summed over shards by the
+    vocab stage) and the single-label target ``n_c ** alpha`` scaled to the same total."""
+    n = np.asarray(counts, dtype=np.float64)
     targets = {s: n**a * (masses[s].sum() / (n**a).sum()) for s, a in SCHEMES.items()}
     return masses, targets

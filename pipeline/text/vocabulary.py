@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -40,7 +40,15 @@ from pipeline.text.aligned import aligned_roots, aligned_synsets, read_class_nam
 from pipeline.text.sense_choice import VisualNounMapper
 from pipeline.text.wordnet_canon import HashtagMapper, read_imagenet1k_wnids, wordnet_nouns
 
-__all__ = ["RawMapper", "Vocabulary", "class_mapper", "build_vocabulary", "warm_map_seconds", "sort_by_keys"]
+__all__ = [
+    "ClassTable",
+    "RawMapper",
+    "Vocabulary",
+    "build_vocabulary",
+    "choose_classes",
+    "class_mapper",
+    "sort_by_keys",
+]
 
 
 class _TagMapper(Protocol):
@@ -103,23 +111,36 @@ def class_mapper(
 
 
 @dataclass
-class Vocabulary:
-    """The result of :func:`build_vocabulary`.
+class ClassTable:
+    """The classes of a vocabulary and what was counted to choose them (``vocab.json``'s content)."""
+
+    classes: list[str]  # class ids (synset names or raw hashtags), index order
+    counts: np.ndarray  # int64 (C,), n_c in kept samples
+    members: list[dict[str, int]]  # per class: member hashtag -> samples
+    unmapped: Counter  # hashtag -> samples, hashtags with no class candidate at all
+    dropped: Counter  # class id -> samples, candidate classes cut by min_count / top_k
+    occurrences: int  # hashtag occurrences seen (a tag once per sample)
+    map_seconds: float  # time spent mapping the hashtags (cold cache)
+
+
+@dataclass
+class Vocabulary(ClassTable):
+    """The result of :func:`build_vocabulary`: a :class:`ClassTable` and the labels of the samples.
 
     ``indptr`` int64 (N+1,) and ``indices`` int32 (nnz,) are CSR labels of the kept samples
     (positions ``kept`` int64 (N,) into the input list), class ids sorted within a sample.
     """
 
-    classes: list[str]  # class ids (synset names or raw hashtags), index order
-    counts: np.ndarray  # int64 (C,), n_c in kept samples
-    members: list[dict[str, int]]  # per class: member hashtag -> samples
-    kept: np.ndarray
-    indptr: np.ndarray
-    indices: np.ndarray
-    unmapped: Counter  # hashtag -> samples, hashtags with no class candidate at all
-    dropped: Counter  # class id -> samples, candidate classes cut by min_count / top_k
-    occurrences: int  # hashtag occurrences seen (a tag once per sample)
-    map_seconds: float  # time spent mapping the occurrences (cold cache)
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    indptr: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+
+
+def choose_classes(n_samples: Counter, kind: VocabKind | str, min_count: int, top_k: int) -> list[str]:
+    """The classes kept from ``n_samples`` (class -> samples): >= ``min_count`` samples, by decreasing count then
+    id; ``topk``: the first ``top_k`` of them."""
+    chosen = sorted((c for c, n in n_samples.items() if n >= min_count), key=lambda c: (-n_samples[c], c))
+    return chosen[:top_k] if VocabKind(kind) is VocabKind.topk else chosen
 
 
 def build_vocabulary(
@@ -157,9 +178,7 @@ def build_vocabulary(
             distinct[c] = None
         n_samples.update(distinct.keys())
         per_sample.append(list(distinct))
-    chosen = sorted((c for c, n in n_samples.items() if n >= min_count), key=lambda c: (-n_samples[c], c))
-    if kind is VocabKind.topk:
-        chosen = chosen[:top_k]
+    chosen = choose_classes(n_samples, kind, min_count, top_k)
     index = {c: i for i, c in enumerate(chosen)}
     dropped = Counter({c: n for c, n in n_samples.items() if c not in index})
     kept, indptr, indices = [], [0], []
@@ -181,14 +200,6 @@ def build_vocabulary(
         occurrences=occurrences,
         map_seconds=map_seconds,
     )
-
-
-def warm_map_seconds(mapper: _TagMapper, tag_lists: list[list[str]]) -> float:
-    """Seconds to map every sample's hashtags again, with the mapper's cache warm (the rate the manifest reports)."""
-    t0 = time.perf_counter()
-    for tags in tag_lists:
-        mapper.map_many(tags)
-    return time.perf_counter() - t0
 
 
 def _reorder(vocab: Vocabulary, order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.config import VocabKind
 from pipeline.errors import ConfigError
@@ -66,21 +68,58 @@ class ShardTask:
     removed: frozenset[str] = frozenset()
 
 
-def _read(task: ShardTask, noise: NoiseTable | None) -> tuple[list[str], list[str], list[list[str]], int, int]:
-    """``(keys, ids, hashtags, samples seen, occurrences replaced)`` of the shard's samples dedup kept, in tar
-    order, with ``noise`` applied (None: none)."""
+@dataclass
+class _Shard:
+    """A shard's samples dedup kept, in tar order, as arrays: keys and ids str (n,), and its hashtag occurrences as
+    ``parent`` int64 (occ,) (the sample of each) and ``code`` int64 (occ,) (an index into ``tags``, the shard's
+    distinct hashtags); ``seen`` samples in the shard, ``replaced`` occurrences by label noise."""
+
+    keys: np.ndarray
+    ids: np.ndarray
+    parent: np.ndarray
+    code: np.ndarray
+    tags: list[str]
+    seen: int
+    replaced: int
+
+    def pairs(self, lut: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct (sample, ``lut[code]``) pairs with ``lut[code] >= 0``, sorted by sample then value: int64
+        (pairs,) samples and values (``width`` > every value)."""
+        v = lut[self.code] if self.code.size else np.zeros(0, dtype=np.int64)
+        ok = v >= 0
+        u = np.unique(self.parent[ok] * width + v[ok])
+        return u // width, u % width
+
+    def lists(self) -> list[list[str]]:
+        """Per sample, its hashtags (Python lists: the co-occurrence pass only)."""
+        out: list[list[str]] = [[] for _ in range(self.keys.size)]
+        for p, c in zip(self.parent.tolist(), self.code.tolist()):
+            out[p].append(self.tags[c])
+        return out
+
+
+def _load(task: ShardTask, noise: NoiseTable | None) -> _Shard:
+    """The :class:`_Shard` of ``task`` with ``noise`` applied (None: none); the hashtags are dictionary-encoded by
+    Arrow, so no Python object is made per sample (but with label noise, whose draws are per sample)."""
     table = index_columns(task.path, ["key", "id", "hashtags"])
-    keys, ids, tags = [], [], []
-    for key, sid, t in zip(*(table.column(c).to_pylist() for c in ("key", "id", "hashtags"))):
-        if key in task.removed:
-            continue
-        keys.append(key)
-        ids.append(sid)
-        tags.append(t)
+    seen = table.num_rows
+    if task.removed:
+        table = table.filter(pc.invert(pc.is_in(table.column("key"), value_set=pa.array(sorted(task.removed)))))
+    lists = table.column("hashtags").combine_chunks()
     replaced = 0
     if noise is not None and noise.rate > 0:
-        tags, replaced = replace_with_table(keys, tags, noise)
-    return keys, ids, tags, table.num_rows, replaced
+        new, replaced = replace_with_table(table.column("key").to_pylist(), lists.to_pylist(), noise)
+        lists = pa.array(new, pa.list_(pa.string()))
+    enc = pc.dictionary_encode(pc.list_flatten(lists))
+    return _Shard(
+        keys=np.asarray(table.column("key").to_numpy(zero_copy_only=False)).astype(str),
+        ids=np.asarray(table.column("id").to_numpy(zero_copy_only=False)).astype(str),
+        parent=np.asarray(pc.list_parent_indices(lists), dtype=np.int64),
+        code=np.asarray(enc.indices, dtype=np.int64),
+        tags=enc.dictionary.to_pylist(),
+        seen=seen,
+        replaced=replaced,
+    )
 
 
 @dataclass
@@ -118,44 +157,38 @@ class TagCounts:
 
 def count_tags(task: ShardTask, noise: NoiseTable | None) -> TagCounts:
     """Pass 1: the shard's :class:`TagCounts`."""
-    keys, ids, tags, seen, replaced = _read(task, noise)
-    out = TagCounts(seen=seen, removed=seen - len(keys), replaced=replaced)
-    out.key_width = max([1, *map(len, keys)])
-    out.id_width = max([1, *map(len, ids)])
-    for t in tags:
-        out.occurrences += len(t)
-        out.occ.update(t)
-        out.samples.update(set(t))
-    return out
+    sh = _load(task, noise)
+    t = len(sh.tags)
+    occ = np.bincount(sh.code, minlength=t)
+    samples = np.bincount(sh.pairs(np.arange(t), max(t, 1))[1], minlength=t)
+    return TagCounts(
+        seen=sh.seen,
+        removed=sh.seen - sh.keys.size,
+        occurrences=int(sh.code.size),
+        replaced=sh.replaced,
+        occ=Counter(dict(zip(sh.tags, occ.tolist()))),
+        samples=Counter({tag: n for tag, n in zip(sh.tags, samples.tolist()) if n}),
+        key_width=max(1, sh.keys.dtype.itemsize // 4),
+        id_width=max(1, sh.ids.dtype.itemsize // 4),
+    )
 
 
 def count_cooccurrence(task: ShardTask, shared: tuple[NoiseTable | None, set[str]]) -> dict[str, Counter]:
     """Pass 2 (``visual_nouns``): ambiguous hashtag -> other hashtag -> samples carrying both, in this shard;
     ``shared`` = (noise, the ambiguous hashtags)."""
     noise, ambiguous = shared
-    return cooccurrence(_read(task, noise)[2], keep=ambiguous)[1]
-
-
-def _sample_classes(tags: list[list[str]], tag_class: dict[str, str | None]) -> list[list[str]]:
-    """Per sample, its distinct classes in hashtag order (unmapped hashtags skipped)."""
-    out = []
-    for t in tags:
-        distinct: dict[str, None] = {}
-        for tag in t:
-            c = tag_class.get(tag)
-            if c is not None:
-                distinct[c] = None
-        out.append(list(distinct))
-    return out
+    return cooccurrence(_load(task, noise).lists(), keep=ambiguous)[1]
 
 
 def count_classes(task: ShardTask, shared: tuple[NoiseTable | None, dict[str, str | None]]) -> Counter:
-    """Pass 3: class -> samples of this shard carrying it; ``shared`` = (noise, hashtag -> class or None)."""
+    """Pass 3: class -> samples of this shard carrying it (a class once per sample); ``shared`` = (noise, hashtag ->
+    class or None)."""
     noise, tag_class = shared
-    n: Counter = Counter()
-    for classes in _sample_classes(_read(task, noise)[2], tag_class):
-        n.update(classes)
-    return n
+    sh = _load(task, noise)
+    names: dict[str, int] = {}
+    lut = np.array([-1 if (c := tag_class.get(t)) is None else names.setdefault(c, len(names)) for t in sh.tags], dtype=np.int64)
+    n = np.bincount(sh.pairs(lut, max(len(names), 1))[1], minlength=len(names))
+    return Counter(dict(zip(names, n.tolist())))
 
 
 def shard_labels(
@@ -163,21 +196,19 @@ def shard_labels(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The shard's kept samples (at least one class of ``index``) in key order: keys str (n,), ids str (n,), CSR
     indptr int64 (n+1,) and indices int32 (nnz,), class ids ascending within a sample."""
-    keys, ids, tags, _, _ = _read(task, noise)
-    kept, indptr, indices = [], [0], []
-    for pos, classes in enumerate(_sample_classes(tags, tag_class)):
-        cids = sorted(index[c] for c in classes if c in index)
-        if cids:
-            kept.append(pos)
-            indices.extend(cids)
-            indptr.append(len(indices))
-    k = np.array(keys, dtype=str)[kept] if kept else np.zeros(0, dtype=str)
-    order = np.argsort(k, kind="stable")
-    ip, ix = np.array(indptr, dtype=np.int64), np.array(indices, dtype=np.int32)
-    starts, ends = ip[:-1][order], ip[1:][order]
-    new_ip = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
-    new_ix = np.concatenate([ix[s:e] for s, e in zip(starts, ends)]).astype(np.int32) if order.size else ix
-    return k[order], np.array(ids, dtype=str)[kept][order] if kept else np.zeros(0, dtype=str), new_ip, new_ix
+    sh = _load(task, noise)
+    lut = np.array([index.get(c, -1) if (c := tag_class.get(t)) is not None else -1 for t in sh.tags], dtype=np.int64)
+    sample, cid = sh.pairs(lut, max(len(index), 1))
+    kept, per = np.unique(sample, return_counts=True)
+    keys, ids = sh.keys[kept], sh.ids[kept]
+    indptr = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    if order.size and not np.array_equal(order, np.arange(order.size)):  # tar order is key order for ingest's shards
+        starts, ends = indptr[:-1][order], indptr[1:][order]
+        cid = np.concatenate([cid[a:b] for a, b in zip(starts, ends)])
+        indptr = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+        keys, ids = keys[order], ids[order]
+    return keys, ids, indptr, cid.astype(np.int32)
 
 
 def weight_sums(task: ShardTask, shared: tuple) -> tuple[int, dict[str, float]]:

@@ -121,6 +121,7 @@ def _child(kind: str, n: int, folder: str, wordnet: str) -> dict:
         keys, ids = sort_by_keys(v, s.keys, s.ids)
         w = all_weights(v.indptr, v.indices, v.counts)
         write_shard_labels(out / "shard_labels", keys, ids, v.indptr, v.indices, w)
+        passes_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         t1 = time.perf_counter()
         write_labels(out / "labels.npz", keys, ids, v.indptr, v.indices, v.counts, w)
         npz_s = time.perf_counter() - t1
@@ -134,6 +135,7 @@ def _child(kind: str, n: int, folder: str, wordnet: str) -> dict:
             staging = staging_folder(out / "shard_labels")
             sv = build_shard_vocabulary(ex, shard_tasks(paths, set()), mapper, "wordnet_nouns", 5, 1000, staging)
         publish_shard_labels(out / "shard_labels", sv.rows)
+        passes_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         t1 = time.perf_counter()
         keys, ids, indptr, indices, w = concat_shard_labels(out / "shard_labels", sv.tags.key_width, sv.tags.id_width)
         write_labels(out / "labels.npz", keys, ids, indptr, indices, sv.table.counts, w)
@@ -147,6 +149,7 @@ def _child(kind: str, n: int, folder: str, wordnet: str) -> dict:
         "labels_npz_seconds": round(npz_s, 2),
         "passes_seconds": round(seconds - npz_s, 2),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
+        "passes_peak_rss_gb": round(passes_rss, 3),  # before labels.npz (vocab.whole_corpus_labels=false stops here)
         "rss_after_imports_gb": round(rss0, 3),
         "worker_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 3),
         "classes": classes,

@@ -200,6 +200,10 @@ class VocabConfig:
     # kind=target_aligned: a folder whose sub-folders are the target's classes (an ImageFolder split)
     align_classes: str = added("")
     progress: bool = runtime(True)  # tqdm progress bar over samples on stderr
+    # also write labels.npz, the whole-corpus view (the report's fallback plot, the audit, notebooks): built in the
+    # driver from the shard labels, about 150 bytes a sample while written. Pretraining reads shard_labels/ only:
+    # turn it off for corpora of ~10^8 samples and more
+    whole_corpus_labels: bool = added(True)
 
 
 def validate_vocab(vc: Any) -> None:

@@ -8,7 +8,8 @@ A data stage writes its work once, as functions of one item (a shard, a unit) an
 * ``local`` (the default): in this process when ``workers`` is 1, else in a pool of ``workers`` processes
   (``concurrent.futures.ProcessPoolExecutor``; ``shared`` is sent once to each worker, not with every item);
 * ``ray``: one Ray task per item (``ray.remote(max_retries=...)``: a task whose worker dies is run again, so a
-  function must write its outputs atomically or idempotently), ``shared`` put once in the object store. Without an
+  function must write its outputs atomically or idempotently), ``shared`` put once in the object store and
+  fetched once per worker and map. Without an
   address a local Ray is started with ``workers`` CPUs (and shut down by :meth:`Executor.close`); ``auto`` or
   ``ray://host:port`` joins a running cluster (``ray start --head`` on SLURM, a KubeRay cluster).
 
@@ -43,6 +44,23 @@ def _init_worker(shared: Any) -> None:
 
 def _call(fn: Callable[[Any, Any], Any], item: Any) -> Any:
     return fn(item, _SHARED)
+
+
+_RAY_SHARED: dict[str, Any] = {}  # a Ray worker's copy of the current map's ``shared``, by object id
+
+
+def _ray_call(fn: Callable[[Any, Any], Any], item: Any, boxed: list) -> Any:
+    """A Ray task: ``fn(item, shared)``, ``shared`` fetched from the object store once per worker and map (``boxed``
+    holds its ObjectRef inside a list, so Ray does not fetch and unpickle it again for every task: a hashtag table
+    of 10^5 entries took longer to unpickle than a shard's work)."""
+    ref = boxed[0]
+    key = ref.hex()
+    if key not in _RAY_SHARED:
+        import ray
+
+        _RAY_SHARED.clear()  # one map's table at a time
+        _RAY_SHARED[key] = ray.get(ref)
+    return fn(item, _RAY_SHARED[key])
 
 
 class Executor:
@@ -109,14 +127,17 @@ class LocalExecutor(Executor):
             with concurrent.futures.ProcessPoolExecutor(
                 max_workers=min(self.workers, len(items)), mp_context=ctx, initializer=_init_worker, initargs=(shared,)
             ) as pool:
-                futures = [pool.submit(_call, fn, it) for it in items]
+                futures: list = [pool.submit(_call, fn, it) for it in items]
                 try:
-                    for f in futures:
-                        yield f.result()  # a failure raises here, in item order
+                    for i in range(len(futures)):
+                        out = futures[i].result()  # a failure raises here, in item order
+                        futures[i] = None  # a consumed result is not kept: the driver folds one at a time
                         bar.update(1)
+                        yield out
                 finally:
                     for f in futures:
-                        f.cancel()  # what has not started, when the caller stops early or a task failed
+                        if f is not None:
+                            f.cancel()  # what has not started, when the caller stops early or a task failed
 
 
 class RayExecutor(Executor):
@@ -149,9 +170,9 @@ class RayExecutor(Executor):
 
     def imap(self, fn, items, shared=None, desc="", progress=False):
         ray = self._ray
-        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(fn)
-        ref = ray.put(shared)
-        refs = [remote.remote(it, ref) for it in items]
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_ray_call)
+        boxed = [ray.put(shared)]
+        refs = [remote.remote(fn, it, boxed) for it in items]
         with progress_bar(total=len(items), unit="shard", desc=desc, disable=not progress) as bar:
             try:
                 for i in range(len(refs)):

@@ -21,6 +21,8 @@ file are renamed into place when complete, so a killed run resumes by redoing on
 without a part file, and the result is byte-identical to an uninterrupted run. Units are split
 across torchrun/SLURM ranks round-robin and, within a rank, across a process pool; rank 0
 merges the parts into ``quarantine.jsonl`` and ``manifest.json`` (:mod:`pipeline.ingestion.merge`).
+With ``data.engine=ray`` one driver runs every unit as a Ray task instead (:mod:`pipeline.executor`: a local
+Ray or the cluster at ``ray.address``; a task whose worker dies is run again), then merges; the same outputs.
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ from dataclasses import asdict
 from pipeline.cli import hydra_entry
 from pipeline.config import validate
 from pipeline.config_views import results_config
+from pipeline.executor import make_executor
 from pipeline.ingestion.merge import merge_parts, prepare_folder
-from pipeline.ingestion.worker import ingest_settings, part_done, run_units
+from pipeline.ingestion.worker import ingest_settings, part_done, run_units, run_units_on
 from pipeline.io.manifest import canonical_hash, stage_dir, write_manifest
 from pipeline.io.readers import plan_units
 from pipeline.io.removal import read_withdrawn
 from pipeline.io.run_folder import INGEST
 from pipeline.progress import progress_bar
-from pipeline.system import assign, current_partition, default_workers
+from pipeline.system import Partition, assign, current_partition, default_workers
 
 log = logging.getLogger(__name__)
 STAGE = INGEST
@@ -61,6 +64,10 @@ def run_ingest(cfg) -> dict | None:
     ing = cfg.ingest
     out_dir = stage_dir(cfg.run_dir, STAGE)
     part = current_partition()
+    if cfg.data.engine == "ray":  # Ray runs every unit from one driver: no rank arithmetic, no wait for other ranks
+        if not part.is_main:
+            return None
+        part = Partition(0, 1)
     # plan: the units, and a hash of what they depend on
     units, fingerprints = plan_units(cfg.data.sources, str(ing.encoding), ing.shard_size)
     withdrawn = frozenset(read_withdrawn(ing.withdrawn, "ingest.withdrawn"))
@@ -87,7 +94,11 @@ def run_ingest(cfg) -> dict | None:
     )
     bar = progress_bar(total=len(todo), unit="shard", desc=f"ingest[rank {part.rank}]", disable=not ing.progress)
     t_work = time.perf_counter()
-    n_done = run_units(todo, settings, out_dir, workers, bar)
+    if cfg.data.engine == "ray":
+        with make_executor("ray", default_workers(ing.workers), cfg.ray.address, cfg.ray.max_retries) as executor:
+            n_done = run_units_on(executor, todo, settings, out_dir, bar)
+    else:
+        n_done = run_units(todo, settings, out_dir, workers, bar)
     work_seconds = time.perf_counter() - t_work
     if not part.is_main:
         return None

@@ -126,8 +126,12 @@ def run_vocab(cfg) -> dict | None:
 
     # write: the shard labels (published whole), labels.npz from them, unmapped, vocab.json, the plot, the manifest
     shard_labels = publish_shard_labels(out_dir / SHARD_LABELS_DIR, sv.rows)
-    keys, ids, indptr, indices, weights = concat_shard_labels(out_dir / SHARD_LABELS_DIR, sv.tags.key_width, sv.tags.id_width)
-    write_labels(out_dir / LABELS_FILE, keys, ids, indptr, indices, vocab.counts, weights)
+    if vc.whole_corpus_labels:
+        keys, ids, indptr, indices, weights = concat_shard_labels(out_dir / SHARD_LABELS_DIR, sv.tags.key_width, sv.tags.id_width)
+        write_labels(out_dir / LABELS_FILE, keys, ids, indptr, indices, vocab.counts, weights)
+        del keys, ids, indptr, indices, weights
+    else:
+        (out_dir / LABELS_FILE).unlink(missing_ok=True)
     write_text(out_dir / UNMAPPED_FILE, json.dumps(unmapped_table(vocab), indent=1, ensure_ascii=False) + "\n")
     if senses is not None:
         write_text(out_dir / SENSES_FILE, json.dumps(senses, indent=1, ensure_ascii=False) + "\n")
@@ -138,18 +142,22 @@ def run_vocab(cfg) -> dict | None:
     if vc.plot:
         masses, targets = mass_curves(sv.masses, vocab.counts)
         class_frequency_plot(
-            masses, plot, title=f"{kind.value}: {len(vocab.classes)} classes, {keys.size} samples", targets=targets
+            masses, plot, title=f"{kind.value}: {len(vocab.classes)} classes, {sv.kept} samples", targets=targets
         )
     else:
         plot.unlink(missing_ok=True)
     outputs = {
         "vocab": VOCAB_FILE,
-        "labels": LABELS_FILE,
+        "labels": LABELS_FILE if vc.whole_corpus_labels else None,
         "shard_labels": {"dir": SHARD_LABELS_DIR, **shard_labels},
         "unmapped": UNMAPPED_FILE,
         "senses": SENSES_FILE if senses is not None else None,
         "plot": CLASS_FREQUENCY_PLOT if vc.plot else None,
-        "sha256": {n: file_sha256(out_dir / n) for n in (VOCAB_FILE, LABELS_FILE, f"{SHARD_LABELS_DIR}/{SHARD_TABLE}")},
+        "sha256": {
+            n: file_sha256(out_dir / n)
+            for n in (VOCAB_FILE, LABELS_FILE, f"{SHARD_LABELS_DIR}/{SHARD_TABLE}")
+            if n != LABELS_FILE or vc.whole_corpus_labels
+        },
     }
     manifest = write_manifest(
         out_dir,
@@ -168,7 +176,7 @@ def run_vocab(cfg) -> dict | None:
         "vocab[%s]: %d classes, %d/%d samples kept (%.1f%%), %d unmapped hashtags",
         kind.value,
         len(vocab.classes),
-        keys.size,
+        sv.kept,
         sv.tags.eligible,
         100 * totals["kept_share"],
         len(vocab.unmapped),

@@ -5,6 +5,7 @@ a worker killed mid-stage) writes byte-identical outputs."""
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import shutil
 from pathlib import Path
@@ -105,3 +106,15 @@ def test_every_executor_writes_identical_outputs(prepared_fixture, tmp_path):
         ray.shutdown()
     assert marker.exists()  # a worker was killed, and the stage still finished
     _same_outputs(one, on_ray)
+
+
+def test_without_the_whole_corpus_view(prepared_fixture, tmp_path):
+    """``vocab.whole_corpus_labels=false``: no labels.npz, the per-shard labels and vocab.json as with it."""
+    with_npz = _run(prepared_fixture, tmp_path, "with", "data.workers=1")
+    run = _run(prepared_fixture, tmp_path, "without", "data.workers=1", "vocab.whole_corpus_labels=false")
+    out = run / "vocab"
+    assert not (out / "labels.npz").exists()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["outputs"]["labels"] is None and "labels.npz" not in man["outputs"]["sha256"]
+    for f in ("vocab.json", "unmapped.json", "shard_labels/shards.parquet"):
+        assert filecmp.cmp(with_npz / "vocab" / f, out / f, shallow=False), f

@@ -269,3 +269,26 @@ def run_units(todo: list[WorkUnit], settings: IngestSettings, out_dir: Path, wor
             pool.terminate() if n_done == 0 and todo else pool.close()
             pool.join()
     return n_done
+
+
+def unit_input_count(unit: WorkUnit, shared: tuple[IngestSettings, str]) -> int:
+    """:func:`process_unit` as an executor task (:mod:`pipeline.executor`): ``shared`` = (settings, the stage's
+    folder); returns the unit's input samples only (its part, with per-sample ids, stays on disk). A retried task
+    rewrites the unit's shard and part atomically."""
+    settings, out_dir = shared
+    return int(process_unit(unit, settings, Path(out_dir))["input"])
+
+
+def run_units_on(executor, todo: list[WorkUnit], settings: IngestSettings, out_dir: Path, bar) -> int:
+    """Process ``todo`` as tasks of ``executor`` (``data.engine=ray``: one Ray task per unit, retried when its worker
+    dies), ticking ``bar`` per unit. Returns the input samples of the units processed."""
+    t_work = time.perf_counter()
+    n_done = 0
+    try:
+        for n in executor.imap(unit_input_count, todo, (settings, str(out_dir))):
+            n_done += n
+            bar.update(1)
+            bar.set_postfix(images=n_done, img_s=f"{n_done / max(1e-9, time.perf_counter() - t_work):.0f}")
+    finally:
+        bar.close()
+    return n_done

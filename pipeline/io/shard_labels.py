@@ -199,29 +199,29 @@ def concat_shard_labels(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Every shard's labels in ``folder`` concatenated in shard (= key) order, as ``labels.npz`` holds them: keys and
     ids str (N,) of at least ``key_width`` / ``id_width`` characters, CSR indptr int64 (N+1,) and indices int32
-    (nnz,), scheme -> weights float64 (N,). Whole-corpus arrays: O(N) memory (about 60 bytes a sample), for the
-    whole-corpus view only; training reads the shards one by one."""
+    (nnz,), scheme -> weights float64 (N,). Whole-corpus arrays: O(N) memory (the shards' Arrow tables while they are
+    converted, then about 4 x (key + id characters) + 40 bytes a sample), for the whole-corpus view only
+    (``vocab.whole_corpus_labels``); training reads the shards one by one."""
     table = read_shard_table(folder)
     schemes = [c[len("expected_") :] for c in table.column_names if c.startswith("expected_")]
-    keys: list[str] = []
-    ids: list[str] = []
+    keys: list[np.ndarray] = []
+    ids: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     indices: list[np.ndarray] = []
     weights: dict[str, list[np.ndarray]] = {s: [] for s in schemes}
-    for shard in table.column("shard").to_pylist():
+    for shard in table.column("shard").to_pylist():  # one shard's Arrow table and Python strings at a time
         t = read_shard_labels(folder, shard, ["key", "id", "classes", *(f"weight_{s}" for s in schemes)])
-        keys.extend(t.column("key").to_pylist())
-        ids.extend(t.column("id").to_pylist())
+        keys.append(np.array(t.column("key").to_pylist(), dtype=str))
+        ids.append(np.array(t.column("id").to_pylist(), dtype=str))
         classes = t.column("classes").combine_chunks()
         lengths.append(np.diff(classes.offsets.to_numpy()))
         indices.append(classes.flatten().to_numpy())
         for s in schemes:
             weights[s].append(t.column(f"weight_{s}").to_numpy())
     n_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    width = max([key_width, *map(len, keys)]), max([id_width, *map(len, ids)])
     return (
-        np.array(keys, dtype=f"<U{width[0]}"),
-        np.array(ids, dtype=f"<U{width[1]}"),
+        np.concatenate([np.zeros(0, f"<U{key_width}"), *keys]),  # numpy widens to the longest string
+        np.concatenate([np.zeros(0, f"<U{id_width}"), *ids]),
         np.concatenate([[0], np.cumsum(n_len)]).astype(np.int64),
         (np.concatenate(indices) if indices else np.zeros(0)).astype(np.int32),
         {s: (np.concatenate(w) if w else np.zeros(0)).astype(np.float64) for s, w in weights.items()},

@@ -9,8 +9,10 @@ from the demo's 6,000 most frequent real hashtags by their demo frequency (Zipf-
 synthetic tags ``tailNNNNNNN`` (Zipf 1.3 over 10^7 ids: the distinct hashtags keep growing with N, as real tags
 do). The WordNet nouns mapper (``wordnet_nouns``, min_count 5) maps them.
 
-Each configuration runs in a fresh process (``peak_rss_gb``: the driver's ``ru_maxrss``; ``worker_rss_gb``: the
-largest of its pool workers', ``RUSAGE_CHILDREN``; imports included) and times the whole stage's work on a
+Each configuration runs in a fresh process (``peak_rss_gb``: the driver's ``ru_maxrss``, ``passes_peak_rss_gb`` the
+same before ``labels.npz``; ``worker_rss_gb``: the largest of its pool workers', ``RUSAGE_CHILDREN``, which counts
+the pages a forked worker shares with the driver, and not Ray's workers (children of Ray's raylet); imports
+included) and times the whole stage's work on a
 corpus already written (reading the indexes, counting, mapping, writing the per-shard labels and ``labels.npz``):
 
 - **whole**: today's whole-corpus build before 2026-12-07 (:func:`pipeline.io.sample_tags.read_sample_tags`,
@@ -198,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         bt = np.polyfit(x, [r["passes_seconds"] for r in pts], 1)[0]
         bm = np.polyfit(x, [r["peak_rss_gb"] for r in pts], 1)[0]
         bw = np.polyfit(x, [r["worker_rss_gb"] for r in pts], 1)[0]
+        bp = np.polyfit(x, [r.get("passes_peak_rss_gb", r["peak_rss_gb"]) for r in pts], 1)[0]
         fits[kind] = {
             "us_per_sample": round(bt * 1e6, 2),
             "driver_bytes_per_sample": round(bm * 1e9, 1),
+            "driver_bytes_per_sample_passes": round(bp * 1e9, 1),
             "worker_bytes_per_sample": round(bw * 1e9, 1),
             "points": len(pts),
             "largest": int(x.max()),

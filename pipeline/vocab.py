@@ -14,7 +14,7 @@ stage removed (``<run_dir>/dedup/removed.jsonl``; a missing dedup stage is an er
   ``samples`` = n_c, ``hashtags`` = member hashtag -> samples) and ``totals``;
 * ``unmapped.json``: hashtag -> samples for every hashtag no class could take, most
   frequent first (counted, never silently lost);
-* ``labels.npz`` (numpy, no pickle): ``keys`` (shard keys, sorted), ``ids``, CSR
+* ``labels.npz`` (numpy, no pickle; unless ``vocab.whole_corpus_labels=false``): ``keys`` (shard keys, sorted), ``ids``, CSR
   ``indptr``/``indices`` of class ids, ``class_counts`` and ``weights_<scheme>`` for
   every scheme of :data:`pipeline.text.resampling.SCHEMES`, so one vocabulary serves every
   resampling sweep; read it with :func:`pipeline.io.labels.load_labels`;
@@ -71,8 +71,9 @@ STAGE = VOCAB
 def run_vocab(cfg) -> dict | None:
     """Run the vocabulary stage for ``cfg`` (a :class:`pipeline.config.PipelineConfig` node).
 
-    The stage reads only metadata (about a second per 10k samples), so it runs in one
-    process: under torchrun/SLURM, rank 0 does the work and other ranks return at once.
+    The stage reads only metadata. Its driver runs on rank 0 (under torchrun/SLURM other ranks return at once)
+    and its per-shard passes on ``data.engine`` (:mod:`pipeline.text.shard_vocab`, :mod:`pipeline.executor`): a
+    local process pool, or Ray tasks on a local Ray or a cluster; the same outputs either way.
 
     Returns:
         The manifest (rank 0), or None on other ranks.

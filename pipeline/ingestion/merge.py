@@ -14,7 +14,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from pipeline.ingestion.worker import DROP_KEYS, part_done
 from pipeline.io.atomic import remove_stale_temps, write_json, write_jsonl
@@ -26,7 +26,7 @@ from pipeline.io.shard_index import index_path
 if TYPE_CHECKING:
     from pipeline.system import Partition
 
-__all__ = ["prepare_folder", "wait_for_parts", "merged_counts", "merged_outputs", "merge_parts"]
+__all__ = ["iter_parts", "prepare_folder", "wait_for_parts", "merged_counts", "merged_outputs", "merge_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,32 @@ def prepare_folder(out_dir: Path, plan: dict, part: Partition, timeout: float) -
     raise TimeoutError(f"rank {part.rank}: rank 0 did not write {plan_file} within {timeout} s")
 
 
-def wait_for_parts(out_dir: Path, units: list[WorkUnit], plan_hash: str, withdrawn: frozenset, timeout: float) -> list[dict]:
-    """The finished part of every unit, in plan order, waiting up to ``timeout`` seconds for other ranks.
+def wait_for_parts(out_dir: Path, units: list[WorkUnit], plan_hash: str, withdrawn: frozenset, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds until every unit's part is finished (other ranks' too); keeps none of them.
 
     Raises:
         TimeoutError: a unit's part is not finished in time.
     """
     deadline = time.monotonic() + timeout
-    parts: list[dict] = []
     for u in units:
-        while (p := part_done(out_dir, u, plan_hash, withdrawn)) is None:
+        while part_done(out_dir, u, plan_hash, withdrawn) is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"part {u.number} (source {u.source}) not finished within merge_timeout_s")
             time.sleep(0.5)
-        parts.append(p)
-    return parts
+
+
+def iter_parts(out_dir: Path, units: list[WorkUnit], plan_hash: str, withdrawn: frozenset) -> Iterator[dict]:
+    """The finished part of every unit, in plan order, one at a time (a part holds its unit's per-sample ids and
+    quarantine rows: the merge never holds them all).
+
+    Raises:
+        RuntimeError: a part that :func:`wait_for_parts` found finished is gone (the folder changed under the merge).
+    """
+    for u in units:
+        p = part_done(out_dir, u, plan_hash, withdrawn)
+        if p is None:
+            raise RuntimeError(f"part {u.number} of {out_dir} changed during the merge; re-run ingest")
+        yield p
 
 
 def merged_counts(parts: list[dict], withdrawn: frozenset, n_this_run: int, work_seconds: float) -> dict:
@@ -135,7 +146,17 @@ def merge_parts(
     n_this_run: int,
     work_seconds: float,
 ) -> tuple[dict, dict]:
-    """Rank 0: wait for all parts, write ``quarantine.jsonl``; return the manifest's ``(counts, outputs)``."""
-    parts = wait_for_parts(out_dir, units, plan_hash, withdrawn, timeout)
-    write_jsonl(out_dir / QUARANTINE_FILE, (row for p in parts for row in p["quarantine"]))
-    return merged_counts(parts, withdrawn, n_this_run, work_seconds), merged_outputs(parts)
+    """Rank 0: wait for all parts, write ``quarantine.jsonl``; return the manifest's ``(counts, outputs)``.
+
+    The parts are read one at a time: each one's quarantine rows are written and its per-sample ids dropped, so
+    the merge holds a few numbers per unit, not per sample."""
+    wait_for_parts(out_dir, units, plan_hash, withdrawn, timeout)
+    slim: list[dict] = []
+
+    def rows() -> Iterator[dict]:
+        for p in iter_parts(out_dir, units, plan_hash, withdrawn):
+            yield from p["quarantine"]
+            slim.append({k: v for k, v in p.items() if k not in ("ids", "quarantine")})
+
+    write_jsonl(out_dir / QUARANTINE_FILE, rows())
+    return merged_counts(slim, withdrawn, n_this_run, work_seconds), merged_outputs(slim)

@@ -99,8 +99,9 @@ class _Shard:
 
 
 def _load(task: ShardTask, noise: NoiseTable | None) -> _Shard:
-    """The :class:`_Shard` of ``task`` with ``noise`` applied (None: none); the hashtags are dictionary-encoded by
-    Arrow, so no Python object is made per sample (but with label noise, whose draws are per sample)."""
+    """The :class:`_Shard` of ``task`` with ``noise`` applied (None: none). The hashtags are dictionary-encoded by
+    Arrow, so no Python object is made per hashtag occurrence (but with label noise, whose draws are per sample);
+    the shard's keys and ids pass through Python strings on their way to numpy (one shard at a time)."""
     table = index_columns(task.path, ["key", "id", "hashtags"])
     seen = table.num_rows
     if task.removed:

@@ -38,6 +38,35 @@ def _precision_trial_cache(tmp_path_factory):
         os.environ["PIPELINE_CACHE_DIR"] = old
 
 
+def ray_killing_once(hook: str, marker):
+    """A context manager: a local Ray of 2 CPUs whose workers run ``hook`` (``"test_module.function"``, importable from
+    tests/) at start, with ``PIPELINE_TEST_KILL_MARKER`` = ``marker`` (the hooks kill one worker once, then touch it);
+    shut down on exit."""
+    import contextlib
+    import os
+
+    ray = pytest.importorskip("ray")
+
+    @contextlib.contextmanager
+    def _ray():
+        path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="ERROR",
+            runtime_env={
+                "env_vars": {"PIPELINE_TEST_KILL_MARKER": str(marker), "PYTHONPATH": path},
+                "worker_process_setup_hook": hook,
+            },
+        )
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+    return _ray()
+
+
 def make_cfg(*overrides: str):
     """Compose ``conf/config.yaml`` with Hydra's compose API and the given overrides."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

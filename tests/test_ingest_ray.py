@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import ray_killing_once
 
 
 def install_kill_one_unit() -> None:
@@ -30,27 +31,15 @@ def install_kill_one_unit() -> None:
 
 @pytest.mark.slow
 def test_ingest_units_as_ray_tasks_equal_the_pool(fixture_cfg, tmp_path):
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     from pipeline.ingest import run_ingest
 
     local = fixture_cfg("ingest.shard_size=16", f"run_dir={tmp_path / 'local'}", "ingest.workers=2")
     man_local = run_ingest(local)
     marker = tmp_path / "killed"
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="ERROR",
-        runtime_env={
-            "env_vars": {"PIPELINE_TEST_KILL_MARKER": str(marker), "PYTHONPATH": path},
-            "worker_process_setup_hook": "test_ingest_ray.install_kill_one_unit",
-        },
-    )
-    try:
+    with ray_killing_once("test_ingest_ray.install_kill_one_unit", marker):
         on_ray = fixture_cfg("ingest.shard_size=16", f"run_dir={tmp_path / 'ray'}", "data.engine=ray", "ray.max_retries=2")
         man_ray = run_ingest(on_ray)
-    finally:
-        ray.shutdown()
     assert marker.exists()  # a unit's worker died; Ray ran the unit again
     a, b = Path(local.run_dir) / "ingest", Path(on_ray.run_dir) / "ingest"
     shards = sorted(p.name for p in (a / "shards").iterdir())

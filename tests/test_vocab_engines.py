@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import stage_cfg
+from conftest import ray_killing_once, stage_cfg
 
 from pipeline.io.labels import load_labels, load_vocab
 from pipeline.io.removal import load_removals
@@ -84,26 +84,14 @@ def install_kill_once() -> None:
 
 @pytest.mark.slow
 def test_every_executor_writes_identical_outputs(prepared_fixture, tmp_path):
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     one = _run(prepared_fixture, tmp_path, "one", "data.workers=1")
     pool = _run(prepared_fixture, tmp_path, "pool", "data.workers=2")
     _same_outputs(one, pool)
     # a local Ray of 2 CPUs, one of whose workers dies in the class-count pass: Ray runs the task again
     marker = tmp_path / "killed"
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="ERROR",
-        runtime_env={
-            "env_vars": {"PIPELINE_TEST_KILL_MARKER": str(marker), "PYTHONPATH": path},
-            "worker_process_setup_hook": "test_vocab_engines.install_kill_once",
-        },
-    )
-    try:
+    with ray_killing_once("test_vocab_engines.install_kill_once", marker):
         on_ray = _run(prepared_fixture, tmp_path, "ray", "data.engine=ray", "ray.max_retries=2")
-    finally:
-        ray.shutdown()
     assert marker.exists()  # a worker was killed, and the stage still finished
     _same_outputs(one, on_ray)
 

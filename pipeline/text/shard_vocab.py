@@ -38,7 +38,7 @@ from pipeline.config import VocabKind
 from pipeline.errors import ConfigError
 from pipeline.executor import Executor
 from pipeline.io.shard_labels import write_shard_file
-from pipeline.io.shards import index_columns
+from pipeline.io.shards import index_columns, parse_key
 from pipeline.text.label_noise import NoiseCounts, NoiseTable, noise_table, replace_with_table
 from pipeline.text.resampling import SCHEMES, class_mass, raw_sample_weights
 from pipeline.text.sense_choice import VisualNounMapper, ambiguous_tags, cooccurrence
@@ -354,5 +354,5 @@ def shard_tasks(paths: list[Path], removed: set[str]) -> list[ShardTask]:
     """One :class:`ShardTask` per shard tar, each with the removed keys of its own shard (keys ``UUUUUU_PPPPPP``)."""
     by_shard: dict[int, set[str]] = {}
     for key in removed:
-        by_shard.setdefault(int(key[:6]), set()).add(key)
+        by_shard.setdefault(parse_key(key)[0], set()).add(key)
     return [ShardTask(str(p), int(p.stem), frozenset(by_shard.get(int(p.stem), ()))) for p in paths]

@@ -16,7 +16,7 @@ other work on a shared machine hits both alike, and reports medians and their ra
 | :mod:`benchmarks.train_step` | ``pipeline.pretrain.run_pretrain`` (resnext_mini, the precision and layout pipeline.train.precision picks) | a bare PyTorch loop on synthetic tensors |
 | :mod:`benchmarks.dedup_hash` | decode + ``pipeline.vision.near_index.perceptual_hash`` (one process; ingest pays the hash, dedup reads the codes) | imagededup ``PHash.encode_images`` (one worker) |
 | :mod:`benchmarks.near_search` | ``build_index`` + ``range_pairs`` at N and 4N | imagededup ``find_duplicates`` at N and 4N |
-| :mod:`benchmarks.dedup_scale` | the same search on 2^16-2^20 synthetic codes made from the demo's, projected to 10^8 and 10^9 | (reported) |
+| :mod:`benchmarks.dedup_scale` | the same search, one faiss index, on 2^16-2^20 synthetic codes (the stage: :mod:`benchmarks.dedup_stage`) | (reported) |
 | :mod:`benchmarks.ingest` | the ingest stage, one worker | a tight decode / convert / re-encode loop |
 | :mod:`benchmarks.canonicalize` | the vocab stage's hashtag mapper | (goal only) |
 | :mod:`benchmarks.probe_solver` | the transfer probe's torch L-BFGS and minibatch Adam (pipeline.evaluation.probe_solver) on structured features of realistic shape | scikit-learn ``LogisticRegression`` (L-BFGS, one BLAS thread) |

@@ -335,6 +335,44 @@ def prepared_run(ctx: Context) -> Path:
     return run
 
 
+def run_child(cmd: list[str], env: dict | None = None) -> dict | None:
+    """Run a benchmark's child process (a fresh interpreter: its own peak RSS) and return the JSON object on the last
+    line of its stdout, or None (its stderr's tail printed) when it failed."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        print(out.stderr[-3000:], file=sys.stderr)
+        return None
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def per_sample_slopes(rows: list[dict], kinds: list[str], fields: dict[str, tuple[str, float]]) -> dict:
+    """Least-squares slopes against ``samples`` for each kind of run with 2 or more sizes measured.
+
+    Args:
+        rows: the runs, each with ``kind``, ``samples`` and the fields' keys.
+        fields: output name -> (row key, scale), e.g. ``{"us_per_sample": ("seconds", 1e6)}``.
+
+    Returns:
+        kind -> {output name: slope x scale, ``points``, ``largest``}.
+    """
+    import numpy as np
+
+    fits = {}
+    for kind in kinds:
+        pts = [r for r in rows if r["kind"] == kind]
+        if len(pts) < 2:
+            continue
+        x = np.array([r["samples"] for r in pts], dtype=np.float64)
+        fit = {name: round(float(np.polyfit(x, [r[key] for r in pts], 1)[0]) * scale, 2) for name, (key, scale) in fields.items()}
+        fits[kind] = {**fit, "points": len(pts), "largest": int(x.max())}
+    return fits
+
+
 def compose_cfg(*overrides: str):
     """``conf/config.yaml`` composed with Hydra's compose API (as the tests do)."""
     from hydra import compose, initialize_config_dir

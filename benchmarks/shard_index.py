@@ -7,7 +7,7 @@ like the demo's (an emoji sample: 4 hashtags, source metadata, the 64- and 256-b
 a sample as JSON, as on the demo shards), and times on one core, best of 3:
 
 - **codes**: what dedup reads per shard, the keys, ids, pixel hashes and 64-bit codes
-  (:func:`pipeline.vision.dedup_codes.hash_shard`'s read): JSON: parse the whole file and the codes' hex as
+  (:func:`pipeline.vision.shard_dedup.scan_shard`'s read): JSON: parse the whole file and the codes' hex as
   the code before the Parquet index did; Parquet: those four columns (:func:`pipeline.io.shard_index.read_index`);
 - **tags**: what vocab reads, keys, ids and hashtags (:func:`pipeline.io.sample_tags.read_sample_tags`);
 - **bytes a sample** on disk, and the Arrow memory of the columns read (``pyarrow.total_allocated_bytes``).

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -162,6 +161,8 @@ def _child(kind: str, n: int, folder: str, wordnet: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from benchmarks.common import per_sample_slopes, run_child
+
     ap = argparse.ArgumentParser(prog="python -m benchmarks.vocab_scale", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--kinds", default="whole,local-1,local-2,ray-2")
@@ -184,31 +185,18 @@ def main(argv: list[str] | None = None) -> int:
                 if (kind == "whole" and n > WHOLE_MAX) or (kind.startswith("ray") and n > RAY_MAX):
                     continue
                 cmd = [sys.executable, "-m", "benchmarks.vocab_scale", "--child", kind, str(n), str(folder), args.wordnet]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode:
-                    print(out.stderr[-3000:], file=sys.stderr)
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                print(json.dumps(r), flush=True)
-                rows.append(r)
-    fits = {}
-    for kind in args.kinds.split(","):
-        pts = [r for r in rows if r["kind"] == kind]
-        if len(pts) < 2:
-            continue
-        x = np.array([r["samples"] for r in pts], dtype=np.float64)
-        bt = np.polyfit(x, [r["passes_seconds"] for r in pts], 1)[0]
-        bm = np.polyfit(x, [r["peak_rss_gb"] for r in pts], 1)[0]
-        bw = np.polyfit(x, [r["worker_rss_gb"] for r in pts], 1)[0]
-        bp = np.polyfit(x, [r.get("passes_peak_rss_gb", r["peak_rss_gb"]) for r in pts], 1)[0]
-        fits[kind] = {
-            "us_per_sample": round(bt * 1e6, 2),
-            "driver_bytes_per_sample": round(bm * 1e9, 1),
-            "driver_bytes_per_sample_passes": round(bp * 1e9, 1),
-            "worker_bytes_per_sample": round(bw * 1e9, 1),
-            "points": len(pts),
-            "largest": int(x.max()),
-        }
+                r = run_child(cmd)
+                if r is not None:
+                    rows.append(r)
+    for r in rows:
+        r.setdefault("passes_peak_rss_gb", r["peak_rss_gb"])
+    fields = {
+        "us_per_sample": ("passes_seconds", 1e6),
+        "driver_bytes_per_sample": ("peak_rss_gb", 1e9),
+        "driver_bytes_per_sample_passes": ("passes_peak_rss_gb", 1e9),
+        "worker_bytes_per_sample": ("worker_rss_gb", 1e9),
+    }
+    fits = per_sample_slopes(rows, args.kinds.split(","), fields)
     res = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "corpus_write_seconds": written, "rows": rows, "fits": fits}
     print(json.dumps(fits, indent=1))
     if args.json:

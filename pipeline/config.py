@@ -99,7 +99,7 @@ class DataConfig:
     cache: str = "data/raw"  # where data_tools.fetch_demo puts downloads
     sources: List[SourceConfig] = field(default_factory=list)  # pretraining sources (ingested into shards)
     eval_sets: List[SourceConfig] = field(default_factory=list)  # evaluation images dedup decontaminates against
-    # how the data stages run their per-shard work (pipeline.executor; vocab so far): "local" = this process or a
+    # how the data stages run their per-shard work (pipeline.executor: ingest, dedup, vocab): "local" = this process or a
     # pool of data.workers processes; "ray" = Ray tasks, on a local Ray or the cluster at ray.address. Same outputs
     engine: str = runtime("local")
     workers: int = runtime(0)  # processes (local) or CPUs of a local Ray; 0 = the available cores
@@ -228,7 +228,13 @@ class DedupConfig:
     near: bool = True  # remove near duplicates inside the pretraining set (keep the first by key)
     eval_radius: int = 4  # Hamming radius for eval contamination
     withdrawn: Optional[str] = None  # file with one withdrawn sample id per line (ids as in shards: source:id)
-    workers: int = runtime(0)  # hashing processes; 0 = all cores
+    workers: int = runtime(0)  # processes of the eval hashing and of data.engine=local (Ray: a local Ray's CPUs); 0 = all cores
+    # codes per partition of the near-duplicate search (pipeline.vision.shard_dedup): more codes than this are
+    # searched as (radius + 1) * distinct codes / partition_size tasks; the outputs do not depend on it
+    partition_size: int = runtime(32_768)
+    # write phash.index + index_keys.txt (the survivors' codes as one faiss index, for querying new eval sets later):
+    # built in the driver, about 120 bytes a code; false at 10^8 codes and more
+    save_index: bool = added(True)
     progress: bool = runtime(True)
 
 
@@ -238,6 +244,7 @@ def validate_dedup(dd: Any) -> None:
     _check(0 <= dd.near_radius <= dd.hash_size**2 // 4, "dedup.near_radius", "must be in [0, bits/4]")
     _check(0 <= dd.eval_radius <= dd.hash_size**2 // 4, "dedup.eval_radius", "must be in [0, bits/4]")
     _check(dd.workers >= 0, "dedup.workers", "must be >= 0 (0 = all cores)")
+    _check(dd.partition_size >= 1, "dedup.partition_size", f"must be >= 1, got {dd.partition_size}")
 
 
 class LossKind(StrEnum):

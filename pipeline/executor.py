@@ -38,8 +38,13 @@ _SHARED: Any = None  # the pool worker's copy of ``shared`` (set by _init_worker
 
 
 def _init_worker(shared: Any) -> None:
+    """A pool worker: one thread for OpenMP and BLAS (faiss, numpy), since the pool already runs one task per core
+    (Ray does the same for its tasks: ``OMP_NUM_THREADS`` = the task's CPUs); and the map's ``shared``."""
     global _SHARED
     _SHARED = shared
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def _call(fn: Callable[[Any, Any], Any], item: Any) -> Any:

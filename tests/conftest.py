@@ -38,6 +38,22 @@ def _precision_trial_cache(tmp_path_factory):
         os.environ["PIPELINE_CACHE_DIR"] = old
 
 
+def die_once(fn):
+    """``fn`` wrapped for a ``worker_process_setup_hook``: the first call in any worker (no file at
+    ``PIPELINE_TEST_KILL_MARKER`` yet) creates that file and kills its own process, as a node lost mid-stage."""
+    import os
+
+    marker = Path(os.environ["PIPELINE_TEST_KILL_MARKER"])
+
+    def dying(*args, **kwargs):
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return fn(*args, **kwargs)
+
+    return dying
+
+
 def ray_killing_once(hook: str, marker):
     """A context manager: a local Ray of 2 CPUs whose workers run ``hook`` (``"test_module.function"``, importable from
     tests/) at start, with ``PIPELINE_TEST_KILL_MARKER`` = ``marker`` (the hooks kill one worker once, then touch it);

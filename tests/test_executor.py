@@ -55,6 +55,24 @@ def test_unknown_engine_and_missing_ray_are_config_errors(monkeypatch):
         make_executor("ray")
 
 
+def test_an_unreachable_ray_address_is_a_config_error(monkeypatch):
+    """``ray.address`` naming no cluster: one ConfigError naming the key, before any work. ``ray.init`` is stubbed to
+    fail as it does after its connection retries (the real one retries for minutes)."""
+    import types
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=init)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(ConfigError, match=r"ray.address.*'10.0.0.9:6379'.*running Ray"):
+        make_executor("ray", 2, "10.0.0.9:6379")
+    assert calls == [{"include_dashboard": False, "logging_level": 30, "log_to_driver": True, "address": "10.0.0.9:6379"}]
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray of 2 CPUs for the module (the executor joins it, as it joins a cluster)."""

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import filecmp
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ray_killing_once, stage_cfg
+from conftest import die_once, ray_killing_once, stage_cfg
 
 from pipeline.io.labels import load_labels, load_vocab
 from pipeline.io.removal import load_removals
@@ -70,16 +69,7 @@ def install_kill_once() -> None:
     they run this wrapper."""
     import pipeline.text.shard_vocab as sv
 
-    marker = Path(os.environ["PIPELINE_TEST_KILL_MARKER"])
-    original = sv.count_classes
-
-    def dying(task, shared):
-        if not marker.exists():
-            marker.touch()
-            os._exit(1)
-        return original(task, shared)
-
-    sv.count_classes = dying
+    sv.count_classes = die_once(sv.count_classes)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The perceptual hashes dedup compares: stored pretraining codes, freshly hashed eval images.
 
-Pretraining codes are read from the shard indexes (:func:`hash_shard`; ingest computed them
+Pretraining codes are read from the shard indexes (:func:`pipeline.vision.shard_dedup.scan_shard`; ingest computed them
 on the canonical pixels, so dedup decodes no pretraining image). Eval images are decoded to
 the same canonical form as ingest's (:func:`pipeline.vision.images.decode_image`) and hashed
 by the same function (:func:`hash_eval_unit`, over a process pool in :func:`hash_eval_units`).
@@ -11,20 +11,18 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing as mp
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pipeline.errors import Rejected
 from pipeline.io.readers import RawSample, WorkUnit, iter_unit
-from pipeline.io.shard_index import code_column, codes_of
-from pipeline.io.shards import ShardReader, index_columns
+from pipeline.io.shards import ShardReader
 from pipeline.progress import progress_bar
 from pipeline.vision.images import decode_image, set_pixel_cap
 from pipeline.vision.near_index import perceptual_hash
 
-__all__ = ["hash_shard", "hash_eval_unit", "hash_eval_units", "pool_map", "shard_codes"]
+__all__ = ["hash_eval_unit", "hash_eval_units", "pool_map", "shard_codes"]
 
 log = logging.getLogger(__name__)
 
@@ -49,41 +47,6 @@ def shard_codes(reader: ShardReader, hash_size: int) -> np.ndarray:
             with Image.open(io.BytesIO(reader.read_range(off, size))) as img:
                 out[i] = perceptual_hash(img.convert("RGB"), hash_size)
     return out
-
-
-def hash_shard(shard: Path, hash_size: int, withdrawn: frozenset[str]) -> dict:
-    """The stored codes of one shard, skipping withdrawn ids (they are only listed); decodes nothing.
-
-    The perceptual hashes come from the shard index, computed by ingest on the canonical
-    pixels (:class:`pipeline.io.shards.ShardReader`; a shard without an index is hashed from
-    its stored pixels, with a warning).
-
-    Returns:
-        dict with ``keys``, ``ids``, ``sha256`` (lists of str, key order), ``codes``
-        (uint8 array (N, hash_size**2 / 8)) and ``withdrawn`` (list of [key, id]).
-    """
-    table = index_columns(shard, ["key", "id", "sha256", code_column(hash_size)])  # by column: no metadata parsed
-    all_codes, valid = codes_of(table, hash_size)
-    if not valid.all():  # a shard without an index, or an index without these codes: decode
-        with ShardReader(shard, warn_unindexed=False) as reader:
-            all_codes = shard_codes(reader, hash_size)
-    all_keys, all_ids, all_shas = (table.column(c).to_pylist() for c in ("key", "id", "sha256"))
-    keys, ids, shas, rows, wd = [], [], [], [], []
-    for i in sorted(range(len(all_keys)), key=all_keys.__getitem__):
-        if all_ids[i] in withdrawn:
-            wd.append([all_keys[i], all_ids[i]])
-            continue
-        keys.append(all_keys[i])
-        ids.append(all_ids[i])
-        shas.append(all_shas[i])
-        rows.append(i)
-    return {
-        "keys": keys,
-        "ids": ids,
-        "sha256": shas,
-        "withdrawn": wd,
-        "codes": all_codes[rows] if rows else np.zeros((0, hash_size * hash_size // 8), np.uint8),
-    }
 
 
 def hash_eval_unit(args: tuple) -> list[tuple[str, str, np.ndarray]]:

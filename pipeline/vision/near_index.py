@@ -163,11 +163,12 @@ def keep_first(n: int, qi: np.ndarray, di: np.ndarray, dist: np.ndarray) -> tupl
     dup_dist = np.zeros(n, dtype=np.int64)
     mask = di < qi  # only earlier neighbours matter
     order = np.lexsort((di[mask], dist[mask], qi[mask]))
-    q, d, s = qi[mask][order], di[mask][order], dist[mask][order]
-    starts = np.searchsorted(q, np.arange(n))
-    ends = np.searchsorted(q, np.arange(n), side="right")
-    for j in range(n):
-        for k in range(starts[j], ends[j]):  # sorted by distance, then index
+    q = qi[mask][order]
+    d, s = di[mask][order].tolist(), dist[mask][order].tolist()
+    js = np.unique(q)  # only items with an earlier neighbour can be removed: the loop is over those
+    starts, ends = np.searchsorted(q, js), np.searchsorted(q, js, side="right")
+    for j, a, b in zip(js.tolist(), starts.tolist(), ends.tolist()):
+        for k in range(a, b):  # sorted by distance, then index
             if keep[d[k]]:
                 keep[j] = False
                 dup_of[j] = d[k]

@@ -27,7 +27,7 @@ computed by ingest and are read from the shard indexes. Its work runs on ``data.
 
 1. a scan per shard (:func:`pipeline.vision.shard_dedup.scan_shard`): codes, 128-bit digests of the pixels and of
    the id, withdrawn samples, and the shard's pairs with the eval images (decoded and hashed here as ingest does,
-   a process pool over eval work units);
+   one task per eval work unit);
 2. the decisions in the driver, numpy only (:class:`pipeline.vision.duplicates.Decisions`): duplicate ids and
    exact duplicates by grouping on the digests, eval contamination from the pairs, near duplicates by the greedy
    over the distinct codes, whose pairs come from the search by band, cut into partitions of about
@@ -102,8 +102,8 @@ def run_dedup(cfg) -> dict:
     if (out / "hashes").is_dir():
         shutil.rmtree(out / "hashes")  # the per-shard hash cache of earlier versions (codes now come from ingest)
     with make_executor(cfg.data.engine, workers, cfg.ray.address, cfg.ray.max_retries) as executor:
-        # the eval images, decoded and hashed as ingest does (a local pool: eval sets are small)
-        ev = hash_eval_units(eval_units, ing, dd.hash_size, workers, dd.progress) if eval_units else []
+        # the eval images, decoded and hashed as ingest does, one task per eval unit
+        ev = hash_eval_units(executor, eval_units, ing, dd.hash_size, dd.progress)
         ev_ids = [e[0] for e in ev]
         shared = ScanShared(
             hash_size=dd.hash_size,

@@ -29,6 +29,7 @@ import logging
 import multiprocessing as mp
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -165,9 +166,12 @@ def build_decoded_cache(
     row, pos = 0, 0
     try:
         with atomic_path(folder / "pixels.u8") as tmp, open(tmp, "wb") as fh:
-            pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+            # concurrent.futures, not multiprocessing.Pool: Pool.terminate() after a failed write could hang joining
+            # its handler threads when a worker had died (seen under a full disk); shutdown cancels what has not
+            # started and waits for the shards being decoded
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) if workers > 1 else None
             try:
-                results = pool.imap(_decode_shard, tasks) if pool else map(_decode_shard, tasks)
+                results = pool.map(_decode_shard, tasks) if pool else map(_decode_shard, tasks)
                 bar = progress_bar(total=n, desc="decoded cache", unit="img", disable=not progress)
                 for arrays in results:
                     for a in arrays:
@@ -179,7 +183,7 @@ def build_decoded_cache(
                 bar.close()
             finally:
                 if pool:
-                    pool.terminate()
+                    pool.shutdown(wait=True, cancel_futures=True)
         with atomic_path(folder / "index.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, keys=keys, offsets=offsets, heights=heights, widths=widths)

@@ -3,26 +3,25 @@
 Pretraining codes are read from the shard indexes (:func:`pipeline.vision.shard_dedup.scan_shard`; ingest computed them
 on the canonical pixels, so dedup decodes no pretraining image). Eval images are decoded to
 the same canonical form as ingest's (:func:`pipeline.vision.images.decode_image`) and hashed
-by the same function (:func:`hash_eval_unit`, over a process pool in :func:`hash_eval_units`).
+by the same function (:func:`hash_eval_unit`, run by the stage's executor in :func:`hash_eval_units`).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import multiprocessing as mp
 
 import numpy as np
 from PIL import Image
 
 from pipeline.errors import Rejected
+from pipeline.executor import Executor
 from pipeline.io.readers import RawSample, WorkUnit, iter_unit
 from pipeline.io.shards import ShardReader
-from pipeline.progress import progress_bar
 from pipeline.vision.images import decode_image, set_pixel_cap
 from pipeline.vision.near_index import perceptual_hash
 
-__all__ = ["hash_eval_unit", "hash_eval_units", "pool_map", "shard_codes"]
+__all__ = ["hash_eval_unit", "hash_eval_units", "shard_codes"]
 
 log = logging.getLogger(__name__)
 
@@ -78,30 +77,12 @@ def hash_eval_unit(args: tuple) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
-def pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
-    """``[fn(j) for j in jobs]`` in order, over a spawned pool of ``workers`` processes (in this one for 1 or
-    a single job), with a progress bar of ``desc`` ticking per job."""
-    bar = progress_bar(total=len(jobs), desc=desc, unit="shard", disable=not progress)
-    results = []
-    if workers <= 1 or len(jobs) <= 1:
-        for j in jobs:
-            results.append(fn(j))
-            bar.update(1)
-    else:
-        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            for r in pool.imap(fn, jobs):
-                results.append(r)
-                bar.update(1)
-    bar.close()
-    return results
+def _eval_task(unit: WorkUnit, shared: tuple[dict, int]) -> list[tuple[str, str, np.ndarray]]:
+    return hash_eval_unit((unit, *shared))
 
 
-def hash_eval_units(
-    units: list[WorkUnit], ing: dict, hash_size: int, workers: int, progress: bool
-) -> list[tuple[str, str, np.ndarray]]:
-    """:func:`hash_eval_unit` over every eval unit (a pool of ``workers``), rows concatenated in unit order."""
-    return [
-        r
-        for rows in pool_map(hash_eval_unit, [(u, ing, hash_size) for u in units], workers, "dedup eval", progress)
-        for r in rows
-    ]
+def hash_eval_units(executor: Executor, units: list[WorkUnit], ing: dict, hash_size: int, progress: bool) -> list:
+    """:func:`hash_eval_unit` over every eval unit, run by ``executor`` (:mod:`pipeline.executor`), rows concatenated
+    in unit order: ``[(eval id, pixel sha256, pHash uint8 (hash_size**2 // 8,)), ...]``."""
+    rows = executor.imap(_eval_task, units, (ing, hash_size), desc="dedup eval", progress=progress)
+    return [r for unit_rows in rows for r in unit_rows]

@@ -31,6 +31,7 @@ import numpy as np
 
 from pipeline.io.shard_index import code_column, codes_of
 from pipeline.io.shards import ShardReader, index_columns
+from pipeline.vision.dedup_codes import shard_codes
 from pipeline.vision.near_index import build_index, range_pairs
 
 __all__ = [
@@ -124,8 +125,6 @@ def scan_shard(task: tuple[int, str], shared: ScanShared) -> ShardScan:
     Raises:
         ValueError, OSError: the shard or its index cannot be read (re-run ingest).
     """
-    from pipeline.vision.dedup_codes import shard_codes
-
     _, path = task
     hs = shared.hash_size
     table, keys, ids, rows, gone = _positions(path, shared.withdrawn, ["sha256", code_column(hs)])

@@ -13,6 +13,7 @@ source              folder                 what
 ==================  =====================  ==========================================
 npm                 npm/                   emoji-datasource-{google,twitter}, emojibase-data
 fluent_emoji        fluentui_emoji_npm/    npm pack fluentui-emoji (Fluent Emoji SVGs; needs npm)
+blob_emoji          noto_v1_npm/           npm pack @iconify-json/noto-v1 (Google's blob emoji; needs npm)
 openclipart         openclipart/           Debian openclipart-png + openclipart-svg
 tuxpaint            tuxpaint/              Debian tuxpaint-stamps-default
 fashion_mnist_deb   fashion_mnist_deb/     Debian dataset-fashion-mnist
@@ -26,7 +27,8 @@ fetch): emoji_google, emoji_twitter (from npm), openclipart, tuxpaint, fashion_m
 (from fashion_mnist_deb), writing ``<cache>/converted/*.jsonl`` and
 ``<cache>/converted/sources.json``, and fluent_emoji, which renders the transfer
 targets ``<cache>/fluent_emoji/{subgroup,group}/{train,val}/<class>/`` (see
-:mod:`data_tools.fetch_fluent_emoji`).
+:mod:`data_tools.fetch_fluent_emoji`), and blob_emoji, which renders
+``<cache>/blob_emoji/`` the same way (:mod:`data_tools.blob_emoji`).
 
 A failing source is reported (name and reason) and the others go on; converters of a
 failed source are skipped. Exit status: 0 if everything succeeded, 1 otherwise.
@@ -41,6 +43,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from .blob_emoji import PACKAGE_DIR as BLOB_DIR
+from .blob_emoji import convert_blob_emoji, fetch_blob_emoji
 from .common import LOG, SourceError, setup_logging
 from .convert_emoji import convert_emoji
 from .convert_fashion_mnist import convert_fashion_mnist
@@ -59,6 +63,7 @@ from .index_io import is_converted
 FETCHERS: dict[str, tuple[Callable[..., dict], str]] = {
     "npm": (fetch_npm, "npm"),
     "fluent_emoji": (fetch_fluent_emoji, FLUENT_DIR),
+    "blob_emoji": (fetch_blob_emoji, BLOB_DIR),
     "openclipart": (fetch_openclipart, "openclipart"),
     "tuxpaint": (fetch_tuxpaint, "tuxpaint"),
     "fashion_mnist_deb": (fetch_fashion_mnist_deb, "fashion_mnist_deb"),
@@ -73,6 +78,7 @@ CONVERTERS: dict[str, tuple[Callable[[Path], object], str, tuple[str, ...]]] = {
     "tuxpaint": (convert_tuxpaint, "tuxpaint", ("tuxpaint",)),
     "fashion_mnist": (convert_fashion_mnist, "fashion_mnist_deb", ("fashion_mnist",)),
     "fluent_emoji": (convert_fluent_emoji, "fluent_emoji", ("fluent_emoji_subgroup", "fluent_emoji_group")),
+    "blob_emoji": (convert_blob_emoji, "blob_emoji", ("blob_emoji_subgroup", "blob_emoji_group")),
 }
 
 

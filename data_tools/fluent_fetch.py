@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .common import LOG, SourceError, atomic_write_bytes, is_safe_relpath, read_marker, run, sha256_file, staged_dir, write_marker
 from .fetch_npm import fetch_npm
@@ -87,6 +87,52 @@ def verify_tarball(tarball: Path) -> dict[str, int]:
     return counts
 
 
+def fetch_npm_tarball(
+    cache: Path,
+    source: str,
+    package: str,
+    version: str,
+    folder: str,
+    tarball: str,
+    verify: Callable[[Path], dict],
+    keep: tuple[str, ...],
+    force: bool = False,
+    **marker_fields,
+) -> dict:
+    """``npm pack <package>@<version>`` into ``<cache>/<folder>/`` (staged, then renamed), the emojibase labels of the
+    ``npm`` source fetched first when missing; return the ``.complete.json`` marker (an existing one unless ``force``).
+
+    ``verify(tarball)`` checks the tarball (checksum, counts) and returns its counts; the ``package/<name>`` files of
+    ``keep`` are copied beside it; the marker records the versions, the tarball, the counts and ``marker_fields``.
+
+    Raises:
+        SourceError: npm failed or produced no tarball, or ``verify`` refused it.
+    """
+    cache = Path(cache)
+    if read_marker(cache / "npm") is None:
+        LOG.info("%s: needs emojibase-data of the npm source; fetching it", source)
+        fetch_npm(cache)
+    dest = cache / folder
+    if not force and (marker := read_marker(dest)) is not None:
+        LOG.info("%s: already complete (%s), skipping", source, dest)
+        return marker
+    with staged_dir(dest) as tmp:
+        LOG.info("%s: npm pack %s@%s", source, package, version)
+        run(["npm", "pack", f"{package}@{version}", "--pack-destination", ".", "--silent"], source, cwd=tmp)
+        path = tmp / tarball
+        if not path.is_file():
+            raise SourceError(source, f"npm pack produced no {tarball}")
+        counts = verify(path)
+        with tarfile.open(path, "r:gz") as tf:
+            for name in keep:
+                fh = tf.extractfile(f"package/{name}")
+                if fh is not None:
+                    atomic_write_bytes(tmp / name, fh.read())
+        LOG.info("%s: verified %s", source, ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+        marker = write_marker(tmp, source, versions={package: version}, tarball=tarball, counts=counts, **marker_fields)
+    return marker
+
+
 def fetch_fluent_emoji(cache: Path, force: bool = False, keep_downloads: bool = False) -> dict:
     """``npm pack fluentui-emoji@1.3.0`` into ``<cache>/fluentui_emoji_npm/``; return the marker.
 
@@ -97,28 +143,16 @@ def fetch_fluent_emoji(cache: Path, force: bool = False, keep_downloads: bool = 
     Raises:
         SourceError: npm failed, or the checksum or a count check failed.
     """
-    cache = Path(cache)
-    if read_marker(cache / "npm") is None:
-        LOG.info("%s: needs emojibase-data of the npm source; fetching it", SOURCE)
-        fetch_npm(cache)
-    dest = cache / PACKAGE_DIR
-    if not force and (marker := read_marker(dest)) is not None:
-        LOG.info("%s: already complete (%s), skipping", SOURCE, dest)
-        return marker
-    with staged_dir(dest) as tmp:
-        LOG.info("%s: npm pack %s@%s", SOURCE, PACKAGE, VERSION)
-        run(["npm", "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", ".", "--silent"], SOURCE, cwd=tmp)
-        tarball = tmp / TARBALL
-        if not tarball.is_file():
-            raise SourceError(SOURCE, f"npm pack produced no {TARBALL}")
-        counts = verify_tarball(tarball)
-        with tarfile.open(tarball, "r:gz") as tf:
-            for name in ("LICENSE", "package.json"):
-                fh = tf.extractfile(f"package/{name}")
-                if fh is not None:
-                    atomic_write_bytes(tmp / name, fh.read())
-        LOG.info("%s: verified %s", SOURCE, ", ".join(f"{k}={v:,}" for k, v in counts.items()))
-        marker = write_marker(
-            tmp, SOURCE, versions={PACKAGE: VERSION}, tarball=TARBALL, sha256=TARBALL_SHA256, counts=counts, license=LICENSE
-        )
-    return marker
+    return fetch_npm_tarball(
+        cache,
+        SOURCE,
+        PACKAGE,
+        VERSION,
+        PACKAGE_DIR,
+        TARBALL,
+        verify_tarball,
+        ("LICENSE", "package.json"),
+        force,
+        sha256=TARBALL_SHA256,
+        license=LICENSE,
+    )

@@ -74,7 +74,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def render_images(svgs: Mapping[str, bytes], plan: Plan, layout: dict, out: Path, size: int = 64, workers: int = 1) -> None:
+def render_images(
+    svgs: Mapping[str, bytes], plan: Plan, layout: dict, out: Path, size: int = 64, workers: int = 1, source: str = SOURCE
+) -> None:
     """Write the PNG files of ``layout`` under ``out``, rendering only those not already there.
 
     Each image is rendered once, into its file of the first target that holds it
@@ -90,6 +92,7 @@ def render_images(svgs: Mapping[str, bytes], plan: Plan, layout: dict, out: Path
         out: the target folder; files go to ``out/<target>/<split>/<class>/<stem>.<style>.png``.
         size: width and height of the PNGs, px.
         workers: render processes (1: in this process).
+        source: the source name log lines and errors start with.
 
     Raises:
         SourceError: an SVG of the plan is missing or cannot be rendered.
@@ -113,11 +116,11 @@ def render_images(svgs: Mapping[str, bytes], plan: Plan, layout: dict, out: Path
             continue
         data = svgs.get(members[key])
         if data is None:
-            raise SourceError(SOURCE, f"{members[key]} is not in the tarball")
+            raise SourceError(source, f"{members[key]} is not in the tarball")
         jobs.append((data, str(dest), size))
     LOG.info(
         "%s: %d images to render (%d already there), %d links, %d worker(s)",
-        SOURCE,
+        source,
         len(jobs),
         len(first) - len(jobs),
         len(links),
@@ -127,13 +130,13 @@ def render_images(svgs: Mapping[str, bytes], plan: Plan, layout: dict, out: Path
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
     try:
         if workers <= 1:
-            for job in progress(jobs, desc=SOURCE, unit="img"):
+            for job in progress(jobs, desc=source, unit="img"):
                 _render_job(job)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for _ in progress(pool.map(_render_job, jobs, chunksize=16), total=len(jobs), desc=SOURCE, unit="img"):
+                for _ in progress(pool.map(_render_job, jobs, chunksize=16), total=len(jobs), desc=source, unit="img"):
                     pass
     except ValueError as exc:
-        raise SourceError(SOURCE, f"render failed: {exc}") from exc
+        raise SourceError(source, f"render failed: {exc}") from exc
     for src, dst in links:
         _link_or_copy(out / src, out / dst)

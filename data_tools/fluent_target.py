@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .common import atomic_write_json, atomic_write_jsonl
-from .fluent_fetch import LICENSE, svg_names
+from .fluent_fetch import LICENSE, SOURCE, svg_names
 from .fluent_plan import DEFAULT_SETTINGS, SPLITS, TARGETS, FluentImage, Plan, Settings, build_layout
 from .fluent_render import render_images
 
@@ -79,19 +79,28 @@ def split_counts(files: list[tuple[FluentImage, str, str, str]]) -> dict:
     return out
 
 
-def build_manifest(plan: Plan, layout: dict, settings: Settings, svg_files: int, inputs: dict | None = None) -> dict:
+def build_manifest(
+    plan: Plan,
+    layout: dict,
+    settings: Settings,
+    svg_files: int,
+    inputs: dict | None = None,
+    what: str = "Fluent Emoji",
+    license: str = LICENSE,
+) -> dict:
     """The ``manifest.json`` of a target folder.
 
     Args:
         plan: the matched images; layout: :func:`data_tools.fluent_plan.build_layout` of it.
         svg_files: SVG files of the package (matched or not).
         inputs: recorded as ``inputs`` (versions, fingerprints).
+        what: the emoji set's name; license: its license line.
     """
     family_split = layout["family_split"]
     styles = Counter(im.style for im in plan.images)
     manifest = {
-        "what": "Fluent Emoji rendered as an ImageNet-layout transfer target; train/val split by emoji family",
-        "license": LICENSE,
+        "what": f"{what} rendered as an ImageNet-layout transfer target; train/val split by emoji family",
+        "license": license,
         "inputs": inputs or {},
         "settings": asdict(settings),
         # The name below is the public one: data_tools.fetch_fluent_emoji re-exports family_key (data_tools.fluent_match).
@@ -137,6 +146,9 @@ def render_target(
     settings: Settings = DEFAULT_SETTINGS,
     workers: int = 1,
     inputs: dict | None = None,
+    what: str = "Fluent Emoji",
+    license: str = LICENSE,
+    source: str = SOURCE,
 ) -> dict:
     """Render ``plan`` into the folder ``out`` (both targets, manifest, emoji.jsonl).
 
@@ -149,6 +161,9 @@ def render_target(
     Args:
         svgs: tarball member (``package/icons/<style>/<stem>.svg``) -> SVG bytes.
         inputs: recorded as ``inputs`` in the manifest (versions, fingerprints).
+        what, license: the emoji set's name and license line, for the manifest (Fluent Emoji's by default;
+            :mod:`data_tools.blob_emoji` renders Noto Emoji v1 with the same layout).
+        source: the source name error messages start with.
 
     Returns:
         the manifest (also written to ``out/manifest.json``).
@@ -158,9 +173,9 @@ def render_target(
     """
     out = Path(out)
     layout = build_layout(plan, settings)
-    render_images(svgs, plan, layout, out, settings.size, workers)
+    render_images(svgs, plan, layout, out, settings.size, workers, source)
     atomic_write_jsonl(out / "emoji.jsonl", emoji_rows(plan, layout))
-    svg_files = sum(len(v) for v in svg_names(svgs).values())
-    manifest = build_manifest(plan, layout, settings, svg_files, inputs)
+    svg_files = sum(len(v) for v in svg_names(svgs).values()) if source == SOURCE else len(svgs)
+    manifest = build_manifest(plan, layout, settings, svg_files, inputs, what, license)
     atomic_write_json(out / "manifest.json", manifest)
     return manifest

@@ -9,8 +9,9 @@ part's images split into rank blocks, DDP fine-tuning, rank 0 writes; :mod:`pipe
 (``<root>/<train_split>/<class>/<img>``, ``<root>/<val_split>/<class>/<img>``), filled by the
 ``transfer/target`` config group (``conf/transfer/target/<name>.yaml``, each with a
 ``# @package transfer.targets.<name>`` header). ``conf/config.yaml`` selects
-``[fluent_emoji_subgroup, fashion_mnist]``: the in-domain Fluent Emoji target (67 emoji
-subgroups, val emoji never seen in train) and the out-of-domain Fashion-MNIST.
+``[fluent_emoji_subgroup, blob_emoji_subgroup, fashion_mnist]``: two in-domain emoji targets (Microsoft's
+Fluent Emoji, 67 emoji subgroups, and Google's earlier blob emoji, 54 subgroups; val emoji never seen in
+train) and the out-of-domain Fashion-MNIST.
 ``'transfer/target=[fashion_mnist]'`` runs one; ``+transfer=imagenet1k
 transfer.targets.imagenet1k.root=/path/to/imagenet`` runs ImageNet-1k alone with its recipe.
 The other ``transfer.*`` keys are the recipe every target shares; a target file may override
@@ -22,17 +23,12 @@ What each target runs (linear probe and fine-tuning, pretrained vs scratch, low-
 settings, the lr chosen on held-out training images, intervals, lower-bound accuracies) is
 described in :mod:`pipeline.evaluation.suite`.
 
-**Budget** (``make demo``: 2 CPU cores, resnext_mini at 64 px, fp32 channels_last, ~125-150
-img/s per training step): the demo defaults are 10 (Fashion-MNIST) / 5 (Fluent) labelled
-images per class and the full setting capped at 200 / 40 per class (2,000 / 2,195 images),
-2,000 of Fashion-MNIST's 10,000 val images / all 2,262 Fluent ones, 2 fine-tuning epochs of
->= 1,000 images with val scored after the last one only, 10 probe seeds on layer2-4
-features and 1 fine-tuning seed, lr grid [0.1, 0.4]. Measured on that machine (AVX2,
-2026-12-01, fresh-clone ``make demo``, 8-epoch trunk): the stage 9.1 min, Fluent 5.8 min (lr
-selection 27 s; feature decontamination 48 s, most of it embedding the 11,447 pretraining
-images once per stage; probe features 31 s and fits 115 s; 4 fine-tuning runs 115 s),
-Fashion-MNIST 3.3 min (lr 24 s, decontamination 4 s, probe features 25 s and fits 26 s,
-fine-tuning 111 s).
+**Budget** (``make demo``: 2 CPU cores, resnext_mini at 64 px): the demo defaults are 10 (Fashion-MNIST) / 5
+(emoji targets) labelled images per class and the full setting capped at 200 / 40 per class, 2,000 of
+Fashion-MNIST's 10,000 val images / all of the emoji targets', 10 probe seeds on layer2-4 features, and
+fine-tuning by LP-FT (a probe's head on the same features first, :mod:`pipeline.evaluation.head_init`): 4 epochs
+of >= 1,000 images, 3 seeds in the low-data setting, the lr chosen from [0.01, 0.03] by runs of that budget on
+held-out training images. The figures of a fresh-clone demo are in docs/stages/transfer.md ("Measured figures").
 
 Reads ``<run_dir>/pretrain/{trunk.safetensors, model.json, manifest.json}``,
 ``<run_dir>/dedup/{eval_contamination.json, removed.jsonl}``, the ingest shards (feature

@@ -179,3 +179,29 @@ def test_pooled_stage_features_concatenate_the_stages_and_layer4_is_the_penultim
     assert torch.allclose(multi[:, 512:1536], l3) and torch.allclose(multi[:, 1536:], l4)
     with pytest.raises(ValueError, match="stages"):
         m.pooled_stage_features(x, ("layer5",))
+
+
+def test_a_head_on_several_stages_reads_their_pooled_outputs_and_trains_them():
+    import pytest
+    import torch
+
+    from pipeline.train.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model("resnext_mini", num_classes=0)
+    m.reset_classifier(5, ("layer4", "layer2"))  # any order: read in network order
+    assert m.head_stages == ("layer2", "layer4") and m.get_classifier().weight.shape == (5, 512 + 2048)
+    x = torch.randn(4, 3, 32, 32)
+    m.eval()
+    with torch.no_grad():
+        assert torch.allclose(m(x), m.fc(m.pooled_stage_features(x, ("layer2", "layer4"))))
+    m.train()
+    m.set_grad_checkpointing(True)  # the head's stages are checkpointed like the plain forward's
+    torch.nn.functional.cross_entropy(m(x), torch.tensor([0, 1, 2, 3])).backward()
+    assert m.layer2[0].conv1.weight.grad is not None and m.layer4[0].conv1.weight.grad is not None
+    m.reset_classifier(3)  # no stages given: the head keeps reading layer2 and layer4
+    assert m.get_classifier().weight.shape == (3, 512 + 2048)
+    m.reset_classifier(3, ["layer4"])
+    assert m.get_classifier().weight.shape == (3, 2048)
+    with pytest.raises(ValueError, match="stages"):
+        m.reset_classifier(3, ["layer9"])

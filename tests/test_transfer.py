@@ -1,6 +1,7 @@
 """Transfer suite on the fixture corpus: a tiny pretraining, then linear probe and fine-tuning on the
-default suite's two targets, the fixture excerpts of Fluent Emoji (3 subgroups, 9 train + 6 val images
-each) and Fashion-MNIST (5 train + 3 val images per class); unit tests of the blocks."""
+default suite's three targets, the fixture excerpts of Fluent Emoji (3 subgroups, 9 train + 6 val images
+each), of the blob emoji (3 subgroups, 4 train + 2 val images each) and Fashion-MNIST (5 train + 3 val images
+per class); unit tests of the blocks."""
 
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from conftest import FIXTURE, TINY_TRANSFER, copy_run, make_cfg, pretrain_overri
 
 FASHION = FIXTURE / "fashion_mnist"
 FLUENT = FIXTURE / "fluent_emoji" / "subgroup"
-TARGETS = ("fluent_emoji_subgroup", "fashion_mnist")
+BLOB = FIXTURE / "blob_emoji" / "subgroup"
+TARGETS = ("fluent_emoji_subgroup", "blob_emoji_subgroup", "fashion_mnist")
 PRETRAIN = [
     *pretrain_overrides(max_steps=4, heldout_fraction=0, checkpoint_every_steps=100),
 ]
 TINY = list(TINY_TRANSFER)
 SEEDS = {"linear_probe": 3, "finetune": 2}  # low-data seeds in the suite run (probe_seeds=3, finetune_seeds=2)
-N_VAL = {"fluent_emoji_subgroup": 18, "fashion_mnist": 30}
+N_VAL = {"fluent_emoji_subgroup": 18, "blob_emoji_subgroup": 6, "fashion_mnist": 30}
 N_TRAIN = {
+    ("blob_emoji_subgroup", 2): 6,
+    ("blob_emoji_subgroup", None): 12,
     ("fluent_emoji_subgroup", 2): 6,
     ("fluent_emoji_subgroup", None): 27,
     ("fashion_mnist", 2): 20,
@@ -106,7 +110,7 @@ def test_suite_runs_every_target_method_init_setting_and_seed(transfer_run):
                 assert r["epochs"] == 2 and r["best_C"] is None and r["base_lr"] == sec["finetune_base_lr"]
             assert r["seconds"] >= 0
         assert len(sec["gains"]) == 4  # per method and setting
-    assert man["counts"]["rows"] == 16 and set(man["counts"]["targets"]) == set(TARGETS)
+    assert man["counts"]["rows"] == 24 and set(man["counts"]["targets"]) == set(TARGETS)
 
 
 def test_every_accuracy_has_a_consistent_interval(transfer_run):
@@ -175,12 +179,13 @@ def test_lr_is_chosen_on_training_images_without_touching_val(transfer_run):
     res = _results(run)
     lr_reads = [p for ph, p in reads if ph == "lr"]
     assert lr_reads, "the lr selection read no image"
-    assert not [p for p in lr_reads if _inside(p, FASHION / "val") or _inside(p, FLUENT / "val")]
-    assert all(_inside(p, FASHION / "train") or _inside(p, FLUENT / "train") for p in lr_reads)
+    roots = (FASHION, FLUENT, BLOB)
+    assert not [p for p in lr_reads if any(_inside(p, r / "val") for r in roots)]
+    assert all(any(_inside(p, r / "train") for r in roots) for p in lr_reads)
     for name, sec in res["targets"].items():
         lrs = sec["lr_selection"]
         assert lrs["skipped"] is None and lrs["setting"] == "full" and lrs["init"] == "pretrained"
-        assert [g["base_lr"] for g in lrs["grid"]] == [0.1, 0.4] and lrs["chosen_base_lr"] in (0.1, 0.4)
+        assert [g["base_lr"] for g in lrs["grid"]] == [0.01, 0.03] and lrs["chosen_base_lr"] in (0.01, 0.03)
         assert lrs["fit_images"] + lrs["holdout_images"] == N_TRAIN[(name, None)] and lrs["holdout_images"] >= sec["num_classes"]
         assert all(g["train_images"] == 32 for g in lrs["grid"])  # lr_select_max_images
         assert sec["finetune_base_lr"] == lrs["chosen_base_lr"]
@@ -198,12 +203,14 @@ def test_feature_decontamination_is_calibrated_and_reported(transfer_run):
     for name, sec in res["targets"].items():
         f = sec["contamination"]["features"]
         assert f["checked"] and not f["centered"] and f["pretraining_images"] == res["pretraining_bank"]["images"] > 0
-        kc = f["known_copies"]
-        assert kc["val_images"] == 10 and kc["n"] == 40 and set(kc["by_kind"]) == {"jpeg", "resize", "pad", "crop"}
-        assert kc["share_above"] >= 0.975  # threshold = 1st percentile of the 40 known-copy scores
+        kc, n_copies = f["known_copies"], min(10, N_VAL[name])  # nn_known_copies=10 (the blob excerpt has 6 val images)
+        assert (
+            kc["val_images"] == n_copies and kc["n"] == 4 * n_copies and set(kc["by_kind"]) == {"jpeg", "resize", "pad", "crop"}
+        )
+        assert kc["share_above"] >= 0.95  # threshold = 1st percentile of the 24-40 known-copy scores
         assert f["threshold"] == pytest.approx(kc["p1"], abs=1e-4) and "percentile" in f["rule"]
         kinds = sorted(kc["by_kind"].values(), key=lambda v: v["p1"])  # a higher threshold flags no more images
-        assert all(v["n"] == 10 for v in kinds)
+        assert all(v["n"] == n_copies for v in kinds)
         assert [v["val_flagged_at_its_quantile"] for v in kinds] == sorted(
             (v["val_flagged_at_its_quantile"] for v in kinds), reverse=True
         )
@@ -266,7 +273,7 @@ def test_report_shows_one_table_per_target_from_the_stage_output(transfer_run):
     res = _results(run)
     text = write_report(run).read_text()
     section = text.split("## Transfer\n", 1)[1].split("\n## ", 1)[0]
-    assert section.count("### Target `") == 2
+    assert section.count("### Target `") == len(TARGETS)
     for name, sec in res["targets"].items():
         part = section.split(f"### Target `{name}`", 1)[1].split("### Target `", 1)[0]
         assert part.count("| method | init | train / class |") == 1
@@ -359,7 +366,7 @@ def test_without_the_shards_the_feature_check_is_skipped_and_said_so(pretrained_
     run = tmp_path / "run"
     for s in ("dedup", "pretrain"):  # no ingest/: the pretraining images cannot be read
         shutil.copytree(pretrained_run / s, run / s)
-    tiny = [o for o in TINY if "fluent_emoji" not in o]
+    tiny = [o for o in TINY if "emoji_subgroup" not in o]
     run_transfer(
         stage_cfg(
             run,
@@ -467,6 +474,14 @@ def test_nearest_neighbours_copies_and_hexcodes(tmp_path):
         ["animal-mammal/dog.flat.png", "face-smiling/grinning-face.high-contrast.png", "x/unknown.flat.png"],
     )
     assert codes == ["1f415", "1f600", None]
+    from pipeline.evaluation.target_data import emoji_groups
+
+    g = emoji_groups(
+        FIXTURE / "fluent_emoji" / "emoji.jsonl",
+        ["food-fruit/grapes.flat.png", "x/unknown.flat.png", "food-fruit/grapes.modern.png", "y/unknown.flat.png"],
+    )
+    assert g[0] == g[2] and len({int(g[0]), int(g[1]), int(g[3])}) == 3  # one family; unlisted images alone
+    assert emoji_groups(None, ["a/1.png", "a/2.png"]).tolist() == [0, 1]
 
 
 def test_probe_is_near_perfect_on_separable_features():
@@ -501,6 +516,15 @@ def test_subsets_are_nested_stratified_and_deterministic():
     assert len(set(fit) & set(hold)) == 0 and len(fit) + len(hold) == 40
     assert np.bincount(labels[b][hold]).tolist() == [2] * 4
     assert not np.array_equal(hold, stratified_holdout(labels[b], 0.2, seed=0, salt="lr-holdout")[1])
+    # groups (emoji families): held out whole, about the fraction of each class, one group always left to fit
+    groups = labels[b] * 100 + np.arange(len(b)) % 4  # 4 groups per class (of 2-3 images each)
+    fit, hold = stratified_holdout(labels[b], 0.2, seed=0, groups=groups)
+    assert len(fit) + len(hold) == 40 and not set(groups[fit]) & set(groups[hold])
+    for c in range(4):
+        held_groups = set(groups[hold][labels[b][hold] == c])
+        assert len(held_groups) == 1 and len(set(groups[fit][labels[b][fit] == c])) == 3
+    one = np.zeros(len(b), np.int64)  # one group: nothing can be held out without its copies
+    assert len(stratified_holdout(labels[b], 0.2, seed=0, groups=one)[1]) == 0
     v = val_subset(labels, 10, seed=0)
     assert len(v) == 10 and np.bincount(labels[v], minlength=4).max() - np.bincount(labels[v], minlength=4).min() <= 1
 

@@ -33,7 +33,7 @@ from fuzz.stages import compare_stage, partial_files, temp_files
 from pipeline.errors import ConfigError
 from pipeline.evaluation.ranks import micro_batch_size, micro_batches, rank_block
 
-TRANSFER = [o for o in PIPELINE_RUN if "fluent_emoji" not in o and not o.startswith(("vocab", "pretrain", "energy"))]
+TRANSFER = [o for o in PIPELINE_RUN if "emoji_subgroup" not in o and not o.startswith(("vocab", "pretrain", "energy"))]
 TRANSFER += ["transfer/target=[fashion_mnist]", "transfer.device_batch=8"]
 
 
@@ -89,6 +89,7 @@ def _finetune(ranks, device_batch: int):
         device_batch=device_batch,
         label_smoothing=0.0,
         ema_decay=None,
+        head_stages=None,
         activation_checkpointing=False,
         reference_batch=256,
         momentum=0.9,

@@ -7,6 +7,8 @@
   test size above the training size (FixRes) run through the stage: every fine-tuning row and scored epoch row
   carries ``ema_top1``/``ema_top5``, correct.npz the average's per-image hits, and the val images are scored at
   the test size;
+- LP-FT (``transfer.finetune_head_init=probe``, the default) records the head probe's C per seed; a random head
+  (``random``, with ``finetune_head_stages=null``) gives other runs;
 - a killed run with a weight average resumes to the uninterrupted results (its state is in the checkpoint).
 """
 
@@ -22,7 +24,7 @@ from conftest import PIPELINE_RUN, copy_run, stage_cfg
 from pipeline.evaluation.correctness import load_correctness
 from pipeline.train.models import create_model
 
-TRANSFER = [o for o in PIPELINE_RUN if "fluent_emoji" not in o and not o.startswith(("vocab", "pretrain", "energy"))]
+TRANSFER = [o for o in PIPELINE_RUN if "emoji_subgroup" not in o and not o.startswith(("vocab", "pretrain", "energy"))]
 TRANSFER += ["transfer/target=[fashion_mnist]", "transfer.methods=[finetune]"]
 RECIPE = ["transfer.label_smoothing=0.1", "transfer.ema_decay=0.9", "transfer.test_image_size=40"]
 
@@ -66,7 +68,9 @@ def test_recipe_options_run_and_checkpointing_changes_nothing(prepared_fixture, 
 
     base = copy_run(prepared_fixture, tmp_path / "base")
     run_pretrain(stage_cfg(base, *PIPELINE_RUN))
-    runs = {n: copy_run(base, tmp_path / n, stages=("ingest", "dedup", "vocab", "pretrain")) for n in ("ckpt", "recipe")}
+    runs = {
+        n: copy_run(base, tmp_path / n, stages=("ingest", "dedup", "vocab", "pretrain")) for n in ("ckpt", "recipe", "random")
+    }
     run_transfer(stage_cfg(base, *TRANSFER))
     run_transfer(stage_cfg(runs["ckpt"], *TRANSFER, "transfer.activation_checkpointing=true"))
     assert _results(base) == _results(runs["ckpt"])
@@ -85,6 +89,17 @@ def test_recipe_options_run_and_checkpointing_changes_nothing(prepared_fixture, 
     assert res["targets"]["fashion_mnist"]["recipe"]["test_image_size"] == 40
     assert _results(base)["targets"]["fashion_mnist"]["rows"] != rows  # the options changed the runs
 
+    # LP-FT (the default): every fine-tuning run (and the lr selection's) starts from a probe's head on the frozen
+    # layer2-4 features; the ImageNet recipe's random head on the penultimate layer is one override away
+    run_transfer(stage_cfg(runs["random"], *TRANSFER, "transfer.finetune_head_init=random", "transfer.finetune_head_stages=null"))
+    plain = _results(runs["random"])["targets"]["fashion_mnist"]
+    lp = _results(base)["targets"]["fashion_mnist"]
+    assert all(r["head_init"] == "random" and r["head_C_per_seed"] is None for r in plain["rows"])
+    for r in lp["rows"]:
+        assert r["head_init"] == "probe" and len(r["head_C_per_seed"]) == len(r["seeds"])
+        assert all(c in (0.01, 1.0) for c in r["head_C_per_seed"])  # the probe's grid (PIPELINE_RUN's probe_Cs)
+    assert [r["top1_per_seed"] for r in lp["rows"]] != [r["top1_per_seed"] for r in plain["rows"]]
+
 
 class _Killed(Exception):
     pass
@@ -101,7 +116,8 @@ def test_a_run_with_a_weight_average_resumes_to_the_uninterrupted_weights(tmp_pa
 
     torch.set_num_threads(1)
     settings = FinetuneSettings(
-        batch_size=8, device_batch=8, label_smoothing=0.1, ema_decay=0.9, reference_batch=256, momentum=0.9, nesterov=True,
+        batch_size=8, device_batch=8, label_smoothing=0.1, ema_decay=0.9, head_stages=None, reference_batch=256,
+        momentum=0.9, nesterov=True,
         weight_decay=1e-4, warmup_epochs=0.5, warmup_start_fraction=0.1, min_epoch_images=0, epochs=2, base_lr=0.05,
         max_epoch_images=None, eval_every_epoch=True, seed=1, autocast_dtype=None, grad_scaler=False, channels_last=False,
         activation_checkpointing=False, workers=0, progress=False,

@@ -28,7 +28,7 @@ from pipeline.errors import CheckpointError, ConfigError
 from pipeline.evaluation.resume import FinetuneCheckpoints, FinetunePosition
 
 # one target (Fashion-MNIST: 10 classes, 50 train / 30 val images), PIPELINE_RUN's tiny recipe, fp32
-TRANSFER = [o for o in PIPELINE_RUN if "fluent_emoji" not in o] + ["transfer/target=[fashion_mnist]"]
+TRANSFER = [o for o in PIPELINE_RUN if "emoji_subgroup" not in o] + ["transfer/target=[fashion_mnist]"]
 KILL_RUN = "finetune-pretrained-full-seed0"  # the second fine-tuning run: 50 images, 4 batches of <= 16 per epoch
 # the child: the transfer stage, SIGKILLed by itself right after the checkpoint inside KILL_RUN's second epoch
 CHILD = """

@@ -4,15 +4,17 @@ Recipe (the same for the pretrained and the random initialization, so the differ
 is what pretraining buys; Kornblith et al. 2019 compare fine-tuning and training from
 random initialization the same way):
 
-- the head is replaced (``reset_classifier(num_classes)``: ``Linear`` with N(0, 0.01^2)
-  weights and zero bias, Goyal et al. 2017 sec. 5.1) and all layers are trained, BN in
-  training mode;
+- the head is replaced (``reset_classifier(num_classes, head_stages)``: ``Linear`` with N(0, 0.01^2)
+  weights and zero bias, Goyal et al. 2017 sec. 5.1, on the penultimate layer or on the pooled stages
+  ``head_stages``), or set to a given ``head`` (LP-FT, Kumar et al. 2022: the transfer stage's default
+  starts from a linear probe on the frozen layer2-4 features, :mod:`pipeline.evaluation.head_init`),
+  and all layers are trained, BN in training mode;
 - SGD with Nesterov momentum 0.9, weight decay 1e-4 (not on BN and biases)
   (:func:`pipeline.train.optim.make_optimizer`); peak rate by the linear scaling rule
   ``base_lr * batch / 256``. The usual advice is a rate below pretraining's, since
-  fine-tuning starts near a good solution, but a fine-tuning run on the demo's budget is
-  only ~60-140 steps, where a high rate can win. So the transfer stage does not fix it:
-  ``transfer.finetune_lr_grid`` (demo ``[0.1, 0.4]``) is tried per target with short runs on
+  fine-tuning starts near a good solution. The transfer stage does not fix it:
+  ``transfer.finetune_lr_grid`` (demo ``[0.01, 0.03]``; ``[0.1, 0.4]`` before LP-FT, whose random
+  head needed large steps in ~60-140 steps) is tried per target with runs of the same budget on
   a held-out part of the *training* images and the best is used for both initializations
   (:func:`pipeline.evaluation.lr_selection.select_lr`; ``max_epoch_images`` and ``eval_every_epoch=False``
   below serve those short runs). History: the first demo picked 0.4 over 0.05 and 0.2 on
@@ -88,6 +90,7 @@ class FinetuneSettings:
     device_batch: int  # images per forward pass on one rank (pipeline.evaluation.ranks.micro_batch_size)
     label_smoothing: float  # of the training cross-entropy (0: none)
     ema_decay: float | None  # an EMA of the weights scored beside them (None: none)
+    head_stages: tuple[str, ...] | None  # the stages the new classifier reads (None: the penultimate layer)
     reference_batch: int  # images base_lr refers to (linear scaling rule)
     momentum: float
     nesterov: bool
@@ -145,6 +148,7 @@ def settings_from_recipe(
         device_batch=int(device_batch),
         label_smoothing=float(recipe["label_smoothing"]),
         ema_decay=None if recipe["ema_decay"] is None else float(recipe["ema_decay"]),
+        head_stages=tuple(recipe["finetune_head_stages"]) if recipe["finetune_head_stages"] else None,
         activation_checkpointing=bool(recipe["activation_checkpointing"]),
         reference_batch=recipe["reference_batch"],
         momentum=recipe["momentum"],
@@ -263,6 +267,7 @@ def finetune(
     on_epoch: Callable[[dict], None] | None = None,
     checkpoints: FinetuneCheckpoints | None = None,
     ranks: DistInfo | None = None,
+    head: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Replace the head of ``model`` and train all its layers on ``train``; evaluate on ``val`` after each
     epoch (``settings.eval_every_epoch``) or after the last one.
@@ -288,6 +293,8 @@ def finetune(
         checkpoints: where the run's checkpoints go and what they must match (None: no checkpoints). With a
             checkpoint there the run continues from it (every rank reads it; rank 0 alone writes).
         ranks: this process's place in a torchrun/SLURM job (None or one rank: one process).
+        head: the new classifier's float32 weight (num_classes, D) and bias (num_classes,) to start from (LP-FT:
+            :func:`pipeline.evaluation.head_init.probe_head`); None: a random one.
     Returns:
         ``{"epochs": [rows], "final": evaluate(...) of the last epoch, "seconds", "steps", "train_seconds",
         "eval_seconds", "train_images"}`` (a resumed run's seconds include those before the checkpoint); the
@@ -300,7 +307,13 @@ def finetune(
     world, rank = (ranks.world, ranks.rank) if ranks is not None else (1, 0)
     t0 = time.perf_counter()
     torch.manual_seed(item_seed("finetune-head", st.seed))
-    model.reset_classifier(num_classes)
+    model.reset_classifier(num_classes, st.head_stages)
+    if head is not None:
+        fc = model.get_classifier()
+        assert isinstance(fc, torch.nn.Linear)
+        with torch.no_grad():
+            fc.weight.copy_(head[0])
+            fc.bias.copy_(head[1])
     model.to(device)
     if st.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -1,25 +1,29 @@
 """The fine-tuning learning rate of a target, chosen on held-out training images (never on val).
 
-Each ``finetune_lr_grid`` value gets one short fine-tuning run (``lr_select_epochs`` epochs of at
-most ``lr_select_max_images`` images, pretrained init) on a stratified part of the training images
-of the ``lr_select_setting`` setting, scored on the other ``lr_select_holdout_fraction``; the best
+Each ``finetune_lr_grid`` value gets one fine-tuning run (``lr_select_epochs`` epochs of at
+most ``lr_select_max_images`` images, pretrained init, starting from the head the real runs start from)
+on a stratified part of the training images of the ``lr_select_setting`` setting (whole emoji families held
+out on the emoji targets: :func:`pipeline.evaluation.targets.groups_of`), scored on the other
+``lr_select_holdout_fraction``; the best
 held-out top-1 (ties: lower loss, then the smaller lr) is used for every fine-tuning run of the
 target, pretrained and scratch alike. A grid of fewer than 2 values skips the search (``base_lr``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
 import numpy as np
 
 from pipeline.evaluation.finetune import finetune
+from pipeline.evaluation.head_init import start_head
 from pipeline.evaluation.intervals import round6
 from pipeline.evaluation.ranks import rank_block
 from pipeline.evaluation.suite_context import SuiteContext
 from pipeline.evaluation.target_data import TransformedSubset, eval_batches, stratified_holdout
-from pipeline.evaluation.targets import Target, setting_label
+from pipeline.evaluation.targets import Target, groups_of, setting_label
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,9 @@ def select_lr(st: SuiteContext, t: Target, idx: np.ndarray, setting: int | None)
             "skipped": "fewer than 2 values in finetune_lr_grid",
         }
     labels = np.asarray(t.train_set.targets)[idx]
-    fit_pos, hold_pos = stratified_holdout(labels, float(r["lr_select_holdout_fraction"]), st.cfg.seed, salt="lr-holdout")
+    fit_pos, hold_pos = stratified_holdout(
+        labels, float(r["lr_select_holdout_fraction"]), st.cfg.seed, salt="lr-holdout", groups=groups_of(t, idx)
+    )
     fit_idx, hold_idx = idx[fit_pos], idx[hold_pos]
     base.update(fit_images=int(len(fit_idx)), holdout_images=int(len(hold_idx)))
     if len(fit_idx) < 2 or len(hold_idx) < 1:
@@ -81,6 +87,10 @@ def select_lr(st: SuiteContext, t: Target, idx: np.ndarray, setting: int | None)
         f"{t.name}: decode lr holdout",
     )
     fit = TransformedSubset(t.train_set, fit_idx, st.size, train=True, scale=(r["crop_min_scale"], 1.0))
+    # the runs start where the real ones do (LP-FT: BatchNorm statistics and a probe's head of the fit part, shared by
+    # every lr; each run fine-tunes its own copy of that trunk)
+    start = st.trunk("pretrained", st.cfg.seed)
+    head, _ = start_head(st, t, start, fit_idx, st.cfg.seed, f"{t.name}: lr selection")
     for lr in grid:
         s = st.settings(
             r,
@@ -92,7 +102,7 @@ def select_lr(st: SuiteContext, t: Target, idx: np.ndarray, setting: int | None)
             eval_every_epoch=False,
         )
         res = finetune(
-            st.trunk("pretrained", st.cfg.seed),
+            copy.deepcopy(start),
             fit,
             hold,
             num_classes=t.num_classes,
@@ -100,6 +110,7 @@ def select_lr(st: SuiteContext, t: Target, idx: np.ndarray, setting: int | None)
             device=st.device,
             desc=f"{t.name}: lr {lr:g}",
             ranks=st.ranks,
+            head=head,
         )
         fin = res["final"]
         base["grid"].append(

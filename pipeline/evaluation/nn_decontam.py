@@ -35,7 +35,6 @@ transfer stage:
 from __future__ import annotations
 
 import io
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.evaluation.target_data import emoji_rows_of
 from pipeline.faiss_import import faiss
 from pipeline.io.removal import removed_keys
 from pipeline.io.shards import iter_metadata, member_offsets, shard_paths
@@ -258,20 +258,7 @@ class KnownCopies(Dataset):
 def emoji_hexcodes(index_file, val_rel: Sequence[str]) -> list[str | None]:
     """The normalized hexcode of each val image ``<class>/<stem>.<style>.<ext>`` from an ``emoji.jsonl``
     (rows with ``hexcode`` and ``files`` as ``<style>/<stem>``; data_tools.fluent_target.emoji_rows); None if unlisted."""
-    by_file: dict[str, str] = {}
-    with open(index_file, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                row = json.loads(line)
-                for f in row.get("files") or []:
-                    by_file[f] = hexcode_key(row.get("hexcode")) or ""
-    out = []
-    for rel in val_rel:
-        name = Path(rel).name
-        stem, _, rest = name.partition(".")
-        style = rest.rsplit(".", 1)[0] if "." in rest else rest
-        out.append(by_file.get(f"{style}/{stem}") or None)
-    return out
+    return [(hexcode_key(row.get("hexcode")) or None) if row else None for row in emoji_rows_of(index_file, val_rel)]
 
 
 def calibrate(copy_sims: np.ndarray, quantile: float, fixed: float | None = None) -> tuple[float, str]:

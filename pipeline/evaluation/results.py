@@ -174,7 +174,7 @@ def result_row(
         correct: ``{"top1": (S, N) bool, "top5": (S, N) bool}`` (and ``ema_top1``, ``ema_top5``: the weight
             average's, fine-tuning with ``ema_decay``), row s = seed s.
         meta: ``train_images``, ``seeds``, ``seconds`` and, as the method has them, ``epochs``, ``best_C``,
-            ``best_C_per_seed``, ``base_lr``.
+            ``best_C_per_seed``, ``base_lr``, ``head_init``, ``head_C_per_seed``.
         key: the row's ``correct.npz`` key prefix (:func:`pipeline.evaluation.correctness.correctness_key`).
         phash, nn_flag: (N,) bool, the val images flagged by pHash / in feature space (None: not checked;
             its lower bound is then null).
@@ -203,6 +203,9 @@ def result_row(
             "best_C": m.get("best_C"),
             "best_C_per_seed": m.get("best_C_per_seed"),
             "base_lr": m.get("base_lr"),
+            # fine-tuning: the head it started from ("random" or "probe": LP-FT) and the head probe's C per seed
+            "head_init": m.get("head_init"),
+            "head_C_per_seed": m.get("head_C_per_seed"),
             "seconds": round(m["seconds"], 3),
             "correct_key": key,
         }

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from pipeline.evaluation.finetune import FinetuneSettings, finetune, planned_images
+from pipeline.evaluation.head_init import start_head
 from pipeline.evaluation.results import find_row
 from pipeline.evaluation.resume import run_identity
 from pipeline.evaluation.target_data import TransformedSubset
@@ -48,8 +49,12 @@ def finetune_run(
         log.info("%s: %s finished in an earlier run of the stage: kept", t.name, part)
         return rec
     ident = run_identity(t.name, part, num_classes=t.num_classes, train_images=len(train_ds), settings=stt)
+    model = st.trunk(init, run.seed0 + s)
+    head, head_info = start_head(
+        st, t, model, train_ds.indices, run.seed0 + s, f"{t.name}: finetune {init} {setting_label(k)} seed {s}"
+    )
     out = finetune(
-        st.trunk(init, run.seed0 + s),
+        model,
         train_ds,
         run.finetune_val(),
         num_classes=t.num_classes,
@@ -59,7 +64,10 @@ def finetune_run(
         on_epoch=on_epoch,
         checkpoints=recs.checkpoints(t.name, part, ident) if recs is not None else None,
         ranks=st.ranks,
+        head=head,
     )
+    if head_info is not None:
+        out["head"] = head_info
     if recs is not None:
         recs.save(t.name, part, out)
     return out
@@ -105,7 +113,8 @@ def run_finetunes(run: TargetRun) -> None:
 
         out = finetune_run(run, init, k, s, stt, train_ds, on_epoch)
         fin = out["final"]
-        store.setdefault((init, k), {"top1": [], "top5": [], "seconds": 0.0})
+        store.setdefault((init, k), {"top1": [], "top5": [], "seconds": 0.0, "head_C": []})
+        store[(init, k)]["head_C"].append(out.get("head", {}).get("best_C"))
         store[(init, k)]["top1"].append(fin["correct1"])
         store[(init, k)]["top5"].append(fin["correct5"])
         if "ema" in fin:  # the weight average, scored beside the raw weights
@@ -135,6 +144,8 @@ def run_finetunes(run: TargetRun) -> None:
                 "epochs": epochs,
                 "base_lr": ft_lr,
                 "seconds": d["seconds"],
+                "head_init": r["finetune_head_init"],
+                "head_C_per_seed": d["head_C"] if r["finetune_head_init"] == "probe" else None,
             }
             run.finish("finetune", init, k)
             row = find_row(res, "finetune", init, k)

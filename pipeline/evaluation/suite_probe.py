@@ -18,7 +18,7 @@ from pipeline.evaluation.linear_probe import fit_probe, topk_correct
 from pipeline.evaluation.ranks import gather_rows, rank_block
 from pipeline.evaluation.results import find_row
 from pipeline.evaluation.target_data import TransformedSubset, eval_batches, stratified_holdout
-from pipeline.evaluation.targets import setting_label
+from pipeline.evaluation.targets import groups_of, setting_label
 from pipeline.io.run_folder import transfer_run_name
 from pipeline.train.distributed import broadcast_object
 
@@ -104,7 +104,8 @@ def run_probe(run: TargetRun) -> None:
             for s in range(S):
                 idx = probe_sets[(k, s)]
                 # C is chosen on one split of all the setting's images; each rank fits on its rows of it
-                _, hold = stratified_holdout(run.train_labels[idx], r["probe_holdout_fraction"], seed0 + s)
+                groups = groups_of(t, idx)  # emoji targets: whole emoji families held out
+                _, hold = stratified_holdout(run.train_labels[idx], r["probe_holdout_fraction"], seed0 + s, groups=groups)
                 held = np.zeros(len(idx), bool)
                 held[hold] = True
                 here = np.isin(idx, mine, assume_unique=True)

@@ -29,6 +29,7 @@ Small blocks, each testable alone:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 from pathlib import Path
@@ -46,6 +47,8 @@ from pipeline.seeding import item_seed
 from pipeline.vision.transforms import eval_transform, train_transform
 
 __all__ = [
+    "emoji_groups",
+    "emoji_rows_of",
     "EvalImages",
     "TransformedSubset",
     "eval_batches",
@@ -176,7 +179,11 @@ def take_per_class(order: list[np.ndarray], k: int | None) -> np.ndarray:
 
 
 def stratified_holdout(
-    labels: np.ndarray | Sequence[int], fraction: float, seed: int, salt: str = "probe-holdout"
+    labels: np.ndarray | Sequence[int],
+    fraction: float,
+    seed: int,
+    salt: str = "probe-holdout",
+    groups: np.ndarray | Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split positions ``0..N-1`` into (fit, holdout), about ``fraction`` of each class held out.
 
@@ -184,23 +191,72 @@ def stratified_holdout(
     sample stays in the fit part. Deterministic for a given seed and ``salt`` (the probe's C and
     the fine-tuning lr are chosen on differently salted splits).
 
+    With ``groups`` (int (N,), e.g. :func:`emoji_groups`), whole groups are held out: per class, its groups
+    in a seeded order until about ``fraction`` of its images (at least one group), always leaving one group
+    in the fit part; a class of one group stays in the fit part. So a held-out image never has a near
+    copy (the same emoji in another style or skin tone) in the fit part, as val has none in train.
+
     Returns:
         (fit positions, holdout positions), both sorted int64 arrays.
     """
     lab = np.asarray(labels)
+    grp = None if groups is None else np.asarray(groups)
     held: list[np.ndarray] = []
     for c in np.unique(lab):
         idx = np.flatnonzero(lab == c)
         if len(idx) < 2:
             continue
         rng = np.random.default_rng(item_seed(salt, seed, int(c)))
-        idx = idx[rng.permutation(len(idx))]
-        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
-        held.append(idx[:k])
+        if grp is None:
+            idx = idx[rng.permutation(len(idx))]
+            k = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
+            held.append(idx[:k])
+            continue
+        names = np.unique(grp[idx])
+        if len(names) < 2:
+            continue
+        names = names[rng.permutation(len(names))]
+        want, taken = fraction * len(idx), []
+        for name in names[:-1]:  # the last group always stays in the fit part
+            taken.append(idx[grp[idx] == name])
+            if sum(len(t) for t in taken) >= want:
+                break
+        held.append(np.concatenate(taken))
     hold = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
     mask = np.ones(len(lab), dtype=bool)
     mask[hold] = False
     return np.flatnonzero(mask), hold
+
+
+def emoji_groups(index_file: str | None, rel_paths: Sequence[str]) -> np.ndarray:
+    """int64 (N,) group ids of images ``<class>/<stem>.<style>.<ext>``: images of one emoji family (the ``family`` of
+    their row in an ``emoji.jsonl``, data_tools.fluent_target.emoji_rows, whose ``files`` are ``<style>/<stem>``) share
+    an id; an image not listed, or every image when ``index_file`` is None, is a group of its own."""
+    rows = emoji_rows_of(index_file, rel_paths) if index_file else [None] * len(rel_paths)
+    ids: dict[str, int] = {}
+    out = np.empty(len(rel_paths), np.int64)
+    for i, (rel, row) in enumerate(zip(rel_paths, rows)):
+        key = f"family:{row.get('family') or row.get('hexcode')}" if row else f"image:{rel}"
+        out[i] = ids.setdefault(key, len(ids))
+    return out
+
+
+def emoji_rows_of(index_file: str, rel_paths: Sequence[str]) -> list[dict | None]:
+    """The ``emoji.jsonl`` row (data_tools.fluent_target.emoji_rows: ``hexcode``, ``family``, ``files`` as
+    ``<style>/<stem>``) of each image ``<class>/<stem>.<style>.<ext>``; None for an image it does not list."""
+    by_file: dict[str, dict] = {}
+    with open(index_file, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                for f in row.get("files") or []:
+                    by_file[f] = row
+    out = []
+    for rel in rel_paths:
+        stem, _, rest = Path(rel).name.partition(".")
+        style = rest.rsplit(".", 1)[0] if "." in rest else rest
+        out.append(by_file.get(f"{style}/{stem}"))
+    return out
 
 
 class TransformedSubset(Dataset):

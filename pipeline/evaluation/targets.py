@@ -18,9 +18,9 @@ import numpy as np
 
 from pipeline.config import transfer_recipe
 from pipeline.errors import ConfigError
-from pipeline.evaluation.target_data import open_split, per_class_order
+from pipeline.evaluation.target_data import emoji_groups, open_split, per_class_order, relative_paths
 
-__all__ = ["Target", "open_targets", "val_subset", "setting_label"]
+__all__ = ["Target", "open_targets", "val_subset", "setting_label", "groups_of"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ class Target:
     empty_files: dict = field(default_factory=dict)
     # non-empty files whose first bytes are no image format's, left out the same way
     unreadable_files: dict = field(default_factory=dict)
+    # int64 (N train,): images of one emoji family share an id (the target's emoji_index; else one id per image), so
+    # the held-out parts that choose the probe's C and the fine-tuning lr hold emoji the fit part never saw, as val does
+    train_groups: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -72,7 +75,8 @@ def open_targets(tc) -> list[Target]:
             raise ConfigError(f"config error at {where}: the target needs >= 2 classes, found {len(train_set.classes)}")
         if r["emoji_index"] and not Path(r["emoji_index"]).is_file():
             raise FileNotFoundError(f"transfer.targets.{name}.emoji_index: file {r['emoji_index']} does not exist")
-        out.append(Target(name, r, train_set, val_set, empty, unreadable))
+        groups = emoji_groups(r["emoji_index"], relative_paths(train_set))
+        out.append(Target(name, r, train_set, val_set, empty, unreadable, groups))
     return out
 
 
@@ -84,6 +88,15 @@ def val_subset(labels, max_images: int | None, seed: int) -> np.ndarray:
     order = per_class_order(labels, seed, salt="val")
     ranked = sorted((r, c, int(i)) for c, o in enumerate(order) for r, i in enumerate(o))
     return np.sort(np.array([i for _, _, i in ranked[:max_images]], dtype=np.int64))
+
+
+def groups_of(t: Target, idx: np.ndarray) -> np.ndarray | None:
+    """The emoji-family group ids (:attr:`Target.train_groups`) of training positions ``idx``; None when the target has
+    no emoji index (every image its own group: :func:`pipeline.evaluation.target_data.stratified_holdout` then splits
+    images as it always did)."""
+    if t.train_groups is None or not t.recipe.get("emoji_index"):
+        return None
+    return t.train_groups[np.asarray(idx, np.int64)]
 
 
 def setting_label(k: int | None) -> str:

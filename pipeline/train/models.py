@@ -38,6 +38,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from pipeline.io.atomic import atomic_path
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")  # the residual stages (res2..res5 in the paper's naming)
+STAGE_WIDTHS = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}  # their output channels (Bottleneck x 4)
 
 __all__ = [
     "ResNeXt",
@@ -124,6 +125,7 @@ class ResNeXt(ResNet):
         self.num_features = 512 * Bottleneck.expansion
         self.fc_std = fc_std
         self.grad_checkpointing = False
+        self.head_stages: tuple[str, ...] = ("layer4",)  # the pooled stage outputs the classifier reads
         self.reset_classifier(num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -144,21 +146,31 @@ class ResNeXt(ResNet):
             x = checkpoint(block, x, use_reentrant=False, context_fn=functools.partial(_recompute_contexts, block))
         return x
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head: a new ``Linear(num_features, num_classes)`` with weights
-        N(0, fc_std^2) and bias 0 (Goyal et al. 2017, sec. 5.1), or ``nn.Identity`` for 0.
+    def reset_classifier(self, num_classes: int, stages: Sequence[str] | None = None) -> None:
+        """Replace the head: a new ``Linear(D, num_classes)`` with weights N(0, fc_std^2) and bias 0 (Goyal et al. 2017,
+        sec. 5.1), or ``nn.Identity`` for 0.
+
+        ``stages`` (None: as before; the model starts with ``("layer4",)``, ``D = num_features``): the residual stages
+        whose globally pooled outputs, concatenated, the classifier reads (:meth:`pooled_stage_features`; D = the sum
+        of their widths, e.g. 3,584 for layer2-4). A fine-tuned network whose head reads the stages a linear probe
+        reads can start from that probe (LP-FT, :mod:`pipeline.evaluation.head_init`).
 
         Raises:
-            ValueError: if ``num_classes`` < 0.
+            ValueError: if ``num_classes`` < 0, or an unknown stage name.
         """
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if stages is not None:
+            if not stages or any(st not in STAGE_NAMES for st in stages):
+                raise ValueError(f"stages must be a non-empty subset of {STAGE_NAMES}, got {list(stages)}")
+            self.head_stages = tuple(st for st in STAGE_NAMES if st in stages)
         self.num_classes = num_classes
         if num_classes == 0:
             self.fc: nn.Module = nn.Identity()  # or an nn.Linear (below)
             return
         ref = self.conv1.weight  # the new head follows the trunk's device and dtype
-        fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+        width = sum(STAGE_WIDTHS[st] for st in self.head_stages)
+        fc = nn.Linear(width, num_classes, device=ref.device, dtype=ref.dtype)
         self.fc = fc
         nn.init.normal_(fc.weight, mean=0.0, std=self.fc_std)
         nn.init.zeros_(fc.bias)
@@ -193,7 +205,7 @@ class ResNeXt(ResNet):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out = []
         for name in STAGE_NAMES[: max(STAGE_NAMES.index(s) for s in stages) + 1]:
-            x = getattr(self, name)(x)
+            x = self._stage(getattr(self, name), x)
             if name in stages:
                 out.append(torch.flatten(self.avgpool(x), 1))
         return torch.cat(out, dim=1)
@@ -205,7 +217,10 @@ class ResNeXt(ResNet):
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward_head(forward_features(x))``: ``(N, 3, H, W)`` -> logits ``(N, num_classes)``."""
+        """``forward_head(forward_features(x))``: ``(N, 3, H, W)`` -> logits ``(N, num_classes)``; with a head on other
+        stages than layer4 alone (:meth:`reset_classifier`), the classifier of :meth:`pooled_stage_features`."""
+        if self.head_stages != ("layer4",):
+            return self.fc(self.pooled_stage_features(x, self.head_stages))
         return self.forward_head(self.forward_features(x))
 
 

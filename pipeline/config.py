@@ -532,10 +532,10 @@ class TransferConfig:
     full fine-tuning, pretrained vs scratch, low-data and full (``pipeline.transfer``).
 
     ``targets`` is filled by the ``transfer/target`` config group (``conf/config.yaml`` selects
-    ``[fluent_emoji_subgroup, fashion_mnist]``; ``'transfer/target=[fashion_mnist]'`` picks one,
+    ``[fluent_emoji_subgroup, blob_emoji_subgroup, fashion_mnist]``; ``'transfer/target=[fashion_mnist]'`` picks one,
     ``+transfer=imagenet1k`` switches to ImageNet-1k). The other keys are the recipe every target
-    shares unless it overrides a key. Defaults fit the demo's budget (both targets in 9.1 minutes
-    measured on 2 AVX2 CPU cores at 64 px, inside the 30-minute demo; the breakdown is in pipeline/transfer.py).
+    shares unless it overrides a key. Defaults fit the demo's budget: the three targets in 16.0 minutes on 2 AVX512
+    CPU cores at 64 px (fresh-clone demo of 2026-12-08; docs/stages/transfer.md, "Measured figures").
     """
 
     targets: Dict[str, TransferTargetConfig] = field(default_factory=dict)  # name -> target (run in name order of the defaults)

@@ -566,9 +566,9 @@ class TransferConfig:
     # 0.01 22.3% / 31.2%, lr 0.03 22.7% / 32.1% (the probe: 20.2% / 30.2%); 2 epochs of a random head: 11.9% / 20.5%
     finetune_epochs: int = 4
     finetune_seeds: int = 3  # low-data settings: seeded draws (subset, head, augmentation) per fine-tuning init
-    # the new classifier fine-tuning starts from: "random" (N(0, 0.01^2)) or "probe" (LP-FT, Kumar et al. 2022: a linear
-    # probe on the frozen penultimate features of the run's training images first; pipeline.evaluation.head_init), for
-    # both inits and the lr selection's runs alike
+    # the new classifier fine-tuning starts from: "random" (N(0, 0.01^2)) or "probe" (LP-FT, Kumar et al. 2022: BatchNorm
+    # statistics of the run's training images, then a linear probe on the frozen features the head reads, see
+    # finetune_head_stages; pipeline.evaluation.head_init), for both inits and the lr selection's runs alike
     finetune_head_init: str = "probe"
     # the residual stages whose pooled outputs, concatenated, the fine-tuned classifier reads: null = the penultimate
     # layer (layer4), as torchvision's and timm's heads; a list such as the probe's [layer2, layer3, layer4] gives the

@@ -4,23 +4,15 @@ Recipe (the same for the pretrained and the random initialization, so the differ
 is what pretraining buys; Kornblith et al. 2019 compare fine-tuning and training from
 random initialization the same way):
 
-- the head is replaced (``reset_classifier(num_classes, head_stages)``: ``Linear`` with N(0, 0.01^2)
-  weights and zero bias, Goyal et al. 2017 sec. 5.1, on the penultimate layer or on the pooled stages
-  ``head_stages``), or set to a given ``head`` (LP-FT, Kumar et al. 2022: the transfer stage's default
-  starts from a linear probe on the frozen layer2-4 features, :mod:`pipeline.evaluation.head_init`),
-  and all layers are trained, BN in training mode;
+- a new head (``reset_classifier(num_classes, head_stages)``: N(0, 0.01^2) weights, zero bias, Goyal et al.
+  2017 sec. 5.1), or a given ``head`` (LP-FT, :mod:`pipeline.evaluation.head_init`); every layer trained, BN
+  in training mode;
 - SGD with Nesterov momentum 0.9, weight decay 1e-4 (not on BN and biases)
-  (:func:`pipeline.train.optim.make_optimizer`); peak rate by the linear scaling rule
-  ``base_lr * batch / 256``. The usual advice is a rate below pretraining's, since
-  fine-tuning starts near a good solution. The transfer stage does not fix it:
-  ``transfer.finetune_lr_grid`` (demo ``[0.01, 0.03]``; ``[0.1, 0.4]`` before LP-FT, whose random
-  head needed large steps in ~60-140 steps) is tried per target with runs of the same budget on
-  a held-out part of the *training* images and the best is used for both initializations
-  (:func:`pipeline.evaluation.lr_selection.select_lr`; ``max_epoch_images`` and ``eval_every_epoch=False``
-  below serve those short runs). History: the first demo picked 0.4 over 0.05 and 0.2 on
-  Fashion-MNIST's val images (it has no third split), which made those numbers optimistic;
-  the held-out choice removes that. Long runs on large targets take a lower rate
-  (``+transfer=imagenet1k``: grid ``[0.025, 0.05, 0.1]`` over 30 epochs);
+  (:func:`pipeline.train.optim.make_optimizer`); peak rate ``base_lr * batch / 256`` (linear scaling
+  rule), ``base_lr`` chosen per target from ``transfer.finetune_lr_grid`` by runs on a held-out part of
+  the *training* images, the same for both inits (:func:`pipeline.evaluation.lr_selection.select_lr`;
+  ``max_epoch_images`` and ``eval_every_epoch=False`` below serve those runs). The first demo chose it on
+  Fashion-MNIST's val images, which made those numbers optimistic;
 - a short linear warmup (from 10% of the peak, a fraction of an epoch) then cosine decay
   to 0 over the run (:func:`pipeline.train.optim.make_schedule`), per optimizer step;
 - random-resized crop + horizontal flip on the training images (the crop's minimum area
@@ -29,14 +21,11 @@ random initialization the same way):
   preprocessing on val; cross-entropy loss; the precision and layout of :mod:`pipeline.train.precision` (fp16 with
   loss scaling on GPUs without bf16).
 
-Mahajan et al. 2018 fine-tune the whole network on ImageNet-1k after hashtag
-pretraining; their exact fine-tuning schedule is not restated here (unverified), and the
-numbers above are the common ImageNet-style fine-tuning recipe scaled to a CPU budget.
+Mahajan et al. 2018's own fine-tuning schedule is not restated here (unverified).
 
 Low-data settings: an "epoch" is at least ``min_epoch_images`` training images, i.e.
-``ceil(min_epoch_images / n)`` shuffled passes over a small set of ``n`` images, so a
-10-images-per-class run still takes enough optimizer steps to move (low-data recipes
-train for many more passes than full-data ones). Each pass is a fresh seeded shuffle,
+``ceil(min_epoch_images / n)`` shuffled passes over a small set of ``n`` images, so a low-data run
+still takes enough optimizer steps to move. Each pass is a fresh seeded shuffle,
 and each image's augmentation is seeded by (seed, epoch, pass, image), independent of
 the DataLoader workers, so a run is reproducible.
 
@@ -311,9 +300,7 @@ def finetune(
     if head is not None:
         fc = model.get_classifier()
         assert isinstance(fc, torch.nn.Linear)
-        with torch.no_grad():
-            fc.weight.copy_(head[0])
-            fc.bias.copy_(head[1])
+        fc.load_state_dict({"weight": head[0], "bias": head[1]})  # LP-FT: the probe's weights
     model.to(device)
     if st.channels_last:
         model.to(memory_format=torch.channels_last)
